@@ -1,0 +1,56 @@
+"""The application factory: ``create_app(settings)`` builds the API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from pulse_api import health, jobs
+from pulse_api.problems import from_http_exception, from_pulse_error, from_unexpected
+from pulse_api.schemas import ProblemSchema
+from pulse_api.services import EXTENSION_KEY, Services
+from pulse_core.errors import PulseError
+from pulse_core.settings import Settings
+from pulse_core.tenants import TenantsConfig
+
+
+class PulseApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api, documenting problem documents as the error schema."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        return from_http_exception(error)
+
+
+def create_app(settings: Settings | None = None, tenants: TenantsConfig | None = None) -> Flask:
+    """Build the Pulse API; settings default to ``PULSE_*`` variables."""
+    settings = settings or Settings.from_env(os.environ)
+    tenants = tenants or TenantsConfig.load(settings.require_tenants_file())
+    app = Flask("pulse_api")
+    app.config.update(
+        API_TITLE="Pulse",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+            },
+        },
+    )
+    app.extensions[EXTENSION_KEY] = Services.build(settings, tenants)
+    api = PulseApi(app)
+    api.register_blueprint(health.blp)
+    api.register_blueprint(jobs.blp)
+    app.register_error_handler(PulseError, from_pulse_error)
+    app.register_error_handler(HTTPException, from_http_exception)
+    app.register_error_handler(Exception, from_unexpected)
+    return app

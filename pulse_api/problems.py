@@ -1,0 +1,147 @@
+"""Every refusal as an RFC 9457 problem document, mapped in this one place.
+
+``PulseError`` classes map to a status and a problem type; HTTP errors raised by
+Flask or flask-smorest (400 bad JSON, 422 schema violations, 404, 405, ...) are
+rewritten into the same shape. No stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, json
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from pulse_core.errors import (
+    AuthenticationFailed,
+    BrokerUnavailable,
+    JobNotFound,
+    PulseError,
+    TenantMismatch,
+    UnknownJobType,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("pulse.api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+#: PulseError class -> (HTTP status, problem type slug, title).
+PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
+    AuthenticationFailed: (401, "unauthorized", "Missing or invalid API key"),
+    JobNotFound: (404, "not-found", "No such job"),
+    UnsupportedMediaType: (415, "unsupported-media-type", "The body must be application/json"),
+    UnknownJobType: (422, "unknown-job-type", "Unknown jobType"),
+    TenantMismatch: (422, "tenant-mismatch", "tenantId is not the API key's tenant"),
+    BrokerUnavailable: (503, "unavailable", "The job could not be queued; nothing was enqueued"),
+}
+
+#: Problem type slugs for plain HTTP errors.
+HTTP_SLUGS = {
+    400: "malformed-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    500: "internal-error",
+    503: "unavailable",
+}
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    *,
+    detail: str | None = None,
+    errors: Mapping[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A ``application/problem+json`` response."""
+    body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = dict(errors)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def from_pulse_error(error: PulseError) -> Response:
+    """The problem response for a deliberate Pulse error."""
+    for cls in type(error).__mro__:
+        if cls in PROBLEMS:
+            status, slug, title = PROBLEMS[cls]  # type: ignore[index]
+            break
+    else:
+        log.error("unmapped PulseError %r", error)
+        return problem(500, "internal-error", "Internal error")
+    errors = {error.field: [str(error)]} if error.field else None
+    headers = {"WWW-Authenticate": 'Bearer realm="pulse"'} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    return problem(status, slug, title, detail=str(error), errors=errors, headers=headers)
+
+
+def from_http_exception(error: HTTPException) -> Response:
+    """The problem response for an HTTP error raised by Flask, webargs or flask-smorest."""
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    errors, detail = _flatten(data.get("messages"))
+    if status >= 500:
+        detail = None
+    headers = dict(data.get("headers") or {})
+    return problem(
+        status,
+        HTTP_SLUGS.get(status, f"http-{status}"),
+        error.name,
+        detail=detail or (error.description if status < 500 else None),
+        errors=errors,
+        headers=headers,
+    )
+
+
+def from_unexpected(error: Exception) -> Response:
+    """A 503 when a backing service is down; a bare 500 for anything else. Never a trace."""
+    if isinstance(error, RedisConnectionError | RedisTimeoutError | KombuOperationalError):
+        log.warning("backing service unavailable: %s", error)
+        return problem(
+            503, "unavailable", "A backing service is unavailable", headers={"Retry-After": "1"}
+        )
+    log.exception("unhandled error", exc_info=error)
+    return problem(500, "internal-error", "Internal error")
+
+
+def _flatten(messages: Any) -> tuple[dict[str, list[str]], str | None]:
+    """webargs messages ``{"json": {"a": {"b": ["..."]}}}`` -> ``{"a.b": ["..."]}``."""
+    errors: dict[str, list[str]] = {}
+    loose: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list | tuple):
+            for item in node:
+                if isinstance(item, Mapping | list | tuple):
+                    walk(item, path)
+                elif path:
+                    errors.setdefault(path, []).append(str(item))
+                else:
+                    loose.append(str(item))
+        elif node is not None:
+            (errors.setdefault(path, []) if path else loose).append(str(node))
+
+    if isinstance(messages, Mapping):
+        for location in messages.values():  # "json", "query", "headers", ...
+            walk(location, "")
+    return errors, " ".join(loose) or None

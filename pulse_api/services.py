@@ -1,0 +1,46 @@
+"""What the API process holds, built once by ``create_app`` and passed to the views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+from redis import Redis
+
+from pulse_core.announce import JobTypeDirectory
+from pulse_core.celery_setup import create_celery
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from pulse_core.store import JobStore
+from pulse_core.tenants import TenantsConfig
+
+EXTENSION_KEY = "pulse"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    tenants: TenantsConfig
+    redis: Redis
+    store: JobStore
+    celery: Celery
+    job_types: JobTypeDirectory
+
+    @classmethod
+    def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
+        redis = connect(settings.redis_url)
+        return cls(
+            settings=settings,
+            tenants=tenants,
+            redis=redis,
+            store=JobStore(redis),
+            celery=create_celery(settings, main="pulse-api"),
+            job_types=JobTypeDirectory(redis),
+        )
+
+
+def services() -> Services:
+    """The current app's services."""
+    found: Services = current_app.extensions[EXTENSION_KEY]
+    return found

@@ -1,0 +1,211 @@
+"""The ``pulse`` command: run the API, a worker, Flower, or the whole dev stack.
+
+Each subcommand starts its process by module path (gunicorn ``pulse_api.wsgi:app``,
+``celery -A pulse_worker.app``), so this module imports neither plane.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_core.errors import ConfigError
+from pulse_core.settings import Settings
+from pulse_core.tenants import TenantsConfig
+
+CELERY_APP = "pulse_worker.app"
+WSGI_APP = "pulse_api.wsgi:app"
+DIAGNOSTICS_MODULE = "pulse_worker.diagnostics"
+DEV_TENANTS_FILE = Path("deploy/tenants.dev.toml")
+DEV_DEMO_KEY = "pulse-demo-key"
+DEV_STATE_DIR = Path(".pulse")
+STOP_GRACE_SECONDS = 15.0
+
+
+def _check_settings(env: Mapping[str, str], *, need_tenants: bool) -> Settings:
+    try:
+        settings = Settings.from_env(env)
+        if need_tenants:
+            TenantsConfig.load(settings.require_tenants_file())
+    except ConfigError as exc:
+        raise click.ClickException(f"bad setting: {exc}") from None
+    return settings
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
+
+
+def api_command(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "--access-logfile", "-",
+        WSGI_APP,
+    ]  # fmt: skip
+
+
+def worker_command(
+    queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
+) -> list[str]:
+    args = ["worker", "--pool", pool, "--loglevel", loglevel, "--without-gossip"]
+    if queues:
+        args += ["--queues", queues]
+    if concurrency:
+        args += ["--concurrency", str(concurrency)]
+    if events:
+        args.append("--task-events")
+    return _celery(*args)
+
+
+def flower_command(address: str, port: int) -> list[str]:
+    return _celery("flower", f"--address={address}", f"--port={port}")
+
+
+@click.group()
+def main() -> None:
+    """Pulse: a multi-tenant job platform on Celery, Redis and Flask."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API with gunicorn."""
+    _check_settings(os.environ, need_tenants=True)
+    _exec(api_command(host, port, workers))
+
+
+@main.command()
+@click.option("--queues", help="comma-separated queues to consume (default: the shared queue)")
+@click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
+@click.option("--pool", default="prefork", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--events/--no-events", default=False, help="send task events (for Flower)")
+def worker(
+    queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
+) -> None:
+    """Run a Celery worker with Pulse's settings."""
+    _check_settings(os.environ, need_tenants=False)
+    _exec(worker_command(queues, concurrency, pool, loglevel, events))
+
+
+@main.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True, type=int)
+def flower(address: str, port: int) -> None:
+    """Run the Flower dashboard against the broker."""
+    _check_settings(os.environ, need_tenants=False)
+    _exec(flower_command(address, port))
+
+
+@main.command()
+@click.option("--api-port", default=8000, show_default=True, type=int)
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option("--concurrency", default=2, show_default=True, type=int)
+def dev(api_port: int, flower_port: int, concurrency: int) -> None:
+    """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower."""
+    env = dict(os.environ)
+    env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
+    modules = [m for m in env.get("PULSE_HANDLER_MODULES", "").split(",") if m.strip()]
+    env["PULSE_HANDLER_MODULES"] = ",".join([*modules, DIAGNOSTICS_MODULE])
+    redis: EmbeddedRedis | None = None
+    if not env.get("PULSE_REDIS_URL"):
+        try:
+            redis = EmbeddedRedis(DEV_STATE_DIR / "redis").start()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        env["PULSE_REDIS_URL"] = redis.url
+    settings = _check_settings(env, need_tenants=True)
+    children = {
+        "api": api_command("127.0.0.1", api_port, 2),
+        "worker": worker_command(None, concurrency, "prefork", "INFO", True),
+        "flower": flower_command("127.0.0.1", flower_port),
+    }
+    _print_banner(settings, redis, api_port, flower_port)
+    code = Supervisor(children, env).run()
+    if redis is not None:
+        redis.stop()
+    sys.exit(code)
+
+
+def _print_banner(
+    settings: Settings, redis: EmbeddedRedis | None, api_port: int, flower_port: int
+) -> None:
+    where = f"embedded, data in {DEV_STATE_DIR / 'redis'}" if redis else "from PULSE_REDIS_URL"
+    click.echo(
+        "\n".join(
+            [
+                "Pulse dev stack",
+                f"  Redis   {settings.redis_url}  ({where})",
+                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json)",
+                "  Worker  1 Celery worker, handlers: "
+                + ", ".join(settings.handler_modules),
+                f"  Flower  http://127.0.0.1:{flower_port}",
+                "Try it:",
+                f"  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs \\",
+                f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' -H 'Content-Type: application/json' \\",
+                """    -d '{"jobType": "diag.echo", "payload": {"hello": "world"}}'""",
+                "Ctrl-C stops everything.",
+                "",
+            ]
+        ),
+        err=True,
+    )
+
+
+class Supervisor:
+    """Runs child processes in the foreground; stops all of them when any stops or on a signal."""
+
+    def __init__(self, commands: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> None:
+        self._commands = commands
+        self._env = env
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for name, command in self._commands.items():
+            self._children[name] = subprocess.Popen(list(command), env=dict(self._env))
+        code = 0
+        while not self._stopping:
+            for name, child in self._children.items():
+                if child.poll() is not None:
+                    click.echo(f"pulse dev: {name} exited with {child.returncode}", err=True)
+                    code = 1
+                    self._stopping = True
+                    break
+            time.sleep(0.2)
+        self._stop_all()
+        return code
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _stop_all(self) -> None:
+        for child in self._children.values():
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for child in self._children.values():
+            try:
+                child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _exec(command: Sequence[str]) -> None:
+    os.execv(command[0], list(command))

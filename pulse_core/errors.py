@@ -1,0 +1,74 @@
+"""One error tree: every error Pulse raises on purpose is a ``PulseError``.
+
+The API maps each class to one HTTP status and problem type in
+``pulse_api.problems``; the worker decides retry or dead-letter by class.
+"""
+
+from __future__ import annotations
+
+
+class PulseError(Exception):
+    """Root of every deliberate Pulse error."""
+
+    #: The request field the error is about, when there is one.
+    field: str | None = None
+
+
+class ConfigError(PulseError):
+    """A setting or the tenants file is wrong; start-up stops with this message."""
+
+
+class DuplicateHandler(ConfigError):
+    """Two handlers were registered under one jobType."""
+
+
+class AuthenticationFailed(PulseError):
+    """The request carries no API key, or one no tenant owns."""
+
+
+class JobNotFound(PulseError):
+    """No such job for this tenant (another tenant's job looks exactly the same)."""
+
+
+class UnknownJobType(PulseError):
+    """No live worker has announced a handler for this jobType."""
+
+    field = "jobType"
+
+    def __init__(self, job_type: str) -> None:
+        super().__init__(f"no handler is registered for jobType {job_type!r}")
+        self.job_type = job_type
+
+
+class TenantMismatch(PulseError):
+    """The body names a tenant other than the API key's."""
+
+    field = "tenantId"
+
+
+class UnsupportedMediaType(PulseError):
+    """The request body is not JSON."""
+
+
+class BrokerUnavailable(PulseError):
+    """The job could not be published; nothing was enqueued."""
+
+
+class JobFailed(PulseError):
+    """Raised by a handler (or by Pulse on its behalf) to fail the current attempt."""
+
+
+class ResultTooLarge(JobFailed):
+    """The handler's result exceeds the configured size cap."""
+
+
+class ResultNotSerializable(JobFailed):
+    """The handler returned something that is not JSON."""
+
+
+class RetryableError(JobFailed):
+    """A handler's failure that is worth another attempt."""
+
+
+class PermanentError(JobFailed):
+    """A handler's failure that no retry can fix; the job goes straight to dead."""

@@ -1,0 +1,104 @@
+"""The handler registry: plain functions registered under a jobType.
+
+    from pulse_core.handlers import handler
+
+    @handler("email.send")
+    def send(payload, ctx):
+        ...
+        return {"sent": True}
+
+Workers import the modules named in ``PULSE_HANDLER_MODULES`` and those of the
+``pulse.handlers`` entry-point group; importing a module runs its decorators.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pulse_core.context import JobContext
+from pulse_core.errors import ConfigError, DuplicateHandler
+
+HandlerFn = Callable[[Mapping[str, Any], JobContext], Any]
+ENTRY_POINT_GROUP = "pulse.handlers"
+JOB_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A registered handler and where it came from."""
+
+    job_type: str
+    fn: HandlerFn
+
+    @property
+    def origin(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+
+class HandlerRegistry:
+    """jobType -> handler. Registering a jobType twice is an error."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HandlerSpec] = {}
+
+    def handler(self, job_type: str) -> Callable[[HandlerFn], HandlerFn]:
+        """Decorator registering ``fn(payload, ctx)`` as the handler of ``job_type``."""
+        if not JOB_TYPE_RE.match(job_type):
+            raise ConfigError(
+                f"jobType {job_type!r} is not valid: use 1-128 of letters, digits, '_.:-'"
+            )
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            spec = HandlerSpec(job_type, fn)
+            existing = self._specs.get(job_type)
+            if existing is not None and existing.fn is not fn:
+                raise DuplicateHandler(
+                    f"a handler for jobType {job_type!r} is already registered "
+                    f"({existing.origin}); {spec.origin} cannot register it again"
+                )
+            self._specs[job_type] = spec
+            return fn
+
+        return register
+
+    def get(self, job_type: str) -> HandlerSpec | None:
+        """The handler of ``job_type``, or ``None``."""
+        return self._specs.get(job_type)
+
+    def job_types(self) -> frozenset[str]:
+        """Every registered jobType."""
+        return frozenset(self._specs)
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
+        return iter(list(self._specs.values()))
+
+
+#: The process-wide registry that ``@handler`` writes to (as Dramatiq's actors do).
+registry = HandlerRegistry()
+handler = registry.handler
+
+
+def load_handler_modules(modules: Iterable[str]) -> list[str]:
+    """Import handler modules by name and from the entry-point group; return what was loaded."""
+    loaded: list[str] = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"PULSE_HANDLER_MODULES: cannot import {name!r}: {exc}") from exc
+        loaded.append(name)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except ImportError as exc:
+            raise ConfigError(
+                f"entry point {point.name!r} in group {ENTRY_POINT_GROUP!r} "
+                f"cannot be loaded: {exc}"
+            ) from exc
+        loaded.append(point.value)
+    return loaded

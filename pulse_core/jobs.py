@@ -1,0 +1,134 @@
+"""The job record: its states, its fields, and how it is stored in a Redis hash."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+#: Bumped when the stored record's shape changes incompatibly.
+SCHEMA_VERSION = 1
+
+
+class JobState(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+#: States from which a worker may claim the next attempt.
+CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})
+
+# Fields stored as JSON text inside the hash; the rest are plain strings.
+_JSON_FIELDS = ("payload", "result", "error", "metadata")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """One job, as the job store holds it."""
+
+    job_id: str
+    tenant_id: str
+    job_type: str
+    queue: str
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+
+    def to_redis(self) -> dict[str, str]:
+        """The record as the flat string mapping stored in a Redis hash."""
+        flat = {
+            "v": str(SCHEMA_VERSION),
+            "jobId": self.job_id,
+            "tenantId": self.tenant_id,
+            "jobType": self.job_type,
+            "queue": self.queue,
+            "state": self.state.value,
+            "attempts": str(self.attempts),
+            "traceId": self.trace_id,
+            "createdAt": self.created_at,
+        }
+        for key, value in (("startedAt", self.started_at), ("finishedAt", self.finished_at)):
+            if value:
+                flat[key] = value
+        for key in _JSON_FIELDS:
+            value = getattr(self, key)
+            if value is not None:
+                flat[key] = json.dumps(value, separators=(",", ":"))
+        return flat
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[str, str]) -> Job:
+        """Rebuild a job from its stored hash."""
+
+        def loads(key: str) -> Any:
+            text = raw.get(key)
+            return json.loads(text) if text else None
+
+        return cls(
+            job_id=raw["jobId"],
+            tenant_id=raw["tenantId"],
+            job_type=raw["jobType"],
+            queue=raw.get("queue", ""),
+            state=JobState(raw["state"]),
+            attempts=int(raw.get("attempts", "0")),
+            payload=loads("payload") or {},
+            metadata=loads("metadata") or {},
+            trace_id=raw.get("traceId", ""),
+            created_at=raw.get("createdAt", ""),
+            started_at=raw.get("startedAt") or None,
+            finished_at=raw.get("finishedAt") or None,
+            result=loads("result"),
+            error=loads("error"),
+        )
+
+    def document(self) -> dict[str, Any]:
+        """The public job document the API returns."""
+        return {
+            "jobId": self.job_id,
+            "tenantId": self.tenant_id,
+            "jobType": self.job_type,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "queue": self.queue,
+            "traceId": self.trace_id,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "result": self.result,
+            "error": self.error,
+            "metadata": dict(self.metadata),
+        }
+
+
+def new_job_id() -> str:
+    """A fresh, unguessable job id."""
+    return str(uuid.uuid4())
+
+
+def new_trace_id() -> str:
+    """A fresh W3C-style 32-hex trace id."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with a ``Z`` suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

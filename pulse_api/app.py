@@ -18,7 +18,7 @@ from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
 
 
-class PulseApi(Api):  # type: ignore[misc]
+class PulseApi(Api):
     """flask-smorest's Api, documenting problem documents as the error schema."""
 
     ERROR_SCHEMA = ProblemSchema
@@ -41,9 +41,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS={
-            "components": {
-                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
-            },
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
     app.extensions[EXTENSION_KEY] = Services.build(settings, tenants)

@@ -80,7 +80,7 @@ def from_pulse_error(error: PulseError) -> Response:
     """The problem response for a deliberate Pulse error."""
     for cls in type(error).__mro__:
         if cls in PROBLEMS:
-            status, slug, title = PROBLEMS[cls]  # type: ignore[index]
+            status, slug, title = PROBLEMS[cls]
             break
     else:
         log.error("unmapped PulseError %r", error)

@@ -30,7 +30,8 @@ def announce(redis: Redis, job_types: Iterable[str], ttl_seconds: int) -> None:
 
 def live_job_types(redis: Redis) -> frozenset[str]:
     """The jobTypes some live worker has announced."""
-    return frozenset(redis.zrangebyscore(keys.JOB_TYPES, time.time(), "+inf"))
+    members: list[str] = redis.zrangebyscore(keys.JOB_TYPES, time.time(), "+inf")  # type: ignore[assignment]
+    return frozenset(members)
 
 
 class JobTypeDirectory:

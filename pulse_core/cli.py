@@ -120,6 +120,8 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
     env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
     modules = [m for m in env.get("PULSE_HANDLER_MODULES", "").split(",") if m.strip()]
     env["PULSE_HANDLER_MODULES"] = ",".join([*modules, DIAGNOSTICS_MODULE])
+    # Flower's HTTP API answers without a login on the loopback-only dev stack.
+    env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     redis: EmbeddedRedis | None = None
     if not env.get("PULSE_REDIS_URL"):
         try:
@@ -150,12 +152,12 @@ def _print_banner(
                 "Pulse dev stack",
                 f"  Redis   {settings.redis_url}  ({where})",
                 f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json)",
-                "  Worker  1 Celery worker, handlers: "
-                + ", ".join(settings.handler_modules),
+                "  Worker  1 Celery worker, handlers: " + ", ".join(settings.handler_modules),
                 f"  Flower  http://127.0.0.1:{flower_port}",
                 "Try it:",
                 f"  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs \\",
-                f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' -H 'Content-Type: application/json' \\",
+                f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",
+                "    -H 'Content-Type: application/json' \\",
                 """    -d '{"jobType": "diag.echo", "payload": {"hello": "world"}}'""",
                 "Ctrl-C stops everything.",
                 "",
@@ -209,3 +211,7 @@ class Supervisor:
 
 def _exec(command: Sequence[str]) -> None:
     os.execv(command[0], list(command))
+
+
+if __name__ == "__main__":
+    main()

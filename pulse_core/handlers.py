@@ -97,8 +97,7 @@ def load_handler_modules(modules: Iterable[str]) -> list[str]:
             point.load()
         except ImportError as exc:
             raise ConfigError(
-                f"entry point {point.name!r} in group {ENTRY_POINT_GROUP!r} "
-                f"cannot be loaded: {exc}"
+                f"entry point {point.name!r} in group {ENTRY_POINT_GROUP!r} cannot be loaded: {exc}"
             ) from exc
         loaded.append(point.value)
     return loaded

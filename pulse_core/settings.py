@@ -52,7 +52,9 @@ class Settings:
             default_queue=_name("PULSE_DEFAULT_QUEUE", env.get("PULSE_DEFAULT_QUEUE"))
             or DEFAULT_QUEUE,
             result_max_bytes=_positive_int(
-                "PULSE_RESULT_MAX_BYTES", env.get("PULSE_RESULT_MAX_BYTES"), DEFAULT_RESULT_MAX_BYTES
+                "PULSE_RESULT_MAX_BYTES",
+                env.get("PULSE_RESULT_MAX_BYTES"),
+                DEFAULT_RESULT_MAX_BYTES,
             ),
             job_type_ttl_seconds=_positive_int(
                 "PULSE_JOB_TYPE_TTL_SECONDS",

@@ -79,7 +79,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         """The job, or ``None`` when there is no such record."""
-        raw = self._redis.hgetall(keys.job(job_id))
+        raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return Job.from_redis(raw) if raw else None
 
     def get_for_tenant(self, tenant_id: str, job_id: str) -> Job | None:

@@ -1,0 +1,83 @@
+"""Fixtures: a private Redis server, a real Celery worker subprocess, the API app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from tests.support import WorkerProcess, settings_env, write_tenants_file
+
+DIAG_TYPES = ("diag.echo", "diag.sleep", "diag.flaky", "diag.fail")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A redis-server of our own on a free port; never one somebody left running."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tenants_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tenants_file(tmp_path_factory.mktemp("config") / "tenants.toml")
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server: EmbeddedRedis, tenants_file: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        broker_url=redis_server.url,
+        tenants_file=tenants_file,
+        handler_modules=("pulse_worker.diagnostics",),
+    )
+
+
+@pytest.fixture(scope="session")
+def redis(settings: Settings) -> Redis:
+    return connect(settings.redis_url)
+
+
+@pytest.fixture(scope="session")
+def worker(
+    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real prefork worker on the shared queue, with the diagnostic handlers."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = WorkerProcess(settings_env(settings), log).start()
+    process.wait_ready(redis, DIAG_TYPES)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def live_client(client: FlaskClient, worker: WorkerProcess) -> FlaskClient:
+    """A test client whose jobs a real worker runs."""
+    return client
+
+
+@pytest.fixture
+def isolated_settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Settings with a queue of this test's own, so its worker sees no one else's jobs."""
+    queue = "t-" + request.node.name.replace("[", "-").replace("]", "")[:60]
+    return replace(settings, default_queue=queue)

@@ -1,0 +1,161 @@
+"""Test helpers: tenants, worker subprocesses and polling, all against real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis import Redis
+
+from pulse_core.announce import live_job_types
+from pulse_core.settings import Settings
+from pulse_core.tenants import hash_api_key
+
+T = TypeVar("T")
+HANDLERS_DIR = Path(__file__).parent / "handlers"
+ROOT = Path(__file__).parent.parent
+
+#: tenant id -> API key, for the tests' tenants file.
+TENANT_KEYS = {"acme": "acme-secret-key", "globex": "globex-secret-key"}
+
+
+def auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+
+
+def write_tenants_file(path: Path, extra: str = "") -> Path:
+    lines = ["[defaults]", 'rate_limit = "1000/second"', ""]
+    for tenant, key in TENANT_KEYS.items():
+        lines += [f"[tenants.{tenant}]", f'api_key_sha256 = ["{hash_api_key(key)}"]', ""]
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll until ``predicate()`` is truthy; fail the test with what it last returned."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {
+        "PULSE_REDIS_URL": settings.redis_url,
+        "PULSE_BROKER_URL": settings.broker_url,
+        "PULSE_HANDLER_MODULES": ",".join(settings.handler_modules),
+        "PULSE_DEFAULT_QUEUE": settings.default_queue,
+        "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
+    }
+    if settings.tenants_file:
+        env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)
+    return env
+
+
+def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HANDLERS_DIR), str(ROOT)])
+    env.update(overrides)
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery -A pulse_worker.app worker`` subprocess."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        queues: Iterable[str] = ("pulse",),
+        concurrency: int = 2,
+        pool: str = "prefork",
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.log_path = log_path
+        self.command = [
+            sys.executable, "-m", "celery", "-A", "pulse_worker.app", "worker",
+            "--pool", pool, "--concurrency", str(concurrency),
+            "--queues", ",".join(queues), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            *extra_args,
+        ]  # fmt: skip
+        self.env = child_env(env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def wait_ready(self, redis: Redis, job_types: Iterable[str], timeout: float = 30.0) -> None:
+        wanted = set(job_types)
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log()}")
+            return wanted <= live_job_types(redis) and "ready" in self.log()
+
+        wait_for(ready, timeout=timeout, interval=0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker and every child in its process group."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # reap stray pool children
+        self._log.close()
+        return self.process.returncode
+
+
+def job_state(client: Any, tenant: str, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/jobs/{job_id}", headers=auth(tenant))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def wait_for_state(
+    client: Any, tenant: str, job_id: str, states: Iterable[str], timeout: float = 20.0
+) -> dict[str, Any]:
+    wanted = set(states)
+
+    def reached() -> dict[str, Any] | None:
+        doc = job_state(client, tenant, job_id)
+        return doc if doc["state"] in wanted else None
+
+    return wait_for(reached, timeout=timeout)

@@ -1,0 +1,114 @@
+"""Settings and the tenants file: a bad value stops start-up with a message naming it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pulse_core.errors import ConfigError, DuplicateHandler
+from pulse_core.handlers import HandlerRegistry
+from pulse_core.settings import Settings
+from pulse_core.tenants import TenantsConfig, hash_api_key
+from tests.support import child_env
+
+DIGEST = hash_api_key("k1")
+
+
+def test_settings_default_the_broker_to_the_redis_url() -> None:
+    settings = Settings.from_env({"PULSE_REDIS_URL": "redis://h:1/2"})
+    assert settings.broker_url == "redis://h:1/2"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PULSE_REDIS_URL": "http://x"}, "PULSE_REDIS_URL"),
+        ({"PULSE_BROKER_URL": "kafka://x"}, "PULSE_BROKER_URL"),
+        ({"PULSE_HANDLER_MODULES": "ok.mod, not a module"}, "PULSE_HANDLER_MODULES"),
+        ({"PULSE_RESULT_MAX_BYTES": "lots"}, "PULSE_RESULT_MAX_BYTES"),
+        ({"PULSE_RESULT_MAX_BYTES": "-1"}, "PULSE_RESULT_MAX_BYTES"),
+    ],
+)
+def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[tenants.acme\n", "not valid TOML"),
+        ("[tenants.acme]\n", "api_key_sha256"),
+        ('[tenants.acme]\napi_key_sha256 = ["abc"]\n', "64 lowercase hex"),
+        (f'[tenants.Bad]\napi_key_sha256 = ["{DIGEST}"]\n', "tenants.Bad"),
+        (f'[defaults]\nrate_limit = "lots"\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
+         "rate_limit"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
+         f'[tenants.b]\napi_key_sha256 = ["{DIGEST}"]\n', "already belongs to a"),
+        ("[tenant.typo]\n", "unknown section"),
+    ],
+)  # fmt: skip
+def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        TenantsConfig.load(path)
+
+
+def test_a_missing_tenants_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        TenantsConfig.load(tmp_path / "nope.toml")
+
+
+def test_keys_are_matched_by_digest(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        f'[defaults]\nrate_limit = "5/second"\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
+        f'rate_limit = "10/minute;100/hour"\n'
+    )
+    config = TenantsConfig.load(path)
+    tenant = config.authenticate("k1")
+    assert tenant is not None and tenant.tenant_id == "a"
+    assert tenant.rate_limit == "10/minute;100/hour"
+    assert config.authenticate("k2") is None
+    assert config.default_rate_limit == "5/second"
+
+
+def test_registering_one_job_type_twice_fails_with_both_names() -> None:
+    registry = HandlerRegistry()
+
+    @registry.handler("x.y")
+    def first(payload, ctx):
+        return None
+
+    with pytest.raises(DuplicateHandler, match=r"'x.y' is already registered.*first"):
+
+        @registry.handler("x.y")
+        def second(payload, ctx):
+            return None
+
+
+def test_an_invalid_job_type_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not valid"):
+        HandlerRegistry().handler("has space")
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "flower"])
+def test_pulse_cli_refuses_to_start_on_a_bad_setting(command: str) -> None:
+    env = child_env({"PULSE_REDIS_URL": "http://wrong", "PULSE_TENANTS_FILE": "x.toml"})
+    out = subprocess.run([sys.executable, "-m", "pulse_core.cli", command], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0
+    assert "PULSE_REDIS_URL" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pulse_api_refuses_a_missing_tenants_file(tmp_path: Path) -> None:
+    env = child_env({"PULSE_TENANTS_FILE": str(tmp_path / "missing.toml")})
+    out = subprocess.run([sys.executable, "-m", "pulse_core.cli", "api"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0
+    assert "missing.toml does not exist" in out.stderr

@@ -1,0 +1,96 @@
+"""Every refusal is an RFC 9457 problem document that names what was wrong."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.support import auth
+
+
+def assert_problem(response, status: int, type_suffix: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert body["type"].endswith("/" + type_suffix)
+    assert body["title"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"},
+     {"Authorization": "Bearer "}],
+)  # fmt: skip
+def test_missing_or_wrong_key_is_401(client: FlaskClient, headers: dict) -> None:
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
+                           headers=headers)  # fmt: skip
+    assert_problem(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_status_read_needs_a_key(client: FlaskClient) -> None:
+    assert_problem(client.get("/v1/jobs/anything"), 401, "unauthorized")
+
+
+def test_malformed_json_is_400(client: FlaskClient) -> None:
+    response = client.post("/v1/jobs", data='{"jobType": ', headers=auth("acme"),
+                           content_type="application/json")  # fmt: skip
+    body = assert_problem(response, 400, "malformed-request")
+    assert "JSON" in body["detail"]
+
+
+def test_non_json_body_is_415(client: FlaskClient) -> None:
+    response = client.post("/v1/jobs", data="jobType=diag.echo", headers=auth("acme"),
+                           content_type="application/x-www-form-urlencoded")  # fmt: skip
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"payload": {}}, "jobType"),
+        ({"jobType": "diag.echo"}, "payload"),
+        ({"jobType": "diag.echo", "payload": [1, 2]}, "payload"),
+        ({"jobType": "diag.echo", "payload": None}, "payload"),
+        ({"jobType": "has spaces", "payload": {}}, "jobType"),
+        ({"jobType": "diag.echo", "payload": {}, "surprise": 1}, "surprise"),
+        ({"jobType": "diag.echo", "payload": {}, "metadata": {"traceId": "xyz"}},
+         "metadata.traceId"),
+        ({"jobType": "diag.echo", "payload": {}, "idempotencyKey": ""}, "idempotencyKey"),
+    ],
+)  # fmt: skip
+def test_schema_violation_is_422_naming_the_field(
+    client: FlaskClient, body: dict, field: str
+) -> None:
+    response = client.post("/v1/jobs", json=body, headers=auth("acme"))
+    problem = assert_problem(response, 422, "validation-error")
+    assert field in problem["errors"], problem
+
+
+def test_top_level_array_is_422(client: FlaskClient) -> None:
+    response = client.post("/v1/jobs", json=[1, 2], headers=auth("acme"))
+    assert_problem(response, 422, "validation-error")
+
+
+def test_unknown_job_type_is_422_at_submit(live_client: FlaskClient) -> None:
+    response = live_client.post("/v1/jobs", json={"jobType": "no.such.handler", "payload": {}},
+                                headers=auth("acme"))  # fmt: skip
+    body = assert_problem(response, 422, "unknown-job-type")
+    assert "jobType" in body["errors"]
+
+
+def test_tenant_id_of_another_tenant_is_422(live_client: FlaskClient) -> None:
+    response = live_client.post(
+        "/v1/jobs", json={"jobType": "diag.echo", "payload": {}, "tenantId": "globex"},
+        headers=auth("acme"),
+    )  # fmt: skip
+    body = assert_problem(response, 422, "tenant-mismatch")
+    assert "tenantId" in body["errors"]
+
+
+def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:
+    assert_problem(client.get("/v2/nothing"), 404, "not-found")
+    assert_problem(client.delete("/healthz"), 405, "method-not-allowed")

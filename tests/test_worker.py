@@ -1,0 +1,137 @@
+"""The generic task on a real worker: failures, result caps, messages, handler modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_core.celery_setup import create_celery, publish_job
+from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.settings import Settings
+from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for_state
+
+
+def test_a_failing_handler_leaves_the_job_dead_with_its_error(live_client: FlaskClient) -> None:
+    # given a handler that always fails
+    job_id = live_client.post("/v1/jobs", json={"jobType": "diag.fail", "payload": {}},
+                              headers=auth("acme")).get_json()["jobId"]  # fmt: skip
+    # when the worker runs it
+    doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
+    # then it is dead, and the error says what happened without a full stack dump
+    assert doc["state"] == "dead"
+    assert doc["error"]["type"] == "RetryableError"
+    assert "diag.fail always fails" in doc["error"]["message"]
+    assert "Traceback" in doc["error"]["traceback"]
+    assert len(doc["error"]["traceback"]) <= 4000
+    assert doc["result"] is None
+
+
+def test_a_result_over_the_cap_is_refused(live_client: FlaskClient, settings: Settings) -> None:
+    # given a payload whose echo is larger than the result cap
+    big = {"blob": "x" * (settings.result_max_bytes + 10)}
+    job_id = live_client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": big},
+                              headers=auth("acme")).get_json()["jobId"]  # fmt: skip
+    # then the job is dead with ResultTooLarge and no result stored
+    doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
+    assert doc["state"] == "dead"
+    assert doc["error"]["type"] == "ResultTooLarge"
+    assert doc["result"] is None
+
+
+def test_message_carries_job_type_as_display_name_and_no_payload(
+    settings: Settings, redis: Redis
+) -> None:
+    # given a job published to a queue no worker consumes
+    queue = "inspect-only"
+    job = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue=queue,
+              payload={"secret": "s3cr3t-value"}, trace_id=new_trace_id(),
+              created_at=utc_now())  # fmt: skip
+    redis.delete(queue)
+    # when it is published
+    publish_job(create_celery(settings), job)
+    # then the raw message shows the jobType as its name, JSON, and only the job id
+    raw = redis.lrange(queue, 0, -1)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == "pulse.run_job"
+    assert message["headers"]["shadow"] == "diag.echo"
+    assert "s3cr3t-value" not in raw[0]
+    assert "s3cr3t-value" not in message["headers"]["argsrepr"]
+    redis.delete(queue)
+
+
+def test_a_worker_with_a_handler_module_makes_its_job_type_acceptable(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given an API on a queue of its own, with no worker for extra.reverse yet
+    settings = replace(isolated_settings, handler_modules=("extra_handlers",))
+    client = create_app(settings).test_client()
+    body = {"jobType": "extra.reverse", "payload": {"text": "pulse"}}
+    redis.zrem("pulse:jobtypes", "extra.reverse")
+    assert client.post("/v1/jobs", json=body, headers=auth("acme")).status_code == 422
+    # when a worker starts with the module in PULSE_HANDLER_MODULES
+    worker = WorkerProcess(settings_env(settings), tmp_path / "w.log",
+                           queues=[settings.default_queue], concurrency=1).start()  # fmt: skip
+    try:
+        worker.wait_ready(redis, ["extra.reverse"])
+        # then the API accepts the jobType and the worker runs it
+        response = client.post("/v1/jobs", json=body, headers=auth("acme"))
+        assert response.status_code == 202
+        doc = wait_for_state(client, "acme", response.get_json()["jobId"], {"succeeded", "dead"})
+        assert doc["result"] == {"reversed": "eslup"}
+    finally:
+        worker.stop()
+        redis.zrem("pulse:jobtypes", "extra.reverse")
+
+
+def test_registering_a_job_type_twice_stops_the_worker(settings: Settings, tmp_path: Path) -> None:
+    # given two handler modules that both register extra.reverse
+    settings = replace(settings, handler_modules=("extra_handlers", "extra_handlers_dup"),
+                       default_queue="never-consumed")  # fmt: skip
+    worker = WorkerProcess(settings_env(settings), tmp_path / "w.log",
+                           queues=["never-consumed"], concurrency=1).start()  # fmt: skip
+    # when the worker starts, then it exits non-zero naming the jobType and both handlers
+    assert worker.process is not None
+    code = worker.process.wait(60)
+    worker.stop()
+    assert code != 0
+    log = worker.log()
+    assert "extra.reverse" in log and "already registered" in log
+    assert "extra_handlers.reverse" in log
+
+
+def test_plain_celery_cli_can_ping_the_worker(worker: WorkerProcess, settings: Settings) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "inspect", "ping",
+         "--timeout", "5"],
+        env=child_env(settings_env(settings)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pong" in out.stdout
+
+
+@pytest.mark.parametrize("bad_url", ["redis://127.0.0.1:1/0"])
+def test_broker_down_at_submit_is_503_and_leaves_no_record(
+    live_client: FlaskClient, settings: Settings, redis: Redis, bad_url: str
+) -> None:
+    # given an API whose broker is unreachable (its job store is fine)
+    app = create_app(replace(settings, broker_url=bad_url))
+    client = app.test_client()
+    before = redis.zcard("pulse:tenant:globex:jobs")
+    # when a job is submitted
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
+                           headers=auth("globex"))  # fmt: skip
+    # then it is refused with 503 and no half-enqueued record remains
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"]
+    assert redis.zcard("pulse:tenant:globex:jobs") == before

@@ -1,0 +1,1 @@
+"""``make bench``: Pulse against plain Celery and plain Flask, same machine, same run."""

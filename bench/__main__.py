@@ -1,0 +1,84 @@
+"""Run every bench section against one private Redis and print medians and ratios."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import drain, submit
+from bench.common import BenchEnv, Result
+from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_core.redis_client import connect
+from pulse_core.tenants import hash_api_key
+
+API_KEY = "bench-key"
+SECTIONS = {"submit": submit, "drain": drain}
+#: (numerator, denominator, label) pairs printed as ratios.
+RATIOS = [
+    ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
+    ("pulse worker, diag.echo", "plain celery task, no result backend",
+     "drain: pulse / plain celery (no results)"),
+    ("pulse worker, diag.echo", "plain celery task, redis result backend",
+     "drain: pulse / plain celery (redis results)"),
+]  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or list(SECTIONS)
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
+        work = Path(tmp)
+        tenants = work / "tenants.toml"
+        tenants.write_text(
+            '[defaults]\nrate_limit = "1000000/second"\n'
+            f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(API_KEY)}"]\n'
+        )
+        redis_server = EmbeddedRedis(work / "redis", persist=False).start()
+        try:
+            env = BenchEnv(redis_server.url, connect(redis_server.url), work, tenants, API_KEY)
+            results: list[Result] = []
+            for name in wanted:
+                started = time.perf_counter()
+                print(f"-- {name} ...", flush=True)
+                results += SECTIONS[name].run(env)
+                print(f"   done in {time.perf_counter() - started:.0f} s", flush=True)
+        finally:
+            redis_server.stop()
+    report(results)
+    return 0
+
+
+def report(results: list[Result]) -> None:
+    by_name = {r.name: r for r in results}
+    print(f"\nPulse bench on {platform.node()} ({platform.machine()}), medians of each round")
+    for r in results:
+        runs = ", ".join(f"{v:.0f}" for v in r.values)
+        print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
+    print("Ratios (>1 means Pulse is faster):")
+    for top, bottom, label in RATIOS:
+        if top in by_name and bottom in by_name:
+            print(f"  {label:48} {by_name[top].median / by_name[bottom].median:6.2f}")
+    out = Path("bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(
+        json.dumps(
+            [
+                {
+                    "section": r.section,
+                    "name": r.name,
+                    "unit": r.unit,
+                    "values": r.values,
+                    "median": r.median,
+                }
+                for r in results
+            ],
+            indent=2,
+        )  # fmt: skip
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,169 @@
+"""Shared bench machinery: processes, HTTP load, queue draining, medians."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchEnv:
+    redis_url: str
+    redis: Redis
+    work_dir: Path
+    tenants_file: Path
+    api_key: str
+    rounds: int = 3
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+        env.update(
+            PULSE_REDIS_URL=self.redis_url,
+            PULSE_TENANTS_FILE=str(self.tenants_file),
+            PULSE_HANDLER_MODULES="pulse_worker.diagnostics",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(extra)
+        return env
+
+
+@dataclass
+class Result:
+    section: str
+    name: str
+    values: list[float] = field(default_factory=list)
+    unit: str = "jobs/s"
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+def spawn(command: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    return subprocess.Popen(
+        list(command), env=dict(env), stdout=handle, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def gunicorn(app: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--log-level", "warning", app,
+    ]  # fmt: skip
+
+
+def celery_worker(app: str, queues: str, concurrency: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork",
+        "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", *extra,
+    ]  # fmt: skip
+
+
+def wait_http(port: int, path: str = "/", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+def http_load(
+    port: int,
+    path: str,
+    body_for: Callable[[int], bytes],
+    headers: Mapping[str, str],
+    *,
+    requests: int,
+    concurrency: int,
+    expect: int = 202,
+) -> float:
+    """POST ``requests`` bodies with ``concurrency`` client threads; return requests/s."""
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", path, body=body_for(n), headers=dict(headers))
+            response = conn.getresponse()
+            data = response.read()
+            conn.close()
+            if response.status != expect and len(failures) < 5:
+                failures.append(f"{response.status} {data[:200]!r}")
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"unexpected answers: {failures}")
+    return requests / elapsed
+
+
+def drained(redis: Redis, queue: str) -> bool:
+    """No message waiting on ``queue`` and none delivered but unacknowledged."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.llen(queue)
+        pipe.hlen("unacked")
+        waiting, unacked = pipe.execute()
+    return waiting == 0 and unacked == 0
+
+
+def time_drain(redis: Redis, queue: str, start_consuming: Callable[[], None], n: int) -> float:
+    """Start consuming a pre-filled queue; return messages/s until it is drained."""
+    start = time.perf_counter()
+    start_consuming()
+    deadline = start + 600
+    while not drained(redis, queue):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"queue {queue} did not drain")
+        time.sleep(0.005)
+    return n / (time.perf_counter() - start)
+
+
+def json_body(obj: object) -> bytes:
+    return json.dumps(obj).encode()

@@ -1,0 +1,90 @@
+"""Jobs/s drained by a Pulse worker, beside a plain Celery task with the same settings.
+
+Each worker starts on an idle queue; a queue is filled while nobody consumes it,
+then the worker is told to consume it (``add_consumer``) and the clock runs until
+no message is waiting or unacknowledged.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
+from bench.plain_stack import echo
+from pulse_core.celery_setup import create_celery, publish_job
+from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.settings import Settings
+from pulse_core.store import JobStore
+
+JOBS = 2000
+CONCURRENCY = 2
+PAYLOAD = {"n": 1, "text": "hello"}
+
+
+def _wait_worker(app: Celery, name: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if app.control.ping(destination=[name], timeout=0.5):
+            return
+    raise RuntimeError(f"worker {name} did not answer ping")
+
+
+def _consume(app: Celery, queue: str, worker: str) -> None:
+    app.control.add_consumer(queue, destination=[worker], reply=True, timeout=5)
+
+
+def _cancel(app: Celery, queue: str, worker: str) -> None:
+    app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)
+
+
+def run(env: BenchEnv) -> list[Result]:
+    settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url)
+    pulse_app = create_celery(settings)
+    store = JobStore(env.redis)
+    plain_env = env.env(PULSE_BROKER_URL=env.redis_url)
+    plain_app = echo.app
+    plain_app.conf.broker_url = env.redis_url
+
+    results = {
+        "pulse": Result("drain", "pulse worker, diag.echo"),
+        "plain": Result("drain", "plain celery task, no result backend"),
+        "plain+results": Result("drain", "plain celery task, redis result backend"),
+    }
+    workers = {
+        "pulse": ("pulse@bench", spawn(
+            celery_worker("pulse_worker.app", "idle-pulse", CONCURRENCY, "-n", "pulse@bench"),
+            env.env(), env.work_dir / "pulse-worker.log")),
+        "plain": ("plain@bench", spawn(
+            celery_worker("bench.plain_stack", "idle-plain", CONCURRENCY, "-n", "plain@bench"),
+            plain_env, env.work_dir / "plain-worker.log")),
+        "plain+results": ("plainr@bench", spawn(
+            celery_worker("bench.plain_stack", "idle-plainr", CONCURRENCY, "-n", "plainr@bench"),
+            {**plain_env, "BENCH_STORE_RESULTS": "1"}, env.work_dir / "plainr-worker.log")),
+    }  # fmt: skip
+    try:
+        for name, _process in workers.values():
+            _wait_worker(pulse_app, name)
+        for round_no in range(env.rounds):
+            for kind, (worker, _process) in workers.items():
+                queue = f"bench-{kind}-{round_no}"
+                if kind == "pulse":
+                    for _ in range(JOBS):
+                        job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
+                                  queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),
+                                  created_at=utc_now())  # fmt: skip
+                        store.create(job)
+                        publish_job(pulse_app, job)
+                else:
+                    for _ in range(JOBS):
+                        echo.apply_async(args=(PAYLOAD,), queue=queue)
+                rate = time_drain(
+                    env.redis, queue, lambda: _consume(pulse_app, queue, worker), JOBS
+                )
+                results[kind].values.append(rate)
+                _cancel(pulse_app, queue, worker)
+    finally:
+        for _name, process in workers.values():
+            stop(process)
+    return list(results.values())

@@ -76,7 +76,7 @@ def report(results: list[Result]) -> None:
                 for r in results
             ],
             indent=2,
-        )  # fmt: skip
+        )
     )
 
 

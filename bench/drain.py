@@ -7,6 +7,9 @@ no message is waiting or unacknowledged.
 
 from __future__ import annotations
 
+import functools
+import time
+
 from celery import Celery
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
@@ -22,8 +25,6 @@ PAYLOAD = {"n": 1, "text": "hello"}
 
 
 def _wait_worker(app: Celery, name: str) -> None:
-    import time
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if app.control.ping(destination=[name], timeout=0.5):

@@ -80,9 +80,8 @@ def run(env: BenchEnv) -> list[Result]:
                 else:
                     for _ in range(JOBS):
                         echo.apply_async(args=(PAYLOAD,), queue=queue)
-                rate = time_drain(
-                    env.redis, queue, lambda: _consume(pulse_app, queue, worker), JOBS
-                )
+                start = functools.partial(_consume, pulse_app, queue, worker)
+                rate = time_drain(env.redis, queue, start, JOBS)
                 results[kind].values.append(rate)
                 _cancel(pulse_app, queue, worker)
     finally:

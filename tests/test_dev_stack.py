@@ -1,0 +1,88 @@
+"""``pulse dev`` (what ``make run`` runs): the whole stack up, one job through it, clean stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pulse_core.embedded_redis import free_port
+from tests.support import TENANT_KEYS, child_env, wait_for
+
+
+def _request(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    headers = {"Authorization": f"Bearer {TENANT_KEYS['acme']}"}
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body)
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    except OSError:
+        return 0, {}
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(raw or b"{}")
+    except ValueError:
+        return response.status, {}
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(180)
+def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file: Path) -> None:
+    # given no PULSE_REDIS_URL: pulse dev embeds its own Redis
+    api_port, flower_port = free_port(), free_port()
+    env = child_env({"PULSE_TENANTS_FILE": str(tenants_file)})
+    log = (tmp_path / "dev.log").open("wb")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "pulse_core.cli", "dev", "--api-port", str(api_port),
+         "--flower-port", str(flower_port), "--concurrency", "1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # when it is ready
+        wait_for(lambda: _request(api_port, "GET", "/readyz")[0] == 200, timeout=90, interval=0.5)
+        # then a diag.echo job goes through the API and the worker
+        def accepted() -> dict | None:
+            status, doc = _request(api_port, "POST", "/v1/jobs",
+                                   {"jobType": "diag.echo", "payload": {"via": "dev"}})  # fmt: skip
+            return doc if status == 202 else None
+
+        job = wait_for(accepted, timeout=60, interval=0.5)
+        done = wait_for(
+            lambda: _request(api_port, "GET", f"/v1/jobs/{job['jobId']}")[1].get("state")
+            == "succeeded",
+            timeout=60,
+        )
+        assert done
+        # and Flower answers, and Redis keeps its data under the working folder
+        wait_for(lambda: _request(flower_port, "GET", "/healthcheck")[0] == 200, timeout=60)
+        assert (tmp_path / ".pulse" / "redis").is_dir()
+        banner = (tmp_path / "dev.log").read_text(errors="replace")
+        assert f"http://127.0.0.1:{api_port}" in banner and "curl" in banner
+    finally:
+        # when it gets SIGTERM
+        dev.send_signal(signal.SIGTERM)
+        code = dev.wait(60)
+        log.close()
+    # then it exits cleanly and leaves no process of its group behind
+    assert code == 0, (tmp_path / "dev.log").read_text(errors="replace")[-3000:]
+    wait_for(lambda: not _group_alive(dev.pid), timeout=30)

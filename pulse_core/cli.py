@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 import click
 
+from pulse_core.announce import live_job_types
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError
+from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
 
@@ -130,13 +132,18 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
             raise click.ClickException(str(exc)) from None
         env["PULSE_REDIS_URL"] = redis.url
     settings = _check_settings(env, need_tenants=True)
-    children = {
-        "api": api_command("127.0.0.1", api_port, 2),
-        "worker": worker_command(None, concurrency, "prefork", "INFO", True),
-        "flower": flower_command("127.0.0.1", flower_port),
-    }
+    # The worker starts first, and the API only once the worker has announced its
+    # jobTypes: when the API answers, the jobs it accepts have somewhere to run.
+    stages: list[dict[str, list[str]]] = [
+        {"worker": worker_command(None, concurrency, "prefork", "INFO", True)},
+        {
+            "api": api_command("127.0.0.1", api_port, 2),
+            "flower": flower_command("127.0.0.1", flower_port),
+        },
+    ]
     _print_banner(settings, redis, api_port, flower_port)
-    code = Supervisor(children, env).run()
+    redis_client = connect(settings.redis_url)
+    code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
     if redis is not None:
         redis.stop()
     sys.exit(code)
@@ -170,28 +177,54 @@ def _print_banner(
 class Supervisor:
     """Runs child processes in the foreground; stops all of them when any stops or on a signal."""
 
-    def __init__(self, commands: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> None:
-        self._commands = commands
+    def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping = False
 
-    def run(self) -> int:
+    def run(
+        self,
+        stages: Sequence[Mapping[str, Sequence[str]]],
+        ready: Callable[[], bool],
+        *,
+        ready_timeout: float = 120.0,
+    ) -> int:
+        """Start ``stages`` in order, each after ``ready()`` holds; then watch until stopped."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for name, command in self._commands.items():
-            self._children[name] = subprocess.Popen(list(command), env=dict(self._env))
         code = 0
+        for number, stage in enumerate(stages):
+            for name, command in stage.items():
+                self._children[name] = subprocess.Popen(list(command), env=dict(self._env))
+            if number < len(stages) - 1:
+                code = self._wait(until=ready, timeout=ready_timeout)
+                if self._stopping:
+                    break
+        if not self._stopping:
+            code = self._wait(until=lambda: False, timeout=None)
+        self._stop_all()
+        return code
+
+    def _wait(self, until: Callable[[], bool], timeout: float | None) -> int:
+        """Poll children until ``until()`` or a stop; 1 when a child died or time ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stopping:
             for name, child in self._children.items():
                 if child.poll() is not None:
                     click.echo(f"pulse dev: {name} exited with {child.returncode}", err=True)
-                    code = 1
                     self._stopping = True
-                    break
+                    return 1
+            try:
+                if until():
+                    return 0
+            except Exception as exc:  # not ready yet (e.g. Redis still starting)
+                click.echo(f"pulse dev: waiting: {exc}", err=True)
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo("pulse dev: the worker did not become ready in time", err=True)
+                self._stopping = True
+                return 1
             time.sleep(0.2)
-        self._stop_all()
-        return code
+        return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True

@@ -8,6 +8,7 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from pulse_core.admission import Admission
 from pulse_core.announce import JobTypeDirectory
 from pulse_core.celery_setup import create_celery
 from pulse_core.redis_client import connect
@@ -26,6 +27,7 @@ class Services:
     store: JobStore
     celery: Celery
     job_types: JobTypeDirectory
+    admission: Admission
 
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
@@ -37,6 +39,7 @@ class Services:
             store=JobStore(redis),
             celery=create_celery(settings, main="pulse-api"),
             job_types=JobTypeDirectory(redis),
+            admission=Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
         )
 
 

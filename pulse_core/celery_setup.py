@@ -8,6 +8,8 @@ display name (Celery's ``shadow``), so Flower lists jobTypes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from celery import Celery
 
 from pulse_core.jobs import Job
@@ -54,3 +56,24 @@ def publish_job(app: Celery, job: Job) -> None:
         argsrepr=repr((job.job_id,)),
         kwargsrepr="{}",
     )
+
+
+def publish_jobs(app: Celery, jobs: Iterable[Job]) -> int:
+    """Publish ``jobs`` in order over one producer (one connection); return how many went.
+
+    Stops at the first failure and raises it; the caller undoes the jobs not yet sent.
+    """
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for job in jobs:
+            app.send_task(
+                RUN_JOB_TASK,
+                args=(job.job_id,),
+                queue=job.queue,
+                shadow=job.job_type,
+                argsrepr=repr((job.job_id,)),
+                kwargsrepr="{}",
+                producer=producer,
+            )
+            sent += 1
+    return sent

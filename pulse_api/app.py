@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from flask import Flask
-from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
@@ -47,22 +46,11 @@ class PulseApi(Api):
         self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
-class PulseJSONProvider(DefaultJSONProvider):
-    """Flask's JSON, refusing absurdly nested documents as malformed (400), not a 500."""
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError("JSON nesting is too deep") from None
-
-
 def create_app(settings: Settings | None = None, tenants: TenantsConfig | None = None) -> Flask:
     """Build the Pulse API; settings default to ``PULSE_*`` variables."""
     settings = settings or Settings.from_env(os.environ)
     tenants = tenants or TenantsConfig.load(settings.require_tenants_file())
     app = Flask("pulse_api")
-    app.json = PulseJSONProvider(app)
     app.config.update(
         API_TITLE="Pulse",
         API_VERSION="v1",

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Response, g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
 from pulse_api import door
 from pulse_api.jobs import add_rate_limit_headers
 from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
+from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import problem_for, validation_problem
 from pulse_api.schemas import BatchResultSchema, BatchSubmitSchema
 from pulse_api.services import services
@@ -19,7 +19,7 @@ from pulse_api.submit import submit_batch
 from pulse_core.admission import Admitted
 from pulse_core.errors import BatchTooLarge
 
-blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Submit many jobs")
+blp = PulseBlueprint("batches", __name__, url_prefix="/v1/batches", description="Submit many jobs")
 
 
 @blp.before_request
@@ -44,6 +44,7 @@ class Batches(MethodView):
         headers=RATE_LIMIT_HEADERS,
     )
     @problems(blp, 400, 401, 413, 415, 422, 503, submit=True)
+    @blp.doc(security=[{"bearer": []}])
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit up to PULSE_BATCH_MAX_JOBS jobs (500 by default)."""
         svc = services()

@@ -7,17 +7,19 @@ from typing import Any
 
 from flask import Response, g, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from pulse_api import door
 from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
+from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
 from pulse_core.errors import JobNotFound
 from pulse_core.jobs import JobState
 
-blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
+blp = PulseBlueprint(
+    "jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status"
+)
 
 _LOCATION = {"Location": {"description": "URL of the job", "schema": {"type": "string"}}}
 _REPLAYED = {
@@ -77,6 +79,7 @@ class Jobs(MethodView):
             }
         ]
     )
+    @blp.doc(security=[{"bearer": []}])
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit a job."""
         svc = services()
@@ -92,6 +95,7 @@ class Jobs(MethodView):
     @blp.arguments(JobListArgsSchema, location="query")
     @blp.response(200, JobListSchema)
     @problems(blp, 401, 422)
+    @blp.doc(security=[{"bearer": []}])
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List the tenant's own jobs, newest first (cursor-paginated)."""
         state = args.get("state")
@@ -109,6 +113,7 @@ class Jobs(MethodView):
 class JobById(MethodView):
     @blp.response(200, JobSchema)
     @problems(blp, 401, 404)
+    @blp.doc(security=[{"bearer": []}])
     def get(self, job_id: str) -> dict[str, Any]:
         """Read a job's status."""
         job = services().store.get_for_tenant(g.tenant.tenant_id, job_id)

@@ -36,6 +36,7 @@ TENANT_KEYS = {
     "backlog": "backlog-secret-key",
     "small": "small-secret-key",
     "lister": "lister-secret-key",
+    "idem": "idem-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
@@ -46,6 +47,7 @@ TENANT_SETTINGS = {
     "batcher": 'rate_limit = "5/minute"',
     "backlog": "max_pending = 3",
     "small": "max_payload_bytes = 1024",
+    "idem": 'rate_limit = "3/minute"',
 }
 
 

@@ -1,7 +1,8 @@
 """Admitting jobs: a short pipeline of guard steps, one job or a batch.
 
-prepare (tenant, idempotency key, fingerprint, jobType) -> admit (one Lua script:
-idempotency, rate limit, backlog, record) -> publish -> or undo, leaving nothing.
+prepare (tenant, idempotency key, fingerprint, jobType, message) -> admit (one Lua
+script: idempotency, rate limit, backlog, record and, when the broker is the job
+store's Redis, the message itself) -> otherwise publish through kombu, or undo.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import Services
 from pulse_core.admission import Admitted, Submission
-from pulse_core.celery_setup import publish_job, publish_jobs
+from pulse_core.celery_setup import encode_message, publish_job, publish_jobs
 from pulse_core.errors import (
     BrokerUnavailable,
     InvalidIdempotencyKey,
@@ -42,7 +43,7 @@ def submit_job(
     """Admit and publish one validated job body, or raise the error that refuses it."""
     submission = prepare(svc, tenant, body, header_key=header_key)
     admitted = svc.admission.admit(tenant, submission)
-    if not admitted.replayed:
+    if not admitted.replayed and not admitted.published:
         try:
             publish_job(svc.celery, admitted.job)
         except PUBLISH_ERRORS as exc:
@@ -68,14 +69,15 @@ def submit_batch(
     fresh: list[tuple[int, Submission, Admitted]] = []
     for (position, submission), verdict in zip(ready, admitted, strict=True):
         verdicts[position] = verdict
-        if isinstance(verdict, Admitted) and not verdict.replayed:
+        if isinstance(verdict, Admitted) and not verdict.replayed and not verdict.published:
             fresh.append((position, submission, verdict))
-    sent = 0
-    try:
-        sent = publish_jobs(svc.celery, (verdict.job for _, _, verdict in fresh))
-    except PUBLISH_ERRORS as exc:
-        for position, submission, _ in fresh[sent:]:
-            verdicts[position] = _undo(svc, tenant, submission, exc)
+    if fresh:
+        sent = 0
+        try:
+            sent = publish_jobs(svc.celery, (verdict.job for _, _, verdict in fresh))
+        except PUBLISH_ERRORS as exc:
+            for position, submission, _ in fresh[sent:]:
+                verdicts[position] = _undo(svc, tenant, submission, exc)
     return verdicts
 
 
@@ -103,6 +105,7 @@ def prepare(
         idempotency_key=key,
         fingerprint=fingerprint(body) if key else "",
         job_type_live=svc.job_types.is_live(job.job_type),
+        message=encode_message(svc.celery, job) if svc.inline_publish else "",
     )
 
 

@@ -13,11 +13,13 @@ One round trip that cannot race decides a submission, in this order:
 4. **backlog** — fewer than ``max_pending`` of the tenant's jobs not yet final;
    otherwise ``BacklogFull``, nothing consumed;
 5. **record** — consume one slot in every window, write the job hash, index it
-   under the tenant, count it pending and remember the idempotency key.
+   under the tenant, count it pending, remember the idempotency key and, when
+   the broker is this Redis, push the job's message onto its queue.
 
-Publishing happens after (``pulse_core.celery_setup``); if it fails the caller
-``release``s the job, which removes the record, the index entry, the pending count
-and the idempotency key, so nothing is left half-done.
+With another broker, publishing happens after (``pulse_core.celery_setup``); if
+it fails the caller discards the job (``JobStore.discard``), which removes the
+record, the index entry, the pending count and the idempotency key, so nothing
+is left half-done.
 """
 
 from __future__ import annotations
@@ -46,18 +48,18 @@ from pulse_core.tenants import Tenant
 BACKLOG_RETRY_AFTER_SECONDS = 1
 
 # KEYS: 1 job hash, 2 tenant index, 3 pending hash, 4 idempotency key (or KEYS[1]
-#       when there is none), 5.. the tenant's moving windows.
+#       when there is none), 5 the queue's list, 6.. the tenant's moving windows.
 # ARGV: 1 tenant id, 2 job id, 3 created ms, 4 fingerprint ('' = no key),
 #       5 key TTL seconds, 6 jobType live '1'/'0', 7 max_pending, 8 job key prefix,
-#       9 number of windows n, 10.. n (limit, expiry) pairs, then the record's
-#       field/value pairs.
+#       9 the broker message to push ('' = the caller publishes), 10 number of
+#       windows n, 11.. n (limit, expiry) pairs, then the record's field/value pairs.
 _ADMIT = (
     ratelimit.LUA
     + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local n = tonumber(ARGV[9])
-local stats = window_stats(now, 5, 10, n)
+local n = tonumber(ARGV[10])
+local stats = window_stats(now, 6, 11, n)
 
 if ARGV[4] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -76,14 +78,15 @@ if stats[5] == '1' then return {'rate-limited', stats} end
 local pending = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
 
-window_acquire(now, 5, 10, n)
+window_acquire(now, 6, 11, n)
 stats[2] = stats[2] - 1
-redis.call('HSET', KEYS[1], unpack(ARGV, 10 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11 + 2 * n))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ARGV[2], 'EX', ARGV[5])
 end
+if ARGV[9] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[9]) end
 return {'created', stats}
 """
 )
@@ -110,6 +113,9 @@ class Submission:
     fingerprint: str = ""
     #: Whether a live worker announced the jobType.
     job_type_live: bool = True
+    #: The broker message to push with the record (``celery_setup.encode_message``);
+    #: empty when the caller publishes through kombu itself.
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ class Admitted:
     job: Job
     replayed: bool
     limit: LimitStatus
+    #: Whether the job's message is already on its queue (pushed by the script).
+    published: bool = False
 
 
 class Admission:
@@ -176,6 +184,7 @@ class Admission:
             keys.tenant_jobs(tenant.tenant_id),
             keys.PENDING,
             idem_key,
+            job.queue,
             *ratelimit.window_keys(tenant.tenant_id, items),
         ]
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
@@ -188,6 +197,7 @@ class Admission:
             "1" if submission.job_type_live else "0",
             tenant.max_pending,
             keys.job(""),
+            submission.message,
             len(items),
             *ratelimit.window_args(items),
         ]
@@ -215,7 +225,7 @@ def _verdict(
     stats = reply[1]
     job = submission.job
     if outcome == "created":
-        return Admitted(job=job, replayed=False, limit=status)
+        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message))
     if outcome == "replay":
         flat = reply[2]
         stored = Job.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))

@@ -43,9 +43,9 @@ def run(env: BenchEnv) -> list[Result]:
             ]  # fmt: skip
             return json_body({"jobs": jobs})
 
-        bodies = [batch(n) for n in range(BATCHES)]
         for _ in range(env.rounds):
-            rate = http_load(port, "/v1/batches", lambda n: bodies[n], headers,
+            bodies = [batch(n) for n in range(BATCHES)]  # fresh keys: no replays across rounds
+            rate = http_load(port, "/v1/batches", bodies.__getitem__, headers,
                              requests=BATCHES, concurrency=CONCURRENCY, expect=200)  # fmt: skip
             pulse.values.append(rate * BATCH)
             env.redis.delete("pulse")
@@ -54,7 +54,6 @@ def run(env: BenchEnv) -> list[Result]:
                 echo.apply_async(args=(PAYLOAD,))
             plain.values.append(BATCH * BATCHES / (time.perf_counter() - start))
             env.redis.delete("plain")
-            bodies = [batch(n) for n in range(BATCHES)]  # fresh keys: no replays next round
     finally:
         stop(api)
     return [pulse, plain]

@@ -9,17 +9,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import drain, submit
+from bench import batch, drain, submit
 from bench.common import BenchEnv, Result
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
-SECTIONS = {"submit": submit, "drain": drain}
+SECTIONS = {"submit": submit, "batch": batch, "drain": drain}
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
+    (f"pulse POST /v1/batches x{batch.BATCH}", "plain loop of apply_async",
+     "batch: pulse / plain apply_async loop"),
     ("pulse worker, diag.echo", "plain celery task, no result backend",
      "drain: pulse / plain celery (no results)"),
     ("pulse worker, diag.echo", "plain celery task, redis result backend",
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         tenants = work / "tenants.toml"
         tenants.write_text(
-            '[defaults]\nrate_limit = "1000000/second"\n'
+            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n'
             f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(API_KEY)}"]\n'
         )
         redis_server = EmbeddedRedis(work / "redis", persist=False).start()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import http
 import os
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import health, jobs
-from pulse_api.problems import from_http_exception, from_pulse_error, from_unexpected
+from pulse_api import batches, health, jobs
+from pulse_api.problems import (
+    PROBLEM_MEDIA_TYPE,
+    from_http_exception,
+    from_pulse_error,
+    from_unexpected,
+)
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.errors import PulseError
@@ -25,6 +32,18 @@ class PulseApi(Api):
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         return from_http_exception(error)
+
+    def _register_responses(self) -> None:
+        """flask-smorest's shared error responses, documented as problem+json (what they are)."""
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_MEDIA_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_MEDIA_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
 def create_app(settings: Settings | None = None, tenants: TenantsConfig | None = None) -> Flask:
@@ -48,6 +67,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api = PulseApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(batches.blp)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

@@ -1,29 +1,54 @@
-"""``/v1/jobs``: submit a job and read its status."""
+"""``/v1/jobs``: submit a job, list the tenant's jobs, read one job's status."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from flask import request
+from flask import Response, g, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from pulse_api.auth import authenticate_request, current_tenant
-from pulse_api.schemas import JobSchema, JobSubmitSchema, ProblemSchema
+from pulse_api import door
+from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
+from pulse_api.parsing import PulseBlueprint
+from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
-from pulse_core.errors import JobNotFound, UnsupportedMediaType
+from pulse_core.errors import JobNotFound
+from pulse_core.jobs import JobState
 
-blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
+blp = PulseBlueprint(
+    "jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status"
+)
+
+_LOCATION = {"Location": {"description": "URL of the job", "schema": {"type": "string"}}}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "true: the idempotency key was seen; this is the original job",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 @blp.before_request
 def _guard() -> None:
-    authenticate_request()
-    if request.method == "POST" and request.mimetype != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type is {request.mimetype or 'missing'}; send application/json"
-        )
+    door.guard(lambda tenant: tenant.max_payload_bytes)
+
+
+@blp.after_request
+def _rate_limit_headers(response: Response) -> Response:
+    return add_rate_limit_headers(response)
+
+
+def add_rate_limit_headers(response: Response) -> Response:
+    """Give a submit answer refused before admission (400, 413, 415, 422) the headers too."""
+    tenant = g.get("tenant")
+    missing = "RateLimit-Limit" not in response.headers
+    if request.method == "POST" and tenant is not None and missing:
+        # The answer matters more than its headers (e.g. Redis is down).
+        with contextlib.suppress(Exception):
+            response.headers.update(services().admission.status(tenant).headers())
+    return response
 
 
 @blp.route("")
@@ -33,27 +58,65 @@ class Jobs(MethodView):
         202,
         JobSchema,
         description="Accepted: the job is queued",
-        headers={"Location": {"description": "URL of the job", "schema": {"type": "string"}}},
+        headers={**_LOCATION, **RATE_LIMIT_HEADERS},
     )
-    @blp.alt_response(400, schema=ProblemSchema, description="Malformed JSON")
-    @blp.alt_response(401, schema=ProblemSchema, description="Missing or invalid API key")
-    @blp.alt_response(415, schema=ProblemSchema, description="Body is not application/json")
-    @blp.alt_response(422, schema=ProblemSchema, description="Invalid job (named per field)")
-    @blp.alt_response(503, schema=ProblemSchema, description="Broker or Redis unavailable")
+    @blp.alt_response(
+        200,
+        schema=JobSchema,
+        success=True,
+        description="Idempotent replay: the job first sent with this key, in its current state",
+        headers={**_LOCATION, **_REPLAYED, **RATE_LIMIT_HEADERS},
+    )
+    @problems(blp, 400, 401, 413, 415, 422, 429, 503, submit=True)
+    @blp.doc(
+        parameters=[
+            {
+                "in": "header",
+                "name": "Idempotency-Key",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "Same key and body give back the same job (or idempotencyKey)",
+            }
+        ]
+    )
+    @blp.doc(security=[{"bearer": []}])
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit a job."""
-        job = submit_job(services(), current_tenant(), body)
-        return job.document(), 202, {"Location": f"/v1/jobs/{job.job_id}"}
+        svc = services()
+        admitted = submit_job(
+            svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key")
+        )
+        headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **admitted.limit.headers()}
+        if admitted.replayed:
+            headers["Idempotent-Replayed"] = "true"
+            return admitted.job.document(), 200, headers
+        return admitted.job.document(), 202, headers
+
+    @blp.arguments(JobListArgsSchema, location="query")
+    @blp.response(200, JobListSchema)
+    @problems(blp, 401, 422)
+    @blp.doc(security=[{"bearer": []}])
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List the tenant's own jobs, newest first (cursor-paginated)."""
+        state = args.get("state")
+        page = services().store.list_for_tenant(
+            g.tenant.tenant_id,
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+            state=JobState(state) if state else None,
+            job_type=args.get("jobType"),
+        )
+        return {"jobs": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
 
 
 @blp.route("/<string:job_id>")
 class JobById(MethodView):
     @blp.response(200, JobSchema)
-    @blp.alt_response(401, schema=ProblemSchema, description="Missing or invalid API key")
-    @blp.alt_response(404, schema=ProblemSchema, description="No such job for this tenant")
+    @problems(blp, 401, 404)
+    @blp.doc(security=[{"bearer": []}])
     def get(self, job_id: str) -> dict[str, Any]:
         """Read a job's status."""
-        job = services().store.get_for_tenant(current_tenant().tenant_id, job_id)
+        job = services().store.get_for_tenant(g.tenant.tenant_id, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
         return job.document()

@@ -19,9 +19,16 @@ from werkzeug.exceptions import HTTPException
 
 from pulse_core.errors import (
     AuthenticationFailed,
+    BacklogFull,
+    BatchTooLarge,
     BrokerUnavailable,
+    IdempotencyConflict,
+    InvalidCursor,
+    InvalidIdempotencyKey,
     JobNotFound,
+    PayloadTooLarge,
     PulseError,
+    RateLimited,
     TenantMismatch,
     UnknownJobType,
     UnsupportedMediaType,
@@ -36,9 +43,20 @@ PROBLEM_BASE = "/problems/"
 PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     AuthenticationFailed: (401, "unauthorized", "Missing or invalid API key"),
     JobNotFound: (404, "not-found", "No such job"),
+    PayloadTooLarge: (413, "payload-too-large", "The body is larger than allowed"),
     UnsupportedMediaType: (415, "unsupported-media-type", "The body must be application/json"),
     UnknownJobType: (422, "unknown-job-type", "Unknown jobType"),
     TenantMismatch: (422, "tenant-mismatch", "tenantId is not the API key's tenant"),
+    IdempotencyConflict: (
+        422,
+        "idempotency-key-reused",
+        "The idempotency key was already used with a different job body",
+    ),
+    InvalidIdempotencyKey: (422, "invalid-idempotency-key", "Invalid idempotency key"),
+    InvalidCursor: (422, "invalid-cursor", "Invalid cursor"),
+    BatchTooLarge: (422, "batch-too-large", "Too many jobs in one batch"),
+    RateLimited: (429, "rate-limited", "Too many submissions; retry after Retry-After seconds"),
+    BacklogFull: (429, "backlog-full", "Too many jobs not yet finished; retry later"),
     BrokerUnavailable: (503, "unavailable", "The job could not be queued; nothing was enqueued"),
 }
 
@@ -76,20 +94,49 @@ def problem(
     return response
 
 
-def from_pulse_error(error: PulseError) -> Response:
-    """The problem response for a deliberate Pulse error."""
+def problem_for(error: PulseError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, problem document and headers for a deliberate Pulse error."""
     for cls in type(error).__mro__:
         if cls in PROBLEMS:
             status, slug, title = PROBLEMS[cls]
             break
     else:
         log.error("unmapped PulseError %r", error)
-        return problem(500, "internal-error", "Internal error")
-    errors = {error.field: [str(error)]} if error.field else None
-    headers = {"WWW-Authenticate": 'Bearer realm="pulse"'} if status == 401 else None
+        status, slug, title = 500, "internal-error", "Internal error"
+        return status, {"type": PROBLEM_BASE + slug, "title": title, "status": status}, {}
+    body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
+    body["detail"] = str(error)
+    if error.field:
+        body["errors"] = {error.field: [str(error)]}
+    headers = dict(error.headers)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="pulse"'
     if status == 503:
-        headers = {"Retry-After": "1"}
-    return problem(status, slug, title, detail=str(error), errors=errors, headers=headers)
+        headers.setdefault("Retry-After", "1")
+    return status, body, headers
+
+
+def from_pulse_error(error: PulseError) -> Response:
+    """The problem response for a deliberate Pulse error."""
+    status, body, headers = problem_for(error)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
+    response.headers.update(headers)
+    return response
+
+
+def validation_problem(messages: Any) -> tuple[int, dict[str, Any]]:
+    """Status and problem document for marshmallow messages (one batch item)."""
+    errors, detail = _flatten({"json": messages})
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + HTTP_SLUGS[422],
+        "title": "Unprocessable Entity",
+        "status": 422,
+    }
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    return 422, body
 
 
 def from_http_exception(error: HTTPException) -> Response:

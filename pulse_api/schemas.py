@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,17 +13,35 @@ from pulse_core.jobs import JobState
 
 TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
+#: Deepest nesting of objects and arrays accepted in ``payload``.
+MAX_JSON_DEPTH = 32
+#: Most object keys accepted in one ``payload``, counted at every level.
+MAX_JSON_KEYS = 10_000
+#: Most entries, and most bytes (as compact JSON), in ``metadata``.
+MAX_METADATA_KEYS = 32
+MAX_METADATA_BYTES = 4096
+#: Largest page of ``GET /v1/jobs``.
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
 
-class MetadataSchema(Schema):
-    """Caller-supplied metadata; ``traceId`` joins the job to a trace."""
+_SCALAR_TYPES = ["string", "number", "boolean", "null"]
 
-    class Meta:
-        unknown = RAISE
 
-    traceId = fields.String(
-        validate=validate.Regexp(TRACE_ID_RE, error="traceId must be 32 lowercase hex digits"),
-        metadata={"description": "W3C trace id (32 lowercase hex) to run the job under"},
-    )
+def check_json_bounds(value: Any) -> None:
+    """Raise ``ValidationError`` when ``value`` nests deeper or has more keys than allowed."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    key_count = 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            key_count += len(node)
+            if key_count > MAX_JSON_KEYS:
+                raise ValidationError(f"more than {MAX_JSON_KEYS} keys")
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
 
 
 class JobSubmitSchema(Schema):
@@ -48,12 +67,80 @@ class JobSubmitSchema(Schema):
         validate=validate.Length(min=1, max=200),
         metadata={"description": "Same key and body give back the same job"},
     )
-    metadata = fields.Nested(MetadataSchema)
+    metadata = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        values=fields.Raw(allow_none=True),
+        metadata={
+            "description": "Caller's labels (string, number, boolean or null values, "
+            f"at most {MAX_METADATA_KEYS} of them and {MAX_METADATA_BYTES} bytes as JSON); "
+            "traceId joins the job to a trace",
+            "maxProperties": MAX_METADATA_KEYS,
+            "properties": {
+                "traceId": {
+                    "type": "string",
+                    "pattern": TRACE_ID_RE.pattern,
+                    "description": "W3C trace id (32 lowercase hex) to run the job under",
+                }
+            },
+            "additionalProperties": {"type": _SCALAR_TYPES},
+        },
+    )
 
     @validates("payload")
-    def _payload_is_object(self, value: Any, **_: Any) -> None:
+    def _payload_is_bounded_object(self, value: Any, **_: Any) -> None:
         if not isinstance(value, dict):
             raise ValidationError("payload must be a JSON object")
+        check_json_bounds(value)
+
+    @validates("metadata")
+    def _metadata_is_small_labels(self, value: Any, **_: Any) -> None:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValidationError(f"metadata holds at most {MAX_METADATA_KEYS} entries")
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                raise ValidationError({key: ["must be a string, number, boolean or null"]})
+        trace = value.get("traceId")
+        if "traceId" in value and not (isinstance(trace, str) and TRACE_ID_RE.match(trace)):
+            raise ValidationError({"traceId": ["traceId must be 32 lowercase hex digits"]})
+        size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+        if size > MAX_METADATA_BYTES:
+            raise ValidationError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
+
+
+class BatchSubmitSchema(Schema):
+    """The body of ``POST /v1/batches``: jobs, each checked on its own as a job body."""
+
+    class Meta:
+        unknown = RAISE
+
+    jobs = fields.List(
+        fields.Dict(metadata={"description": "A job body, as for POST /v1/jobs"}),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={
+            "description": "The jobs, each validated like a POST /v1/jobs body and answered "
+            "on its own; at most PULSE_BATCH_MAX_JOBS (500 by default)"
+        },
+    )
+
+
+class JobListArgsSchema(Schema):
+    """Query string of ``GET /v1/jobs``."""
+
+    class Meta:
+        unknown = RAISE
+
+    state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
+    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    limit = fields.Integer(
+        load_default=DEFAULT_PAGE_SIZE,
+        validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
+        metadata={"description": "Page size"},
+    )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "nextCursor of the previous page"},
+    )
 
 
 class JobErrorSchema(Schema):
@@ -92,6 +179,34 @@ class ProblemSchema(Schema):
         values=fields.List(fields.String()),
         metadata={"description": "Messages per request field, for validation problems"},
     )
+
+
+class JobListSchema(Schema):
+    """A page of the tenant's jobs, newest first."""
+
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    nextCursor = fields.String(
+        required=True, allow_none=True, metadata={"description": "null on the last page"}
+    )
+
+
+class BatchItemSchema(Schema):
+    """One job's answer in a batch: a job, or the problem that refused it."""
+
+    status = fields.Integer(
+        required=True, metadata={"description": "202 new job, 200 idempotent replay, 4xx/5xx"}
+    )
+    job = fields.Nested(JobSchema)
+    replayed = fields.Boolean()
+    problem = fields.Nested(ProblemSchema)
+
+
+class BatchResultSchema(Schema):
+    """The answers to a batch, in request order."""
+
+    accepted = fields.Integer(required=True, metadata={"description": "New jobs and replays"})
+    refused = fields.Integer(required=True)
+    items = fields.List(fields.Nested(BatchItemSchema), required=True)
 
 
 class HealthSchema(Schema):

@@ -8,8 +8,9 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from pulse_core.admission import Admission
 from pulse_core.announce import JobTypeDirectory
-from pulse_core.celery_setup import create_celery
+from pulse_core.celery_setup import create_celery, publishes_inline
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
@@ -26,6 +27,9 @@ class Services:
     store: JobStore
     celery: Celery
     job_types: JobTypeDirectory
+    admission: Admission
+    #: Jobs are pushed by the admission script (the broker is the job store's Redis).
+    inline_publish: bool
 
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
@@ -37,6 +41,8 @@ class Services:
             store=JobStore(redis),
             celery=create_celery(settings, main="pulse-api"),
             job_types=JobTypeDirectory(redis),
+            admission=Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
+            inline_publish=publishes_inline(settings),
         )
 
 

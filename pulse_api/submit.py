@@ -1,47 +1,135 @@
-"""Admitting one job: check it, record it, publish it — or leave nothing behind."""
+"""Admitting jobs: a short pipeline of guard steps, one job or a batch.
+
+prepare (tenant, idempotency key, fingerprint, jobType, message) -> admit (one Lua
+script: idempotency, rate limit, backlog, record and, when the broker is the job
+store's Redis, the message itself) -> otherwise publish through kombu, or undo.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kombu.exceptions import KombuError
+from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
+from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import Services
-from pulse_core.celery_setup import publish_job
-from pulse_core.errors import BrokerUnavailable, TenantMismatch, UnknownJobType
+from pulse_core.admission import Admitted, Submission
+from pulse_core.celery_setup import encode_message, publish_job, publish_jobs
+from pulse_core.errors import (
+    BrokerUnavailable,
+    InvalidIdempotencyKey,
+    PayloadTooLarge,
+    PulseError,
+    TenantMismatch,
+)
+from pulse_core.idempotency import fingerprint, store_key
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
 
+PUBLISH_ERRORS = (KombuError, OSError, RedisError)
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
-def submit_job(svc: Services, tenant: Tenant, body: Mapping[str, Any]) -> Job:
-    """Validate ``body`` for ``tenant``, store the job and publish it."""
+
+def submit_job(
+    svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None
+) -> Admitted:
+    """Admit and publish one validated job body, or raise the error that refuses it."""
+    submission = prepare(svc, tenant, body, header_key=header_key)
+    admitted = svc.admission.admit(tenant, submission)
+    if not admitted.replayed and not admitted.published:
+        try:
+            publish_job(svc.celery, admitted.job)
+        except PUBLISH_ERRORS as exc:
+            raise _undo(svc, tenant, submission, exc) from exc
+    return admitted
+
+
+def submit_batch(
+    svc: Services, tenant: Tenant, bodies: Sequence[Any]
+) -> list[Admitted | PulseError | ValidationError]:
+    """Each body validated, admitted (one pipelined round trip) and published, in order."""
+    schema = JobSubmitSchema()
+    verdicts: list[Admitted | PulseError | ValidationError] = []
+    ready: list[tuple[int, Submission]] = []
+    for body in bodies:
+        try:
+            _check_size(body, tenant.max_payload_bytes)
+            ready.append((len(verdicts), prepare(svc, tenant, schema.load(body))))
+            verdicts.append(ValidationError("not admitted"))  # replaced below
+        except (PulseError, ValidationError) as exc:
+            verdicts.append(exc)
+    admitted = svc.admission.admit_many(tenant, [submission for _, submission in ready])
+    fresh: list[tuple[int, Submission, Admitted]] = []
+    for (position, submission), verdict in zip(ready, admitted, strict=True):
+        verdicts[position] = verdict
+        if isinstance(verdict, Admitted) and not verdict.replayed and not verdict.published:
+            fresh.append((position, submission, verdict))
+    if fresh:
+        sent = 0
+        try:
+            sent = publish_jobs(svc.celery, (verdict.job for _, _, verdict in fresh))
+        except PUBLISH_ERRORS as exc:
+            for position, submission, _ in fresh[sent:]:
+                verdicts[position] = _undo(svc, tenant, submission, exc)
+    return verdicts
+
+
+def prepare(
+    svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None
+) -> Submission:
+    """Check what needs no Redis and build the job the admission script may create."""
     claimed_tenant = body.get("tenantId")
     if claimed_tenant is not None and claimed_tenant != tenant.tenant_id:
         raise TenantMismatch("tenantId must be the API key's own tenant (or be left out)")
-    job_type = body["jobType"]
-    if not svc.job_types.is_live(job_type):
-        raise UnknownJobType(job_type)
+    key = _idempotency_key(body.get("idempotencyKey"), header_key)
     metadata = dict(body.get("metadata") or {})
     job = Job(
         job_id=new_job_id(),
         tenant_id=tenant.tenant_id,
-        job_type=job_type,
+        job_type=body["jobType"],
         queue=svc.settings.default_queue,
         payload=body["payload"],
         metadata=metadata,
         trace_id=metadata.get("traceId") or new_trace_id(),
         created_at=utc_now(),
     )
-    svc.store.create(job)
-    try:
-        publish_job(svc.celery, job)
-    except (KombuError, OSError, RedisError) as exc:
-        log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
-        svc.store.discard(job)
-        raise BrokerUnavailable("the broker did not take the job; retry later") from exc
-    return job
+    return Submission(
+        job=job,
+        idempotency_key=key,
+        fingerprint=fingerprint(body) if key else "",
+        job_type_live=svc.job_types.is_live(job.job_type),
+        message=encode_message(svc.celery, job) if svc.inline_publish else "",
+    )
+
+
+def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:
+    if in_header is not None:
+        if not 1 <= len(in_header) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidIdempotencyKey(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+        if in_body is not None and in_body != in_header:
+            raise InvalidIdempotencyKey("Idempotency-Key and idempotencyKey differ; send one")
+        return in_header
+    return in_body
+
+
+def _check_size(body: Any, cap: int) -> None:
+    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if size > cap:
+        raise PayloadTooLarge(f"the job is {size} bytes as JSON; the limit is {cap}")
+
+
+def _undo(svc: Services, tenant: Tenant, submission: Submission, exc: Exception) -> PulseError:
+    job = submission.job
+    log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
+    key = submission.idempotency_key
+    svc.store.discard(job, idempotency_key=store_key(tenant.tenant_id, key) if key else None)
+    return BrokerUnavailable("the broker did not take the job; retry later")

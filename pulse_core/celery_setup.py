@@ -8,7 +8,13 @@ display name (Celery's ``shadow``), so Flower lists jobTypes.
 
 from __future__ import annotations
 
+import base64
+import uuid
+from collections.abc import Iterable
+from urllib.parse import urlparse
+
 from celery import Celery
+from kombu.utils.json import dumps as kombu_dumps
 
 from pulse_core.jobs import Job
 from pulse_core.settings import Settings
@@ -54,3 +60,70 @@ def publish_job(app: Celery, job: Job) -> None:
         argsrepr=repr((job.job_id,)),
         kwargsrepr="{}",
     )
+
+
+def publish_jobs(app: Celery, jobs: Iterable[Job]) -> int:
+    """Publish ``jobs`` in order over one producer (one connection); return how many went.
+
+    Stops at the first failure and raises it; the caller undoes the jobs not yet sent.
+    """
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for job in jobs:
+            app.send_task(
+                RUN_JOB_TASK,
+                args=(job.job_id,),
+                queue=job.queue,
+                shadow=job.job_type,
+                argsrepr=repr((job.job_id,)),
+                kwargsrepr="{}",
+                producer=producer,
+            )
+            sent += 1
+    return sent
+
+
+def publishes_inline(settings: Settings) -> bool:
+    """Whether jobs can be pushed by the admission script (broker is the job store's Redis)."""
+    scheme = urlparse(settings.broker_url).scheme
+    return settings.broker_url == settings.redis_url and scheme in {"redis", "rediss", "unix"}
+
+
+def encode_message(app: Celery, job: Job) -> str:
+    """The ``pulse.run_job`` message for ``job``, exactly as kombu's Redis transport stores it.
+
+    Celery builds the task message (protocol 2); the envelope is kombu's
+    (``Channel.prepare_message`` + ``basic_publish`` on the anonymous exchange,
+    body base64-encoded), so workers, Flower and redelivery treat it like any other.
+    """
+    task_id = str(uuid.uuid4())
+    argsrepr = repr((job.job_id,))
+    message = app.amqp.as_task_v2(
+        task_id,
+        RUN_JOB_TASK,
+        args=(job.job_id,),
+        kwargs={},
+        shadow=job.job_type,
+        argsrepr=argsrepr,
+        kwargsrepr="{}",
+    )
+    body = base64.b64encode(kombu_dumps(message.body).encode("utf-8")).decode("ascii")
+    properties = {
+        **message.properties,
+        # send_task passes these as publish options too; kombu keeps them as properties.
+        "argsrepr": argsrepr,
+        "kwargsrepr": "{}",
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": job.queue},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    envelope = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": message.headers,
+        "properties": properties,
+    }
+    return str(kombu_dumps(envelope))

@@ -12,6 +12,8 @@ class PulseError(Exception):
 
     #: The request field the error is about, when there is one.
     field: str | None = None
+    #: Response headers the answer should carry (set per instance; never mutate this one).
+    headers: dict[str, str] = {}  # noqa: RUF012
 
 
 class ConfigError(PulseError):
@@ -28,6 +30,24 @@ class AuthenticationFailed(PulseError):
 
 class JobNotFound(PulseError):
     """No such job for this tenant (another tenant's job looks exactly the same)."""
+
+
+class InvalidIdempotencyKey(PulseError):
+    """The ``Idempotency-Key`` header is malformed or disagrees with ``idempotencyKey``."""
+
+    field = "idempotencyKey"
+
+
+class BatchTooLarge(PulseError):
+    """A batch carries more jobs than ``PULSE_BATCH_MAX_JOBS``."""
+
+    field = "jobs"
+
+
+class InvalidCursor(PulseError):
+    """A listing cursor that this API did not hand out."""
+
+    field = "cursor"
 
 
 class UnknownJobType(PulseError):
@@ -48,6 +68,33 @@ class TenantMismatch(PulseError):
 
 class UnsupportedMediaType(PulseError):
     """The request body is not JSON."""
+
+
+class PayloadTooLarge(PulseError):
+    """The request body is larger than the tenant's ``max_payload_bytes``."""
+
+
+class IdempotencyConflict(PulseError):
+    """The idempotency key was already used with a different job body."""
+
+    field = "idempotencyKey"
+
+
+class Refused(PulseError):
+    """The door is closed for now; the client may retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class RateLimited(Refused):
+    """The tenant is over one of its rate limits."""
+
+
+class BacklogFull(Refused):
+    """The tenant has ``max_pending`` jobs not yet final."""
 
 
 class BrokerUnavailable(PulseError):

@@ -21,3 +21,23 @@ def job(job_id: str) -> str:
 def tenant_jobs(tenant_id: str) -> str:
     """Sorted set of a tenant's job ids, scored by creation time in milliseconds."""
     return f"{PREFIX}:tenant:{tenant_id}:jobs"
+
+
+#: Hash of tenant id -> how many of its jobs are not yet final (the backlog).
+#: +1 in the same script that creates a record; -1 in the same script that moves
+#: a record from a non-final to a final state (or discards it).
+PENDING = f"{PREFIX}:pending"
+
+#: Prefix under which the ``limits`` library keeps its moving windows
+#: (``RedisStorage(key_prefix=...)``), so rate-limit state is Pulse's too.
+RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
+
+
+def rate_limit(limits_key: str) -> str:
+    """The moving-window list for one ``limits`` key (``RateLimitItem.key_for(...)``)."""
+    return f"{RATE_LIMIT_PREFIX}:{limits_key}"
+
+
+def idempotency(tenant_id: str, key_digest: str) -> str:
+    """String ``<body fingerprint> <jobId>`` for one tenant's idempotency key (hashed)."""
+    return f"{PREFIX}:tenant:{tenant_id}:idem:{key_digest}"

@@ -18,6 +18,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "pulse"
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
 DEFAULT_JOB_TYPE_TTL_SECONDS = 30
+#: How long an idempotency key remembers its job.
+DEFAULT_IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+#: Most jobs one ``POST /v1/batches`` may carry.
+DEFAULT_BATCH_MAX_JOBS = 500
+#: Largest ``POST /v1/batches`` body, in bytes (each job is also held to its tenant's cap).
+DEFAULT_BATCH_MAX_BYTES = 16 * 1024 * 1024
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
@@ -35,6 +41,9 @@ class Settings:
     default_queue: str = DEFAULT_QUEUE
     result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES
     job_type_ttl_seconds: int = DEFAULT_JOB_TYPE_TTL_SECONDS
+    idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_SECONDS
+    batch_max_jobs: int = DEFAULT_BATCH_MAX_JOBS
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -60,6 +69,17 @@ class Settings:
                 "PULSE_JOB_TYPE_TTL_SECONDS",
                 env.get("PULSE_JOB_TYPE_TTL_SECONDS"),
                 DEFAULT_JOB_TYPE_TTL_SECONDS,
+            ),
+            idempotency_ttl_seconds=_positive_int(
+                "PULSE_IDEMPOTENCY_TTL_SECONDS",
+                env.get("PULSE_IDEMPOTENCY_TTL_SECONDS"),
+                DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+            ),
+            batch_max_jobs=_positive_int(
+                "PULSE_BATCH_MAX_JOBS", env.get("PULSE_BATCH_MAX_JOBS"), DEFAULT_BATCH_MAX_JOBS
+            ),
+            batch_max_bytes=_positive_int(
+                "PULSE_BATCH_MAX_BYTES", env.get("PULSE_BATCH_MAX_BYTES"), DEFAULT_BATCH_MAX_BYTES
             ),
         )
 

@@ -6,6 +6,7 @@ file and the offending entry. API keys are stored only as SHA-256 hex digests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -15,13 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 
 from pulse_core.errors import ConfigError
 
 DEFAULT_RATE_LIMIT = "100/second"
+#: Jobs not yet final a tenant may have before submissions are refused (429).
+DEFAULT_MAX_PENDING = 10_000
+#: Largest request body for one job, in bytes (413 above it).
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+#: Sanity bounds for the per-tenant numbers, so a typo cannot disable a guard.
+_MAX_PENDING_CEILING = 100_000_000
+_MAX_PAYLOAD_CEILING = 64 * 1024 * 1024
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
+_SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,13 @@ class Tenant:
     tenant_id: str
     api_key_sha256: tuple[str, ...]
     rate_limit: str
+    max_pending: int = DEFAULT_MAX_PENDING
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    @property
+    def rate_limits(self) -> tuple[RateLimitItem, ...]:
+        """The parsed ``rate_limit`` (``limits`` notation; several separated by ``;``)."""
+        return _parse_rate_limit(self.rate_limit)
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,8 @@ class TenantsConfig:
 
     tenants: Mapping[str, Tenant]
     default_rate_limit: str = DEFAULT_RATE_LIMIT
+    default_max_pending: int = DEFAULT_MAX_PENDING
+    default_max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     @classmethod
     def load(cls, path: Path) -> TenantsConfig:
@@ -60,8 +79,21 @@ class TenantsConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
         defaults = _table(raw.get("defaults", {}), f"{source}: [defaults]")
+        unknown = set(defaults) - _SETTINGS
+        if unknown:
+            raise ConfigError(f"{source}: [defaults]: unknown setting(s) {sorted(unknown)}")
         default_rate = _rate_limit(
             defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit"
+        )
+        default_pending = _bounded_int(
+            defaults.get("max_pending", DEFAULT_MAX_PENDING),
+            f"{source}: [defaults] max_pending",
+            _MAX_PENDING_CEILING,
+        )
+        default_payload = _bounded_int(
+            defaults.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES),
+            f"{source}: [defaults] max_payload_bytes",
+            _MAX_PAYLOAD_CEILING,
         )
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
         tenants: dict[str, Tenant] = {}
@@ -71,6 +103,9 @@ class TenantsConfig:
             if not _TENANT_ID_RE.match(tenant_id):
                 raise ConfigError(f"{where}: a tenant id is 1-63 of a-z, 0-9, '_' or '-'")
             table = _table(body, where)
+            unknown = set(table) - _SETTINGS - {"api_key_sha256"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
             hashes = table.get("api_key_sha256")
             if isinstance(hashes, str):
                 hashes = [hashes]
@@ -85,8 +120,27 @@ class TenantsConfig:
                     raise ConfigError(f"{where}: key digest already belongs to {owner_of[digest]}")
                 owner_of[digest] = tenant_id
             rate = _rate_limit(table.get("rate_limit", default_rate), f"{where} rate_limit")
-            tenants[tenant_id] = Tenant(tenant_id, tuple(hashes), rate)
-        return cls(tenants=tenants, default_rate_limit=default_rate)
+            tenants[tenant_id] = Tenant(
+                tenant_id,
+                tuple(hashes),
+                rate,
+                max_pending=_bounded_int(
+                    table.get("max_pending", default_pending),
+                    f"{where} max_pending",
+                    _MAX_PENDING_CEILING,
+                ),
+                max_payload_bytes=_bounded_int(
+                    table.get("max_payload_bytes", default_payload),
+                    f"{where} max_payload_bytes",
+                    _MAX_PAYLOAD_CEILING,
+                ),
+            )
+        return cls(
+            tenants=tenants,
+            default_rate_limit=default_rate,
+            default_max_pending=default_pending,
+            default_max_payload_bytes=default_payload,
+        )
 
     def authenticate(self, api_key: str) -> Tenant | None:
         """The tenant owning ``api_key``, comparing digests in constant time."""
@@ -116,7 +170,24 @@ def _rate_limit(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string such as '100/second;5000/hour'")
     try:
-        parse_many(value)
+        _parse_rate_limit(value)
     except ValueError as exc:
         raise ConfigError(f"{where}={value!r} is not a rate limit: {exc}") from None
+    return value
+
+
+@functools.cache
+def _parse_rate_limit(value: str) -> tuple[RateLimitItem, ...]:
+    items = tuple(parse_many(value))
+    if not items:
+        raise ValueError("no limit given")
+    return items
+
+
+def _bounded_int(value: Any, where: str, ceiling: int) -> int:
+    # bool is an int in Python; "max_pending = true" is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be a whole number")
+    if not 1 <= value <= ceiling:
+        raise ConfigError(f"{where}={value} must be between 1 and {ceiling}")
     return value

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from redis import Redis
 
 from pulse_core.announce import live_job_types
+from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.tenants import hash_api_key
 
@@ -23,7 +24,31 @@ HANDLERS_DIR = Path(__file__).parent / "handlers"
 ROOT = Path(__file__).parent.parent
 
 #: tenant id -> API key, for the tests' tenants file.
-TENANT_KEYS = {"acme": "acme-secret-key", "globex": "globex-secret-key"}
+TENANT_KEYS = {
+    "acme": "acme-secret-key",
+    "globex": "globex-secret-key",
+    # Tenants of their own for the tests that exhaust a limit (one test each).
+    "racer": "racer-secret-key",
+    "tight-a": "tight-a-secret-key",
+    "tight-b": "tight-b-secret-key",
+    "multi": "multi-secret-key",
+    "batcher": "batcher-secret-key",
+    "backlog": "backlog-secret-key",
+    "small": "small-secret-key",
+    "lister": "lister-secret-key",
+    "idem": "idem-secret-key",
+}
+#: Per-tenant settings that differ from [defaults].
+TENANT_SETTINGS = {
+    "racer": 'rate_limit = "100/minute"',
+    "tight-a": 'rate_limit = "5/minute"',
+    "tight-b": 'rate_limit = "5/minute"',
+    "multi": 'rate_limit = "100/minute;3/hour"',
+    "batcher": 'rate_limit = "5/minute"',
+    "backlog": "max_pending = 3",
+    "small": "max_payload_bytes = 1024",
+    "idem": 'rate_limit = "3/minute"',
+}
 
 
 def auth(tenant: str) -> dict[str, str]:
@@ -33,9 +58,36 @@ def auth(tenant: str) -> dict[str, str]:
 def write_tenants_file(path: Path, extra: str = "") -> Path:
     lines = ["[defaults]", 'rate_limit = "1000/second"', ""]
     for tenant, key in TENANT_KEYS.items():
-        lines += [f"[tenants.{tenant}]", f'api_key_sha256 = ["{hash_api_key(key)}"]', ""]
+        lines += [f"[tenants.{tenant}]", f'api_key_sha256 = ["{hash_api_key(key)}"]']
+        lines += [TENANT_SETTINGS.get(tenant, ""), ""]
     path.write_text("\n".join(lines) + extra)
     return path
+
+
+def post_from_new_process(
+    env: Mapping[str, str],
+    tenant: str,
+    bodies: list[Any],
+    start_line: tuple[str, int],
+    headers: Mapping[str, str] | None = None,
+) -> list[tuple[int, dict[str, str], Any]]:
+    """In a fresh process (an API process of its own): build the app, meet the other
+    processes at ``start_line`` (a Redis counter key and how many processes), then
+    POST each body; returns (status, headers, JSON) per answer."""
+    from pulse_api import create_app  # imported here: this runs in a spawned child
+
+    app = create_app(Settings.from_env(env))
+    client = app.test_client()
+    client.get("/healthz")  # warmed up before the start line
+    redis = connect(env["PULSE_REDIS_URL"])
+    key, parties = start_line
+    redis.incr(key)
+    wait_for(lambda: int(redis.get(key) or 0) >= parties, timeout=60, interval=0.005)
+    answers = []
+    for body in bodies:
+        response = client.post("/v1/jobs", json=body, headers={**auth(tenant), **(headers or {})})
+        answers.append((response.status_code, dict(response.headers), response.get_json()))
+    return answers
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:
@@ -57,6 +109,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_HANDLER_MODULES": ",".join(settings.handler_modules),
         "PULSE_DEFAULT_QUEUE": settings.default_queue,
         "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
+        "PULSE_IDEMPOTENCY_TTL_SECONDS": str(settings.idempotency_ttl_seconds),
+        "PULSE_BATCH_MAX_JOBS": str(settings.batch_max_jobs),
     }
     if settings.tenants_file:
         env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)

@@ -30,6 +30,9 @@ def test_settings_default_the_broker_to_the_redis_url() -> None:
         ({"PULSE_HANDLER_MODULES": "ok.mod, not a module"}, "PULSE_HANDLER_MODULES"),
         ({"PULSE_RESULT_MAX_BYTES": "lots"}, "PULSE_RESULT_MAX_BYTES"),
         ({"PULSE_RESULT_MAX_BYTES": "-1"}, "PULSE_RESULT_MAX_BYTES"),
+        ({"PULSE_IDEMPOTENCY_TTL_SECONDS": "a day"}, "PULSE_IDEMPOTENCY_TTL_SECONDS"),
+        ({"PULSE_BATCH_MAX_JOBS": "0"}, "PULSE_BATCH_MAX_JOBS"),
+        ({"PULSE_BATCH_MAX_BYTES": "-5"}, "PULSE_BATCH_MAX_BYTES"),
     ],
 )
 def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
@@ -49,6 +52,14 @@ def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
          f'[tenants.b]\napi_key_sha256 = ["{DIGEST}"]\n', "already belongs to a"),
         ("[tenant.typo]\n", "unknown section"),
+        (f'[defaults]\nmax_pending = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
+         r"\[defaults\] max_pending"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pending = "10"\n',
+         r"\[tenants.a\] max_pending"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n',
+         r"\[tenants.a\] max_payload_bytes"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
     ],
 )  # fmt: skip
 def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:
@@ -75,6 +86,22 @@ def test_keys_are_matched_by_digest(tmp_path: Path) -> None:
     assert tenant.rate_limit == "10/minute;100/hour"
     assert config.authenticate("k2") is None
     assert config.default_rate_limit == "5/second"
+
+
+def test_tenant_limits_default_and_override(tmp_path: Path) -> None:
+    # given defaults for the backlog and payload caps, one tenant overriding both
+    path = tmp_path / "t.toml"
+    path.write_text(
+        "[defaults]\nmax_pending = 50\nmax_payload_bytes = 2048\n"
+        f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
+        f'[tenants.b]\napi_key_sha256 = ["{hash_api_key("k2")}"]\n'
+        "max_pending = 7\nmax_payload_bytes = 100\n"
+    )
+    config = TenantsConfig.load(path)
+    a, b = config.tenants["a"], config.tenants["b"]
+    assert (a.max_pending, a.max_payload_bytes) == (50, 2048)
+    assert (b.max_pending, b.max_payload_bytes) == (7, 100)
+    assert [str(item) for item in a.rate_limits] == ["100 per 1 second"]
 
 
 def test_registering_one_job_type_twice_fails_with_both_names() -> None:

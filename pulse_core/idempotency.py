@@ -1,0 +1,38 @@
+"""Idempotent submission: one job per (tenant, idempotency key, job body).
+
+The key maps, for ``ttl`` seconds, to ``<fingerprint> <jobId>``. It is written by
+the admission script (``pulse_core.admission``) in the same atomic step that
+creates the job, so N concurrent identical requests from any number of processes
+make exactly one job; a request whose key exists gets that job back when its
+fingerprint matches and an ``IdempotencyConflict`` when it does not. If the
+job cannot be published afterwards, the key is released with the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pulse_core import keys
+
+#: The job fields that make two submissions "the same job".
+FINGERPRINT_FIELDS = ("jobType", "payload", "metadata")
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the job's identity (key order does not matter).
+
+    ``tenantId`` (always the key's tenant) and the idempotency key itself are left
+    out, so sending the key in the header or in the body is the same request.
+    """
+    identity = {name: body.get(name) or None for name in FINGERPRINT_FIELDS}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def store_key(tenant_id: str, idempotency_key: str) -> str:
+    """The Redis key remembering ``idempotency_key`` for ``tenant_id`` (hashed: any length)."""
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+    return keys.idempotency(tenant_id, digest)

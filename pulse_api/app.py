@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import health, jobs
+from pulse_api import dead_letters, health, jobs
 from pulse_api.problems import from_http_exception, from_pulse_error, from_unexpected
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api = PulseApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(dead_letters.blp)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit a job and read its status."""
+"""``/v1/jobs``: submit a job, read its status, cancel it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pulse_api.auth import authenticate_request, current_tenant
 from pulse_api.schemas import JobSchema, JobSubmitSchema, ProblemSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
-from pulse_core.errors import JobNotFound, UnsupportedMediaType
+from pulse_core.errors import JobNotCancellable, JobNotFound, UnsupportedMediaType
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
 
@@ -20,7 +20,11 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit job
 @blp.before_request
 def _guard() -> None:
     authenticate_request()
-    if request.method == "POST" and request.mimetype != "application/json":
+    if (
+        request.method == "POST"
+        and request.content_length
+        and (request.mimetype != "application/json")
+    ):
         raise UnsupportedMediaType(
             f"Content-Type is {request.mimetype or 'missing'}; send application/json"
         )
@@ -54,6 +58,38 @@ class JobById(MethodView):
     def get(self, job_id: str) -> dict[str, Any]:
         """Read a job's status."""
         job = services().store.get_for_tenant(current_tenant().tenant_id, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job.document()
+
+
+@blp.route("/<string:job_id>/cancel")
+class CancelJob(MethodView):
+    @blp.response(
+        200,
+        JobSchema,
+        description="The job after the request: cancelled, or still "
+        "running with cancelRequested set (the handler decides when to stop)",
+    )
+    @blp.alt_response(401, schema=ProblemSchema, description="Missing or invalid API key")
+    @blp.alt_response(404, schema=ProblemSchema, description="No such job for this tenant")
+    @blp.alt_response(409, schema=ProblemSchema, description="The job has already finished")
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job.
+
+        A queued, scheduled or retrying job becomes ``cancelled`` and never runs. A
+        running job is flagged: its handler sees ``ctx.cancel_requested()`` and may
+        stop by raising ``JobCancelled`` (the job ends ``cancelled``); a handler that
+        finishes anyway keeps its outcome, and no retry follows a failure.
+        """
+        svc = services()
+        tenant_id = current_tenant().tenant_id
+        outcome = svc.store.cancel(tenant_id, job_id)
+        if outcome == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if outcome not in ("cancelled", "running"):
+            raise JobNotCancellable(f"job {job_id!r} is already {outcome}")
+        job = svc.store.get_for_tenant(tenant_id, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
         return job.document()

@@ -20,6 +20,8 @@ from werkzeug.exceptions import HTTPException
 from pulse_core.errors import (
     AuthenticationFailed,
     BrokerUnavailable,
+    InvalidParameter,
+    JobNotCancellable,
     JobNotFound,
     PulseError,
     TenantMismatch,
@@ -37,7 +39,9 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     AuthenticationFailed: (401, "unauthorized", "Missing or invalid API key"),
     JobNotFound: (404, "not-found", "No such job"),
     UnsupportedMediaType: (415, "unsupported-media-type", "The body must be application/json"),
+    JobNotCancellable: (409, "job-finished", "The job has already finished"),
     UnknownJobType: (422, "unknown-job-type", "Unknown jobType"),
+    InvalidParameter: (422, "validation-error", "A value is out of range"),
     TenantMismatch: (422, "tenant-mismatch", "tenantId is not the API key's tenant"),
     BrokerUnavailable: (503, "unavailable", "The job could not be queued; nothing was enqueued"),
 }
@@ -46,6 +50,7 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
 HTTP_SLUGS = {
     400: "malformed-request",
     404: "not-found",
+    409: "conflict",
     405: "method-not-allowed",
     413: "payload-too-large",
     415: "unsupported-media-type",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.jobs import JobState
@@ -23,6 +31,34 @@ class MetadataSchema(Schema):
         validate=validate.Regexp(TRACE_ID_RE, error="traceId must be 32 lowercase hex digits"),
         metadata={"description": "W3C trace id (32 lowercase hex) to run the job under"},
     )
+
+
+class JobOptionsSchema(Schema):
+    """Per-job execution options; caps are the operator's (``PULSE_*_CAP*``)."""
+
+    class Meta:
+        unknown = RAISE
+
+    maxRetries = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "Retries after the first attempt (overrides the jobType's)"},
+    )
+    timeoutSeconds = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={"description": "Soft time limit per attempt; the hard limit is 10 s later"},
+    )
+    delaySeconds = fields.Float(
+        validate=validate.Range(min=0),
+        metadata={"description": "Start no earlier than this many seconds from now"},
+    )
+    runAt = fields.AwareDateTime(
+        metadata={"description": "Start no earlier than this time (ISO 8601 with offset)"},
+    )
+
+    @validates_schema
+    def _one_delay(self, data: dict[str, Any], **_: Any) -> None:
+        if "delaySeconds" in data and "runAt" in data:
+            raise ValidationError("give delaySeconds or runAt, not both", "delaySeconds")
 
 
 class JobSubmitSchema(Schema):
@@ -49,6 +85,7 @@ class JobSubmitSchema(Schema):
         metadata={"description": "Same key and body give back the same job"},
     )
     metadata = fields.Nested(MetadataSchema)
+    options = fields.Nested(JobOptionsSchema)
 
     @validates("payload")
     def _payload_is_object(self, value: Any, **_: Any) -> None:
@@ -60,6 +97,11 @@ class JobErrorSchema(Schema):
     type = fields.String(required=True)
     message = fields.String(required=True)
     traceback = fields.String()
+
+
+class JobEffectiveOptionsSchema(Schema):
+    maxRetries = fields.Integer(allow_none=True)
+    timeoutSeconds = fields.Integer(allow_none=True)
 
 
 class JobSchema(Schema):
@@ -78,6 +120,41 @@ class JobSchema(Schema):
     result = fields.Raw(allow_none=True, metadata={"description": "The handler's JSON result"})
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metadata = fields.Dict(required=True)
+    options = fields.Nested(JobEffectiveOptionsSchema, required=True)
+    runAt = fields.String(allow_none=True, metadata={"format": "date-time",
+                          "description": "When a scheduled or retrying job is due"})  # fmt: skip
+    replays = fields.Integer(required=True, metadata={"description": "Dead-letter replays"})
+    cancelRequested = fields.Boolean(required=True)
+
+
+class DeadLetterQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(metadata={"description": "nextCursor of the previous page"})
+    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+
+
+class DeadLetterPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema), required=True)
+    nextCursor = fields.String(allow_none=True, required=True)
+
+
+class BulkReplaySchema(Schema):
+    """Which dead letters to replay; ``dryRun`` only counts them."""
+
+    class Meta:
+        unknown = RAISE
+
+    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    deadAfter = fields.AwareDateTime(metadata={"description": "Died at or after this time"})
+    deadBefore = fields.AwareDateTime(metadata={"description": "Died at or before this time"})
+    dryRun = fields.Boolean(load_default=False)
+
+
+class BulkReplayResultSchema(Schema):
+    matched = fields.Integer(required=True)
+    replayed = fields.Integer(required=True)
+    dryRun = fields.Boolean(required=True)
+    jobIds = fields.List(fields.String(), required=True)
 
 
 class ProblemSchema(Schema):

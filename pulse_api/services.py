@@ -10,6 +10,7 @@ from redis import Redis
 
 from pulse_core.announce import JobTypeDirectory
 from pulse_core.celery_setup import create_celery
+from pulse_core.dead_letters import DeadLetters
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
@@ -26,17 +27,20 @@ class Services:
     store: JobStore
     celery: Celery
     job_types: JobTypeDirectory
+    dead_letters: DeadLetters
 
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
         redis = connect(settings.redis_url)
+        store = JobStore(redis)
         return cls(
             settings=settings,
             tenants=tenants,
             redis=redis,
-            store=JobStore(redis),
+            store=store,
             celery=create_celery(settings, main="pulse-api"),
             job_types=JobTypeDirectory(redis),
+            dead_letters=DeadLetters(redis, store),
         )
 
 

@@ -1,22 +1,39 @@
 """Celery's machinery, kept in this one module.
 
-Pulse runs every job through one generic task, ``pulse.run_job``, whose only
-argument is the job id: the payload stays in the job store, so it never travels
-in the message or shows in task events. Each message carries the jobType as its
-display name (Celery's ``shadow``), so Flower lists jobTypes.
+Pulse runs every job through one generic task, ``pulse.run_job(job_id, attempt=,
+cycle=)``: the payload stays in the job store, so it never travels in the message
+or shows in task events. The message names the attempt it starts (and the replay
+cycle), so the job store can refuse a redelivered copy. Each message carries the
+jobType as its display name (Celery's ``shadow``), so Flower lists jobTypes, and
+the job's soft and hard time limits (Celery's ``timelimit`` header).
+
+Delivery settings, and why:
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only after
+  its attempt is recorded; a killed pool child puts its message back at once.
+- ``worker_prefetch_multiplier=1``: with late acks a busy pool reserves nothing
+  beyond what it runs, so a worker that dies strands nothing that is not running
+  (and running attempts are recovered through their lease).
+- ``visibility_timeout``: the broker's own redelivery, a backstop only; it must
+  exceed the longest time a message may stay unacked (``check_visibility_timeout``).
+- ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
+  sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
+from pulse_core.errors import ConfigError
 from pulse_core.jobs import Job
+from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.settings import Settings
 
 RUN_JOB_TASK = "pulse.run_job"
-
-#: How long the Redis broker waits for an ack before redelivering a message.
-DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+DEAD_LETTER_TASK = "pulse.dead_letter"
+#: Environment for a worker process: SIGTERM starts Celery's soft shutdown (billiard
+#: reads this at import, so it must be in the worker's environment, not set later).
+WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 
 
 def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
@@ -30,27 +47,66 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
         # The job store is the source of truth; Celery's results are not needed.
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
-        # Ack only after the task ran; a worker lost mid-task puts its message back.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
         task_default_queue=settings.default_queue,
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app
 
 
-def publish_job(app: Celery, job: Job) -> None:
-    """Put ``job`` on its queue as one ``pulse.run_job`` message."""
+def time_limits(timeout_seconds: int | None) -> dict[str, int]:
+    """Celery's per-message soft and hard time limits for a job's soft timeout."""
+    if timeout_seconds is None:
+        return {}
+    return {
+        "soft_time_limit": timeout_seconds,
+        "time_limit": timeout_seconds + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS,
+    }
+
+
+def publish_job(
+    app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None
+) -> None:
+    """Put one ``pulse.run_job`` message for ``job`` on its queue.
+
+    ``attempt`` is the attempt the message starts (default: the next one);
+    ``countdown`` delays it (a Celery ETA message).
+    """
     app.send_task(
         RUN_JOB_TASK,
         args=(job.job_id,),
+        kwargs={"attempt": job.attempts + 1 if attempt is None else attempt, "cycle": job.cycle},
         queue=job.queue,
         shadow=job.job_type,
+        countdown=countdown,
         argsrepr=repr((job.job_id,)),
         kwargsrepr="{}",
+        **time_limits(job.timeout_seconds),
     )
+
+
+def check_visibility_timeout(settings: Settings, longest_timeout: int) -> None:
+    """Refuse a broker visibility timeout that could redeliver a message still in use.
+
+    A message stays unacked for at most its ETA (retries and delays up to
+    ``PULSE_ETA_WINDOW_SECONDS``) plus its hard time limit.
+    """
+    if not settings.broker_url.startswith(("redis", "rediss", "unix")):
+        return
+    longest_timeout = max(longest_timeout, settings.timeout_cap_seconds)
+    needed = longest_timeout + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS + settings.eta_window_seconds
+    if settings.visibility_timeout_seconds <= needed:
+        raise ConfigError(
+            f"PULSE_VISIBILITY_TIMEOUT_SECONDS={settings.visibility_timeout_seconds} is too "
+            f"short: a message may stay unacked for {needed} s (longest time limit "
+            f"{longest_timeout} s + {DEFAULT_HARD_TIMEOUT_GRACE_SECONDS} s hard-limit grace "
+            f"+ PULSE_ETA_WINDOW_SECONDS={settings.eta_window_seconds}); raise it above {needed} "
+            "or lower PULSE_TIMEOUT_CAP_SECONDS, the handlers' timeouts or the ETA window"
+        )

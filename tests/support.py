@@ -57,6 +57,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_HANDLER_MODULES": ",".join(settings.handler_modules),
         "PULSE_DEFAULT_QUEUE": settings.default_queue,
         "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
+        "PULSE_LEASE_SECONDS": str(settings.lease_seconds),
+        "PULSE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "PULSE_SOFT_SHUTDOWN_SECONDS": str(settings.soft_shutdown_seconds),
+        "PULSE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
     }
     if settings.tenants_file:
         env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)

@@ -87,8 +87,8 @@ class CancelJob(MethodView):
         outcome = svc.store.cancel(tenant_id, job_id)
         if outcome == "missing":
             raise JobNotFound(f"no job {job_id!r}")
-        if outcome not in ("cancelled", "running"):
-            raise JobNotCancellable(f"job {job_id!r} is already {outcome}")
+        if outcome.startswith("finished:"):
+            raise JobNotCancellable(f"job {job_id!r} is already {outcome.partition(':')[2]}")
         job = svc.store.get_for_tenant(tenant_id, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")

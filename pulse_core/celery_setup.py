@@ -22,12 +22,19 @@ Delivery settings, and why:
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Empty
 
 from pulse_core.errors import ConfigError
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.settings import Settings
+
+log = logging.getLogger("pulse.broker")
 
 RUN_JOB_TASK = "pulse.run_job"
 DEAD_LETTER_TASK = "pulse.dead_letter"
@@ -36,9 +43,41 @@ DEAD_LETTER_TASK = "pulse.dead_letter"
 WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 
 
+class _PoisonSafeRedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that an undecodable envelope is dropped with a log line.
+
+    Stock kombu raises the decode error out of the consumer loop, which stops the
+    worker ("Unrecoverable error"), and a restarted worker is free of it only
+    because BRPOP already removed the message. Written by hand: kombu has no hook.
+    """
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: the envelope itself
+            log.error("dropped an undecodable broker message: %s", exc)
+            return False
+
+    def _get(self, queue: str) -> Any:
+        try:
+            return super()._get(queue)
+        except ValueError as exc:
+            log.error("dropped an undecodable broker message from %s: %s", queue, exc)
+            raise Empty() from None
+
+
+class PoisonSafeRedisTransport(kombu_redis.Transport):
+    Channel = _PoisonSafeRedisChannel
+
+
+_REDIS_TRANSPORT = f"{__name__}:{PoisonSafeRedisTransport.__name__}"
+
+
 def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     """A Celery app configured the Pulse way: JSON only, late acks, no result backend."""
     app = Celery(main, broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
+        app.conf.broker_transport = _REDIS_TRANSPORT
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -163,8 +163,11 @@ if ({_WAITING_STATES_LUA})[state] then
                    ARGV[3], ARGV[5])
   return 'cancelled'
 end
-if state == 'running' then redis.call('HSET', KEYS[1], 'cancelRequested', '1') end
-return state
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancelRequested', '1')
+  return 'running'
+end
+return 'finished:' .. state
 """
 )
 
@@ -368,7 +371,7 @@ class JobStore:
         """Cancel a waiting job, or flag a running one; return the resulting state.
 
         "cancelled" when it will never run, "running" when the handler was asked to
-        stop (``ctx.cancel_requested()``), another final state when it had already
+        stop (``ctx.cancel_requested()``), "finished:<state>" when it had already
         finished, "missing" when ``tenant_id`` has no such job.
         """
         reply = self._cancel(

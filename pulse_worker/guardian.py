@@ -34,7 +34,8 @@ def running_job_ids() -> list[str]:
             continue
     else:
         return []
-    return [r.args[0] for r in requests if r.task_name == RUN_JOB_TASK and r.args]
+    # `type` is the task name; `name` would be the shadow (the jobType).
+    return [r.args[0] for r in requests if r.type == RUN_JOB_TASK and r.args]
 
 
 def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,15 @@ ROOT = Path(__file__).parent.parent
 
 #: tenant id -> API key, for the tests' tenants file.
 TENANT_KEYS = {"acme": "acme-secret-key", "globex": "globex-secret-key"}
+
+
+def witness_key(job_id: str) -> str:
+    """Where tests/handlers/witness_handlers.py records each handler start of a job."""
+    return f"witness:{job_id}"
+
+
+def witness_starts(redis: Redis, job_id: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in redis.lrange(witness_key(job_id), 0, -1)]
 
 
 def auth(tenant: str) -> dict[str, str]:

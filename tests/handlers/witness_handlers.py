@@ -23,7 +23,7 @@ _redis: Redis | None = None
 
 
 def witness_key(job_id: str) -> str:
-    return f"witness:{job_id}"
+    return f"witness:{job_id}"  # as tests.support.witness_key
 
 
 def _witness(ctx: JobContext) -> None:

@@ -58,9 +58,9 @@ class _PoisonSafeRedisChannel(kombu_redis.Channel):
             log.error("dropped an undecodable broker message: %s", exc)
             return False
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super()._get(queue)
+            return super()._get(queue, *args, **kwargs)
         except ValueError as exc:
             log.error("dropped an undecodable broker message from %s: %s", queue, exc)
             raise Empty() from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -41,9 +42,7 @@ def test_retry_delays_follow_the_capped_backoff(live_client: FlaskClient, redis:
     assert [s["attempt"] for s in witness_starts(redis, job_id)] == [1, 2, 3, 4, 5]
     ceilings = [0.4, 0.8, 0.8, 0.8]  # 0.4 * 2**k, capped at 0.8
     slack = 1.5  # a loaded 2-core machine: publish, ETA timer, pool hand-off
-    for gap, ceiling in zip(
-        [b - a for a, b in zip(times, times[1:], strict=False)], ceilings, strict=True
-    ):
+    for gap, ceiling in zip([b - a for a, b in itertools.pairwise(times)], ceilings, strict=True):
         assert 0 <= gap <= ceiling + slack, (gap, ceiling)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.jobs import Job, JobState, utc_now
+from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, Job, JobState, utc_now
 
 #: How long a finished job's record is kept (a dead one stays until it leaves the dead letters).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -57,8 +57,13 @@ local function final_transition(job_key, watch_key, dead_key, job_id, state, fin
 end
 """
 
-_FINAL_STATES_LUA = "{succeeded=true, dead=true, cancelled=true}"
-_WAITING_STATES_LUA = "{queued=true, scheduled=true, retrying=true}"
+def _lua_set(states: Iterable[JobState]) -> str:
+    return "{" + ", ".join(f"{state.value}=true" for state in sorted(states)) + "}"
+
+
+_FINAL_STATES_LUA = _lua_set(FINAL_STATES)
+#: Waiting for an attempt: claimable by a message, cancellable at once.
+_WAITING_STATES_LUA = _lua_set(CLAIMABLE_STATES)
 
 # KEYS: job, watch. ARGV: now, lease_until, owner, msg_cycle, msg_attempt, started_at,
 # job_id, fallback_max_retries, lost_error_json. -1 for an unknown cycle/attempt.

@@ -57,6 +57,7 @@ local function final_transition(job_key, watch_key, dead_key, job_id, state, fin
 end
 """
 
+
 def _lua_set(states: Iterable[JobState]) -> str:
     return "{" + ", ".join(f"{state.value}=true" for state in sorted(states)) + "}"
 

@@ -60,23 +60,28 @@ def report(results: list[Result]) -> None:
         runs = ", ".join(f"{v:.0f}" for v in r.values)
         print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
     print("Ratios (>1 means Pulse is faster):")
+    ratios = {}
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:
-            print(f"  {label:48} {by_name[top].median / by_name[bottom].median:6.2f}")
+            ratios[label] = by_name[top].median / by_name[bottom].median
+            print(f"  {label:48} {ratios[label]:6.2f}")
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(
         json.dumps(
-            [
-                {
-                    "section": r.section,
-                    "name": r.name,
-                    "unit": r.unit,
-                    "values": r.values,
-                    "median": r.median,
-                }
-                for r in results
-            ],
+            {
+                "ratios": ratios,
+                "results": [
+                    {
+                        "section": r.section,
+                        "name": r.name,
+                        "unit": r.unit,
+                        "values": r.values,
+                        "median": r.median,
+                    }
+                    for r in results
+                ],
+            },
             indent=2,
         )
     )

@@ -1,5 +1,10 @@
 """Jobs/s drained by a Pulse worker, beside a plain Celery task with the same settings.
 
+The Pulse worker runs with every execution guarantee on: a claim per attempt
+(lease, attempt number), the final transition as one script, per-job time limits
+in each message, the lease-refreshing and sweeping guardian thread. The plain task
+shares its pool, concurrency, prefetch and ack settings.
+
 Each worker starts on an idle queue; a queue is filled while nobody consumes it,
 then the worker is told to consume it (``add_consumer``) and the clock runs until
 no message is waiting or unacknowledged.
@@ -74,7 +79,8 @@ def run(env: BenchEnv) -> list[Result]:
                     for _ in range(JOBS):
                         job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
                                   queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),
-                                  created_at=utc_now())  # fmt: skip
+                                  created_at=utc_now(), max_retries=3,
+                                  timeout_seconds=60)  # fmt: skip
                         store.create(job)
                         publish_job(pulse_app, job)
                 else:

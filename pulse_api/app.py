@@ -11,7 +11,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, health, jobs
+from pulse_api import batches, dead_letters, health, jobs
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
     from_http_exception,
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)
+    api.register_blueprint(dead_letters.blp)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

@@ -1,7 +1,7 @@
 """The door every ``/v1`` request passes: who is asking, in what format, how big.
 
 Runs before the body is read: 401 for a missing or unknown key, 415 for a
-POST body that is not ``application/json``, 413 for a body larger than the
+non-empty POST body that is not ``application/json``, 413 for a body larger than the
 endpoint's cap (``Content-Length`` checked up front; a chunked body is read
 no further than one byte past the cap).
 """
@@ -20,8 +20,8 @@ from pulse_core.tenants import Tenant
 def guard(max_body_bytes: Callable[[Tenant], int]) -> None:
     """Authenticate, then hold a POST to JSON of at most ``max_body_bytes(tenant)`` bytes."""
     authenticate_request()
-    if request.method != "POST":
-        return
+    if request.method != "POST" or not _has_body():
+        return  # e.g. POST /v1/jobs/<id>/cancel; a body-taking endpoint's schema refuses it
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type is {request.mimetype or 'missing'}; send application/json"
@@ -36,3 +36,9 @@ def guard(max_body_bytes: Callable[[Tenant], int]) -> None:
     request.max_content_length = cap + 1
     if len(request.get_data(cache=True)) > cap:
         raise PayloadTooLarge(f"the body is larger than the limit of {cap} bytes")
+
+
+def _has_body() -> bool:
+    if request.content_length is not None:
+        return request.content_length > 0
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit a job, list the tenant's jobs, read one job's status."""
+"""``/v1/jobs``: submit a job, list the tenant's jobs, read one job's status, cancel it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
-from pulse_core.errors import JobNotFound
+from pulse_core.errors import JobNotCancellable, JobNotFound
 from pulse_core.jobs import JobState
 
 blp = PulseBlueprint(
@@ -117,6 +117,37 @@ class JobById(MethodView):
     def get(self, job_id: str) -> dict[str, Any]:
         """Read a job's status."""
         job = services().store.get_for_tenant(g.tenant.tenant_id, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job.document()
+
+
+@blp.route("/<string:job_id>/cancel")
+class CancelJob(MethodView):
+    @blp.response(
+        200,
+        JobSchema,
+        description="The job after the request: cancelled, or still "
+        "running with cancelRequested set (the handler decides when to stop)",
+    )
+    @problems(blp, 401, 404, 409)
+    @blp.doc(security=[{"bearer": []}])
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job.
+
+        A queued, scheduled or retrying job becomes ``cancelled`` and never runs. A
+        running job is flagged: its handler sees ``ctx.cancel_requested()`` and may
+        stop by raising ``JobCancelled`` (the job ends ``cancelled``); a handler that
+        finishes anyway keeps its outcome, and no retry follows a failure.
+        """
+        svc = services()
+        tenant_id = g.tenant.tenant_id
+        outcome = svc.store.cancel(tenant_id, job_id)
+        if outcome == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if outcome.startswith("finished:"):
+            raise JobNotCancellable(f"job {job_id!r} is already {outcome.partition(':')[2]}")
+        job = svc.store.get_for_tenant(tenant_id, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
         return job.document()

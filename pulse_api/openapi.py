@@ -31,7 +31,8 @@ RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying")}
 DESCRIPTIONS = {
     400: "Malformed request (the body is not JSON)",
     401: "Missing or invalid API key",
-    404: "No such job for this tenant",
+    404: "No such job (or dead letter) for this tenant",
+    409: "The job has already finished",
     413: "The body is larger than the tenant's max_payload_bytes (or the batch cap)",
     415: "The body is not application/json",
     422: "Invalid request, named per field (unknown jobType, idempotency key reused "

@@ -25,6 +25,8 @@ from pulse_core.errors import (
     IdempotencyConflict,
     InvalidCursor,
     InvalidIdempotencyKey,
+    InvalidParameter,
+    JobNotCancellable,
     JobNotFound,
     PayloadTooLarge,
     PulseError,
@@ -45,7 +47,9 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     JobNotFound: (404, "not-found", "No such job"),
     PayloadTooLarge: (413, "payload-too-large", "The body is larger than allowed"),
     UnsupportedMediaType: (415, "unsupported-media-type", "The body must be application/json"),
+    JobNotCancellable: (409, "job-finished", "The job has already finished"),
     UnknownJobType: (422, "unknown-job-type", "Unknown jobType"),
+    InvalidParameter: (422, "validation-error", "A value is out of range"),
     TenantMismatch: (422, "tenant-mismatch", "tenantId is not the API key's tenant"),
     IdempotencyConflict: (
         422,
@@ -64,6 +68,7 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
 HTTP_SLUGS = {
     400: "malformed-request",
     404: "not-found",
+    409: "conflict",
     405: "method-not-allowed",
     413: "payload-too-large",
     415: "unsupported-media-type",

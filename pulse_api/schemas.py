@@ -6,7 +6,15 @@ import json
 import re
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.jobs import JobState
@@ -42,6 +50,34 @@ def check_json_bounds(value: Any) -> None:
             stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+
+
+class JobOptionsSchema(Schema):
+    """Per-job execution options; caps are the operator's (``PULSE_*_CAP*``)."""
+
+    class Meta:
+        unknown = RAISE
+
+    maxRetries = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "Retries after the first attempt (overrides the jobType's)"},
+    )
+    timeoutSeconds = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={"description": "Soft time limit per attempt; the hard limit is 10 s later"},
+    )
+    delaySeconds = fields.Float(
+        validate=validate.Range(min=0),
+        metadata={"description": "Start no earlier than this many seconds from now"},
+    )
+    runAt = fields.AwareDateTime(
+        metadata={"description": "Start no earlier than this time (ISO 8601 with offset)"},
+    )
+
+    @validates_schema
+    def _one_delay(self, data: dict[str, Any], **_: Any) -> None:
+        if "delaySeconds" in data and "runAt" in data:
+            raise ValidationError("give delaySeconds or runAt, not both", "delaySeconds")
 
 
 class JobSubmitSchema(Schema):
@@ -85,6 +121,7 @@ class JobSubmitSchema(Schema):
             "additionalProperties": {"type": _SCALAR_TYPES},
         },
     )
+    options = fields.Nested(JobOptionsSchema)
 
     @validates("payload")
     def _payload_is_bounded_object(self, value: Any, **_: Any) -> None:
@@ -149,6 +186,11 @@ class JobErrorSchema(Schema):
     traceback = fields.String()
 
 
+class JobEffectiveOptionsSchema(Schema):
+    maxRetries = fields.Integer(allow_none=True)
+    timeoutSeconds = fields.Integer(allow_none=True)
+
+
 class JobSchema(Schema):
     """The job document."""
 
@@ -165,6 +207,41 @@ class JobSchema(Schema):
     result = fields.Raw(allow_none=True, metadata={"description": "The handler's JSON result"})
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metadata = fields.Dict(required=True)
+    options = fields.Nested(JobEffectiveOptionsSchema, required=True)
+    runAt = fields.String(allow_none=True, metadata={"format": "date-time",
+                          "description": "When a scheduled or retrying job is due"})  # fmt: skip
+    replays = fields.Integer(required=True, metadata={"description": "Dead-letter replays"})
+    cancelRequested = fields.Boolean(required=True)
+
+
+class DeadLetterQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(metadata={"description": "nextCursor of the previous page"})
+    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+
+
+class DeadLetterPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema), required=True)
+    nextCursor = fields.String(allow_none=True, required=True)
+
+
+class BulkReplaySchema(Schema):
+    """Which dead letters to replay; ``dryRun`` only counts them."""
+
+    class Meta:
+        unknown = RAISE
+
+    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    deadAfter = fields.AwareDateTime(metadata={"description": "Died at or after this time"})
+    deadBefore = fields.AwareDateTime(metadata={"description": "Died at or before this time"})
+    dryRun = fields.Boolean(load_default=False)
+
+
+class BulkReplayResultSchema(Schema):
+    matched = fields.Integer(required=True)
+    replayed = fields.Integer(required=True)
+    dryRun = fields.Boolean(required=True)
+    jobIds = fields.List(fields.String(), required=True)
 
 
 class ProblemSchema(Schema):

@@ -11,6 +11,7 @@ from redis import Redis
 from pulse_core.admission import Admission
 from pulse_core.announce import JobTypeDirectory
 from pulse_core.celery_setup import create_celery, publishes_inline
+from pulse_core.dead_letters import DeadLetters
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
@@ -30,19 +31,22 @@ class Services:
     admission: Admission
     #: Jobs are pushed by the admission script (the broker is the job store's Redis).
     inline_publish: bool
+    dead_letters: DeadLetters
 
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
         redis = connect(settings.redis_url)
+        store = JobStore(redis)
         return cls(
             settings=settings,
             tenants=tenants,
             redis=redis,
-            store=JobStore(redis),
+            store=store,
             celery=create_celery(settings, main="pulse-api"),
             job_types=JobTypeDirectory(redis),
             admission=Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
             inline_publish=publishes_inline(settings),
+            dead_letters=DeadLetters(redis, store),
         )
 
 

@@ -1,8 +1,10 @@
 """Admitting jobs: a short pipeline of guard steps, one job or a batch.
 
-prepare (tenant, idempotency key, fingerprint, jobType, message) -> admit (one Lua
-script: idempotency, rate limit, backlog, record and, when the broker is the job
-store's Redis, the message itself) -> otherwise publish through kombu, or undo.
+prepare (tenant, idempotency key, fingerprint, jobType, options, message) -> admit
+(one Lua script: idempotency, rate limit, backlog, record and, when the broker is
+the job store's Redis, the message itself) -> otherwise publish through kombu, or
+undo. A job delayed beyond the ETA window gets no message yet: the workers' sweep
+publishes it when it is due.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from kombu.exceptions import KombuError
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
+from pulse_api.options import resolve
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import Services
 from pulse_core.admission import Admitted, Submission
@@ -28,7 +31,7 @@ from pulse_core.errors import (
     TenantMismatch,
 )
 from pulse_core.idempotency import fingerprint, store_key
-from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.jobs import Job, JobState, new_job_id, new_trace_id, utc_now
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
@@ -43,9 +46,9 @@ def submit_job(
     """Admit and publish one validated job body, or raise the error that refuses it."""
     submission = prepare(svc, tenant, body, header_key=header_key)
     admitted = svc.admission.admit(tenant, submission)
-    if not admitted.replayed and not admitted.published:
+    if _needs_publish(submission, admitted):
         try:
-            publish_job(svc.celery, admitted.job)
+            publish_job(svc.celery, admitted.job, countdown=submission.countdown)
         except PUBLISH_ERRORS as exc:
             raise _undo(svc, tenant, submission, exc) from exc
     return admitted
@@ -69,12 +72,13 @@ def submit_batch(
     fresh: list[tuple[int, Submission, Admitted]] = []
     for (position, submission), verdict in zip(ready, admitted, strict=True):
         verdicts[position] = verdict
-        if isinstance(verdict, Admitted) and not verdict.replayed and not verdict.published:
+        if isinstance(verdict, Admitted) and _needs_publish(submission, verdict):
             fresh.append((position, submission, verdict))
     if fresh:
         sent = 0
         try:
-            sent = publish_jobs(svc.celery, (verdict.job for _, _, verdict in fresh))
+            pairs = ((verdict.job, item.countdown) for _, item, verdict in fresh)
+            sent = publish_jobs(svc.celery, pairs)
         except PUBLISH_ERRORS as exc:
             for position, submission, _ in fresh[sent:]:
                 verdicts[position] = _undo(svc, tenant, submission, exc)
@@ -89,24 +93,42 @@ def prepare(
     if claimed_tenant is not None and claimed_tenant != tenant.tenant_id:
         raise TenantMismatch("tenantId must be the API key's own tenant (or be left out)")
     key = _idempotency_key(body.get("idempotencyKey"), header_key)
+    job_type = body["jobType"]
+    live = svc.job_types.is_live(job_type)
+    options = resolve(svc.settings, svc.job_types.policy(job_type), body.get("options") or {})
     metadata = dict(body.get("metadata") or {})
     job = Job(
         job_id=new_job_id(),
         tenant_id=tenant.tenant_id,
-        job_type=body["jobType"],
+        job_type=job_type,
         queue=svc.settings.default_queue,
         payload=body["payload"],
         metadata=metadata,
         trace_id=metadata.get("traceId") or new_trace_id(),
         created_at=utc_now(),
+        state=JobState.QUEUED if options.due_at is None else JobState.SCHEDULED,
+        max_retries=options.max_retries,
+        timeout_seconds=options.timeout_seconds,
+        due_at=options.due_at,
     )
+    # Due beyond the ETA window: no message now; the sweep publishes it when due.
+    deferred = options.due_at is not None and options.countdown is None
+    inline = svc.inline_publish and not deferred
     return Submission(
         job=job,
         idempotency_key=key,
         fingerprint=fingerprint(body) if key else "",
-        job_type_live=svc.job_types.is_live(job.job_type),
-        message=encode_message(svc.celery, job) if svc.inline_publish else "",
+        job_type_live=live,
+        message=encode_message(svc.celery, job, countdown=options.countdown) if inline else "",
+        countdown=options.countdown,
+        watch_at=options.watch_at,
+        deferred=deferred,
     )
+
+
+def _needs_publish(submission: Submission, admitted: Admitted) -> bool:
+    """Whether the caller still has to send the job's message through kombu."""
+    return not (admitted.replayed or admitted.published or submission.deferred)
 
 
 def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:

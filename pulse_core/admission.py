@@ -48,18 +48,20 @@ from pulse_core.tenants import Tenant
 BACKLOG_RETRY_AFTER_SECONDS = 1
 
 # KEYS: 1 job hash, 2 tenant index, 3 pending hash, 4 idempotency key (or KEYS[1]
-#       when there is none), 5 the queue's list, 6.. the tenant's moving windows.
+#       when there is none), 5 the queue's list, 6 the watch set, 7.. the tenant's
+#       moving windows.
 # ARGV: 1 tenant id, 2 job id, 3 created ms, 4 fingerprint ('' = no key),
 #       5 key TTL seconds, 6 jobType live '1'/'0', 7 max_pending, 8 job key prefix,
 #       9 the broker message to push ('' = the caller publishes), 10 number of
-#       windows n, 11.. n (limit, expiry) pairs, then the record's field/value pairs.
+#       windows n, 11 when the sweep should look at a scheduled job ('' = never),
+#       12.. n (limit, expiry) pairs, then the record's field/value pairs.
 _ADMIT = (
     ratelimit.LUA
     + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local n = tonumber(ARGV[10])
-local stats = window_stats(now, 6, 11, n)
+local stats = window_stats(now, 7, 12, n)
 
 if ARGV[4] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -78,9 +80,10 @@ if stats[5] == '1' then return {'rate-limited', stats} end
 local pending = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
 
-window_acquire(now, 6, 11, n)
+window_acquire(now, 7, 12, n)
 stats[2] = stats[2] - 1
-redis.call('HSET', KEYS[1], unpack(ARGV, 11 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
+if ARGV[11] ~= '' then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 if ARGV[4] ~= '' then
@@ -116,6 +119,12 @@ class Submission:
     #: The broker message to push with the record (``celery_setup.encode_message``);
     #: empty when the caller publishes through kombu itself.
     message: str = ""
+    #: For a delayed job: the ETA message's countdown (seconds).
+    countdown: float | None = None
+    #: For a scheduled job: when the workers' sweep should look at it (epoch seconds).
+    watch_at: float | None = None
+    #: Due beyond the ETA window: no message now, the sweep publishes it when due.
+    deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,7 @@ class Admission:
             keys.PENDING,
             idem_key,
             job.queue,
+            keys.WATCH,
             *ratelimit.window_keys(tenant.tenant_id, items),
         ]
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
@@ -199,6 +209,7 @@ class Admission:
             keys.job(""),
             submission.message,
             len(items),
+            "" if submission.watch_at is None else repr(submission.watch_at),
             *ratelimit.window_args(items),
         ]
         for field, value in job.to_redis().items():

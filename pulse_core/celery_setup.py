@@ -1,33 +1,88 @@
 """Celery's machinery, kept in this one module.
 
-Pulse runs every job through one generic task, ``pulse.run_job``, whose only
-argument is the job id: the payload stays in the job store, so it never travels
-in the message or shows in task events. Each message carries the jobType as its
-display name (Celery's ``shadow``), so Flower lists jobTypes.
+Pulse runs every job through one generic task, ``pulse.run_job(job_id, attempt=,
+cycle=)``: the payload stays in the job store, so it never travels in the message
+or shows in task events. The message names the attempt it starts (and the replay
+cycle), so the job store can refuse a redelivered copy. Each message carries the
+jobType as its display name (Celery's ``shadow``), so Flower lists jobTypes, and
+the job's soft and hard time limits (Celery's ``timelimit`` header).
+
+Delivery settings, and why:
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only after
+  its attempt is recorded; a killed pool child puts its message back at once.
+- ``worker_prefetch_multiplier=1``: with late acks a busy pool reserves nothing
+  beyond what it runs, so a worker that dies strands nothing that is not running
+  (and running attempts are recovered through their lease).
+- ``visibility_timeout``: the broker's own redelivery, a backstop only; it must
+  exceed the longest time a message may stay unacked (``check_visibility_timeout``).
+- ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
+  sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps as kombu_dumps
 
+from pulse_core.errors import ConfigError
 from pulse_core.jobs import Job
+from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.settings import Settings
 
-RUN_JOB_TASK = "pulse.run_job"
+log = logging.getLogger("pulse.broker")
 
-#: How long the Redis broker waits for an ack before redelivering a message.
-DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+RUN_JOB_TASK = "pulse.run_job"
+DEAD_LETTER_TASK = "pulse.dead_letter"
+#: Environment for a worker process: SIGTERM starts Celery's soft shutdown (billiard
+#: reads this at import, so it must be in the worker's environment, not set later).
+WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
+
+
+class _PoisonSafeRedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that an undecodable envelope is dropped with a log line.
+
+    Stock kombu raises the decode error out of the consumer loop, which stops the
+    worker ("Unrecoverable error"), and a restarted worker is free of it only
+    because BRPOP already removed the message. Written by hand: kombu has no hook.
+    """
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: the envelope itself
+            log.error("dropped an undecodable broker message: %s", exc)
+            return False
+
+    def _get(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._get(queue, *args, **kwargs)
+        except ValueError as exc:
+            log.error("dropped an undecodable broker message from %s: %s", queue, exc)
+            raise Empty() from None
+
+
+class PoisonSafeRedisTransport(kombu_redis.Transport):
+    Channel = _PoisonSafeRedisChannel
+
+
+_REDIS_TRANSPORT = f"{__name__}:{PoisonSafeRedisTransport.__name__}"
 
 
 def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     """A Celery app configured the Pulse way: JSON only, late acks, no result backend."""
     app = Celery(main, broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
+        app.conf.broker_transport = _REDIS_TRANSPORT
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -36,48 +91,73 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
         # The job store is the source of truth; Celery's results are not needed.
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
-        # Ack only after the task ran; a worker lost mid-task puts its message back.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
         task_default_queue=settings.default_queue,
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app
 
 
-def publish_job(app: Celery, job: Job) -> None:
-    """Put ``job`` on its queue as one ``pulse.run_job`` message."""
+def time_limits(timeout_seconds: int | None) -> dict[str, int]:
+    """Celery's per-message soft and hard time limits for a job's soft timeout."""
+    if timeout_seconds is None:
+        return {}
+    return {
+        "soft_time_limit": timeout_seconds,
+        "time_limit": timeout_seconds + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS,
+    }
+
+
+def message_options(
+    job: Job, *, attempt: int | None = None, countdown: float | None = None
+) -> dict[str, Any]:
+    """What every ``pulse.run_job`` message of ``job`` carries, however it is sent.
+
+    ``attempt`` is the attempt the message starts (default: the next one);
+    ``countdown`` delays it (a Celery ETA message).
+    """
+    return {
+        "args": (job.job_id,),
+        "kwargs": {"attempt": job.attempts + 1 if attempt is None else attempt, "cycle": job.cycle},
+        "shadow": job.job_type,
+        "countdown": countdown,
+        "argsrepr": repr((job.job_id,)),
+        "kwargsrepr": "{}",
+        **time_limits(job.timeout_seconds),
+    }
+
+
+def publish_job(
+    app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None
+) -> None:
+    """Put one ``pulse.run_job`` message for ``job`` on its queue."""
     app.send_task(
         RUN_JOB_TASK,
-        args=(job.job_id,),
         queue=job.queue,
-        shadow=job.job_type,
-        argsrepr=repr((job.job_id,)),
-        kwargsrepr="{}",
+        **message_options(job, attempt=attempt, countdown=countdown),
     )
 
 
-def publish_jobs(app: Celery, jobs: Iterable[Job]) -> int:
-    """Publish ``jobs`` in order over one producer (one connection); return how many went.
+def publish_jobs(app: Celery, jobs: Iterable[tuple[Job, float | None]]) -> int:
+    """Publish ``(job, countdown)`` pairs in order over one producer; return how many went.
 
     Stops at the first failure and raises it; the caller undoes the jobs not yet sent.
     """
     sent = 0
     with app.producer_or_acquire() as producer:
-        for job in jobs:
+        for job, countdown in jobs:
             app.send_task(
                 RUN_JOB_TASK,
-                args=(job.job_id,),
                 queue=job.queue,
-                shadow=job.job_type,
-                argsrepr=repr((job.job_id,)),
-                kwargsrepr="{}",
                 producer=producer,
+                **message_options(job, countdown=countdown),
             )
             sent += 1
     return sent
@@ -89,24 +169,16 @@ def publishes_inline(settings: Settings) -> bool:
     return settings.broker_url == settings.redis_url and scheme in {"redis", "rediss", "unix"}
 
 
-def encode_message(app: Celery, job: Job) -> str:
+def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> str:
     """The ``pulse.run_job`` message for ``job``, exactly as kombu's Redis transport stores it.
 
     Celery builds the task message (protocol 2); the envelope is kombu's
     (``Channel.prepare_message`` + ``basic_publish`` on the anonymous exchange,
     body base64-encoded), so workers, Flower and redelivery treat it like any other.
     """
-    task_id = str(uuid.uuid4())
-    argsrepr = repr((job.job_id,))
-    message = app.amqp.as_task_v2(
-        task_id,
-        RUN_JOB_TASK,
-        args=(job.job_id,),
-        kwargs={},
-        shadow=job.job_type,
-        argsrepr=argsrepr,
-        kwargsrepr="{}",
-    )
+    options = message_options(job, countdown=countdown)
+    argsrepr = options["argsrepr"]
+    message = app.amqp.as_task_v2(str(uuid.uuid4()), RUN_JOB_TASK, **options)
     body = base64.b64encode(kombu_dumps(message.body).encode("utf-8")).decode("ascii")
     properties = {
         **message.properties,
@@ -127,3 +199,23 @@ def encode_message(app: Celery, job: Job) -> str:
         "properties": properties,
     }
     return str(kombu_dumps(envelope))
+
+
+def check_visibility_timeout(settings: Settings, longest_timeout: int) -> None:
+    """Refuse a broker visibility timeout that could redeliver a message still in use.
+
+    A message stays unacked for at most its ETA (retries and delays up to
+    ``PULSE_ETA_WINDOW_SECONDS``) plus its hard time limit.
+    """
+    if not settings.broker_url.startswith(("redis", "rediss", "unix")):
+        return
+    longest_timeout = max(longest_timeout, settings.timeout_cap_seconds)
+    needed = longest_timeout + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS + settings.eta_window_seconds
+    if settings.visibility_timeout_seconds <= needed:
+        raise ConfigError(
+            f"PULSE_VISIBILITY_TIMEOUT_SECONDS={settings.visibility_timeout_seconds} is too "
+            f"short: a message may stay unacked for {needed} s (longest time limit "
+            f"{longest_timeout} s + {DEFAULT_HARD_TIMEOUT_GRACE_SECONDS} s hard-limit grace "
+            f"+ PULSE_ETA_WINDOW_SECONDS={settings.eta_window_seconds}); raise it above {needed} "
+            "or lower PULSE_TIMEOUT_CAP_SECONDS, the handlers' timeouts or the ETA window"
+        )

@@ -18,6 +18,7 @@ from types import FrameType
 import click
 
 from pulse_core.announce import live_job_types
+from pulse_core.celery_setup import WORKER_ENV
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError
 from pulse_core.redis_client import connect
@@ -98,8 +99,9 @@ def api(host: str, port: int, workers: int) -> None:
 def worker(
     queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
 ) -> None:
-    """Run a Celery worker with Pulse's settings."""
+    """Run a Celery worker with Pulse's settings (SIGTERM: soft shutdown, then requeue)."""
     _check_settings(os.environ, need_tenants=False)
+    os.environ.update(WORKER_ENV)
     _exec(worker_command(queues, concurrency, pool, loglevel, events))
 
 
@@ -124,6 +126,7 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
     env["PULSE_HANDLER_MODULES"] = ",".join([*modules, DIAGNOSTICS_MODULE])
     # Flower's HTTP API answers without a login on the loopback-only dev stack.
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    env.update(WORKER_ENV)
     redis: EmbeddedRedis | None = None
     if not env.get("PULSE_REDIS_URL"):
         try:

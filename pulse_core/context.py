@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobContext:
-    """The handler's view of its job; handlers never see Celery."""
+    """The handler's view of its job; handlers never see Celery.
+
+    ``cancel_requested()`` asks the job store whether ``POST /v1/jobs/<id>/cancel``
+    was called while this attempt runs; a handler that wants to stop raises
+    ``pulse_core.errors.JobCancelled`` and the job ends ``cancelled``.
+    """
 
     job_id: str
     tenant_id: str
     job_type: str
     attempt: int
     trace_id: str
+    max_retries: int = 0
+    cancel_requested: Callable[[], bool] = _never

@@ -105,17 +105,56 @@ class JobFailed(PulseError):
     """Raised by a handler (or by Pulse on its behalf) to fail the current attempt."""
 
 
-class ResultTooLarge(JobFailed):
-    """The handler's result exceeds the configured size cap."""
-
-
-class ResultNotSerializable(JobFailed):
-    """The handler returned something that is not JSON."""
-
-
 class RetryableError(JobFailed):
-    """A handler's failure that is worth another attempt."""
+    """A handler's failure that is worth another attempt (any other exception is too)."""
+
+
+class RetryLater(RetryableError):
+    """Fail this attempt and retry after ``seconds`` instead of the backoff delay."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry requested in {seconds:g} s")
+        self.seconds = max(0.0, float(seconds))
 
 
 class PermanentError(JobFailed):
     """A handler's failure that no retry can fix; the job goes straight to dead."""
+
+
+class ResultTooLarge(PermanentError):
+    """The handler's result exceeds the configured size cap (the same result every time)."""
+
+
+class ResultNotSerializable(PermanentError):
+    """The handler returned something that is not JSON (the same result every time)."""
+
+
+class UnknownJobTypeAtWorker(PermanentError):
+    """The worker that took the job has no handler for its jobType (any more)."""
+
+    def __init__(self, job_type: str) -> None:
+        super().__init__(f"no handler is registered for jobType {job_type!r} on this worker")
+
+
+class WorkerLost(JobFailed):
+    """The attempt's worker died (killed, crashed or hard time limit) before recording it."""
+
+
+class JobCancelled(JobFailed):
+    """Raised by a handler that saw ``ctx.cancel_requested()``: the job ends ``cancelled``."""
+
+
+class InvalidParameter(PulseError):
+    """A request value the schema cannot judge alone: an option over a cap, a bad cursor."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class JobNotCancellable(PulseError):
+    """The job is already in a final state."""
+
+
+class JobNotReplayable(PulseError):
+    """A replay was asked for a job that is not dead."""

@@ -2,10 +2,13 @@
 
     from pulse_core.handlers import handler
 
-    @handler("email.send")
+    @handler("email.send", max_retries=5, backoff=2, backoff_max=300, timeout=30)
     def send(payload, ctx):
         ...
         return {"sent": True}
+
+Retry and timeout arguments are optional; ``pulse_core.policy`` documents the
+defaults and how per-job options override them.
 
 Workers import the modules named in ``PULSE_HANDLER_MODULES`` and those of the
 ``pulse.handlers`` entry-point group; importing a module runs its decorators.
@@ -16,12 +19,13 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from pulse_core.context import JobContext
 from pulse_core.errors import ConfigError, DuplicateHandler
+from pulse_core.policy import RetryPolicy
 
 HandlerFn = Callable[[Mapping[str, Any], JobContext], Any]
 ENTRY_POINT_GROUP = "pulse.handlers"
@@ -34,6 +38,7 @@ class HandlerSpec:
 
     job_type: str
     fn: HandlerFn
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
     def origin(self) -> str:
@@ -46,15 +51,37 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
 
-    def handler(self, job_type: str) -> Callable[[HandlerFn], HandlerFn]:
-        """Decorator registering ``fn(payload, ctx)`` as the handler of ``job_type``."""
+    def handler(
+        self,
+        job_type: str,
+        *,
+        max_retries: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        timeout: int | None = None,
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Decorator registering ``fn(payload, ctx)`` as the handler of ``job_type``.
+
+        The keyword arguments set the jobType's retry policy; each left out keeps
+        its ``pulse_core.policy.DEFAULT_*`` value.
+        """
         if not JOB_TYPE_RE.match(job_type):
             raise ConfigError(
                 f"jobType {job_type!r} is not valid: use 1-128 of letters, digits, '_.:-'"
             )
+        given: dict[str, Any] = {
+            "max_retries": max_retries,
+            "backoff": backoff,
+            "backoff_max": backoff_max,
+            "timeout": timeout,
+        }
+        try:
+            policy = RetryPolicy(**{k: v for k, v in given.items() if v is not None})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"jobType {job_type!r}: bad retry policy: {exc}") from None
 
         def register(fn: HandlerFn) -> HandlerFn:
-            spec = HandlerSpec(job_type, fn)
+            spec = HandlerSpec(job_type, fn, policy)
             existing = self._specs.get(job_type)
             if existing is not None and existing.fn is not fn:
                 raise DuplicateHandler(
@@ -73,6 +100,10 @@ class HandlerRegistry:
     def job_types(self) -> frozenset[str]:
         """Every registered jobType."""
         return frozenset(self._specs)
+
+    def policies(self) -> dict[str, RetryPolicy]:
+        """jobType -> its declared retry policy."""
+        return {job_type: spec.policy for job_type, spec in self._specs.items()}
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(list(self._specs.values()))

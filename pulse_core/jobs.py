@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,15 @@ class Job:
     finished_at: str | None = None
     result: Any = None
     error: Mapping[str, Any] | None = None
+    #: Effective retry budget and soft time limit, fixed when the job is accepted
+    #: (``None``: the worker uses its jobType's policy).
+    max_retries: int | None = None
+    timeout_seconds: int | None = None
+    #: When a scheduled or retrying job is due (epoch seconds), else ``None``.
+    due_at: float | None = None
+    #: Replays so far; each replay starts a fresh cycle of attempts under the same id.
+    cycle: int = 0
+    cancel_requested: bool = False
 
     def to_redis(self) -> dict[str, str]:
         """The record as the flat string mapping stored in a Redis hash."""
@@ -69,6 +79,16 @@ class Job:
         for key, value in (("startedAt", self.started_at), ("finishedAt", self.finished_at)):
             if value:
                 flat[key] = value
+        optional = {
+            "maxRetries": self.max_retries,
+            "timeoutSeconds": self.timeout_seconds,
+            "dueAt": self.due_at,
+        }
+        flat.update({key: str(value) for key, value in optional.items() if value is not None})
+        if self.cycle:
+            flat["cycle"] = str(self.cycle)
+        if self.cancel_requested:
+            flat["cancelRequested"] = "1"
         for key in _JSON_FIELDS:
             value = getattr(self, key)
             if value is not None:
@@ -98,6 +118,11 @@ class Job:
             finished_at=raw.get("finishedAt") or None,
             result=loads("result"),
             error=loads("error"),
+            max_retries=_int_or_none(raw.get("maxRetries")),
+            timeout_seconds=_int_or_none(raw.get("timeoutSeconds")),
+            due_at=float(raw["dueAt"]) if raw.get("dueAt") else None,
+            cycle=int(raw.get("cycle") or 0),
+            cancel_requested=raw.get("cancelRequested") == "1",
         )
 
     def document(self) -> dict[str, Any]:
@@ -116,7 +141,20 @@ class Job:
             "result": self.result,
             "error": self.error,
             "metadata": dict(self.metadata),
+            "options": {"maxRetries": self.max_retries, "timeoutSeconds": self.timeout_seconds},
+            "runAt": _iso(self.due_at) if self.due_at is not None else None,
+            "replays": self.cycle,
+            "cancelRequested": self.cancel_requested,
         }
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
+def _iso(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
@@ -131,4 +169,4 @@ def new_trace_id() -> str:
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC with a ``Z`` suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso(time.time())

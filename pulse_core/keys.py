@@ -12,6 +12,17 @@ PREFIX = "pulse"
 #: announcement expires. Workers refresh it; the API reads live members.
 JOB_TYPES = f"{PREFIX}:jobtypes"
 
+#: Hash jobType -> JSON retry/timeout policy its workers declared (read by the API).
+JOB_TYPE_POLICIES = f"{PREFIX}:jobtype-policies"
+
+#: Sorted set of job ids that something must happen to by a deadline (epoch seconds):
+#: a running attempt's lease, or a scheduled/retrying job's due time plus grace. The
+#: recovery sweep republishes what is overdue.
+WATCH = f"{PREFIX}:watch"
+
+#: Lock held (SET NX PX) by the one worker running a recovery sweep.
+SWEEP_LOCK = f"{PREFIX}:sweep-lock"
+
 
 def job(job_id: str) -> str:
     """Hash holding one job record (the source of truth for its state)."""
@@ -41,3 +52,8 @@ def rate_limit(limits_key: str) -> str:
 def idempotency(tenant_id: str, key_digest: str) -> str:
     """String ``<body fingerprint> <jobId>`` for one tenant's idempotency key (hashed)."""
     return f"{PREFIX}:tenant:{tenant_id}:idem:{key_digest}"
+
+
+def tenant_dead_letters(tenant_id: str) -> str:
+    """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds)."""
+    return f"{PREFIX}:tenant:{tenant_id}:dead"

@@ -24,6 +24,23 @@ DEFAULT_IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 DEFAULT_BATCH_MAX_JOBS = 500
 #: Largest ``POST /v1/batches`` body, in bytes (each job is also held to its tenant's cap).
 DEFAULT_BATCH_MAX_BYTES = 16 * 1024 * 1024
+#: A running attempt's lease: refreshed by its worker every third of this; once it
+#: lapses the attempt counts as crashed and the job is recovered.
+DEFAULT_LEASE_SECONDS = 30.0
+#: How often a worker looks for jobs whose lease lapsed or whose due time passed.
+DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
+#: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
+DEFAULT_MAX_RETRIES_CAP = 20
+DEFAULT_TIMEOUT_CAP_SECONDS = 900
+#: The latest a job may be scheduled (``options.delaySeconds`` / ``options.runAt``).
+DEFAULT_MAX_DELAY_SECONDS = 30 * 24 * 3600
+#: Delays up to this travel as Celery ETA messages; longer ones wait in Redis and are
+#: published by the sweep when due (so no message is held unacked for long).
+DEFAULT_ETA_WINDOW_SECONDS = 300
+#: The Redis broker redelivers a message not acked within this (kombu's visibility_timeout).
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
+#: On SIGTERM, how long running jobs may take to finish before they are cancelled and requeued.
+DEFAULT_SOFT_SHUTDOWN_SECONDS = 30.0
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
@@ -44,6 +61,14 @@ class Settings:
     idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_SECONDS
     batch_max_jobs: int = DEFAULT_BATCH_MAX_JOBS
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
+    max_retries_cap: int = DEFAULT_MAX_RETRIES_CAP
+    timeout_cap_seconds: int = DEFAULT_TIMEOUT_CAP_SECONDS
+    max_delay_seconds: int = DEFAULT_MAX_DELAY_SECONDS
+    eta_window_seconds: int = DEFAULT_ETA_WINDOW_SECONDS
+    visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    soft_shutdown_seconds: float = DEFAULT_SOFT_SHUTDOWN_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -80,6 +105,42 @@ class Settings:
             ),
             batch_max_bytes=_positive_int(
                 "PULSE_BATCH_MAX_BYTES", env.get("PULSE_BATCH_MAX_BYTES"), DEFAULT_BATCH_MAX_BYTES
+            ),
+            lease_seconds=_positive_float(
+                "PULSE_LEASE_SECONDS", env.get("PULSE_LEASE_SECONDS"), DEFAULT_LEASE_SECONDS
+            ),
+            sweep_interval_seconds=_positive_float(
+                "PULSE_SWEEP_INTERVAL_SECONDS",
+                env.get("PULSE_SWEEP_INTERVAL_SECONDS"),
+                DEFAULT_SWEEP_INTERVAL_SECONDS,
+            ),
+            max_retries_cap=_positive_int(
+                "PULSE_MAX_RETRIES_CAP", env.get("PULSE_MAX_RETRIES_CAP"), DEFAULT_MAX_RETRIES_CAP
+            ),
+            timeout_cap_seconds=_positive_int(
+                "PULSE_TIMEOUT_CAP_SECONDS",
+                env.get("PULSE_TIMEOUT_CAP_SECONDS"),
+                DEFAULT_TIMEOUT_CAP_SECONDS,
+            ),
+            max_delay_seconds=_positive_int(
+                "PULSE_MAX_DELAY_SECONDS",
+                env.get("PULSE_MAX_DELAY_SECONDS"),
+                DEFAULT_MAX_DELAY_SECONDS,
+            ),
+            eta_window_seconds=_positive_int(
+                "PULSE_ETA_WINDOW_SECONDS",
+                env.get("PULSE_ETA_WINDOW_SECONDS"),
+                DEFAULT_ETA_WINDOW_SECONDS,
+            ),
+            visibility_timeout_seconds=_positive_int(
+                "PULSE_VISIBILITY_TIMEOUT_SECONDS",
+                env.get("PULSE_VISIBILITY_TIMEOUT_SECONDS"),
+                DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+            ),
+            soft_shutdown_seconds=_positive_float(
+                "PULSE_SOFT_SHUTDOWN_SECONDS",
+                env.get("PULSE_SOFT_SHUTDOWN_SECONDS"),
+                DEFAULT_SOFT_SHUTDOWN_SECONDS,
             ),
         )
 
@@ -125,4 +186,16 @@ def _positive_int(name: str, value: str | None, default: int) -> int:
         raise ConfigError(f"{name}={value!r} is not a whole number") from None
     if number <= 0:
         raise ConfigError(f"{name}={value!r} must be greater than zero")
+    return number
+
+
+def _positive_float(name: str, value: str | None, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
     return number

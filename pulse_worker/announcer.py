@@ -26,7 +26,7 @@ def announcer_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
         def start(self, worker: Any) -> None:
             ttl = runtime.settings.job_type_ttl_seconds
             job_types = runtime.registry.job_types()
-            announce(runtime.redis, job_types, ttl)
+            announce(runtime.redis, job_types, ttl, runtime.registry.policies())
             log.info("announced jobTypes: %s", ", ".join(sorted(job_types)) or "(none)")
             self._thread = threading.Thread(
                 target=self._beat, args=(ttl,), name="pulse-announcer", daemon=True
@@ -39,7 +39,8 @@ def announcer_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
         def _beat(self, ttl: int) -> None:
             while not self._stop.wait(ttl / 3):
                 try:
-                    announce(runtime.redis, runtime.registry.job_types(), ttl)
+                    registry = runtime.registry
+                    announce(runtime.redis, registry.job_types(), ttl, registry.policies())
                 except Exception:  # a Redis blip must not kill the heartbeat
                     log.warning("could not announce jobTypes; will retry", exc_info=True)
 

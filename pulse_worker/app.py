@@ -2,22 +2,28 @@
 
 Settings come from ``PULSE_*`` variables; handler modules are imported when the
 worker starts (before the pool forks), not when Flower or ``inspect`` import this.
+Start-up stops, with a message, if the broker's visibility timeout could redeliver
+a message that is still in use.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import signals
 
-from pulse_core.celery_setup import create_celery
+from pulse_core.celery_setup import WORKER_ENV, check_visibility_timeout, create_celery
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
 from pulse_core.settings import Settings
 from pulse_worker.announcer import announcer_step
+from pulse_worker.guardian import guardian_step
 from pulse_worker.runtime import WorkerRuntime
 from pulse_worker.task import install
+
+log = logging.getLogger("pulse.worker")
 
 
 def _settings() -> Settings:
@@ -30,14 +36,25 @@ def _settings() -> Settings:
 settings = _settings()
 app = create_celery(settings)
 runtime = WorkerRuntime.build(settings, registry)
-run_job_task = install(app, runtime)
+run_job_task, dead_letter_task = install(app, runtime)
 app.steps["worker"].add(announcer_step(runtime))
+app.steps["worker"].add(guardian_step(runtime))
 
 
 @signals.worker_init.connect
 def _load_handlers(**_: Any) -> None:
     try:
         load_handler_modules(settings.handler_modules)
+        longest = max((spec.policy.timeout for spec in registry), default=0)
+        check_visibility_timeout(settings, longest)
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch, which logs and swallows Exceptions.
         raise SystemExit(f"pulse worker: {exc}") from None
+    for name, value in WORKER_ENV.items():
+        if os.environ.get(name) != value:
+            log.warning(
+                "%s is not %s: SIGTERM waits for running jobs with no bound but their time "
+                "limits (start workers with `pulse worker`, or set it)",
+                name,
+                value,
+            )

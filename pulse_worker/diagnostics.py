@@ -21,7 +21,8 @@ def echo(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     return dict(payload)
 
 
-@handler("diag.sleep")
+# Diagnostics retry quickly (sub-second backoff) so that trying retries out is quick.
+@handler("diag.sleep", backoff=0.2, backoff_max=1)
 def sleep(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Sleep ``payload["seconds"]`` seconds."""
     seconds = _number(payload, "seconds")
@@ -29,7 +30,7 @@ def sleep(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-@handler("diag.flaky")
+@handler("diag.flaky", max_retries=3, backoff=0.5, backoff_max=2)
 def flaky(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Fail with a retryable error on the first ``failTimes`` attempts, then succeed."""
     fail_times = int(_number(payload, "failTimes"))
@@ -38,7 +39,7 @@ def flaky(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"attempts": ctx.attempt}
 
 
-@handler("diag.fail")
+@handler("diag.fail", max_retries=3, backoff=0.2, backoff_max=1)
 def fail(payload: Mapping[str, Any], ctx: JobContext) -> None:
     """Always fail (retryably, so retries run until they are exhausted)."""
     raise RetryableError(f"diag.fail always fails (attempt {ctx.attempt})")

@@ -1,81 +1,209 @@
-"""The one generic task: claim -> route by jobType -> run the handler -> record the outcome."""
+"""The one generic task, as a short pipeline: claim -> route -> execute -> record.
+
+``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
+handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying`` and a
+Celery retry (an ETA message, exponential backoff with full jitter); a permanent
+failure or the last attempt -> the dead-letter task, which sets ``dead`` and files
+the job in its tenant's dead letters.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
-from pulse_core.celery_setup import RUN_JOB_TASK
+from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK
 from pulse_core.context import JobContext
-from pulse_core.errors import JobFailed, UnknownJobType
+from pulse_core.errors import (
+    JobCancelled,
+    JobFailed,
+    PermanentError,
+    RetryLater,
+    UnknownJobTypeAtWorker,
+    WorkerLost,
+)
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
+from pulse_core.policy import DEFAULT_MAX_RETRIES, effective
 from pulse_worker.outcome import describe_error, encode_result
 from pulse_worker.runtime import WorkerRuntime
 
 log = logging.getLogger("pulse.worker")
 
+_LOST = {"type": WorkerLost.__name__, "message": "the attempt's worker died before it finished"}
 
-def run_job(runtime: WorkerRuntime, job_id: str) -> None:
+
+def run_job(
+    runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None
+) -> None:
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
-    job = claim(runtime, job_id)
+    job = claim(runtime, task, job_id, attempt, cycle)
     if job is None:
         return
-    spec = route(runtime, job)
+    spec = route(runtime, task, job)
     if spec is None:
         return
-    execute(runtime, job, spec)
+    record(runtime, task, job, spec, *execute(runtime, job, spec))
 
 
-def claim(runtime: WorkerRuntime, job_id: str) -> Job | None:
+def claim(
+    runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None
+) -> Job | None:
     """Step 1: atomically claim the attempt; a redelivered or stale message claims nothing."""
-    outcome = runtime.store.claim(job_id)
-    if outcome.job is None:
-        log.warning("job %s not claimed: it is %s", job_id, outcome.refused_state)
-    return outcome.job
+    spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")
+    outcome = runtime.store.claim(
+        job_id,
+        owner=task.request.hostname or "",
+        lease_seconds=runtime.settings.lease_seconds,
+        attempt=attempt,
+        cycle=cycle,
+        fallback_max_retries=spec.policy.max_retries if spec else DEFAULT_MAX_RETRIES,
+        lost_error=_LOST,
+    )
+    if outcome.job is not None and outcome.refused is None:
+        if outcome.after_crash:
+            log.warning("job %s: attempt %d crashed; attempt %d starts",
+                        job_id, outcome.job.attempts - 1, outcome.job.attempts)  # fmt: skip
+        return outcome.job
+    if outcome.refused == "exhausted" and outcome.job is not None:
+        # The last attempt's worker died (or it died while being dead-lettered).
+        runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan")
+        log.warning("job %s is dead: its last attempt's worker died", job_id)
+    elif outcome.refused == "early" and outcome.due_at is not None:
+        # A copy that arrived before the job is due goes back, as an ETA message.
+        raise task.retry(countdown=max(0.0, outcome.due_at - time.time()), max_retries=None)
+    elif outcome.refused == "missing":
+        log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
+    else:
+        log.info("job %s not claimed: %s", job_id, outcome.refused)
+    return None
 
 
-def route(runtime: WorkerRuntime, job: Job) -> HandlerSpec | None:
-    """Step 2: find the handler registered for the job's jobType."""
+def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
+    """Step 2: find the handler registered for the job's jobType; dead-letter it if none."""
     spec = runtime.registry.get(job.job_type)
     if spec is None:
-        record_failure(runtime, job, UnknownJobType(job.job_type))
+        dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type))
     return spec
 
 
-def execute(runtime: WorkerRuntime, job: Job, spec: HandlerSpec) -> None:
-    """Step 3: call the handler and record its result or its error."""
+def execute(
+    runtime: WorkerRuntime, job: Job, spec: HandlerSpec
+) -> tuple[str | None, BaseException | None]:
+    """Step 3: call the handler; return its encoded result or its error."""
+    max_retries, _ = effective(spec.policy, max_retries=job.max_retries, timeout=None)
     ctx = JobContext(
         job_id=job.job_id,
         tenant_id=job.tenant_id,
         job_type=job.job_type,
         attempt=job.attempts,
         trace_id=job.trace_id,
+        max_retries=max_retries,
+        cancel_requested=lambda: runtime.store.cancel_requested(job.job_id),
     )
     try:
-        result_json = encode_result(spec.fn(job.payload, ctx), runtime.settings.result_max_bytes)
-    except Exception as exc:
-        record_failure(runtime, job, exc)
+        return encode_result(spec.fn(job.payload, ctx), runtime.settings.result_max_bytes), None
+    except Exception as exc:  # every handler failure is an outcome, never a crash
+        return None, exc
+
+
+def record(
+    runtime: WorkerRuntime,
+    task: Task,
+    job: Job,
+    spec: HandlerSpec,
+    result_json: str | None,
+    exc: BaseException | None,
+) -> None:
+    """Step 4: record the outcome: succeeded, cancelled, retrying or dead."""
+    if exc is None:
+        runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null")
         return
-    runtime.store.finish(job.job_id, JobState.SUCCEEDED, result_json=result_json)
-    log.info("job %s (%s) succeeded on attempt %d", job.job_id, job.job_type, job.attempts)
-
-
-def record_failure(runtime: WorkerRuntime, job: Job, exc: BaseException) -> None:
-    """Step 3, failed: the job is dead with its last error."""
     if not isinstance(exc, JobFailed):
-        log.exception("job %s (%s) raised", job.job_id, job.job_type, exc_info=exc)
-    runtime.store.finish(job.job_id, JobState.DEAD, error=describe_error(exc))
-    log.info("job %s (%s) is dead: %s", job.job_id, job.job_type, type(exc).__name__)
+        log.warning("job %s (%s) attempt %d raised %s: %s", job.job_id, job.job_type,
+                    job.attempts, type(exc).__name__, exc)  # fmt: skip
+    if isinstance(exc, JobCancelled) or runtime.store.cancel_requested(job.job_id):
+        runtime.store.finalize(job, JobState.CANCELLED, error=describe_error(exc))
+        log.info("job %s (%s) cancelled", job.job_id, job.job_type)
+        return
+    max_retries, _ = effective(spec.policy, max_retries=job.max_retries, timeout=None)
+    if isinstance(exc, PermanentError) or job.attempts >= max_retries + 1:
+        dead_letter(runtime, task, job, exc)
+        return
+    if isinstance(exc, RetryLater):
+        delay = exc.seconds
+    else:
+        delay = spec.policy.delay_before(job.attempts + 1)
+    retry(runtime, task, job, exc, delay)
 
 
-def install(app: Celery, runtime: WorkerRuntime) -> Any:
-    """Register the generic task on ``app``, bound to ``runtime``."""
+def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, delay: float) -> None:
+    """Mark the job ``retrying`` and send the next attempt's message with Celery's retry.
 
-    @app.task(name=RUN_JOB_TASK, ignore_result=True)
-    def pulse_run_job(job_id: str) -> None:
-        run_job(runtime, job_id)
+    A delay longer than the ETA window sends nothing: the recovery sweep publishes
+    the job when it is due, so no message waits unacked for long.
+    """
+    due = time.time() + delay
+    eta_message = delay <= runtime.settings.eta_window_seconds
+    watch_at = due + runtime.settings.lease_seconds if eta_message else due
+    if not runtime.store.schedule_retry(job, due_at=due, watch_at=watch_at,
+                                        error=describe_error(exc)):  # fmt: skip
+        log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)
+        return
+    log.info("job %s (%s) attempt %d failed; retry in %.1f s",
+             job.job_id, job.job_type, job.attempts, delay)  # fmt: skip
+    if eta_message:
+        raise task.retry(
+            kwargs={"attempt": job.attempts + 1, "cycle": job.cycle},
+            countdown=delay,
+            max_retries=None,
+            exc=exc if isinstance(exc, Exception) else None,
+        )
 
-    return pulse_run_job
+
+def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException) -> None:
+    """Hand the job to the dead-letter task, having recorded its last error."""
+    error = describe_error(exc)
+    if not runtime.store.mark_dead_letter(job, error):
+        return
+    task.app.send_task(
+        DEAD_LETTER_TASK,
+        args=(job.job_id,),
+        kwargs={"attempt": job.attempts, "cycle": job.cycle, "error": error},
+        queue=job.queue,
+        shadow=f"dead-letter:{job.job_type}",
+        kwargsrepr=repr({"attempt": job.attempts, "cycle": job.cycle}),
+    )
+
+
+def record_dead_letter(
+    runtime: WorkerRuntime, job_id: str, attempt: int, cycle: int, error: Mapping[str, Any]
+) -> None:
+    """The dead-letter task's body: ``dead``, filed under the tenant's dead letters."""
+    job = runtime.store.get(job_id)
+    if job is None or job.attempts != attempt or job.cycle != cycle:
+        log.info("dead letter for job %s attempt %d: nothing to do", job_id, attempt)
+        return
+    if runtime.store.finalize(job, JobState.DEAD, error=error):
+        log.info("job %s (%s) is dead after %d attempt(s): %s",
+                 job_id, job.job_type, attempt, error.get("type"))  # fmt: skip
+
+
+def install(app: Celery, runtime: WorkerRuntime) -> tuple[Any, Any]:
+    """Register the generic task and the dead-letter task on ``app``, bound to ``runtime``."""
+
+    @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, max_retries=None)
+    def pulse_run_job(
+        self: Task, job_id: str, attempt: int | None = None, cycle: int | None = None
+    ) -> None:
+        run_job(runtime, self, job_id, attempt, cycle)
+
+    @app.task(name=DEAD_LETTER_TASK, ignore_result=True)
+    def pulse_dead_letter(job_id: str, attempt: int, cycle: int, error: dict[str, Any]) -> None:
+        record_dead_letter(runtime, job_id, attempt, cycle, error)
+
+    return pulse_run_job, pulse_dead_letter

@@ -18,6 +18,7 @@ from pulse_core.settings import Settings
 from tests.support import WorkerProcess, settings_env, write_tenants_file
 
 DIAG_TYPES = ("diag.echo", "diag.sleep", "diag.flaky", "diag.fail")
+WITNESS_TYPES = ("witness.sleep", "witness.flaky", "witness.crash", "witness.cooperative")
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,10 @@ def settings(redis_server: EmbeddedRedis, tenants_file: Path) -> Settings:
         redis_url=redis_server.url,
         broker_url=redis_server.url,
         tenants_file=tenants_file,
-        handler_modules=("pulse_worker.diagnostics",),
+        handler_modules=("pulse_worker.diagnostics", "witness_handlers"),
+        # Short leases and frequent sweeps, so that recovery is seconds away in tests.
+        lease_seconds=2.0,
+        sweep_interval_seconds=0.5,
     )
 
 
@@ -55,7 +59,7 @@ def worker(
     """One real prefork worker on the shared queue, with the diagnostic handlers."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     process = WorkerProcess(settings_env(settings), log).start()
-    process.wait_ready(redis, DIAG_TYPES)
+    process.wait_ready(redis, DIAG_TYPES + WITNESS_TYPES)
     yield process
     process.stop()
 

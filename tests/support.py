@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,15 @@ TENANT_SETTINGS = {
     "small": "max_payload_bytes = 1024",
     "idem": 'rate_limit = "3/minute"',
 }
+
+
+def witness_key(job_id: str) -> str:
+    """Where tests/handlers/witness_handlers.py records each handler start of a job."""
+    return f"witness:{job_id}"
+
+
+def witness_starts(redis: Redis, job_id: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in redis.lrange(witness_key(job_id), 0, -1)]
 
 
 def auth(tenant: str) -> dict[str, str]:
@@ -111,6 +121,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
         "PULSE_IDEMPOTENCY_TTL_SECONDS": str(settings.idempotency_ttl_seconds),
         "PULSE_BATCH_MAX_JOBS": str(settings.batch_max_jobs),
+        "PULSE_LEASE_SECONDS": str(settings.lease_seconds),
+        "PULSE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "PULSE_SOFT_SHUTDOWN_SECONDS": str(settings.soft_shutdown_seconds),
+        "PULSE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
     }
     if settings.tenants_file:
         env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)

@@ -33,6 +33,10 @@ def test_settings_default_the_broker_to_the_redis_url() -> None:
         ({"PULSE_IDEMPOTENCY_TTL_SECONDS": "a day"}, "PULSE_IDEMPOTENCY_TTL_SECONDS"),
         ({"PULSE_BATCH_MAX_JOBS": "0"}, "PULSE_BATCH_MAX_JOBS"),
         ({"PULSE_BATCH_MAX_BYTES": "-5"}, "PULSE_BATCH_MAX_BYTES"),
+        ({"PULSE_LEASE_SECONDS": "soon"}, "PULSE_LEASE_SECONDS"),
+        ({"PULSE_SOFT_SHUTDOWN_SECONDS": "-1"}, "PULSE_SOFT_SHUTDOWN_SECONDS"),
+        ({"PULSE_MAX_RETRIES_CAP": "0"}, "PULSE_MAX_RETRIES_CAP"),
+        ({"PULSE_VISIBILITY_TIMEOUT_SECONDS": "1h"}, "PULSE_VISIBILITY_TIMEOUT_SECONDS"),
     ],
 )
 def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
@@ -139,3 +143,8 @@ def test_pulse_api_refuses_a_missing_tenants_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode != 0
     assert "missing.toml does not exist" in out.stderr
+
+
+def test_a_bad_retry_policy_names_the_job_type() -> None:
+    with pytest.raises(ConfigError, match=r"'x.y': bad retry policy: max_retries"):
+        HandlerRegistry().handler("x.y", max_retries=-1)

@@ -65,6 +65,12 @@ OPERATIONS = [
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{job_id}"),
     ("POST", "/v1/batches"),
+    ("POST", "/v1/jobs/{job_id}/cancel"),
+    ("GET", "/v1/dead-letters"),
+    ("POST", "/v1/dead-letters/replay"),
+    ("GET", "/v1/dead-letters/{job_id}"),
+    ("DELETE", "/v1/dead-letters/{job_id}"),
+    ("POST", "/v1/dead-letters/{job_id}/replay"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
@@ -72,7 +78,9 @@ POSITIVE, NEGATIVE = schemathesis.GenerationMode.POSITIVE, schemathesis.Generati
 #: Negative examples need an input that can be wrong: a body or a constrained query.
 CASES = [(*op, POSITIVE) for op in OPERATIONS] + [
     (*op, NEGATIVE) for op in OPERATIONS if op in {("POST", "/v1/jobs"), ("GET", "/v1/jobs"),
-                                                    ("POST", "/v1/batches")}
+                                                    ("POST", "/v1/batches"),
+                                                    ("GET", "/v1/dead-letters"),
+                                                    ("POST", "/v1/dead-letters/replay")}
 ]  # fmt: skip
 
 

@@ -20,13 +20,15 @@ from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for
 
 
 def test_a_failing_handler_leaves_the_job_dead_with_its_error(live_client: FlaskClient) -> None:
-    # given a handler that always fails
+    # given a handler that always fails (retryably; diag.fail declares max_retries=3)
     job_id = live_client.post("/v1/jobs", json={"jobType": "diag.fail", "payload": {}},
                               headers=auth("acme")).get_json()["jobId"]  # fmt: skip
     # when the worker runs it
     doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
-    # then it is dead, and the error says what happened without a full stack dump
+    # then it is dead after 1 + 3 attempts, and the error says what happened without a
+    # full stack dump
     assert doc["state"] == "dead"
+    assert doc["attempts"] == 4
     assert doc["error"]["type"] == "RetryableError"
     assert "diag.fail always fails" in doc["error"]["message"]
     assert "Traceback" in doc["error"]["traceback"]
@@ -39,9 +41,10 @@ def test_a_result_over_the_cap_is_refused(live_client: FlaskClient, settings: Se
     big = {"blob": "x" * (settings.result_max_bytes + 10)}
     job_id = live_client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": big},
                               headers=auth("acme")).get_json()["jobId"]  # fmt: skip
-    # then the job is dead with ResultTooLarge and no result stored
+    # then the job is dead with ResultTooLarge (permanent: no retry) and no result stored
     doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
     assert doc["state"] == "dead"
+    assert doc["attempts"] == 1
     assert doc["error"]["type"] == "ResultTooLarge"
     assert doc["result"] is None
 

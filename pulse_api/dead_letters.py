@@ -1,0 +1,135 @@
+"""``/v1/dead-letters``: list, read, replay and delete a tenant's dead jobs.
+
+Replay keeps the job id: the job is queued again for a fresh cycle of attempts
+(``attempts`` restarts at 0, ``replays`` grows by one) and leaves the dead letters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g
+from flask.views import MethodView
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from pulse_api import door
+from pulse_api.openapi import problems
+from pulse_api.parsing import PulseBlueprint
+from pulse_api.schemas import (
+    BulkReplayResultSchema,
+    BulkReplaySchema,
+    DeadLetterPageSchema,
+    DeadLetterQuerySchema,
+    JobSchema,
+)
+from pulse_api.services import Services, services
+from pulse_core.celery_setup import publish_job
+from pulse_core.errors import BrokerUnavailable, JobNotFound
+from pulse_core.jobs import Job, JobState
+
+blp = PulseBlueprint(
+    "dead_letters", __name__, url_prefix="/v1/dead-letters",
+    description="Jobs that ran out of retries or failed permanently",
+)  # fmt: skip
+
+#: The most dead letters one bulk replay touches; call again for more.
+BULK_REPLAY_MAX = 1000
+
+
+@blp.before_request
+def _guard() -> None:
+    door.guard(lambda tenant: tenant.max_payload_bytes)
+
+
+def _not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(f"no dead letter {job_id!r}")
+
+
+def replay(svc: Services, tenant_id: str, job_id: str) -> Job | None:
+    """Queue one dead letter again; ``None`` if the tenant has no such dead letter."""
+    job = svc.store.replay(tenant_id, job_id)
+    if job is None:
+        return None
+    try:
+        publish_job(svc.celery, job)
+    except (KombuError, OSError, RedisError) as exc:
+        # Put it back among the dead letters, as it was: nothing half-replayed.
+        svc.store.finalize(job, JobState.DEAD, from_="replayed")
+        raise BrokerUnavailable("the broker did not take the job; retry later") from exc
+    return job
+
+
+@blp.route("")
+class DeadLetterList(MethodView):
+    @blp.arguments(DeadLetterQuerySchema, location="query")
+    @blp.response(200, DeadLetterPageSchema)
+    @problems(blp, 401, 422)
+    @blp.doc(security=[{"bearer": []}])
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List dead letters, newest first; pass ``nextCursor`` back as ``cursor``."""
+        page = services().dead_letters.page(
+            g.tenant.tenant_id, limit=query["limit"], cursor=query.get("cursor"),
+            job_type=query.get("jobType"),
+        )  # fmt: skip
+        return {"items": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
+
+
+@blp.route("/replay")
+class BulkReplay(MethodView):
+    @blp.arguments(BulkReplaySchema)
+    @blp.response(200, BulkReplayResultSchema)
+    @problems(blp, 400, 401, 413, 415, 422, 503)
+    @blp.doc(security=[{"bearer": []}])
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Replay the dead letters matching a filter (at most 1000 per call); ``dryRun`` counts."""
+        svc = services()
+        tenant_id = g.tenant.tenant_id
+        after, before = body.get("deadAfter"), body.get("deadBefore")
+        matched = svc.dead_letters.select(
+            tenant_id,
+            job_type=body.get("jobType"),
+            since_ms=after.timestamp() * 1000 if after else None,
+            until_ms=before.timestamp() * 1000 if before else None,
+            limit=BULK_REPLAY_MAX,
+        )
+        replayed: list[str] = []
+        if not body["dryRun"]:
+            replayed = [j.job_id for j in matched if replay(svc, tenant_id, j.job_id)]
+        ids = [j.job_id for j in matched] if body["dryRun"] else replayed
+        return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"],
+                "jobIds": ids}  # fmt: skip
+
+
+@blp.route("/<string:job_id>")
+class DeadLetter(MethodView):
+    @blp.response(200, JobSchema)
+    @problems(blp, 401, 404)
+    @blp.doc(security=[{"bearer": []}])
+    def get(self, job_id: str) -> dict[str, Any]:
+        """Read one dead letter: the dead job with its last error."""
+        job = services().dead_letters.get(g.tenant.tenant_id, job_id)
+        if job is None:
+            raise _not_found(job_id)
+        return job.document()
+
+    @blp.response(204)
+    @problems(blp, 401, 404)
+    @blp.doc(security=[{"bearer": []}])
+    def delete(self, job_id: str) -> None:
+        """Drop a dead letter; the job stays readable at /v1/jobs until its retention ends."""
+        if not services().dead_letters.delete(g.tenant.tenant_id, job_id):
+            raise _not_found(job_id)
+
+
+@blp.route("/<string:job_id>/replay")
+class ReplayOne(MethodView):
+    @blp.response(202, JobSchema, description="Queued again under the same jobId")
+    @problems(blp, 401, 404, 503)
+    @blp.doc(security=[{"bearer": []}])
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Replay one dead letter: a fresh cycle of attempts under the same jobId."""
+        job = replay(services(), g.tenant.tenant_id, job_id)
+        if job is None:
+            raise _not_found(job_id)
+        return job.document()

@@ -1,0 +1,72 @@
+"""Retry and timeout policy: named defaults, per-jobType declarations, per-job overrides.
+
+Precedence, highest first (as Dramatiq's ``Retries`` middleware does it):
+
+1. per job, at submit: ``options.maxRetries`` / ``options.timeoutSeconds``, each refused
+   (422) above the operator caps ``PULSE_MAX_RETRIES_CAP`` / ``PULSE_TIMEOUT_CAP_SECONDS``;
+2. per jobType, where the handler is registered: ``@handler("x", max_retries=5, ...)``;
+3. the ``DEFAULT_*`` constants below.
+
+The backoff between attempts is exponential with full jitter and a cap: before
+attempt ``n + 1`` Pulse waits a uniform random time in
+``[0, min(backoff_max, backoff * 2 ** (n - 1))]`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_BACKOFF_SECONDS = 2.0
+DEFAULT_BACKOFF_MAX_SECONDS = 300.0
+DEFAULT_TIMEOUT_SECONDS = 300
+#: The hard time limit is the soft one plus this: the time a handler has to clean up.
+DEFAULT_HARD_TIMEOUT_GRACE_SECONDS = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often a jobType is retried, how far apart, and how long an attempt may run."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff: float = DEFAULT_BACKOFF_SECONDS
+    backoff_max: float = DEFAULT_BACKOFF_MAX_SECONDS
+    #: Soft time limit (seconds); the hard one is this plus the grace constant.
+    timeout: int = DEFAULT_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backoff < 0 or self.backoff_max < 0:
+            raise ValueError("backoff and backoff_max must be >= 0")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+
+    def delay_before(self, next_attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before ``next_attempt`` (2, 3, ...): full jitter under a capped curve."""
+        exponent = max(0, next_attempt - 2)
+        ceiling = min(self.backoff_max, self.backoff * (2.0**exponent))
+        return rand() * ceiling
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> RetryPolicy:
+        raw: Mapping[str, Any] = json.loads(text)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+
+def effective(
+    policy: RetryPolicy, *, max_retries: int | None, timeout: int | None
+) -> tuple[int, int]:
+    """(max retries, soft timeout) for one job: its own options win over its jobType's."""
+    return (
+        policy.max_retries if max_retries is None else max_retries,
+        policy.timeout if timeout is None else timeout,
+    )

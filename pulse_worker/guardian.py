@@ -1,0 +1,79 @@
+"""A worker bootstep, in the main process: keep running attempts' leases alive, sweep.
+
+Leases are refreshed from the main process, not the pool child, so a handler that
+holds the GIL still has a live lease, while a SIGKILLed child (gone from Celery's
+active requests) or a dead worker stops refreshing at once. The same thread runs
+the recovery sweep (``pulse_core.recovery``) every ``PULSE_SWEEP_INTERVAL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from pulse_core.celery_setup import RUN_JOB_TASK, publish_job
+from pulse_core.jobs import Job
+from pulse_core.recovery import sweep
+from pulse_worker.runtime import WorkerRuntime
+
+log = logging.getLogger("pulse.worker")
+
+
+def running_job_ids() -> list[str]:
+    """Job ids of the ``pulse.run_job`` requests this worker's pool is running."""
+    for _ in range(3):  # the set can change under us; try again
+        try:
+            requests = list(worker_state.active_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    # `type` is the task name; `name` would be the shadow (the jobType).
+    return [r.args[0] for r in requests if r.type == RUN_JOB_TASK and r.args]
+
+
+def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
+    """A bootstep class bound to ``runtime`` (Celery instantiates steps itself)."""
+
+    class AttemptGuardian(bootsteps.StartStopStep):
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self._stop = threading.Event()
+
+        def start(self, worker: Any) -> None:
+            thread = threading.Thread(
+                target=self._loop, args=(worker,), name="pulse-guardian", daemon=True
+            )
+            thread.start()
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
+
+        def _loop(self, worker: Any) -> None:
+            settings = runtime.settings
+            tick = min(settings.lease_seconds / 3, settings.sweep_interval_seconds)
+            next_sweep = time.monotonic()
+
+            def publish(job: Job) -> None:
+                publish_job(worker.app, job)
+
+            while not self._stop.wait(tick):
+                try:
+                    runtime.store.refresh_leases(
+                        worker.hostname, running_job_ids(), settings.lease_seconds
+                    )
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + settings.sweep_interval_seconds
+                        sweep(runtime.redis, runtime.store, publish,
+                              lock_seconds=settings.sweep_interval_seconds,
+                              recheck_after=settings.lease_seconds)  # fmt: skip
+                except Exception:  # a Redis or broker blip must not kill the guardian
+                    log.warning("lease refresh or sweep failed; will retry", exc_info=True)
+
+    return AttemptGuardian

@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import health, jobs
+from pulse_api import health, jobs, observability
 from pulse_api.problems import from_http_exception, from_pulse_error, from_unexpected
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
@@ -44,10 +44,13 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
-    app.extensions[EXTENSION_KEY] = Services.build(settings, tenants)
+    svc = Services.build(settings, tenants)
+    app.extensions[EXTENSION_KEY] = svc
     api = PulseApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(observability.blp)
+    observability.install(app, svc)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

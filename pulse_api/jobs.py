@@ -12,6 +12,7 @@ from pulse_api.auth import authenticate_request, current_tenant
 from pulse_api.schemas import JobSchema, JobSubmitSchema, ProblemSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
+from pulse_core import telemetry
 from pulse_core.errors import JobNotFound, UnsupportedMediaType
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
@@ -42,7 +43,11 @@ class Jobs(MethodView):
     @blp.alt_response(503, schema=ProblemSchema, description="Broker or Redis unavailable")
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit a job."""
-        job = submit_job(services(), current_tenant(), body)
+        trace_id = (body.get("metadata") or {}).get("traceId")
+        with telemetry.submit_span(
+            request.headers, trace_id, **{"pulse.job_type": body["jobType"]}
+        ):
+            job = submit_job(services(), current_tenant(), body)
         return job.document(), 202, {"Location": f"/v1/jobs/{job.job_id}"}
 
 

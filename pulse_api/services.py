@@ -9,7 +9,7 @@ from flask import current_app
 from redis import Redis
 
 from pulse_core.announce import JobTypeDirectory
-from pulse_core.celery_setup import create_celery
+from pulse_core.celery_setup import create_celery, declare_run_job
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
@@ -30,12 +30,14 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
         redis = connect(settings.redis_url)
+        celery = create_celery(settings, main="pulse-api")
+        declare_run_job(celery)
         return cls(
             settings=settings,
             tenants=tenants,
             redis=redis,
             store=JobStore(redis),
-            celery=create_celery(settings, main="pulse-api"),
+            celery=celery,
             job_types=JobTypeDirectory(redis),
         )
 

@@ -10,9 +10,10 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from pulse_api.services import Services
+from pulse_core import logs, metrics, telemetry
 from pulse_core.celery_setup import publish_job
 from pulse_core.errors import BrokerUnavailable, TenantMismatch, UnknownJobType
-from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
@@ -34,9 +35,10 @@ def submit_job(svc: Services, tenant: Tenant, body: Mapping[str, Any]) -> Job:
         queue=svc.settings.default_queue,
         payload=body["payload"],
         metadata=metadata,
-        trace_id=metadata.get("traceId") or new_trace_id(),
+        trace_id=telemetry.job_trace_id(metadata.get("traceId")),
         created_at=utc_now(),
     )
+    logs.bind_job(job)
     svc.store.create(job)
     try:
         publish_job(svc.celery, job)
@@ -44,4 +46,6 @@ def submit_job(svc: Services, tenant: Tenant, body: Mapping[str, Any]) -> Job:
         log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
         svc.store.discard(job)
         raise BrokerUnavailable("the broker did not take the job; retry later") from exc
+    metrics.job_submitted(job.tenant_id, job.job_type)
+    log.info("job accepted")
     return job

@@ -44,8 +44,23 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     return app
 
 
+def declare_run_job(app: Celery) -> None:
+    """Make a publishing-only app (the API's) know ``pulse.run_job`` by name.
+
+    Publish signal receivers, such as OpenTelemetry's Celery instrumentation,
+    look the task up by name on the current app; without it they open a publish
+    span they never close. The body never runs: workers register the real task.
+    """
+
+    @app.task(name=RUN_JOB_TASK, ignore_result=True)
+    def run_job_on_a_worker(job_id: str) -> None:
+        raise RuntimeError("pulse.run_job runs on Pulse workers, not in a publisher")
+
+
 def publish_job(app: Celery, job: Job) -> None:
     """Put ``job`` on its queue as one ``pulse.run_job`` message."""
+    # The current app (a thread-local) is where publish signal receivers look the task up.
+    app.set_current()
     app.send_task(
         RUN_JOB_TASK,
         args=(job.job_id,),

@@ -18,6 +18,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "pulse"
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
 DEFAULT_JOB_TYPE_TTL_SECONDS = 30
+DEFAULT_LOG_FORMAT = "json"
+LOG_FORMATS = ("json", "text")
+DEFAULT_WORKER_METRICS_HOST = "127.0.0.1"
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
@@ -35,6 +38,11 @@ class Settings:
     default_queue: str = DEFAULT_QUEUE
     result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES
     job_type_ttl_seconds: int = DEFAULT_JOB_TYPE_TTL_SECONDS
+    #: ``json`` (one object per line) or ``text``.
+    log_format: str = DEFAULT_LOG_FORMAT
+    #: Port of a worker's Prometheus endpoint; ``None``: the worker serves no metrics.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = DEFAULT_WORKER_METRICS_HOST
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -61,6 +69,12 @@ class Settings:
                 env.get("PULSE_JOB_TYPE_TTL_SECONDS"),
                 DEFAULT_JOB_TYPE_TTL_SECONDS,
             ),
+            log_format=_choice("PULSE_LOG_FORMAT", env.get("PULSE_LOG_FORMAT"), LOG_FORMATS)
+            or DEFAULT_LOG_FORMAT,
+            worker_metrics_port=_port(
+                "PULSE_WORKER_METRICS_PORT", env.get("PULSE_WORKER_METRICS_PORT")
+            ),
+            worker_metrics_host=env.get("PULSE_WORKER_METRICS_HOST") or DEFAULT_WORKER_METRICS_HOST,
         )
 
     def require_tenants_file(self) -> Path:
@@ -105,4 +119,21 @@ def _positive_int(name: str, value: str | None, default: int) -> int:
         raise ConfigError(f"{name}={value!r} is not a whole number") from None
     if number <= 0:
         raise ConfigError(f"{name}={value!r} must be greater than zero")
+    return number
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def _port(name: str, value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    number = _positive_int(name, value, 0)
+    if number > 65535:
+        raise ConfigError(f"{name}={value!r} is not a TCP port (1-65535)")
     return number

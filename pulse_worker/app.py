@@ -15,6 +15,7 @@ from pulse_core.celery_setup import create_celery
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
 from pulse_core.settings import Settings
+from pulse_worker import observe
 from pulse_worker.announcer import announcer_step
 from pulse_worker.runtime import WorkerRuntime
 from pulse_worker.task import install
@@ -32,6 +33,7 @@ app = create_celery(settings)
 runtime = WorkerRuntime.build(settings, registry)
 run_job_task = install(app, runtime)
 app.steps["worker"].add(announcer_step(runtime))
+observe.install_signals(settings)
 
 
 @signals.worker_init.connect

@@ -7,11 +7,14 @@ from typing import Any
 
 from celery import Celery
 
+from pulse_core import logs, metrics, telemetry
 from pulse_core.celery_setup import RUN_JOB_TASK
 from pulse_core.context import JobContext
 from pulse_core.errors import JobFailed, UnknownJobType
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
+from pulse_core.metrics import Outcome
+from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
 from pulse_worker.runtime import WorkerRuntime
 
@@ -23,10 +26,11 @@ def run_job(runtime: WorkerRuntime, job_id: str) -> None:
     job = claim(runtime, job_id)
     if job is None:
         return
-    spec = route(runtime, job)
-    if spec is None:
-        return
-    execute(runtime, job, spec)
+    with observe.attempt(job):
+        spec = route(runtime, job)
+        if spec is None:
+            return
+        execute(runtime, job, spec)
 
 
 def claim(runtime: WorkerRuntime, job_id: str) -> Job | None:
@@ -60,6 +64,7 @@ def execute(runtime: WorkerRuntime, job: Job, spec: HandlerSpec) -> None:
         record_failure(runtime, job, exc)
         return
     runtime.store.finish(job.job_id, JobState.SUCCEEDED, result_json=result_json)
+    metrics.job_finished(job, Outcome.SUCCEEDED)
     log.info("job %s (%s) succeeded on attempt %d", job.job_id, job.job_type, job.attempts)
 
 
@@ -67,7 +72,9 @@ def record_failure(runtime: WorkerRuntime, job: Job, exc: BaseException) -> None
     """Step 3, failed: the job is dead with its last error."""
     if not isinstance(exc, JobFailed):
         log.exception("job %s (%s) raised", job.job_id, job.job_type, exc_info=exc)
+    telemetry.record_error(exc)
     runtime.store.finish(job.job_id, JobState.DEAD, error=describe_error(exc))
+    metrics.job_finished(job, Outcome.DEAD)
     log.info("job %s (%s) is dead: %s", job.job_id, job.job_type, type(exc).__name__)
 
 
@@ -76,6 +83,7 @@ def install(app: Celery, runtime: WorkerRuntime) -> Any:
 
     @app.task(name=RUN_JOB_TASK, ignore_result=True)
     def pulse_run_job(job_id: str) -> None:
-        run_job(runtime, job_id)
+        with logs.job_context(jobId=job_id):
+            run_job(runtime, job_id)
 
     return pulse_run_job

@@ -97,7 +97,10 @@ def _count_refusal(response: Response) -> Response:
         or RejectReason.VALIDATION
     )
     tenant = getattr(g, "tenant", None)
-    metrics.job_rejected(tenant.tenant_id if tenant else None, _live_job_type(), reason)
+    if tenant is None:  # nothing an unauthenticated caller sent is looked at
+        metrics.job_rejected(None, None, reason)
+    else:
+        metrics.job_rejected(tenant.tenant_id, _live_job_type(), reason)
     return response
 
 

@@ -52,7 +52,10 @@ def declare_run_job(app: Celery) -> None:
     span they never close. The body never runs: workers register the real task.
     """
 
-    @app.task(name=RUN_JOB_TASK, ignore_result=True)
+    if RUN_JOB_TASK in app.tasks:  # a worker's task, shared into this app (in tests)
+        return
+
+    @app.task(name=RUN_JOB_TASK, ignore_result=True, shared=False)
     def run_job_on_a_worker(job_id: str) -> None:
         raise RuntimeError("pulse.run_job runs on Pulse workers, not in a publisher")
 

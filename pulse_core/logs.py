@@ -82,10 +82,10 @@ class JobContextFilter(logging.Filter):
 def json_formatter() -> logging.Formatter:
     """One JSON object per record: time, level, logger, message, job ids and any extras."""
     return JsonFormatter(
-        "{asctime}{levelname}{name}{process}{message}",
+        "{levelname}{name}{process}{message}",
         style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+        timestamp="time",  # ISO 8601 UTC with microseconds
     )
 
 
@@ -110,6 +110,7 @@ def configure(level: int | str = logging.INFO, log_format: str = DEFAULT_LOG_FOR
         root.removeHandler(old)
     root.addHandler(make_handler(log_format=log_format))
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become records too, not bare stderr text
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -39,6 +39,11 @@ def attempt(job: Job) -> Iterator[None]:
 def install_signals(settings: Settings) -> None:
     """Connect the worker's process-level telemetry to Celery's signals."""
 
+    @signals.celeryd_init.connect(weak=False)
+    def _json_logs_early(options: Any = None, **_: Any) -> None:
+        # Before the worker's start-up checks, whose warnings would otherwise be bare text.
+        logs.configure((options or {}).get("loglevel") or logging.INFO, settings.log_format)
+
     @signals.setup_logging.connect(weak=False)
     def _json_logs(loglevel: Any = logging.INFO, **_: Any) -> None:
         # Connected at all, this receiver replaces Celery's own logging set-up.

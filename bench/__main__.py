@@ -9,14 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import drain, submit
+from bench import drain, submit, telemetry
 from bench.common import BenchEnv, Result
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
-SECTIONS = {"submit": submit, "drain": drain}
+SECTIONS = {"submit": submit, "drain": drain, "telemetry": telemetry}
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
@@ -24,6 +24,8 @@ RATIOS = [
      "drain: pulse / plain celery (no results)"),
     ("pulse worker, diag.echo", "plain celery task, redis result backend",
      "drain: pulse / plain celery (redis results)"),
+    ("submit, telemetry on", "submit, telemetry off", "submit: telemetry on / off"),
+    ("drain, telemetry on", "drain, telemetry off", "drain: telemetry on / off"),
 ]  # fmt: skip
 
 
@@ -57,7 +59,7 @@ def report(results: list[Result]) -> None:
     for r in results:
         runs = ", ".join(f"{v:.0f}" for v in r.values)
         print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
-    print("Ratios (>1 means Pulse is faster):")
+    print("Ratios (>1 means Pulse is faster; for telemetry, 1 means it costs nothing):")
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:
             print(f"  {label:48} {by_name[top].median / by_name[bottom].median:6.2f}")

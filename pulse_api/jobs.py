@@ -44,9 +44,7 @@ class Jobs(MethodView):
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit a job."""
         trace_id = (body.get("metadata") or {}).get("traceId")
-        with telemetry.submit_span(
-            request.headers, trace_id, **{"pulse.job_type": body["jobType"]}
-        ):
+        with telemetry.submit_span(request.headers, trace_id):
             job = submit_job(services(), current_tenant(), body)
         return job.document(), 202, {"Location": f"/v1/jobs/{job.job_id}"}
 

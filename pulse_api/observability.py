@@ -53,6 +53,7 @@ class Metrics(MethodView):
 
 def install(app: Flask, svc: Services) -> None:
     """Wire telemetry into ``app``: metrics registry, refusal counting, tracing, log context."""
+    metrics.set_enabled(svc.settings.metrics_enabled)
     broker = _broker_redis(svc.settings)
     extra = [QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants))]
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*(extra if broker else []))
@@ -63,6 +64,7 @@ def install(app: Flask, svc: Services) -> None:
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
+        telemetry.instrument_celery()  # the publish span, and the context into the message
 
 
 def known_queues(settings: Settings, tenants: TenantsConfig) -> Iterable[str]:

@@ -93,18 +93,37 @@ RUN_TIME = Histogram(
 )
 
 
+class _Switch:
+    #: ``PULSE_METRICS=off`` turns recording off (the bench compares both).
+    enabled = True
+
+
+_switch = _Switch()
+
+
+def set_enabled(enabled: bool) -> None:
+    """Record metrics in this process (the default), or not at all."""
+    _switch.enabled = enabled
+
+
 def job_submitted(tenant: str, job_type: str) -> None:
     """The API accepted a job (call after it was published)."""
+    if not _switch.enabled:
+        return
     SUBMITTED.labels(tenant, job_type).inc()
 
 
 def job_rejected(tenant: str | None, job_type: str | None, reason: RejectReason) -> None:
     """The API refused a submission. Pass ``None`` for a tenant or jobType not yet validated."""
+    if not _switch.enabled:
+        return
     REJECTED.labels(tenant or UNKNOWN, job_type or UNKNOWN, reason.value).inc()
 
 
 def job_started(job: Job) -> None:
     """A worker claimed an attempt; the first attempt also records the queue wait."""
+    if not _switch.enabled:
+        return
     STARTED.labels(job.tenant_id, job.job_type).inc()
     if job.attempts == 1 and job.started_at:
         wait = _seconds_between(job.created_at, job.started_at)
@@ -114,6 +133,8 @@ def job_started(job: Job) -> None:
 
 def job_finished(job: Job, outcome: Outcome) -> None:
     """An attempt or the job ended with ``outcome``; a run that happened records its run time."""
+    if not _switch.enabled:
+        return
     FINISHED[outcome].labels(job.tenant_id, job.job_type).inc()
     if outcome is not Outcome.CANCELLED and job.started_at:
         ran = _seconds_between(job.started_at, None)
@@ -123,11 +144,15 @@ def job_finished(job: Job, outcome: Outcome) -> None:
 
 def job_cancelled(tenant: str, job_type: str) -> None:
     """A job was cancelled before it ran."""
+    if not _switch.enabled:
+        return
     FINISHED[Outcome.CANCELLED].labels(tenant, job_type).inc()
 
 
 def execution_deferred(tenant: str, job_type: str) -> None:
     """A job was put back because an execution limit was reached."""
+    if not _switch.enabled:
+        return
     DEFERRALS.labels(tenant, job_type).inc()
 
 

@@ -43,6 +43,8 @@ class Settings:
     #: Port of a worker's Prometheus endpoint; ``None``: the worker serves no metrics.
     worker_metrics_port: int | None = None
     worker_metrics_host: str = DEFAULT_WORKER_METRICS_HOST
+    #: ``PULSE_METRICS=off``: record no Prometheus metrics at all.
+    metrics_enabled: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

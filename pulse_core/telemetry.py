@@ -139,14 +139,13 @@ def incoming_trace_id(headers: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def submit_span(
-    headers: Any, requested_trace_id: str | None, **attributes: Any
-) -> Iterator[str | None]:
-    """The span of one submission; yields the trace id the job will carry (``None``: a new one).
+def submit_span(headers: Any, requested_trace_id: str | None) -> Iterator[str | None]:
+    """Around one submission; yields the trace id the job will carry (``None``: a new one).
 
-    A ``traceparent`` header wins (the HTTP span already continues it); without
-    one, ``metadata.traceId`` becomes the trace of the submission, the publish
-    and the worker's run, linked to the HTTP request's own span.
+    A ``traceparent`` header wins (the HTTP span already continues it). Without
+    one, ``metadata.traceId`` becomes the trace of a ``pulse.submit`` span, and
+    so of the publish and the worker's run, linked to the HTTP request's span.
+    Otherwise no span of its own: the HTTP span is the submission's.
     """
     incoming = incoming_trace_id(headers)
     if _state.tracer is None:
@@ -156,22 +155,22 @@ def submit_span(
         finally:
             _submit_trace.reset(token)
         return
-    parent = None
-    links = None
-    if requested_trace_id and not incoming and requested_trace_id != current_trace_id():
-        remote = SpanContext(
-            trace_id=int(requested_trace_id, 16),
-            span_id=int(new_trace_id()[:16], 16) or 1,
-            is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        )
-        parent = trace.set_span_in_context(NonRecordingSpan(remote))
-        http_span = trace.get_current_span().get_span_context()
-        links = [Link(http_span)] if http_span.is_valid else None
+    if not requested_trace_id or incoming or requested_trace_id == current_trace_id():
+        yield current_trace_id()
+        return
+    remote = SpanContext(
+        trace_id=int(requested_trace_id, 16),
+        span_id=int(new_trace_id()[:16], 16) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    http_span = trace.get_current_span().get_span_context()
     with _state.tracer.start_as_current_span(
-        "pulse.submit", context=parent, kind=SpanKind.INTERNAL, links=links,
-        attributes=_attrs(attributes),
-    ):  # fmt: skip
+        "pulse.submit",
+        context=trace.set_span_in_context(NonRecordingSpan(remote)),
+        kind=SpanKind.INTERNAL,
+        links=[Link(http_span)] if http_span.is_valid else None,
+    ):
         yield current_trace_id()
 
 

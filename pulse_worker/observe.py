@@ -38,6 +38,7 @@ def attempt(job: Job) -> Iterator[None]:
 
 def install_signals(settings: Settings) -> None:
     """Connect the worker's process-level telemetry to Celery's signals."""
+    metrics.set_enabled(settings.metrics_enabled)
 
     @signals.celeryd_init.connect(weak=False)
     def _json_logs_early(options: Any = None, **_: Any) -> None:
@@ -64,7 +65,7 @@ def install_signals(settings: Settings) -> None:
 
     @signals.worker_ready.connect(weak=False)
     def _serve_metrics(**_: Any) -> None:
-        if settings.worker_metrics_port is None:
+        if settings.worker_metrics_port is None or not settings.metrics_enabled:
             return
         if metrics.multiprocess_dir() is None:
             log.warning(

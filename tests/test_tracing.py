@@ -40,7 +40,6 @@ def traced(settings: Settings, redis: Redis) -> Iterator[tuple[FlaskClient, InMe
     """Tracing on (in-memory exporter), an API and an in-process worker on a queue of their own."""
     exporter = InMemorySpanExporter()
     telemetry.configure_tracing("pulse-test", exporter=exporter, set_global=False)
-    telemetry.instrument_celery()
     local = replace(settings, default_queue=QUEUE)
     load_handler_modules(local.handler_modules)
     announce(redis, registry.job_types(), 300)
@@ -118,14 +117,13 @@ def test_the_api_span_and_the_worker_span_are_one_trace(
     # then every span, from the HTTP request to the handler's own, is in one trace,
     # the job's traceId
     http = _one(spans, name="POST /v1/jobs")
-    submit = _one(spans, name="pulse.submit")
     publish = _one(spans, kind=SpanKind.PRODUCER)
     run = _one(spans, kind=SpanKind.CONSUMER)
     attempt = _one(spans, name="job diag.echo")
     handler = _one(spans, name="diag.echo.copy")
     assert {format_trace_id(s.context.trace_id) for s in spans} == {job["traceId"]}
-    # and each is the child of the one before: HTTP -> submit -> publish -> run -> job -> handler
-    chain = [http, submit, publish, run, attempt, handler]
+    # and each is the child of the one before: HTTP -> publish -> run -> job -> handler
+    chain = [http, publish, run, attempt, handler]
     for parent, child in itertools.pairwise(chain):
         assert _parent_id(child) == parent.context.span_id, (parent.name, child.name)
     assert http.parent is None

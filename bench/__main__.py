@@ -26,6 +26,10 @@ RATIOS = [
      "drain: pulse / plain celery (redis results)"),
     ("submit, telemetry on", "submit, telemetry off", "submit: telemetry on / off"),
     ("drain, telemetry on", "drain, telemetry off", "drain: telemetry on / off"),
+    ("submit, telemetry on, 10% sampled", "submit, telemetry off",
+     "submit: telemetry on (10% sampled) / off"),
+    ("drain, telemetry on, 10% sampled", "drain, telemetry off",
+     "drain: telemetry on (10% sampled) / off"),
 ]  # fmt: skip
 
 

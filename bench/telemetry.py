@@ -3,9 +3,11 @@
 "On" is what an operator runs: the OTLP/HTTP span exporter (batching) sending to
 a local sink in this process that accepts and discards every export, and
 Prometheus metrics in multiprocess mode (files under PROMETHEUS_MULTIPROC_DIR),
-with the worker's metrics endpoint up. "Off" is no OTEL variables and
-``PULSE_METRICS=off``. JSON logs are the same in both. The two API servers (and
-the two workers) run side by side and take turns, round by round.
+with the worker's metrics endpoint up. "On, 10% sampled" adds
+``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` with ratio 0.1 (the lever an
+operator has). "Off" is no OTEL variables and ``PULSE_METRICS=off``. JSON logs
+are the same in all. The API servers (and the workers) of each mode run side by
+side and take turns, round by round.
 """
 
 from __future__ import annotations
@@ -62,13 +64,20 @@ class _Sink(BaseHTTPRequestHandler):
 def _modes(env: BenchEnv, sink_port: int, metrics_port: int) -> dict[str, dict[str, str]]:
     on_dir = env.work_dir / "metrics-on"
     on_dir.mkdir(exist_ok=True)
+    on = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+        "OTEL_SERVICE_NAME": "pulse-bench",
+        "PROMETHEUS_MULTIPROC_DIR": str(on_dir),
+        "PULSE_WORKER_METRICS_PORT": str(metrics_port),
+    }
+    sampled = {**on, "PROMETHEUS_MULTIPROC_DIR": str(env.work_dir / "metrics-sampled"),
+               "PULSE_WORKER_METRICS_PORT": str(free_port()),
+               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+               "OTEL_TRACES_SAMPLER_ARG": "0.1"}  # fmt: skip
+    (env.work_dir / "metrics-sampled").mkdir(exist_ok=True)
     return {
-        "on": env.env(
-            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
-            OTEL_SERVICE_NAME="pulse-bench",
-            PROMETHEUS_MULTIPROC_DIR=str(on_dir),
-            PULSE_WORKER_METRICS_PORT=str(metrics_port),
-        ),
+        "on": env.env(**on),
+        "on, 10% sampled": env.env(**sampled),
         "off": env.env(PULSE_METRICS="off"),
     }
 
@@ -96,8 +105,8 @@ def _submit(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
     results = {mode: Result("telemetry", f"submit, telemetry {mode}") for mode in modes}
     announce(env.redis, ["diag.echo"], 3600)
     ports = {mode: free_port() for mode in modes}
-    servers = {mode: spawn(_api_command(ports[mode]), modes[mode], env.work_dir / f"api-{mode}.log")
-               for mode in modes}  # fmt: skip
+    servers = {mode: spawn(_api_command(ports[mode]), modes[mode], env.work_dir / f"api-{n}.log")
+               for n, mode in enumerate(modes)}  # fmt: skip
     try:
         for port in ports.values():
             wait_http(port, "/healthz")
@@ -120,18 +129,17 @@ def _drain(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
     app = create_celery(Settings(redis_url=env.redis_url, broker_url=env.redis_url))
     store = JobStore(env.redis)
     workers = {
-        mode: (f"tel-{mode}@bench", spawn(
-            celery_worker("pulse_worker.app", f"idle-tel-{mode}", CONCURRENCY,
-                          "-n", f"tel-{mode}@bench"),
-            modes[mode], env.work_dir / f"worker-{mode}.log"))
-        for mode in modes
+        mode: (f"tel-{n}@bench", spawn(
+            celery_worker("pulse_worker.app", f"idle-tel-{n}", CONCURRENCY, "-n", f"tel-{n}@bench"),
+            modes[mode], env.work_dir / f"worker-{n}.log"))
+        for n, mode in enumerate(modes)
     }  # fmt: skip
     try:
         for name, _process in workers.values():
             _wait_worker(app, name)
         for round_no in range(env.rounds):
-            for mode, (worker, _process) in workers.items():
-                queue = f"bench-tel-{mode}-{round_no}"
+            for n, (mode, (worker, _process)) in enumerate(workers.items()):
+                queue = f"bench-tel-{n}-{round_no}"
                 for _ in range(JOBS):
                     job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
                               queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),

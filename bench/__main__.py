@@ -9,14 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, drain, submit
+from bench import batch, drain, submit, telemetry
 from bench.common import BenchEnv, Result
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
-SECTIONS = {"submit": submit, "batch": batch, "drain": drain}
+SECTIONS = {"submit": submit, "batch": batch, "drain": drain, "telemetry": telemetry}
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
@@ -26,6 +26,12 @@ RATIOS = [
      "drain: pulse / plain celery (no results)"),
     ("pulse worker, diag.echo", "plain celery task, redis result backend",
      "drain: pulse / plain celery (redis results)"),
+    ("submit, telemetry on", "submit, telemetry off", "submit: telemetry on / off"),
+    ("drain, telemetry on", "drain, telemetry off", "drain: telemetry on / off"),
+    ("submit, telemetry on, 10% sampled", "submit, telemetry off",
+     "submit: telemetry on (10% sampled) / off"),
+    ("drain, telemetry on, 10% sampled", "drain, telemetry off",
+     "drain: telemetry on (10% sampled) / off"),
 ]  # fmt: skip
 
 
@@ -59,7 +65,7 @@ def report(results: list[Result]) -> None:
     for r in results:
         runs = ", ".join(f"{v:.0f}" for v in r.values)
         print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
-    print("Ratios (>1 means Pulse is faster):")
+    print("Ratios (>1 means Pulse is faster; for telemetry, 1 means it costs nothing):")
     ratios = {}
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:

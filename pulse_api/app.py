@@ -11,7 +11,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, dead_letters, health, jobs
+from pulse_api import batches, dead_letters, health, jobs, observability
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
     from_http_exception,
@@ -63,12 +63,15 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
-    app.extensions[EXTENSION_KEY] = Services.build(settings, tenants)
+    svc = Services.build(settings, tenants)
+    app.extensions[EXTENSION_KEY] = svc
     api = PulseApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)
     api.register_blueprint(dead_letters.blp)
+    api.register_blueprint(observability.blp)
+    observability.install(app, svc)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

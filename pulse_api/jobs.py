@@ -14,6 +14,7 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
+from pulse_core import metrics, telemetry
 from pulse_core.errors import JobNotCancellable, JobNotFound
 from pulse_core.jobs import JobState
 
@@ -83,9 +84,11 @@ class Jobs(MethodView):
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Submit a job."""
         svc = services()
-        admitted = submit_job(
-            svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key")
-        )
+        trace_id = (body.get("metadata") or {}).get("traceId")
+        with telemetry.submit_span(request.headers, trace_id):
+            admitted = submit_job(
+                svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key")
+            )
         headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **admitted.limit.headers()}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -150,4 +153,6 @@ class CancelJob(MethodView):
         job = svc.store.get_for_tenant(tenant_id, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
+        if outcome == "cancelled":
+            metrics.job_cancelled(tenant_id, job.job_type)
         return job.document()

@@ -10,7 +10,7 @@ from redis import Redis
 
 from pulse_core.admission import Admission
 from pulse_core.announce import JobTypeDirectory
-from pulse_core.celery_setup import create_celery, publishes_inline
+from pulse_core.celery_setup import create_celery, declare_run_job, publishes_inline
 from pulse_core.dead_letters import DeadLetters
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
@@ -37,12 +37,14 @@ class Services:
     def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
         redis = connect(settings.redis_url)
         store = JobStore(redis)
+        celery = create_celery(settings, main="pulse-api")
+        declare_run_job(celery)
         return cls(
             settings=settings,
             tenants=tenants,
             redis=redis,
             store=store,
-            celery=create_celery(settings, main="pulse-api"),
+            celery=celery,
             job_types=JobTypeDirectory(redis),
             admission=Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
             inline_publish=publishes_inline(settings),

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from pulse_api.options import resolve
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import Services
+from pulse_core import logs, metrics, telemetry
 from pulse_core.admission import Admitted, Submission
 from pulse_core.celery_setup import encode_message, publish_job, publish_jobs
 from pulse_core.errors import (
@@ -31,7 +32,7 @@ from pulse_core.errors import (
     TenantMismatch,
 )
 from pulse_core.idempotency import fingerprint, store_key
-from pulse_core.jobs import Job, JobState, new_job_id, new_trace_id, utc_now
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
@@ -45,12 +46,14 @@ def submit_job(
 ) -> Admitted:
     """Admit and publish one validated job body, or raise the error that refuses it."""
     submission = prepare(svc, tenant, body, header_key=header_key)
+    logs.bind_job(submission.job)
     admitted = svc.admission.admit(tenant, submission)
     if _needs_publish(submission, admitted):
         try:
             publish_job(svc.celery, admitted.job, countdown=submission.countdown)
         except PUBLISH_ERRORS as exc:
             raise _undo(svc, tenant, submission, exc) from exc
+    _accepted(admitted)
     return admitted
 
 
@@ -82,7 +85,19 @@ def submit_batch(
         except PUBLISH_ERRORS as exc:
             for position, submission, _ in fresh[sent:]:
                 verdicts[position] = _undo(svc, tenant, submission, exc)
+    for answer in verdicts:
+        if isinstance(answer, Admitted):
+            _accepted(answer)
     return verdicts
+
+
+def _accepted(admitted: Admitted) -> None:
+    """Count and log a job let in (a replay was counted when it was first admitted)."""
+    if admitted.replayed:
+        return
+    with logs.job_context(**logs.job_fields(admitted.job)):
+        metrics.job_submitted(admitted.job.tenant_id, admitted.job.job_type)
+        log.info("job accepted")
 
 
 def prepare(
@@ -104,7 +119,7 @@ def prepare(
         queue=svc.settings.default_queue,
         payload=body["payload"],
         metadata=metadata,
-        trace_id=metadata.get("traceId") or new_trace_id(),
+        trace_id=telemetry.job_trace_id(metadata.get("traceId")),
         created_at=utc_now(),
         state=JobState.QUEUED if options.due_at is None else JobState.SCHEDULED,
         max_retries=options.max_retries,

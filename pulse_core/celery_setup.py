@@ -34,6 +34,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps as kombu_dumps
 
+from pulse_core import telemetry
 from pulse_core.errors import ConfigError
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
@@ -105,6 +106,22 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     return app
 
 
+def declare_run_job(app: Celery) -> None:
+    """Make a publishing-only app (the API's) know ``pulse.run_job`` by name.
+
+    Publish signal receivers, such as OpenTelemetry's Celery instrumentation,
+    look the task up by name on the current app; without it they open a publish
+    span they never close. The body never runs: workers register the real task.
+    """
+
+    if RUN_JOB_TASK in app.tasks:  # a worker's task, shared into this app (in tests)
+        return
+
+    @app.task(name=RUN_JOB_TASK, ignore_result=True, shared=False)
+    def run_job_on_a_worker(job_id: str) -> None:
+        raise RuntimeError("pulse.run_job runs on Pulse workers, not in a publisher")
+
+
 def time_limits(timeout_seconds: int | None) -> dict[str, int]:
     """Celery's per-message soft and hard time limits for a job's soft timeout."""
     if timeout_seconds is None:
@@ -138,6 +155,8 @@ def publish_job(
     app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None
 ) -> None:
     """Put one ``pulse.run_job`` message for ``job`` on its queue."""
+    # The current app (a thread-local) is where publish signal receivers look the task up.
+    app.set_current()
     app.send_task(
         RUN_JOB_TASK,
         queue=job.queue,
@@ -151,6 +170,7 @@ def publish_jobs(app: Celery, jobs: Iterable[tuple[Job, float | None]]) -> int:
     Stops at the first failure and raises it; the caller undoes the jobs not yet sent.
     """
     sent = 0
+    app.set_current()
     with app.producer_or_acquire() as producer:
         for job, countdown in jobs:
             app.send_task(
@@ -179,6 +199,8 @@ def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> 
     options = message_options(job, countdown=countdown)
     argsrepr = options["argsrepr"]
     message = app.amqp.as_task_v2(str(uuid.uuid4()), RUN_JOB_TASK, **options)
+    # No publish signal fires for a message pushed by a script: carry the trace here.
+    telemetry.publish_context(message.headers, RUN_JOB_TASK, job)
     body = base64.b64encode(kombu_dumps(message.body).encode("utf-8")).decode("ascii")
     properties = {
         **message.properties,

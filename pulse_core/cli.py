@@ -7,9 +7,11 @@ Each subcommand starts its process by module path (gunicorn ``pulse_api.wsgi:app
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from pulse_core.announce import live_job_types
 from pulse_core.celery_setup import WORKER_ENV
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError
+from pulse_core.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
@@ -31,7 +34,11 @@ DIAGNOSTICS_MODULE = "pulse_worker.diagnostics"
 DEV_TENANTS_FILE = Path("deploy/tenants.dev.toml")
 DEV_DEMO_KEY = "pulse-demo-key"
 DEV_STATE_DIR = Path(".pulse")
+DEV_WORKER_METRICS_PORT = 9808
 STOP_GRACE_SECONDS = 15.0
+GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
+FLOWER_AUTH_ENV = "PULSE_FLOWER_BASIC_AUTH"
+_BASIC_AUTH_RE = re.compile(r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$")
 
 
 def _check_settings(env: Mapping[str, str], *, need_tenants: bool) -> Settings:
@@ -48,12 +55,44 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
 
 
+def _pulse(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pulse_core.cli", *args]
+
+
+def use_metrics_dir(env: dict[str, str], chosen: str | None, role: str) -> Path:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an emptied folder for this process tree.
+
+    ``chosen`` (``--metrics-dir``) wins, then the variable as already set, then a
+    folder of this process's own under the system's temporary folder.
+    """
+    folder = chosen or env.get(MULTIPROC_ENV)
+    path = (
+        Path(folder)
+        if folder
+        else Path(tempfile.gettempdir(), "pulse-metrics", f"{role}-{os.getpid()}")
+    )
+    prepare_multiprocess_dir(path)
+    env[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def flower_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Flower's environment: basic auth from ``PULSE_FLOWER_BASIC_AUTH``, no Pulse metrics dir."""
+    out = {k: v for k, v in env.items() if k != MULTIPROC_ENV}  # Flower keeps its own metrics
+    auth = env.get(FLOWER_AUTH_ENV)
+    if auth:
+        if not _BASIC_AUTH_RE.match(auth):
+            raise ConfigError(f"{FLOWER_AUTH_ENV}: expected user:password[,user:password...]")
+        out["FLOWER_BASIC_AUTH"] = auth  # read by Flower; kept out of the process list
+    return out
+
+
 def api_command(host: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn",
+        "--config", GUNICORN_CONFIG,
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
-        "--access-logfile", "-",
         WSGI_APP,
     ]  # fmt: skip
 
@@ -61,7 +100,8 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
 def worker_command(
     queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
 ) -> list[str]:
-    args = ["worker", "--pool", pool, "--loglevel", loglevel, "--without-gossip"]
+    # --quiet: no banner on stdout, so every line the worker writes is a log record.
+    args = ["--quiet", "worker", "--pool", pool, "--loglevel", loglevel, "--without-gossip"]
     if queues:
         args += ["--queues", queues]
     if concurrency:
@@ -84,10 +124,13 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
-def api(host: str, port: int, workers: int) -> None:
+@click.option("--metrics-dir", help="folder for per-process metric files (emptied at start)")
+def api(host: str, port: int, workers: int, metrics_dir: str | None) -> None:
     """Serve the HTTP API with gunicorn."""
     _check_settings(os.environ, need_tenants=True)
-    _exec(api_command(host, port, workers))
+    env = dict(os.environ)
+    use_metrics_dir(env, metrics_dir, "api")
+    _exec(api_command(host, port, workers), env)
 
 
 @main.command()
@@ -96,29 +139,45 @@ def api(host: str, port: int, workers: int) -> None:
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--events/--no-events", default=False, help="send task events (for Flower)")
+@click.option("--metrics-dir", help="folder for per-process metric files (emptied at start)")
 def worker(
-    queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
+    queues: str | None,
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    events: bool,
+    metrics_dir: str | None,
 ) -> None:
     """Run a Celery worker with Pulse's settings (SIGTERM: soft shutdown, then requeue)."""
     _check_settings(os.environ, need_tenants=False)
-    os.environ.update(WORKER_ENV)
-    _exec(worker_command(queues, concurrency, pool, loglevel, events))
+    env = dict(os.environ)
+    env.update(WORKER_ENV)
+    use_metrics_dir(env, metrics_dir, "worker")
+    _exec(worker_command(queues, concurrency, pool, loglevel, events), env)
 
 
 @main.command()
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True, type=int)
 def flower(address: str, port: int) -> None:
-    """Run the Flower dashboard against the broker."""
+    """Run the Flower dashboard against the broker (basic auth from PULSE_FLOWER_BASIC_AUTH)."""
     _check_settings(os.environ, need_tenants=False)
-    _exec(flower_command(address, port))
+    try:
+        env = flower_env(os.environ)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad setting: {exc}") from None
+    _exec(flower_command(address, port), env)
 
 
 @main.command()
 @click.option("--api-port", default=8000, show_default=True, type=int)
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int)
-def dev(api_port: int, flower_port: int, concurrency: int) -> None:
+@click.option(
+    "--worker-metrics-port", default=DEV_WORKER_METRICS_PORT, show_default=True, type=int,
+    help="the worker's Prometheus endpoint (0: none)",
+)  # fmt: skip
+def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: int) -> None:
     """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower."""
     env = dict(os.environ)
     env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
@@ -127,6 +186,8 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
     # Flower's HTTP API answers without a login on the loopback-only dev stack.
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     env.update(WORKER_ENV)
+    if worker_metrics_port:
+        env["PULSE_WORKER_METRICS_PORT"] = str(worker_metrics_port)
     redis: EmbeddedRedis | None = None
     if not env.get("PULSE_REDIS_URL"):
         try:
@@ -137,14 +198,17 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
     settings = _check_settings(env, need_tenants=True)
     # The worker starts first, and the API only once the worker has announced its
     # jobTypes: when the API answers, the jobs it accepts have somewhere to run.
+    # Each child is a `pulse` subcommand, which sets up its own metrics folder and env.
+    metrics = DEV_STATE_DIR / "metrics"
     stages: list[dict[str, list[str]]] = [
-        {"worker": worker_command(None, concurrency, "prefork", "INFO", True)},
+        {"worker": _pulse("worker", "--concurrency", str(concurrency), "--events",
+                          "--metrics-dir", str(metrics / "worker"))},
         {
-            "api": api_command("127.0.0.1", api_port, 2),
-            "flower": flower_command("127.0.0.1", flower_port),
+            "api": _pulse("api", "--port", str(api_port), "--metrics-dir", str(metrics / "api")),
+            "flower": _pulse("flower", "--port", str(flower_port)),
         },
-    ]
-    _print_banner(settings, redis, api_port, flower_port)
+    ]  # fmt: skip
+    _print_banner(settings, redis, api_port, flower_port, worker_metrics_port)
     redis_client = connect(settings.redis_url)
     code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
     if redis is not None:
@@ -153,7 +217,11 @@ def dev(api_port: int, flower_port: int, concurrency: int) -> None:
 
 
 def _print_banner(
-    settings: Settings, redis: EmbeddedRedis | None, api_port: int, flower_port: int
+    settings: Settings,
+    redis: EmbeddedRedis | None,
+    api_port: int,
+    flower_port: int,
+    worker_metrics_port: int,
 ) -> None:
     where = f"embedded, data in {DEV_STATE_DIR / 'redis'}" if redis else "from PULSE_REDIS_URL"
     click.echo(
@@ -161,9 +229,13 @@ def _print_banner(
             [
                 "Pulse dev stack",
                 f"  Redis   {settings.redis_url}  ({where})",
-                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json)",
+                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json,"
+                " metrics: /metrics)",
                 "  Worker  1 Celery worker, handlers: " + ", ".join(settings.handler_modules),
-                f"  Flower  http://127.0.0.1:{flower_port}",
+                f"          metrics: http://127.0.0.1:{worker_metrics_port}/metrics"
+                if worker_metrics_port
+                else "          metrics: off",
+                f"  Flower  http://127.0.0.1:{flower_port}  (metrics: /metrics)",
                 "Try it:",
                 f"  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs \\",
                 f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",
@@ -245,8 +317,8 @@ class Supervisor:
                 child.wait()
 
 
-def _exec(command: Sequence[str]) -> None:
-    os.execv(command[0], list(command))
+def _exec(command: Sequence[str], env: Mapping[str, str]) -> None:
+    os.execve(command[0], list(command), dict(env))
 
 
 if __name__ == "__main__":

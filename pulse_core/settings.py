@@ -41,6 +41,9 @@ DEFAULT_ETA_WINDOW_SECONDS = 300
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 #: On SIGTERM, how long running jobs may take to finish before they are cancelled and requeued.
 DEFAULT_SOFT_SHUTDOWN_SECONDS = 30.0
+DEFAULT_LOG_FORMAT = "json"
+LOG_FORMATS = ("json", "text")
+DEFAULT_WORKER_METRICS_HOST = "127.0.0.1"
 
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
@@ -69,6 +72,13 @@ class Settings:
     eta_window_seconds: int = DEFAULT_ETA_WINDOW_SECONDS
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     soft_shutdown_seconds: float = DEFAULT_SOFT_SHUTDOWN_SECONDS
+    #: ``json`` (one object per line) or ``text``.
+    log_format: str = DEFAULT_LOG_FORMAT
+    #: Port of a worker's Prometheus endpoint; ``None``: the worker serves no metrics.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = DEFAULT_WORKER_METRICS_HOST
+    #: ``PULSE_METRICS=off``: record no Prometheus metrics at all.
+    metrics_enabled: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -142,6 +152,12 @@ class Settings:
                 env.get("PULSE_SOFT_SHUTDOWN_SECONDS"),
                 DEFAULT_SOFT_SHUTDOWN_SECONDS,
             ),
+            log_format=_choice("PULSE_LOG_FORMAT", env.get("PULSE_LOG_FORMAT"), LOG_FORMATS)
+            or DEFAULT_LOG_FORMAT,
+            worker_metrics_port=_port(
+                "PULSE_WORKER_METRICS_PORT", env.get("PULSE_WORKER_METRICS_PORT")
+            ),
+            worker_metrics_host=env.get("PULSE_WORKER_METRICS_HOST") or DEFAULT_WORKER_METRICS_HOST,
         )
 
     def require_tenants_file(self) -> Path:
@@ -198,4 +214,21 @@ def _positive_float(name: str, value: str | None, default: float) -> float:
         raise ConfigError(f"{name}={value!r} is not a number") from None
     if not number > 0 or number == float("inf"):
         raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
+    return number
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def _port(name: str, value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    number = _positive_int(name, value, 0)
+    if number > 65535:
+        raise ConfigError(f"{name}={value!r} is not a TCP port (1-65535)")
     return number

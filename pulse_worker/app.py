@@ -18,6 +18,7 @@ from pulse_core.celery_setup import WORKER_ENV, check_visibility_timeout, create
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
 from pulse_core.settings import Settings
+from pulse_worker import observe
 from pulse_worker.announcer import announcer_step
 from pulse_worker.guardian import guardian_step
 from pulse_worker.runtime import WorkerRuntime
@@ -39,6 +40,7 @@ runtime = WorkerRuntime.build(settings, registry)
 run_job_task, dead_letter_task = install(app, runtime)
 app.steps["worker"].add(announcer_step(runtime))
 app.steps["worker"].add(guardian_step(runtime))
+observe.install_signals(settings)
 
 
 @signals.worker_init.connect

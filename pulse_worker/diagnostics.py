@@ -17,8 +17,9 @@ from pulse_core.handlers import handler
 
 @handler("diag.echo")
 def echo(payload: Mapping[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Return the payload unchanged."""
-    return dict(payload)
+    """Return the payload unchanged (in a span of its own when tracing is on)."""
+    with ctx.span("diag.echo.copy", keys=len(payload)):
+        return dict(payload)
 
 
 # Diagnostics retry quickly (sub-second backoff) so that trying retries out is quick.

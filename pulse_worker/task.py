@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from pulse_core import logs, metrics, telemetry
 from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK
 from pulse_core.context import JobContext
 from pulse_core.errors import (
@@ -28,7 +29,9 @@ from pulse_core.errors import (
 )
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
+from pulse_core.metrics import Outcome
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective
+from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
 from pulse_worker.runtime import WorkerRuntime
 
@@ -44,10 +47,11 @@ def run_job(
     job = claim(runtime, task, job_id, attempt, cycle)
     if job is None:
         return
-    spec = route(runtime, task, job)
-    if spec is None:
-        return
-    record(runtime, task, job, spec, *execute(runtime, job, spec))
+    with observe.attempt(job):
+        spec = route(runtime, task, job)
+        if spec is None:
+            return
+        record(runtime, task, job, spec, *execute(runtime, job, spec))
 
 
 def claim(
@@ -71,7 +75,8 @@ def claim(
         return outcome.job
     if outcome.refused == "exhausted" and outcome.job is not None:
         # The last attempt's worker died (or it died while being dead-lettered).
-        runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan")
+        if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan"):
+            metrics.job_finished(outcome.job, Outcome.DEAD)
         log.warning("job %s is dead: its last attempt's worker died", job_id)
     elif outcome.refused == "early" and outcome.due_at is not None:
         # A copy that arrived before the job is due goes back, as an ETA message.
@@ -121,13 +126,17 @@ def record(
 ) -> None:
     """Step 4: record the outcome: succeeded, cancelled, retrying or dead."""
     if exc is None:
-        runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null")
+        if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null"):
+            metrics.job_finished(job, Outcome.SUCCEEDED)
+            log.info("job succeeded")
         return
+    telemetry.record_error(exc)
     if not isinstance(exc, JobFailed):
         log.warning("job %s (%s) attempt %d raised %s: %s", job.job_id, job.job_type,
                     job.attempts, type(exc).__name__, exc)  # fmt: skip
     if isinstance(exc, JobCancelled) or runtime.store.cancel_requested(job.job_id):
-        runtime.store.finalize(job, JobState.CANCELLED, error=describe_error(exc))
+        if runtime.store.finalize(job, JobState.CANCELLED, error=describe_error(exc)):
+            metrics.job_finished(job, Outcome.CANCELLED)
         log.info("job %s (%s) cancelled", job.job_id, job.job_type)
         return
     max_retries, _ = effective(spec.policy, max_retries=job.max_retries, timeout=None)
@@ -154,6 +163,7 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
                                         error=describe_error(exc)):  # fmt: skip
         log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)
         return
+    metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s",
              job.job_id, job.job_type, job.attempts, delay)  # fmt: skip
     if eta_message:
@@ -185,10 +195,13 @@ def record_dead_letter(
 ) -> None:
     """The dead-letter task's body: ``dead``, filed under the tenant's dead letters."""
     job = runtime.store.get(job_id)
+    if job is not None:
+        logs.bind_job(job)
     if job is None or job.attempts != attempt or job.cycle != cycle:
         log.info("dead letter for job %s attempt %d: nothing to do", job_id, attempt)
         return
     if runtime.store.finalize(job, JobState.DEAD, error=error):
+        metrics.job_finished(job, Outcome.DEAD)
         log.info("job %s (%s) is dead after %d attempt(s): %s",
                  job_id, job.job_type, attempt, error.get("type"))  # fmt: skip
 
@@ -200,10 +213,12 @@ def install(app: Celery, runtime: WorkerRuntime) -> tuple[Any, Any]:
     def pulse_run_job(
         self: Task, job_id: str, attempt: int | None = None, cycle: int | None = None
     ) -> None:
-        run_job(runtime, self, job_id, attempt, cycle)
+        with logs.job_context(jobId=job_id):
+            run_job(runtime, self, job_id, attempt, cycle)
 
     @app.task(name=DEAD_LETTER_TASK, ignore_result=True)
     def pulse_dead_letter(job_id: str, attempt: int, cycle: int, error: dict[str, Any]) -> None:
-        record_dead_letter(runtime, job_id, attempt, cycle, error)
+        with logs.job_context(jobId=job_id):
+            record_dead_letter(runtime, job_id, attempt, cycle, error)
 
     return pulse_run_job, pulse_dead_letter

@@ -12,13 +12,14 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_core.embedded_redis import EmbeddedRedis, free_port
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from tests.support import WorkerProcess, settings_env, write_tenants_file
 
 DIAG_TYPES = ("diag.echo", "diag.sleep", "diag.flaky", "diag.fail")
 WITNESS_TYPES = ("witness.sleep", "witness.flaky", "witness.crash", "witness.cooperative")
+OBSERVED_QUEUE = "observed"
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +63,31 @@ def worker(
     process.wait_ready(redis, DIAG_TYPES + WITNESS_TYPES)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def observed_worker(
+    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A worker as `pulse worker` runs it: JSON logs only, task events, a metrics endpoint
+    summing its prefork children (multiprocess dir). It consumes the ``observed`` queue."""
+    folder = tmp_path_factory.mktemp("observed")
+    (folder / "metrics").mkdir()
+    env = settings_env(settings)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
+    env["PULSE_WORKER_METRICS_PORT"] = str(free_port())
+    process = WorkerProcess(env, folder / "worker.log", queues=(OBSERVED_QUEUE,),
+                            extra_args=("--task-events",), quiet=True).start()  # fmt: skip
+    process.metrics_port = int(env["PULSE_WORKER_METRICS_PORT"])
+    process.wait_ready(redis, DIAG_TYPES)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def observed_settings(settings: Settings) -> Settings:
+    """Settings whose jobs go to the ``observed_worker``."""
+    return replace(settings, default_queue=OBSERVED_QUEUE)
 
 
 @pytest.fixture(scope="session")

@@ -150,10 +150,12 @@ class WorkerProcess:
         concurrency: int = 2,
         pool: str = "prefork",
         extra_args: Iterable[str] = (),
+        quiet: bool = False,
     ) -> None:
         self.log_path = log_path
         self.command = [
-            sys.executable, "-m", "celery", "-A", "pulse_worker.app", "worker",
+            sys.executable, "-m", "celery", "-A", "pulse_worker.app",
+            *(["--quiet"] if quiet else []), "worker",
             "--pool", pool, "--concurrency", str(concurrency),
             "--queues", ",".join(queues), "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -162,6 +164,8 @@ class WorkerProcess:
         ]  # fmt: skip
         self.env = child_env(env)
         self.process: subprocess.Popen[bytes] | None = None
+        #: Port of the worker's Prometheus endpoint, when it serves one.
+        self.metrics_port: int | None = None
 
     def start(self) -> WorkerProcess:
         self._log = self.log_path.open("ab")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def _request(port: int, method: str, path: str, body: dict | None = None) -> tup
         return response.status, {}
 
 
+def _text(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -48,12 +57,13 @@ def _group_alive(pgid: int) -> bool:
 @pytest.mark.timeout(180)
 def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file: Path) -> None:
     # given no PULSE_REDIS_URL: pulse dev embeds its own Redis
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port, metrics_port = free_port(), free_port(), free_port()
     env = child_env({"PULSE_TENANTS_FILE": str(tenants_file)})
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
         [sys.executable, "-m", "pulse_core.cli", "dev", "--api-port", str(api_port),
-         "--flower-port", str(flower_port), "--concurrency", "1"],
+         "--flower-port", str(flower_port), "--concurrency", "1",
+         "--worker-metrics-port", str(metrics_port)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -71,11 +81,21 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
             timeout=60,
         )
         assert done
+        # and the API (summing its gunicorn workers) and the worker (summing its pool)
+        # count the job
+        label = '{job_type="diag.echo",tenant="acme"}'
+        assert f"pulse_jobs_submitted_total{label} 1.0" in _text(api_port, "/metrics")
+        succeeded = f"pulse_jobs_succeeded_total{label} 1.0"
+        wait_for(lambda: succeeded in _text(metrics_port, "/metrics"), timeout=30)
         # and Flower answers, and Redis keeps its data under the working folder
         wait_for(lambda: _request(flower_port, "GET", "/healthcheck")[0] == 200, timeout=60)
         assert (tmp_path / ".pulse" / "redis").is_dir()
         banner = (tmp_path / "dev.log").read_text(errors="replace")
         assert f"http://127.0.0.1:{api_port}" in banner and "curl" in banner
+        # and the API's and the worker's log lines about the job are JSON with its id
+        about_job = [json.loads(line) for line in banner.splitlines()
+                     if job["jobId"] in line and line.startswith("{")]  # fmt: skip
+        assert {r["logger"] for r in about_job} >= {"pulse.api", "pulse.worker"}
     finally:
         # when it gets SIGTERM
         dev.send_signal(signal.SIGTERM)

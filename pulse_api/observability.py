@@ -1,0 +1,126 @@
+"""The API's telemetry: ``GET /metrics``, refusals counted by reason, Flask tracing, log context."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlparse
+
+from flask import Flask, Response, current_app, g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pulse_api.services import Services, services
+from pulse_core import logs, metrics, telemetry
+from pulse_core.metrics import QueueDepthCollector, RejectReason
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from pulse_core.tenants import TenantsConfig
+
+REGISTRY_KEY = "pulse.metrics"
+#: Paths whose requests make no spans (scrapes and probes would drown the traces).
+UNTRACED = "healthz,readyz,metrics"
+
+#: Problem type slugs (see ``pulse_api.problems``) that name a refusal reason.
+REASON_BY_SLUG = {
+    "rate-limited": RejectReason.RATE_LIMIT,
+    "backlog-full": RejectReason.BACKLOG,
+    "idempotency-key-reused": RejectReason.IDEMPOTENCY_CONFLICT,
+    "unauthorized": RejectReason.UNAUTHENTICATED,
+    "unavailable": RejectReason.UNAVAILABLE,
+}
+#: The submissions whose refusals count: POST /v1/jobs and a batch refused whole.
+SUBMIT_ENDPOINTS = frozenset({"jobs.Jobs", "batches.Batches"})
+#: Otherwise the status decides; any other 4xx is a validation refusal.
+REASON_BY_STATUS = {
+    401: RejectReason.UNAUTHENTICATED,
+    429: RejectReason.RATE_LIMIT,
+    503: RejectReason.UNAVAILABLE,
+}
+
+blp = Blueprint("metrics", __name__, description="Prometheus metrics")
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    @blp.response(200, content_type=CONTENT_TYPE_LATEST,
+                  description="Prometheus text format, summed over all API processes")  # fmt: skip
+    def get(self) -> Response:
+        """Job counters and histograms per tenant and jobType, and queue depths."""
+        registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask, svc: Services) -> None:
+    """Wire telemetry into ``app``: metrics registry, refusal counting, tracing, log context."""
+    metrics.set_enabled(svc.settings.metrics_enabled)
+    broker = _broker_redis(svc.settings)
+    extra = [QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants))]
+    app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*(extra if broker else []))
+    app.after_request(_count_refusal)
+    app.teardown_request(_clear_log_context)
+    provider = telemetry.tracer_provider()
+    if provider is not None:
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
+        telemetry.instrument_celery()  # the publish span, and the context into the message
+
+
+def known_queues(settings: Settings, tenants: TenantsConfig) -> Iterable[str]:
+    """The queues named by configuration: the default one and any a tenant is given."""
+    queues = {settings.default_queue}
+    for tenant in tenants.tenants.values():
+        queue = getattr(tenant, "queue", None)  # per-tenant queues, where configured
+        if isinstance(queue, str) and queue:
+            queues.add(queue)
+    return queues
+
+
+def _broker_redis(settings: Settings) -> Any:
+    if urlparse(settings.broker_url).scheme in {"redis", "rediss", "unix"}:
+        return connect(settings.broker_url)
+    return None
+
+
+def _count_refusal(response: Response) -> Response:
+    """``after_request``: a refused submission counts once, by reason."""
+    if request.endpoint not in SUBMIT_ENDPOINTS or response.status_code < 400:
+        return response
+    if response.status_code >= 500 and response.status_code != 503:
+        return response
+    slug = ""
+    problem = response.get_json(silent=True) if response.is_json else None
+    if isinstance(problem, dict):
+        slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
+    reason = (
+        REASON_BY_SLUG.get(slug)
+        or REASON_BY_STATUS.get(response.status_code)
+        or RejectReason.VALIDATION
+    )
+    tenant = getattr(g, "tenant", None)
+    if tenant is None:  # nothing an unauthenticated caller sent is looked at
+        metrics.job_rejected(None, None, reason)
+    else:
+        metrics.job_rejected(tenant.tenant_id, _live_job_type(), reason)
+    return response
+
+
+def _live_job_type() -> str | None:
+    """The body's jobType, only when it names a live jobType (labels never echo request text)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested past the parser's depth: refused as malformed already
+        return None
+    job_type = body.get("jobType") if isinstance(body, dict) else None
+    if not isinstance(job_type, str):
+        return None
+    try:
+        return job_type if services().job_types.is_live(job_type) else None
+    except Exception:  # Redis down: the refusal still counts, under "unknown"
+        return None
+
+
+def _clear_log_context(exc: BaseException | None) -> None:
+    logs.clear_job()

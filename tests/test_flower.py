@@ -1,0 +1,101 @@
+"""Flower, started by ``pulse flower`` against the test Redis, shows jobs by jobType, no payload."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from pulse_api import create_app
+from pulse_core.embedded_redis import free_port
+from pulse_core.settings import Settings
+from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for, wait_for_state
+
+SECRET = "flower-must-not-see-this-4410"
+CREDENTIALS = "ops:flower-pass"
+
+
+def _get(port: int, path: str, credentials: str | None = CREDENTIALS) -> tuple[int, bytes]:
+    headers = {}
+    if credentials:
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def flower(settings: Settings, tmp_path: Path) -> Iterator[int]:
+    """``pulse flower`` with basic auth from PULSE_FLOWER_BASIC_AUTH, on a free port."""
+    port = free_port()
+    env = child_env({**settings_env(settings), "PULSE_FLOWER_BASIC_AUTH": CREDENTIALS})
+    log = (tmp_path / "flower.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pulse_core.cli", "flower", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _get(port, "/healthcheck")[0] == 200, timeout=60, interval=0.2)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+def _finished_task(port: int, client: FlaskClient) -> dict[str, Any]:
+    """Submit diag.echo jobs until Flower (which sees only events after it subscribed) shows one."""
+    for _ in range(5):
+        body = {"jobType": "diag.echo", "payload": {"secret": SECRET}}
+        job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
+        wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=60)
+
+        def shown(job_id: str = job_id) -> dict[str, Any] | None:
+            status, raw = _get(port, "/api/tasks")
+            tasks = json.loads(raw) if status == 200 else {}
+            for task in tasks.values():
+                if job_id in str(task.get("args")) and task.get("state") == "SUCCESS":
+                    return dict(task)
+            return None
+
+        try:
+            return wait_for(shown, timeout=5, interval=0.2)
+        except AssertionError:
+            continue
+    raise AssertionError("Flower never showed a finished job")
+
+
+def test_flower_shows_a_finished_job_under_its_job_type_without_payload(
+    flower: int, observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    # given Flower with basic auth and a worker sending task events
+    client = create_app(observed_settings).test_client()
+    # when a job with a recognisable payload runs
+    task = _finished_task(flower, client)
+    # then Flower lists it under its jobType, and its args are the job id alone
+    assert task["name"] == "diag.echo"
+    assert SECRET not in json.dumps(task)
+    # and Flower's own metrics answer, counting events by jobType
+    status, raw = _get(flower, "/metrics")
+    assert status == 200
+    assert 'flower_events_total{task="diag.echo"' in raw.decode()
+    # and without credentials its API refuses
+    assert _get(flower, "/api/tasks", credentials=None)[0] == 401

@@ -1,0 +1,76 @@
+"""Logs: one JSON object per line; a job's lines carry its ids and never its payload."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+from pulse_api import create_app
+from pulse_core import logs
+from pulse_core.settings import Settings
+from tests.support import WorkerProcess, auth, wait_for, wait_for_state
+
+SECRET = "s3cr3t-payload-value-7781"
+IDS = ("jobId", "tenantId", "jobType", "attempt", "traceId")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line, parsed; fails on any line that is not one JSON object."""
+    records = []
+    for line in text.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            assert isinstance(record, dict), line
+            records.append(record)
+    return records
+
+
+def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
+    observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    # given the API's log records going through Pulse's JSON handler
+    stream = io.StringIO()
+    handler = logs.make_handler(stream)
+    pulse_logger = logging.getLogger("pulse")
+    pulse_logger.addHandler(handler)
+    old_level = pulse_logger.level
+    pulse_logger.setLevel(logging.INFO)
+    try:
+        client = create_app(observed_settings).test_client()
+        # when a job with a recognisable payload is submitted, and one that fails
+        body = {"jobType": "diag.echo", "payload": {"secret": SECRET}}
+        job = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()
+        failing = client.post("/v1/jobs", json={"jobType": "diag.fail", "payload": {"s": SECRET},
+                                                   "options": {"maxRetries": 0}},
+                              headers=auth("acme")).get_json()  # fmt: skip
+        wait_for_state(client, "acme", job["jobId"], {"succeeded"}, timeout=60)
+        wait_for_state(client, "acme", failing["jobId"], {"dead"}, timeout=60)
+    finally:
+        pulse_logger.removeHandler(handler)
+        pulse_logger.setLevel(old_level)
+
+    # then the API's lines about it are JSON carrying its ids
+    api_lines = [r for r in json_lines(stream.getvalue()) if r.get("jobId") == job["jobId"]]
+    assert [r["message"] for r in api_lines] == ["job accepted"]
+    expected = {"jobId": job["jobId"], "tenantId": "acme", "jobType": "diag.echo",
+                "attempt": 0, "traceId": job["traceId"]}  # fmt: skip
+    assert {k: api_lines[0][k] for k in IDS} == expected
+
+    # and every line the worker wrote is JSON; those about the job carry its ids
+    def worker_lines_for(job_id: str) -> list[dict[str, Any]]:
+        return [r for r in json_lines(observed_worker.log()) if r.get("jobId") == job_id]
+
+    echo_lines = wait_for(lambda: len(worker_lines_for(job["jobId"])) >= 2 and
+                          worker_lines_for(job["jobId"]))  # fmt: skip
+    for record in echo_lines:
+        assert {k: record[k] for k in IDS} == {**expected, "attempt": 1}, record
+        assert {"time", "level", "logger", "message"} <= record.keys()
+    assert any("succeeded" in r["message"] for r in echo_lines)
+    dead_lines = wait_for(lambda: [r for r in worker_lines_for(failing["jobId"])
+                                   if "dead" in r["message"]])  # fmt: skip
+    assert dead_lines[0]["jobType"] == "diag.fail" and dead_lines[0]["level"] == "INFO"
+    # and no line anywhere contains the payload
+    assert SECRET not in stream.getvalue()
+    assert SECRET not in observed_worker.log()

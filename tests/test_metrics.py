@@ -1,0 +1,117 @@
+"""Prometheus metrics: counters move by exactly what happened, per tenant and jobType.
+
+The API's ``/metrics`` is read through the test client; the worker's from its
+own HTTP endpoint, which sums its prefork children (multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse_api import create_app
+from pulse_core.settings import Settings
+from tests.conftest import OBSERVED_QUEUE
+from tests.support import WorkerProcess, auth, wait_for, wait_for_state
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def worker_metrics(worker: WorkerProcess) -> Samples:
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return parse(response.read().decode())
+
+
+def api_metrics(client: FlaskClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    return parse(response.get_data(as_text=True))
+
+
+def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
+    observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    client = create_app(observed_settings).test_client()
+    echo = {"tenant": "globex", "job_type": "diag.echo"}
+    fail = {"tenant": "globex", "job_type": "diag.fail"}
+    api_before, worker_before = api_metrics(client), worker_metrics(observed_worker)
+    # when globex submits 3 jobs that succeed and 2 that fail twice (one retry each), and
+    # makes 2 refused attempts
+    job_ids = []
+    for job_type, count in (("diag.echo", 3), ("diag.fail", 2)):
+        for n in range(count):
+            body = {"jobType": job_type, "payload": {"n": n}}
+            if job_type == "diag.fail":
+                body["options"] = {"maxRetries": 1}
+            response = client.post("/v1/jobs", json=body, headers=auth("globex"))
+            assert response.status_code == 202
+            job_ids.append(response.get_json()["jobId"])
+    refused = client.post("/v1/jobs", json={"jobType": "no.such.type", "payload": {}},
+                          headers=auth("globex"))  # fmt: skip
+    assert refused.status_code == 422
+    anonymous = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
+                            headers={"Authorization": "Bearer wrong"})  # fmt: skip
+    assert anonymous.status_code == 401
+    for job_id in job_ids:
+        wait_for_state(client, "globex", job_id, {"succeeded", "dead"}, timeout=60)
+
+    # then the API counted 3 + 2 submissions and the 2 refusals by reason; a jobType
+    # that is not live and a tenant that is not known are labelled "unknown"
+    api = api_metrics(client)
+
+    def api_delta(name: str, **labels: str) -> float:
+        return value(api, name, **labels) - value(api_before, name, **labels)
+
+    assert api_delta("pulse_jobs_submitted_total", **echo) == 3
+    assert api_delta("pulse_jobs_submitted_total", **fail) == 2
+    assert api_delta("pulse_jobs_rejected_total", tenant="globex", job_type="unknown",
+                     reason="validation") == 1  # fmt: skip
+    assert api_delta("pulse_jobs_rejected_total", tenant="unknown", job_type="unknown",
+                     reason="unauthenticated") == 1  # fmt: skip
+    assert not any("no.such.type" in str(key) for key in api)
+    # and it reports the depth of its queue, read at scrape time
+    assert ("pulse_queue_depth", frozenset({("queue", OBSERVED_QUEUE)})) in api
+
+    # and the worker, summing its pool processes, counted 3 + 4 starts, 3 successes,
+    # 2 retries and 2 dead
+    def worker_delta(name: str, **labels: str) -> float:
+        return value(worker_now, name, **labels) - value(worker_before, name, **labels)
+
+    def all_counted() -> bool:
+        nonlocal worker_now
+        worker_now = worker_metrics(observed_worker)
+        return worker_delta("pulse_jobs_dead_total", **fail) >= 2 and (
+            worker_delta("pulse_jobs_succeeded_total", **echo) >= 3
+        )
+
+    worker_now: Samples = {}
+    wait_for(all_counted, timeout=30)
+    assert worker_delta("pulse_jobs_started_total", **echo) == 3
+    assert worker_delta("pulse_jobs_started_total", **fail) == 4
+    assert worker_delta("pulse_jobs_retried_total", **fail) == 2
+    assert worker_delta("pulse_jobs_retried_total", **echo) == 0
+    assert worker_delta("pulse_jobs_succeeded_total", **echo) == 3
+    assert worker_delta("pulse_jobs_succeeded_total", **fail) == 0
+    assert worker_delta("pulse_jobs_dead_total", **fail) == 2
+    assert worker_delta("pulse_jobs_dead_total", **echo) == 0
+    # and the queue wait histogram saw each job's first attempt, the run time every attempt
+    for labels, jobs, attempts in ((echo, 3, 3), (fail, 2, 4)):
+        assert worker_delta("pulse_job_queue_wait_seconds_count", **labels) == jobs
+        assert worker_delta("pulse_job_run_seconds_count", **labels) == attempts
+        assert worker_delta("pulse_job_run_seconds_sum", **labels) >= 0

@@ -54,6 +54,9 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
         "--access-logfile", "-",
+        # Loaded once in the master: SIGHUP then starts workers from the config in
+        # force, which re-read the tenants file and keep that config if it is bad.
+        "--preload",
         WSGI_APP,
     ]  # fmt: skip
 

@@ -61,6 +61,12 @@ def witness_starts(redis: Redis, job_id: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in redis.lrange(witness_key(job_id), 0, -1)]
 
 
+def waiting_messages(redis: Redis, queue: str) -> int:
+    """Messages waiting on ``queue``: its own lists and every tenant lane's, all priorities."""
+    lists = [queue, *redis.scan_iter(match=f"{queue}/*", count=1000)]
+    return sum(int(redis.llen(name)) for name in lists)
+
+
 def auth(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
 

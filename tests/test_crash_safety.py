@@ -25,6 +25,7 @@ from tests.support import (
     settings_env,
     wait_for,
     wait_for_state,
+    waiting_messages,
     witness_starts,
 )
 

@@ -31,8 +31,8 @@ from pulse_core.errors import (
     TenantMismatch,
 )
 from pulse_core.idempotency import fingerprint, store_key
-from pulse_core.routing import resolve_queue
 from pulse_core.jobs import Job, JobState, new_job_id, new_trace_id, utc_now
+from pulse_core.routing import resolve_queue
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")

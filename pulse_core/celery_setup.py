@@ -36,10 +36,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from celery import Celery
-from redis import Redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps as kombu_dumps
+from redis import Redis
 
 from pulse_core import keys
 from pulse_core.errors import ConfigError

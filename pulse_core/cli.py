@@ -22,6 +22,7 @@ from pulse_core.celery_setup import WORKER_ENV
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError
 from pulse_core.redis_client import connect
+from pulse_core.routing import lane, tenant_queues
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
 
@@ -93,19 +94,49 @@ def api(host: str, port: int, workers: int) -> None:
     _exec(api_command(host, port, workers))
 
 
+def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> list[str]:
+    """The lanes a ``--tenants a,b`` worker consumes: each tenant's lane of every queue its
+    own settings name (``pulse_core.routing.tenant_queues``)."""
+    found: list[str] = []
+    for tenant_id in (t.strip() for t in tenants.split(",") if t.strip()):
+        if tenant_id not in config.tenants:
+            raise click.ClickException(f"--tenants: no tenant {tenant_id!r} in the tenants file")
+        found += [lane(q, tenant_id) for q in tenant_queues(config, tenant_id, fallback_queue)]
+    return list(dict.fromkeys(found))
+
+
 @main.command()
-@click.option("--queues", help="comma-separated queues to consume (default: the shared queue)")
+@click.option(
+    "--queues",
+    help="comma-separated queues to consume, each with all its tenant lanes "
+    "(default: the shared queue)",
+)
+@click.option(
+    "--tenants",
+    help="comma-separated tenants whose jobs to run: their lanes of the queues the "
+    "tenants file routes them to",
+)
 @click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--events/--no-events", default=False, help="send task events (for Flower)")
 def worker(
-    queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
+    queues: str | None,
+    tenants: str | None,
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    events: bool,
 ) -> None:
     """Run a Celery worker with Pulse's settings (SIGTERM: soft shutdown, then requeue)."""
-    _check_settings(os.environ, need_tenants=False)
+    settings = _check_settings(os.environ, need_tenants=bool(tenants))
+    names = [q.strip() for q in (queues or "").split(",") if q.strip()]
+    if tenants:
+        config = TenantsConfig.load(settings.require_tenants_file())
+        names += tenant_lanes(config, tenants, settings.default_queue)
     os.environ.update(WORKER_ENV)
-    _exec(worker_command(queues, concurrency, pool, loglevel, events))
+    _exec(worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool, loglevel,
+                         events))  # fmt: skip
 
 
 @main.command()

@@ -71,11 +71,19 @@ def auth(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
 
 
-def write_tenants_file(path: Path, extra: str = "") -> Path:
+def write_tenants_file(
+    path: Path,
+    extra: str = "",
+    *,
+    tenant_settings: Mapping[str, str] | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> Path:
+    """The tests' tenants file; ``tenant_settings`` adds lines to tenants' tables, ``keys``
+    adds tenants, ``extra`` is appended (e.g. ``[job_types."x"]`` tables)."""
     lines = ["[defaults]", 'rate_limit = "1000/second"', ""]
-    for tenant, key in TENANT_KEYS.items():
+    for tenant, key in {**TENANT_KEYS, **(keys or {})}.items():
         lines += [f"[tenants.{tenant}]", f'api_key_sha256 = ["{hash_api_key(key)}"]']
-        lines += [TENANT_SETTINGS.get(tenant, ""), ""]
+        lines += [TENANT_SETTINGS.get(tenant, ""), (tenant_settings or {}).get(tenant, ""), ""]
     path.write_text("\n".join(lines) + extra)
     return path
 

@@ -50,8 +50,8 @@ for i = 1, #KEYS do
   local live = 0
   local held = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
   for j = 1, #held, 2 do
-    local member, until = held[j], tonumber(held[j + 1])
-    local alive = until > now
+    local member, grace = held[j], tonumber(held[j + 1])
+    local alive = grace > now
     if not alive then
       local job_id = string.match(member, '^(.*)|')
       local f = redis.call('HMGET', ARGV[4] .. job_id, 'state', 'leaseUntil')

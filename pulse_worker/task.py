@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
+from redis.exceptions import RedisError
 
 from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
@@ -71,7 +72,11 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         job_type, tenant_id = found
     spec = runtime.registry.get(job_type)
     declared = spec.limits if spec is not None else ExecutionLimits()
-    verdict = runtime.gate.enter(job_id, job_type, tenant_id, declared, config)
+    try:
+        verdict = runtime.gate.enter(job_id, job_type, tenant_id, declared, config)
+    except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
+        log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
+        verdict = Verdict(defer_seconds=1.0, reason="error")
     if verdict.defer_seconds is not None:
         log.debug("job %s (%s) deferred %.2f s: %s limit",
                   job_id, job_type, verdict.defer_seconds, verdict.reason)  # fmt: skip

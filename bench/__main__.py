@@ -9,14 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, drain, submit
+from bench import batch, drain, fairness, submit
 from bench.common import BenchEnv, Result
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
-SECTIONS = {"submit": submit, "batch": batch, "drain": drain}
+SECTIONS = {"submit": submit, "batch": batch, "drain": drain, "fairness": fairness}
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
@@ -26,6 +26,7 @@ RATIOS = [
      "drain: pulse / plain celery (no results)"),
     ("pulse worker, diag.echo", "plain celery task, redis result backend",
      "drain: pulse / plain celery (redis results)"),
+    ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
 ]  # fmt: skip
 
 
@@ -57,9 +58,9 @@ def report(results: list[Result]) -> None:
     by_name = {r.name: r for r in results}
     print(f"\nPulse bench on {platform.node()} ({platform.machine()}), medians of each round")
     for r in results:
-        runs = ", ".join(f"{v:.0f}" for v in r.values)
+        runs = ", ".join(f"{v:.1f}" if r.unit == "ms" else f"{v:.0f}" for v in r.values)
         print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
-    print("Ratios (>1 means Pulse is faster):")
+    print("Ratios (>1 means Pulse is faster; the fairness ratio: lower is better):")
     ratios = {}
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:

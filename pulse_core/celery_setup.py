@@ -140,8 +140,9 @@ class JobRouter:
     ) -> dict[str, Any] | None:
         if name != RUN_JOB_TASK or options.get("queue") or not args:
             return None
-        queue, tenant, priority = self._redis.hmget(keys.job(str(args[0])),
-                                                    ["queue", "tenantId", "priority"])  # fmt: skip
+        fields = ["queue", "tenantId", "priority"]
+        found: list[str | None] = self._redis.hmget(keys.job(str(args[0])), fields)  # type: ignore[assignment]
+        queue, tenant, priority = found
         if not queue or not tenant:
             return None  # no such job: Celery's default queue (the claim drops it there)
         pri = int(priority) if priority else DEFAULT_PRIORITY

@@ -329,7 +329,8 @@ class JobStore:
 
     def type_and_tenant(self, job_id: str) -> tuple[str, str] | None:
         """(jobType, tenant id) of the job, or ``None`` when there is no such record."""
-        job_type, tenant_id = self._redis.hmget(keys.job(job_id), ["jobType", "tenantId"])
+        found: list[str | None] = self._redis.hmget(keys.job(job_id), ["jobType", "tenantId"])  # type: ignore[assignment]
+        job_type, tenant_id = found
         if not job_type or not tenant_id:
             return None
         return str(job_type), str(tenant_id)

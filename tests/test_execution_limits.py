@@ -19,10 +19,14 @@ def test_rate_limit_and_max_concurrency_hold_across_two_workers(
 ) -> None:
     # given limited.slots (max_concurrency=2 on its handler) and limited.rate, whose
     # declared 100/second the tenants file lowers to 4/second
-    path = write_tenants_file(tmp_path / "tenants.toml",
-                              extra='[job_types."limited.rate"]\nrate_limit = "4/second"\n')
-    settings = replace(isolated_settings, tenants_file=path,
-                       handler_modules=("pulse_worker.diagnostics", "limited_handlers"))
+    path = write_tenants_file(
+        tmp_path / "tenants.toml", extra='[job_types."limited.rate"]\nrate_limit = "4/second"\n'
+    )
+    settings = replace(
+        isolated_settings,
+        tenants_file=path,
+        handler_modules=("pulse_worker.diagnostics", "limited_handlers"),
+    )
     for job_type in LIMITED:
         for what in ("running", "starts", "concurrent"):
             redis.delete(f"limited:{job_type}:{what}")

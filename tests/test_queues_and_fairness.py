@@ -23,7 +23,6 @@ from tests.support import (
     WorkerProcess,
     auth,
     settings_env,
-    wait_for,
     wait_for_state,
     waiting_messages,
     write_tenants_file,
@@ -148,12 +147,19 @@ def test_higher_priority_runs_first_on_a_single_process_worker(
     ids = {p: submit(client, "acme", "diag.echo", options={"priority": p})["jobId"]
            for p in (0, 2, 5, 9)}  # fmt: skip
     assert submit(client, "acme", "diag.echo")["options"]["priority"] == 5  # the default
-    bad = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {},
-                                        "options": {"priority": 10}}, headers=auth("acme"))
+    bad = client.post(
+        "/v1/jobs",
+        json={"jobType": "diag.echo", "payload": {}, "options": {"priority": 10}},
+        headers=auth("acme"),
+    )
     assert bad.status_code == 422 and "priority" in bad.get_data(as_text=True)
     # when a one-process worker starts on the queue
-    worker = WorkerProcess(settings_env(isolated_settings), tmp_path / "w.log",
-                           queues=[isolated_settings.default_queue], concurrency=1).start()
+    worker = WorkerProcess(
+        settings_env(isolated_settings),
+        tmp_path / "w.log",
+        queues=[isolated_settings.default_queue],
+        concurrency=1,
+    ).start()
     try:
         docs = {p: wait_for_state(client, "acme", job_id, {"succeeded"})
                 for p, job_id in ids.items()}  # fmt: skip
@@ -170,8 +176,12 @@ def test_a_flood_from_one_tenant_does_not_hold_back_another_on_a_shared_queue(
 ) -> None:
     # given a worker on a fresh shared queue (it knows no tenant lane yet)
     client = create_app(isolated_settings).test_client()
-    worker = WorkerProcess(settings_env(isolated_settings), tmp_path / "w.log",
-                           queues=[isolated_settings.default_queue], concurrency=2).start()
+    worker = WorkerProcess(
+        settings_env(isolated_settings),
+        tmp_path / "w.log",
+        queues=[isolated_settings.default_queue],
+        concurrency=2,
+    ).start()
     try:
         worker.wait_ready(redis, DIAG_TYPES)
         # when tenant A queues a backlog of 300 jobs first, then tenant B submits 3

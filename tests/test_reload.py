@@ -52,8 +52,12 @@ def test_a_reload_adds_a_tenant_and_a_bad_reload_changes_nothing(
     job = response.get_json()
     assert job["queue"] == "t-newco"
     # and a worker started for that queue runs it
-    newco = WorkerProcess(settings_env(replace(settings, tenants_file=path)),
-                          tmp_path / "newco.log", queues=["t-newco"], concurrency=1).start()
+    newco = WorkerProcess(
+        settings_env(replace(settings, tenants_file=path)),
+        tmp_path / "newco.log",
+        queues=["t-newco"],
+        concurrency=1,
+    ).start()
     try:
         newco.wait_ready(redis, DIAG_TYPES)
         doc = client.get(f"/v1/jobs/{job['jobId']}", headers={"Authorization": f"Bearer {NEW_KEY}"})

@@ -9,14 +9,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, drain, submit, telemetry
+from bench import batch, drain, fairness, submit, telemetry
 from bench.common import BenchEnv, Result
 from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
-SECTIONS = {"submit": submit, "batch": batch, "drain": drain, "telemetry": telemetry}
+SECTIONS = {
+    "submit": submit,
+    "batch": batch,
+    "drain": drain,
+    "fairness": fairness,
+    "telemetry": telemetry,
+}
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
@@ -32,6 +38,7 @@ RATIOS = [
      "submit: telemetry on (10% sampled) / off"),
     ("drain, telemetry on, 10% sampled", "drain, telemetry off",
      "drain: telemetry on (10% sampled) / off"),
+    ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
 ]  # fmt: skip
 
 
@@ -63,9 +70,9 @@ def report(results: list[Result]) -> None:
     by_name = {r.name: r for r in results}
     print(f"\nPulse bench on {platform.node()} ({platform.machine()}), medians of each round")
     for r in results:
-        runs = ", ".join(f"{v:.0f}" for v in r.values)
+        runs = ", ".join(f"{v:.1f}" if r.unit == "ms" else f"{v:.0f}" for v in r.values)
         print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
-    print("Ratios (>1 means Pulse is faster; for telemetry, 1 means it costs nothing):")
+    print("Ratios (>1: Pulse is faster; telemetry on/off: 1 is free; fairness: lower is better):")
     ratios = {}
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:

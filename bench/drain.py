@@ -19,8 +19,9 @@ from celery import Celery
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
 from bench.plain_stack import echo
-from pulse_core.celery_setup import create_celery, publish_job
-from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.celery_setup import broker_priority, create_celery, publish_job, redis_list
+from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
+from pulse_core.routing import lane
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
 
@@ -86,10 +87,17 @@ def run(env: BenchEnv) -> list[Result]:
                 else:
                     for _ in range(JOBS):
                         echo.apply_async(args=(PAYLOAD,), queue=queue)
-                start = functools.partial(_consume, pulse_app, queue, worker)
-                rate = time_drain(env.redis, queue, start, JOBS)
+                if kind == "pulse":
+                    # The worker consumes the tenant's lane (``pulse_core.routing``) and
+                    # the clock watches its list for the default priority.
+                    consume = lane(queue, "bench")
+                    waiting = redis_list(consume, broker_priority(pulse_app, DEFAULT_PRIORITY))
+                else:
+                    consume = waiting = queue
+                start = functools.partial(_consume, pulse_app, consume, worker)
+                rate = time_drain(env.redis, waiting, start, JOBS)
                 results[kind].values.append(rate)
-                _cancel(pulse_app, queue, worker)
+                _cancel(pulse_app, consume, worker)
     finally:
         for _name, process in workers.values():
             stop(process)

@@ -30,7 +30,7 @@ def run(env: BenchEnv) -> list[Result]:
                                           requests=REQUESTS, concurrency=CONCURRENCY))  # fmt: skip
             plain.values.append(http_load(plain_port, "/jobs", lambda n: body, headers,
                                           requests=REQUESTS, concurrency=CONCURRENCY))  # fmt: skip
-            env.redis.delete("pulse", "plain")
+            env.redis.delete("plain", *env.redis.scan_iter(match="pulse/*", count=1000))
     finally:
         stop(api)
         stop(bare)

@@ -22,7 +22,7 @@ from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.errors import PulseError
 from pulse_core.settings import Settings
-from pulse_core.tenants import TenantsConfig
+from pulse_core.tenants import TenantsConfig, TenantsSource
 
 
 class PulseApi(Api):
@@ -47,9 +47,17 @@ class PulseApi(Api):
 
 
 def create_app(settings: Settings | None = None, tenants: TenantsConfig | None = None) -> Flask:
-    """Build the Pulse API; settings default to ``PULSE_*`` variables."""
+    """Build the Pulse API; settings default to ``PULSE_*`` variables.
+
+    Without ``tenants`` the tenants file is read now (a bad one stops start-up) and
+    re-read whenever it changes (a bad edit then keeps the config in force, logged).
+    """
     settings = settings or Settings.from_env(os.environ)
-    tenants = tenants or TenantsConfig.load(settings.require_tenants_file())
+    source = (
+        TenantsSource(tenants)
+        if tenants is not None
+        else TenantsSource.load(settings.require_tenants_file())
+    )
     app = Flask("pulse_api")
     app.config.update(
         API_TITLE="Pulse",
@@ -63,7 +71,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
-    svc = Services.build(settings, tenants)
+    svc = Services.build(settings, source)
     app.extensions[EXTENSION_KEY] = svc
     api = PulseApi(app)
     api.register_blueprint(health.blp)

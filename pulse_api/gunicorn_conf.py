@@ -12,13 +12,23 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from pulse_core import telemetry
 from pulse_core.logs import gunicorn_logconfig
 from pulse_core.metrics import multiprocess_dir
 from pulse_core.settings import DEFAULT_LOG_FORMAT
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("PULSE_LOG_FORMAT") or DEFAULT_LOG_FORMAT)
-#: Each worker imports the app itself, after the fork (tracing threads are per process).
-preload_app = False
+#: The app is loaded once, in the master: a SIGHUP then starts workers from a config
+#: that was valid, and each worker re-reads the tenants file itself (keeping the config
+#: in force when the file is bad). Tracing holds threads, so it starts after the fork.
+preload_app = True
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    from pulse_api import observability, wsgi
+
+    if telemetry.configure_tracing("pulse-api") is not None:
+        observability.instrument_tracing(wsgi.app)
 
 
 def child_exit(server: Any, worker: Any) -> None:

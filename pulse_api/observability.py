@@ -15,8 +15,9 @@ from pulse_api.services import Services, services
 from pulse_core import logs, metrics, telemetry
 from pulse_core.metrics import QueueDepthCollector, RejectReason
 from pulse_core.redis_client import connect
+from pulse_core.routing import configured_queues
 from pulse_core.settings import Settings
-from pulse_core.tenants import TenantsConfig
+from pulse_core.tenants import TenantsSource
 
 REGISTRY_KEY = "pulse.metrics"
 #: Paths whose requests make no spans (scrapes and probes would drown the traces).
@@ -39,6 +40,8 @@ REASON_BY_STATUS = {
     503: RejectReason.UNAVAILABLE,
 }
 
+TRACED_KEY = "pulse.traced"
+
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 
 
@@ -60,22 +63,28 @@ def install(app: Flask, svc: Services) -> None:
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*(extra if broker else []))
     app.after_request(_count_refusal)
     app.teardown_request(_clear_log_context)
+    instrument_tracing(app)
+
+
+def instrument_tracing(app: Flask) -> None:
+    """Trace ``app``'s requests and Celery publishes, once this process's tracing is on.
+
+    ``create_app`` calls it; under gunicorn (which preloads the app in its master,
+    before any provider may exist) the ``post_fork`` hook calls it in each worker.
+    """
     provider = telemetry.tracer_provider()
-    if provider is not None:
-        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    if provider is None or app.extensions.get(TRACED_KEY):
+        return
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-        FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
-        telemetry.instrument_celery()  # the publish span, and the context into the message
+    FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
+    telemetry.instrument_celery()  # the publish span, and the context into the message
+    app.extensions[TRACED_KEY] = True
 
 
-def known_queues(settings: Settings, tenants: TenantsConfig) -> Iterable[str]:
-    """The queues named by configuration: the default one and any a tenant is given."""
-    queues = {settings.default_queue}
-    for tenant in tenants.tenants.values():
-        queue = getattr(tenant, "queue", None)  # per-tenant queues, where configured
-        if isinstance(queue, str) and queue:
-            queues.add(queue)
-    return queues
+def known_queues(settings: Settings, tenants: TenantsSource) -> Iterable[str]:
+    """The queues named by configuration (the config in force, re-read on change)."""
+    return configured_queues(tenants.config, settings.default_queue)
 
 
 def _broker_redis(settings: Settings) -> Any:

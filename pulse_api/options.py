@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pulse_core.errors import InvalidParameter
+from pulse_core.jobs import DEFAULT_PRIORITY
 from pulse_core.policy import RetryPolicy, effective
 from pulse_core.settings import Settings
 
@@ -29,6 +30,7 @@ class JobOptions:
     countdown: float | None = None
     #: For a delayed job: when the sweep should publish it if nothing started it.
     watch_at: float | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> JobOptions:
@@ -46,12 +48,13 @@ def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> 
         )
     retries, seconds = effective(policy, max_retries=max_retries, timeout=timeout)
     delay = _delay(settings, raw)
+    priority = raw.get("priority", DEFAULT_PRIORITY)
     if delay is None:
-        return JobOptions(retries, seconds)
+        return JobOptions(retries, seconds, priority=priority)
     due = time.time() + delay
     if delay <= settings.eta_window_seconds:
-        return JobOptions(retries, seconds, due, delay, due + settings.lease_seconds)
-    return JobOptions(retries, seconds, due, None, due)
+        return JobOptions(retries, seconds, due, delay, due + settings.lease_seconds, priority)
+    return JobOptions(retries, seconds, due, None, due, priority)
 
 
 def _delay(settings: Settings, raw: Mapping[str, Any]) -> float | None:

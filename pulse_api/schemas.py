@@ -17,7 +17,7 @@ from marshmallow import (
 )
 
 from pulse_core.handlers import JOB_TYPE_RE
-from pulse_core.jobs import JobState
+from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, JobState
 
 TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -73,6 +73,11 @@ class JobOptionsSchema(Schema):
     runAt = fields.AwareDateTime(
         metadata={"description": "Start no earlier than this time (ISO 8601 with offset)"},
     )
+    priority = fields.Integer(
+        validate=validate.Range(min=0, max=MAX_PRIORITY),
+        metadata={"description": f"0-{MAX_PRIORITY}, higher runs sooner (default "
+                                 f"{DEFAULT_PRIORITY}); see docs/queues-and-fairness.md"},
+    )  # fmt: skip
 
     @validates_schema
     def _one_delay(self, data: dict[str, Any], **_: Any) -> None:
@@ -189,6 +194,7 @@ class JobErrorSchema(Schema):
 class JobEffectiveOptionsSchema(Schema):
     maxRetries = fields.Integer(allow_none=True)
     timeoutSeconds = fields.Integer(allow_none=True)
+    priority = fields.Integer(required=True)
 
 
 class JobSchema(Schema):

@@ -15,7 +15,7 @@ from pulse_core.dead_letters import DeadLetters
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
-from pulse_core.tenants import TenantsConfig
+from pulse_core.tenants import TenantsSource
 
 EXTENSION_KEY = "pulse"
 
@@ -23,7 +23,8 @@ EXTENSION_KEY = "pulse"
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    tenants: TenantsConfig
+    #: The tenants config in force: re-read when the file changes (``config``).
+    tenants: TenantsSource
     redis: Redis
     store: JobStore
     celery: Celery
@@ -34,7 +35,7 @@ class Services:
     dead_letters: DeadLetters
 
     @classmethod
-    def build(cls, settings: Settings, tenants: TenantsConfig) -> Services:
+    def build(cls, settings: Settings, tenants: TenantsSource) -> Services:
         redis = connect(settings.redis_url)
         store = JobStore(redis)
         celery = create_celery(settings, main="pulse-api")

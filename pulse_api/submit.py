@@ -33,6 +33,7 @@ from pulse_core.errors import (
 )
 from pulse_core.idempotency import fingerprint, store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
+from pulse_core.routing import resolve_queue
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
@@ -109,6 +110,7 @@ def prepare(
         raise TenantMismatch("tenantId must be the API key's own tenant (or be left out)")
     key = _idempotency_key(body.get("idempotencyKey"), header_key)
     job_type = body["jobType"]
+    tenants = svc.tenants.config
     live = svc.job_types.is_live(job_type)
     options = resolve(svc.settings, svc.job_types.policy(job_type), body.get("options") or {})
     metadata = dict(body.get("metadata") or {})
@@ -116,7 +118,7 @@ def prepare(
         job_id=new_job_id(),
         tenant_id=tenant.tenant_id,
         job_type=job_type,
-        queue=svc.settings.default_queue,
+        queue=resolve_queue(tenants, tenant.tenant_id, job_type, svc.settings.default_queue),
         payload=body["payload"],
         metadata=metadata,
         trace_id=telemetry.job_trace_id(metadata.get("traceId")),
@@ -125,16 +127,21 @@ def prepare(
         max_retries=options.max_retries,
         timeout_seconds=options.timeout_seconds,
         due_at=options.due_at,
+        priority=options.priority,
     )
     # Due beyond the ETA window: no message now; the sweep publishes it when due.
     deferred = options.due_at is not None and options.countdown is None
     inline = svc.inline_publish and not deferred
+    message, broker_list = (
+        encode_message(svc.celery, job, countdown=options.countdown) if inline else ("", "")
+    )
     return Submission(
         job=job,
         idempotency_key=key,
         fingerprint=fingerprint(body) if key else "",
         job_type_live=live,
-        message=encode_message(svc.celery, job, countdown=options.countdown) if inline else "",
+        message=message,
+        broker_list=broker_list,
         countdown=options.countdown,
         watch_at=options.watch_at,
         deferred=deferred,

@@ -1,16 +1,17 @@
 """The WSGI entry point for gunicorn: ``gunicorn pulse_api.wsgi:app``.
 
-gunicorn imports this in each worker process after forking (Pulse never uses
-``--preload``), so the tracing provider and its export thread are per process.
+``pulse api`` runs gunicorn with ``pulse_api.gunicorn_conf``, which preloads this
+module in the master and starts tracing in each worker after the fork (its
+``post_fork`` hook). Under another WSGI server, call
+``pulse_core.telemetry.configure_tracing`` in each worker process, then
+``pulse_api.observability.instrument_tracing(app)``.
 """
 
 from __future__ import annotations
 
 from pulse_api.app import create_app
-from pulse_core import telemetry
 from pulse_core.errors import ConfigError
 
-telemetry.configure_tracing("pulse-api")
 try:
     app = create_app()
 except ConfigError as exc:

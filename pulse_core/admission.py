@@ -48,8 +48,9 @@ from pulse_core.tenants import Tenant
 BACKLOG_RETRY_AFTER_SECONDS = 1
 
 # KEYS: 1 job hash, 2 tenant index, 3 pending hash, 4 idempotency key (or KEYS[1]
-#       when there is none), 5 the queue's list, 6 the watch set, 7.. the tenant's
-#       moving windows.
+#       when there is none), 5 the Redis list of the job's lane and priority (or
+#       KEYS[1] when the caller publishes), 6 the watch set, 7 the queue's lane set,
+#       8.. the tenant's moving windows.
 # ARGV: 1 tenant id, 2 job id, 3 created ms, 4 fingerprint ('' = no key),
 #       5 key TTL seconds, 6 jobType live '1'/'0', 7 max_pending, 8 job key prefix,
 #       9 the broker message to push ('' = the caller publishes), 10 number of
@@ -61,7 +62,7 @@ _ADMIT = (
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local n = tonumber(ARGV[10])
-local stats = window_stats(now, 7, 12, n)
+local stats = window_stats(now, 8, 12, n)
 
 if ARGV[4] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -80,12 +81,13 @@ if stats[5] == '1' then return {'rate-limited', stats} end
 local pending = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
 
-window_acquire(now, 7, 12, n)
+window_acquire(now, 8, 12, n)
 stats[2] = stats[2] - 1
 redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
 if ARGV[11] ~= '' then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[2]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('SADD', KEYS[7], ARGV[1])
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ARGV[2], 'EX', ARGV[5])
 end
@@ -119,6 +121,8 @@ class Submission:
     #: The broker message to push with the record (``celery_setup.encode_message``);
     #: empty when the caller publishes through kombu itself.
     message: str = ""
+    #: The Redis list ``message`` goes onto (``celery_setup.encode_message``).
+    broker_list: str = ""
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
     #: For a scheduled job: when the workers' sweep should look at it (epoch seconds).
@@ -193,8 +197,9 @@ class Admission:
             keys.tenant_jobs(tenant.tenant_id),
             keys.PENDING,
             idem_key,
-            job.queue,
+            submission.broker_list or job_key,
             keys.WATCH,
+            keys.lanes(job.queue),
             *ratelimit.window_keys(tenant.tenant_id, items),
         ]
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)

@@ -18,6 +18,11 @@ Delivery settings, and why:
   exceed the longest time a message may stay unacked (``check_visibility_timeout``).
 - ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
   sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
+
+Routing (``pulse_core.routing``): every message of a job goes to its tenant's lane
+of the job's queue, at the job's priority. Pulse's own publishes name the lane;
+``JobRouter`` (the app's ``task_routes``) sends a ``pulse.run_job`` published without
+a queue (a plain ``send_task``) to the same place, by reading the job record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from collections.abc import Iterable
+from bisect import bisect
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,11 +39,14 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps as kombu_dumps
+from redis import Redis
 
-from pulse_core import telemetry
+from pulse_core import keys, telemetry
 from pulse_core.errors import ConfigError
-from pulse_core.jobs import Job
+from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
+from pulse_core.redis_client import connect
+from pulse_core.routing import lane
 from pulse_core.settings import Settings
 
 log = logging.getLogger("pulse.broker")
@@ -79,11 +88,83 @@ class PoisonSafeRedisTransport(kombu_redis.Transport):
 _REDIS_TRANSPORT = f"{__name__}:{PoisonSafeRedisTransport.__name__}"
 
 
+def _is_redis_broker(broker_url: str) -> bool:
+    return urlparse(broker_url).scheme in {"redis", "rediss", "unix"}
+
+
+def broker_priority(app: Celery, priority: int) -> int:
+    """The message priority the broker understands for Pulse's ``priority`` (higher sooner).
+
+    kombu's Redis transport serves *lower* numbers first, from one list per step of
+    ``priority_steps`` (0, 3, 6, 9): Pulse sends ``9 - priority``, so on Redis the
+    priorities fall into four bands served in order: 7-9, 4-6, 1-3, 0. RabbitMQ
+    serves higher numbers first, all ten (queues declared with ``x-max-priority``).
+    """
+    priority = min(MAX_PRIORITY, max(0, priority))
+    if _is_redis_broker(str(app.conf.broker_url)):
+        return MAX_PRIORITY - priority
+    return priority
+
+
+def redis_list(queue: str, broker_pri: int) -> str:
+    """The Redis list kombu uses for ``queue`` at ``broker_pri`` (``Channel._q_for_pri``)."""
+    steps = kombu_redis.Channel.priority_steps
+    step = steps[bisect(steps, broker_pri) - 1]
+    return f"{queue}{kombu_redis.Channel.sep}{step}" if step else queue
+
+
+def waiting_lists(queue: str, lanes: Iterable[str]) -> list[str]:
+    """Every Redis list that holds waiting messages of ``queue``: its own and its tenant
+    lanes', at every priority step."""
+    steps = sorted(set(kombu_redis.Channel.priority_steps))
+    return [redis_list(name, step) for name in (queue, *lanes) for step in steps]
+
+
+def destination(app: Celery, job: Job) -> tuple[str, int]:
+    """(broker queue, broker priority) of ``job``'s messages: its lane, its priority."""
+    return lane(job.queue, job.tenant_id), broker_priority(app, job.priority)
+
+
+class JobRouter:
+    """Celery router: a ``pulse.run_job`` sent without a queue goes to its job's lane.
+
+    Pulse's own publishes name the lane, and Celery's retries keep the lane they came
+    from, so this only costs a Redis read for a bare ``send_task(RUN_JOB_TASK, (id,))``.
+    """
+
+    def __init__(self, redis: Redis, app: Celery) -> None:
+        self._redis = redis
+        self._app = app
+
+    def __call__(
+        self,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        options: Mapping[str, Any],
+        task: Any = None,
+        **_: Any,
+    ) -> dict[str, Any] | None:
+        if name != RUN_JOB_TASK or options.get("queue") or not args:
+            return None
+        fields = ["queue", "tenantId", "priority"]
+        found: list[str | None] = self._redis.hmget(keys.job(str(args[0])), fields)  # type: ignore[assignment]
+        queue, tenant, priority = found
+        if not queue or not tenant:
+            return None  # no such job: Celery's default queue (the claim drops it there)
+        pri = int(priority) if priority else DEFAULT_PRIORITY
+        return {"queue": lane(queue, tenant), "priority": broker_priority(self._app, pri)}
+
+
 def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     """A Celery app configured the Pulse way: JSON only, late acks, no result backend."""
     app = Celery(main, broker=settings.broker_url, set_as_current=False)
     if settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
         app.conf.broker_transport = _REDIS_TRANSPORT
+    if not _is_redis_broker(settings.broker_url):
+        # RabbitMQ honours priorities only on queues declared with x-max-priority.
+        app.conf.task_queue_max_priority = MAX_PRIORITY
+        app.conf.task_default_priority = DEFAULT_PRIORITY
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -102,6 +183,7 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         worker_hijack_root_logger=False,
         enable_utc=True,
+        task_routes=(JobRouter(connect(settings.redis_url), app),),
     )
     return app
 
@@ -154,12 +236,14 @@ def message_options(
 def publish_job(
     app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None
 ) -> None:
-    """Put one ``pulse.run_job`` message for ``job`` on its queue."""
+    """Put one ``pulse.run_job`` message for ``job`` on its lane, at its priority."""
     # The current app (a thread-local) is where publish signal receivers look the task up.
     app.set_current()
+    queue, priority = destination(app, job)
     app.send_task(
         RUN_JOB_TASK,
-        queue=job.queue,
+        queue=queue,
+        priority=priority,
         **message_options(job, attempt=attempt, countdown=countdown),
     )
 
@@ -173,9 +257,11 @@ def publish_jobs(app: Celery, jobs: Iterable[tuple[Job, float | None]]) -> int:
     app.set_current()
     with app.producer_or_acquire() as producer:
         for job, countdown in jobs:
+            queue, priority = destination(app, job)
             app.send_task(
                 RUN_JOB_TASK,
-                queue=job.queue,
+                queue=queue,
+                priority=priority,
                 producer=producer,
                 **message_options(job, countdown=countdown),
             )
@@ -189,13 +275,15 @@ def publishes_inline(settings: Settings) -> bool:
     return settings.broker_url == settings.redis_url and scheme in {"redis", "rediss", "unix"}
 
 
-def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> str:
-    """The ``pulse.run_job`` message for ``job``, exactly as kombu's Redis transport stores it.
+def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> tuple[str, str]:
+    """The ``pulse.run_job`` message for ``job`` exactly as kombu's Redis transport stores
+    it, and the Redis list kombu would push it onto (its lane's list for its priority).
 
     Celery builds the task message (protocol 2); the envelope is kombu's
     (``Channel.prepare_message`` + ``basic_publish`` on the anonymous exchange,
     body base64-encoded), so workers, Flower and redelivery treat it like any other.
     """
+    queue, priority = destination(app, job)
     options = message_options(job, countdown=countdown)
     argsrepr = options["argsrepr"]
     message = app.amqp.as_task_v2(str(uuid.uuid4()), RUN_JOB_TASK, **options)
@@ -208,8 +296,8 @@ def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> 
         "argsrepr": argsrepr,
         "kwargsrepr": "{}",
         "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": job.queue},
-        "priority": 0,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": priority,
         "body_encoding": "base64",
         "delivery_tag": str(uuid.uuid4()),
     }
@@ -220,7 +308,7 @@ def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> 
         "headers": message.headers,
         "properties": properties,
     }
-    return str(kombu_dumps(envelope))
+    return str(kombu_dumps(envelope)), redis_list(queue, priority)
 
 
 def check_visibility_timeout(settings: Settings, longest_timeout: int) -> None:

@@ -25,6 +25,7 @@ from pulse_core.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError
 from pulse_core.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.redis_client import connect
+from pulse_core.routing import lane, tenant_queues
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
 
@@ -93,6 +94,9 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
         "--config", GUNICORN_CONFIG,
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
+        # Loaded once in the master: SIGHUP then starts workers from the config in
+        # force, which re-read the tenants file and keep that config if it is bad.
+        "--preload",
         WSGI_APP,
     ]  # fmt: skip
 
@@ -133,8 +137,28 @@ def api(host: str, port: int, workers: int, metrics_dir: str | None) -> None:
     _exec(api_command(host, port, workers), env)
 
 
+def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> list[str]:
+    """The lanes a ``--tenants a,b`` worker consumes: each tenant's lane of every queue its
+    own settings name (``pulse_core.routing.tenant_queues``)."""
+    found: list[str] = []
+    for tenant_id in (t.strip() for t in tenants.split(",") if t.strip()):
+        if tenant_id not in config.tenants:
+            raise click.ClickException(f"--tenants: no tenant {tenant_id!r} in the tenants file")
+        found += [lane(q, tenant_id) for q in tenant_queues(config, tenant_id, fallback_queue)]
+    return list(dict.fromkeys(found))
+
+
 @main.command()
-@click.option("--queues", help="comma-separated queues to consume (default: the shared queue)")
+@click.option(
+    "--queues",
+    help="comma-separated queues to consume, each with all its tenant lanes "
+    "(default: the shared queue)",
+)
+@click.option(
+    "--tenants",
+    help="comma-separated tenants whose jobs to run: their lanes of the queues the "
+    "tenants file routes them to",
+)
 @click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -142,6 +166,7 @@ def api(host: str, port: int, workers: int, metrics_dir: str | None) -> None:
 @click.option("--metrics-dir", help="folder for per-process metric files (emptied at start)")
 def worker(
     queues: str | None,
+    tenants: str | None,
     concurrency: int | None,
     pool: str,
     loglevel: str,
@@ -149,11 +174,17 @@ def worker(
     metrics_dir: str | None,
 ) -> None:
     """Run a Celery worker with Pulse's settings (SIGTERM: soft shutdown, then requeue)."""
-    _check_settings(os.environ, need_tenants=False)
+    settings = _check_settings(os.environ, need_tenants=bool(tenants))
+    names = [q.strip() for q in (queues or "").split(",") if q.strip()]
+    if tenants:
+        config = TenantsConfig.load(settings.require_tenants_file())
+        names += tenant_lanes(config, tenants, settings.default_queue)
     env = dict(os.environ)
     env.update(WORKER_ENV)
     use_metrics_dir(env, metrics_dir, "worker")
-    _exec(worker_command(queues, concurrency, pool, loglevel, events), env)
+    command = worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool,
+                             loglevel, events)  # fmt: skip
+    _exec(command, env)
 
 
 @main.command()

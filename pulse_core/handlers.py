@@ -8,7 +8,8 @@
         return {"sent": True}
 
 Retry and timeout arguments are optional; ``pulse_core.policy`` documents the
-defaults and how per-job options override them.
+defaults and how per-job options override them. ``rate_limit`` and
+``max_concurrency`` hold across every worker (``pulse_core.execution_limits``).
 
 Workers import the modules named in ``PULSE_HANDLER_MODULES`` and those of the
 ``pulse.handlers`` entry-point group; importing a module runs its decorators.
@@ -25,6 +26,7 @@ from typing import Any
 
 from pulse_core.context import JobContext
 from pulse_core.errors import ConfigError, DuplicateHandler
+from pulse_core.execution_limits import ExecutionLimits
 from pulse_core.policy import RetryPolicy
 
 HandlerFn = Callable[[Mapping[str, Any], JobContext], Any]
@@ -39,6 +41,7 @@ class HandlerSpec:
     job_type: str
     fn: HandlerFn
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: ExecutionLimits = field(default_factory=ExecutionLimits)
 
     @property
     def origin(self) -> str:
@@ -59,11 +62,15 @@ class HandlerRegistry:
         backoff: float | None = None,
         backoff_max: float | None = None,
         timeout: int | None = None,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Decorator registering ``fn(payload, ctx)`` as the handler of ``job_type``.
 
-        The keyword arguments set the jobType's retry policy; each left out keeps
-        its ``pulse_core.policy.DEFAULT_*`` value.
+        ``max_retries``, ``backoff``, ``backoff_max`` and ``timeout`` set the jobType's
+        retry policy; each left out keeps its ``pulse_core.policy.DEFAULT_*`` value.
+        ``rate_limit`` ("10/second") and ``max_concurrency`` limit its runs across
+        every worker (the tenants file may override them).
         """
         if not JOB_TYPE_RE.match(job_type):
             raise ConfigError(
@@ -79,9 +86,13 @@ class HandlerRegistry:
             policy = RetryPolicy(**{k: v for k, v in given.items() if v is not None})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"jobType {job_type!r}: bad retry policy: {exc}") from None
+        try:
+            limits = ExecutionLimits(rate_limit=rate_limit, max_concurrency=max_concurrency)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"jobType {job_type!r}: bad execution limit: {exc}") from None
 
         def register(fn: HandlerFn) -> HandlerFn:
-            spec = HandlerSpec(job_type, fn, policy)
+            spec = HandlerSpec(job_type, fn, policy, limits)
             existing = self._specs.get(job_type)
             if existing is not None and existing.fn is not fn:
                 raise DuplicateHandler(

@@ -13,6 +13,9 @@ from typing import Any
 
 #: Bumped when the stored record's shape changes incompatibly.
 SCHEMA_VERSION = 1
+#: ``options.priority``: 0-9, higher runs sooner (``pulse_core.routing``).
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY = 9
 
 
 class JobState(StrEnum):
@@ -62,6 +65,8 @@ class Job:
     #: Replays so far; each replay starts a fresh cycle of attempts under the same id.
     cycle: int = 0
     cancel_requested: bool = False
+    #: 0-9, higher runs sooner among the jobs waiting on the same queue.
+    priority: int = DEFAULT_PRIORITY
 
     def to_redis(self) -> dict[str, str]:
         """The record as the flat string mapping stored in a Redis hash."""
@@ -87,6 +92,8 @@ class Job:
         flat.update({key: str(value) for key, value in optional.items() if value is not None})
         if self.cycle:
             flat["cycle"] = str(self.cycle)
+        if self.priority != DEFAULT_PRIORITY:
+            flat["priority"] = str(self.priority)
         if self.cancel_requested:
             flat["cancelRequested"] = "1"
         for key in _JSON_FIELDS:
@@ -123,6 +130,7 @@ class Job:
             due_at=float(raw["dueAt"]) if raw.get("dueAt") else None,
             cycle=int(raw.get("cycle") or 0),
             cancel_requested=raw.get("cancelRequested") == "1",
+            priority=int(raw.get("priority") or DEFAULT_PRIORITY),
         )
 
     def document(self) -> dict[str, Any]:
@@ -141,7 +149,11 @@ class Job:
             "result": self.result,
             "error": self.error,
             "metadata": dict(self.metadata),
-            "options": {"maxRetries": self.max_retries, "timeoutSeconds": self.timeout_seconds},
+            "options": {
+                "maxRetries": self.max_retries,
+                "timeoutSeconds": self.timeout_seconds,
+                "priority": self.priority,
+            },
             "runAt": _iso(self.due_at) if self.due_at is not None else None,
             "replays": self.cycle,
             "cancelRequested": self.cancel_requested,

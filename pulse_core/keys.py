@@ -57,3 +57,23 @@ def idempotency(tenant_id: str, key_digest: str) -> str:
 def tenant_dead_letters(tenant_id: str) -> str:
     """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds)."""
     return f"{PREFIX}:tenant:{tenant_id}:dead"
+
+
+def lanes(queue: str) -> str:
+    """Set of the tenant ids with a lane on ``queue`` (``pulse_core.routing``).
+
+    A tenant joins it in the same step that creates a job record for that queue;
+    workers consuming the queue read it to consume every lane.
+    """
+    return f"{PREFIX}:lanes:{queue}"
+
+
+def concurrency(job_type: str, tenant_id: str | None = None) -> str:
+    """Sorted set of the job ids holding a run slot of ``job_type`` (of one tenant, or
+    of all): member -> when its grace before the claim ends (epoch seconds)."""
+    scope = f":tenant:{tenant_id}" if tenant_id is not None else ""
+    return f"{PREFIX}:slots:{job_type}{scope}"
+
+
+#: ``limits`` key prefix for execution rate limits (``pulse_core.execution_limits``).
+EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"

@@ -28,6 +28,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from pulse_core import keys
+from pulse_core.celery_setup import waiting_lists
 from pulse_core.jobs import Job
 
 log = logging.getLogger("pulse.metrics")
@@ -170,7 +172,8 @@ def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:
 class QueueDepthCollector(Collector):
     """``pulse_queue_depth{queue}``: messages waiting on each known queue, read at scrape time.
 
-    Reads ``LLEN`` on a Redis broker (one pipelined round trip per scrape).
+    A queue's messages wait in its own lists and its tenant lanes', one list per
+    priority step (``celery_setup.waiting_lists``): two pipelined round trips per scrape.
     """
 
     def __init__(self, broker: Redis, queues: Callable[[], Iterable[str]]) -> None:
@@ -186,13 +189,22 @@ class QueueDepthCollector(Collector):
         try:
             with self._broker.pipeline(transaction=False) as pipe:
                 for queue in queues:
-                    pipe.llen(queue)
-                depths = pipe.execute()
+                    pipe.smembers(keys.lanes(queue))
+                lanes = pipe.execute()
+            lists = [
+                waiting_lists(queue, sorted(found))
+                for queue, found in zip(queues, lanes, strict=True)
+            ]
+            with self._broker.pipeline(transaction=False) as pipe:
+                for names in lists:
+                    for name in names:
+                        pipe.llen(name)
+                lengths = iter(pipe.execute())
         except Exception as exc:  # a scrape must answer even when Redis is down
             log.warning("queue depth not read: %s", exc)
             return
-        for queue, depth in zip(queues, depths, strict=True):
-            family.add_metric([queue], float(depth))
+        for queue, names in zip(queues, lists, strict=True):
+            family.add_metric([queue], float(sum(next(lengths) for _ in names)))
         yield family
 
 

@@ -287,7 +287,8 @@ class JobStore:
         self._discard = redis.register_script(_DISCARD)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
-        """Store a new job record, index it under its tenant and count it pending, atomically.
+        """Store a new job record, index it under its tenant, count it pending and register
+        its lane (``pulse_core.routing``), atomically.
 
         The API creates records through ``pulse_core.admission`` (with its guards);
         this is the bare write, for tools and benchmarks. ``watch_at``: for a
@@ -298,6 +299,7 @@ class JobStore:
             pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
             pipe.zadd(keys.tenant_jobs(job.tenant_id), {job.job_id: created_ms})
             pipe.hincrby(keys.PENDING, job.tenant_id, 1)
+            pipe.sadd(keys.lanes(job.queue), job.tenant_id)
             if watch_at is not None:
                 pipe.zadd(keys.WATCH, {job.job_id: watch_at})
             pipe.execute()
@@ -324,6 +326,14 @@ class JobStore:
         """The job, or ``None`` when there is no such record."""
         raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return Job.from_redis(raw) if raw else None
+
+    def type_and_tenant(self, job_id: str) -> tuple[str, str] | None:
+        """(jobType, tenant id) of the job, or ``None`` when there is no such record."""
+        found: list[str | None] = self._redis.hmget(keys.job(job_id), ["jobType", "tenantId"])  # type: ignore[assignment]
+        job_type, tenant_id = found
+        if not job_type or not tenant_id:
+            return None
+        return str(job_type), str(tenant_id)
 
     def get_for_tenant(self, tenant_id: str, job_id: str) -> Job | None:
         """The job if it exists and belongs to ``tenant_id``; ``None`` otherwise."""

@@ -1,7 +1,25 @@
-"""The tenants file: who may submit, with which keys, under which limits.
+"""The tenants file: who may submit, with which keys, under which limits, to which queue.
 
 TOML, parsed once and validated; any problem raises ``ConfigError`` naming the
 file and the offending entry. API keys are stored only as SHA-256 hex digests.
+
+Routing and execution limits (``pulse_core.routing``, ``pulse_core.execution_limits``):
+
+    [defaults]
+    queue = "pulse"                      # the shared queue (default: PULSE_DEFAULT_QUEUE)
+
+    [job_types."video.encode"]
+    queue = "heavy"                      # every tenant's video.encode jobs
+    [job_types."crm.sync"]
+    rate_limit = "10/second"             # across all workers (overrides @handler)
+    max_concurrency = 5
+
+    [tenants.acme]
+    api_key_sha256 = ["..."]
+    queue = "acme"                       # a dedicated queue
+    [tenants.acme.job_types."crm.sync"]
+    queue = "acme-crm"                   # tenant x jobType beats everything
+    max_concurrency = 2                  # acme's own limit, on top of the global one
 """
 
 from __future__ import annotations
@@ -9,16 +27,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import re
+import threading
+import time
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from limits import RateLimitItem, parse_many
 
 from pulse_core.errors import ConfigError
+
+log = logging.getLogger("pulse.config")
 
 DEFAULT_RATE_LIMIT = "100/second"
 #: Jobs not yet final a tenant may have before submissions are refused (429).
@@ -32,6 +55,25 @@ _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
 _SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes"})
+#: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
+_JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
+#: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_MAX_CONCURRENCY_CEILING = 100_000
+
+
+@dataclass(frozen=True)
+class JobTypeRule:
+    """Where a jobType's jobs go and how fast they may run (every field optional)."""
+
+    queue: str | None = None
+    #: ``limits`` notation, counted across every worker (``pulse_core.execution_limits``).
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
+
+    @property
+    def rate_limits(self) -> tuple[RateLimitItem, ...]:
+        return _parse_rate_limit(self.rate_limit) if self.rate_limit else ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +85,10 @@ class Tenant:
     rate_limit: str
     max_pending: int = DEFAULT_MAX_PENDING
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: The tenant's own queue; ``None``: the shared queue.
+    queue: str | None = None
+    #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
+    job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
 
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
@@ -58,6 +104,10 @@ class TenantsConfig:
     default_rate_limit: str = DEFAULT_RATE_LIMIT
     default_max_pending: int = DEFAULT_MAX_PENDING
     default_max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: The shared queue named in ``[defaults]``; ``None``: ``PULSE_DEFAULT_QUEUE``.
+    default_queue: str | None = None
+    #: Per-jobType routing and limits (``[job_types."x"]``).
+    job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TenantsConfig:
@@ -75,11 +125,11 @@ class TenantsConfig:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "tenants") -> TenantsConfig:
         """Validate an already-parsed tenants document."""
-        unknown = set(raw) - {"defaults", "tenants"}
+        unknown = set(raw) - {"defaults", "tenants", "job_types"}
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
         defaults = _table(raw.get("defaults", {}), f"{source}: [defaults]")
-        unknown = set(defaults) - _SETTINGS
+        unknown = set(defaults) - _SETTINGS - {"queue"}
         if unknown:
             raise ConfigError(f"{source}: [defaults]: unknown setting(s) {sorted(unknown)}")
         default_rate = _rate_limit(
@@ -95,6 +145,12 @@ class TenantsConfig:
             f"{source}: [defaults] max_payload_bytes",
             _MAX_PAYLOAD_CEILING,
         )
+        default_queue = (
+            _queue(defaults["queue"], f"{source}: [defaults] queue")
+            if "queue" in defaults
+            else None
+        )
+        job_types = _job_type_rules(raw.get("job_types", {}), f"{source}: [job_types")
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
         tenants: dict[str, Tenant] = {}
         owner_of: dict[str, str] = {}
@@ -103,7 +159,7 @@ class TenantsConfig:
             if not _TENANT_ID_RE.match(tenant_id):
                 raise ConfigError(f"{where}: a tenant id is 1-63 of a-z, 0-9, '_' or '-'")
             table = _table(body, where)
-            unknown = set(table) - _SETTINGS - {"api_key_sha256"}
+            unknown = set(table) - _SETTINGS - {"api_key_sha256", "queue", "job_types"}
             if unknown:
                 raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
             hashes = table.get("api_key_sha256")
@@ -134,12 +190,18 @@ class TenantsConfig:
                     f"{where} max_payload_bytes",
                     _MAX_PAYLOAD_CEILING,
                 ),
+                queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
+                job_types=_job_type_rules(
+                    table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"
+                ),
             )
         return cls(
             tenants=tenants,
             default_rate_limit=default_rate,
             default_max_pending=default_pending,
             default_max_payload_bytes=default_payload,
+            default_queue=default_queue,
+            job_types=job_types,
         )
 
     def authenticate(self, api_key: str) -> Tenant | None:
@@ -153,6 +215,107 @@ class TenantsConfig:
                 if hmac.compare_digest(candidate, digest):
                     found = tenant
         return found
+
+
+class TenantsSource:
+    """A process's current tenants config, re-read when its file changes.
+
+    ``config`` looks at the file's modification time at most every ``check_every``
+    seconds and re-reads it when it changed; ``reload()`` re-reads it now (SIGHUP).
+    A file that no longer validates keeps the config in force and logs why, so a
+    bad edit never takes a running process down.
+    """
+
+    def __init__(
+        self,
+        config: TenantsConfig,
+        path: Path | None = None,
+        *,
+        check_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._path = path
+        self._check_every = check_every
+        self._clock = clock
+        self._stamp = _stamp(path) if path else None
+        self._checked_at = clock()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path, **kwargs: Any) -> TenantsSource:
+        """Read ``path`` now (``ConfigError`` if it is bad) and watch it from then on."""
+        return cls(TenantsConfig.load(path), path, **kwargs)
+
+    @property
+    def config(self) -> TenantsConfig:
+        """The config in force, re-read first if the file changed since the last look."""
+        if self._path is not None and self._clock() - self._checked_at >= self._check_every:
+            self._checked_at = self._clock()
+            if _stamp(self._path) != self._stamp:
+                self.reload()
+        return self._config
+
+    def reload(self) -> bool:
+        """Re-read the file; ``True`` if a new config is in force, ``False`` if kept."""
+        if self._path is None:
+            return False
+        with self._lock:
+            stamp = _stamp(self._path)
+            try:
+                config = TenantsConfig.load(self._path)
+            except ConfigError as exc:
+                if stamp != self._stamp:
+                    log.error("tenants file not reloaded, the previous config stays: %s", exc)
+                self._stamp = stamp  # log a bad file once, not on every look
+                return False
+            self._stamp, self._config = stamp, config
+        log.info("tenants file %s reloaded: %d tenant(s)", self._path, len(config.tenants))
+        return True
+
+    def authenticate(self, api_key: str) -> Tenant | None:
+        return self.config.authenticate(api_key)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
+
+
+def _job_type_rules(value: Any, where: str) -> dict[str, JobTypeRule]:
+    """``where`` is the table's name without its closing bracket (``[job_types``)."""
+    rules: dict[str, JobTypeRule] = {}
+    for job_type, body in _table(value, where + "]").items():
+        at = f'{where}."{job_type}"]'
+        table = _table(body, at)
+        unknown = set(table) - _JOB_TYPE_SETTINGS
+        if unknown:
+            raise ConfigError(f"{at}: unknown setting(s) {sorted(unknown)}")
+        rules[job_type] = JobTypeRule(
+            queue=_queue(table["queue"], f"{at} queue") if "queue" in table else None,
+            rate_limit=(
+                _rate_limit(table["rate_limit"], f"{at} rate_limit")
+                if "rate_limit" in table
+                else None
+            ),
+            max_concurrency=(
+                _bounded_int(
+                    table["max_concurrency"], f"{at} max_concurrency", _MAX_CONCURRENCY_CEILING
+                )
+                if "max_concurrency" in table
+                else None
+            ),
+        )
+    return rules
+
+
+def _queue(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
+        raise ConfigError(f"{where}={value!r}: a queue name is 1-100 of letters, digits, '_.-'")
+    return value
 
 
 def hash_api_key(api_key: str) -> str:

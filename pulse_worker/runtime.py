@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from pulse_core.execution_limits import ExecutionGate
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
+from pulse_core.tenants import TenantsConfig, TenantsSource
 
 
 @dataclass(frozen=True)
@@ -20,8 +22,24 @@ class WorkerRuntime:
     redis: Redis
     store: JobStore
     registry: HandlerRegistry
+    gate: ExecutionGate
+    #: The tenants file (``PULSE_TENANTS_FILE``), re-read when it changes: execution
+    #: limit overrides and the shared queue's name. ``None`` when not set.
+    tenants: TenantsSource | None = None
 
     @classmethod
-    def build(cls, settings: Settings, registry: HandlerRegistry) -> WorkerRuntime:
+    def build(
+        cls, settings: Settings, registry: HandlerRegistry, tenants: TenantsSource | None = None
+    ) -> WorkerRuntime:
         redis = connect(settings.redis_url)
-        return cls(settings=settings, redis=redis, store=JobStore(redis), registry=registry)
+        return cls(
+            settings=settings,
+            redis=redis,
+            store=JobStore(redis),
+            registry=registry,
+            gate=ExecutionGate(redis, grace_seconds=settings.lease_seconds),
+            tenants=tenants,
+        )
+
+    def tenants_config(self) -> TenantsConfig | None:
+        return self.tenants.config if self.tenants is not None else None

@@ -1,4 +1,8 @@
-"""The one generic task, as a short pipeline: claim -> route -> execute -> record.
+"""The one generic task, as a short pipeline: gate -> claim -> route -> execute -> record.
+
+``gate`` holds the jobType's execution limits (``pulse_core.execution_limits``)
+before anything else: over a limit, the same attempt's message goes back with a
+short countdown and nothing is claimed, so a deferral never counts as an attempt.
 
 ``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
 handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying`` and a
@@ -15,9 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
+from redis.exceptions import RedisError
 
 from pulse_core import logs, metrics, telemetry
-from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK
+from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
 from pulse_core.errors import (
     JobCancelled,
@@ -27,6 +32,7 @@ from pulse_core.errors import (
     UnknownJobTypeAtWorker,
     WorkerLost,
 )
+from pulse_core.execution_limits import ExecutionLimits, Verdict, needs_tenant
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
 from pulse_core.metrics import Outcome
@@ -44,14 +50,42 @@ def run_job(
     runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None
 ) -> None:
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
-    job = claim(runtime, task, job_id, attempt, cycle)
-    if job is None:
-        return
-    with observe.attempt(job):
-        spec = route(runtime, task, job)
-        if spec is None:
+    verdict = gate(runtime, task, job_id)
+    try:
+        job = claim(runtime, task, job_id, attempt, cycle)
+        if job is None:
             return
-        record(runtime, task, job, spec, *execute(runtime, job, spec))
+        with observe.attempt(job):
+            spec = route(runtime, task, job)
+            if spec is None:
+                return
+            record(runtime, task, job, spec, *execute(runtime, job, spec))
+    finally:
+        runtime.gate.leave(verdict)
+
+
+def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
+    """Step 0: take the jobType's run slot and rate-window hit, or defer the message."""
+    config = runtime.tenants_config()
+    job_type: str = getattr(task.request, "shadow", None) or ""
+    tenant_id: str | None = None
+    if not job_type or needs_tenant(config, job_type):
+        found = runtime.store.type_and_tenant(job_id)
+        if found is None:
+            return Verdict()  # no record: the claim drops the message
+        job_type, tenant_id = found
+    spec = runtime.registry.get(job_type)
+    declared = spec.limits if spec is not None else ExecutionLimits()
+    try:
+        verdict = runtime.gate.enter(job_id, job_type, tenant_id, declared, config)
+    except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
+        log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
+        verdict = Verdict(defer_seconds=1.0, reason="error")
+    if verdict.defer_seconds is not None:
+        log.debug("job %s (%s) deferred %.2f s: %s limit",
+                  job_id, job_type, verdict.defer_seconds, verdict.reason)  # fmt: skip
+        raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
+    return verdict
 
 
 def claim(
@@ -180,11 +214,13 @@ def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException
     error = describe_error(exc)
     if not runtime.store.mark_dead_letter(job, error):
         return
+    queue, priority = destination(task.app, job)
     task.app.send_task(
         DEAD_LETTER_TASK,
         args=(job.job_id,),
         kwargs={"attempt": job.attempts, "cycle": job.cycle, "error": error},
-        queue=job.queue,
+        queue=queue,
+        priority=priority,
         shadow=f"dead-letter:{job.job_type}",
         kwargsrepr=repr({"attempt": job.attempts, "cycle": job.cycle}),
     )

@@ -61,15 +61,29 @@ def witness_starts(redis: Redis, job_id: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in redis.lrange(witness_key(job_id), 0, -1)]
 
 
+def waiting_messages(redis: Redis, queue: str) -> int:
+    """Messages waiting on ``queue``: its own lists and every tenant lane's, all priorities."""
+    lists = [queue, *redis.scan_iter(match=f"{queue}/*", count=1000)]
+    return sum(int(redis.llen(name)) for name in lists)
+
+
 def auth(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
 
 
-def write_tenants_file(path: Path, extra: str = "") -> Path:
+def write_tenants_file(
+    path: Path,
+    extra: str = "",
+    *,
+    tenant_settings: Mapping[str, str] | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> Path:
+    """The tests' tenants file; ``tenant_settings`` adds lines to tenants' tables, ``keys``
+    adds tenants, ``extra`` is appended (e.g. ``[job_types."x"]`` tables)."""
     lines = ["[defaults]", 'rate_limit = "1000/second"', ""]
-    for tenant, key in TENANT_KEYS.items():
+    for tenant, key in {**TENANT_KEYS, **(keys or {})}.items():
         lines += [f"[tenants.{tenant}]", f'api_key_sha256 = ["{hash_api_key(key)}"]']
-        lines += [TENANT_SETTINGS.get(tenant, ""), ""]
+        lines += [TENANT_SETTINGS.get(tenant, ""), (tenant_settings or {}).get(tenant, ""), ""]
     path.write_text("\n".join(lines) + extra)
     return path
 

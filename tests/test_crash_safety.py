@@ -25,6 +25,7 @@ from tests.support import (
     settings_env,
     wait_for,
     wait_for_state,
+    waiting_messages,
     witness_starts,
 )
 
@@ -153,7 +154,7 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_the_rest_queued(
         assert state_of(client, running) == "succeeded"
         # and the queued jobs stayed queued, their messages back on the queue
         assert [state_of(client, j) for j in queued] == ["queued"] * 3
-        assert redis.llen(settings.default_queue) == 3
+        assert waiting_messages(redis, settings.default_queue) == 3
         # when the next worker starts, then it runs them
         second = worker_on(settings, tmp_path, "second", concurrency=1).start()
         for job_id in queued:

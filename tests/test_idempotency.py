@@ -15,7 +15,13 @@ from pulse_api import create_app
 from pulse_core import keys
 from pulse_core.announce import announce
 from pulse_core.settings import Settings
-from tests.support import auth, post_from_new_process, settings_env, wait_for_state
+from tests.support import (
+    auth,
+    post_from_new_process,
+    settings_env,
+    wait_for_state,
+    waiting_messages,
+)
 
 
 def body(key: str, **extra) -> dict:
@@ -147,7 +153,7 @@ def test_concurrent_identical_submissions_from_many_processes_make_one_job(
     assert statuses.count(200) == 49
     assert len({doc["jobId"] for _, _, doc in answers}) == 1
     # and exactly one message was queued
-    assert redis.llen(queue) == 1
+    assert waiting_messages(redis, queue) == 1
     redis.delete(queue)
 
 

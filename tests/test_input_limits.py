@@ -12,7 +12,7 @@ from redis import Redis
 from pulse_api.schemas import MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_METADATA_BYTES
 from pulse_core import keys
 from pulse_core.announce import announce
-from tests.support import auth
+from tests.support import auth, waiting_messages
 
 
 def nested(depth: int) -> dict:
@@ -77,7 +77,11 @@ def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
 ) -> None:
     # given the queue and every tenant's job index as they are
     announce(redis, ["diag.echo"], 600)
-    before = (redis.llen("pulse"), redis.keys("pulse:job:*").__len__(), redis.hgetall(keys.PENDING))
+    before = (
+        waiting_messages(redis, "pulse"),
+        redis.keys("pulse:job:*").__len__(),
+        redis.hgetall(keys.PENDING),
+    )
     # when the bad request is sent
     response = send(client)
     # then it is the expected problem document, naming the field where there is one
@@ -88,7 +92,11 @@ def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
     if field:
         assert field in problem["errors"], problem
     # and nothing was recorded or enqueued
-    after = (redis.llen("pulse"), redis.keys("pulse:job:*").__len__(), redis.hgetall(keys.PENDING))
+    after = (
+        waiting_messages(redis, "pulse"),
+        redis.keys("pulse:job:*").__len__(),
+        redis.hgetall(keys.PENDING),
+    )
     assert after == before
 
 

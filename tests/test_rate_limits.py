@@ -23,6 +23,7 @@ from tests.support import (
     post_from_new_process,
     settings_env,
     wait_for_state,
+    waiting_messages,
 )
 
 BODY = {"jobType": "diag.echo", "payload": {"n": 1}}
@@ -61,7 +62,7 @@ def test_limit_holds_exactly_across_eight_api_processes(settings: Settings, redi
             assert headers["RateLimit-Remaining"] == "0"
     # and exactly the admitted jobs were recorded and queued
     assert redis.zcard(keys.tenant_jobs("racer")) == 100
-    assert redis.llen(queue) == 100
+    assert waiting_messages(redis, queue) == 100
     redis.delete(queue)
 
 
@@ -116,7 +117,7 @@ def test_backlog_cap_refuses_until_jobs_finish(
     assert refused.mimetype == "application/problem+json"
     assert refused.get_json()["type"].endswith("/backlog-full")
     assert refused.headers["Retry-After"]
-    assert redis.llen(queue) == 3
+    assert waiting_messages(redis, queue) == 3
     # when a worker drains the queue, then the tenant may submit again
     log = tmp_path_factory.mktemp("backlog") / "worker.log"
     worker = WorkerProcess(settings_env(isolated_settings), log, queues=[queue]).start()

@@ -25,6 +25,7 @@ from pulse_core import telemetry
 from pulse_core.announce import announce
 from pulse_core.celery_setup import create_celery
 from pulse_core.handlers import load_handler_modules, registry
+from pulse_core.routing import lane
 from pulse_core.settings import Settings
 from pulse_worker.runtime import WorkerRuntime
 from pulse_worker.task import install
@@ -47,8 +48,9 @@ def traced(settings: Settings, redis: Redis) -> Iterator[tuple[FlaskClient, InMe
     install(worker_app, WorkerRuntime.build(local, registry))
     client = create_app(local).test_client()
     try:
-        with start_worker(worker_app, pool="solo", perform_ping_check=False, queues=[QUEUE],
-                          shutdown_timeout=30):  # fmt: skip
+        # the in-process worker has no lane watcher: it consumes acme's lane by name
+        with start_worker(worker_app, pool="solo", perform_ping_check=False,
+                          queues=[QUEUE, lane(QUEUE, "acme")], shutdown_timeout=30):  # fmt: skip
             yield client, exporter
     finally:
         telemetry.shutdown_tracing()

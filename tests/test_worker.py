@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core.celery_setup import create_celery, publish_job
+from pulse_core.celery_setup import create_celery, encode_message, publish_job
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for_state
@@ -57,11 +57,13 @@ def test_message_carries_job_type_as_display_name_and_no_payload(
     job = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue=queue,
               payload={"secret": "s3cr3t-value"}, trace_id=new_trace_id(),
               created_at=utc_now())  # fmt: skip
-    redis.delete(queue)
+    app = create_celery(settings)
+    _, broker_list = encode_message(app, job)  # the tenant's lane, at the job's priority
+    redis.delete(broker_list)
     # when it is published
-    publish_job(create_celery(settings), job)
+    publish_job(app, job)
     # then the raw message shows the jobType as its name, JSON, and only the job id
-    raw = redis.lrange(queue, 0, -1)
+    raw = redis.lrange(broker_list, 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["content-type"] == "application/json"
@@ -69,7 +71,7 @@ def test_message_carries_job_type_as_display_name_and_no_payload(
     assert message["headers"]["shadow"] == "diag.echo"
     assert "s3cr3t-value" not in raw[0]
     assert "s3cr3t-value" not in message["headers"]["argsrepr"]
-    redis.delete(queue)
+    redis.delete(broker_list)
 
 
 def test_a_worker_with_a_handler_module_makes_its_job_type_acceptable(

@@ -1,0 +1,122 @@
+"""Fairness: tenant B's submit->start latency while tenant A's 5,000-job flood drains.
+
+One Pulse worker (2 processes) on a shared queue. B submits a job every 20 ms,
+first with nothing else queued (idle), then right after A has queued 5,000 jobs
+(flood). Latency is the job record's ``startedAt - createdAt``. Tenant lanes
+(``pulse_core.routing``) are what keeps B's figures near its idle ones: without
+them B's jobs would wait behind all of A's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime
+
+from flask.testing import FlaskClient
+
+from bench.common import BenchEnv, Result, celery_worker, spawn, stop
+from bench.drain import _wait_worker
+from pulse_api import create_app
+from pulse_core.celery_setup import create_celery
+from pulse_core.settings import Settings
+from pulse_core.tenants import hash_api_key
+
+QUEUE = "bench-fair"
+FLOOD = 5000
+BATCH = 500
+B_JOBS = 200
+B_INTERVAL = 0.02
+KEYS = {"flood": "bench-flood-key", "steady": "bench-steady-key"}
+
+
+def _headers(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+def _submit_b(client: FlaskClient) -> list[str]:
+    ids = []
+    for _ in range(B_JOBS):
+        answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
+                             headers=_headers("steady"))  # fmt: skip
+        ids.append(answer.get_json()["jobId"])
+        time.sleep(B_INTERVAL)
+    return ids
+
+
+def _flood(client: FlaskClient) -> list[str]:
+    ids: list[str] = []
+    for _ in range(FLOOD // BATCH):
+        jobs = [{"jobType": "diag.echo", "payload": {}}] * BATCH
+        answer = client.post("/v1/batches", json={"jobs": jobs}, headers=_headers("flood"))
+        ids += [item["job"]["jobId"] for item in answer.get_json()["items"]]
+    return ids
+
+
+def _wait_done(client: FlaskClient, tenant: str, ids: list[str], timeout: float = 300) -> list:
+    deadline = time.monotonic() + timeout
+    docs = []
+    for job_id in ids:
+        while True:
+            doc = client.get(f"/v1/jobs/{job_id}", headers=_headers(tenant)).get_json()
+            if doc["state"] == "succeeded":
+                docs.append(doc)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} did not finish: {doc['state']}")
+            time.sleep(0.02)
+    return docs
+
+
+def _ms(doc: dict) -> float:
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    return (at(doc["startedAt"]) - at(doc["createdAt"])) * 1000
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+def run(env: BenchEnv) -> list[Result]:
+    tenants = env.work_dir / "fair-tenants.toml"
+    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n']
+    lines += [f'[tenants.{t}]\napi_key_sha256 = ["{hash_api_key(k)}"]\n' for t, k in KEYS.items()]
+    tenants.write_text("\n".join(lines))
+    settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url,
+                        tenants_file=tenants, default_queue=QUEUE)  # fmt: skip
+    client = create_app(settings).test_client()
+    results = {
+        name: Result("fairness", name, unit="ms")
+        for name in ("B p50 idle", "B p99 idle", "B p50 under A's flood", "B p99 under A's flood")
+    }
+    worker_env = env.env(PULSE_TENANTS_FILE=str(tenants), PULSE_DEFAULT_QUEUE=QUEUE)
+    worker = spawn(celery_worker("pulse_worker.app", QUEUE, 2, "-n", "fair@bench"), worker_env,
+                   env.work_dir / "fair-worker.log")  # fmt: skip
+    try:
+        _wait_worker(create_celery(settings), "fair@bench")
+        # Warm up: both tenants' lanes exist and the worker consumes them.
+        for tenant in KEYS:
+            answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
+                                 headers=_headers(tenant))  # fmt: skip
+            _wait_done(client, tenant, [answer.get_json()["jobId"]], timeout=60)
+        for _ in range(env.rounds):
+            idle = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
+            flood_ids = _flood(client)
+            under = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
+            left = sum(
+                client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"]
+                == "queued"
+                for j in flood_ids[-1000:]
+            )
+            print(f"   B done with {left} of A's last 1000 jobs still queued", flush=True)
+            _wait_done(client, "flood", flood_ids)
+            for label, values in (("idle", idle), ("under A's flood", under)):
+                p50, p99 = _percentiles(values)
+                results[f"B p50 {label}"].values.append(p50)
+                results[f"B p99 {label}"].values.append(p99)
+    finally:
+        stop(worker)
+    return list(results.values())

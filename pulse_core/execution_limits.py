@@ -1,0 +1,200 @@
+"""Execution limits per jobType (and per tenant x jobType), held across every worker.
+
+    @handler("crm.sync", rate_limit="10/second", max_concurrency=5)
+
+The tenants file can override a jobType's limits (``[job_types."crm.sync"]``) and
+give one tenant a limit of its own on top (``[tenants.acme.job_types."crm.sync"]``).
+Celery's ``rate_limit`` is per worker; these are counted in Redis, so they hold
+however many workers and hosts run the jobType.
+
+A job over a limit is **deferred**, not failed: its message goes back with a short
+countdown (the same attempt, so the deferral never counts as an attempt), which
+happens before the claim. A crash between the two only leaves a duplicate copy of
+the same attempt, which the claim refuses.
+
+- ``max_concurrency``: a semaphore, the sorted set ``keys.concurrency``. Each
+  holder is ``<jobId>|<token>``; it counts while its grace (until the claim takes
+  the job's lease) runs or while its job is ``running`` under a live lease, so a
+  worker that dies leaks its slot only until its lease lapses (``PULSE_LEASE_SECONDS``).
+- ``rate_limit``: the ``limits`` library's **moving window** (exact: at most N
+  starts in any window of the limit's length), one window per jobType and per
+  tenant x jobType, under ``keys.EXECUTION_RATE_PREFIX``. Several windows are hit
+  one after another; a later refusal leaves the earlier hits counted, which can
+  only make a limit stricter, never looser.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+from redis import Redis
+
+from pulse_core import keys, metrics
+from pulse_core.tenants import JobTypeRule, TenantsConfig
+
+#: Deferral when every run slot is taken: uniform in [base, 2 * base) seconds.
+CONCURRENCY_DEFERRAL_SECONDS = 0.5
+#: Smallest deferral when a rate window is full (its reset time is usually later).
+MIN_RATE_DEFERRAL_SECONDS = 0.05
+
+# KEYS: the slot sets. ARGV: 1 holder, 2 now, 3 grace until, 4 job key prefix, 5.. max per set.
+_ACQUIRE = """
+local now = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local live = 0
+  local held = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
+  for j = 1, #held, 2 do
+    local member, grace = held[j], tonumber(held[j + 1])
+    local alive = grace > now
+    if not alive then
+      local job_id = string.match(member, '^(.*)|')
+      local f = redis.call('HMGET', ARGV[4] .. job_id, 'state', 'leaseUntil')
+      alive = f[1] == 'running' and tonumber(f[2] or '0') > now
+    end
+    if alive then live = live + 1 else redis.call('ZREM', KEYS[i], member) end
+  end
+  if live >= tonumber(ARGV[4 + i]) then return i end
+end
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """A rate limit (``limits`` notation) and/or a most-at-once; ``None``: no limit."""
+
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)  # ValueError on a bad one
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+
+    @property
+    def empty(self) -> bool:
+        return self.rate_limit is None and self.max_concurrency is None
+
+    def overridden_by(self, rule: JobTypeRule | None) -> ExecutionLimits:
+        """These limits with each one the tenants file sets replaced."""
+        if rule is None:
+            return self
+        return ExecutionLimits(
+            rate_limit=rule.rate_limit or self.rate_limit,
+            max_concurrency=rule.max_concurrency or self.max_concurrency,
+        )
+
+
+def parse_rate(text: str) -> tuple[RateLimitItem, ...]:
+    items = tuple(parse_many(text))
+    if not items:
+        raise ValueError(f"no rate limit in {text!r}")
+    return items
+
+
+def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) -> ExecutionLimits:
+    tenant = config.tenants.get(tenant_id) if config else None
+    rule = tenant.job_types.get(job_type) if tenant else None
+    if rule is None:
+        return ExecutionLimits()
+    return ExecutionLimits(rate_limit=rule.rate_limit, max_concurrency=rule.max_concurrency)
+
+
+def needs_tenant(config: TenantsConfig | None, job_type: str) -> bool:
+    """Whether some tenant has limits of its own for ``job_type``."""
+    if config is None:
+        return False
+    return any(
+        rule.rate_limit or rule.max_concurrency
+        for tenant in config.tenants.values()
+        if (rule := tenant.job_types.get(job_type)) is not None
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Run now (holding ``holder``'s slots), or defer by ``defer_seconds``."""
+
+    holder: str | None = None
+    slot_keys: tuple[str, ...] = ()
+    defer_seconds: float | None = None
+    #: "concurrency" or "rate" when deferred.
+    reason: str | None = None
+
+
+def on_deferred(job_type: str, tenant_id: str | None, reason: str) -> None:
+    """An execution limit deferred a job: count it (tenant "unknown" when not looked up)."""
+    metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
+
+
+class ExecutionGate:
+    """Checks and takes a job's execution limits before its attempt is claimed."""
+
+    def __init__(self, redis: Redis, *, grace_seconds: float) -> None:
+        self._redis = redis
+        self._grace = grace_seconds
+        self._acquire = redis.register_script(_ACQUIRE)
+        storage = RedisStorage(
+            "redis://", connection_pool=redis.connection_pool, key_prefix=keys.EXECUTION_RATE_PREFIX
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    def enter(
+        self,
+        job_id: str,
+        job_type: str,
+        tenant_id: str | None,
+        declared: ExecutionLimits,
+        config: TenantsConfig | None,
+    ) -> Verdict:
+        """Take a slot and a rate-window hit in every scope, or say how long to defer."""
+        scopes: list[tuple[str | None, ExecutionLimits]] = [
+            (None, declared.overridden_by(config.job_types.get(job_type) if config else None))
+        ]
+        if tenant_id is not None:
+            scopes.append((tenant_id, _tenant_limits(config, job_type, tenant_id)))
+        scopes = [(scope, limits) for scope, limits in scopes if not limits.empty]
+        if not scopes:
+            return Verdict()
+        holder = f"{job_id}|{uuid.uuid4().hex}"
+        slots = [(keys.concurrency(job_type, s), lim.max_concurrency)
+                 for s, lim in scopes if lim.max_concurrency]  # fmt: skip
+        if slots:
+            now = time.time()
+            full = self._acquire(
+                keys=[key for key, _ in slots],
+                args=[holder, repr(now), repr(now + self._grace), keys.job(""),
+                      *(most for _, most in slots)],
+            )  # fmt: skip
+            if full:
+                on_deferred(job_type, tenant_id, "concurrency")
+                delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
+                return Verdict(defer_seconds=delay, reason="concurrency")
+        slot_keys = tuple(key for key, _ in slots)
+        for scope, limits in scopes:
+            for item in parse_rate(limits.rate_limit) if limits.rate_limit else ():
+                ids = ("jobtype", job_type) + (("tenant", scope) if scope else ())
+                if not self._limiter.hit(item, *ids):
+                    self.leave(Verdict(holder=holder, slot_keys=slot_keys))
+                    reset = self._limiter.get_window_stats(item, *ids).reset_time
+                    on_deferred(job_type, tenant_id, "rate")
+                    delay = max(MIN_RATE_DEFERRAL_SECONDS, reset - time.time())
+                    return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()),
+                                   reason="rate")  # fmt: skip
+        return Verdict(holder=holder, slot_keys=slot_keys)
+
+    def leave(self, verdict: Verdict) -> None:
+        """Give back the run slots ``verdict`` holds."""
+        if verdict.holder and verdict.slot_keys:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in verdict.slot_keys:
+                    pipe.zrem(key, verdict.holder)
+                pipe.execute()

@@ -1,0 +1,86 @@
+"""Where a job goes: its queue (by tenant and jobType), its tenant lane, its priority.
+
+**Queue.** Resolved once, when the job is accepted, and stored in the job (its
+document shows it). Precedence, first match wins:
+
+1. ``[tenants.<id>.job_types."<jobType>"] queue`` — tenant x jobType;
+2. ``[job_types."<jobType>"] queue`` — the jobType, for every tenant;
+3. ``[tenants.<id>] queue`` — the tenant's dedicated queue;
+4. ``[defaults] queue`` — the shared queue (default ``PULSE_DEFAULT_QUEUE``, "pulse").
+
+**Lane.** On the broker every queue is split per tenant: a job of tenant ``acme``
+on queue ``pulse`` waits in the list ``pulse/acme``. A worker consuming ``pulse``
+consumes every lane of ``pulse``, and kombu's Redis transport serves the lanes it
+consumes round robin (it rotates the lane it just took from to the end of its
+BRPOP list), so one tenant's flood waits in its own lane while another tenant's
+next job is taken within a turn. '/' is not allowed in queue names or tenant ids,
+so a lane never collides with a queue. Lanes are registered in Redis
+(``keys.lanes``) in the same step that creates a job record; workers pick up new
+lanes of their queues within ``LANE_POLL_SECONDS``.
+
+**Priority.** ``options.priority`` 0-9, higher runs sooner, default 5 (see
+``pulse_core.celery_setup.broker_priority`` for how each broker honours it).
+"""
+
+from __future__ import annotations
+
+from pulse_core.tenants import TenantsConfig
+
+#: Separates a queue from the tenant in a lane's name ("pulse/acme").
+LANE_SEP = "/"
+#: How often a worker looks for new lanes of the queues it consumes.
+LANE_POLL_SECONDS = 1.0
+
+
+def shared_queue(config: TenantsConfig, fallback: str) -> str:
+    """The shared queue: ``[defaults] queue``, else ``fallback`` (``PULSE_DEFAULT_QUEUE``)."""
+    return config.default_queue or fallback
+
+
+def resolve_queue(config: TenantsConfig, tenant_id: str, job_type: str, fallback: str) -> str:
+    """The queue of ``tenant_id``'s ``job_type`` jobs (precedence in the module docstring)."""
+    tenant = config.tenants.get(tenant_id)
+    if tenant is not None:
+        rule = tenant.job_types.get(job_type)
+        if rule is not None and rule.queue:
+            return rule.queue
+    rule = config.job_types.get(job_type)
+    if rule is not None and rule.queue:
+        return rule.queue
+    if tenant is not None and tenant.queue:
+        return tenant.queue
+    return shared_queue(config, fallback)
+
+
+def tenant_queues(config: TenantsConfig, tenant_id: str, fallback: str) -> list[str]:
+    """The queues the tenant's own settings name: its queue (or the shared one), then its
+    tenant x jobType queues. Queues routed by jobType for everyone are not included."""
+    tenant = config.tenants[tenant_id]
+    found = [tenant.queue or shared_queue(config, fallback)]
+    found += [rule.queue for rule in tenant.job_types.values() if rule.queue]
+    return list(dict.fromkeys(found))
+
+
+def configured_queues(config: TenantsConfig, fallback: str) -> list[str]:
+    """Every queue the routing config names: the shared one, tenants', jobTypes' and
+    tenant x jobType queues."""
+    found = [shared_queue(config, fallback)]
+    found += [rule.queue for rule in config.job_types.values() if rule.queue]
+    for tenant in config.tenants.values():
+        found += [tenant.queue] if tenant.queue else []
+        found += [rule.queue for rule in tenant.job_types.values() if rule.queue]
+    return list(dict.fromkeys(found))
+
+
+def lane(queue: str, tenant_id: str) -> str:
+    """The broker queue (Redis list family) holding ``tenant_id``'s jobs on ``queue``."""
+    return f"{queue}{LANE_SEP}{tenant_id}"
+
+
+def is_lane(name: str) -> bool:
+    return LANE_SEP in name
+
+
+def lane_queue(name: str) -> str:
+    """The queue a lane belongs to (a queue's own name for a queue)."""
+    return name.split(LANE_SEP, 1)[0]

@@ -1,0 +1,205 @@
+"""Routing by tenant and jobType, workers by queue, priorities and fairness between tenants."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_core.announce import announce
+from pulse_core.celery_setup import broker_priority, create_celery, redis_list
+from pulse_core.cli import tenant_lanes
+from pulse_core.routing import lane, resolve_queue
+from pulse_core.settings import Settings
+from pulse_core.tenants import TenantsConfig
+from tests.conftest import DIAG_TYPES
+from tests.support import (
+    WorkerProcess,
+    auth,
+    settings_env,
+    wait_for_state,
+    waiting_messages,
+    write_tenants_file,
+)
+
+
+def routed(settings: Settings, tmp_path: Path, prefix: str) -> Settings:
+    """Settings whose tenants file routes by tenant, by jobType and by tenant x jobType."""
+    path = write_tenants_file(
+        tmp_path / "tenants.toml",
+        tenant_settings={"acme": f'queue = "{prefix}-acme"'},
+        extra=f"""
+[job_types."diag.sleep"]
+queue = "{prefix}-heavy"
+
+[tenants.acme.job_types."diag.sleep"]
+queue = "{prefix}-acme-sleep"
+
+[tenants.globex.job_types."diag.echo"]
+queue = "{prefix}-globex-echo"
+""",
+    )
+    return replace(settings, tenants_file=path, default_queue=f"{prefix}-shared")
+
+
+def submit(client: FlaskClient, tenant: str, job_type: str, **body: object) -> dict:
+    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": {}, **body},
+                           headers=auth(tenant))  # fmt: skip
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def started(doc: dict) -> datetime:
+    return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00"))
+
+
+def test_precedence_tenant_x_job_type_then_job_type_then_tenant_then_shared(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # given the routing tenants file
+    config = TenantsConfig.load(routed(settings, tmp_path, "p").require_tenants_file())
+    # then each (tenant, jobType) resolves by the documented precedence
+    assert resolve_queue(config, "acme", "diag.sleep", "fallback") == "p-acme-sleep"
+    assert resolve_queue(config, "globex", "diag.sleep", "fallback") == "p-heavy"
+    assert resolve_queue(config, "acme", "diag.echo", "fallback") == "p-acme"
+    assert resolve_queue(config, "globex", "diag.echo", "fallback") == "p-globex-echo"
+    assert resolve_queue(config, "globex", "diag.fail", "fallback") == "fallback"
+    # and a --tenants worker takes the tenant's lanes of its own queues
+    assert tenant_lanes(config, "acme,globex", "fallback") == [
+        "p-acme/acme", "p-acme-sleep/acme", "fallback/globex", "p-globex-echo/globex",
+    ]  # fmt: skip
+
+
+def test_bad_routing_entries_are_refused_naming_them(tmp_path: Path) -> None:
+    path = write_tenants_file(tmp_path / "t.toml", tenant_settings={"acme": 'queue = "a/b"'})
+    with pytest.raises(Exception, match=r"\[tenants.acme\] queue='a/b'"):
+        TenantsConfig.load(path)
+    path = write_tenants_file(tmp_path / "t.toml", extra='[job_types."x"]\nqueu = "q"\n')
+    with pytest.raises(Exception, match=r'\[job_types."x"\]: unknown setting'):
+        TenantsConfig.load(path)
+    path = write_tenants_file(tmp_path / "t.toml", extra='[job_types."x"]\nmax_concurrency = 0\n')
+    with pytest.raises(Exception, match="max_concurrency=0 must be between"):
+        TenantsConfig.load(path)
+
+
+def test_jobs_land_on_their_routed_queue_and_a_worker_runs_only_its_queue(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given an API with the routing tenants file, and live jobTypes
+    routed_settings = routed(settings, tmp_path, "t-route")
+    client = create_app(routed_settings).test_client()
+    announce(redis, DIAG_TYPES, 600)
+    app = create_celery(routed_settings)
+    expected = {
+        ("acme", "diag.sleep"): "t-route-acme-sleep",
+        ("globex", "diag.sleep"): "t-route-heavy",
+        ("acme", "diag.echo"): "t-route-acme",
+        ("globex", "diag.echo"): "t-route-globex-echo",
+        ("globex", "diag.fail"): "t-route-shared",
+    }
+    # when each tenant submits each jobType
+    docs = {}
+    for (tenant, job_type), queue in expected.items():
+        payload = {"seconds": 0} if job_type == "diag.sleep" else {}
+        docs[tenant, job_type] = submit(client, tenant, job_type, payload=payload)
+        # then the job document shows the queue, and its message waits in the tenant's
+        # lane of that queue, in the list for the default priority (kombu's step 3)
+        assert docs[tenant, job_type]["queue"] == queue
+        name = redis_list(lane(queue, tenant), broker_priority(app, 5))
+        assert name == f"{queue}/{tenant}\x06\x163"
+        assert redis.llen(name) == 1
+        assert waiting_messages(redis, queue) == 1
+    # when a worker consumes only acme's queue
+    worker = WorkerProcess(settings_env(routed_settings), tmp_path / "w.log",
+                           queues=["t-route-acme"], concurrency=1).start()  # fmt: skip
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        more = [submit(client, "acme", "diag.echo")["jobId"] for _ in range(3)]
+        # then acme's jobs on that queue run
+        for job_id in [docs["acme", "diag.echo"]["jobId"], *more]:
+            wait_for_state(client, "acme", job_id, {"succeeded"})
+        time.sleep(1.5)  # time enough to have taken anything else
+    finally:
+        worker.stop()
+    # and no job of another queue ran: each is still queued, its message still waiting
+    for (tenant, job_type), queue in expected.items():
+        if queue == "t-route-acme":
+            continue
+        doc = client.get(f"/v1/jobs/{docs[tenant, job_type]['jobId']}", headers=auth(tenant))
+        assert doc.get_json()["state"] == "queued"
+        assert waiting_messages(redis, queue) == 1
+        for key in redis.scan_iter(match=f"{queue}*"):
+            redis.delete(key)
+
+
+def test_higher_priority_runs_first_on_a_single_process_worker(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given jobs queued lowest priority first, one from each of Redis's four bands
+    client = create_app(isolated_settings).test_client()
+    announce(redis, DIAG_TYPES, 600)
+    ids = {p: submit(client, "acme", "diag.echo", options={"priority": p})["jobId"]
+           for p in (0, 2, 5, 9)}  # fmt: skip
+    assert submit(client, "acme", "diag.echo")["options"]["priority"] == 5  # the default
+    bad = client.post(
+        "/v1/jobs",
+        json={"jobType": "diag.echo", "payload": {}, "options": {"priority": 10}},
+        headers=auth("acme"),
+    )
+    assert bad.status_code == 422 and "priority" in bad.get_data(as_text=True)
+    # when a one-process worker starts on the queue
+    worker = WorkerProcess(
+        settings_env(isolated_settings),
+        tmp_path / "w.log",
+        queues=[isolated_settings.default_queue],
+        concurrency=1,
+    ).start()
+    try:
+        docs = {p: wait_for_state(client, "acme", job_id, {"succeeded"})
+                for p, job_id in ids.items()}  # fmt: skip
+    finally:
+        worker.stop()
+    # then they started highest priority first
+    order = sorted(docs, key=lambda p: started(docs[p]))
+    assert order == [9, 5, 2, 0]
+    assert docs[9]["options"]["priority"] == 9
+
+
+def test_a_flood_from_one_tenant_does_not_hold_back_another_on_a_shared_queue(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker on a fresh shared queue (it knows no tenant lane yet)
+    client = create_app(isolated_settings).test_client()
+    worker = WorkerProcess(
+        settings_env(isolated_settings),
+        tmp_path / "w.log",
+        queues=[isolated_settings.default_queue],
+        concurrency=2,
+    ).start()
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        # when tenant A queues a backlog of 300 jobs first, then tenant B submits 3
+        flood = [{"jobType": "diag.sleep", "payload": {"seconds": 0.03}}] * 300
+        answer = client.post("/v1/batches", json={"jobs": flood}, headers=auth("acme"))
+        assert answer.get_json()["accepted"] == 300
+        a_ids = [item["job"]["jobId"] for item in answer.get_json()["items"]]
+        b_ids = [submit(client, "globex", "diag.echo")["jobId"] for _ in range(3)]
+        # then B's jobs are done while most of A's backlog still waits
+        b_docs = [wait_for_state(client, "globex", j, {"succeeded"}, timeout=60) for j in b_ids]
+        a_left = sum(
+            client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json()["state"] == "queued"
+            for j in a_ids
+        )
+        assert a_left > 100, f"only {a_left} of A's 300 jobs were still queued"
+        # and every one of A's jobs still runs
+        a_docs = [wait_for_state(client, "acme", j, {"succeeded"}, timeout=120) for j in a_ids]
+    finally:
+        worker.stop()
+    a_starts = sorted(started(d) for d in a_docs)
+    assert max(started(d) for d in b_docs) < a_starts[200]

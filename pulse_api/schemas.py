@@ -52,28 +52,55 @@ def check_json_bounds(value: Any) -> None:
             stack.extend((child, depth + 1) for child in node)
 
 
+class JsonInteger(fields.Integer):
+    """An integer as JSON has it: ``5``, not ``"5"``, ``5.0`` or ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class JsonNumber(fields.Float):
+    """A JSON number: ``1.5`` or ``2``, not ``"1.5"`` or ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class JsonBoolean(fields.Boolean):
+    """``true`` or ``false`` only (marshmallow's Boolean also takes 0, 1, "yes", ...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class JobOptionsSchema(Schema):
     """Per-job execution options; caps are the operator's (``PULSE_*_CAP*``)."""
 
     class Meta:
         unknown = RAISE
 
-    maxRetries = fields.Integer(
+    maxRetries = JsonInteger(
         validate=validate.Range(min=0),
         metadata={"description": "Retries after the first attempt (overrides the jobType's)"},
     )
-    timeoutSeconds = fields.Integer(
+    timeoutSeconds = JsonInteger(
         validate=validate.Range(min=1),
         metadata={"description": "Soft time limit per attempt; the hard limit is 10 s later"},
     )
-    delaySeconds = fields.Float(
+    delaySeconds = JsonNumber(
         validate=validate.Range(min=0),
         metadata={"description": "Start no earlier than this many seconds from now"},
     )
     runAt = fields.AwareDateTime(
         metadata={"description": "Start no earlier than this time (ISO 8601 with offset)"},
     )
-    priority = fields.Integer(
+    priority = JsonInteger(
         validate=validate.Range(min=0, max=MAX_PRIORITY),
         metadata={"description": f"0-{MAX_PRIORITY}, higher runs sooner (default "
                                  f"{DEFAULT_PRIORITY}); see docs/queues-and-fairness.md"},
@@ -240,7 +267,7 @@ class BulkReplaySchema(Schema):
     jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
     deadAfter = fields.AwareDateTime(metadata={"description": "Died at or after this time"})
     deadBefore = fields.AwareDateTime(metadata={"description": "Died at or before this time"})
-    dryRun = fields.Boolean(load_default=False)
+    dryRun = JsonBoolean(load_default=False)
 
 
 class BulkReplayResultSchema(Schema):

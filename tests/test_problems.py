@@ -94,3 +94,24 @@ def test_tenant_id_of_another_tenant_is_422(live_client: FlaskClient) -> None:
 def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:
     assert_problem(client.get("/v2/nothing"), 404, "not-found")
     assert_problem(client.delete("/healthz"), 405, "method-not-allowed")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"maxRetries": "2"}, "options.maxRetries"), ({"maxRetries": True}, "options.maxRetries"),
+     ({"maxRetries": 2.0}, "options.maxRetries"), ({"delaySeconds": "1"}, "options.delaySeconds"),
+     ({"priority": False}, "options.priority")],
+)  # fmt: skip
+def test_options_take_json_types_only(client: FlaskClient, options: dict, field: str) -> None:
+    # given an option whose value is the wrong JSON type, though Python could coerce it
+    body = {"jobType": "diag.echo", "payload": {}, "options": options}
+    # when it is submitted, then it is refused naming the option
+    problem = assert_problem(client.post("/v1/jobs", json=body, headers=auth("acme")), 422,
+                             "validation-error")  # fmt: skip
+    assert field in problem["errors"], problem
+
+
+def test_bulk_replay_dry_run_must_be_a_boolean(client: FlaskClient) -> None:
+    response = client.post("/v1/dead-letters/replay", json={"dryRun": 0}, headers=auth("acme"))
+    problem = assert_problem(response, 422, "validation-error")
+    assert "dryRun" in problem["errors"]

@@ -8,6 +8,7 @@ stays valid while letters are added or removed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -120,8 +121,11 @@ class DeadLetters:
 def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     if not cursor:
         return None
-    score, _, job_id = cursor.partition(":")
+    text, _, job_id = cursor.partition(":")
     try:
-        return float(score), job_id
+        score = float(text)
     except ValueError:
-        raise InvalidParameter("cursor", "cursor is not one this API returned") from None
+        score = math.nan
+    if not math.isfinite(score):  # "NaN" and "inf" parse as floats; Redis refuses them
+        raise InvalidParameter("cursor", "cursor is not one this API returned")
+    return score, job_id

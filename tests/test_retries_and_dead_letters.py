@@ -137,8 +137,9 @@ def test_dead_letters_page_newest_first_and_bulk_replay_counts_first(
 
 
 def test_a_bad_cursor_and_options_over_the_caps_are_422(live_client: FlaskClient) -> None:
-    bad = live_client.get("/v1/dead-letters?cursor=nope", headers=auth("acme"))
-    assert bad.status_code == 422 and "cursor" in bad.get_json()["errors"]
+    for cursor in ("nope", "NaN", "inf:x", "-Infinity"):
+        bad = live_client.get(f"/v1/dead-letters?cursor={cursor}", headers=auth("acme"))
+        assert bad.status_code == 422 and "cursor" in bad.get_json()["errors"], cursor
     for options, field in [
         ({"maxRetries": 10_000}, "options.maxRetries"),
         ({"timeoutSeconds": 10**6}, "options.timeoutSeconds"),

@@ -6,13 +6,17 @@ message that says what to fix.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from pulse_core.errors import ConfigError
+
+_N = TypeVar("_N", int, float)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "pulse"
@@ -194,25 +198,24 @@ def _name(name: str, value: str | None) -> str | None:
 
 
 def _positive_int(name: str, value: str | None, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a whole number") from None
-    if number <= 0:
-        raise ConfigError(f"{name}={value!r} must be greater than zero")
-    return number
+    return _positive(name, value, default, int, "a whole number")
 
 
 def _positive_float(name: str, value: str | None, default: float) -> float:
+    return _positive(name, value, default, float, "a number")
+
+
+def _positive(
+    name: str, value: str | None, default: _N, parse: Callable[[str], _N], noun: str
+) -> _N:
+    """``value`` parsed, finite and greater than zero; ``default`` when unset."""
     if value is None or value == "":
         return default
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} is not {noun}") from None
+    if not 0 < number < math.inf:
         raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
     return number
 

@@ -38,6 +38,13 @@ def _wait_worker(app: Celery, name: str) -> None:
     raise RuntimeError(f"worker {name} did not answer ping")
 
 
+def pulse_lane(app: Celery, queue: str) -> tuple[str, str]:
+    """The bench tenant's lane of ``queue`` (what a worker consumes) and the Redis list
+    its default-priority messages wait in (what the clock watches)."""
+    consume = lane(queue, "bench")
+    return consume, redis_list(consume, broker_priority(app, DEFAULT_PRIORITY))
+
+
 def _consume(app: Celery, queue: str, worker: str) -> None:
     app.control.add_consumer(queue, destination=[worker], reply=True, timeout=5)
 
@@ -88,10 +95,7 @@ def run(env: BenchEnv) -> list[Result]:
                     for _ in range(JOBS):
                         echo.apply_async(args=(PAYLOAD,), queue=queue)
                 if kind == "pulse":
-                    # The worker consumes the tenant's lane (``pulse_core.routing``) and
-                    # the clock watches its list for the default priority.
-                    consume = lane(queue, "bench")
-                    waiting = redis_list(consume, broker_priority(pulse_app, DEFAULT_PRIORITY))
+                    consume, waiting = pulse_lane(pulse_app, queue)
                 else:
                     consume = waiting = queue
                 start = functools.partial(_consume, pulse_app, consume, worker)

@@ -28,7 +28,7 @@ from bench.common import (
     time_drain,
     wait_http,
 )
-from bench.drain import _cancel, _consume, _wait_worker
+from bench.drain import _cancel, _consume, _wait_worker, pulse_lane
 from pulse_core.announce import announce
 from pulse_core.celery_setup import create_celery, publish_job
 from pulse_core.embedded_redis import free_port
@@ -143,12 +143,14 @@ def _drain(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
                 for _ in range(JOBS):
                     job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
                               queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),
-                              created_at=utc_now())  # fmt: skip
+                              created_at=utc_now(), max_retries=3,
+                              timeout_seconds=60)  # fmt: skip
                     store.create(job)
                     publish_job(app, job)
-                start = functools.partial(_consume, app, queue, worker)
-                results[mode].values.append(time_drain(env.redis, queue, start, JOBS))
-                _cancel(app, queue, worker)
+                consume, waiting = pulse_lane(app, queue)
+                start = functools.partial(_consume, app, consume, worker)
+                results[mode].values.append(time_drain(env.redis, waiting, start, JOBS))
+                _cancel(app, consume, worker)
     finally:
         for _name, process in workers.values():
             stop(process)

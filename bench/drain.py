@@ -38,6 +38,16 @@ def _wait_worker(app: Celery, name: str) -> None:
     raise RuntimeError(f"worker {name} did not answer ping")
 
 
+def fill_pulse_queue(store: JobStore, app: Celery, queue: str, n: int) -> None:
+    """Record and publish ``n`` diag.echo jobs of the bench tenant on ``queue``."""
+    for _ in range(n):
+        job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo", queue=queue,
+                  payload=PAYLOAD, trace_id=new_trace_id(), created_at=utc_now(),
+                  max_retries=3, timeout_seconds=60)  # fmt: skip
+        store.create(job)
+        publish_job(app, job)
+
+
 def pulse_lane(app: Celery, queue: str) -> tuple[str, str]:
     """The bench tenant's lane of ``queue`` (what a worker consumes) and the Redis list
     its default-priority messages wait in (what the clock watches)."""
@@ -84,13 +94,7 @@ def run(env: BenchEnv) -> list[Result]:
             for kind, (worker, _process) in workers.items():
                 queue = f"bench-{kind}-{round_no}"
                 if kind == "pulse":
-                    for _ in range(JOBS):
-                        job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
-                                  queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),
-                                  created_at=utc_now(), max_retries=3,
-                                  timeout_seconds=60)  # fmt: skip
-                        store.create(job)
-                        publish_job(pulse_app, job)
+                    fill_pulse_queue(store, pulse_app, queue, JOBS)
                 else:
                     for _ in range(JOBS):
                         echo.apply_async(args=(PAYLOAD,), queue=queue)

@@ -28,11 +28,10 @@ from bench.common import (
     time_drain,
     wait_http,
 )
-from bench.drain import _cancel, _consume, _wait_worker, pulse_lane
+from bench.drain import _cancel, _consume, _wait_worker, fill_pulse_queue, pulse_lane
 from pulse_core.announce import announce
-from pulse_core.celery_setup import create_celery, publish_job
+from pulse_core.celery_setup import create_celery
 from pulse_core.embedded_redis import free_port
-from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store import JobStore
 
@@ -140,13 +139,7 @@ def _drain(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
         for round_no in range(env.rounds):
             for n, (mode, (worker, _process)) in enumerate(workers.items()):
                 queue = f"bench-tel-{n}-{round_no}"
-                for _ in range(JOBS):
-                    job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo",
-                              queue=queue, payload=PAYLOAD, trace_id=new_trace_id(),
-                              created_at=utc_now(), max_retries=3,
-                              timeout_seconds=60)  # fmt: skip
-                    store.create(job)
-                    publish_job(app, job)
+                fill_pulse_queue(store, app, queue, JOBS)
                 consume, waiting = pulse_lane(app, queue)
                 start = functools.partial(_consume, app, consume, worker)
                 results[mode].values.append(time_drain(env.redis, waiting, start, JOBS))

@@ -135,16 +135,7 @@ class TenantsConfig:
         default_rate = _rate_limit(
             defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit"
         )
-        default_pending = _bounded_int(
-            defaults.get("max_pending", DEFAULT_MAX_PENDING),
-            f"{source}: [defaults] max_pending",
-            _MAX_PENDING_CEILING,
-        )
-        default_payload = _bounded_int(
-            defaults.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES),
-            f"{source}: [defaults] max_payload_bytes",
-            _MAX_PAYLOAD_CEILING,
-        )
+        bounded_defaults = _bounded_settings(defaults, _BOUNDED_DEFAULTS, f"{source}: [defaults]")
         default_queue = (
             _queue(defaults["queue"], f"{source}: [defaults] queue")
             if "queue" in defaults
@@ -180,16 +171,7 @@ class TenantsConfig:
                 tenant_id,
                 tuple(hashes),
                 rate,
-                max_pending=_bounded_int(
-                    table.get("max_pending", default_pending),
-                    f"{where} max_pending",
-                    _MAX_PENDING_CEILING,
-                ),
-                max_payload_bytes=_bounded_int(
-                    table.get("max_payload_bytes", default_payload),
-                    f"{where} max_payload_bytes",
-                    _MAX_PAYLOAD_CEILING,
-                ),
+                **_bounded_settings(table, bounded_defaults, where),
                 queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
                 job_types=_job_type_rules(
                     table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"
@@ -198,8 +180,8 @@ class TenantsConfig:
         return cls(
             tenants=tenants,
             default_rate_limit=default_rate,
-            default_max_pending=default_pending,
-            default_max_payload_bytes=default_payload,
+            default_max_pending=bounded_defaults["max_pending"],
+            default_max_payload_bytes=bounded_defaults["max_payload_bytes"],
             default_queue=default_queue,
             job_types=job_types,
         )
@@ -345,6 +327,24 @@ def _parse_rate_limit(value: str) -> tuple[RateLimitItem, ...]:
     if not items:
         raise ValueError("no limit given")
     return items
+
+
+#: Whole-number settings of ``[defaults]`` and of each tenant: the default, the ceiling.
+_BOUNDED = {
+    "max_pending": (DEFAULT_MAX_PENDING, _MAX_PENDING_CEILING),
+    "max_payload_bytes": (DEFAULT_MAX_PAYLOAD_BYTES, _MAX_PAYLOAD_CEILING),
+}
+_BOUNDED_DEFAULTS = {name: default for name, (default, _) in _BOUNDED.items()}
+
+
+def _bounded_settings(
+    table: Mapping[str, Any], fallback: Mapping[str, int], where: str
+) -> dict[str, int]:
+    """Each whole-number setting of ``table`` (else ``fallback``'s), checked against its ceiling."""
+    return {
+        name: _bounded_int(table.get(name, fallback[name]), f"{where} {name}", ceiling)
+        for name, (_, ceiling) in _BOUNDED.items()
+    }
 
 
 def _bounded_int(value: Any, where: str, ceiling: int) -> int:

@@ -25,8 +25,8 @@ bench: install
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check pulse_core pulse_api pulse_worker tests bench
-	$(BIN)/ruff format --check pulse_core pulse_api pulse_worker tests bench
+	$(BIN)/ruff check pulse_core pulse_api pulse_worker pulse_cli tests bench
+	$(BIN)/ruff format --check pulse_core pulse_api pulse_worker pulse_cli tests bench
 	$(BIN)/mypy
 
 clean:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import batch, drain, fairness, submit, telemetry
 from bench.common import BenchEnv, Result
-from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
@@ -26,20 +26,19 @@ SECTIONS = {
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
     ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
-    (f"pulse POST /v1/batches x{batch.BATCH}", "plain loop of apply_async",
-     "batch: pulse / plain apply_async loop"),
-    ("pulse worker, diag.echo", "plain celery task, no result backend",
-     "drain: pulse / plain celery (no results)"),
-    ("pulse worker, diag.echo", "plain celery task, redis result backend",
-     "drain: pulse / plain celery (redis results)"),
+    (f"pulse POST /v1/batches x{batch.BATCH}", "plain loop of apply_async", "batch: pulse / plain apply_async loop"),
+    ("pulse worker, diag.echo", "plain celery task, no result backend", "drain: pulse / plain celery (no results)"),
+    (
+        "pulse worker, diag.echo",
+        "plain celery task, redis result backend",
+        "drain: pulse / plain celery (redis results)",
+    ),
     ("submit, telemetry on", "submit, telemetry off", "submit: telemetry on / off"),
     ("drain, telemetry on", "drain, telemetry off", "drain: telemetry on / off"),
-    ("submit, telemetry on, 10% sampled", "submit, telemetry off",
-     "submit: telemetry on (10% sampled) / off"),
-    ("drain, telemetry on, 10% sampled", "drain, telemetry off",
-     "drain: telemetry on (10% sampled) / off"),
+    ("submit, telemetry on, 10% sampled", "submit, telemetry off", "submit: telemetry on (10% sampled) / off"),
+    ("drain, telemetry on, 10% sampled", "drain, telemetry off", "drain: telemetry on (10% sampled) / off"),
     ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
-]  # fmt: skip
+]
 
 
 def main(argv: list[str]) -> int:

@@ -12,8 +12,8 @@ import uuid
 
 from bench.common import BenchEnv, Result, gunicorn, http_load, json_body, spawn, stop, wait_http
 from bench.plain_stack import echo
-from pulse_core.announce import announce
-from pulse_core.embedded_redis import free_port
+from pulse_cli.embedded_redis import free_port
+from pulse_core.store.job_types import announce
 
 BATCH = 500
 BATCHES = 12
@@ -28,8 +28,7 @@ def run(env: BenchEnv) -> list[Result]:
     announce(env.redis, ["diag.echo"], 3600)
     echo.app.conf.broker_url = env.redis_url
     port = free_port()
-    api = spawn(gunicorn("pulse_api.wsgi:app", port, GUNICORN_WORKERS), env.env(),
-                env.work_dir / "batch-api.log")  # fmt: skip
+    api = spawn(gunicorn("pulse_api.wsgi:app", port, GUNICORN_WORKERS), env.env(), env.work_dir / "batch-api.log")
     try:
         wait_http(port, "/healthz")
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {env.api_key}"}
@@ -37,16 +36,16 @@ def run(env: BenchEnv) -> list[Result]:
         def batch(n: int) -> bytes:
             # Half the jobs carry an idempotency key, so that guard does real work too.
             jobs = [
-                {"jobType": "diag.echo", "payload": PAYLOAD,
-                 **({"idempotencyKey": f"{uuid.uuid4()}"} if i % 2 else {})}
+                {"jobType": "diag.echo", "payload": PAYLOAD, **({"idempotencyKey": f"{uuid.uuid4()}"} if i % 2 else {})}
                 for i in range(BATCH)
-            ]  # fmt: skip
+            ]
             return json_body({"jobs": jobs})
 
         for _ in range(env.rounds):
             bodies = [batch(n) for n in range(BATCHES)]  # fresh keys: no replays across rounds
-            rate = http_load(port, "/v1/batches", bodies.__getitem__, headers,
-                             requests=BATCHES, concurrency=CONCURRENCY, expect=200)  # fmt: skip
+            rate = http_load(
+                port, "/v1/batches", bodies.__getitem__, headers, requests=BATCHES, concurrency=CONCURRENCY, expect=200
+            )
             pulse.values.append(rate * BATCH)
             env.redis.delete("pulse")
             start = time.perf_counter()

@@ -57,9 +57,12 @@ class Result:
 def spawn(command: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
     return subprocess.Popen(
-        list(command), env=dict(env), stdout=handle, stderr=subprocess.STDOUT,
+        list(command),
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -74,17 +77,40 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 def gunicorn(app: str, port: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--log-level", "warning", app,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        app,
+    ]
 
 
 def celery_worker(app: str, queues: str, concurrency: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork",
-        "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "WARNING",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queues,
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        *extra,
+    ]
 
 
 def wait_http(port: int, path: str = "/", timeout: float = 30) -> None:

@@ -19,11 +19,11 @@ from celery import Celery
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
 from bench.plain_stack import echo
-from pulse_core.celery_setup import broker_priority, create_celery, publish_job, redis_list
+from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list
+from pulse_core.broker.routing import lane
 from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
-from pulse_core.routing import lane
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
 
 JOBS = 2000
 CONCURRENCY = 2
@@ -41,9 +41,17 @@ def _wait_worker(app: Celery, name: str) -> None:
 def fill_pulse_queue(store: JobStore, app: Celery, queue: str, n: int) -> None:
     """Record and publish ``n`` diag.echo jobs of the bench tenant on ``queue``."""
     for _ in range(n):
-        job = Job(job_id=new_job_id(), tenant_id="bench", job_type="diag.echo", queue=queue,
-                  payload=PAYLOAD, trace_id=new_trace_id(), created_at=utc_now(),
-                  max_retries=3, timeout_seconds=60)  # fmt: skip
+        job = Job(
+            job_id=new_job_id(),
+            tenant_id="bench",
+            job_type="diag.echo",
+            queue=queue,
+            payload=PAYLOAD,
+            trace_id=new_trace_id(),
+            created_at=utc_now(),
+            max_retries=3,
+            timeout_seconds=60,
+        )
         store.create(job)
         publish_job(app, job)
 
@@ -77,16 +85,31 @@ def run(env: BenchEnv) -> list[Result]:
         "plain+results": Result("drain", "plain celery task, redis result backend"),
     }
     workers = {
-        "pulse": ("pulse@bench", spawn(
-            celery_worker("pulse_worker.app", "idle-pulse", CONCURRENCY, "-n", "pulse@bench"),
-            env.env(), env.work_dir / "pulse-worker.log")),
-        "plain": ("plain@bench", spawn(
-            celery_worker("bench.plain_stack", "idle-plain", CONCURRENCY, "-n", "plain@bench"),
-            plain_env, env.work_dir / "plain-worker.log")),
-        "plain+results": ("plainr@bench", spawn(
-            celery_worker("bench.plain_stack", "idle-plainr", CONCURRENCY, "-n", "plainr@bench"),
-            {**plain_env, "BENCH_STORE_RESULTS": "1"}, env.work_dir / "plainr-worker.log")),
-    }  # fmt: skip
+        "pulse": (
+            "pulse@bench",
+            spawn(
+                celery_worker("pulse_worker.app", "idle-pulse", CONCURRENCY, "-n", "pulse@bench"),
+                env.env(),
+                env.work_dir / "pulse-worker.log",
+            ),
+        ),
+        "plain": (
+            "plain@bench",
+            spawn(
+                celery_worker("bench.plain_stack", "idle-plain", CONCURRENCY, "-n", "plain@bench"),
+                plain_env,
+                env.work_dir / "plain-worker.log",
+            ),
+        ),
+        "plain+results": (
+            "plainr@bench",
+            spawn(
+                celery_worker("bench.plain_stack", "idle-plainr", CONCURRENCY, "-n", "plainr@bench"),
+                {**plain_env, "BENCH_STORE_RESULTS": "1"},
+                env.work_dir / "plainr-worker.log",
+            ),
+        ),
+    }
     try:
         for name, _process in workers.values():
             _wait_worker(pulse_app, name)

@@ -3,7 +3,7 @@
 One Pulse worker (2 processes) on a shared queue. B submits a job every 20 ms,
 first with nothing else queued (idle), then right after A has queued 5,000 jobs
 (flood). Latency is the job record's ``startedAt - createdAt``. Tenant lanes
-(``pulse_core.routing``) are what keeps B's figures near its idle ones: without
+(``pulse_core.broker.routing``) are what keeps B's figures near its idle ones: without
 them B's jobs would wait behind all of A's.
 """
 
@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop
 from bench.drain import _wait_worker
 from pulse_api import create_app
-from pulse_core.celery_setup import create_celery
+from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
 from pulse_core.tenants import hash_api_key
 
@@ -37,8 +37,7 @@ def _headers(tenant: str) -> dict[str, str]:
 def _submit_b(client: FlaskClient) -> list[str]:
     ids = []
     for _ in range(B_JOBS):
-        answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                             headers=_headers("steady"))  # fmt: skip
+        answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=_headers("steady"))
         ids.append(answer.get_json()["jobId"])
         time.sleep(B_INTERVAL)
     return ids
@@ -85,30 +84,28 @@ def run(env: BenchEnv) -> list[Result]:
     lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n']
     lines += [f'[tenants.{t}]\napi_key_sha256 = ["{hash_api_key(k)}"]\n' for t, k in KEYS.items()]
     tenants.write_text("\n".join(lines))
-    settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url,
-                        tenants_file=tenants, default_queue=QUEUE)  # fmt: skip
+    settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url, tenants_file=tenants, default_queue=QUEUE)
     client = create_app(settings).test_client()
     results = {
         name: Result("fairness", name, unit="ms")
         for name in ("B p50 idle", "B p99 idle", "B p50 under A's flood", "B p99 under A's flood")
     }
     worker_env = env.env(PULSE_TENANTS_FILE=str(tenants), PULSE_DEFAULT_QUEUE=QUEUE)
-    worker = spawn(celery_worker("pulse_worker.app", QUEUE, 2, "-n", "fair@bench"), worker_env,
-                   env.work_dir / "fair-worker.log")  # fmt: skip
+    worker = spawn(
+        celery_worker("pulse_worker.app", QUEUE, 2, "-n", "fair@bench"), worker_env, env.work_dir / "fair-worker.log"
+    )
     try:
         _wait_worker(create_celery(settings), "fair@bench")
         # Warm up: both tenants' lanes exist and the worker consumes them.
         for tenant in KEYS:
-            answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                                 headers=_headers(tenant))  # fmt: skip
+            answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=_headers(tenant))
             _wait_done(client, tenant, [answer.get_json()["jobId"]], timeout=60)
         for _ in range(env.rounds):
             idle = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
             flood_ids = _flood(client)
             under = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
             left = sum(
-                client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"]
-                == "queued"
+                client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"] == "queued"
                 for j in flood_ids[-1000:]
             )
             print(f"   B done with {left} of A's last 1000 jobs still queued", flush=True)

@@ -29,11 +29,11 @@ from bench.common import (
     wait_http,
 )
 from bench.drain import _cancel, _consume, _wait_worker, fill_pulse_queue, pulse_lane
-from pulse_core.announce import announce
-from pulse_core.celery_setup import create_celery
-from pulse_core.embedded_redis import free_port
+from pulse_cli.embedded_redis import free_port
+from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_types import announce
 
 REQUESTS = 2000
 CLIENTS = 8
@@ -69,10 +69,13 @@ def _modes(env: BenchEnv, sink_port: int, metrics_port: int) -> dict[str, dict[s
         "PROMETHEUS_MULTIPROC_DIR": str(on_dir),
         "PULSE_WORKER_METRICS_PORT": str(metrics_port),
     }
-    sampled = {**on, "PROMETHEUS_MULTIPROC_DIR": str(env.work_dir / "metrics-sampled"),
-               "PULSE_WORKER_METRICS_PORT": str(free_port()),
-               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-               "OTEL_TRACES_SAMPLER_ARG": "0.1"}  # fmt: skip
+    sampled = {
+        **on,
+        "PROMETHEUS_MULTIPROC_DIR": str(env.work_dir / "metrics-sampled"),
+        "PULSE_WORKER_METRICS_PORT": str(free_port()),
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }
     (env.work_dir / "metrics-sampled").mkdir(exist_ok=True)
     return {
         "on": env.env(**on),
@@ -95,17 +98,27 @@ def run(env: BenchEnv) -> list[Result]:
 
 def _api_command(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "--config", "python:pulse_api.gunicorn_conf",
-        "--bind", f"127.0.0.1:{port}", "--workers", str(GUNICORN_WORKERS), "pulse_api.wsgi:app",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:pulse_api.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(GUNICORN_WORKERS),
+        "pulse_api.wsgi:app",
+    ]
 
 
 def _submit(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
     results = {mode: Result("telemetry", f"submit, telemetry {mode}") for mode in modes}
     announce(env.redis, ["diag.echo"], 3600)
     ports = {mode: free_port() for mode in modes}
-    servers = {mode: spawn(_api_command(ports[mode]), modes[mode], env.work_dir / f"api-{n}.log")
-               for n, mode in enumerate(modes)}  # fmt: skip
+    servers = {
+        mode: spawn(_api_command(ports[mode]), modes[mode], env.work_dir / f"api-{n}.log")
+        for n, mode in enumerate(modes)
+    }
     try:
         for port in ports.values():
             wait_http(port, "/healthz")
@@ -113,8 +126,7 @@ def _submit(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {env.api_key}"}
         for _ in range(env.rounds):
             for mode, port in ports.items():
-                rate = http_load(port, "/v1/jobs", lambda n: body, headers,
-                                 requests=REQUESTS, concurrency=CLIENTS)  # fmt: skip
+                rate = http_load(port, "/v1/jobs", lambda n: body, headers, requests=REQUESTS, concurrency=CLIENTS)
                 results[mode].values.append(rate)
                 env.redis.delete("pulse")
     finally:
@@ -128,11 +140,16 @@ def _drain(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
     app = create_celery(Settings(redis_url=env.redis_url, broker_url=env.redis_url))
     store = JobStore(env.redis)
     workers = {
-        mode: (f"tel-{n}@bench", spawn(
-            celery_worker("pulse_worker.app", f"idle-tel-{n}", CONCURRENCY, "-n", f"tel-{n}@bench"),
-            modes[mode], env.work_dir / f"worker-{n}.log"))
+        mode: (
+            f"tel-{n}@bench",
+            spawn(
+                celery_worker("pulse_worker.app", f"idle-tel-{n}", CONCURRENCY, "-n", f"tel-{n}@bench"),
+                modes[mode],
+                env.work_dir / f"worker-{n}.log",
+            ),
+        )
         for n, mode in enumerate(modes)
-    }  # fmt: skip
+    }
     try:
         for name, _process in workers.values():
             _wait_worker(app, name)

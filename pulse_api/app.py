@@ -53,11 +53,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     re-read whenever it changes (a bad edit then keeps the config in force, logged).
     """
     settings = settings or Settings.from_env(os.environ)
-    source = (
-        TenantsSource(tenants)
-        if tenants is not None
-        else TenantsSource.load(settings.require_tenants_file())
-    )
+    source = TenantsSource(tenants) if tenants is not None else TenantsSource.load(settings.require_tenants_file())
     app = Flask("pulse_api")
     app.config.update(
         API_TITLE="Pulse",

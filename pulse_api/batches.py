@@ -16,8 +16,8 @@ from pulse_api.problems import problem_for, validation_problem
 from pulse_api.schemas import BatchResultSchema, BatchSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_batch
-from pulse_core.admission import Admitted
 from pulse_core.errors import BatchTooLarge
+from pulse_core.guards.admission import Admitted
 
 blp = PulseBlueprint("batches", __name__, url_prefix="/v1/batches", description="Submit many jobs")
 
@@ -50,9 +50,7 @@ class Batches(MethodView):
         svc = services()
         bodies = body["jobs"]
         if len(bodies) > svc.settings.batch_max_jobs:
-            raise BatchTooLarge(
-                f"{len(bodies)} jobs; a batch holds at most {svc.settings.batch_max_jobs}"
-            )
+            raise BatchTooLarge(f"{len(bodies)} jobs; a batch holds at most {svc.settings.batch_max_jobs}")
         items: list[dict[str, Any]] = []
         last_limit = None
         for verdict in submit_batch(svc, g.tenant, bodies):

@@ -24,14 +24,16 @@ from pulse_api.schemas import (
     JobSchema,
 )
 from pulse_api.services import Services, services
-from pulse_core.celery_setup import publish_job
+from pulse_core.broker.celery_app import publish_job
 from pulse_core.errors import BrokerUnavailable, JobNotFound
 from pulse_core.jobs import Job, JobState
 
 blp = PulseBlueprint(
-    "dead_letters", __name__, url_prefix="/v1/dead-letters",
+    "dead_letters",
+    __name__,
+    url_prefix="/v1/dead-letters",
     description="Jobs that ran out of retries or failed permanently",
-)  # fmt: skip
+)
 
 #: The most dead letters one bulk replay touches; call again for more.
 BULK_REPLAY_MAX = 1000
@@ -69,9 +71,11 @@ class DeadLetterList(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List dead letters, newest first; pass ``nextCursor`` back as ``cursor``."""
         page = services().dead_letters.page(
-            g.tenant.tenant_id, limit=query["limit"], cursor=query.get("cursor"),
+            g.tenant.tenant_id,
+            limit=query["limit"],
+            cursor=query.get("cursor"),
             job_type=query.get("jobType"),
-        )  # fmt: skip
+        )
         return {"items": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
 
 
@@ -97,8 +101,7 @@ class BulkReplay(MethodView):
         if not body["dryRun"]:
             replayed = [j.job_id for j in matched if replay(svc, tenant_id, j.job_id)]
         ids = [j.job_id for j in matched] if body["dryRun"] else replayed
-        return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"],
-                "jobIds": ids}  # fmt: skip
+        return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"], "jobIds": ids}
 
 
 @blp.route("/<string:job_id>")

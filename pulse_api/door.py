@@ -23,9 +23,7 @@ def guard(max_body_bytes: Callable[[Tenant], int]) -> None:
     if request.method != "POST" or not _has_body():
         return  # e.g. POST /v1/jobs/<id>/cancel; a body-taking endpoint's schema refuses it
     if request.mimetype != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type is {request.mimetype or 'missing'}; send application/json"
-        )
+        raise UnsupportedMediaType(f"Content-Type is {request.mimetype or 'missing'}; send application/json")
     cap = max_body_bytes(current_tenant())
     if request.content_length is not None:
         if request.content_length > cap:

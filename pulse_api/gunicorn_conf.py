@@ -12,10 +12,10 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from pulse_core import telemetry
-from pulse_core.logs import gunicorn_logconfig
-from pulse_core.metrics import multiprocess_dir
 from pulse_core.settings import DEFAULT_LOG_FORMAT
+from pulse_core.telemetry import tracing
+from pulse_core.telemetry.logs import gunicorn_logconfig
+from pulse_core.telemetry.metrics import multiprocess_dir
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("PULSE_LOG_FORMAT") or DEFAULT_LOG_FORMAT)
 #: The app is loaded once, in the master: a SIGHUP then starts workers from a config
@@ -27,7 +27,7 @@ preload_app = True
 def post_fork(server: Any, worker: Any) -> None:
     from pulse_api import observability, wsgi
 
-    if telemetry.configure_tracing("pulse-api") is not None:
+    if tracing.configure_tracing("pulse-api") is not None:
         observability.instrument_tracing(wsgi.app)
 
 

@@ -34,9 +34,7 @@ class Ready(MethodView):
         if all(value == "ok" for value in checks.values()):
             return {"status": "ok", "checks": checks}
         failing = ", ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
-        return problem(
-            503, "unavailable", "Not ready", detail=failing, headers={"Retry-After": "1"}
-        )
+        return problem(503, "unavailable", "Not ready", detail=failing, headers={"Retry-After": "1"})
 
 
 def _check_redis() -> str:

@@ -14,13 +14,11 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_api.submit import submit_job
-from pulse_core import metrics, telemetry
 from pulse_core.errors import JobNotCancellable, JobNotFound
 from pulse_core.jobs import JobState
+from pulse_core.telemetry import metrics, tracing
 
-blp = PulseBlueprint(
-    "jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status"
-)
+blp = PulseBlueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
 
 _LOCATION = {"Location": {"description": "URL of the job", "schema": {"type": "string"}}}
 _REPLAYED = {
@@ -85,10 +83,8 @@ class Jobs(MethodView):
         """Submit a job."""
         svc = services()
         trace_id = (body.get("metadata") or {}).get("traceId")
-        with telemetry.submit_span(request.headers, trace_id):
-            admitted = submit_job(
-                svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key")
-            )
+        with tracing.submit_span(request.headers, trace_id):
+            admitted = submit_job(svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key"))
         headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **admitted.limit.headers()}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"

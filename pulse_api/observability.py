@@ -12,11 +12,11 @@ from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pulse_api.services import Services, services
-from pulse_core import logs, metrics, telemetry
-from pulse_core.metrics import QueueDepthCollector, RejectReason
+from pulse_core.broker.routing import configured_queues
 from pulse_core.redis_client import connect
-from pulse_core.routing import configured_queues
 from pulse_core.settings import Settings
+from pulse_core.telemetry import logs, metrics, tracing
+from pulse_core.telemetry.metrics import QueueDepthCollector, RejectReason
 from pulse_core.tenants import TenantsSource
 
 REGISTRY_KEY = "pulse.metrics"
@@ -47,8 +47,9 @@ blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.response(200, content_type=CONTENT_TYPE_LATEST,
-                  description="Prometheus text format, summed over all API processes")  # fmt: skip
+    @blp.response(
+        200, content_type=CONTENT_TYPE_LATEST, description="Prometheus text format, summed over all API processes"
+    )
     def get(self) -> Response:
         """Job counters and histograms per tenant and jobType, and queue depths."""
         registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
@@ -72,13 +73,13 @@ def instrument_tracing(app: Flask) -> None:
     ``create_app`` calls it; under gunicorn (which preloads the app in its master,
     before any provider may exist) the ``post_fork`` hook calls it in each worker.
     """
-    provider = telemetry.tracer_provider()
+    provider = tracing.tracer_provider()
     if provider is None or app.extensions.get(TRACED_KEY):
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
-    telemetry.instrument_celery()  # the publish span, and the context into the message
+    tracing.instrument_celery()  # the publish span, and the context into the message
     app.extensions[TRACED_KEY] = True
 
 
@@ -103,11 +104,7 @@ def _count_refusal(response: Response) -> Response:
     problem = response.get_json(silent=True) if response.is_json else None
     if isinstance(problem, dict):
         slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
-    reason = (
-        REASON_BY_SLUG.get(slug)
-        or REASON_BY_STATUS.get(response.status_code)
-        or RejectReason.VALIDATION
-    )
+    reason = REASON_BY_SLUG.get(slug) or REASON_BY_STATUS.get(response.status_code) or RejectReason.VALIDATION
     tenant = getattr(g, "tenant", None)
     if tenant is None:  # nothing an unauthenticated caller sent is looked at
         metrics.job_rejected(None, None, reason)

@@ -37,9 +37,7 @@ def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> 
     """The effective options of one job, or ``InvalidParameter`` naming the bad one."""
     max_retries = raw.get("maxRetries")
     if max_retries is not None and max_retries > settings.max_retries_cap:
-        raise InvalidParameter(
-            "options.maxRetries", f"maxRetries may be at most {settings.max_retries_cap}"
-        )
+        raise InvalidParameter("options.maxRetries", f"maxRetries may be at most {settings.max_retries_cap}")
     timeout = raw.get("timeoutSeconds")
     if timeout is not None and timeout > settings.timeout_cap_seconds:
         raise InvalidParameter(
@@ -68,7 +66,5 @@ def _delay(settings: Settings, raw: Mapping[str, Any]) -> float | None:
     else:
         return None
     if delay > settings.max_delay_seconds:
-        raise InvalidParameter(
-            field, f"a job may be delayed by at most {settings.max_delay_seconds} s"
-        )
+        raise InvalidParameter(field, f"a job may be delayed by at most {settings.max_delay_seconds} s")
     return delay if delay > 0 else None

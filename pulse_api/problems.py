@@ -166,9 +166,7 @@ def from_unexpected(error: Exception) -> Response:
     """A 503 when a backing service is down; a bare 500 for anything else. Never a trace."""
     if isinstance(error, RedisConnectionError | RedisTimeoutError | KombuOperationalError):
         log.warning("backing service unavailable: %s", error)
-        return problem(
-            503, "unavailable", "A backing service is unavailable", headers={"Retry-After": "1"}
-        )
+        return problem(503, "unavailable", "A backing service is unavailable", headers={"Retry-After": "1"})
     log.exception("unhandled error", exc_info=error)
     return problem(500, "internal-error", "Internal error")
 

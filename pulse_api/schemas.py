@@ -102,9 +102,11 @@ class JobOptionsSchema(Schema):
     )
     priority = JsonInteger(
         validate=validate.Range(min=0, max=MAX_PRIORITY),
-        metadata={"description": f"0-{MAX_PRIORITY}, higher runs sooner (default "
-                                 f"{DEFAULT_PRIORITY}); see docs/queues-and-fairness.md"},
-    )  # fmt: skip
+        metadata={
+            "description": f"0-{MAX_PRIORITY}, higher runs sooner (default "
+            f"{DEFAULT_PRIORITY}); see docs/queues-and-fairness.md"
+        },
+    )
 
     @validates_schema
     def _one_delay(self, data: dict[str, Any], **_: Any) -> None:
@@ -241,8 +243,9 @@ class JobSchema(Schema):
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metadata = fields.Dict(required=True)
     options = fields.Nested(JobEffectiveOptionsSchema, required=True)
-    runAt = fields.String(allow_none=True, metadata={"format": "date-time",
-                          "description": "When a scheduled or retrying job is due"})  # fmt: skip
+    runAt = fields.String(
+        allow_none=True, metadata={"format": "date-time", "description": "When a scheduled or retrying job is due"}
+    )
     replays = fields.Integer(required=True, metadata={"description": "Dead-letter replays"})
     cancelRequested = fields.Boolean(required=True)
 
@@ -295,17 +298,13 @@ class JobListSchema(Schema):
     """A page of the tenant's jobs, newest first."""
 
     jobs = fields.List(fields.Nested(JobSchema), required=True)
-    nextCursor = fields.String(
-        required=True, allow_none=True, metadata={"description": "null on the last page"}
-    )
+    nextCursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page"})
 
 
 class BatchItemSchema(Schema):
     """One job's answer in a batch: a job, or the problem that refused it."""
 
-    status = fields.Integer(
-        required=True, metadata={"description": "202 new job, 200 idempotent replay, 4xx/5xx"}
-    )
+    status = fields.Integer(required=True, metadata={"description": "202 new job, 200 idempotent replay, 4xx/5xx"})
     job = fields.Nested(JobSchema)
     replayed = fields.Boolean()
     problem = fields.Nested(ProblemSchema)

@@ -8,13 +8,13 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
-from pulse_core.admission import Admission
-from pulse_core.announce import JobTypeDirectory
-from pulse_core.celery_setup import create_celery, declare_run_job, publishes_inline
-from pulse_core.dead_letters import DeadLetters
+from pulse_core.broker.celery_app import create_celery, declare_run_job, publishes_inline
+from pulse_core.guards.admission import Admission
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.dead_letters import DeadLetters
+from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_types import JobTypeDirectory
 from pulse_core.tenants import TenantsSource
 
 EXTENSION_KEY = "pulse"

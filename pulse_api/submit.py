@@ -21,9 +21,8 @@ from redis.exceptions import RedisError
 from pulse_api.options import resolve
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import Services
-from pulse_core import logs, metrics, telemetry
-from pulse_core.admission import Admitted, Submission
-from pulse_core.celery_setup import encode_message, publish_job, publish_jobs
+from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs
+from pulse_core.broker.routing import resolve_queue
 from pulse_core.errors import (
     BrokerUnavailable,
     InvalidIdempotencyKey,
@@ -31,9 +30,10 @@ from pulse_core.errors import (
     PulseError,
     TenantMismatch,
 )
-from pulse_core.idempotency import fingerprint, store_key
+from pulse_core.guards.admission import Admitted, Submission
+from pulse_core.guards.idempotency import fingerprint, store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
-from pulse_core.routing import resolve_queue
+from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.tenants import Tenant
 
 log = logging.getLogger("pulse.api")
@@ -42,9 +42,7 @@ PUBLISH_ERRORS = (KombuError, OSError, RedisError)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
-def submit_job(
-    svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None
-) -> Admitted:
+def submit_job(svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Admitted:
     """Admit and publish one validated job body, or raise the error that refuses it."""
     submission = prepare(svc, tenant, body, header_key=header_key)
     logs.bind_job(submission.job)
@@ -58,9 +56,7 @@ def submit_job(
     return admitted
 
 
-def submit_batch(
-    svc: Services, tenant: Tenant, bodies: Sequence[Any]
-) -> list[Admitted | PulseError | ValidationError]:
+def submit_batch(svc: Services, tenant: Tenant, bodies: Sequence[Any]) -> list[Admitted | PulseError | ValidationError]:
     """Each body validated, admitted (one pipelined round trip) and published, in order."""
     schema = JobSubmitSchema()
     verdicts: list[Admitted | PulseError | ValidationError] = []
@@ -101,9 +97,7 @@ def _accepted(admitted: Admitted) -> None:
         log.info("job accepted")
 
 
-def prepare(
-    svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None
-) -> Submission:
+def prepare(svc: Services, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
     """Check what needs no Redis and build the job the admission script may create."""
     claimed_tenant = body.get("tenantId")
     if claimed_tenant is not None and claimed_tenant != tenant.tenant_id:
@@ -121,7 +115,7 @@ def prepare(
         queue=resolve_queue(tenants, tenant.tenant_id, job_type, svc.settings.default_queue),
         payload=body["payload"],
         metadata=metadata,
-        trace_id=telemetry.job_trace_id(metadata.get("traceId")),
+        trace_id=tracing.job_trace_id(metadata.get("traceId")),
         created_at=utc_now(),
         state=JobState.QUEUED if options.due_at is None else JobState.SCHEDULED,
         max_retries=options.max_retries,
@@ -132,9 +126,7 @@ def prepare(
     # Due beyond the ETA window: no message now; the sweep publishes it when due.
     deferred = options.due_at is not None and options.countdown is None
     inline = svc.inline_publish and not deferred
-    message, broker_list = (
-        encode_message(svc.celery, job, countdown=options.countdown) if inline else ("", "")
-    )
+    message, broker_list = encode_message(svc.celery, job, countdown=options.countdown) if inline else ("", "")
     return Submission(
         job=job,
         idempotency_key=key,
@@ -156,9 +148,7 @@ def _needs_publish(submission: Submission, admitted: Admitted) -> bool:
 def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:
     if in_header is not None:
         if not 1 <= len(in_header) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise InvalidIdempotencyKey(
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
+            raise InvalidIdempotencyKey(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
         if in_body is not None and in_body != in_header:
             raise InvalidIdempotencyKey("Idempotency-Key and idempotencyKey differ; send one")
         return in_header

@@ -3,7 +3,7 @@
 ``pulse api`` runs gunicorn with ``pulse_api.gunicorn_conf``, which preloads this
 module in the master and starts tracing in each worker after the fork (its
 ``post_fork`` hook). Under another WSGI server, call
-``pulse_core.telemetry.configure_tracing`` in each worker process, then
+``pulse_core.telemetry.tracing.configure_tracing`` in each worker process, then
 ``pulse_api.observability.instrument_tracing(app)``.
 """
 

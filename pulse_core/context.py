@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from pulse_core import telemetry
+from pulse_core.telemetry import tracing
 
 
 def _never() -> bool:
@@ -37,4 +37,4 @@ class JobContext:
         ``with ctx.span("fetch", url=url): ...``; costs next to nothing when
         tracing is off. Never put payload contents in ``attributes``.
         """
-        return telemetry.handler_span(name, attributes)
+        return tracing.handler_span(name, attributes)

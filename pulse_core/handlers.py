@@ -9,7 +9,7 @@
 
 Retry and timeout arguments are optional; ``pulse_core.policy`` documents the
 defaults and how per-job options override them. ``rate_limit`` and
-``max_concurrency`` hold across every worker (``pulse_core.execution_limits``).
+``max_concurrency`` hold across every worker (``pulse_core.guards.execution_limits``).
 
 Workers import the modules named in ``PULSE_HANDLER_MODULES`` and those of the
 ``pulse.handlers`` entry-point group; importing a module runs its decorators.
@@ -26,7 +26,7 @@ from typing import Any
 
 from pulse_core.context import JobContext
 from pulse_core.errors import ConfigError, DuplicateHandler
-from pulse_core.execution_limits import ExecutionLimits
+from pulse_core.guards.execution_limits import ExecutionLimits
 from pulse_core.policy import RetryPolicy
 
 HandlerFn = Callable[[Mapping[str, Any], JobContext], Any]
@@ -73,9 +73,7 @@ class HandlerRegistry:
         every worker (the tenants file may override them).
         """
         if not JOB_TYPE_RE.match(job_type):
-            raise ConfigError(
-                f"jobType {job_type!r} is not valid: use 1-128 of letters, digits, '_.:-'"
-            )
+            raise ConfigError(f"jobType {job_type!r} is not valid: use 1-128 of letters, digits, '_.:-'")
         given: dict[str, Any] = {
             "max_retries": max_retries,
             "backoff": backoff,

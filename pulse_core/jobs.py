@@ -13,7 +13,7 @@ from typing import Any
 
 #: Bumped when the stored record's shape changes incompatibly.
 SCHEMA_VERSION = 1
-#: ``options.priority``: 0-9, higher runs sooner (``pulse_core.routing``).
+#: ``options.priority``: 0-9, higher runs sooner (``pulse_core.broker.routing``).
 DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 9
 

@@ -60,7 +60,7 @@ def tenant_dead_letters(tenant_id: str) -> str:
 
 
 def lanes(queue: str) -> str:
-    """Set of the tenant ids with a lane on ``queue`` (``pulse_core.routing``).
+    """Set of the tenant ids with a lane on ``queue`` (``pulse_core.broker.routing``).
 
     A tenant joins it in the same step that creates a job record for that queue;
     workers consuming the queue read it to consume every lane.
@@ -75,5 +75,5 @@ def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     return f"{PREFIX}:slots:{job_type}{scope}"
 
 
-#: ``limits`` key prefix for execution rate limits (``pulse_core.execution_limits``).
+#: ``limits`` key prefix for execution rate limits (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"

@@ -62,9 +62,7 @@ class RetryPolicy:
         return cls(**known)
 
 
-def effective(
-    policy: RetryPolicy, *, max_retries: int | None, timeout: int | None
-) -> tuple[int, int]:
+def effective(policy: RetryPolicy, *, max_retries: int | None, timeout: int | None) -> tuple[int, int]:
     """(max retries, soft timeout) for one job: its own options win over its jobType's."""
     return (
         policy.max_retries if max_retries is None else max_retries,

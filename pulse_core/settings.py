@@ -97,8 +97,7 @@ class Settings:
             broker_url=broker_url,
             tenants_file=Path(tenants) if tenants else None,
             handler_modules=_modules("PULSE_HANDLER_MODULES", env.get("PULSE_HANDLER_MODULES")),
-            default_queue=_name("PULSE_DEFAULT_QUEUE", env.get("PULSE_DEFAULT_QUEUE"))
-            or DEFAULT_QUEUE,
+            default_queue=_name("PULSE_DEFAULT_QUEUE", env.get("PULSE_DEFAULT_QUEUE")) or DEFAULT_QUEUE,
             result_max_bytes=_positive_int(
                 "PULSE_RESULT_MAX_BYTES",
                 env.get("PULSE_RESULT_MAX_BYTES"),
@@ -120,9 +119,7 @@ class Settings:
             batch_max_bytes=_positive_int(
                 "PULSE_BATCH_MAX_BYTES", env.get("PULSE_BATCH_MAX_BYTES"), DEFAULT_BATCH_MAX_BYTES
             ),
-            lease_seconds=_positive_float(
-                "PULSE_LEASE_SECONDS", env.get("PULSE_LEASE_SECONDS"), DEFAULT_LEASE_SECONDS
-            ),
+            lease_seconds=_positive_float("PULSE_LEASE_SECONDS", env.get("PULSE_LEASE_SECONDS"), DEFAULT_LEASE_SECONDS),
             sweep_interval_seconds=_positive_float(
                 "PULSE_SWEEP_INTERVAL_SECONDS",
                 env.get("PULSE_SWEEP_INTERVAL_SECONDS"),
@@ -156,11 +153,8 @@ class Settings:
                 env.get("PULSE_SOFT_SHUTDOWN_SECONDS"),
                 DEFAULT_SOFT_SHUTDOWN_SECONDS,
             ),
-            log_format=_choice("PULSE_LOG_FORMAT", env.get("PULSE_LOG_FORMAT"), LOG_FORMATS)
-            or DEFAULT_LOG_FORMAT,
-            worker_metrics_port=_port(
-                "PULSE_WORKER_METRICS_PORT", env.get("PULSE_WORKER_METRICS_PORT")
-            ),
+            log_format=_choice("PULSE_LOG_FORMAT", env.get("PULSE_LOG_FORMAT"), LOG_FORMATS) or DEFAULT_LOG_FORMAT,
+            worker_metrics_port=_port("PULSE_WORKER_METRICS_PORT", env.get("PULSE_WORKER_METRICS_PORT")),
             worker_metrics_host=env.get("PULSE_WORKER_METRICS_HOST") or DEFAULT_WORKER_METRICS_HOST,
         )
 
@@ -205,9 +199,7 @@ def _positive_float(name: str, value: str | None, default: float) -> float:
     return _positive(name, value, default, float, "a number")
 
 
-def _positive(
-    name: str, value: str | None, default: _N, parse: Callable[[str], _N], noun: str
-) -> _N:
+def _positive(name: str, value: str | None, default: _N, parse: Callable[[str], _N], noun: str) -> _N:
     """``value`` parsed, finite and greater than zero; ``default`` when unset."""
     if value is None or value == "":
         return default

@@ -3,7 +3,7 @@
 TOML, parsed once and validated; any problem raises ``ConfigError`` naming the
 file and the offending entry. API keys are stored only as SHA-256 hex digests.
 
-Routing and execution limits (``pulse_core.routing``, ``pulse_core.execution_limits``):
+Routing and execution limits (``pulse_core.broker.routing``, ``pulse_core.guards.execution_limits``):
 
     [defaults]
     queue = "pulse"                      # the shared queue (default: PULSE_DEFAULT_QUEUE)
@@ -67,7 +67,7 @@ class JobTypeRule:
     """Where a jobType's jobs go and how fast they may run (every field optional)."""
 
     queue: str | None = None
-    #: ``limits`` notation, counted across every worker (``pulse_core.execution_limits``).
+    #: ``limits`` notation, counted across every worker (``pulse_core.guards.execution_limits``).
     rate_limit: str | None = None
     max_concurrency: int | None = None
 
@@ -132,15 +132,9 @@ class TenantsConfig:
         unknown = set(defaults) - _SETTINGS - {"queue"}
         if unknown:
             raise ConfigError(f"{source}: [defaults]: unknown setting(s) {sorted(unknown)}")
-        default_rate = _rate_limit(
-            defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit"
-        )
+        default_rate = _rate_limit(defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit")
         bounded_defaults = _bounded_settings(defaults, _BOUNDED_DEFAULTS, f"{source}: [defaults]")
-        default_queue = (
-            _queue(defaults["queue"], f"{source}: [defaults] queue")
-            if "queue" in defaults
-            else None
-        )
+        default_queue = _queue(defaults["queue"], f"{source}: [defaults] queue") if "queue" in defaults else None
         job_types = _job_type_rules(raw.get("job_types", {}), f"{source}: [job_types")
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
         tenants: dict[str, Tenant] = {}
@@ -160,9 +154,7 @@ class TenantsConfig:
                 raise ConfigError(f"{where}: api_key_sha256 must list at least one key digest")
             for digest in hashes:
                 if not isinstance(digest, str) or not _SHA256_RE.match(digest):
-                    raise ConfigError(
-                        f"{where}: api_key_sha256 entry {digest!r} is not 64 lowercase hex digits"
-                    )
+                    raise ConfigError(f"{where}: api_key_sha256 entry {digest!r} is not 64 lowercase hex digits")
                 if digest in owner_of:
                     raise ConfigError(f"{where}: key digest already belongs to {owner_of[digest]}")
                 owner_of[digest] = tenant_id
@@ -173,9 +165,7 @@ class TenantsConfig:
                 rate,
                 **_bounded_settings(table, bounded_defaults, where),
                 queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
-                job_types=_job_type_rules(
-                    table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"
-                ),
+                job_types=_job_type_rules(table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"),
             )
         return cls(
             tenants=tenants,
@@ -278,15 +268,9 @@ def _job_type_rules(value: Any, where: str) -> dict[str, JobTypeRule]:
             raise ConfigError(f"{at}: unknown setting(s) {sorted(unknown)}")
         rules[job_type] = JobTypeRule(
             queue=_queue(table["queue"], f"{at} queue") if "queue" in table else None,
-            rate_limit=(
-                _rate_limit(table["rate_limit"], f"{at} rate_limit")
-                if "rate_limit" in table
-                else None
-            ),
+            rate_limit=(_rate_limit(table["rate_limit"], f"{at} rate_limit") if "rate_limit" in table else None),
             max_concurrency=(
-                _bounded_int(
-                    table["max_concurrency"], f"{at} max_concurrency", _MAX_CONCURRENCY_CEILING
-                )
+                _bounded_int(table["max_concurrency"], f"{at} max_concurrency", _MAX_CONCURRENCY_CEILING)
                 if "max_concurrency" in table
                 else None
             ),
@@ -337,9 +321,7 @@ _BOUNDED = {
 _BOUNDED_DEFAULTS = {name: default for name, (default, _) in _BOUNDED.items()}
 
 
-def _bounded_settings(
-    table: Mapping[str, Any], fallback: Mapping[str, int], where: str
-) -> dict[str, int]:
+def _bounded_settings(table: Mapping[str, Any], fallback: Mapping[str, int], where: str) -> dict[str, int]:
     """Each whole-number setting of ``table`` (else ``fallback``'s), checked against its ceiling."""
     return {
         name: _bounded_int(table.get(name, fallback[name]), f"{where} {name}", ceiling)

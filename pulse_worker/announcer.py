@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from pulse_core.announce import announce
+from pulse_core.store.job_types import announce
 from pulse_worker.runtime import WorkerRuntime
 
 log = logging.getLogger("pulse.worker")
@@ -28,9 +28,7 @@ def announcer_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             job_types = runtime.registry.job_types()
             announce(runtime.redis, job_types, ttl, runtime.registry.policies())
             log.info("announced jobTypes: %s", ", ".join(sorted(job_types)) or "(none)")
-            self._thread = threading.Thread(
-                target=self._beat, args=(ttl,), name="pulse-announcer", daemon=True
-            )
+            self._thread = threading.Thread(target=self._beat, args=(ttl,), name="pulse-announcer", daemon=True)
             self._thread.start()
 
         def stop(self, worker: Any) -> None:

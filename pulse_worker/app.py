@@ -16,10 +16,10 @@ from typing import Any
 
 from celery import signals
 
-from pulse_core.celery_setup import WORKER_ENV, check_visibility_timeout, create_celery
+from pulse_core.broker.celery_app import WORKER_ENV, check_visibility_timeout, create_celery
+from pulse_core.broker.routing import shared_queue
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
-from pulse_core.routing import shared_queue
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsSource
 from pulse_worker import observe

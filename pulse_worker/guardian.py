@@ -3,7 +3,7 @@
 Leases are refreshed from the main process, not the pool child, so a handler that
 holds the GIL still has a live lease, while a SIGKILLed child (gone from Celery's
 active requests) or a dead worker stops refreshing at once. The same thread runs
-the recovery sweep (``pulse_core.recovery``) every ``PULSE_SWEEP_INTERVAL_SECONDS``.
+the recovery sweep (``pulse_core.store.recovery``) every ``PULSE_SWEEP_INTERVAL_SECONDS``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from pulse_core.celery_setup import RUN_JOB_TASK, publish_job
+from pulse_core.broker.celery_app import RUN_JOB_TASK, publish_job
 from pulse_core.jobs import Job
-from pulse_core.recovery import sweep
+from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime
 
 log = logging.getLogger("pulse.worker")
@@ -47,9 +47,7 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             self._stop = threading.Event()
 
         def start(self, worker: Any) -> None:
-            thread = threading.Thread(
-                target=self._loop, args=(worker,), name="pulse-guardian", daemon=True
-            )
+            thread = threading.Thread(target=self._loop, args=(worker,), name="pulse-guardian", daemon=True)
             thread.start()
 
         def stop(self, worker: Any) -> None:
@@ -65,14 +63,16 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
             while not self._stop.wait(tick):
                 try:
-                    runtime.store.refresh_leases(
-                        worker.hostname, running_job_ids(), settings.lease_seconds
-                    )
+                    runtime.store.refresh_leases(worker.hostname, running_job_ids(), settings.lease_seconds)
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + settings.sweep_interval_seconds
-                        sweep(runtime.redis, runtime.store, publish,
-                              lock_seconds=settings.sweep_interval_seconds,
-                              recheck_after=settings.lease_seconds)  # fmt: skip
+                        sweep(
+                            runtime.redis,
+                            runtime.store,
+                            publish,
+                            lock_seconds=settings.sweep_interval_seconds,
+                            recheck_after=settings.lease_seconds,
+                        )
                 except Exception:  # a Redis or broker blip must not kill the guardian
                     log.warning("lease refresh or sweep failed; will retry", exc_info=True)
 

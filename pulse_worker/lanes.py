@@ -1,4 +1,4 @@
-"""A worker consuming a queue consumes every tenant lane of it (``pulse_core.routing``).
+"""A worker consuming a queue consumes every tenant lane of it (``pulse_core.broker.routing``).
 
 At start-up (``celeryd_after_setup``) the lanes registered in Redis for each queue
 the worker was given (``-Q``, or the shared queue) are added to what it consumes;
@@ -18,7 +18,7 @@ from celery import bootsteps
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.routing import LANE_POLL_SECONDS, is_lane, lane
+from pulse_core.broker.routing import LANE_POLL_SECONDS, is_lane, lane
 
 log = logging.getLogger("pulse.worker")
 
@@ -32,8 +32,7 @@ def lanes_of(redis: Redis, queues: Iterable[str]) -> list[str]:
         for queue in base:
             pipe.smembers(keys.lanes(queue))
         members: list[set[str]] = pipe.execute()
-    return [lane(q, tenant) for q, tenants in zip(base, members, strict=True)
-            for tenant in sorted(tenants)]  # fmt: skip
+    return [lane(q, tenant) for q, tenants in zip(base, members, strict=True) for tenant in sorted(tenants)]
 
 
 def add_lanes_at_setup(app: Any, redis: Redis) -> None:

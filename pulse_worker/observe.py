@@ -15,9 +15,9 @@ from typing import Any
 from celery import signals
 from prometheus_client import start_http_server
 
-from pulse_core import logs, metrics, telemetry
 from pulse_core.jobs import Job
 from pulse_core.settings import Settings
+from pulse_core.telemetry import logs, metrics, tracing
 
 log = logging.getLogger("pulse.worker")
 
@@ -31,7 +31,7 @@ def attempt(job: Job) -> Iterator[None]:
     """Around one claimed attempt: lines carry its ids, it counts as started, it has a span."""
     logs.bind_job(job)
     metrics.job_started(job)
-    with telemetry.job_span(job):
+    with tracing.job_span(job):
         log.info("job started")
         yield
 
@@ -61,7 +61,7 @@ def install_signals(settings: Settings) -> None:
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _flush_spans(**_: Any) -> None:
-        telemetry.shutdown_tracing()
+        tracing.shutdown_tracing()
 
     @signals.worker_ready.connect(weak=False)
     def _serve_metrics(**_: Any) -> None:
@@ -82,8 +82,8 @@ def install_signals(settings: Settings) -> None:
 
 
 def _start_tracing() -> None:
-    if telemetry.configure_tracing(SERVICE_NAME) is not None:
-        telemetry.instrument_celery()
+    if tracing.configure_tracing(SERVICE_NAME) is not None:
+        tracing.instrument_celery()
 
 
 def _pool_name(pool_cls: Any) -> str:

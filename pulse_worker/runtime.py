@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from pulse_core.execution_limits import ExecutionGate
+from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
 from pulse_core.tenants import TenantsConfig, TenantsSource
 
 

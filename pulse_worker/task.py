@@ -1,6 +1,6 @@
 """The one generic task, as a short pipeline: gate -> claim -> route -> execute -> record.
 
-``gate`` holds the jobType's execution limits (``pulse_core.execution_limits``)
+``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
 before anything else: over a limit, the same attempt's message goes back with a
 short countdown and nothing is claimed, so a deferral never counts as an attempt.
 
@@ -21,8 +21,7 @@ from typing import Any
 from celery import Celery, Task
 from redis.exceptions import RedisError
 
-from pulse_core import logs, metrics, telemetry
-from pulse_core.celery_setup import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
+from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
 from pulse_core.errors import (
     JobCancelled,
@@ -32,11 +31,12 @@ from pulse_core.errors import (
     UnknownJobTypeAtWorker,
     WorkerLost,
 )
-from pulse_core.execution_limits import ExecutionLimits, Verdict, needs_tenant
+from pulse_core.guards.execution_limits import ExecutionLimits, Verdict, needs_tenant
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
-from pulse_core.metrics import Outcome
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective
+from pulse_core.telemetry import logs, metrics, tracing
+from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
 from pulse_worker.runtime import WorkerRuntime
@@ -46,9 +46,7 @@ log = logging.getLogger("pulse.worker")
 _LOST = {"type": WorkerLost.__name__, "message": "the attempt's worker died before it finished"}
 
 
-def run_job(
-    runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None
-) -> None:
+def run_job(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> None:
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
     verdict = gate(runtime, task, job_id)
     try:
@@ -82,15 +80,12 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
     if verdict.defer_seconds is not None:
-        log.debug("job %s (%s) deferred %.2f s: %s limit",
-                  job_id, job_type, verdict.defer_seconds, verdict.reason)  # fmt: skip
+        log.debug("job %s (%s) deferred %.2f s: %s limit", job_id, job_type, verdict.defer_seconds, verdict.reason)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
 
 
-def claim(
-    runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None
-) -> Job | None:
+def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
     """Step 1: atomically claim the attempt; a redelivered or stale message claims nothing."""
     spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")
     outcome = runtime.store.claim(
@@ -104,8 +99,9 @@ def claim(
     )
     if outcome.job is not None and outcome.refused is None:
         if outcome.after_crash:
-            log.warning("job %s: attempt %d crashed; attempt %d starts",
-                        job_id, outcome.job.attempts - 1, outcome.job.attempts)  # fmt: skip
+            log.warning(
+                "job %s: attempt %d crashed; attempt %d starts", job_id, outcome.job.attempts - 1, outcome.job.attempts
+            )
         return outcome.job
     if outcome.refused == "exhausted" and outcome.job is not None:
         # The last attempt's worker died (or it died while being dead-lettered).
@@ -130,9 +126,7 @@ def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
     return spec
 
 
-def execute(
-    runtime: WorkerRuntime, job: Job, spec: HandlerSpec
-) -> tuple[str | None, BaseException | None]:
+def execute(runtime: WorkerRuntime, job: Job, spec: HandlerSpec) -> tuple[str | None, BaseException | None]:
     """Step 3: call the handler; return its encoded result or its error."""
     max_retries, _ = effective(spec.policy, max_retries=job.max_retries, timeout=None)
     ctx = JobContext(
@@ -164,10 +158,11 @@ def record(
             metrics.job_finished(job, Outcome.SUCCEEDED)
             log.info("job succeeded")
         return
-    telemetry.record_error(exc)
+    tracing.record_error(exc)
     if not isinstance(exc, JobFailed):
-        log.warning("job %s (%s) attempt %d raised %s: %s", job.job_id, job.job_type,
-                    job.attempts, type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "job %s (%s) attempt %d raised %s: %s", job.job_id, job.job_type, job.attempts, type(exc).__name__, exc
+        )
     if isinstance(exc, JobCancelled) or runtime.store.cancel_requested(job.job_id):
         if runtime.store.finalize(job, JobState.CANCELLED, error=describe_error(exc)):
             metrics.job_finished(job, Outcome.CANCELLED)
@@ -177,10 +172,7 @@ def record(
     if isinstance(exc, PermanentError) or job.attempts >= max_retries + 1:
         dead_letter(runtime, task, job, exc)
         return
-    if isinstance(exc, RetryLater):
-        delay = exc.seconds
-    else:
-        delay = spec.policy.delay_before(job.attempts + 1)
+    delay = exc.seconds if isinstance(exc, RetryLater) else spec.policy.delay_before(job.attempts + 1)
     retry(runtime, task, job, exc, delay)
 
 
@@ -193,13 +185,11 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
     due = time.time() + delay
     eta_message = delay <= runtime.settings.eta_window_seconds
     watch_at = due + runtime.settings.lease_seconds if eta_message else due
-    if not runtime.store.schedule_retry(job, due_at=due, watch_at=watch_at,
-                                        error=describe_error(exc)):  # fmt: skip
+    if not runtime.store.schedule_retry(job, due_at=due, watch_at=watch_at, error=describe_error(exc)):
         log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)
         return
     metrics.job_finished(job, Outcome.RETRIED)
-    log.info("job %s (%s) attempt %d failed; retry in %.1f s",
-             job.job_id, job.job_type, job.attempts, delay)  # fmt: skip
+    log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
     if eta_message:
         raise task.retry(
             kwargs={"attempt": job.attempts + 1, "cycle": job.cycle},
@@ -226,9 +216,7 @@ def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException
     )
 
 
-def record_dead_letter(
-    runtime: WorkerRuntime, job_id: str, attempt: int, cycle: int, error: Mapping[str, Any]
-) -> None:
+def record_dead_letter(runtime: WorkerRuntime, job_id: str, attempt: int, cycle: int, error: Mapping[str, Any]) -> None:
     """The dead-letter task's body: ``dead``, filed under the tenant's dead letters."""
     job = runtime.store.get(job_id)
     if job is not None:
@@ -238,17 +226,14 @@ def record_dead_letter(
         return
     if runtime.store.finalize(job, JobState.DEAD, error=error):
         metrics.job_finished(job, Outcome.DEAD)
-        log.info("job %s (%s) is dead after %d attempt(s): %s",
-                 job_id, job.job_type, attempt, error.get("type"))  # fmt: skip
+        log.info("job %s (%s) is dead after %d attempt(s): %s", job_id, job.job_type, attempt, error.get("type"))
 
 
 def install(app: Celery, runtime: WorkerRuntime) -> tuple[Any, Any]:
     """Register the generic task and the dead-letter task on ``app``, bound to ``runtime``."""
 
     @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, max_retries=None)
-    def pulse_run_job(
-        self: Task, job_id: str, attempt: int | None = None, cycle: int | None = None
-    ) -> None:
+    def pulse_run_job(self: Task, job_id: str, attempt: int | None = None, cycle: int | None = None) -> None:
         with logs.job_context(jobId=job_id):
             run_job(runtime, self, job_id, attempt, cycle)
 

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core.embedded_redis import EmbeddedRedis, free_port
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from tests.support import WorkerProcess, settings_env, write_tenants_file
@@ -54,9 +54,7 @@ def redis(settings: Settings) -> Redis:
 
 
 @pytest.fixture(scope="session")
-def worker(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
+def worker(settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """One real prefork worker on the shared queue, with the diagnostic handlers."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     process = WorkerProcess(settings_env(settings), log).start()
@@ -76,8 +74,9 @@ def observed_worker(
     env = settings_env(settings)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
     env["PULSE_WORKER_METRICS_PORT"] = str(free_port())
-    process = WorkerProcess(env, folder / "worker.log", queues=(OBSERVED_QUEUE,),
-                            extra_args=("--task-events",), quiet=True).start()  # fmt: skip
+    process = WorkerProcess(
+        env, folder / "worker.log", queues=(OBSERVED_QUEUE,), extra_args=("--task-events",), quiet=True
+    ).start()
     process.metrics_port = int(env["PULSE_WORKER_METRICS_PORT"])
     process.wait_ready(redis, DIAG_TYPES)
     yield process

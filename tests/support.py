@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from redis import Redis
 
-from pulse_core.announce import live_job_types
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import live_job_types
 from pulse_core.tenants import hash_api_key
 
 T = TypeVar("T")
@@ -168,14 +168,28 @@ class WorkerProcess:
     ) -> None:
         self.log_path = log_path
         self.command = [
-            sys.executable, "-m", "celery", "-A", "pulse_worker.app",
-            *(["--quiet"] if quiet else []), "worker",
-            "--pool", pool, "--concurrency", str(concurrency),
-            "--queues", ",".join(queues), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pulse_worker.app",
+            *(["--quiet"] if quiet else []),
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            ",".join(queues),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--hostname",
+            f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
             *extra_args,
-        ]  # fmt: skip
+        ]
         self.env = child_env(env)
         self.process: subprocess.Popen[bytes] | None = None
         #: Port of the worker's Prometheus endpoint, when it serves one.
@@ -184,9 +198,12 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            self.command,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         return self
 
     def wait_ready(self, redis: Redis, job_types: Iterable[str], timeout: float = 30.0) -> None:

@@ -11,8 +11,8 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core import keys
-from pulse_core.announce import announce
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.support import auth, wait_for_state
 
 JOB = {"jobType": "diag.echo", "payload": {"n": 1}}
@@ -23,9 +23,7 @@ def announced(redis: Redis) -> None:
     announce(redis, ["diag.echo"], 600)
 
 
-def test_a_batch_is_answered_per_job_in_request_order(
-    live_client: FlaskClient, redis: Redis
-) -> None:
+def test_a_batch_is_answered_per_job_in_request_order(live_client: FlaskClient, redis: Redis) -> None:
     # given a batch mixing good jobs, bad ones and a repeated idempotency key
     key = f"k-{uuid.uuid4()}"
     jobs = [
@@ -70,9 +68,7 @@ def test_the_rate_limit_counts_each_job_of_a_batch(client: FlaskClient, announce
     assert response.get_json()["items"][5]["problem"]["type"].endswith("/rate-limited")
 
 
-def test_a_batch_over_the_job_cap_is_refused_whole(
-    settings: Settings, redis: Redis, announced: None
-) -> None:
+def test_a_batch_over_the_job_cap_is_refused_whole(settings: Settings, redis: Redis, announced: None) -> None:
     client = create_app(replace(settings, batch_max_jobs=3)).test_client()
     before = redis.zcard(keys.tenant_jobs("acme"))
     response = client.post("/v1/batches", json={"jobs": [JOB] * 4}, headers=auth("acme"))
@@ -81,9 +77,7 @@ def test_a_batch_over_the_job_cap_is_refused_whole(
     assert redis.zcard(keys.tenant_jobs("acme")) == before
 
 
-def test_a_batch_item_over_the_payload_cap_is_refused_alone(
-    client: FlaskClient, announced: None
-) -> None:
+def test_a_batch_item_over_the_payload_cap_is_refused_alone(client: FlaskClient, announced: None) -> None:
     big = {**JOB, "payload": {"x": "y" * 2000}}
     response = client.post("/v1/batches", json={"jobs": [JOB, big]}, headers=auth("small"))
     items = response.get_json()["items"]
@@ -134,9 +128,7 @@ def test_listing_pages_through_the_tenants_own_jobs_newest_first(
     redis.delete("t-lister")
 
 
-@pytest.mark.parametrize(
-    "query", ["limit=0", "limit=101", "state=nope", "cursor=not-a-cursor", "jobType=a%20b"]
-)
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "state=nope", "cursor=not-a-cursor", "jobType=a%20b"])
 def test_bad_listing_queries_are_422(client: FlaskClient, query: str) -> None:
     response = client.get(f"/v1/jobs?{query}", headers=auth("acme"))
     assert response.status_code == 422

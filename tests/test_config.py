@@ -51,21 +51,19 @@ def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
         ("[tenants.acme]\n", "api_key_sha256"),
         ('[tenants.acme]\napi_key_sha256 = ["abc"]\n', "64 lowercase hex"),
         (f'[tenants.Bad]\napi_key_sha256 = ["{DIGEST}"]\n', "tenants.Bad"),
-        (f'[defaults]\nrate_limit = "lots"\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
-         "rate_limit"),
-        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
-         f'[tenants.b]\napi_key_sha256 = ["{DIGEST}"]\n', "already belongs to a"),
+        (f'[defaults]\nrate_limit = "lots"\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n', "rate_limit"),
+        (
+            f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n[tenants.b]\napi_key_sha256 = ["{DIGEST}"]\n',
+            "already belongs to a",
+        ),
         ("[tenant.typo]\n", "unknown section"),
-        (f'[defaults]\nmax_pending = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
-         r"\[defaults\] max_pending"),
-        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pending = "10"\n',
-         r"\[tenants.a\] max_pending"),
-        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n',
-         r"\[tenants.a\] max_payload_bytes"),
+        (f'[defaults]\nmax_pending = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n', r"\[defaults\] max_pending"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pending = "10"\n', r"\[tenants.a\] max_pending"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n', r"\[tenants.a\] max_payload_bytes"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:
     path = tmp_path / "tenants.toml"
     path.write_text(text)
@@ -130,8 +128,9 @@ def test_an_invalid_job_type_name_is_refused() -> None:
 @pytest.mark.parametrize("command", ["api", "worker", "flower"])
 def test_pulse_cli_refuses_to_start_on_a_bad_setting(command: str) -> None:
     env = child_env({"PULSE_REDIS_URL": "http://wrong", "PULSE_TENANTS_FILE": "x.toml"})
-    out = subprocess.run([sys.executable, "-m", "pulse_core.cli", command], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", command], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0
     assert "PULSE_REDIS_URL" in out.stderr
     assert "Traceback" not in out.stderr
@@ -139,8 +138,9 @@ def test_pulse_cli_refuses_to_start_on_a_bad_setting(command: str) -> None:
 
 def test_pulse_api_refuses_a_missing_tenants_file(tmp_path: Path) -> None:
     env = child_env({"PULSE_TENANTS_FILE": str(tmp_path / "missing.toml")})
-    out = subprocess.run([sys.executable, "-m", "pulse_core.cli", "api"], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", "api"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0
     assert "missing.toml does not exist" in out.stderr
 

@@ -21,8 +21,8 @@ from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from pulse_api import create_app
-from pulse_core.announce import announce
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.support import auth
 
 #: Examples per operation and generation mode; the whole run takes well under a minute.
@@ -78,17 +78,21 @@ OPERATIONS = [
 POSITIVE, NEGATIVE = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE
 #: Negative examples need an input that can be wrong: a body or a constrained query.
 CASES = [(*op, POSITIVE) for op in OPERATIONS] + [
-    (*op, NEGATIVE) for op in OPERATIONS if op in {("POST", "/v1/jobs"), ("GET", "/v1/jobs"),
-                                                    ("POST", "/v1/batches"),
-                                                    ("GET", "/v1/dead-letters"),
-                                                    ("POST", "/v1/dead-letters/replay")}
-]  # fmt: skip
+    (*op, NEGATIVE)
+    for op in OPERATIONS
+    if op
+    in {
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/dead-letters"),
+        ("POST", "/v1/dead-letters/replay"),
+    }
+]
 
 
 def test_every_operation_is_fuzzed(api_schema: OpenApiSchema) -> None:
-    documented = {
-        (result.ok().method.upper(), result.ok().path) for result in api_schema.get_all_operations()
-    }
+    documented = {(result.ok().method.upper(), result.ok().path) for result in api_schema.get_all_operations()}
     assert documented == set(OPERATIONS)
 
 
@@ -108,12 +112,7 @@ def test_api_conforms_to_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     def exchange(case: schemathesis.Case, announced: bool) -> None:
-        if (
-            announced
-            and mode == POSITIVE
-            and isinstance(case.body, dict)
-            and "jobType" in case.body
-        ):
+        if announced and mode == POSITIVE and isinstance(case.body, dict) and "jobType" in case.body:
             case.body["jobType"] = "diag.echo"  # still valid; now it is admitted, not 422
         # then the answer is what the document says (and invalid input is refused)
         case.call_and_validate(headers=auth("acme"), checks=CHECKS)

@@ -15,10 +15,10 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core import keys
-from pulse_core.celery_setup import WORKER_ENV, create_celery, publish_job
+from pulse_core.broker.celery_app import WORKER_ENV, create_celery, publish_job
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
 from tests.support import (
     WorkerProcess,
     auth,
@@ -33,16 +33,14 @@ WITNESS = ("witness.sleep",)
 
 
 def submit(client: FlaskClient, job_type: str, payload: dict, **extra: object) -> str:
-    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": payload, **extra},
-                           headers=auth("acme"))  # fmt: skip
+    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": payload, **extra}, headers=auth("acme"))
     assert response.status_code == 202, response.get_data(as_text=True)
     return str(response.get_json()["jobId"])
 
 
 def worker_on(settings: Settings, tmp_path: Path, name: str, **kwargs: object) -> WorkerProcess:
     env = {**settings_env(settings), **WORKER_ENV}
-    return WorkerProcess(env, tmp_path / f"{name}.log", queues=[settings.default_queue],
-                         **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return WorkerProcess(env, tmp_path / f"{name}.log", queues=[settings.default_queue], **kwargs)  # type: ignore[arg-type]
 
 
 def state_of(client: FlaskClient, job_id: str) -> str:
@@ -170,9 +168,15 @@ def test_the_same_message_published_twice_runs_the_handler_once(
     live_client: FlaskClient, settings: Settings, redis: Redis
 ) -> None:
     # given a stored job, and its message published twice (a redelivery, a lost ack)
-    job = Job(job_id=new_job_id(), tenant_id="acme", job_type="witness.sleep",
-              queue=settings.default_queue, payload={"seconds": 0.5},
-              trace_id=new_trace_id(), created_at=utc_now())  # fmt: skip
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="witness.sleep",
+        queue=settings.default_queue,
+        payload={"seconds": 0.5},
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
     JobStore(redis).create(job)
     app = create_celery(settings)
     publish_job(app, job)
@@ -185,9 +189,7 @@ def test_the_same_message_published_twice_runs_the_handler_once(
     assert len(witness_starts(redis, job.job_id)) == 1
 
 
-def test_a_cancelled_job_never_runs_and_a_delayed_job_waits(
-    live_client: FlaskClient, redis: Redis
-) -> None:
+def test_a_cancelled_job_never_runs_and_a_delayed_job_waits(live_client: FlaskClient, redis: Redis) -> None:
     # given two jobs delayed by 2 seconds
     submitted = time.time()
     delayed = submit(live_client, "witness.sleep", {"seconds": 0}, options={"delaySeconds": 2})
@@ -231,11 +233,23 @@ def test_poison_messages_are_dropped_or_dead_lettered_and_the_worker_carries_on(
     queue = settings.default_queue
     redis.lpush(queue, b"\xff\xfe not json at all")
     app = create_celery(settings)
-    ghost = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue=queue,
-                trace_id=new_trace_id(), created_at=utc_now())  # fmt: skip
+    ghost = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="diag.echo",
+        queue=queue,
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
     publish_job(app, ghost)
-    orphan = Job(job_id=new_job_id(), tenant_id="acme", job_type="retired.type", queue=queue,
-                 trace_id=new_trace_id(), created_at=utc_now())  # fmt: skip
+    orphan = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="retired.type",
+        queue=queue,
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
     JobStore(redis).create(orphan)
     publish_job(app, orphan)
     # when the worker meets them, then the unrunnable job is dead-lettered with its reason

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse_core.embedded_redis import free_port
+from pulse_cli.embedded_redis import free_port
 from tests.support import TENANT_KEYS, child_env, wait_for
 
 
@@ -61,23 +61,35 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
     env = child_env({"PULSE_TENANTS_FILE": str(tenants_file)})
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "pulse_core.cli", "dev", "--api-port", str(api_port),
-         "--flower-port", str(flower_port), "--concurrency", "1",
-         "--worker-metrics-port", str(metrics_port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pulse_cli.cli",
+            "dev",
+            "--api-port",
+            str(api_port),
+            "--flower-port",
+            str(flower_port),
+            "--concurrency",
+            "1",
+            "--worker-metrics-port",
+            str(metrics_port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         # when it is ready
         wait_for(lambda: _request(api_port, "GET", "/readyz")[0] == 200, timeout=90, interval=0.5)
         # then a diag.echo job is accepted at once (the worker announced before the API
         # came up) and goes through the worker
-        status, job = _request(api_port, "POST", "/v1/jobs",
-                               {"jobType": "diag.echo", "payload": {"via": "dev"}})  # fmt: skip
+        status, job = _request(api_port, "POST", "/v1/jobs", {"jobType": "diag.echo", "payload": {"via": "dev"}})
         assert status == 202, job
         done = wait_for(
-            lambda: (
-                _request(api_port, "GET", f"/v1/jobs/{job['jobId']}")[1].get("state") == "succeeded"
-            ),
+            lambda: _request(api_port, "GET", f"/v1/jobs/{job['jobId']}")[1].get("state") == "succeeded",
             timeout=60,
         )
         assert done
@@ -93,8 +105,7 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
         banner = (tmp_path / "dev.log").read_text(errors="replace")
         assert f"http://127.0.0.1:{api_port}" in banner and "curl" in banner
         # and the API's and the worker's log lines about the job are JSON with its id
-        about_job = [json.loads(line) for line in banner.splitlines()
-                     if job["jobId"] in line and line.startswith("{")]  # fmt: skip
+        about_job = [json.loads(line) for line in banner.splitlines() if job["jobId"] in line and line.startswith("{")]
         assert {r["logger"] for r in about_job} >= {"pulse.api", "pulse.worker"}
     finally:
         # when it gets SIGTERM

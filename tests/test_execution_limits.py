@@ -19,9 +19,7 @@ def test_rate_limit_and_max_concurrency_hold_across_two_workers(
 ) -> None:
     # given limited.slots (max_concurrency=2 on its handler) and limited.rate, whose
     # declared 100/second the tenants file lowers to 4/second
-    path = write_tenants_file(
-        tmp_path / "tenants.toml", extra='[job_types."limited.rate"]\nrate_limit = "4/second"\n'
-    )
+    path = write_tenants_file(tmp_path / "tenants.toml", extra='[job_types."limited.rate"]\nrate_limit = "4/second"\n')
     settings = replace(
         isolated_settings,
         tenants_file=path,
@@ -33,24 +31,29 @@ def test_rate_limit_and_max_concurrency_hold_across_two_workers(
     client = create_app(settings).test_client()
     # and two worker processes of three pool processes each on the queue
     workers = [
-        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log",
-                      queues=[settings.default_queue], concurrency=3).start()
+        WorkerProcess(
+            settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=3
+        ).start()
         for n in range(2)
-    ]  # fmt: skip
+    ]
     try:
         for worker in workers:
             worker.wait_ready(redis, LIMITED)
         # when 10 of each are submitted at once
         jobs = {
             job_type: [
-                client.post("/v1/jobs", json={"jobType": job_type, "payload": {"seconds": 0.4}},
-                            headers=auth("acme")).get_json()["jobId"]
+                client.post(
+                    "/v1/jobs", json={"jobType": job_type, "payload": {"seconds": 0.4}}, headers=auth("acme")
+                ).get_json()["jobId"]
                 for _ in range(10)
             ]
             for job_type in LIMITED
-        }  # fmt: skip
-        docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=90)
-                for ids in jobs.values() for job_id in ids]  # fmt: skip
+        }
+        docs = [
+            wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=90)
+            for ids in jobs.values()
+            for job_id in ids
+        ]
     finally:
         for worker in workers:
             worker.stop()

@@ -15,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from pulse_api import create_app
-from pulse_core.embedded_redis import free_port
+from pulse_cli.embedded_redis import free_port
 from pulse_core.settings import Settings
 from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for, wait_for_state
 
@@ -45,9 +45,12 @@ def flower(settings: Settings, tmp_path: Path) -> Iterator[int]:
     env = child_env({**settings_env(settings), "PULSE_FLOWER_BASIC_AUTH": CREDENTIALS})
     log = (tmp_path / "flower.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pulse_core.cli", "flower", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "pulse_cli.cli", "flower", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: _get(port, "/healthcheck")[0] == 200, timeout=60, interval=0.2)
         yield port

@@ -36,11 +36,13 @@ def test_openapi_document_describes_the_endpoints(client: FlaskClient) -> None:
     get = spec["paths"]["/v1/jobs/{job_id}"]["get"]
     assert {"200", "401", "404"} <= set(get["responses"])
     assert "/readyz" in spec["paths"]
-    assert {"200", "404", "409"} <= set(
-        spec["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]
-    )
-    for path in ("/v1/dead-letters", "/v1/dead-letters/{job_id}", "/v1/dead-letters/replay",
-                 "/v1/dead-letters/{job_id}/replay"):  # fmt: skip
+    assert {"200", "404", "409"} <= set(spec["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"])
+    for path in (
+        "/v1/dead-letters",
+        "/v1/dead-letters/{job_id}",
+        "/v1/dead-letters/replay",
+        "/v1/dead-letters/{job_id}/replay",
+    ):
         assert path in spec["paths"], path
     assert "JobOptions" in spec["components"]["schemas"]
 

@@ -13,8 +13,8 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core import keys
-from pulse_core.announce import announce
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.support import (
     auth,
     post_from_new_process,
@@ -44,9 +44,10 @@ def test_same_key_and_body_give_back_the_original_job_whatever_its_state(
     wait_for_state(live_client, "acme", job_id, {"succeeded"})
     # when the same body is sent again, with the key in the header this time
     again = live_client.post(
-        "/v1/jobs", json={k: v for k, v in body(key).items() if k != "idempotencyKey"},
+        "/v1/jobs",
+        json={k: v for k, v in body(key).items() if k != "idempotencyKey"},
         headers={**auth("acme"), "Idempotency-Key": key},
-    )  # fmt: skip
+    )
     # then it is the original job, in its current state, marked as a replay
     assert again.status_code == 200
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -79,9 +80,7 @@ def test_same_key_with_another_body_is_refused(client: FlaskClient, redis: Redis
 def test_key_order_and_tenant_id_do_not_change_the_body(client: FlaskClient) -> None:
     key = new_key()
     first = client.post("/v1/jobs", json=body(key, payload={"a": 1, "b": 2}), headers=auth("acme"))
-    again = client.post(
-        "/v1/jobs", json=body(key, payload={"b": 2, "a": 1}, tenantId="acme"), headers=auth("acme")
-    )
+    again = client.post("/v1/jobs", json=body(key, payload={"b": 2, "a": 1}, tenantId="acme"), headers=auth("acme"))
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.get_json()["jobId"] == again.get_json()["jobId"]
 
@@ -131,9 +130,7 @@ def test_fifty_concurrent_threads_make_one_job(app: Flask, redis: Redis) -> None
     assert redis.zcard(keys.tenant_jobs("acme")) == before + 1
 
 
-def test_concurrent_identical_submissions_from_many_processes_make_one_job(
-    settings: Settings, redis: Redis
-) -> None:
+def test_concurrent_identical_submissions_from_many_processes_make_one_job(settings: Settings, redis: Redis) -> None:
     # given 5 API processes, each sending the same keyed body 10 times from the start line
     announce(redis, ["diag.echo"], 600)
     key = new_key()
@@ -142,10 +139,9 @@ def test_concurrent_identical_submissions_from_many_processes_make_one_job(
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(5, mp_context=spawn) as pool:
         futures = [
-            pool.submit(post_from_new_process, env, "acme", [body(key)] * 10,
-                        (f"pulse:test:{key}", 5))
+            pool.submit(post_from_new_process, env, "acme", [body(key)] * 10, (f"pulse:test:{key}", 5))
             for _ in range(5)
-        ]  # fmt: skip
+        ]
         answers = [answer for future in futures for answer in future.result(timeout=120)]
     # then one of the 50 answers created the job, and all 50 carry its id
     statuses = [status for status, _, _ in answers]
@@ -157,9 +153,7 @@ def test_concurrent_identical_submissions_from_many_processes_make_one_job(
     redis.delete(queue)
 
 
-def test_a_failed_publish_releases_the_key_and_leaves_nothing(
-    settings: Settings, redis: Redis
-) -> None:
+def test_a_failed_publish_releases_the_key_and_leaves_nothing(settings: Settings, redis: Redis) -> None:
     # given an API whose broker is unreachable (Redis, the job store, is fine)
     announce(redis, ["diag.echo"], 600)
     broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0")).test_client()

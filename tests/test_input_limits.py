@@ -11,7 +11,7 @@ from redis import Redis
 
 from pulse_api.schemas import MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_METADATA_BYTES
 from pulse_core import keys
-from pulse_core.announce import announce
+from pulse_core.store.job_types import announce
 from tests.support import auth, waiting_messages
 
 
@@ -29,49 +29,91 @@ def raw(client: FlaskClient, data: bytes | str, content_type: str = "application
 JOB = {"jobType": "diag.echo", "payload": {"n": 1}}
 CASES = [
     # (name, request, status, problem type, field)
-    ("malformed json", lambda c: raw(c, '{"jobType": ', headers=auth("small")),
-     400, "malformed-request", None),
-    ("json nested past the parser", lambda c: raw(c, "[" * 100_000 + "]" * 100_000,
-                                                  headers=auth("acme")),
-     400, "malformed-request", None),
-    ("form body", lambda c: raw(c, "jobType=diag.echo", "application/x-www-form-urlencoded",
-                                headers=auth("small")),
-     415, "unsupported-media-type", None),
-    ("no content type", lambda c: c.post("/v1/jobs", data=b"{}", headers=auth("small")),
-     415, "unsupported-media-type", None),
-    ("body over max_payload_bytes", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "payload": {"x": "y" * 2000}}, headers=auth("small")),
-     413, "payload-too-large", None),
-    ("chunked body over max_payload_bytes", lambda c: c.post(
-        "/v1/jobs", input_stream=io.BytesIO(json.dumps({**JOB, "payload": {"x": "y" * 5000}})
-                                            .encode()),
-        content_type="application/json",
-        headers={**auth("small"), "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True}),
-     413, "payload-too-large", None),
-    ("payload nested too deep", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "payload": nested(MAX_JSON_DEPTH + 1)}, headers=auth("acme")),
-     422, "validation-error", "payload"),
-    ("payload with too many keys", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "payload": {f"k{i}": i for i in range(MAX_JSON_KEYS + 1)}},
-        headers=auth("acme")),
-     422, "validation-error", "payload"),
-    ("metadata too large", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "metadata": {"note": "x" * MAX_METADATA_BYTES}},
-        headers=auth("acme")),
-     422, "validation-error", "metadata"),
-    ("metadata value not a scalar", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "metadata": {"tags": ["a"]}}, headers=auth("acme")),
-     422, "validation-error", "metadata.tags"),
-    ("unknown jobType", lambda c: c.post(
-        "/v1/jobs", json={**JOB, "jobType": "no.such.type"}, headers=auth("acme")),
-     422, "unknown-job-type", "jobType"),
-]  # fmt: skip
+    ("malformed json", lambda c: raw(c, '{"jobType": ', headers=auth("small")), 400, "malformed-request", None),
+    (
+        "json nested past the parser",
+        lambda c: raw(c, "[" * 100_000 + "]" * 100_000, headers=auth("acme")),
+        400,
+        "malformed-request",
+        None,
+    ),
+    (
+        "form body",
+        lambda c: raw(c, "jobType=diag.echo", "application/x-www-form-urlencoded", headers=auth("small")),
+        415,
+        "unsupported-media-type",
+        None,
+    ),
+    (
+        "no content type",
+        lambda c: c.post("/v1/jobs", data=b"{}", headers=auth("small")),
+        415,
+        "unsupported-media-type",
+        None,
+    ),
+    (
+        "body over max_payload_bytes",
+        lambda c: c.post("/v1/jobs", json={**JOB, "payload": {"x": "y" * 2000}}, headers=auth("small")),
+        413,
+        "payload-too-large",
+        None,
+    ),
+    (
+        "chunked body over max_payload_bytes",
+        lambda c: c.post(
+            "/v1/jobs",
+            input_stream=io.BytesIO(json.dumps({**JOB, "payload": {"x": "y" * 5000}}).encode()),
+            content_type="application/json",
+            headers={**auth("small"), "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        ),
+        413,
+        "payload-too-large",
+        None,
+    ),
+    (
+        "payload nested too deep",
+        lambda c: c.post("/v1/jobs", json={**JOB, "payload": nested(MAX_JSON_DEPTH + 1)}, headers=auth("acme")),
+        422,
+        "validation-error",
+        "payload",
+    ),
+    (
+        "payload with too many keys",
+        lambda c: c.post(
+            "/v1/jobs", json={**JOB, "payload": {f"k{i}": i for i in range(MAX_JSON_KEYS + 1)}}, headers=auth("acme")
+        ),
+        422,
+        "validation-error",
+        "payload",
+    ),
+    (
+        "metadata too large",
+        lambda c: c.post(
+            "/v1/jobs", json={**JOB, "metadata": {"note": "x" * MAX_METADATA_BYTES}}, headers=auth("acme")
+        ),
+        422,
+        "validation-error",
+        "metadata",
+    ),
+    (
+        "metadata value not a scalar",
+        lambda c: c.post("/v1/jobs", json={**JOB, "metadata": {"tags": ["a"]}}, headers=auth("acme")),
+        422,
+        "validation-error",
+        "metadata.tags",
+    ),
+    (
+        "unknown jobType",
+        lambda c: c.post("/v1/jobs", json={**JOB, "jobType": "no.such.type"}, headers=auth("acme")),
+        422,
+        "unknown-job-type",
+        "jobType",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    ("send", "status", "slug", "field"), [case[1:] for case in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("send", "status", "slug", "field"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
 def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
     client: FlaskClient, redis: Redis, send, status: int, slug: str, field: str | None
 ) -> None:
@@ -103,7 +145,5 @@ def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
 def test_a_body_just_under_the_cap_is_accepted(client: FlaskClient, redis: Redis) -> None:
     announce(redis, ["diag.echo"], 600)
     filler = "y" * (1024 - len(json.dumps({**JOB, "payload": {"x": ""}})))
-    response = client.post(
-        "/v1/jobs", json={**JOB, "payload": {"x": filler}}, headers=auth("small")
-    )
+    response = client.post("/v1/jobs", json={**JOB, "payload": {"x": filler}}, headers=auth("small"))
     assert response.status_code == 202, response.get_json()

@@ -8,8 +8,8 @@ import logging
 from typing import Any
 
 from pulse_api import create_app
-from pulse_core import logs
 from pulse_core.settings import Settings
+from pulse_core.telemetry import logs
 from tests.support import WorkerProcess, auth, wait_for, wait_for_state
 
 SECRET = "s3cr3t-payload-value-7781"
@@ -42,9 +42,11 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
         # when a job with a recognisable payload is submitted, and one that fails
         body = {"jobType": "diag.echo", "payload": {"secret": SECRET}}
         job = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()
-        failing = client.post("/v1/jobs", json={"jobType": "diag.fail", "payload": {"s": SECRET},
-                                                   "options": {"maxRetries": 0}},
-                              headers=auth("acme")).get_json()  # fmt: skip
+        failing = client.post(
+            "/v1/jobs",
+            json={"jobType": "diag.fail", "payload": {"s": SECRET}, "options": {"maxRetries": 0}},
+            headers=auth("acme"),
+        ).get_json()
         wait_for_state(client, "acme", job["jobId"], {"succeeded"}, timeout=60)
         wait_for_state(client, "acme", failing["jobId"], {"dead"}, timeout=60)
     finally:
@@ -54,22 +56,25 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
     # then the API's lines about it are JSON carrying its ids
     api_lines = [r for r in json_lines(stream.getvalue()) if r.get("jobId") == job["jobId"]]
     assert [r["message"] for r in api_lines] == ["job accepted"]
-    expected = {"jobId": job["jobId"], "tenantId": "acme", "jobType": "diag.echo",
-                "attempt": 0, "traceId": job["traceId"]}  # fmt: skip
+    expected = {
+        "jobId": job["jobId"],
+        "tenantId": "acme",
+        "jobType": "diag.echo",
+        "attempt": 0,
+        "traceId": job["traceId"],
+    }
     assert {k: api_lines[0][k] for k in IDS} == expected
 
     # and every line the worker wrote is JSON; those about the job carry its ids
     def worker_lines_for(job_id: str) -> list[dict[str, Any]]:
         return [r for r in json_lines(observed_worker.log()) if r.get("jobId") == job_id]
 
-    echo_lines = wait_for(lambda: len(worker_lines_for(job["jobId"])) >= 2 and
-                          worker_lines_for(job["jobId"]))  # fmt: skip
+    echo_lines = wait_for(lambda: len(worker_lines_for(job["jobId"])) >= 2 and worker_lines_for(job["jobId"]))
     for record in echo_lines:
         assert {k: record[k] for k in IDS} == {**expected, "attempt": 1}, record
         assert {"time", "level", "logger", "message"} <= record.keys()
     assert any("succeeded" in r["message"] for r in echo_lines)
-    dead_lines = wait_for(lambda: [r for r in worker_lines_for(failing["jobId"])
-                                   if "dead" in r["message"]])  # fmt: skip
+    dead_lines = wait_for(lambda: [r for r in worker_lines_for(failing["jobId"]) if "dead" in r["message"]])
     assert dead_lines[0]["jobType"] == "diag.fail" and dead_lines[0]["level"] == "INFO"
     # and no line anywhere contains the payload
     assert SECRET not in stream.getvalue()

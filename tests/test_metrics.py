@@ -62,11 +62,11 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
             response = client.post("/v1/jobs", json=body, headers=auth("globex"))
             assert response.status_code == 202
             job_ids.append(response.get_json()["jobId"])
-    refused = client.post("/v1/jobs", json={"jobType": "no.such.type", "payload": {}},
-                          headers=auth("globex"))  # fmt: skip
+    refused = client.post("/v1/jobs", json={"jobType": "no.such.type", "payload": {}}, headers=auth("globex"))
     assert refused.status_code == 422
-    anonymous = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                            headers={"Authorization": "Bearer wrong"})  # fmt: skip
+    anonymous = client.post(
+        "/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers={"Authorization": "Bearer wrong"}
+    )
     assert anonymous.status_code == 401
     for job_id in job_ids:
         wait_for_state(client, "globex", job_id, {"succeeded", "dead"}, timeout=60)
@@ -80,10 +80,8 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
 
     assert api_delta("pulse_jobs_submitted_total", **echo) == 3
     assert api_delta("pulse_jobs_submitted_total", **fail) == 2
-    assert api_delta("pulse_jobs_rejected_total", tenant="globex", job_type="unknown",
-                     reason="validation") == 1  # fmt: skip
-    assert api_delta("pulse_jobs_rejected_total", tenant="unknown", job_type="unknown",
-                     reason="unauthenticated") == 1  # fmt: skip
+    assert api_delta("pulse_jobs_rejected_total", tenant="globex", job_type="unknown", reason="validation") == 1
+    assert api_delta("pulse_jobs_rejected_total", tenant="unknown", job_type="unknown", reason="unauthenticated") == 1
     assert not any("no.such.type" in str(key) for key in api)
     # and it reports the depth of its queue, read at scrape time
     assert ("pulse_queue_depth", frozenset({("queue", OBSERVED_QUEUE)})) in api

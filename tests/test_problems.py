@@ -21,12 +21,10 @@ def assert_problem(response, status: int, type_suffix: str) -> dict:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"},
-     {"Authorization": "Bearer "}],
-)  # fmt: skip
+    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+)
 def test_missing_or_wrong_key_is_401(client: FlaskClient, headers: dict) -> None:
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                           headers=headers)  # fmt: skip
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=headers)
     assert_problem(response, 401, "unauthorized")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
@@ -36,15 +34,15 @@ def test_status_read_needs_a_key(client: FlaskClient) -> None:
 
 
 def test_malformed_json_is_400(client: FlaskClient) -> None:
-    response = client.post("/v1/jobs", data='{"jobType": ', headers=auth("acme"),
-                           content_type="application/json")  # fmt: skip
+    response = client.post("/v1/jobs", data='{"jobType": ', headers=auth("acme"), content_type="application/json")
     body = assert_problem(response, 400, "malformed-request")
     assert "JSON" in body["detail"]
 
 
 def test_non_json_body_is_415(client: FlaskClient) -> None:
-    response = client.post("/v1/jobs", data="jobType=diag.echo", headers=auth("acme"),
-                           content_type="application/x-www-form-urlencoded")  # fmt: skip
+    response = client.post(
+        "/v1/jobs", data="jobType=diag.echo", headers=auth("acme"), content_type="application/x-www-form-urlencoded"
+    )
     assert_problem(response, 415, "unsupported-media-type")
 
 
@@ -57,14 +55,11 @@ def test_non_json_body_is_415(client: FlaskClient) -> None:
         ({"jobType": "diag.echo", "payload": None}, "payload"),
         ({"jobType": "has spaces", "payload": {}}, "jobType"),
         ({"jobType": "diag.echo", "payload": {}, "surprise": 1}, "surprise"),
-        ({"jobType": "diag.echo", "payload": {}, "metadata": {"traceId": "xyz"}},
-         "metadata.traceId"),
+        ({"jobType": "diag.echo", "payload": {}, "metadata": {"traceId": "xyz"}}, "metadata.traceId"),
         ({"jobType": "diag.echo", "payload": {}, "idempotencyKey": ""}, "idempotencyKey"),
     ],
-)  # fmt: skip
-def test_schema_violation_is_422_naming_the_field(
-    client: FlaskClient, body: dict, field: str
-) -> None:
+)
+def test_schema_violation_is_422_naming_the_field(client: FlaskClient, body: dict, field: str) -> None:
     response = client.post("/v1/jobs", json=body, headers=auth("acme"))
     problem = assert_problem(response, 422, "validation-error")
     assert field in problem["errors"], problem
@@ -76,17 +71,17 @@ def test_top_level_array_is_422(client: FlaskClient) -> None:
 
 
 def test_unknown_job_type_is_422_at_submit(live_client: FlaskClient) -> None:
-    response = live_client.post("/v1/jobs", json={"jobType": "no.such.handler", "payload": {}},
-                                headers=auth("acme"))  # fmt: skip
+    response = live_client.post("/v1/jobs", json={"jobType": "no.such.handler", "payload": {}}, headers=auth("acme"))
     body = assert_problem(response, 422, "unknown-job-type")
     assert "jobType" in body["errors"]
 
 
 def test_tenant_id_of_another_tenant_is_422(live_client: FlaskClient) -> None:
     response = live_client.post(
-        "/v1/jobs", json={"jobType": "diag.echo", "payload": {}, "tenantId": "globex"},
+        "/v1/jobs",
+        json={"jobType": "diag.echo", "payload": {}, "tenantId": "globex"},
         headers=auth("acme"),
-    )  # fmt: skip
+    )
     body = assert_problem(response, 422, "tenant-mismatch")
     assert "tenantId" in body["errors"]
 
@@ -98,16 +93,19 @@ def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"maxRetries": "2"}, "options.maxRetries"), ({"maxRetries": True}, "options.maxRetries"),
-     ({"maxRetries": 2.0}, "options.maxRetries"), ({"delaySeconds": "1"}, "options.delaySeconds"),
-     ({"priority": False}, "options.priority")],
-)  # fmt: skip
+    [
+        ({"maxRetries": "2"}, "options.maxRetries"),
+        ({"maxRetries": True}, "options.maxRetries"),
+        ({"maxRetries": 2.0}, "options.maxRetries"),
+        ({"delaySeconds": "1"}, "options.delaySeconds"),
+        ({"priority": False}, "options.priority"),
+    ],
+)
 def test_options_take_json_types_only(client: FlaskClient, options: dict, field: str) -> None:
     # given an option whose value is the wrong JSON type, though Python could coerce it
     body = {"jobType": "diag.echo", "payload": {}, "options": options}
     # when it is submitted, then it is refused naming the option
-    problem = assert_problem(client.post("/v1/jobs", json=body, headers=auth("acme")), 422,
-                             "validation-error")  # fmt: skip
+    problem = assert_problem(client.post("/v1/jobs", json=body, headers=auth("acme")), 422, "validation-error")
     assert field in problem["errors"], problem
 
 

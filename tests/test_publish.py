@@ -9,7 +9,7 @@ import pytest
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.celery_setup import (
+from pulse_core.broker.celery_app import (
     RUN_JOB_TASK,
     create_celery,
     encode_message,
@@ -18,28 +18,26 @@ from pulse_core.celery_setup import (
 )
 from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.settings import Settings
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
 
 VARYING = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
 
 
 def strip(message: dict) -> dict:
     """The envelope without the per-message ids (and Celery's unset ``ignore_result``)."""
-    headers = {k: v for k, v in message["headers"].items()
-               if k not in VARYING and k != "ignore_result"}  # fmt: skip
+    headers = {k: v for k, v in message["headers"].items() if k not in VARYING and k != "ignore_result"}
     props = {k: v for k, v in message["properties"].items() if k not in VARYING}
     return {**message, "headers": headers, "properties": props}
 
 
 @pytest.mark.parametrize("priority", [0, 1, 4, 5, 7, 9])
-def test_inline_message_matches_what_celery_publishes(
-    settings: Settings, redis: Redis, priority: int
-) -> None:
+def test_inline_message_matches_what_celery_publishes(settings: Settings, redis: Redis, priority: int) -> None:
     # given one job published through Celery/kombu and the same job encoded by Pulse
     queue = f"t-publish-compare-{priority}"
     app = create_celery(settings)
-    job = Job(job_id="job-1", tenant_id="acme", job_type="diag.echo", queue=queue,
-              created_at=utc_now(), priority=priority)  # fmt: skip
+    job = Job(
+        job_id="job-1", tenant_id="acme", job_type="diag.echo", queue=queue, created_at=utc_now(), priority=priority
+    )
     publish_job(app, job)
     message, broker_list = encode_message(app, job)
     # then kombu put its message on exactly the list Pulse would push to (the lane's
@@ -57,8 +55,14 @@ def test_inline_message_matches_what_celery_publishes(
 def test_a_bare_send_task_is_routed_to_its_jobs_lane(settings: Settings, redis: Redis) -> None:
     # given a stored job on queue Q of tenant globex, at priority 9
     app = create_celery(settings)
-    job = Job(job_id=new_job_id(), tenant_id="globex", job_type="diag.echo",
-              queue="t-router", created_at=utc_now(), priority=9)  # fmt: skip
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="globex",
+        job_type="diag.echo",
+        queue="t-router",
+        created_at=utc_now(),
+        priority=9,
+    )
     JobStore(redis).create(job)
     # when someone sends pulse.run_job for it naming no queue
     app.send_task(RUN_JOB_TASK, args=(job.job_id,))

@@ -12,11 +12,11 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core.announce import announce
-from pulse_core.celery_setup import broker_priority, create_celery, redis_list
-from pulse_core.cli import tenant_lanes
-from pulse_core.routing import lane, resolve_queue
+from pulse_cli.cli import tenant_lanes
+from pulse_core.broker.celery_app import broker_priority, create_celery, redis_list
+from pulse_core.broker.routing import lane, resolve_queue
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from pulse_core.tenants import TenantsConfig
 from tests.conftest import DIAG_TYPES
 from tests.support import (
@@ -49,8 +49,7 @@ queue = "{prefix}-globex-echo"
 
 
 def submit(client: FlaskClient, tenant: str, job_type: str, **body: object) -> dict:
-    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": {}, **body},
-                           headers=auth(tenant))  # fmt: skip
+    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": {}, **body}, headers=auth(tenant))
     assert response.status_code == 202, response.get_json()
     return response.get_json()
 
@@ -59,9 +58,7 @@ def started(doc: dict) -> datetime:
     return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00"))
 
 
-def test_precedence_tenant_x_job_type_then_job_type_then_tenant_then_shared(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_precedence_tenant_x_job_type_then_job_type_then_tenant_then_shared(settings: Settings, tmp_path: Path) -> None:
     # given the routing tenants file
     config = TenantsConfig.load(routed(settings, tmp_path, "p").require_tenants_file())
     # then each (tenant, jobType) resolves by the documented precedence
@@ -72,8 +69,11 @@ def test_precedence_tenant_x_job_type_then_job_type_then_tenant_then_shared(
     assert resolve_queue(config, "globex", "diag.fail", "fallback") == "fallback"
     # and a --tenants worker takes the tenant's lanes of its own queues
     assert tenant_lanes(config, "acme,globex", "fallback") == [
-        "p-acme/acme", "p-acme-sleep/acme", "fallback/globex", "p-globex-echo/globex",
-    ]  # fmt: skip
+        "p-acme/acme",
+        "p-acme-sleep/acme",
+        "fallback/globex",
+        "p-globex-echo/globex",
+    ]
 
 
 def test_bad_routing_entries_are_refused_naming_them(tmp_path: Path) -> None:
@@ -116,8 +116,9 @@ def test_jobs_land_on_their_routed_queue_and_a_worker_runs_only_its_queue(
         assert redis.llen(name) == 1
         assert waiting_messages(redis, queue) == 1
     # when a worker consumes only acme's queue
-    worker = WorkerProcess(settings_env(routed_settings), tmp_path / "w.log",
-                           queues=["t-route-acme"], concurrency=1).start()  # fmt: skip
+    worker = WorkerProcess(
+        settings_env(routed_settings), tmp_path / "w.log", queues=["t-route-acme"], concurrency=1
+    ).start()
     try:
         worker.wait_ready(redis, DIAG_TYPES)
         more = [submit(client, "acme", "diag.echo")["jobId"] for _ in range(3)]
@@ -144,8 +145,7 @@ def test_higher_priority_runs_first_on_a_single_process_worker(
     # given jobs queued lowest priority first, one from each of Redis's four bands
     client = create_app(isolated_settings).test_client()
     announce(redis, DIAG_TYPES, 600)
-    ids = {p: submit(client, "acme", "diag.echo", options={"priority": p})["jobId"]
-           for p in (0, 2, 5, 9)}  # fmt: skip
+    ids = {p: submit(client, "acme", "diag.echo", options={"priority": p})["jobId"] for p in (0, 2, 5, 9)}
     assert submit(client, "acme", "diag.echo")["options"]["priority"] == 5  # the default
     bad = client.post(
         "/v1/jobs",
@@ -161,8 +161,7 @@ def test_higher_priority_runs_first_on_a_single_process_worker(
         concurrency=1,
     ).start()
     try:
-        docs = {p: wait_for_state(client, "acme", job_id, {"succeeded"})
-                for p, job_id in ids.items()}  # fmt: skip
+        docs = {p: wait_for_state(client, "acme", job_id, {"succeeded"}) for p, job_id in ids.items()}
     finally:
         worker.stop()
     # then they started highest priority first
@@ -192,10 +191,7 @@ def test_a_flood_from_one_tenant_does_not_hold_back_another_on_a_shared_queue(
         b_ids = [submit(client, "globex", "diag.echo")["jobId"] for _ in range(3)]
         # then B's jobs are done while most of A's backlog still waits
         b_docs = [wait_for_state(client, "globex", j, {"succeeded"}, timeout=60) for j in b_ids]
-        a_left = sum(
-            client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json()["state"] == "queued"
-            for j in a_ids
-        )
+        a_left = sum(client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json()["state"] == "queued" for j in a_ids)
         assert a_left > 100, f"only {a_left} of A's 300 jobs were still queued"
         # and every one of A's jobs still runs
         a_docs = [wait_for_state(client, "acme", j, {"succeeded"}, timeout=120) for j in a_ids]

@@ -15,8 +15,8 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core import keys
-from pulse_core.announce import announce
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.support import (
     WorkerProcess,
     auth,
@@ -44,10 +44,9 @@ def test_limit_holds_exactly_across_eight_api_processes(settings: Settings, redi
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
         futures = [
-            pool.submit(post_from_new_process, env, "racer", [BODY] * per_process,
-                        ("pulse:test:race-start", processes))
+            pool.submit(post_from_new_process, env, "racer", [BODY] * per_process, ("pulse:test:race-start", processes))
             for _ in range(processes)
-        ]  # fmt: skip
+        ]
         answers = [answer for future in futures for answer in future.result(timeout=120)]
     # then exactly the limit is admitted: a moving window is exact
     statuses = [status for status, _, _ in answers]
@@ -89,9 +88,7 @@ def test_several_limits_are_all_or_nothing(client: FlaskClient, settings: Settin
     assert answers[0].headers["RateLimit-Limit"] == "3"
     assert int(answers[3].headers["Retry-After"]) > 60
     # and a refusal consumed nothing in the looser window either (limits' own view)
-    limiter = MovingWindowRateLimiter(
-        RedisStorage(settings.redis_url, key_prefix=keys.RATE_LIMIT_PREFIX)
-    )
+    limiter = MovingWindowRateLimiter(RedisStorage(settings.redis_url, key_prefix=keys.RATE_LIMIT_PREFIX))
     minute = limiter.get_window_stats(parse("100/minute"), "multi")
     assert minute.remaining == 97
 

@@ -28,27 +28,31 @@ NEW_KEY = "newco-secret-key"
 
 
 def post(client: FlaskClient, key: str) -> int:
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    response = client.post(
+        "/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers={"Authorization": f"Bearer {key}"}
+    )
     return response.status_code
 
 
 def test_a_reload_adds_a_tenant_and_a_bad_reload_changes_nothing(
-    settings: Settings, redis: Redis, worker: WorkerProcess, tmp_path: Path,
+    settings: Settings,
+    redis: Redis,
+    worker: WorkerProcess,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     # given an API reading a tenants file of its own, and the shared queue's worker running
     path = write_tenants_file(tmp_path / "tenants.toml")
     client = create_app(replace(settings, tenants_file=path)).test_client()
     shared_worker_pid = worker.process.pid if worker.process else None
     assert post(client, NEW_KEY) == 401
     # when the file gains tenant newco with a queue of its own (what an operator edits)
-    write_tenants_file(path, keys={"newco": NEW_KEY},
-                       tenant_settings={"newco": 'queue = "t-newco"'})  # fmt: skip
+    write_tenants_file(path, keys={"newco": NEW_KEY}, tenant_settings={"newco": 'queue = "t-newco"'})
     # then within about a second the API accepts newco, routing it to its queue
     wait_for(lambda: post(client, NEW_KEY) == 202, timeout=10, interval=0.2)
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": 1}},
-                           headers={"Authorization": f"Bearer {NEW_KEY}"})  # fmt: skip
+    response = client.post(
+        "/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": 1}}, headers={"Authorization": f"Bearer {NEW_KEY}"}
+    )
     job = response.get_json()
     assert job["queue"] == "t-newco"
     # and a worker started for that queue runs it
@@ -62,15 +66,22 @@ def test_a_reload_adds_a_tenant_and_a_bad_reload_changes_nothing(
         newco.wait_ready(redis, DIAG_TYPES)
         doc = client.get(f"/v1/jobs/{job['jobId']}", headers={"Authorization": f"Bearer {NEW_KEY}"})
         assert doc.status_code == 200
-        wait_for(lambda: client.get(f"/v1/jobs/{job['jobId']}", headers={
-            "Authorization": f"Bearer {NEW_KEY}"}).get_json()["state"] == "succeeded")  # fmt: skip
+        wait_for(
+            lambda: (
+                client.get(f"/v1/jobs/{job['jobId']}", headers={"Authorization": f"Bearer {NEW_KEY}"}).get_json()[
+                    "state"
+                ]
+                == "succeeded"
+            )
+        )
     finally:
         newco.stop()
     # and the shared queue's worker was never restarted and still runs acme's jobs
     assert worker.process is not None and worker.process.pid == shared_worker_pid
     assert worker.process.poll() is None
-    acme_job = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                           headers=auth("acme")).get_json()["jobId"]  # fmt: skip
+    acme_job = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("acme")).get_json()[
+        "jobId"
+    ]
     wait_for_state(client, "acme", acme_job, {"succeeded"})
 
     # when the file is then broken (what a bad edit looks like)

@@ -13,9 +13,7 @@ from tests.support import auth, wait_for, wait_for_state, witness_starts
 
 
 def submit(client: FlaskClient, job_type: str, payload: dict, tenant: str = "acme", **extra: Any):
-    response = client.post(
-        "/v1/jobs", json={"jobType": job_type, "payload": payload, **extra}, headers=auth(tenant)
-    )
+    response = client.post("/v1/jobs", json={"jobType": job_type, "payload": payload, **extra}, headers=auth(tenant))
     assert response.status_code == 202, response.get_data(as_text=True)
     return response.get_json()["jobId"]
 
@@ -96,12 +94,9 @@ def test_failing_job_is_dead_lettered_after_max_retries_and_can_be_replayed(
     assert live_client.delete(f"/v1/dead-letters/{job_id}", headers=auth("acme")).status_code == 404
 
 
-def test_dead_letters_page_newest_first_and_bulk_replay_counts_first(
-    live_client: FlaskClient, redis: Redis
-) -> None:
+def test_dead_letters_page_newest_first_and_bulk_replay_counts_first(live_client: FlaskClient, redis: Redis) -> None:
     # given three dead diag.fail jobs of globex
-    ids = [submit(live_client, "diag.fail", {}, "globex", options={"maxRetries": 0})
-           for _ in range(3)]  # fmt: skip
+    ids = [submit(live_client, "diag.fail", {}, "globex", options={"maxRetries": 0}) for _ in range(3)]
     for job_id in ids:
         wait_for_state(live_client, "globex", job_id, {"dead"}, timeout=60)
     # when it pages through its dead letters two at a time
@@ -119,20 +114,23 @@ def test_dead_letters_page_newest_first_and_bulk_replay_counts_first(
     assert set(ids) <= set(seen) and len(seen) == len(set(seen))
     assert scores == sorted(scores, reverse=True)
     # when a bulk replay is asked as a dry run, then it counts without replaying
-    dry = live_client.post("/v1/dead-letters/replay", json={"jobType": "diag.fail",
-                           "dryRun": True}, headers=auth("globex")).get_json()  # fmt: skip
+    dry = live_client.post(
+        "/v1/dead-letters/replay", json={"jobType": "diag.fail", "dryRun": True}, headers=auth("globex")
+    ).get_json()
     assert dry["matched"] >= 3 and dry["replayed"] == 0
-    assert live_client.get(f"/v1/jobs/{ids[0]}", headers=auth("globex")).get_json()["state"] == (
-        "dead"
-    )
+    assert live_client.get(f"/v1/jobs/{ids[0]}", headers=auth("globex")).get_json()["state"] == ("dead")
     # when it is done for real, then every matched letter is replayed (and dies again)
-    done = live_client.post("/v1/dead-letters/replay", json={"jobType": "diag.fail"},
-                            headers=auth("globex")).get_json()  # fmt: skip
+    done = live_client.post("/v1/dead-letters/replay", json={"jobType": "diag.fail"}, headers=auth("globex")).get_json()
     assert done["replayed"] == done["matched"] == dry["matched"]
     for job_id in ids:
-        doc = wait_for(lambda j=job_id: (d := live_client.get(
-            f"/v1/jobs/{j}", headers=auth("globex")).get_json())["replays"] == 1
-            and d["state"] == "dead" and d, timeout=60)  # fmt: skip
+        doc = wait_for(
+            lambda j=job_id: (
+                (d := live_client.get(f"/v1/jobs/{j}", headers=auth("globex")).get_json())["replays"] == 1
+                and d["state"] == "dead"
+                and d
+            ),
+            timeout=60,
+        )
         assert doc["attempts"] == 1
 
 
@@ -148,18 +146,16 @@ def test_a_bad_cursor_and_options_over_the_caps_are_422(live_client: FlaskClient
         ({"delaySeconds": 1, "runAt": "2030-01-01T00:00:00Z"}, "options.delaySeconds"),
         ({"runAt": "2030-01-01T00:00:00"}, "options.runAt"),
     ]:
-        response = live_client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {},
-                                    "options": options}, headers=auth("acme"))  # fmt: skip
+        response = live_client.post(
+            "/v1/jobs", json={"jobType": "diag.echo", "payload": {}, "options": options}, headers=auth("acme")
+        )
         assert response.status_code == 422, options
         assert field in response.get_json()["errors"], response.get_json()
 
 
-def test_a_job_past_its_soft_time_limit_is_retried_then_dead(
-    live_client: FlaskClient, redis: Redis
-) -> None:
+def test_a_job_past_its_soft_time_limit_is_retried_then_dead(live_client: FlaskClient, redis: Redis) -> None:
     # given a sleep longer than the job's 1-second timeout, with one retry
-    job_id = submit(live_client, "witness.sleep", {"seconds": 4},
-                    options={"timeoutSeconds": 1, "maxRetries": 1})  # fmt: skip
+    job_id = submit(live_client, "witness.sleep", {"seconds": 4}, options={"timeoutSeconds": 1, "maxRetries": 1})
     # when it runs
     doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
     # then each attempt was stopped by the soft limit (inside the handler), retried, then dead

@@ -51,9 +51,18 @@ def test_status_document_has_every_documented_field(live_client: FlaskClient) ->
     job_id = submit(live_client).get_json()["jobId"]
     doc = live_client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
     assert set(doc) >= {
-        "jobId", "tenantId", "jobType", "state", "attempts", "createdAt",
-        "startedAt", "finishedAt", "result", "error", "metadata",
-    }  # fmt: skip
+        "jobId",
+        "tenantId",
+        "jobType",
+        "state",
+        "attempts",
+        "createdAt",
+        "startedAt",
+        "finishedAt",
+        "result",
+        "error",
+        "metadata",
+    }
 
 
 def test_trace_id_from_metadata_is_kept(live_client: FlaskClient) -> None:
@@ -81,9 +90,7 @@ def test_another_tenants_job_is_indistinguishable_from_a_missing_one(
     assert theirs.mimetype == missing.mimetype == "application/problem+json"
     a, b = theirs.get_json(), missing.get_json()
     assert a["detail"].replace(job_id, "ID") == b["detail"].replace(missing_id, "ID")
-    assert {k: v for k, v in a.items() if k != "detail"} == {
-        k: v for k, v in b.items() if k != "detail"
-    }
+    assert {k: v for k, v in a.items() if k != "detail"} == {k: v for k, v in b.items() if k != "detail"}
     # and acme still sees it
     assert live_client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).status_code == 200
 
@@ -94,14 +101,13 @@ def test_refusals_leave_nothing_behind(live_client: FlaskClient, redis: Redis) -
     before_queue = waiting_messages(redis, "pulse")
     # when a batch of bad submissions is refused
     bad = [
-        live_client.post("/v1/jobs", data="{nope", headers=auth("globex"),
-                         content_type="application/json"),
-        live_client.post("/v1/jobs", json={"jobType": "no.such.type", "payload": {}},
-                         headers=auth("globex")),
+        live_client.post("/v1/jobs", data="{nope", headers=auth("globex"), content_type="application/json"),
+        live_client.post("/v1/jobs", json={"jobType": "no.such.type", "payload": {}}, headers=auth("globex")),
         live_client.post("/v1/jobs", json={"jobType": "diag.echo"}, headers=auth("globex")),
-        live_client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {},
-                                           "tenantId": "acme"}, headers=auth("globex")),
-    ]  # fmt: skip
+        live_client.post(
+            "/v1/jobs", json={"jobType": "diag.echo", "payload": {}, "tenantId": "acme"}, headers=auth("globex")
+        ),
+    ]
     # then every one is a 4xx and no job record was written
     assert [r.status_code for r in bad] == [400, 422, 422, 422]
     assert redis.zcard(keys.tenant_jobs("globex")) == before_jobs

@@ -21,12 +21,12 @@ from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core import telemetry
-from pulse_core.announce import announce
-from pulse_core.celery_setup import create_celery
+from pulse_core.broker.celery_app import create_celery
+from pulse_core.broker.routing import lane
 from pulse_core.handlers import load_handler_modules, registry
-from pulse_core.routing import lane
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
+from pulse_core.telemetry import tracing
 from pulse_worker.runtime import WorkerRuntime
 from pulse_worker.task import install
 from tests.support import auth, wait_for, wait_for_state
@@ -40,7 +40,7 @@ CALLER_SPAN = "00f067aa0ba902b7"
 def traced(settings: Settings, redis: Redis) -> Iterator[tuple[FlaskClient, InMemorySpanExporter]]:
     """Tracing on (in-memory exporter), an API and an in-process worker on a queue of their own."""
     exporter = InMemorySpanExporter()
-    telemetry.configure_tracing("pulse-test", exporter=exporter, set_global=False)
+    tracing.configure_tracing("pulse-test", exporter=exporter, set_global=False)
     local = replace(settings, default_queue=QUEUE)
     load_handler_modules(local.handler_modules)
     announce(redis, registry.job_types(), 300)
@@ -49,11 +49,12 @@ def traced(settings: Settings, redis: Redis) -> Iterator[tuple[FlaskClient, InMe
     client = create_app(local).test_client()
     try:
         # the in-process worker has no lane watcher: it consumes acme's lane by name
-        with start_worker(worker_app, pool="solo", perform_ping_check=False,
-                          queues=[QUEUE, lane(QUEUE, "acme")], shutdown_timeout=30):  # fmt: skip
+        with start_worker(
+            worker_app, pool="solo", perform_ping_check=False, queues=[QUEUE, lane(QUEUE, "acme")], shutdown_timeout=30
+        ):
             yield client, exporter
     finally:
-        telemetry.shutdown_tracing()
+        tracing.shutdown_tracing()
 
 
 def _run(client: FlaskClient, exporter: InMemorySpanExporter, **request: Any) -> tuple[dict, list]:
@@ -74,11 +75,8 @@ def _run(client: FlaskClient, exporter: InMemorySpanExporter, **request: Any) ->
     return job, [s for s in spans if not s.name.startswith("GET ")]
 
 
-def _one(
-    spans: list[ReadableSpan], *, name: str | None = None, kind: SpanKind | None = None
-) -> ReadableSpan:
-    found = [s for s in spans
-             if (name is None or s.name == name) and (kind is None or s.kind is kind)]  # fmt: skip
+def _one(spans: list[ReadableSpan], *, name: str | None = None, kind: SpanKind | None = None) -> ReadableSpan:
+    found = [s for s in spans if (name is None or s.name == name) and (kind is None or s.kind is kind)]
     assert len(found) == 1, [(s.name, s.kind) for s in spans]
     return found[0]
 
@@ -88,16 +86,13 @@ def _parent_id(span: ReadableSpan) -> int | None:
 
 
 # First in this module: the module's tracing fixture is not set up yet.
-def test_with_tracing_off_the_job_still_takes_the_callers_trace_id(
-    client: FlaskClient, redis: Redis
-) -> None:
+def test_with_tracing_off_the_job_still_takes_the_callers_trace_id(client: FlaskClient, redis: Redis) -> None:
     # given tracing off (no OTEL variables) and a caller's traceparent
-    assert not telemetry.tracing_enabled()
+    assert not tracing.tracing_enabled()
     announce(redis, ["diag.echo"], 60)
     headers = {**auth("acme"), "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
     # when it submits a job
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                           headers=headers)  # fmt: skip
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=headers)
     # then the job's traceId is the caller's, so its logs can still be joined to the caller
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["traceId"] == CALLER_TRACE
@@ -105,8 +100,9 @@ def test_with_tracing_off_the_job_still_takes_the_callers_trace_id(
     wanted = "0af7651916cd43dd8448eb211c80319c"
     body = {"jobType": "diag.echo", "payload": {}, "metadata": {"traceId": wanted}}
     assert client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["traceId"] == wanted
-    fresh = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                        headers=auth("acme")).get_json()["traceId"]  # fmt: skip
+    fresh = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("acme")).get_json()[
+        "traceId"
+    ]
     assert len(fresh) == 32 and fresh not in {wanted, CALLER_TRACE}
 
 
@@ -165,8 +161,12 @@ def test_metadata_trace_id_is_honoured_without_a_traceparent(
     assert job["traceId"] == wanted
     submit = _one(spans, name="pulse.submit")
     http = _one(spans, name="POST /v1/jobs")
-    rest = [_one(spans, kind=SpanKind.PRODUCER), _one(spans, kind=SpanKind.CONSUMER),
-            _one(spans, name="job diag.echo"), _one(spans, name="diag.echo.copy")]  # fmt: skip
+    rest = [
+        _one(spans, kind=SpanKind.PRODUCER),
+        _one(spans, kind=SpanKind.CONSUMER),
+        _one(spans, name="job diag.echo"),
+        _one(spans, name="diag.echo.copy"),
+    ]
     for span in [submit, *rest]:
         assert format_trace_id(span.context.trace_id) == wanted, span.name
     assert [link.context.span_id for link in submit.links] == [http.context.span_id]

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_core.celery_setup import create_celery, encode_message, publish_job
+from pulse_core.broker.celery_app import create_celery, encode_message, publish_job
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for_state
@@ -21,8 +21,9 @@ from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for
 
 def test_a_failing_handler_leaves_the_job_dead_with_its_error(live_client: FlaskClient) -> None:
     # given a handler that always fails (retryably; diag.fail declares max_retries=3)
-    job_id = live_client.post("/v1/jobs", json={"jobType": "diag.fail", "payload": {}},
-                              headers=auth("acme")).get_json()["jobId"]  # fmt: skip
+    job_id = live_client.post(
+        "/v1/jobs", json={"jobType": "diag.fail", "payload": {}}, headers=auth("acme")
+    ).get_json()["jobId"]
     # when the worker runs it
     doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
     # then it is dead after 1 + 3 attempts, and the error says what happened without a
@@ -39,8 +40,9 @@ def test_a_failing_handler_leaves_the_job_dead_with_its_error(live_client: Flask
 def test_a_result_over_the_cap_is_refused(live_client: FlaskClient, settings: Settings) -> None:
     # given a payload whose echo is larger than the result cap
     big = {"blob": "x" * (settings.result_max_bytes + 10)}
-    job_id = live_client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": big},
-                              headers=auth("acme")).get_json()["jobId"]  # fmt: skip
+    job_id = live_client.post(
+        "/v1/jobs", json={"jobType": "diag.echo", "payload": big}, headers=auth("acme")
+    ).get_json()["jobId"]
     # then the job is dead with ResultTooLarge (permanent: no retry) and no result stored
     doc = wait_for_state(live_client, "acme", job_id, {"dead", "succeeded"}, timeout=60)
     assert doc["state"] == "dead"
@@ -49,14 +51,18 @@ def test_a_result_over_the_cap_is_refused(live_client: FlaskClient, settings: Se
     assert doc["result"] is None
 
 
-def test_message_carries_job_type_as_display_name_and_no_payload(
-    settings: Settings, redis: Redis
-) -> None:
+def test_message_carries_job_type_as_display_name_and_no_payload(settings: Settings, redis: Redis) -> None:
     # given a job published to a queue no worker consumes
     queue = "inspect-only"
-    job = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue=queue,
-              payload={"secret": "s3cr3t-value"}, trace_id=new_trace_id(),
-              created_at=utc_now())  # fmt: skip
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="diag.echo",
+        queue=queue,
+        payload={"secret": "s3cr3t-value"},
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
     app = create_celery(settings)
     _, broker_list = encode_message(app, job)  # the tenant's lane, at the job's priority
     redis.delete(broker_list)
@@ -84,8 +90,9 @@ def test_a_worker_with_a_handler_module_makes_its_job_type_acceptable(
     redis.zrem("pulse:jobtypes", "extra.reverse")
     assert client.post("/v1/jobs", json=body, headers=auth("acme")).status_code == 422
     # when a worker starts with the module in PULSE_HANDLER_MODULES
-    worker = WorkerProcess(settings_env(settings), tmp_path / "w.log",
-                           queues=[settings.default_queue], concurrency=1).start()  # fmt: skip
+    worker = WorkerProcess(
+        settings_env(settings), tmp_path / "w.log", queues=[settings.default_queue], concurrency=1
+    ).start()
     try:
         worker.wait_ready(redis, ["extra.reverse"])
         # then the API accepts the jobType and the worker runs it
@@ -100,10 +107,10 @@ def test_a_worker_with_a_handler_module_makes_its_job_type_acceptable(
 
 def test_registering_a_job_type_twice_stops_the_worker(settings: Settings, tmp_path: Path) -> None:
     # given two handler modules that both register extra.reverse
-    settings = replace(settings, handler_modules=("extra_handlers", "extra_handlers_dup"),
-                       default_queue="never-consumed")  # fmt: skip
-    worker = WorkerProcess(settings_env(settings), tmp_path / "w.log",
-                           queues=["never-consumed"], concurrency=1).start()  # fmt: skip
+    settings = replace(
+        settings, handler_modules=("extra_handlers", "extra_handlers_dup"), default_queue="never-consumed"
+    )
+    worker = WorkerProcess(settings_env(settings), tmp_path / "w.log", queues=["never-consumed"], concurrency=1).start()
     # when the worker starts, then it exits non-zero naming the jobType and both handlers
     assert worker.process is not None
     code = worker.process.wait(60)
@@ -116,10 +123,12 @@ def test_registering_a_job_type_twice_stops_the_worker(settings: Settings, tmp_p
 
 def test_plain_celery_cli_can_ping_the_worker(worker: WorkerProcess, settings: Settings) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "inspect", "ping",
-         "--timeout", "5"],
-        env=child_env(settings_env(settings)), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "inspect", "ping", "--timeout", "5"],
+        env=child_env(settings_env(settings)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pong" in out.stdout
 
@@ -133,8 +142,7 @@ def test_broker_down_at_submit_is_503_and_leaves_no_record(
     client = app.test_client()
     before = redis.zcard("pulse:tenant:globex:jobs")
     # when a job is submitted
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}},
-                           headers=auth("globex"))  # fmt: skip
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
     # then it is refused with 503 and no half-enqueued record remains
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"

@@ -24,7 +24,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.jobs import Job
-from pulse_core.store import JobStore
+from pulse_core.store.job_store import JobStore
 
 log = logging.getLogger("pulse.recovery")
 
@@ -59,8 +59,11 @@ def sweep(
             republished += 1
             log.warning(
                 "recovered job %s (%s, %s after attempt %d): republished",
-                job.job_id, job.job_type, job.state.value, job.attempts,
-            )  # fmt: skip
+                job.job_id,
+                job.job_type,
+                job.state.value,
+                job.attempts,
+            )
     finally:
         redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
     return republished

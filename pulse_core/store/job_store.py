@@ -11,7 +11,7 @@ worker and the API) can never both win the same transition:
 - ``schedule_retry``: a failed attempt becomes ``retrying`` with a due time.
 - ``finalize``: the ONE way into a final state (succeeded, dead, cancelled); the
   transition itself is the Lua function ``final_transition`` that ``cancel`` shares.
-- ``recover``: the sweep's look at one overdue job (see ``pulse_core.recovery``).
+- ``recover``: the sweep's look at one overdue job (see ``pulse_core.store.recovery``).
 
 Jobs with a deadline (a running attempt's lease, a scheduled or retrying job's
 due time) are indexed in the ``keys.WATCH`` sorted set.
@@ -288,9 +288,9 @@ class JobStore:
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant, count it pending and register
-        its lane (``pulse_core.routing``), atomically.
+        its lane (``pulse_core.broker.routing``), atomically.
 
-        The API creates records through ``pulse_core.admission`` (with its guards);
+        The API creates records through ``pulse_core.guards.admission`` (with its guards);
         this is the bare write, for tools and benchmarks. ``watch_at``: for a
         scheduled job, when the sweep should publish it if no message has started it.
         """
@@ -313,10 +313,9 @@ class JobStore:
         """
         job_key = keys.job(job.job_id)
         self._discard(
-            keys=[job_key, keys.tenant_jobs(job.tenant_id), keys.PENDING,
-                  idempotency_key or job_key, keys.WATCH],
+            keys=[job_key, keys.tenant_jobs(job.tenant_id), keys.PENDING, idempotency_key or job_key, keys.WATCH],
             args=[job.tenant_id, job.job_id],
-        )  # fmt: skip
+        )
 
     def pending(self, tenant_id: str) -> int:
         """How many of ``tenant_id``'s jobs are not yet final."""
@@ -363,11 +362,17 @@ class JobStore:
         reply = self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
-                repr(now), repr(now + lease_seconds), owner,
-                -1 if cycle is None else cycle, -1 if attempt is None else attempt,
-                utc_now(), job_id, fallback_max_retries, _json(lost_error),
+                repr(now),
+                repr(now + lease_seconds),
+                owner,
+                -1 if cycle is None else cycle,
+                -1 if attempt is None else attempt,
+                utc_now(),
+                job_id,
+                fallback_max_retries,
+                _json(lost_error),
             ],
-        )  # fmt: skip
+        )
         status = reply[0]
         if status == "claimed":
             return Claim(job=_record(reply[1]), after_crash=bool(reply[2]))
@@ -383,14 +388,10 @@ class JobStore:
         if not ids:
             return 0
         until = repr(time.time() + lease_seconds)
-        done = self._refresh(
-            keys=[keys.WATCH, *(keys.job(job_id) for job_id in ids)], args=[until, owner, *ids]
-        )
+        done = self._refresh(keys=[keys.WATCH, *(keys.job(job_id) for job_id in ids)], args=[until, owner, *ids])
         return int(done)
 
-    def schedule_retry(
-        self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]
-    ) -> bool:
+    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
         """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""
         done = self._schedule_retry(
             keys=[keys.job(job.job_id), keys.WATCH],
@@ -405,9 +406,7 @@ class JobStore:
         task never runs, the recovery sweep finds the lapsed lease and the claim ends
         the job ``dead`` with this error instead of running it again.
         """
-        done = self._mark_dead_letter(
-            keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)]
-        )
+        done = self._mark_dead_letter(keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)])
         return bool(done)
 
     def finalize(
@@ -427,13 +426,20 @@ class JobStore:
         A dead job joins its tenant's dead letters and is kept until it leaves them.
         """
         done = self._finalize(
-            keys=[keys.job(job.job_id), keys.WATCH, keys.tenant_dead_letters(job.tenant_id),
-                  keys.PENDING],
+            keys=[keys.job(job.job_id), keys.WATCH, keys.tenant_dead_letters(job.tenant_id), keys.PENDING],
             args=[
-                state.value, utc_now(), result_json, _json(error), self._retention, job.job_id,
-                int(time.time() * 1000), from_, job.attempts, job.cycle,
+                state.value,
+                utc_now(),
+                result_json,
+                _json(error),
+                self._retention,
+                job.job_id,
+                int(time.time() * 1000),
+                from_,
+                job.attempts,
+                job.cycle,
             ],
-        )  # fmt: skip
+        )
         return bool(done)
 
     def cancel(self, tenant_id: str, job_id: str) -> str:
@@ -473,9 +479,7 @@ class JobStore:
         ahead, so it is republished again only if that message is lost too.
         """
         now = time.time()
-        reply = self._recover(
-            keys=[keys.job(job_id), keys.WATCH], args=[repr(now), repr(now + recheck_after), job_id]
-        )
+        reply = self._recover(keys=[keys.job(job_id), keys.WATCH], args=[repr(now), repr(now + recheck_after), job_id])
         return _record(reply[1]) if reply[0] == "republish" else None
 
     def overdue(self, limit: int) -> list[str]:
@@ -528,9 +532,7 @@ class JobStore:
                     gone.append(entry[1])  # expired after retention
                     continue
                 job = Job.from_redis(raw)
-                if (state is None or job.state == state) and (
-                    job_type is None or job.job_type == job_type
-                ):
+                if (state is None or job.state == state) and (job_type is None or job.job_type == job_type):
                     found.append(job)
                 if len(found) == limit or budget <= 0:
                     break

@@ -19,7 +19,7 @@ so a lane never collides with a queue. Lanes are registered in Redis
 lanes of their queues within ``LANE_POLL_SECONDS``.
 
 **Priority.** ``options.priority`` 0-9, higher runs sooner, default 5 (see
-``pulse_core.celery_setup.broker_priority`` for how each broker honours it).
+``pulse_core.broker.celery_app.broker_priority`` for how each broker honours it).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Delivery settings, and why:
 - ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
   sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
 
-Routing (``pulse_core.routing``): every message of a job goes to its tenant's lane
+Routing (``pulse_core.broker.routing``): every message of a job goes to its tenant's lane
 of the job's queue, at the job's priority. Pulse's own publishes name the lane;
 ``JobRouter`` (the app's ``task_routes``) sends a ``pulse.run_job`` published without
 a queue (a plain ``send_task``) to the same place, by reading the job record.
@@ -41,13 +41,14 @@ from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps as kombu_dumps
 from redis import Redis
 
-from pulse_core import keys, telemetry
+from pulse_core import keys
+from pulse_core.broker.routing import lane
 from pulse_core.errors import ConfigError
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect
-from pulse_core.routing import lane
 from pulse_core.settings import Settings
+from pulse_core.telemetry import tracing
 
 log = logging.getLogger("pulse.broker")
 
@@ -214,9 +215,7 @@ def time_limits(timeout_seconds: int | None) -> dict[str, int]:
     }
 
 
-def message_options(
-    job: Job, *, attempt: int | None = None, countdown: float | None = None
-) -> dict[str, Any]:
+def message_options(job: Job, *, attempt: int | None = None, countdown: float | None = None) -> dict[str, Any]:
     """What every ``pulse.run_job`` message of ``job`` carries, however it is sent.
 
     ``attempt`` is the attempt the message starts (default: the next one);
@@ -233,9 +232,7 @@ def message_options(
     }
 
 
-def publish_job(
-    app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None
-) -> None:
+def publish_job(app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None) -> None:
     """Put one ``pulse.run_job`` message for ``job`` on its lane, at its priority."""
     # The current app (a thread-local) is where publish signal receivers look the task up.
     app.set_current()
@@ -288,7 +285,7 @@ def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> 
     argsrepr = options["argsrepr"]
     message = app.amqp.as_task_v2(str(uuid.uuid4()), RUN_JOB_TASK, **options)
     # No publish signal fires for a message pushed by a script: carry the trace here.
-    telemetry.publish_context(message.headers, RUN_JOB_TASK, job)
+    tracing.publish_context(message.headers, RUN_JOB_TASK, job)
     body = base64.b64encode(kombu_dumps(message.body).encode("utf-8")).decode("ascii")
     properties = {
         **message.properties,

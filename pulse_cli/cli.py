@@ -19,14 +19,14 @@ from types import FrameType
 
 import click
 
-from pulse_core.announce import live_job_types
-from pulse_core.celery_setup import WORKER_ENV
-from pulse_core.embedded_redis import EmbeddedRedis
+from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_core.broker.celery_app import WORKER_ENV
+from pulse_core.broker.routing import lane, tenant_queues
 from pulse_core.errors import ConfigError
-from pulse_core.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.redis_client import connect
-from pulse_core.routing import lane, tenant_queues
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import live_job_types
+from pulse_core.telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.tenants import TenantsConfig
 
 CELERY_APP = "pulse_worker.app"
@@ -57,7 +57,7 @@ def _celery(*args: str) -> list[str]:
 
 
 def _pulse(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pulse_core.cli", *args]
+    return [sys.executable, "-m", "pulse_cli.cli", *args]
 
 
 def use_metrics_dir(env: dict[str, str], chosen: str | None, role: str) -> Path:
@@ -67,11 +67,7 @@ def use_metrics_dir(env: dict[str, str], chosen: str | None, role: str) -> Path:
     folder of this process's own under the system's temporary folder.
     """
     folder = chosen or env.get(MULTIPROC_ENV)
-    path = (
-        Path(folder)
-        if folder
-        else Path(tempfile.gettempdir(), "pulse-metrics", f"{role}-{os.getpid()}")
-    )
+    path = Path(folder) if folder else Path(tempfile.gettempdir(), "pulse-metrics", f"{role}-{os.getpid()}")
     prepare_multiprocess_dir(path)
     env[MULTIPROC_ENV] = str(path)
     return path
@@ -90,20 +86,23 @@ def flower_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def api_command(host: str, port: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn",
-        "--config", GUNICORN_CONFIG,
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        GUNICORN_CONFIG,
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
         # Loaded once in the master: SIGHUP then starts workers from the config in
         # force, which re-read the tenants file and keep that config if it is bad.
         "--preload",
         WSGI_APP,
-    ]  # fmt: skip
+    ]
 
 
-def worker_command(
-    queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool
-) -> list[str]:
+def worker_command(queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool) -> list[str]:
     # --quiet: no banner on stdout, so every line the worker writes is a log record.
     args = ["--quiet", "worker", "--pool", pool, "--loglevel", loglevel, "--without-gossip"]
     if queues:
@@ -139,7 +138,7 @@ def api(host: str, port: int, workers: int, metrics_dir: str | None) -> None:
 
 def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> list[str]:
     """The lanes a ``--tenants a,b`` worker consumes: each tenant's lane of every queue its
-    own settings name (``pulse_core.routing.tenant_queues``)."""
+    own settings name (``pulse_core.broker.routing.tenant_queues``)."""
     found: list[str] = []
     for tenant_id in (t.strip() for t in tenants.split(",") if t.strip()):
         if tenant_id not in config.tenants:
@@ -151,13 +150,11 @@ def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> li
 @main.command()
 @click.option(
     "--queues",
-    help="comma-separated queues to consume, each with all its tenant lanes "
-    "(default: the shared queue)",
+    help="comma-separated queues to consume, each with all its tenant lanes (default: the shared queue)",
 )
 @click.option(
     "--tenants",
-    help="comma-separated tenants whose jobs to run: their lanes of the queues the "
-    "tenants file routes them to",
+    help="comma-separated tenants whose jobs to run: their lanes of the queues the tenants file routes them to",
 )
 @click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
 @click.option("--pool", default="prefork", show_default=True)
@@ -182,8 +179,7 @@ def worker(
     env = dict(os.environ)
     env.update(WORKER_ENV)
     use_metrics_dir(env, metrics_dir, "worker")
-    command = worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool,
-                             loglevel, events)  # fmt: skip
+    command = worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool, loglevel, events)
     _exec(command, env)
 
 
@@ -205,9 +201,12 @@ def flower(address: str, port: int) -> None:
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int)
 @click.option(
-    "--worker-metrics-port", default=DEV_WORKER_METRICS_PORT, show_default=True, type=int,
+    "--worker-metrics-port",
+    default=DEV_WORKER_METRICS_PORT,
+    show_default=True,
+    type=int,
     help="the worker's Prometheus endpoint (0: none)",
-)  # fmt: skip
+)
 def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: int) -> None:
     """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower."""
     env = dict(os.environ)
@@ -232,13 +231,16 @@ def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: 
     # Each child is a `pulse` subcommand, which sets up its own metrics folder and env.
     metrics = DEV_STATE_DIR / "metrics"
     stages: list[dict[str, list[str]]] = [
-        {"worker": _pulse("worker", "--concurrency", str(concurrency), "--events",
-                          "--metrics-dir", str(metrics / "worker"))},
+        {
+            "worker": _pulse(
+                "worker", "--concurrency", str(concurrency), "--events", "--metrics-dir", str(metrics / "worker")
+            )
+        },
         {
             "api": _pulse("api", "--port", str(api_port), "--metrics-dir", str(metrics / "api")),
             "flower": _pulse("flower", "--port", str(flower_port)),
         },
-    ]  # fmt: skip
+    ]
     _print_banner(settings, redis, api_port, flower_port, worker_metrics_port)
     redis_client = connect(settings.redis_url)
     code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
@@ -260,8 +262,7 @@ def _print_banner(
             [
                 "Pulse dev stack",
                 f"  Redis   {settings.redis_url}  ({where})",
-                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json,"
-                " metrics: /metrics)",
+                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json, metrics: /metrics)",
                 "  Worker  1 Celery worker, handlers: " + ", ".join(settings.handler_modules),
                 f"          metrics: http://127.0.0.1:{worker_metrics_port}/metrics"
                 if worker_metrics_port

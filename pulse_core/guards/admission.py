@@ -9,14 +9,14 @@ One round trip that cannot race decides a submission, in this order:
    cache); an unknown one is refused here, after the replay check, so a replay
    is answered even while no worker is up;
 3. **rate limit** — every window of the tenant's limits must have room
-   (``pulse_core.ratelimit``); otherwise ``RateLimited``, nothing consumed;
+   (``pulse_core.guards.rate_limits``); otherwise ``RateLimited``, nothing consumed;
 4. **backlog** — fewer than ``max_pending`` of the tenant's jobs not yet final;
    otherwise ``BacklogFull``, nothing consumed;
 5. **record** — consume one slot in every window, write the job hash, index it
    under the tenant, count it pending, remember the idempotency key and, when
    the broker is this Redis, push the job's message onto its queue.
 
-With another broker, publishing happens after (``pulse_core.celery_setup``); if
+With another broker, publishing happens after (``pulse_core.broker.celery_app``); if
 it fails the caller discards the job (``JobStore.discard``), which removes the
 record, the index entry, the pending count and the idempotency key, so nothing
 is left half-done.
@@ -31,7 +31,7 @@ from typing import Any
 
 from redis import Redis
 
-from pulse_core import keys, ratelimit
+from pulse_core import keys
 from pulse_core.errors import (
     BacklogFull,
     IdempotencyConflict,
@@ -39,9 +39,10 @@ from pulse_core.errors import (
     RateLimited,
     UnknownJobType,
 )
-from pulse_core.idempotency import store_key
+from pulse_core.guards import rate_limits
+from pulse_core.guards.idempotency import store_key
+from pulse_core.guards.rate_limits import LimitStatus, whole_seconds
 from pulse_core.jobs import Job
-from pulse_core.ratelimit import LimitStatus, whole_seconds
 from pulse_core.tenants import Tenant
 
 #: Retry-After (seconds) suggested when the backlog is full; jobs finish at their own pace.
@@ -57,7 +58,7 @@ BACKLOG_RETRY_AFTER_SECONDS = 1
 #       windows n, 11 when the sweep should look at a scheduled job ('' = never),
 #       12.. n (limit, expiry) pairs, then the record's field/value pairs.
 _ADMIT = (
-    ratelimit.LUA
+    rate_limits.LUA
     + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -98,7 +99,7 @@ return {'created', stats}
 
 # KEYS: the tenant's moving windows; ARGV: n, then n (limit, expiry) pairs. Reads only.
 _STATUS = (
-    ratelimit.LUA
+    rate_limits.LUA
     + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -114,7 +115,7 @@ class Submission:
     job: Job
     #: The tenant's idempotency key, if the request carried one.
     idempotency_key: str | None = None
-    #: ``pulse_core.idempotency.fingerprint`` of the body (needed with a key).
+    #: ``pulse_core.guards.idempotency.fingerprint`` of the body (needed with a key).
     fingerprint: str = ""
     #: Whether a live worker announced the jobType.
     job_type_live: bool = True
@@ -159,9 +160,7 @@ class Admission:
             raise verdict
         return verdict
 
-    def admit_many(
-        self, tenant: Tenant, submissions: Sequence[Submission]
-    ) -> list[Admitted | PulseError]:
+    def admit_many(self, tenant: Tenant, submissions: Sequence[Submission]) -> list[Admitted | PulseError]:
         """Admit each job in order, in one pipelined round trip; one verdict per job.
 
         Each script runs atomically on its own, so limits and idempotency hold per job
@@ -178,8 +177,8 @@ class Admission:
         """Where ``tenant`` stands against its tightest limit, consuming nothing."""
         items = tenant.rate_limits
         stats = self._status(
-            keys=ratelimit.window_keys(tenant.tenant_id, items),
-            args=[len(items), *ratelimit.window_args(items)],
+            keys=rate_limits.window_keys(tenant.tenant_id, items),
+            args=[len(items), *rate_limits.window_args(items)],
         )
         return _limit_status(stats)
 
@@ -187,11 +186,7 @@ class Admission:
         job = submission.job
         items = tenant.rate_limits
         job_key = keys.job(job.job_id)
-        idem_key = (
-            store_key(tenant.tenant_id, submission.idempotency_key)
-            if submission.idempotency_key
-            else job_key
-        )
+        idem_key = store_key(tenant.tenant_id, submission.idempotency_key) if submission.idempotency_key else job_key
         keys_ = [
             job_key,
             keys.tenant_jobs(tenant.tenant_id),
@@ -200,7 +195,7 @@ class Admission:
             submission.broker_list or job_key,
             keys.WATCH,
             keys.lanes(job.queue),
-            *ratelimit.window_keys(tenant.tenant_id, items),
+            *rate_limits.window_keys(tenant.tenant_id, items),
         ]
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
         args: list[Any] = [
@@ -215,7 +210,7 @@ class Admission:
             submission.message,
             len(items),
             "" if submission.watch_at is None else repr(submission.watch_at),
-            *ratelimit.window_args(items),
+            *rate_limits.window_args(items),
         ]
         for field, value in job.to_redis().items():
             args += [field, value]
@@ -235,9 +230,7 @@ def _limit_status(stats: list[Any]) -> LimitStatus:
     return LimitStatus(limit=int(stats[0]), remaining=int(stats[1]), reset=float(stats[2]))
 
 
-def _verdict(
-    submission: Submission, outcome: str, reply: list[Any], status: LimitStatus
-) -> Admitted | PulseError:
+def _verdict(submission: Submission, outcome: str, reply: list[Any], status: LimitStatus) -> Admitted | PulseError:
     stats = reply[1]
     job = submission.job
     if outcome == "created":
@@ -261,8 +254,7 @@ def _verdict(
         )
     if outcome == "backlog":
         return BacklogFull(
-            f"{reply[2]} jobs are not yet final, the most this tenant may have pending; "
-            "wait for some to finish",
+            f"{reply[2]} jobs are not yet final, the most this tenant may have pending; wait for some to finish",
             retry_after=BACKLOG_RETRY_AFTER_SECONDS,
         )
     raise RuntimeError(f"admission script answered {outcome!r}")  # a bug, not bad input

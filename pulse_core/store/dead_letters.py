@@ -17,7 +17,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.errors import InvalidParameter
 from pulse_core.jobs import Job
-from pulse_core.store import DEFAULT_RETENTION_SECONDS, JobStore
+from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS, JobStore
 
 #: Ids read from Redis per round while filling a page or a bulk selection.
 _BATCH = 200
@@ -32,9 +32,7 @@ class Page:
 class DeadLetters:
     """Reads and removes a tenant's dead letters (replay goes through ``JobStore.replay``)."""
 
-    def __init__(
-        self, redis: Redis, store: JobStore, *, retention_seconds: int = DEFAULT_RETENTION_SECONDS
-    ) -> None:
+    def __init__(self, redis: Redis, store: JobStore, *, retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> None:
         self._redis = redis
         self._store = store
         self._retention = retention_seconds
@@ -53,9 +51,7 @@ class DeadLetters:
             removed, _ = pipe.execute()
         return bool(removed)
 
-    def page(
-        self, tenant_id: str, *, limit: int, cursor: str | None = None, job_type: str | None = None
-    ) -> Page:
+    def page(self, tenant_id: str, *, limit: int, cursor: str | None = None, job_type: str | None = None) -> Page:
         """Up to ``limit`` dead letters, newest first, after ``cursor``."""
         seen: list[tuple[float, Job]] = []
         for score, job in self._scan(tenant_id, _parse_cursor(cursor), None, job_type):
@@ -99,10 +95,7 @@ class DeadLetters:
                 key, top, floor, start=0, num=_BATCH, withscores=True
             )
             # Members with the score we start at, that sort at or above the cursor, were seen.
-            rows = [
-                (m, s) for m, s in rows
-                if not (start and s == top and after_id is not None and m >= after_id)
-            ]  # fmt: skip
+            rows = [(m, s) for m, s in rows if not (start and s == top and after_id is not None and m >= after_id)]
             if not rows:
                 return
             with self._redis.pipeline(transaction=False) as pipe:

@@ -10,7 +10,7 @@ The window arithmetic is the ``limits`` library's own Lua (``moving_window.lua``
 and ``acquire_moving_window.lua``, loaded from the installed package) on its own
 key and list layout, so ``limits.strategies.MovingWindowRateLimiter`` over a
 ``RedisStorage(key_prefix=keys.RATE_LIMIT_PREFIX)`` sees exactly the same state.
-Pulse runs those scripts inside its one admission script (``pulse_core.admission``)
+Pulse runs those scripts inside its one admission script (``pulse_core.guards.admission``)
 so that the limit, idempotency, the backlog and the job record cost one round
 trip and cannot race; two things change from calling ``limits`` directly:
 

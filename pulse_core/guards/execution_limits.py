@@ -35,7 +35,8 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
-from pulse_core import keys, metrics
+from pulse_core import keys
+from pulse_core.telemetry import metrics
 from pulse_core.tenants import JobTypeRule, TenantsConfig
 
 #: Deferral when every run slot is taken: uniform in [base, 2 * base) seconds.
@@ -142,9 +143,7 @@ class ExecutionGate:
         self._redis = redis
         self._grace = grace_seconds
         self._acquire = redis.register_script(_ACQUIRE)
-        storage = RedisStorage(
-            "redis://", connection_pool=redis.connection_pool, key_prefix=keys.EXECUTION_RATE_PREFIX
-        )
+        storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix=keys.EXECUTION_RATE_PREFIX)
         self._limiter = MovingWindowRateLimiter(storage)
 
     def enter(
@@ -165,15 +164,13 @@ class ExecutionGate:
         if not scopes:
             return Verdict()
         holder = f"{job_id}|{uuid.uuid4().hex}"
-        slots = [(keys.concurrency(job_type, s), lim.max_concurrency)
-                 for s, lim in scopes if lim.max_concurrency]  # fmt: skip
+        slots = [(keys.concurrency(job_type, s), lim.max_concurrency) for s, lim in scopes if lim.max_concurrency]
         if slots:
             now = time.time()
             full = self._acquire(
                 keys=[key for key, _ in slots],
-                args=[holder, repr(now), repr(now + self._grace), keys.job(""),
-                      *(most for _, most in slots)],
-            )  # fmt: skip
+                args=[holder, repr(now), repr(now + self._grace), keys.job(""), *(most for _, most in slots)],
+            )
             if full:
                 on_deferred(job_type, tenant_id, "concurrency")
                 delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
@@ -187,8 +184,7 @@ class ExecutionGate:
                     reset = self._limiter.get_window_stats(item, *ids).reset_time
                     on_deferred(job_type, tenant_id, "rate")
                     delay = max(MIN_RATE_DEFERRAL_SECONDS, reset - time.time())
-                    return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()),
-                                   reason="rate")  # fmt: skip
+                    return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
         return Verdict(holder=holder, slot_keys=slot_keys)
 
     def leave(self, verdict: Verdict) -> None:

@@ -93,9 +93,7 @@ def text_formatter() -> logging.Formatter:
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def make_handler(
-    stream: IO[str] | None = None, log_format: str = DEFAULT_LOG_FORMAT
-) -> logging.Handler:
+def make_handler(stream: IO[str] | None = None, log_format: str = DEFAULT_LOG_FORMAT) -> logging.Handler:
     """A stream handler with Pulse's formatter and the job-context filter."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(json_formatter() if log_format == "json" else text_formatter())

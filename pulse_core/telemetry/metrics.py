@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.celery_setup import waiting_lists
+from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.jobs import Job
 
 log = logging.getLogger("pulse.metrics")
@@ -37,10 +37,8 @@ log = logging.getLogger("pulse.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN = "unknown"
 
-QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
-                      300, 600, 1800, 3600)  # fmt: skip
-RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
-               900, 3600)  # fmt: skip
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class RejectReason(enum.StrEnum):
@@ -70,9 +68,7 @@ REJECTED = Counter("pulse_jobs_rejected", "Submissions refused, by reason.", (*_
 STARTED = Counter("pulse_jobs_started", "Attempts a worker started.", _LABELS)
 FINISHED = {
     Outcome.SUCCEEDED: Counter("pulse_jobs_succeeded", "Jobs that succeeded.", _LABELS),
-    Outcome.RETRIED: Counter(
-        "pulse_jobs_retried", "Failed attempts that will be retried.", _LABELS
-    ),
+    Outcome.RETRIED: Counter("pulse_jobs_retried", "Failed attempts that will be retried.", _LABELS),
     Outcome.DEAD: Counter("pulse_jobs_dead", "Jobs dead-lettered (no more attempts).", _LABELS),
     Outcome.CANCELLED: Counter(
         "pulse_jobs_cancelled", "Jobs cancelled (before or, cooperatively, while running).", _LABELS
@@ -182,19 +178,17 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            "pulse_queue_depth", "Messages waiting on a queue (not yet taken by a worker).",
+            "pulse_queue_depth",
+            "Messages waiting on a queue (not yet taken by a worker).",
             labels=["queue"],
-        )  # fmt: skip
+        )
         queues = sorted(set(self._queues()))
         try:
             with self._broker.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.smembers(keys.lanes(queue))
                 lanes = pipe.execute()
-            lists = [
-                waiting_lists(queue, sorted(found))
-                for queue, found in zip(queues, lanes, strict=True)
-            ]
+            lists = [waiting_lists(queue, sorted(found)) for queue, found in zip(queues, lanes, strict=True)]
             with self._broker.pipeline(transaction=False) as pipe:
                 for names in lists:
                     for name in names:

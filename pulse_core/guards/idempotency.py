@@ -1,7 +1,7 @@
 """Idempotent submission: one job per (tenant, idempotency key, job body).
 
 The key maps, for ``ttl`` seconds, to ``<fingerprint> <jobId>``. It is written by
-the admission script (``pulse_core.admission``) in the same atomic step that
+the admission script (``pulse_core.guards.admission``) in the same atomic step that
 creates the job, so N concurrent identical requests from any number of processes
 make exactly one job; a request whose key exists gets that job back when its
 fingerprint matches and an ``IdempotencyConflict`` when it does not. If the

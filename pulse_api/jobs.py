@@ -13,7 +13,6 @@ from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
-from pulse_api.submit import submit_job
 from pulse_core.errors import JobNotCancellable, JobNotFound
 from pulse_core.jobs import JobState
 from pulse_core.telemetry import metrics, tracing
@@ -84,7 +83,7 @@ class Jobs(MethodView):
         svc = services()
         trace_id = (body.get("metadata") or {}).get("traceId")
         with tracing.submit_span(request.headers, trace_id):
-            admitted = submit_job(svc, g.tenant, body, header_key=request.headers.get("Idempotency-Key"))
+            admitted = svc.submitter.submit(g.tenant, body, header_key=request.headers.get("Idempotency-Key"))
         headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **admitted.limit.headers()}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"

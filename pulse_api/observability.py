@@ -12,11 +12,12 @@ from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pulse_api.services import Services, services
+from pulse_core.broker.queue_depth import QueueDepthCollector
 from pulse_core.broker.routing import configured_queues
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.telemetry import logs, metrics, tracing
-from pulse_core.telemetry.metrics import QueueDepthCollector, RejectReason
+from pulse_core.telemetry.metrics import RejectReason
 from pulse_core.tenants import TenantsSource
 
 REGISTRY_KEY = "pulse.metrics"

@@ -15,6 +15,7 @@ from pulse_core.settings import Settings
 from pulse_core.store.dead_letters import DeadLetters
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import JobTypeDirectory
+from pulse_core.submission.submit import Submitter
 from pulse_core.tenants import TenantsSource
 
 EXTENSION_KEY = "pulse"
@@ -33,6 +34,8 @@ class Services:
     #: Jobs are pushed by the admission script (the broker is the job store's Redis).
     inline_publish: bool
     dead_letters: DeadLetters
+    #: The submit use case (``pulse_core.submission``), called once per request.
+    submitter: Submitter
 
     @classmethod
     def build(cls, settings: Settings, tenants: TenantsSource) -> Services:
@@ -40,16 +43,28 @@ class Services:
         store = JobStore(redis)
         celery = create_celery(settings, main="pulse-api")
         declare_run_job(celery)
+        job_types = JobTypeDirectory(redis)
+        admission = Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
+        inline_publish = publishes_inline(settings)
         return cls(
             settings=settings,
             tenants=tenants,
             redis=redis,
             store=store,
             celery=celery,
-            job_types=JobTypeDirectory(redis),
-            admission=Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds),
-            inline_publish=publishes_inline(settings),
+            job_types=job_types,
+            admission=admission,
+            inline_publish=inline_publish,
             dead_letters=DeadLetters(redis, store),
+            submitter=Submitter(
+                settings=settings,
+                tenants=tenants,
+                store=store,
+                celery=celery,
+                job_types=job_types,
+                admission=admission,
+                inline_publish=inline_publish,
+            ),
         )
 
 

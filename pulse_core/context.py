@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
-
-from pulse_core.telemetry import tracing
 
 
 def _never() -> bool:
     return False
+
+
+def _no_span(name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Any]:
+    return nullcontext()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +32,8 @@ class JobContext:
     trace_id: str
     max_retries: int = 0
     cancel_requested: Callable[[], bool] = _never
+    #: Opens a child span of the job's span; the worker passes its tracer's.
+    span_factory: Callable[[str, Mapping[str, Any]], AbstractContextManager[Any]] = _no_span
 
     def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
         """A child span of the job's span, for a step of the handler's own.
@@ -37,4 +41,4 @@ class JobContext:
         ``with ctx.span("fetch", url=url): ...``; costs next to nothing when
         tracing is off. Never put payload contents in ``attributes``.
         """
-        return tracing.handler_span(name, attributes)
+        return self.span_factory(name, attributes)

@@ -26,8 +26,7 @@ from typing import Any
 
 from pulse_core.context import JobContext
 from pulse_core.errors import ConfigError, DuplicateHandler
-from pulse_core.guards.execution_limits import ExecutionLimits
-from pulse_core.policy import RetryPolicy
+from pulse_core.policy import ExecutionLimits, RetryPolicy
 
 HandlerFn = Callable[[Mapping[str, Any], JobContext], Any]
 ENTRY_POINT_GROUP = "pulse.handlers"

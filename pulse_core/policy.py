@@ -18,7 +18,10 @@ import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pulse_core.tenants import JobTypeRule
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF_SECONDS = 2.0
@@ -68,3 +71,62 @@ def effective(policy: RetryPolicy, *, max_retries: int | None, timeout: int | No
         policy.max_retries if max_retries is None else max_retries,
         policy.timeout if timeout is None else timeout,
     )
+
+
+@dataclass(frozen=True)
+class DelayPlan:
+    """How a job that must wait ``delay`` seconds (a delayed start or a retry) gets run.
+
+    The ETA-window rule, stated once: a wait up to ``PULSE_ETA_WINDOW_SECONDS`` is a
+    Celery ETA message (``countdown``), watched from one lease after it is due; a
+    longer wait sends no message at all (``countdown`` is ``None``) and the recovery
+    sweep publishes the job when it is due (``watch_at == due_at``).
+    """
+
+    due_at: float
+    countdown: float | None
+    watch_at: float
+
+    @property
+    def eta_message(self) -> bool:
+        return self.countdown is not None
+
+
+def plan_delay(delay: float, *, now: float, eta_window_seconds: float, lease_seconds: float) -> DelayPlan:
+    """The ETA-window rule for one wait of ``delay`` seconds from ``now``."""
+    due = now + delay
+    if delay <= eta_window_seconds:
+        return DelayPlan(due_at=due, countdown=delay, watch_at=due + lease_seconds)
+    return DelayPlan(due_at=due, countdown=None, watch_at=due)
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """A rate limit (``limits`` notation) and/or a most-at-once; ``None``: no limit."""
+
+    rate_limit: str | None = None
+    max_concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is not None:
+            # Checked with the ``limits`` library, imported only here so that importing the
+            # handler API does not load it.
+            from limits import parse_many
+
+            if not parse_many(self.rate_limit):  # ValueError on a bad one
+                raise ValueError(f"no rate limit in {self.rate_limit!r}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+
+    @property
+    def empty(self) -> bool:
+        return self.rate_limit is None and self.max_concurrency is None
+
+    def overridden_by(self, rule: JobTypeRule | None) -> ExecutionLimits:
+        """These limits with each one the tenants file sets replaced."""
+        if rule is None:
+            return self
+        return ExecutionLimits(
+            rate_limit=rule.rate_limit or self.rate_limit,
+            max_concurrency=rule.max_concurrency or self.max_concurrency,
+        )

@@ -108,6 +108,12 @@ class TenantsConfig:
     default_queue: str | None = None
     #: Per-jobType routing and limits (``[job_types."x"]``).
     job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
+    #: Key digest -> tenant, built once: authentication is one dict lookup.
+    _by_digest: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_digest = {digest: tenant for tenant in self.tenants.values() for digest in tenant.api_key_sha256}
+        object.__setattr__(self, "_by_digest", by_digest)
 
     @classmethod
     def load(cls, path: Path) -> TenantsConfig:
@@ -177,16 +183,21 @@ class TenantsConfig:
         )
 
     def authenticate(self, api_key: str) -> Tenant | None:
-        """The tenant owning ``api_key``, comparing digests in constant time."""
+        """The tenant owning ``api_key``: one lookup of the key's SHA-256 digest, O(1) in tenants.
+
+        Why the lookup leaks nothing useful: the table is keyed by the *digest* of the
+        presented key, never by the key. Whatever a dict lookup's timing reveals is about
+        how the digest of the attacker's own guess relates to stored digests; turning that
+        into a valid key would need a SHA-256 preimage (a guess whose digest shares a
+        prefix with a stored one tells nothing about the key behind it). The found entry
+        is then confirmed with a constant-time comparison.
+        """
         digest = hash_api_key(api_key)
-        found: Tenant | None = None
-        # Compare against every digest without stopping early, so timing does not
-        # reveal how many tenants or keys were checked before a match.
-        for tenant in self.tenants.values():
-            for candidate in tenant.api_key_sha256:
-                if hmac.compare_digest(candidate, digest):
-                    found = tenant
-        return found
+        tenant = self._by_digest.get(digest)
+        if tenant is None:
+            return None
+        owned = any(hmac.compare_digest(candidate, digest) for candidate in tenant.api_key_sha256)
+        return tenant if owned else None
 
 
 class TenantsSource:

@@ -34,7 +34,7 @@ from pulse_core.errors import (
 from pulse_core.guards.execution_limits import ExecutionLimits, Verdict, needs_tenant
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
-from pulse_core.policy import DEFAULT_MAX_RETRIES, effective
+from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
@@ -80,6 +80,8 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
     if verdict.defer_seconds is not None:
+        if verdict.reason in ("concurrency", "rate"):
+            metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) deferred %.2f s: %s limit", job_id, job_type, verdict.defer_seconds, verdict.reason)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
@@ -137,6 +139,7 @@ def execute(runtime: WorkerRuntime, job: Job, spec: HandlerSpec) -> tuple[str | 
         trace_id=job.trace_id,
         max_retries=max_retries,
         cancel_requested=lambda: runtime.store.cancel_requested(job.job_id),
+        span_factory=tracing.handler_span,
     )
     try:
         return encode_result(spec.fn(job.payload, ctx), runtime.settings.result_max_bytes), None
@@ -182,15 +185,16 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
     A delay longer than the ETA window sends nothing: the recovery sweep publishes
     the job when it is due, so no message waits unacked for long.
     """
-    due = time.time() + delay
-    eta_message = delay <= runtime.settings.eta_window_seconds
-    watch_at = due + runtime.settings.lease_seconds if eta_message else due
-    if not runtime.store.schedule_retry(job, due_at=due, watch_at=watch_at, error=describe_error(exc)):
+    settings = runtime.settings
+    plan = plan_delay(
+        delay, now=time.time(), eta_window_seconds=settings.eta_window_seconds, lease_seconds=settings.lease_seconds
+    )
+    if not runtime.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=describe_error(exc)):
         log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)
         return
     metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
-    if eta_message:
+    if plan.eta_message:
         raise task.retry(
             kwargs={"attempt": job.attempts + 1, "cycle": job.cycle},
             countdown=delay,

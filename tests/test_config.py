@@ -90,6 +90,21 @@ def test_keys_are_matched_by_digest(tmp_path: Path) -> None:
     assert config.default_rate_limit == "5/second"
 
 
+def test_keys_are_found_by_digest_among_five_thousand_tenants(tmp_path: Path) -> None:
+    # given 5,000 tenants with one key each
+    lines = [f'[tenants.t{n}]\napi_key_sha256 = ["{hash_api_key(f"key-{n}")}"]' for n in range(5000)]
+    path = tmp_path / "many.toml"
+    path.write_text("\n".join(lines) + "\n")
+    config = TenantsConfig.load(path)
+    # when keys are presented: the first, the last, a stranger, and a stored digest itself
+    first, last = config.authenticate("key-0"), config.authenticate("key-4999")
+    # then each key finds its own tenant and nothing else finds one
+    assert first is not None and first.tenant_id == "t0"
+    assert last is not None and last.tenant_id == "t4999"
+    assert config.authenticate("key-5000") is None
+    assert config.authenticate(hash_api_key("key-7")) is None
+
+
 def test_tenant_limits_default_and_override(tmp_path: Path) -> None:
     # given defaults for the backlog and payload caps, one tenant overriding both
     path = tmp_path / "t.toml"

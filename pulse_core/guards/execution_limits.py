@@ -36,8 +36,8 @@ from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.telemetry import metrics
-from pulse_core.tenants import JobTypeRule, TenantsConfig
+from pulse_core.policy import ExecutionLimits
+from pulse_core.tenants import TenantsConfig
 
 #: Deferral when every run slot is taken: uniform in [base, 2 * base) seconds.
 CONCURRENCY_DEFERRAL_SECONDS = 0.5
@@ -67,31 +67,7 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class ExecutionLimits:
-    """A rate limit (``limits`` notation) and/or a most-at-once; ``None``: no limit."""
-
-    rate_limit: str | None = None
-    max_concurrency: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.rate_limit is not None:
-            parse_rate(self.rate_limit)  # ValueError on a bad one
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-
-    @property
-    def empty(self) -> bool:
-        return self.rate_limit is None and self.max_concurrency is None
-
-    def overridden_by(self, rule: JobTypeRule | None) -> ExecutionLimits:
-        """These limits with each one the tenants file sets replaced."""
-        if rule is None:
-            return self
-        return ExecutionLimits(
-            rate_limit=rule.rate_limit or self.rate_limit,
-            max_concurrency=rule.max_concurrency or self.max_concurrency,
-        )
+__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant", "parse_rate"]
 
 
 def parse_rate(text: str) -> tuple[RateLimitItem, ...]:
@@ -131,11 +107,6 @@ class Verdict:
     reason: str | None = None
 
 
-def on_deferred(job_type: str, tenant_id: str | None, reason: str) -> None:
-    """An execution limit deferred a job: count it (tenant "unknown" when not looked up)."""
-    metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
-
-
 class ExecutionGate:
     """Checks and takes a job's execution limits before its attempt is claimed."""
 
@@ -172,7 +143,6 @@ class ExecutionGate:
                 args=[holder, repr(now), repr(now + self._grace), keys.job(""), *(most for _, most in slots)],
             )
             if full:
-                on_deferred(job_type, tenant_id, "concurrency")
                 delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
                 return Verdict(defer_seconds=delay, reason="concurrency")
         slot_keys = tuple(key for key, _ in slots)
@@ -182,7 +152,6 @@ class ExecutionGate:
                 if not self._limiter.hit(item, *ids):
                     self.leave(Verdict(holder=holder, slot_keys=slot_keys))
                     reset = self._limiter.get_window_stats(item, *ids).reset_time
-                    on_deferred(job_type, tenant_id, "rate")
                     delay = max(MIN_RATE_DEFERRAL_SECONDS, reset - time.time())
                     return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
         return Verdict(holder=holder, slot_keys=slot_keys)

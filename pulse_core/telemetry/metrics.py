@@ -18,18 +18,15 @@ import enum
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from redis import Redis
 
-from pulse_core import keys
-from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.jobs import Job
 
 log = logging.getLogger("pulse.metrics")
@@ -163,43 +160,6 @@ def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:
     except ValueError:
         return None
     return max(0.0, (end - start).total_seconds())
-
-
-class QueueDepthCollector(Collector):
-    """``pulse_queue_depth{queue}``: messages waiting on each known queue, read at scrape time.
-
-    A queue's messages wait in its own lists and its tenant lanes', one list per
-    priority step (``celery_setup.waiting_lists``): two pipelined round trips per scrape.
-    """
-
-    def __init__(self, broker: Redis, queues: Callable[[], Iterable[str]]) -> None:
-        self._broker = broker
-        self._queues = queues
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "pulse_queue_depth",
-            "Messages waiting on a queue (not yet taken by a worker).",
-            labels=["queue"],
-        )
-        queues = sorted(set(self._queues()))
-        try:
-            with self._broker.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.smembers(keys.lanes(queue))
-                lanes = pipe.execute()
-            lists = [waiting_lists(queue, sorted(found)) for queue, found in zip(queues, lanes, strict=True)]
-            with self._broker.pipeline(transaction=False) as pipe:
-                for names in lists:
-                    for name in names:
-                        pipe.llen(name)
-                lengths = iter(pipe.execute())
-        except Exception as exc:  # a scrape must answer even when Redis is down
-            log.warning("queue depth not read: %s", exc)
-            return
-        for queue, names in zip(queues, lists, strict=True):
-            family.add_metric([queue], float(sum(next(lengths) for _ in names)))
-        yield family
 
 
 def multiprocess_dir() -> Path | None:

@@ -2,7 +2,8 @@
 
 Precedence is in ``pulse_core.policy``: a per-job option beats the jobType's
 declared policy, which beats the defaults; per-job values above the caps are
-refused (422, naming the option) rather than silently lowered.
+refused (422, naming the option) rather than silently lowered. A delay follows the
+ETA-window rule (``pulse_core.policy.plan_delay``), as a retry's backoff does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pulse_core.errors import InvalidParameter
 from pulse_core.jobs import DEFAULT_PRIORITY
-from pulse_core.policy import RetryPolicy, effective
+from pulse_core.policy import RetryPolicy, effective, plan_delay
 from pulse_core.settings import Settings
 
 
@@ -49,10 +50,10 @@ def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> 
     priority = raw.get("priority", DEFAULT_PRIORITY)
     if delay is None:
         return JobOptions(retries, seconds, priority=priority)
-    due = time.time() + delay
-    if delay <= settings.eta_window_seconds:
-        return JobOptions(retries, seconds, due, delay, due + settings.lease_seconds, priority)
-    return JobOptions(retries, seconds, due, None, due, priority)
+    plan = plan_delay(
+        delay, now=time.time(), eta_window_seconds=settings.eta_window_seconds, lease_seconds=settings.lease_seconds
+    )
+    return JobOptions(retries, seconds, plan.due_at, plan.countdown, plan.watch_at, priority)
 
 
 def _delay(settings: Settings, raw: Mapping[str, Any]) -> float | None:

@@ -1,0 +1,192 @@
+"""The submit use case: one job or a batch, from a validated body to an admitted job.
+
+prepare (tenant, idempotency key, fingerprint, jobType, options, queue, message) ->
+admit (one Lua script: idempotency, rate limit, backlog, record and, when the broker
+is the job store's Redis, the message itself) -> otherwise publish through kombu, or
+undo. A job delayed beyond the ETA window gets no message yet: the workers' sweep
+publishes it when it is due (``pulse_core.policy.plan_delay``).
+
+The HTTP view validates the body against its schema and calls ``Submitter.submit``
+(or ``submit_many``) once; everything after the schema lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs
+from pulse_core.broker.routing import resolve_queue
+from pulse_core.errors import (
+    BrokerUnavailable,
+    InvalidIdempotencyKey,
+    PayloadTooLarge,
+    PulseError,
+    TenantMismatch,
+)
+from pulse_core.guards.admission import Admission, Admitted, Submission
+from pulse_core.guards.idempotency import fingerprint, store_key
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
+from pulse_core.settings import Settings
+from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_types import JobTypeDirectory
+from pulse_core.submission.options import resolve
+from pulse_core.telemetry import logs, metrics, tracing
+from pulse_core.tenants import Tenant, TenantsSource
+
+log = logging.getLogger("pulse.api")
+
+PUBLISH_ERRORS = (KombuError, OSError, RedisError)
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """What admitting a job needs, held by the API process and passed in (no globals)."""
+
+    settings: Settings
+    tenants: TenantsSource
+    store: JobStore
+    celery: Celery
+    job_types: JobTypeDirectory
+    admission: Admission
+    #: Jobs are pushed by the admission script (the broker is the job store's Redis).
+    inline_publish: bool
+
+    def submit(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Admitted:
+        """Admit and publish one validated job body, or raise the error that refuses it."""
+        submission = self.prepare(tenant, body, header_key=header_key)
+        logs.bind_job(submission.job)
+        admitted = self.admission.admit(tenant, submission)
+        if _needs_publish(submission, admitted):
+            try:
+                publish_job(self.celery, admitted.job, countdown=submission.countdown)
+            except PUBLISH_ERRORS as exc:
+                raise self._undo(tenant, submission, exc) from exc
+        _accepted(admitted)
+        return admitted
+
+    def submit_many(
+        self,
+        tenant: Tenant,
+        bodies: Sequence[Any],
+        load: Callable[[Any], Mapping[str, Any]],
+        load_errors: tuple[type[Exception], ...],
+    ) -> list[Admitted | Exception]:
+        """Each raw body checked for size, loaded (``load`` validates it; what it raises
+        out of ``load_errors`` becomes that item's answer), admitted in one pipelined
+        round trip and published, answered in order."""
+        verdicts: list[Admitted | Exception] = []
+        ready: list[tuple[int, Submission]] = []
+        refusals: tuple[type[Exception], ...] = (PulseError, *load_errors)
+        for body in bodies:
+            try:
+                _check_size(body, tenant.max_payload_bytes)
+                ready.append((len(verdicts), self.prepare(tenant, load(body))))
+                verdicts.append(PulseError("not admitted"))  # replaced below
+            except refusals as exc:
+                verdicts.append(exc)
+        admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
+        fresh: list[tuple[int, Submission, Admitted]] = []
+        for (position, submission), verdict in zip(ready, admitted, strict=True):
+            verdicts[position] = verdict
+            if isinstance(verdict, Admitted) and _needs_publish(submission, verdict):
+                fresh.append((position, submission, verdict))
+        if fresh:
+            sent = 0
+            try:
+                pairs = ((verdict.job, item.countdown) for _, item, verdict in fresh)
+                sent = publish_jobs(self.celery, pairs)
+            except PUBLISH_ERRORS as exc:
+                for position, submission, _ in fresh[sent:]:
+                    verdicts[position] = self._undo(tenant, submission, exc)
+        for answer in verdicts:
+            if isinstance(answer, Admitted):
+                _accepted(answer)
+        return verdicts
+
+    def prepare(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
+        """Check what needs no Redis and build the job the admission script may create."""
+        claimed_tenant = body.get("tenantId")
+        if claimed_tenant is not None and claimed_tenant != tenant.tenant_id:
+            raise TenantMismatch("tenantId must be the API key's own tenant (or be left out)")
+        key = _idempotency_key(body.get("idempotencyKey"), header_key)
+        job_type = body["jobType"]
+        settings = self.settings
+        live = self.job_types.is_live(job_type)
+        options = resolve(settings, self.job_types.policy(job_type), body.get("options") or {})
+        metadata = dict(body.get("metadata") or {})
+        job = Job(
+            job_id=new_job_id(),
+            tenant_id=tenant.tenant_id,
+            job_type=job_type,
+            queue=resolve_queue(self.tenants.config, tenant.tenant_id, job_type, settings.default_queue),
+            payload=body["payload"],
+            metadata=metadata,
+            trace_id=tracing.job_trace_id(metadata.get("traceId")),
+            created_at=utc_now(),
+            state=JobState.QUEUED if options.due_at is None else JobState.SCHEDULED,
+            max_retries=options.max_retries,
+            timeout_seconds=options.timeout_seconds,
+            due_at=options.due_at,
+            priority=options.priority,
+        )
+        # Due beyond the ETA window: no message now; the sweep publishes it when due.
+        deferred = options.due_at is not None and options.countdown is None
+        inline = self.inline_publish and not deferred
+        message, broker_list = encode_message(self.celery, job, countdown=options.countdown) if inline else ("", "")
+        return Submission(
+            job=job,
+            idempotency_key=key,
+            fingerprint=fingerprint(body) if key else "",
+            job_type_live=live,
+            message=message,
+            broker_list=broker_list,
+            countdown=options.countdown,
+            watch_at=options.watch_at,
+            deferred=deferred,
+        )
+
+    def _undo(self, tenant: Tenant, submission: Submission, exc: Exception) -> PulseError:
+        job = submission.job
+        log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
+        key = submission.idempotency_key
+        self.store.discard(job, idempotency_key=store_key(tenant.tenant_id, key) if key else None)
+        return BrokerUnavailable("the broker did not take the job; retry later")
+
+
+def _accepted(admitted: Admitted) -> None:
+    """Count and log a job let in (a replay was counted when it was first admitted)."""
+    if admitted.replayed:
+        return
+    with logs.job_context(**logs.job_fields(admitted.job)):
+        metrics.job_submitted(admitted.job.tenant_id, admitted.job.job_type)
+        log.info("job accepted")
+
+
+def _needs_publish(submission: Submission, admitted: Admitted) -> bool:
+    """Whether the caller still has to send the job's message through kombu."""
+    return not (admitted.replayed or admitted.published or submission.deferred)
+
+
+def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:
+    if in_header is not None:
+        if not 1 <= len(in_header) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidIdempotencyKey(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+        if in_body is not None and in_body != in_header:
+            raise InvalidIdempotencyKey("Idempotency-Key and idempotencyKey differ; send one")
+        return in_header
+    return in_body
+
+
+def _check_size(body: Any, cap: int) -> None:
+    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if size > cap:
+        raise PayloadTooLarge(f"the job is {size} bytes as JSON; the limit is {cap}")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from pulse_api import create_app
+from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.broker.celery_app import (
     RUN_JOB_TASK,
@@ -16,9 +19,13 @@ from pulse_core.broker.celery_app import (
     publish_job,
     publishes_inline,
 )
+from pulse_core.guards.idempotency import store_key
 from pulse_core.jobs import Job, new_job_id, utc_now
+from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_types import announce
+from tests.support import auth, write_tenants_file
 
 VARYING = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
 
@@ -77,3 +84,61 @@ def test_inline_publishing_only_when_the_broker_is_the_job_store(settings: Setti
     assert publishes_inline(settings)
     assert not publishes_inline(replace(settings, broker_url="amqp://guest@localhost//"))
     assert not publishes_inline(replace(settings, broker_url=settings.redis_url + "1"))
+
+
+def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given an API whose broker is a Redis of its own (so publishing goes through kombu,
+    # after the admission script), and diag.sleep routed to a queue of its own
+    broker = EmbeddedRedis(tmp_path / "broker", persist=False).start()
+    try:
+        queue, other = "t-partial-publish", "t-partial-publish-b"
+        tenants = write_tenants_file(tmp_path / "tenants.toml", extra=f'[job_types."diag.sleep"]\nqueue = "{other}"\n')
+        api_settings = replace(settings, broker_url=broker.url, default_queue=queue, tenants_file=tenants)
+        assert not publishes_inline(api_settings)
+        announce(redis, ["diag.echo", "diag.sleep"], 60)
+        client = create_app(api_settings).test_client()
+        broker_redis = connect(broker.url)
+        pending_before = JobStore(redis).pending("acme")
+        # and a broker that refuses every write to that queue's lane (WRONGTYPE)
+        app = create_celery(api_settings)
+        blocked = Job(job_id="x", tenant_id="acme", job_type="diag.sleep", queue=other, created_at=utc_now())
+        _, blocked_list = encode_message(app, blocked)
+        broker_redis.set(blocked_list.split("\x06")[0], "not a list")
+        # when a batch of 30 is submitted whose 11th job onwards alternate diag.sleep and diag.echo
+        jobs = [
+            {
+                "jobType": "diag.sleep" if n >= 10 and n % 2 == 0 else "diag.echo",
+                "payload": {"n": n},
+                "idempotencyKey": f"pp-{n}",
+            }
+            for n in range(30)
+        ]
+        response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+        # then the first ten were published and answered 202; the broker's refusal
+        # stopped the rest, each answered 503
+        items = response.get_json()["items"]
+        assert [item["status"] for item in items] == [202] * 10 + [503] * 20
+        accepted = [item["job"]["jobId"] for item in items[:10]]
+        # and every accepted job has its record and exactly one message on the broker
+        on_broker = [json.loads(raw)["headers"]["argsrepr"] for raw in _all_messages(broker_redis, queue)]
+        assert sorted(on_broker) == sorted(repr((job_id,)) for job_id in accepted)
+        assert all(redis.hget(keys.job(job_id), "state") == "queued" for job_id in accepted)
+        # and every refused job left nothing behind: its idempotency key is free, the backlog uncounted
+        assert not any(redis.exists(store_key("acme", f"pp-{n}")) for n in range(10, 30))
+        assert JobStore(redis).pending("acme") == pending_before + 10
+        # and a refused job sent again once the broker is well is accepted
+        broker_redis.delete(blocked_list.split("\x06")[0])
+        again = client.post("/v1/jobs", json=jobs[10], headers=auth("acme"))
+        assert again.status_code == 202
+        for job_id in [*accepted, again.get_json()["jobId"]]:  # no worker reads this queue
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme")).status_code == 200
+        assert JobStore(redis).pending("acme") == pending_before
+    finally:
+        broker.stop()
+
+
+def _all_messages(broker: Redis, queue: str) -> list[str]:
+    lists = [name for name in broker.scan_iter(match=f"{queue}*") if broker.type(name) == "list"]
+    return [raw for name in lists for raw in broker.lrange(name, 0, -1)]

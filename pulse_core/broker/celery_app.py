@@ -245,25 +245,31 @@ def publish_job(app: Celery, job: Job, *, attempt: int | None = None, countdown:
     )
 
 
-def publish_jobs(app: Celery, jobs: Iterable[tuple[Job, float | None]]) -> int:
-    """Publish ``(job, countdown)`` pairs in order over one producer; return how many went.
+def publish_jobs(
+    app: Celery, jobs: Iterable[tuple[Job, float | None]], errors: tuple[type[Exception], ...]
+) -> tuple[int, Exception | None]:
+    """Publish ``(job, countdown)`` pairs in order over one producer.
 
-    Stops at the first failure and raises it; the caller undoes the jobs not yet sent.
+    Returns how many went and, when one of ``errors`` stopped it, that error: the
+    first ``sent`` jobs are on the broker, the rest are not (the caller undoes those only).
     """
     sent = 0
     app.set_current()
-    with app.producer_or_acquire() as producer:
-        for job, countdown in jobs:
-            queue, priority = destination(app, job)
-            app.send_task(
-                RUN_JOB_TASK,
-                queue=queue,
-                priority=priority,
-                producer=producer,
-                **message_options(job, countdown=countdown),
-            )
-            sent += 1
-    return sent
+    try:
+        with app.producer_or_acquire() as producer:
+            for job, countdown in jobs:
+                queue, priority = destination(app, job)
+                app.send_task(
+                    RUN_JOB_TASK,
+                    queue=queue,
+                    priority=priority,
+                    producer=producer,
+                    **message_options(job, countdown=countdown),
+                )
+                sent += 1
+    except errors as exc:
+        return sent, exc
+    return sent, None
 
 
 def publishes_inline(settings: Settings) -> bool:

@@ -100,13 +100,11 @@ class Submitter:
             if isinstance(verdict, Admitted) and _needs_publish(submission, verdict):
                 fresh.append((position, submission, verdict))
         if fresh:
-            sent = 0
-            try:
-                pairs = ((verdict.job, item.countdown) for _, item, verdict in fresh)
-                sent = publish_jobs(self.celery, pairs)
-            except PUBLISH_ERRORS as exc:
+            pairs = ((verdict.job, item.countdown) for _, item, verdict in fresh)
+            sent, error = publish_jobs(self.celery, pairs, PUBLISH_ERRORS)
+            if error is not None:  # the first ``sent`` are on the broker: undo only the rest
                 for position, submission, _ in fresh[sent:]:
-                    verdicts[position] = self._undo(tenant, submission, exc)
+                    verdicts[position] = self._undo(tenant, submission, error)
         for answer in verdicts:
             if isinstance(answer, Admitted):
                 _accepted(answer)

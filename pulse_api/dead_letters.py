@@ -50,7 +50,7 @@ def _not_found(job_id: str) -> JobNotFound:
 
 def replay(svc: Services, tenant_id: str, job_id: str) -> Job | None:
     """Queue one dead letter again; ``None`` if the tenant has no such dead letter."""
-    job = svc.store.replay(tenant_id, job_id)
+    job = svc.store.replay(tenant_id, job_id, check_in=svc.settings.queued_check_seconds)
     if job is None:
         return None
     try:

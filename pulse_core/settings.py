@@ -33,6 +33,9 @@ DEFAULT_BATCH_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_LEASE_SECONDS = 30.0
 #: How often a worker looks for jobs whose lease lapsed or whose due time passed.
 DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
+#: A queued job not claimed this long after it was queued is looked at by the sweep: its
+#: message is republished if it was lost (then after twice as long, and so on, up to an hour).
+DEFAULT_QUEUED_CHECK_SECONDS = 60.0
 #: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
 DEFAULT_MAX_RETRIES_CAP = 20
 DEFAULT_TIMEOUT_CAP_SECONDS = 900
@@ -70,6 +73,7 @@ class Settings:
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
+    queued_check_seconds: float = DEFAULT_QUEUED_CHECK_SECONDS
     max_retries_cap: int = DEFAULT_MAX_RETRIES_CAP
     timeout_cap_seconds: int = DEFAULT_TIMEOUT_CAP_SECONDS
     max_delay_seconds: int = DEFAULT_MAX_DELAY_SECONDS
@@ -124,6 +128,11 @@ class Settings:
                 "PULSE_SWEEP_INTERVAL_SECONDS",
                 env.get("PULSE_SWEEP_INTERVAL_SECONDS"),
                 DEFAULT_SWEEP_INTERVAL_SECONDS,
+            ),
+            queued_check_seconds=_positive_float(
+                "PULSE_QUEUED_CHECK_SECONDS",
+                env.get("PULSE_QUEUED_CHECK_SECONDS"),
+                DEFAULT_QUEUED_CHECK_SECONDS,
             ),
             max_retries_cap=_positive_int(
                 "PULSE_MAX_RETRIES_CAP", env.get("PULSE_MAX_RETRIES_CAP"), DEFAULT_MAX_RETRIES_CAP

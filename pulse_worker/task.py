@@ -13,6 +13,7 @@ the job in its tenant's dead letters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -83,6 +84,8 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         if verdict.reason in ("concurrency", "rate"):
             metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) deferred %.2f s: %s limit", job_id, job_type, verdict.defer_seconds, verdict.reason)
+        with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+            runtime.store.postpone_check(job_id, verdict.defer_seconds + runtime.settings.queued_check_seconds)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
 
@@ -110,6 +113,10 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
         if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan"):
             metrics.job_finished(outcome.job, Outcome.DEAD)
         log.warning("job %s is dead: its last attempt's worker died", job_id)
+    elif outcome.refused == "cancel" and outcome.job is not None:
+        if runtime.store.finalize(outcome.job, JobState.CANCELLED, from_="orphan"):
+            metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
+        log.warning("job %s is cancelled: its worker died after the cancel was asked", job_id)
     elif outcome.refused == "early" and outcome.due_at is not None:
         # A copy that arrived before the job is due goes back, as an ETA message.
         raise task.retry(countdown=max(0.0, outcome.due_at - time.time()), max_retries=None)

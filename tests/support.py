@@ -38,6 +38,8 @@ TENANT_KEYS = {
     "small": "small-secret-key",
     "lister": "lister-secret-key",
     "idem": "idem-secret-key",
+    # The recovery tests' own tenant, so its backlog count can be checked exactly.
+    "recover": "recover-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
@@ -137,6 +139,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_BATCH_MAX_JOBS": str(settings.batch_max_jobs),
         "PULSE_LEASE_SECONDS": str(settings.lease_seconds),
         "PULSE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "PULSE_QUEUED_CHECK_SECONDS": str(settings.queued_check_seconds),
         "PULSE_SOFT_SHUTDOWN_SECONDS": str(settings.soft_shutdown_seconds),
         "PULSE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
     }

@@ -31,7 +31,7 @@ import base64
 import logging
 import uuid
 from bisect import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -119,6 +119,14 @@ def waiting_lists(queue: str, lanes: Iterable[str]) -> list[str]:
     lanes', at every priority step."""
     steps = sorted(set(kombu_redis.Channel.priority_steps))
     return [redis_list(name, step) for name in (queue, *lanes) for step in steps]
+
+
+def lane_lists_checker(settings: Settings, app: Celery) -> Callable[[str, str, int], list[str]]:
+    """For the recovery sweep: the Redis list a job's message of (queue, tenant, priority)
+    waits on, when the broker is the job store's Redis; otherwise nothing can be read."""
+    if not publishes_inline(settings):
+        return lambda queue, tenant, priority: []
+    return lambda queue, tenant, priority: [redis_list(lane(queue, tenant), broker_priority(app, priority))]
 
 
 def destination(app: Celery, job: Job) -> tuple[str, int]:

@@ -13,8 +13,12 @@ One round trip that cannot race decides a submission, in this order:
 4. **backlog** — fewer than ``max_pending`` of the tenant's jobs not yet final;
    otherwise ``BacklogFull``, nothing consumed;
 5. **record** — consume one slot in every window, write the job hash, index it
-   under the tenant, count it pending, remember the idempotency key and, when
-   the broker is this Redis, push the job's message onto its queue.
+   under the tenant, count it pending, watch it (``keys.WATCH``: the sweep looks at
+   it if nothing claims it in time), remember the idempotency key and, when the
+   broker is this Redis, push the job's message onto its queue.
+
+The script is safe to run twice with the same arguments (redis-py retries a call
+that timed out): a job id already stored answers ``created`` and changes nothing.
 
 With another broker, publishing happens after (``pulse_core.broker.celery_app``); if
 it fails the caller discards the job (``JobStore.discard``), which removes the
@@ -55,7 +59,8 @@ BACKLOG_RETRY_AFTER_SECONDS = 1
 # ARGV: 1 tenant id, 2 job id, 3 created ms, 4 fingerprint ('' = no key),
 #       5 key TTL seconds, 6 jobType live '1'/'0', 7 max_pending, 8 job key prefix,
 #       9 the broker message to push ('' = the caller publishes), 10 number of
-#       windows n, 11 when the sweep should look at a scheduled job ('' = never),
+#       windows n, 11 in how many seconds (from Redis' clock) the sweep should look
+#       at the job if nothing has claimed it,
 #       12.. n (limit, expiry) pairs, then the record's field/value pairs.
 _ADMIT = (
     rate_limits.LUA
@@ -64,6 +69,9 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local n = tonumber(ARGV[10])
 local stats = window_stats(now, 8, 12, n)
+
+-- The same call again (redis-py retries a call that timed out): it was done already.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', stats} end
 
 if ARGV[4] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -85,7 +93,7 @@ if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
 window_acquire(now, 8, 12, n)
 stats[2] = stats[2] - 1
 redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
-if ARGV[11] ~= '' then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[2]) end
+redis.call('ZADD', KEYS[6], now + tonumber(ARGV[11]), ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('SADD', KEYS[7], ARGV[1])
@@ -126,8 +134,9 @@ class Submission:
     broker_list: str = ""
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
-    #: For a scheduled job: when the workers' sweep should look at it (epoch seconds).
-    watch_at: float | None = None
+    #: In how many seconds the workers' sweep should look at the job if nothing claimed
+    #: it: a queued job's message may be lost, a scheduled job's may be held by a dead worker.
+    watch_in: float = 60.0
     #: Due beyond the ETA window: no message now, the sweep publishes it when due.
     deferred: bool = False
 
@@ -209,7 +218,7 @@ class Admission:
             keys.job(""),
             submission.message,
             len(items),
-            "" if submission.watch_at is None else repr(submission.watch_at),
+            repr(max(0.0, submission.watch_in)),
             *rate_limits.window_args(items),
         ]
         for field, value in job.to_redis().items():

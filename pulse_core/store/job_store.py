@@ -11,10 +11,11 @@ worker and the API) can never both win the same transition:
 - ``schedule_retry``: a failed attempt becomes ``retrying`` with a due time.
 - ``finalize``: the ONE way into a final state (succeeded, dead, cancelled); the
   transition itself is the Lua function ``final_transition`` that ``cancel`` shares.
-- ``recover``: the sweep's look at one overdue job (see ``pulse_core.store.recovery``).
+- ``recover``: the sweep's look at an overdue job (see ``pulse_core.store.recovery``).
 
-Jobs with a deadline (a running attempt's lease, a scheduled or retrying job's
-due time) are indexed in the ``keys.WATCH`` sorted set.
+Every job that is not final has a deadline in the ``keys.WATCH`` sorted set: a
+queued job's time to be claimed, a running attempt's lease, a scheduled or
+retrying job's due time. The recovery sweep looks at whatever is overdue.
 
 The backlog rule (``keys.PENDING``, tenant -> jobs not yet final): creation does
 +1 in the same step as the record; ``final_transition`` does -1, so every move
@@ -28,7 +29,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,7 +38,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.errors import InvalidCursor
-from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, Job, JobState, utc_now
+from pulse_core.jobs import CLAIMABLE_STATES, DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_now
 
 #: How long a finished job's record is kept (a dead one stays until it leaves the dead letters).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -79,7 +80,7 @@ _WAITING_STATES_LUA = _lua_set(CLAIMABLE_STATES)
 # job_id, fallback_max_retries, lost_error_json. -1 for an unknown cycle/attempt.
 _CLAIM = f"""
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', 'dueAt',
-                     'maxRetries', 'deadLetter')
+                     'maxRetries', 'deadLetter', 'cancelRequested')
 local state = f[1]
 if not state then return {{'missing'}} end
 if ({_FINAL_STATES_LUA})[state] then return {{state}} end
@@ -91,6 +92,8 @@ if k >= 0 and k < n then return {{'stale'}} end
 local crashed = 0
 if state == 'running' then
   if tonumber(f[4] or '0') > now then return {{'busy'}} end
+  -- Its worker died after someone asked it to stop: it ends cancelled, never runs again.
+  if f[8] == '1' then return {{'cancel', redis.call('HGETALL', KEYS[1])}} end
   if f[7] == '1' then return {{'exhausted', redis.call('HGETALL', KEYS[1])}} end
   redis.call('HSET', KEYS[1], 'error', ARGV[9])
   if n >= tonumber(f[6] or ARGV[8]) + 1 then
@@ -103,7 +106,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
            'leaseUntil', ARGV[2], 'owner', ARGV[3])
-redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt')
+redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits')
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
 return {{'claimed', redis.call('HGETALL', KEYS[1]), crashed}}
 """
@@ -186,16 +189,25 @@ return 'finished:' .. state
 """
 )
 
-# KEYS: job, dead, pending. ARGV: job_id.
+# KEYS: job, dead, pending, watch. ARGV: job_id, seconds until the sweep checks it was claimed.
+# Watched like any queued job: a process that dies before publishing loses nothing.
 _REPLAY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return {} end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return {} end
+local t = redis.call('TIME')
 redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'tenantId'), 1)
 redis.call('HINCRBY', KEYS[1], 'cycle', 1)
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'result', 'startedAt', 'finishedAt', 'dueAt', 'cancelRequested',
-           'leaseUntil', 'owner')
+           'leaseUntil', 'owner', 'recoveries', 'laneWaits')
+redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(ARGV[2]), ARGV[1])
 return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: watch. ARGV: job id, seconds. Push a waiting job's check later (never earlier).
+_POSTPONE_CHECK = """
+local t = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], 'XX', 'GT', tonumber(t[1]) + tonumber(ARGV[2]), ARGV[1])
 """
 
 # Undo of a creation whose publish failed: KEYS 1 job, 2 tenant index, 3 pending,
@@ -218,23 +230,71 @@ return 1
 #: Index entries read per round trip while listing.
 _LIST_CHUNK = 200
 
-# KEYS: job, watch. ARGV: now, next_check, job_id.
+# KEYS: 1 job, 2 watch, 3.. the Redis lists the job's messages wait on (none when the
+#       broker is not this Redis).
+# ARGV: 1 job id, 2 recheck base for a lapsed lease or a missed due time (seconds),
+#       3 recheck base for a queued job, 4 longest recheck, 5 how many checks a queued
+#       job waits while its lane holds messages before it is republished anyway.
+# Reply: {'gone'} | {'alive'} | {'waiting'} | {'republish', record}.
+# Times are Redis' own (TIME), so a host whose clock runs ahead cannot call live jobs lost.
 _RECOVER = f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'leaseUntil', 'dueAt')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local f = redis.call('HMGET', KEYS[1], 'state', 'leaseUntil', 'dueAt', 'recoveries', 'laneWaits')
 local state = f[1]
-if not state or ({_FINAL_STATES_LUA})[state] or state == 'queued' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
+if not state or ({_FINAL_STATES_LUA})[state] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
   return {{'gone'}}
 end
-local now = tonumber(ARGV[1])
-local deadline = tonumber((state == 'running' and f[2] or f[3]) or '0')
-if deadline > now then
-  redis.call('ZADD', KEYS[2], deadline, ARGV[3])
-  return {{'alive'}}
+local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if deadline and tonumber(deadline) > now then return {{'alive'}} end
+if state == 'running' then
+  local lease = tonumber(f[2] or '0')
+  if lease > now then
+    redis.call('ZADD', KEYS[2], lease, ARGV[1])
+    return {{'alive'}}
+  end
 end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local n = tonumber(f[4] or '0')
+local base = tonumber(state == 'queued' and ARGV[3] or ARGV[2])
+-- A copy may still wait behind others in its lane (a queued job's first message, or an
+-- earlier republished copy): give it more time, a bounded number of checks.
+if state == 'queued' or n > 0 then
+  local waiting = 0
+  for i = 3, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+  local waits = tonumber(f[5] or '0')
+  if waiting > 0 and waits < tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[1], 'laneWaits', waits + 1)
+    redis.call('ZADD', KEYS[2], now + base, ARGV[1])
+    return {{'waiting'}}
+  end
+end
+redis.call('HSET', KEYS[1], 'recoveries', n + 1, 'laneWaits', 0)
+redis.call('ZADD', KEYS[2], now + math.min(base * 2 ^ n, tonumber(ARGV[4])), ARGV[1])
 return {{'republish', redis.call('HGETALL', KEYS[1])}}
 """
+
+# KEYS: watch. ARGV: most ids. Overdue ids on Redis' clock.
+_OVERDUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+
+@dataclass(frozen=True)
+class RecheckPolicy:
+    """How long the sweep waits before looking at a republished job again (seconds).
+
+    After the ``n``-th republish: ``base * 2 ** n`` capped at ``longest``, where ``base``
+    is ``lapsed`` for a lost attempt or a missed due time and ``queued`` for a queued job.
+    """
+
+    lapsed: float
+    queued: float
+    longest: float = 3600.0
+    #: Checks a queued job waits while its lane still holds messages, before it is republished anyway.
+    lane_waits: int = 8
 
 
 @dataclass(frozen=True)
@@ -254,7 +314,8 @@ class Claim:
     #: Why nothing was claimed: the record's final state, "missing", "stale" (a copy
     #: for an attempt already started or a past cycle), "busy" (a live attempt runs),
     #: "early" (not due yet) or "exhausted" (the crashed attempt was the last one, or
-    #: it was being dead-lettered: finalize the job as dead with the recorded error).
+    #: it was being dead-lettered: finalize the job as dead with the recorded error) or
+    #: "cancel" (its worker died after a cancel was asked: finalize it as cancelled).
     refused: str | None = None
     #: The previous attempt's worker died; this claim counted it and starts the next.
     after_crash: bool = False
@@ -283,7 +344,9 @@ class JobStore:
         self._finalize = redis.register_script(_FINALIZE)
         self._cancel = redis.register_script(_CANCEL)
         self._replay = redis.register_script(_REPLAY)
+        self._postpone_check = redis.register_script(_POSTPONE_CHECK)
         self._recover = redis.register_script(_RECOVER)
+        self._overdue = redis.register_script(_OVERDUE)
         self._discard = redis.register_script(_DISCARD)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
@@ -376,7 +439,7 @@ class JobStore:
         status = reply[0]
         if status == "claimed":
             return Claim(job=_record(reply[1]), after_crash=bool(reply[2]))
-        if status == "exhausted":
+        if status in ("exhausted", "cancel"):
             return Claim(job=_record(reply[1]), refused=status)
         if status == "early":
             return Claim(job=None, refused=status, due_at=float(reply[1]))
@@ -459,34 +522,58 @@ class JobStore:
         """Whether someone asked the running job to stop."""
         return self._redis.hget(keys.job(job_id), "cancelRequested") == "1"
 
-    def replay(self, tenant_id: str, job_id: str) -> Job | None:
+    def replay(self, tenant_id: str, job_id: str, *, check_in: float) -> Job | None:
         """Take a dead job out of the tenant's dead letters and queue it for a new cycle.
 
         The job keeps its id; ``attempts`` starts again from 0 and ``replays``
-        (``cycle``) grows by one. ``None`` when the tenant has no such dead letter.
+        (``cycle``) grows by one. It is watched like a new job: if nothing claims it
+        within ``check_in`` seconds the sweep republishes it. ``None`` when the tenant
+        has no such dead letter.
         """
         flat = self._replay(
-            keys=[keys.job(job_id), keys.tenant_dead_letters(tenant_id), keys.PENDING],
-            args=[job_id],
+            keys=[keys.job(job_id), keys.tenant_dead_letters(tenant_id), keys.PENDING, keys.WATCH],
+            args=[job_id, check_in],
         )
         return _record(flat) if flat else None
 
-    def recover(self, job_id: str, *, recheck_after: float) -> Job | None:
-        """The sweep's step for one watched job: the job to republish, or ``None``.
+    def postpone_check(self, job_id: str, seconds: float) -> None:
+        """A waiting job's message is alive (an execution limit deferred it): check it later."""
+        self._postpone_check(keys=[keys.WATCH], args=[job_id, seconds])
 
-        Overdue means a running attempt whose lease lapsed or a scheduled/retrying
-        job past its due time. An overdue job is re-armed ``recheck_after`` seconds
-        ahead, so it is republished again only if that message is lost too.
+    def recover_many(
+        self,
+        job_ids: list[str],
+        *,
+        waiting_lists: Callable[[str, str, int], list[str]],
+        recheck: RecheckPolicy,
+    ) -> list[Job]:
+        """The sweep's step for a batch of overdue jobs: those whose message to republish.
+
+        Overdue is a running attempt whose lease lapsed, a scheduled or retrying job past
+        its due time, or a queued job nothing claimed in time. Each is republished and
+        re-armed with back-off (``recheck``), so another copy goes out only if that one
+        is lost too; a queued job whose lane still holds messages (``waiting_lists(queue,
+        tenant, priority)``: empty when they cannot be read) gets a few more checks first.
+        Two round trips for the whole batch.
         """
-        now = time.time()
-        reply = self._recover(keys=[keys.job(job_id), keys.WATCH], args=[repr(now), repr(now + recheck_after), job_id])
-        return _record(reply[1]) if reply[0] == "republish" else None
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), ["queue", "tenantId", "priority"])
+            places: list[list[str | None]] = pipe.execute()
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, (queue, tenant, priority) in zip(job_ids, places, strict=True):
+                lists = waiting_lists(queue, tenant, int(priority or DEFAULT_PRIORITY)) if queue and tenant else []
+                self._recover(
+                    keys=[keys.job(job_id), keys.WATCH, *lists],
+                    args=[job_id, recheck.lapsed, recheck.queued, recheck.longest, recheck.lane_waits],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        return [_record(reply[1]) for reply in replies if reply[0] == "republish"]
 
     def overdue(self, limit: int) -> list[str]:
-        """Up to ``limit`` watched job ids whose deadline has passed."""
-        found: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
-            keys.WATCH, "-inf", time.time(), start=0, num=limit
-        )
+        """Up to ``limit`` watched job ids whose deadline has passed on Redis' clock."""
+        found: list[str] = self._overdue(keys=[keys.WATCH], args=[limit])
         return found
 
     def list_for_tenant(

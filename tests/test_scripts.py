@@ -11,32 +11,33 @@ pins the script's own contract: the reply shape the Python side maps, and every 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis
 from redis.commands.core import Script
 
+from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
+from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
 from pulse_core.store import job_store, recovery
+from pulse_core.store.job_store import CancelOutcome
 
-_SOURCES: dict[str, str] = {
-    "store/claim": job_store._CLAIM,
-    "store/refresh_leases": job_store._REFRESH,
-    "store/schedule_retry": job_store._SCHEDULE_RETRY,
-    "store/mark_dead_letter": job_store._MARK_DEAD_LETTER,
-    "store/finalize": job_store._FINALIZE,
-    "store/cancel": job_store._CANCEL,
-    "store/replay": job_store._REPLAY,
-    "store/discard": job_store._DISCARD,
-    "store/recover": job_store._RECOVER,
-    "store/release_lock": recovery._RELEASE,
-    "guards/admit": admission._ADMIT,
-    "guards/rate_status": admission._STATUS,
-    "guards/acquire_slots": execution_limits._ACQUIRE,
+#: Every script file of every room, includes resolved, by room/name ("store/claim").
+_SOURCES: dict[str, str] = lua_scripts.all_sources()
+#: Every script the code declares, with its reply mapping, by room/name.
+_DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
+    f"{value.room.rpartition('.')[2]}/{value.name}": value
+    for module in (job_store, recovery, admission, execution_limits)
+    for value in vars(module).values()
+    if isinstance(value, lua_scripts.LuaScript)
 }
 
 
@@ -173,105 +174,131 @@ def _claim_argv(*, cycle: int = -1, attempt: int = -1, fallback: int = 3) -> lis
     return ["1000", "1030", "w1", cycle, attempt, T, "j1", fallback, LOST]
 
 
+#: What every job record has (``Job.from_redis`` needs it to map a record reply).
+ID = {"jobId": "j1", "tenantId": "t1", "jobType": "a.b"}
 CLAIM_KEYS = ["{p}job:j1", "{p}watch"]
 CLAIM = [
     Case("missing record", "store/claim", {}, CLAIM_KEYS, _claim_argv(), ["missing"], {"{p}job:j1": None}),
     Case(
         "final state is the answer",
         "store/claim",
-        {"{p}job:j1": {"state": "succeeded", "attempts": "1"}},
+        {"{p}job:j1": {**ID, "state": "succeeded", "attempts": "1"}},
         CLAIM_KEYS,
         _claim_argv(),
         ["succeeded"],
-        {"{p}job:j1": {"state": "succeeded", "attempts": "1"}, "{p}watch": None},
+        {"{p}job:j1": {**ID, "state": "succeeded", "attempts": "1"}, "{p}watch": None},
     ),
     Case(
         "a past cycle's copy is stale",
         "store/claim",
-        {"{p}job:j1": {"state": "queued", "attempts": "0", "cycle": "1"}},
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "1"}},
         CLAIM_KEYS,
         _claim_argv(cycle=0, attempt=1),
         ["stale"],
-        {"{p}job:j1": {"state": "queued", "attempts": "0", "cycle": "1"}},
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "1"}},
     ),
     Case(
         "a copy of an attempt already started is stale",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "2", "leaseUntil": "990"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
         CLAIM_KEYS,
         _claim_argv(attempt=1),
         ["stale"],
-        {"{p}job:j1": {"state": "running", "attempts": "2", "leaseUntil": "990"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
     ),
     Case(
         "a copy that skips an attempt is stale",
         "store/claim",
-        {"{p}job:j1": {"state": "queued", "attempts": "0"}},
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0"}},
         CLAIM_KEYS,
         _claim_argv(attempt=2),
         ["stale"],
-        {"{p}job:j1": {"state": "queued", "attempts": "0"}},
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0"}},
     ),
     Case(
         "a live lease makes it busy",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
         CLAIM_KEYS,
         _claim_argv(),
         ["busy"],
-        {"{p}job:j1": {"state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
     ),
     Case(
         "a queued job starts attempt 1",
         "store/claim",
-        {"{p}job:j1": {"state": "queued", "attempts": "0", "dueAt": "900", "finishedAt": T}},
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "dueAt": "900", "finishedAt": T}},
         CLAIM_KEYS,
         _claim_argv(cycle=0, attempt=1),
         [
             "claimed",
-            Record({"state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            Record({**ID, "state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
             0,
         ],
         {
-            "{p}job:j1": {"state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030", "owner": "w1"},
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "startedAt": T,
+                "leaseUntil": "1030",
+                "owner": "w1",
+            },
             "{p}watch": Z({"j1": 1030}),
         },
     ),
     Case(
         "a scheduled job not yet due is early",
         "store/claim",
-        {"{p}job:j1": {"state": "scheduled", "attempts": "0", "dueAt": "1500"}},
+        {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}},
         CLAIM_KEYS,
         _claim_argv(),
         ["early", "1500"],
-        {"{p}job:j1": {"state": "scheduled", "attempts": "0", "dueAt": "1500"}, "{p}watch": None},
+        {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}, "{p}watch": None},
     ),
     Case(
         "a due retry starts the next attempt",
         "store/claim",
-        {"{p}job:j1": {"state": "retrying", "attempts": "1", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
+        {"{p}job:j1": {**ID, "state": "retrying", "attempts": "1", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
         CLAIM_KEYS,
         _claim_argv(attempt=2),
         [
             "claimed",
-            Record({"state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            Record({**ID, "state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
             0,
         ],
         {
-            "{p}job:j1": {"state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030", "owner": "w1"},
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "2",
+                "startedAt": T,
+                "leaseUntil": "1030",
+                "owner": "w1",
+            },
             "{p}watch": Z({"j1": 1030}),
         },
     ),
     Case(
         "a lapsed lease counts the crashed attempt and starts the next",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "1", "maxRetries": "3", "leaseUntil": "990", "owner": "w0"}},
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "maxRetries": "3",
+                "leaseUntil": "990",
+                "owner": "w0",
+            }
+        },
         CLAIM_KEYS,
         _claim_argv(),
         [
             "claimed",
             Record(
                 {
+                    **ID,
                     "state": "running",
                     "attempts": "2",
                     "maxRetries": "3",
@@ -285,6 +312,7 @@ CLAIM = [
         ],
         {
             "{p}job:j1": {
+                **ID,
                 "state": "running",
                 "attempts": "2",
                 "maxRetries": "3",
@@ -299,38 +327,63 @@ CLAIM = [
     Case(
         "a lapsed lease on the last attempt is exhausted",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990"}},
         CLAIM_KEYS,
         _claim_argv(),
         [
             "exhausted",
-            Record({"state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990", "error": LOST}),
+            Record({**ID, "state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990", "error": LOST}),
         ],
         {
-            "{p}job:j1": {"state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990", "error": LOST},
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "4",
+                "maxRetries": "3",
+                "leaseUntil": "990",
+                "error": LOST,
+            },
             "{p}watch": None,
         },
     ),
     Case(
         "without maxRetries the fallback bounds crashed attempts",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "2", "leaseUntil": "990"}},
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
         CLAIM_KEYS,
         _claim_argv(fallback=1),
-        ["exhausted", Record({"state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST})],
-        {"{p}job:j1": {"state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST}},
+        ["exhausted", Record({**ID, "state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST})],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST}},
     ),
     Case(
         "a lapsed lease while being dead-lettered is exhausted, its error kept",
         "store/claim",
-        {"{p}job:j1": {"state": "running", "attempts": "1", "leaseUntil": "990", "deadLetter": "1", "error": "{}"}},
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "leaseUntil": "990",
+                "deadLetter": "1",
+                "error": "{}",
+            }
+        },
         CLAIM_KEYS,
         _claim_argv(),
         [
             "exhausted",
-            Record({"state": "running", "attempts": "1", "leaseUntil": "990", "deadLetter": "1", "error": "{}"}),
+            Record({**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "deadLetter": "1", "error": "{}"}),
         ],
-        {"{p}job:j1": {"state": "running", "attempts": "1", "leaseUntil": "990", "deadLetter": "1", "error": "{}"}},
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "leaseUntil": "990",
+                "deadLetter": "1",
+                "error": "{}",
+            }
+        },
     ),
 ]
 
@@ -645,8 +698,8 @@ CANCEL = [
 
 REPLAY_KEYS = ["{p}job:j1", "{p}dead", "{p}pending"]
 _DEAD = {
+    **ID,
     "state": "dead",
-    "tenantId": "t1",
     "attempts": "3",
     "cycle": "1",
     "result": "null",
@@ -662,9 +715,9 @@ REPLAY = [
         {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
         REPLAY_KEYS,
         ["j1"],
-        Record({"state": "queued", "tenantId": "t1", "attempts": "0", "cycle": "2", "error": "{}"}),
+        Record({**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"}),
         {
-            "{p}job:j1": {"state": "queued", "tenantId": "t1", "attempts": "0", "cycle": "2", "error": "{}"},
+            "{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"},
             "{p}dead": Z({"j0": 1}),
             "{p}pending": {"t1": "1"},
         },
@@ -773,19 +826,19 @@ RECOVER = [
     Case(
         "a running job whose lease lapsed is republished and re-armed at the next check",
         "store/recover",
-        {"{p}job:j1": {"state": "running", "leaseUntil": "900", "attempts": "1"}, "{p}watch": Z({"j1": 900})},
+        {"{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "attempts": "1"}, "{p}watch": Z({"j1": 900})},
         RECOVER_KEYS,
         RECOVER_ARGV,
-        ["republish", Record({"state": "running", "leaseUntil": "900", "attempts": "1"})],
-        {"{p}job:j1": {"state": "running", "leaseUntil": "900", "attempts": "1"}, "{p}watch": Z({"j1": 1100})},
+        ["republish", Record({**ID, "state": "running", "leaseUntil": "900", "attempts": "1"})],
+        {"{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "attempts": "1"}, "{p}watch": Z({"j1": 1100})},
     ),
     Case(
         "a retrying job past its due time is republished",
         "store/recover",
-        {"{p}job:j1": {"state": "retrying", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
+        {"{p}job:j1": {**ID, "state": "retrying", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
         RECOVER_KEYS,
         RECOVER_ARGV,
-        ["republish", Record({"state": "retrying", "dueAt": "999"})],
+        ["republish", Record({**ID, "state": "retrying", "dueAt": "999"})],
         {"{p}watch": Z({"j1": 1100})},
     ),
 ]
@@ -876,10 +929,10 @@ ADMIT = [
     Case(
         "a known key with the same body gives back the stored job and consumes nothing",
         "guards/admit",
-        {"{p}idem": "fp j0", "{p}job:j0": {"state": "running", "tenantId": "t1"}},
+        {"{p}idem": "fp j0", "{p}job:j0": {**ID, "jobId": "j0", "state": "running"}},
         ADMIT_KEYS,
         _admit_argv(),
-        ["replay", EMPTY_WINDOW, Record({"state": "running", "tenantId": "t1"})],
+        ["replay", EMPTY_WINDOW, Record({**ID, "jobId": "j0", "state": "running"})],
         {"{p}job:j1": None, "{p}idem": "fp j0", "{p}window": None, "{p}pending": None, "{p}list": None},
     ),
     Case(
@@ -1045,6 +1098,7 @@ def test_script(redis: Redis, prefix: str, case: Case) -> None:
     reply = script(redis, case.script)(keys=_sub(case.keys, prefix), args=_sub(case.argv, prefix))
     # then
     assert reply == _sub(case.reply, prefix)
+    _DECLARED[case.script].reply(reply)  # the one mapping of this script's replies takes it
     for key, expected in _sub(case.then, prefix).items():
         assert _read(redis, key) == expected, key
     for key, expected in _sub(case.ttl, prefix).items():
@@ -1053,5 +1107,82 @@ def test_script(redis: Redis, prefix: str, case: Case) -> None:
 
 
 def test_every_script_has_cases() -> None:
-    # given the scripts Pulse runs, then each has at least one case above
+    # given the script files, then each has at least one case above and the code declares it
     assert {case.script for case in CASES} == set(_SOURCES)
+    assert set(_DECLARED) == set(_SOURCES)
+
+
+def test_cancel_outcomes_cover_every_final_state() -> None:
+    # given each final state, then cancel's reply for it maps to an outcome naming that state
+    for state in FINAL_STATES:
+        assert CancelOutcome(f"finished:{state.value}").finished_state is state
+    assert CancelOutcome("cancelled").finished_state is None
+
+
+# --- the loader: files, headers, includes ------------------------------------------------
+
+
+def test_every_script_file_starts_with_its_contract() -> None:
+    # given every script file as written (before includes)
+    for room in lua_scripts.ROOMS:
+        for entry in (resources.files(room) / "lua").iterdir():
+            if not entry.name.endswith(".lua"):
+                continue
+            text = entry.read_text(encoding="utf-8")
+            header = text[: text.index("\n\n")] if "\n\n" in text else text
+            # then it opens with a comment header naming its KEYS, ARGV and reply
+            assert all(line.startswith("--") for line in header.splitlines()), entry.name
+            for word in ("KEYS", "ARGV", "Reply:"):
+                assert word in header, f"{room} {entry.name}: no {word} in its header"
+
+
+def test_includes_are_resolved_once_and_every_include_is_used() -> None:
+    # given every script with its includes resolved
+    sources = lua_scripts.all_sources()
+    # then no include line is left, and each piece is defined once where it is used
+    assert not any("--@include" in text for text in sources.values())
+    for name in ("store/finalize", "store/cancel"):
+        assert sources[name].count("local function final_transition(") == 1
+    assert sources["guards/admit"].count("local function limits_window(") == 1
+    # and every include file is part of some script
+    for room in lua_scripts.ROOMS:
+        for entry in (resources.files(room) / "lua" / "includes").iterdir():
+            piece = entry.name.removesuffix(".lua")
+            assert any(f"-- begin {piece}\n" in text for text in sources.values()), f"{room}: {piece} unused"
+
+
+def test_an_unknown_include_is_named() -> None:
+    # given a script that includes a piece that does not exist, when resolved, then the error names it
+    with pytest.raises(LookupError, match="no include 'nowhere'"):
+        lua_scripts._resolve("pulse_core.store", "--@include nowhere\nreturn 1\n", set(), "test.lua")
+
+
+def test_state_sets_are_the_job_states(redis: Redis) -> None:
+    # given the generated job_states piece, when Redis runs it, then its sets are JobState's
+    lua = lua_scripts.GENERATED["job_states"]() + (
+        "local f, w = {}, {}\n"
+        "for k in pairs(FINAL_STATES) do f[#f + 1] = k end\n"
+        "for k in pairs(WAITING_STATES) do w[#w + 1] = k end\n"
+        "return {f, w}\n"
+    )
+    final, waiting = redis.eval(lua, 0)
+    assert set(final) == {state.value for state in FINAL_STATES}
+    assert set(waiting) == {state.value for state in CLAIMABLE_STATES}
+
+
+def test_luacheck_finds_nothing(tmp_path: Path) -> None:
+    # given every script as Redis runs it (includes resolved)
+    luacheck = shutil.which("luacheck")
+    if luacheck is None:
+        pytest.skip("luacheck is not installed (Debian: apt-get install lua-check)")
+    lua_scripts.write_all(tmp_path)
+    # when luacheck reads them with the project's settings, then it finds nothing
+    config = Path(__file__).resolve().parent.parent / ".luacheckrc"
+    done = subprocess.run(
+        [luacheck, "--no-color", "--codes", "--config", str(config), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -24,6 +24,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.jobs import Job
+from pulse_core.lua_scripts import LuaScript
 from pulse_core.store.job_store import JobStore
 
 log = logging.getLogger("pulse.recovery")
@@ -31,10 +32,8 @@ log = logging.getLogger("pulse.recovery")
 #: Jobs looked at per sweep; the rest wait for the next one.
 SWEEP_BATCH = 200
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+#: Deletes the sweep lock only if this sweep still holds it; ``True`` when released.
+_RELEASE = LuaScript("pulse_core.store", "release_lock", bool)
 
 
 def sweep(
@@ -65,5 +64,5 @@ def sweep(
                 job.attempts,
             )
     finally:
-        redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
+        _RELEASE.register(redis)(keys=[keys.SWEEP_LOCK], args=[token])
     return republished

@@ -36,6 +36,7 @@ from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
 from pulse_core import keys
+from pulse_core.lua_scripts import LuaScript
 from pulse_core.policy import ExecutionLimits
 from pulse_core.tenants import TenantsConfig
 
@@ -44,27 +45,14 @@ CONCURRENCY_DEFERRAL_SECONDS = 0.5
 #: Smallest deferral when a rate window is full (its reset time is usually later).
 MIN_RATE_DEFERRAL_SECONDS = 0.05
 
-# KEYS: the slot sets. ARGV: 1 holder, 2 now, 3 grace until, 4 job key prefix, 5.. max per set.
-_ACQUIRE = """
-local now = tonumber(ARGV[2])
-for i = 1, #KEYS do
-  local live = 0
-  local held = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
-  for j = 1, #held, 2 do
-    local member, grace = held[j], tonumber(held[j + 1])
-    local alive = grace > now
-    if not alive then
-      local job_id = string.match(member, '^(.*)|')
-      local f = redis.call('HMGET', ARGV[4] .. job_id, 'state', 'leaseUntil')
-      alive = f[1] == 'running' and tonumber(f[2] or '0') > now
-    end
-    if alive then live = live + 1 else redis.call('ZREM', KEYS[i], member) end
-  end
-  if live >= tonumber(ARGV[4 + i]) then return i end
-end
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1]) end
-return 0
-"""
+
+def _acquire_reply(reply: int) -> int | None:
+    """``None`` when a slot was taken in every set, else the 1-based index of the first full set."""
+    return int(reply) or None
+
+
+#: Takes a run slot in every set, or none (``pulse_core/guards/lua/acquire_slots.lua``).
+_ACQUIRE = LuaScript("pulse_core.guards", "acquire_slots", _acquire_reply)
 
 
 __all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant", "parse_rate"]
@@ -113,7 +101,7 @@ class ExecutionGate:
     def __init__(self, redis: Redis, *, grace_seconds: float) -> None:
         self._redis = redis
         self._grace = grace_seconds
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire = _ACQUIRE.register(redis)
         storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix=keys.EXECUTION_RATE_PREFIX)
         self._limiter = MovingWindowRateLimiter(storage)
 
@@ -142,7 +130,7 @@ class ExecutionGate:
                 keys=[key for key, _ in slots],
                 args=[holder, repr(now), repr(now + self._grace), keys.job(""), *(most for _, most in slots)],
             )
-            if full:
+            if full is not None:
                 delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
                 return Verdict(defer_seconds=delay, reason="concurrency")
         slot_keys = tuple(key for key, _ in slots)

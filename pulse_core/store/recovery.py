@@ -35,6 +35,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.jobs import Job
+from pulse_core.lua_scripts import LuaScript
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 
 log = logging.getLogger("pulse.recovery")
@@ -42,10 +43,8 @@ log = logging.getLogger("pulse.recovery")
 #: Jobs looked at per round trip; a sweep goes on while there are more and time is left.
 SWEEP_BATCH = 200
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+#: Deletes the sweep lock only if this sweep still holds it; ``True`` when released.
+_RELEASE = LuaScript("pulse_core.store", "release_lock", bool)
 
 
 def sweep(
@@ -87,5 +86,5 @@ def sweep(
             if len(overdue) < SWEEP_BATCH or time.monotonic() >= stop_at:
                 break
     finally:
-        redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
+        _RELEASE.register(redis)(keys=[keys.SWEEP_LOCK], args=[token])
     return republished

@@ -104,7 +104,8 @@ class Jobs(MethodView):
             state=JobState(state) if state else None,
             job_type=args.get("jobType"),
         )
-        return {"jobs": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
+        items = [job.document() for job in page.items]
+        return {"items": items, "jobs": items, "nextCursor": page.next_cursor}
 
 
 @blp.route("/<string:job_id>")

@@ -30,7 +30,8 @@ def job(job_id: str) -> str:
 
 
 def tenant_jobs(tenant_id: str) -> str:
-    """Sorted set of a tenant's job ids, scored by creation time in milliseconds."""
+    """Sorted set of a tenant's job ids, scored by creation time in milliseconds (a tie is
+    scored 1/1024 ms above the newest entry: ``pulse_core.store.listing``)."""
     return f"{PREFIX}:tenant:{tenant_id}:jobs"
 
 
@@ -55,7 +56,8 @@ def idempotency(tenant_id: str, key_digest: str) -> str:
 
 
 def tenant_dead_letters(tenant_id: str) -> str:
-    """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds)."""
+    """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds; ties
+    broken as in ``tenant_jobs``)."""
     return f"{PREFIX}:tenant:{tenant_id}:dead"
 
 

@@ -37,6 +37,8 @@ TENANT_KEYS = {
     "backlog": "backlog-secret-key",
     "small": "small-secret-key",
     "lister": "lister-secret-key",
+    "ties": "ties-secret-key",
+    "dead-ties": "dead-ties-secret-key",
     "idem": "idem-secret-key",
     # The recovery tests' own tenant, so its backlog count can be checked exactly.
     "recover": "recover-secret-key",

@@ -47,6 +47,7 @@ from pulse_core.guards import rate_limits
 from pulse_core.guards.idempotency import store_key
 from pulse_core.guards.rate_limits import LimitStatus, whole_seconds
 from pulse_core.jobs import Job
+from pulse_core.store import listing
 from pulse_core.tenants import Tenant
 
 #: Retry-After (seconds) suggested when the backlog is full; jobs finish at their own pace.
@@ -64,6 +65,7 @@ BACKLOG_RETRY_AFTER_SECONDS = 1
 #       12.. n (limit, expiry) pairs, then the record's field/value pairs.
 _ADMIT = (
     rate_limits.LUA
+    + listing.LUA_ADD
     + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -94,7 +96,7 @@ window_acquire(now, 8, 12, n)
 stats[2] = stats[2] - 1
 redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[11]), ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+listing_add(KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('SADD', KEYS[7], ARGV[1])
 if ARGV[4] ~= '' then

@@ -131,23 +131,8 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: flo
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {
-        "PULSE_REDIS_URL": settings.redis_url,
-        "PULSE_BROKER_URL": settings.broker_url,
-        "PULSE_HANDLER_MODULES": ",".join(settings.handler_modules),
-        "PULSE_DEFAULT_QUEUE": settings.default_queue,
-        "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
-        "PULSE_IDEMPOTENCY_TTL_SECONDS": str(settings.idempotency_ttl_seconds),
-        "PULSE_BATCH_MAX_JOBS": str(settings.batch_max_jobs),
-        "PULSE_LEASE_SECONDS": str(settings.lease_seconds),
-        "PULSE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
-        "PULSE_QUEUED_CHECK_SECONDS": str(settings.queued_check_seconds),
-        "PULSE_SOFT_SHUTDOWN_SECONDS": str(settings.soft_shutdown_seconds),
-        "PULSE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
-    }
-    if settings.tenants_file:
-        env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)
-    return env
+    """The ``PULSE_*`` variables that give a child process these settings (from their declarations)."""
+    return settings.to_env()
 
 
 def child_env(overrides: Mapping[str, str]) -> dict[str, str]:

@@ -230,11 +230,7 @@ class Admission:
 
 def _decide(submission: Submission, reply: list[Any]) -> Admitted | PulseError:
     outcome, status = reply[0], _limit_status(reply[1])
-    verdict = _verdict(submission, outcome, reply, status)
-    if isinstance(verdict, PulseError):
-        # Every answer to a submission carries the RateLimit-* headers, refusals too.
-        verdict.headers = {**status.headers(), **verdict.headers}
-    return verdict
+    return _verdict(submission, outcome, reply, status)
 
 
 def _limit_status(stats: list[Any]) -> LimitStatus:

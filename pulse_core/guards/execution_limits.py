@@ -30,13 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.policy import ExecutionLimits
+from pulse_core.policy import ExecutionLimits, parse_rate_limit
 from pulse_core.tenants import TenantsConfig
 
 #: Deferral when every run slot is taken: uniform in [base, 2 * base) seconds.
@@ -67,14 +66,7 @@ return 0
 """
 
 
-__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant", "parse_rate"]
-
-
-def parse_rate(text: str) -> tuple[RateLimitItem, ...]:
-    items = tuple(parse_many(text))
-    if not items:
-        raise ValueError(f"no rate limit in {text!r}")
-    return items
+__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant"]
 
 
 def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) -> ExecutionLimits:
@@ -147,7 +139,7 @@ class ExecutionGate:
                 return Verdict(defer_seconds=delay, reason="concurrency")
         slot_keys = tuple(key for key, _ in slots)
         for scope, limits in scopes:
-            for item in parse_rate(limits.rate_limit) if limits.rate_limit else ():
+            for item in parse_rate_limit(limits.rate_limit) if limits.rate_limit else ():
                 ids = ("jobtype", job_type) + (("tenant", scope) if scope else ())
                 if not self._limiter.hit(item, *ids):
                     self.leave(Verdict(holder=holder, slot_keys=slot_keys))

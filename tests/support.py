@@ -39,6 +39,7 @@ TENANT_KEYS = {
     "lister": "lister-secret-key",
     "ties": "ties-secret-key",
     "dead-ties": "dead-ties-secret-key",
+    "refusals": "refusals-secret-key",
     "idem": "idem-secret-key",
     # The recovery tests' own tenant, so its backlog count can be checked exactly.
     "recover": "recover-secret-key",
@@ -51,6 +52,7 @@ TENANT_SETTINGS = {
     "multi": 'rate_limit = "100/minute;3/hour"',
     "batcher": 'rate_limit = "5/minute"',
     "backlog": "max_pending = 3",
+    "refusals": "max_pending = 1",
     "small": "max_payload_bytes = 1024",
     "idem": 'rate_limit = "3/minute"',
 }

@@ -47,12 +47,6 @@ class BatchTooLarge(PulseError):
     field = "jobs"
 
 
-class InvalidCursor(PulseError):
-    """A listing cursor that this API did not hand out."""
-
-    field = "cursor"
-
-
 class UnknownJobType(PulseError):
     """No live worker has announced a handler for this jobType."""
 

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_core import keys
+from pulse_core.errors import InvalidParameter
 from pulse_core.jobs import Job, JobState, new_job_id, new_trace_id, utc_now
 from pulse_core.store import listing
 from pulse_core.store.dead_letters import DeadLetters
@@ -150,3 +151,11 @@ def test_the_openapi_document_describes_the_cursor_and_one_page_shape(client: Fl
     schemas = spec["components"]["schemas"]
     for name in ("JobList", "DeadLetterPage"):
         assert {"items", "nextCursor"} <= set(schemas[name]["required"])
+
+
+@pytest.mark.parametrize("cursor", ["", "zz" * 10, "AB" * 10, "00" * 8, "0" * 19])
+def test_a_cursor_off_the_pattern_is_refused_naming_cursor_in_core_too(cursor: str) -> None:
+    assert not re.fullmatch(listing.CURSOR_PATTERN, cursor)
+    with pytest.raises(InvalidParameter) as refused:
+        decode_cursor(cursor)
+    assert refused.value.field == "cursor"

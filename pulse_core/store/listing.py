@@ -20,7 +20,7 @@ Both listings (a tenant's jobs in ``keys.tenant_jobs``, its dead letters in
 
 from __future__ import annotations
 
-import binascii
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 from redis import Redis
 
-from pulse_core.errors import InvalidCursor
+from pulse_core.errors import InvalidParameter
 
 T = TypeVar("T")
 
@@ -38,6 +38,7 @@ TICKS = 1024
 BATCH = 200
 #: What a cursor looks like (hex: 8 bytes of position, then 1 to 192 bytes of member).
 CURSOR_PATTERN = r"^([0-9a-f]{2}){9,200}$"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 _SCORE_BYTES = 8
 
 #: Lua: ``listing_add(key, score, member)`` adds ``member`` at ``max(score, newest + 1/1024)``,
@@ -84,13 +85,10 @@ def encode_cursor(position: Position) -> str:
 
 
 def decode_cursor(cursor: str) -> Position:
-    """The position a cursor names; ``InvalidCursor`` when it does not match ``CURSOR_PATTERN``."""
-    try:
-        raw = bytes.fromhex(cursor) if cursor == cursor.lower() else b""
-    except (ValueError, binascii.Error):
-        raw = b""
-    if len(raw) <= _SCORE_BYTES:
-        raise InvalidCursor("cursor is not one this API returned")
+    """The position a cursor names; ``InvalidParameter`` naming ``cursor`` when it does not match ``CURSOR_PATTERN``."""
+    if not _CURSOR_RE.fullmatch(cursor):
+        raise InvalidParameter("cursor", "not a cursor this API returned")
+    raw = bytes.fromhex(cursor)
     return Position(int.from_bytes(raw[:_SCORE_BYTES], "big") / TICKS, raw[_SCORE_BYTES:])
 
 

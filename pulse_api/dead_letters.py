@@ -76,7 +76,7 @@ class DeadLetterList(MethodView):
             cursor=query.get("cursor"),
             job_type=query.get("jobType"),
         )
-        return {"items": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
+        return {"items": [job.document() for job in page.items], "nextCursor": page.next_cursor}
 
 
 @blp.route("/replay")

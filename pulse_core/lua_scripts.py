@@ -90,10 +90,13 @@ def _resolve(room: str, text: str, seen: set[str], where: str) -> str:
         if name in GENERATED:
             piece = GENERATED[name]()
         else:
-            path = _folder(room) / "includes" / f"{name}.lua"
-            if not path.is_file():
+            # The room's own includes first, then a lower room's (guards may include the store's).
+            found = [r for r in (room, *ROOMS) if (_folder(r) / "includes" / f"{name}.lua").is_file()]
+            if not found:
                 raise LookupError(f"{where}: no include {name!r} ({room}/lua/includes/{name}.lua, or generated)")
-            piece = _resolve(room, path.read_text(encoding="utf-8"), seen, f"{room}/lua/includes/{name}.lua")
+            home = found[0]
+            path = _folder(home) / "includes" / f"{name}.lua"
+            piece = _resolve(home, path.read_text(encoding="utf-8"), seen, f"{home}/lua/includes/{name}.lua")
         return f"-- begin {name}\n{piece.rstrip()}\n-- end {name}"
 
     return _INCLUDE.sub(include, text)

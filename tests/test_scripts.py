@@ -27,7 +27,7 @@ from redis.commands.core import Script
 from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
-from pulse_core.store import job_store, recovery
+from pulse_core.store import dead_letters, job_store, listing, recovery
 from pulse_core.store.job_store import CancelOutcome
 
 #: Every script file of every room, includes resolved, by room/name ("store/claim").
@@ -35,7 +35,7 @@ _SOURCES: dict[str, str] = lua_scripts.all_sources()
 #: Every script the code declares, with its reply mapping, by room/name.
 _DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
     f"{value.room.rpartition('.')[2]}/{value.name}": value
-    for module in (job_store, recovery, admission, execution_limits)
+    for module in (job_store, listing, dead_letters, recovery, admission, execution_limits)
     for value in vars(module).values()
     if isinstance(value, lua_scripts.LuaScript)
 }
@@ -934,6 +934,81 @@ POSTPONE = [
     ),
 ]
 
+LISTING_ADD = [
+    Case(
+        "an entry later than the newest is added at its own score",
+        "store/listing_add",
+        {"{p}index": Z({"a": 1000})},
+        ["{p}index"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 1000, "b": 2000})},
+    ),
+    Case(
+        "an entry of the same millisecond as the newest comes after it (1/1024 ms later)",
+        "store/listing_add",
+        {"{p}index": Z({"a": 2000})},
+        ["{p}index"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 2000, "b": 2000 + 1 / 1024})},
+    ),
+]
+
+FORGET = [
+    Case(
+        "the tenant's dead letter is dropped and its record starts to expire",
+        "store/forget_dead_letter",
+        {"{p}dead": Z({"j1": 1, "j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ["{p}dead", "{p}job:j1"],
+        ["j1", "600"],
+        1,
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ttl={"{p}job:j1": "expires"},
+    ),
+    Case(
+        "another tenant's dead job is left exactly as it was: no expiry set",
+        "store/forget_dead_letter",
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ["{p}dead", "{p}job:j1"],
+        ["j1", "600"],
+        0,
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ttl={"{p}job:j1": "persists"},
+    ),
+]
+
+RATE_ACQUIRE = [
+    Case(
+        "empty windows count the start in each",
+        "guards/rate_acquire",
+        {},
+        ["{p}w1", "{p}w2"],
+        ["0.1", 2, 1, 10, 60],
+        "0",
+        {"{p}w1": Length(1), "{p}w2": Length(1)},
+        ttl={"{p}w1": "expires", "{p}w2": "expires"},
+    ),
+    Case(
+        "starts older than the window (and its slack) leave room",
+        "guards/rate_acquire",
+        {"{p}w1": ["900", "800"]},
+        ["{p}w1"],
+        ["0.1", 2, 1],
+        "0",
+        {"{p}w1": Length(2)},
+    ),
+    Case(
+        "a full window refuses with the wait, and no window counts the start",
+        "guards/rate_acquire",
+        {"{p}w1": ["900"], "{p}w2": ["9999999999", "9999999999"]},
+        ["{p}w1", "{p}w2"],
+        ["0.1", 2, 1, 2, 60],
+        ANY,
+        {"{p}w1": ["900"], "{p}w2": ["9999999999", "9999999999"]},
+    ),
+]
+
 RELEASE = [
     Case(
         "the holder releases its lock",
@@ -1183,6 +1258,9 @@ CASES = (
     + RECOVER
     + OVERDUE
     + POSTPONE
+    + LISTING_ADD
+    + FORGET
+    + RATE_ACQUIRE
     + RELEASE
     + ADMIT
     + RATE_STATUS

@@ -211,11 +211,8 @@ class Admission:
 
 
 def _decide(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
-    verdict = _verdict(submission, reply)
-    if isinstance(verdict, PulseError):
-        # Every answer to a submission carries the RateLimit-* headers, refusals too.
-        verdict.headers = {**reply.windows.status.headers(), **verdict.headers}
-    return verdict
+    # A refusal's RateLimit-* headers are the API's to add (pulse_api.jobs.rate_limit_headers).
+    return _verdict(submission, reply)
 
 
 def _verdict(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:

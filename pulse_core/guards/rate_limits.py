@@ -47,19 +47,12 @@ def window_args(items: tuple[RateLimitItem, ...]) -> list[int]:
 
 @dataclass(frozen=True)
 class LimitStatus:
-    """Where the tenant stands against its tightest limit, for the ``RateLimit-*`` headers."""
+    """Where the tenant stands against its tightest limit (the API answers it as ``RateLimit-*``)."""
 
     limit: int
     remaining: int
     #: Seconds until the tightest window frees a slot.
     reset: float
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(whole_seconds(self.reset)),
-        }
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,9 @@ and discarding an unpublished record does -1.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -41,24 +39,13 @@ from typing import Any
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.errors import InvalidCursor
 from pulse_core.jobs import DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.store import listing
+from pulse_core.store.listing import Page
 
 #: How long a finished job's record is kept (a dead one stays until it leaves the dead letters).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
-
-#: Index entries read per round trip while listing.
-_LIST_CHUNK = 200
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a tenant's jobs, newest first."""
-
-    jobs: list[Job]
-    #: Opaque cursor for the next page; ``None`` when there is no more.
-    next_cursor: str | None
 
 
 class ClaimRefusal(StrEnum):
@@ -197,6 +184,7 @@ class JobStore:
         self._discard = _DISCARD.register(redis)
         self._overdue = _OVERDUE.register(redis)
         self._postpone_check = _POSTPONE_CHECK.register(redis)
+        self._index_add = listing.ADD.register(redis)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant, count it pending and register
@@ -209,7 +197,7 @@ class JobStore:
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
-            pipe.zadd(keys.tenant_jobs(job.tenant_id), {job.job_id: created_ms})
+            self._index_add.queue(pipe, keys=[keys.tenant_jobs(job.tenant_id)], args=[created_ms, job.job_id])
             pipe.hincrby(keys.PENDING, job.tenant_id, 1)
             pipe.sadd(keys.lanes(job.queue), job.tenant_id)
             if watch_at is not None:
@@ -419,73 +407,33 @@ class JobStore:
         cursor: str | None = None,
         state: JobState | None = None,
         job_type: str | None = None,
-    ) -> Page:
-        """A page of ``tenant_id``'s jobs, newest first, optionally filtered.
+    ) -> Page[Job]:
+        """A page of ``tenant_id``'s jobs, newest first, optionally filtered (``pulse_core.store.listing``).
 
-        Walks the tenant's index (a sorted set by creation time) from ``cursor``;
-        filtering reads records, so one call examines at most a bounded number of
+        Filtering reads records, so one call examines at most a bounded number of
         index entries and may return a short page with a cursor to go on from.
+        Entries whose record expired after its retention are dropped from the index.
         """
         index = keys.tenant_jobs(tenant_id)
-        after = _decode_cursor(cursor) if cursor else None
-        top: str = "+inf" if after is None else str(after[0])
-        budget = 10 * limit + _LIST_CHUNK
-        offset, found, gone = 0, [], []
-        last: tuple[int, str] | None = None
-        while budget > 0:
-            chunk: list[tuple[str, float]] = self._redis.zrevrangebyscore(
-                index, top, "-inf", start=offset, num=_LIST_CHUNK, withscores=True
-            )
-            offset += len(chunk)
-            # Equal scores are ordered by member, descending: skip up to the cursor's id.
-            entries = [
-                (int(score), job_id)
-                for job_id, score in chunk
-                if after is None or int(score) < after[0] or job_id < after[1]
-            ]
-            with self._redis.pipeline(transaction=False) as pipe:
-                for _score, job_id in entries:
-                    pipe.hgetall(keys.job(job_id))
-                records: list[dict[str, str]] = pipe.execute()
-            for entry, raw in zip(entries, records, strict=True):
-                budget -= 1
-                last = entry
-                if not raw:
-                    gone.append(entry[1])  # expired after retention
-                    continue
-                job = Job.from_redis(raw)
-                if (state is None or job.state == state) and (job_type is None or job.job_type == job_type):
-                    found.append(job)
-                if len(found) == limit or budget <= 0:
-                    break
-            if len(found) == limit or len(chunk) < _LIST_CHUNK:
-                break
+        gone: list[str] = []
+        found = listing.page(
+            self._redis,
+            index,
+            limit=limit,
+            cursor=cursor,
+            load=self.get_many,
+            keep=lambda job: (state is None or job.state == state) and (job_type is None or job.job_type == job_type),
+            budget=10 * limit + listing.BATCH,
+            gone=gone,
+        )
         if gone:
             self._redis.zrem(index, *gone)
-        more = last is not None and (len(found) == limit or budget <= 0)
-        if more and last is not None and not self._has_older(index, last):
-            more = False
-        return Page(jobs=found, next_cursor=_encode_cursor(last) if more and last else None)
+        return found
 
-    def _has_older(self, index: str, last: tuple[int, str]) -> bool:
-        """Whether the index holds an entry after ``last`` (newest-first order)."""
-        rest: list[tuple[str, float]] = self._redis.zrevrangebyscore(
-            index, str(last[0]), "-inf", start=0, num=_LIST_CHUNK, withscores=True
-        )
-        return any(int(s) < last[0] or m < last[1] for m, s in rest) or len(rest) == _LIST_CHUNK
-
-
-def _encode_cursor(position: tuple[int, str]) -> str:
-    text = f"{position[0]}:{position[1]}".encode()
-    return base64.urlsafe_b64encode(text).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, job_id = text.split(":", 1)
-        if not job_id:
-            raise ValueError(cursor)
-        return int(score), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("cursor is not one this API returned") from None
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """The jobs, in order, in one round trip (``None`` for a missing record)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            records: list[dict[str, str]] = pipe.execute()
+        return [Job.from_redis(raw) if raw else None for raw in records]

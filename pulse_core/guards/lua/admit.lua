@@ -12,6 +12,7 @@
 --   {'created', stats} | {'replay', stats, record} | {'conflict', stats, job id}
 --   | {'unknown-type', stats} | {'rate-limited', stats} | {'backlog', stats, pending}
 --@include rate_windows
+--@include listing_add
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -42,7 +43,7 @@ window_acquire(now, 8, 12, n)
 stats[2] = stats[2] - 1
 redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[11]), ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+listing_add(KEYS[2], ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('SADD', KEYS[7], ARGV[1])
 if ARGV[4] ~= '' then

@@ -1,8 +1,9 @@
 -- final_transition: move a job into a final state; included by finalize and cancel.
 -- The including script checks the preconditions. Keeps the backlog exact: the tenant's
 -- pending count goes down by one on every move into a final state, and only here.
--- A dead job joins the dead letters (scored now_ms) and persists; any other is kept
--- for retention seconds.
+-- A dead job joins the dead letters (scored now_ms, after any letter of the same ms) and
+-- persists; any other is kept for retention seconds.
+--@include listing_add
 local function final_transition(job_key, watch_key, dead_key, pending_key, job_id, state,
                                 finished_at, result, err, retention, now_ms)
   redis.call('HINCRBY', pending_key, redis.call('HGET', job_key, 'tenantId'), -1)
@@ -16,7 +17,7 @@ local function final_transition(job_key, watch_key, dead_key, pending_key, job_i
   end
   redis.call('ZREM', watch_key, job_id)
   if state == 'dead' then
-    redis.call('ZADD', dead_key, now_ms, job_id)
+    listing_add(dead_key, now_ms, job_id)
     redis.call('PERSIST', job_key)
   else
     redis.call('EXPIRE', job_key, retention)

@@ -25,8 +25,9 @@ from pulse_api.schemas import (
 )
 from pulse_api.services import Services, services
 from pulse_core.broker.celery_app import publish_job
-from pulse_core.errors import BrokerUnavailable, JobNotFound
+from pulse_core.errors import BrokerUnavailable, JobNotFound, Refused
 from pulse_core.jobs import Job, JobState
+from pulse_core.tenants import Tenant
 
 blp = PulseBlueprint(
     "dead_letters",
@@ -48,16 +49,31 @@ def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no dead letter {job_id!r}")
 
 
-def replay(svc: Services, tenant_id: str, job_id: str) -> Job | None:
-    """Queue one dead letter again; ``None`` if the tenant has no such dead letter."""
-    job = svc.store.replay(tenant_id, job_id, check_in=svc.settings.queued_check_seconds)
+def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
+    """Queue one dead letter again, through the door like a submit (rate limit, backlog);
+    ``None`` if the tenant has no such dead letter.
+
+    The replay is watched from the moment it is queued: if the process dies before the
+    publish below, the sweep publishes it. If the broker refuses, it goes back among the
+    dead letters as it was (a 503 that is true); if even that fails it stays queued and
+    watched, and will run, so it is answered as replayed.
+    """
+    dead = svc.dead_letters.get(tenant.tenant_id, job_id)
+    if dead is None:
+        return None
+    verdict = svc.admission.readmit(tenant, dead, check_in=svc.settings.queued_check_seconds)
+    if verdict.refusal is not None:
+        raise verdict.refusal
+    job = verdict.job
     if job is None:
         return None
     try:
         publish_job(svc.celery, job)
     except (KombuError, OSError, RedisError) as exc:
-        # Put it back among the dead letters, as it was: nothing half-replayed.
-        svc.store.finalize(job, JobState.DEAD, from_="replayed")
+        try:
+            svc.store.finalize(job, JobState.DEAD, from_="replayed")
+        except RedisError:
+            return job  # queued and watched: the sweep publishes it
         raise BrokerUnavailable("the broker did not take the job; retry later") from exc
     return job
 
@@ -83,7 +99,7 @@ class DeadLetterList(MethodView):
 class BulkReplay(MethodView):
     @blp.arguments(BulkReplaySchema)
     @blp.response(200, BulkReplayResultSchema)
-    @problems(blp, 400, 401, 413, 415, 422, 503)
+    @problems(blp, 400, 401, 413, 415, 422, 429, 503)
     @blp.doc(security=[{"bearer": []}])
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Replay the dead letters matching a filter (at most 1000 per call); ``dryRun`` counts."""
@@ -99,7 +115,14 @@ class BulkReplay(MethodView):
         )
         replayed: list[str] = []
         if not body["dryRun"]:
-            replayed = [j.job_id for j in matched if replay(svc, tenant_id, j.job_id)]
+            for dead in matched:
+                try:
+                    if replay(svc, g.tenant, dead.job_id):
+                        replayed.append(dead.job_id)
+                except (Refused, BrokerUnavailable):
+                    if not replayed:
+                        raise  # nothing replayed: the refusal is the answer
+                    break  # the ones replayed so far are the answer (jobIds); call again for the rest
         ids = [j.job_id for j in matched] if body["dryRun"] else replayed
         return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"], "jobIds": ids}
 
@@ -128,11 +151,11 @@ class DeadLetter(MethodView):
 @blp.route("/<string:job_id>/replay")
 class ReplayOne(MethodView):
     @blp.response(202, JobSchema, description="Queued again under the same jobId")
-    @problems(blp, 401, 404, 503)
+    @problems(blp, 401, 404, 429, 503)
     @blp.doc(security=[{"bearer": []}])
     def post(self, job_id: str) -> dict[str, Any]:
         """Replay one dead letter: a fresh cycle of attempts under the same jobId."""
-        job = replay(services(), g.tenant.tenant_id, job_id)
+        job = replay(services(), g.tenant, job_id)
         if job is None:
             raise _not_found(job_id)
         return job.document()

@@ -46,6 +46,9 @@ TENANT_KEYS = {
     # The walls test: one tenant's jobs, another tenant trying them.
     "walled": "walled-secret-key",
     "intruder": "intruder-secret-key",
+    # Replays go through the door: a backlog cap and a rate limit of their own.
+    "replay-cap": "replay-cap-secret-key",
+    "replay-rate": "replay-rate-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
@@ -58,6 +61,8 @@ TENANT_SETTINGS = {
     "refusals": "max_pending = 1",
     "small": "max_payload_bytes = 1024",
     "idem": 'rate_limit = "3/minute"',
+    "replay-cap": "max_pending = 2",
+    "replay-rate": 'rate_limit = "2/minute"',
 }
 
 

@@ -705,54 +705,6 @@ CANCEL = [
     ],
 ]
 
-REPLAY_KEYS = ["{p}job:j1", "{p}dead", "{p}pending", "{p}watch"]
-_DEAD = {
-    **ID,
-    "state": "dead",
-    "attempts": "3",
-    "cycle": "1",
-    "result": "null",
-    "error": "{}",
-    "startedAt": T,
-    "finishedAt": T,
-    "cancelRequested": "1",
-}
-REPLAY = [
-    Case(
-        "a dead letter is queued again for a new cycle",
-        "store/replay",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
-        REPLAY_KEYS,
-        ["j1", "60"],
-        Record({**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"}),
-        {
-            "{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"},
-            "{p}dead": Z({"j0": 1}),
-            "{p}pending": {"t1": "1"},
-            # watched like any queued job: checked a minute from now (Redis' clock)
-            "{p}watch": Z({"j1": ANY}),
-        },
-    ),
-    Case(
-        "a job that is not dead is not replayed",
-        "store/replay",
-        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1})},
-        REPLAY_KEYS,
-        ["j1", "60"],
-        [],
-        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1}), "{p}pending": None},
-    ),
-    Case(
-        "a dead job outside these dead letters (another tenant's) is not replayed",
-        "store/replay",
-        {"{p}job:j1": _DEAD},
-        REPLAY_KEYS,
-        ["j1", "60"],
-        [],
-        {"{p}job:j1": _DEAD, "{p}pending": None},
-    ),
-]
-
 DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch"]
 DISCARD = [
     Case(
@@ -1158,6 +1110,91 @@ ADMIT = [
     ),
 ]
 
+READMIT_KEYS = ["{p}job:j1", "{p}dead", "{p}pending", "{p}watch", "{p}window"]
+_DEAD = {
+    **ID,
+    "state": "dead",
+    "attempts": "3",
+    "cycle": "1",
+    "result": "null",
+    "error": "{}",
+    "startedAt": T,
+    "finishedAt": T,
+    "cancelRequested": "1",
+}
+_QUEUED_AGAIN = {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"}
+
+
+def _readmit_argv(*, cycle: int = 1, max_pending: int = 5) -> list[Any]:
+    # job id, cycle read, check in (s), max pending, n windows, (limit, expiry)
+    return ["j1", cycle, 60, max_pending, 1, 2, 60]
+
+
+READMIT = [
+    Case(
+        "a dead letter is queued again for a new cycle, counted, watched and takes a slot",
+        "guards/readmit",
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
+        READMIT_KEYS,
+        _readmit_argv(),
+        ["replayed", [2, 1, "60", "0", "0"], Record(_QUEUED_AGAIN)],
+        {
+            "{p}job:j1": _QUEUED_AGAIN,
+            "{p}dead": Z({"j0": 1}),
+            "{p}pending": {"t1": "1"},
+            # watched like any queued job: checked a minute from now (Redis' clock)
+            "{p}watch": Z({"j1": ANY}),
+            "{p}window": Length(1),
+        },
+    ),
+    Case(
+        "the same call again (a retried timeout) answers replayed and changes nothing",
+        "guards/readmit",
+        {"{p}job:j1": _QUEUED_AGAIN, "{p}dead": Z({"j0": 1}), "{p}pending": {"t1": "1"}},
+        READMIT_KEYS,
+        _readmit_argv(),
+        ["replayed", EMPTY_WINDOW, Record(_QUEUED_AGAIN)],
+        {"{p}job:j1": _QUEUED_AGAIN, "{p}pending": {"t1": "1"}, "{p}watch": None, "{p}window": None},
+    ),
+    Case(
+        "a job that is not dead is not replayed",
+        "guards/readmit",
+        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1})},
+        READMIT_KEYS,
+        _readmit_argv(),
+        ["missing", EMPTY_WINDOW],
+        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1}), "{p}pending": None},
+    ),
+    Case(
+        "a dead job outside these dead letters (another tenant's) is not replayed",
+        "guards/readmit",
+        {"{p}job:j1": _DEAD},
+        READMIT_KEYS,
+        _readmit_argv(),
+        ["missing", EMPTY_WINDOW],
+        {"{p}job:j1": _DEAD, "{p}pending": None},
+        ttl={"{p}job:j1": "persists"},
+    ),
+    Case(
+        "a full rate window refuses; nothing changes",
+        "guards/readmit",
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": ["9999999999", "9999999999"]},
+        READMIT_KEYS,
+        _readmit_argv(),
+        ["rate-limited", [2, 0, ANY, ANY, "1"]],
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": None, "{p}watch": None},
+    ),
+    Case(
+        "a full backlog refuses with the pending count; nothing changes",
+        "guards/readmit",
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": {"t1": "5"}},
+        READMIT_KEYS,
+        _readmit_argv(max_pending=5),
+        ["backlog", EMPTY_WINDOW, 5],
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": {"t1": "5"}, "{p}window": None},
+    ),
+]
+
 RATE_STATUS = [
     Case(
         "an empty window has all its room",
@@ -1253,7 +1290,7 @@ CASES = (
     + MARK_DEAD_LETTER
     + FINALIZE
     + CANCEL
-    + REPLAY
+    + READMIT
     + DISCARD
     + RECOVER
     + OVERDUE

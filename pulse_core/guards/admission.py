@@ -136,6 +136,41 @@ _ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
 _STATUS = LuaScript("pulse_core.guards", "rate_status", window_stats)
 
 
+@dataclass(frozen=True)
+class Readmitted:
+    """A dead letter queued again (``job``), or why not (``refusal``: ``None`` when the
+    tenant has no such dead letter)."""
+
+    job: Job | None
+    refusal: PulseError | None = None
+
+
+def _readmit_reply(reply: list[Any]) -> Readmitted:
+    outcome, windows = reply[0], window_stats(reply[1])
+    if outcome == "replayed":
+        flat = reply[2]
+        return Readmitted(Job.from_redis(dict(zip(flat[::2], flat[1::2], strict=True))))
+    if outcome == "missing":
+        return Readmitted(None)
+    if outcome == "rate-limited":
+        retry = whole_seconds(windows.retry_after)
+        limit = windows.status.limit
+        return Readmitted(None, RateLimited(f"rate limit of {limit} reached; retry in {retry} s", retry_after=retry))
+    if outcome == "backlog":
+        return Readmitted(
+            None,
+            BacklogFull(
+                f"{reply[2]} jobs are not yet final, the most this tenant may have pending; wait for some to finish",
+                retry_after=BACKLOG_RETRY_AFTER_SECONDS,
+            ),
+        )
+    raise RuntimeError(f"readmit script answered {outcome!r}")  # a bug, not bad input
+
+
+#: A dead letter back through the door: rate limit, backlog, watched (``lua/readmit.lua``).
+_READMIT = LuaScript("pulse_core.guards", "readmit", _readmit_reply)
+
+
 class Admission:
     """The door: decides submissions with one script per job (pipelined for batches)."""
 
@@ -144,6 +179,7 @@ class Admission:
         self._ttl = idempotency_ttl_seconds
         self._admit = _ADMIT.register(redis)
         self._status = _STATUS.register(redis)
+        self._readmit = _READMIT.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
@@ -165,6 +201,21 @@ class Admission:
                 self._admit.queue(pipe, keys=keys_, args=args)
             replies = pipe.execute()
         return [_decide(s, self._admit.read(reply)) for s, reply in zip(submissions, replies, strict=True)]
+
+    def readmit(self, tenant: Tenant, dead: Job, *, check_in: float) -> Readmitted:
+        """Queue the dead letter ``dead`` (as read, at its cycle) again, as a submit would be
+        let in: within the tenant's rate limit and backlog cap, watched (``check_in`` s)."""
+        items = tenant.rate_limits
+        return self._readmit(
+            keys=[
+                keys.job(dead.job_id),
+                keys.tenant_dead_letters(tenant.tenant_id),
+                keys.PENDING,
+                keys.WATCH,
+                *rate_limits.window_keys(tenant.tenant_id, items),
+            ],
+            args=[dead.job_id, dead.cycle, check_in, tenant.max_pending, len(items), *rate_limits.window_args(items)],
+        )
 
     def status(self, tenant: Tenant) -> LimitStatus:
         """Where ``tenant`` stands against its tightest limit, consuming nothing."""

@@ -133,10 +133,6 @@ def _recover_reply(reply: list[Any]) -> Job | None:
     return None
 
 
-def _replay_reply(reply: list[str]) -> Job | None:
-    return _record(reply) if reply else None
-
-
 _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
 _STORE = "pulse_core.store"
 _CLAIM = LuaScript(_STORE, "claim", _claim_reply)
@@ -145,7 +141,6 @@ _SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", bool)
 _MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", bool)
 _FINALIZE = LuaScript(_STORE, "finalize", bool)
 _CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
-_REPLAY = LuaScript(_STORE, "replay", _replay_reply)
 _RECOVER = LuaScript(_STORE, "recover", _recover_reply)
 _DISCARD = LuaScript(_STORE, "discard", bool)
 _OVERDUE = LuaScript(_STORE, "overdue", list)
@@ -179,7 +174,6 @@ class JobStore:
         self._mark_dead_letter = _MARK_DEAD_LETTER.register(redis)
         self._finalize = _FINALIZE.register(redis)
         self._cancel = _CANCEL.register(redis)
-        self._replay = _REPLAY.register(redis)
         self._recover = _RECOVER.register(redis)
         self._discard = _DISCARD.register(redis)
         self._overdue = _OVERDUE.register(redis)
@@ -345,19 +339,6 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked the running job to stop."""
         return self._redis.hget(keys.job(job_id), "cancelRequested") == "1"
-
-    def replay(self, tenant_id: str, job_id: str, *, check_in: float) -> Job | None:
-        """Take a dead job out of the tenant's dead letters and queue it for a new cycle.
-
-        The job keeps its id; ``attempts`` starts again from 0 and ``replays``
-        (``cycle``) grows by one. It is watched like a new job: if nothing claims it
-        within ``check_in`` seconds the sweep republishes it. ``None`` when the tenant
-        has no such dead letter.
-        """
-        return self._replay(
-            keys=[keys.job(job_id), keys.tenant_dead_letters(tenant_id), keys.PENDING, keys.WATCH],
-            args=[job_id, check_in],
-        )
 
     def postpone_check(self, job_id: str, seconds: float) -> None:
         """A waiting job's message is alive (an execution limit deferred it): check it later."""

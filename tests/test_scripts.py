@@ -1002,8 +1002,24 @@ def _admit_argv(
     *, fingerprint: str = "fp", live: str = "1", max_pending: int = 5, message: str = "msg", watch_in: str = "60"
 ) -> list[Any]:
     # tenant, job id, created ms, fingerprint, key TTL, live, max_pending, job key prefix, message,
-    # n windows, watch in (seconds), (limit, expiry), fields...
-    return ["t1", "j1", 1234, fingerprint, 600, live, max_pending, "{p}job:", message, 1, watch_in, 2, 60, *_FIELDS]
+    # n windows, watch in (seconds), index horizon (ms), (limit, expiry), fields...
+    return [
+        "t1",
+        "j1",
+        1234,
+        fingerprint,
+        600,
+        live,
+        max_pending,
+        "{p}job:",
+        message,
+        1,
+        watch_in,
+        1000,
+        2,
+        60,
+        *_FIELDS,
+    ]
 
 
 #: A window with room for both of its 2 slots: limit 2, remaining 2, reset 60 s, no retry, not full.
@@ -1044,6 +1060,15 @@ ADMIT = [
             "{p}idem": None,
             "{p}window": Length(1),
         },
+    ),
+    Case(
+        "index entries older than the horizon are trimmed as a job is created",
+        "guards/admit",
+        {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 1, "60", "0", "0"]],
+        {"{p}index": Z({"edge": 234, "recent": 900, "j1": 1234})},
     ),
     Case(
         "the same call again (a retried timeout) answers created and changes nothing",

@@ -49,10 +49,15 @@ from pulse_core.guards.idempotency import store_key
 from pulse_core.guards.rate_limits import LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS
 from pulse_core.tenants import Tenant
 
 #: Retry-After (seconds) suggested when the backlog is full; jobs finish at their own pace.
 BACKLOG_RETRY_AFTER_SECONDS = 1
+#: A tenant's job index keeps the jobs created within a finished job's retention: each
+#: admission trims what is older, so the index ends as its records do (GET /v1/jobs lists
+#: the last 7 days; an older job is read by its id, a dead one among the dead letters).
+INDEX_HORIZON_MS = DEFAULT_RETENTION_SECONDS * 1000
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,7 @@ class Admission:
             submission.message,
             len(items),
             repr(max(0.0, submission.watch_in)),
+            INDEX_HORIZON_MS,
             *rate_limits.window_args(items),
         ]
         for field, value in job.to_redis().items():

@@ -7,7 +7,9 @@
 -- ARGV[5] key TTL (s)   ARGV[6] jobType live '1'/'0'   ARGV[7] max pending   ARGV[8] job key prefix
 -- ARGV[9] the broker message to push ('' = the caller publishes)   ARGV[10] number of windows n
 -- ARGV[11] in how many seconds (Redis' clock) the sweep looks at the job if nothing claimed it
--- ARGV[12..] n (limit, expiry) pairs, then the record's field/value pairs
+-- ARGV[12] the index horizon (ms): entries created longer ago than this are trimmed (their
+--          records have expired after their retention, or are dead letters listed there)
+-- ARGV[13..] n (limit, expiry) pairs, then the record's field/value pairs
 -- Reply: {outcome, stats, ...} with stats as window_stats returns it:
 --   {'created', stats} | {'replay', stats, record} | {'conflict', stats, job id}
 --   | {'unknown-type', stats} | {'rate-limited', stats} | {'backlog', stats, pending}
@@ -17,7 +19,7 @@
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local n = tonumber(ARGV[10])
-local stats = window_stats(now, 8, 12, n)
+local stats = window_stats(now, 8, 13, n)
 
 -- The same call again (redis-py retries a call that timed out): it was done already.
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', stats} end
@@ -39,11 +41,12 @@ if stats[5] == '1' then return {'rate-limited', stats} end
 local pending = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
 
-window_acquire(now, 8, 12, n)
+window_acquire(now, 8, 13, n)
 stats[2] = stats[2] - 1
-redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13 + 2 * n))
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[11]), ARGV[2])
 listing_add(KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[12])))
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('SADD', KEYS[7], ARGV[1])
 if ARGV[4] ~= '' then

@@ -27,6 +27,7 @@ from pulse_api.services import Services, services
 from pulse_core.broker.celery_app import publish_job
 from pulse_core.errors import BrokerUnavailable, JobNotFound, Refused
 from pulse_core.jobs import Job, JobState
+from pulse_core.store.job_store import DeadLetterBounds
 from pulse_core.tenants import Tenant
 
 blp = PulseBlueprint(
@@ -71,7 +72,8 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
         publish_job(svc.celery, job)
     except (KombuError, OSError, RedisError) as exc:
         try:
-            svc.store.finalize(job, JobState.DEAD, from_="replayed")
+            bounds = DeadLetterBounds(most=tenant.max_dead_letters, days=tenant.dead_letter_days)
+            svc.store.finalize(job, JobState.DEAD, from_="replayed", dead_letters=bounds)
         except RedisError:
             return job  # queued and watched: the sweep publishes it
         raise BrokerUnavailable("the broker did not take the job; retry later") from exc

@@ -48,13 +48,17 @@ DEFAULT_RATE_LIMIT = "100/second"
 DEFAULT_MAX_PENDING = 10_000
 #: Largest request body for one job, in bytes (413 above it).
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+#: Dead letters a tenant keeps at most; past it the oldest leave (their records then expire).
+DEFAULT_MAX_DEAD_LETTERS = 10_000
+#: Days a dead letter is kept; older ones leave the dead letters (their records then expire).
+DEFAULT_DEAD_LETTER_DAYS = 30
 #: Sanity bounds for the per-tenant numbers, so a typo cannot disable a guard.
 _MAX_PENDING_CEILING = 100_000_000
 _MAX_PAYLOAD_CEILING = 64 * 1024 * 1024
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
-_SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes"})
+_SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days"})
 #: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
 _JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
 #: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
@@ -85,6 +89,8 @@ class Tenant:
     rate_limit: str
     max_pending: int = DEFAULT_MAX_PENDING
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
+    dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS
     #: The tenant's own queue; ``None``: the shared queue.
     queue: str | None = None
     #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
@@ -320,6 +326,8 @@ def _rate_limit(value: Any, where: str) -> str:
 _BOUNDED = {
     "max_pending": (DEFAULT_MAX_PENDING, _MAX_PENDING_CEILING),
     "max_payload_bytes": (DEFAULT_MAX_PAYLOAD_BYTES, _MAX_PAYLOAD_CEILING),
+    "max_dead_letters": (DEFAULT_MAX_DEAD_LETTERS, 10_000_000),
+    "dead_letter_days": (DEFAULT_DEAD_LETTER_DAYS, 3650),
 }
 _BOUNDED_DEFAULTS = {name: default for name, (default, _) in _BOUNDED.items()}
 

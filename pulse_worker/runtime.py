@@ -10,7 +10,7 @@ from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
-from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_store import DeadLetterBounds, JobStore
 from pulse_core.tenants import TenantsConfig, TenantsSource
 
 
@@ -43,3 +43,11 @@ class WorkerRuntime:
 
     def tenants_config(self) -> TenantsConfig | None:
         return self.tenants.config if self.tenants is not None else None
+
+    def dead_letter_bounds(self, tenant_id: str) -> DeadLetterBounds:
+        """The tenant's ``max_dead_letters`` and ``dead_letter_days`` (defaults without a tenants file)."""
+        config = self.tenants_config()
+        tenant = config.tenants.get(tenant_id) if config is not None else None
+        if tenant is None:
+            return DeadLetterBounds()
+        return DeadLetterBounds(most=tenant.max_dead_letters, days=tenant.dead_letter_days)

@@ -111,7 +111,8 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
         return outcome.job
     if outcome.refused is ClaimRefusal.EXHAUSTED and outcome.job is not None:
         # The last attempt's worker died (or it died while being dead-lettered).
-        if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan"):
+        bounds = runtime.dead_letter_bounds(outcome.job.tenant_id)
+        if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan", dead_letters=bounds):
             metrics.job_finished(outcome.job, Outcome.DEAD)
         log.warning("job %s is dead: its last attempt's worker died", job_id)
     elif outcome.refused is ClaimRefusal.CANCEL and outcome.job is not None:
@@ -236,7 +237,7 @@ def record_dead_letter(runtime: WorkerRuntime, job_id: str, attempt: int, cycle:
     if job is None or job.attempts != attempt or job.cycle != cycle:
         log.info("dead letter for job %s attempt %d: nothing to do", job_id, attempt)
         return
-    if runtime.store.finalize(job, JobState.DEAD, error=error):
+    if runtime.store.finalize(job, JobState.DEAD, error=error, dead_letters=runtime.dead_letter_bounds(job.tenant_id)):
         metrics.job_finished(job, Outcome.DEAD)
         log.info("job %s (%s) is dead after %d attempt(s): %s", job_id, job.job_type, attempt, error.get("type"))
 

@@ -488,9 +488,12 @@ MARK_DEAD_LETTER = [
 FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending"]
 
 
-def _finalize_argv(state: str, from_: str, *, result: str = "", error: str = "", attempt: int = 1, cycle: int = 0):
-    # state, finished_at, result, error, retention, job_id, now_ms, from, attempt, cycle
-    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle]
+def _finalize_argv(
+    state: str, from_: str, *, result: str = "", error: str = "", attempt: int = 1, cycle: int = 0, most: int = 100
+):
+    # state, finished_at, result, error, retention, job_id, now_ms, from, attempt, cycle,
+    # max dead letters, dead letter retention (ms)
+    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle, most, 3000]
 
 
 _FINALIZE_GIVEN = {
@@ -644,6 +647,37 @@ FINALIZE = [
         _finalize_argv("succeeded", "attempt"),
         0,
         {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
+    ),
+    Case(
+        "a death past the cap sends the oldest letter away, its record now expiring",
+        "store/finalize",
+        {
+            "{p}job:j1": _RUNNING,
+            "{p}job:old": {"state": "dead"},
+            "{p}job:mid": {"state": "dead"},
+            "{p}dead": Z({"old": 4000, "mid": 4500}),
+            "{p}pending": {"t1": "1"},
+        },
+        FINAL_KEYS,
+        _finalize_argv("dead", "attempt", most=2),
+        1,
+        {"{p}dead": Z({"mid": 4500, "j1": 5000}), "{p}job:old": {"state": "dead"}},
+        ttl={"{p}job:old": "expires", "{p}job:mid": "persists", "{p}job:j1": "persists"},
+    ),
+    Case(
+        "a death sends away letters older than the dead-letter retention",
+        "store/finalize",
+        {
+            "{p}job:j1": _RUNNING,
+            "{p}job:old": {"state": "dead"},
+            "{p}dead": Z({"old": 1000}),
+            "{p}pending": {"t1": "1"},
+        },
+        FINAL_KEYS,
+        _finalize_argv("dead", "attempt"),
+        1,
+        {"{p}dead": Z({"j1": 5000})},
+        ttl={"{p}job:old": "expires"},
     ),
 ]
 

@@ -43,6 +43,7 @@ from pulse_core.jobs import DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_n
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store import listing
 from pulse_core.store.listing import Page
+from pulse_core.tenants import DEFAULT_DEAD_LETTER_DAYS, DEFAULT_MAX_DEAD_LETTERS
 
 #: How long a finished job's record is kept (a dead one stays until it leaves the dead letters).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -145,6 +146,15 @@ _RECOVER = LuaScript(_STORE, "recover", _recover_reply)
 _DISCARD = LuaScript(_STORE, "discard", bool)
 _OVERDUE = LuaScript(_STORE, "overdue", list)
 _POSTPONE_CHECK = LuaScript(_STORE, "postpone_check", int)
+
+
+@dataclass(frozen=True)
+class DeadLetterBounds:
+    """How many dead letters a tenant keeps, and for how many days (the tenants file's
+    ``max_dead_letters`` and ``dead_letter_days``); past either, the oldest leave."""
+
+    most: int = DEFAULT_MAX_DEAD_LETTERS
+    days: int = DEFAULT_DEAD_LETTER_DAYS
 
 
 @dataclass(frozen=True)
@@ -300,14 +310,17 @@ class JobStore:
         result_json: str = "",
         error: Mapping[str, Any] | None = None,
         from_: str = "attempt",
+        dead_letters: DeadLetterBounds | None = None,
     ) -> bool:
         """Move ``job`` to a final state; ``False`` if it is no longer where ``from_`` says.
 
         ``from_``: "attempt" (its running attempt ``job.attempts`` of cycle
         ``job.cycle``), "orphan" (the same, whose lease lapsed), "waiting" (queued,
         scheduled or retrying) or "replayed" (queued by a replay, not yet claimed).
-        A dead job joins its tenant's dead letters and is kept until it leaves them.
+        A dead job joins its tenant's dead letters and is kept until it leaves them:
+        ``dead_letters`` (the tenant's, from the tenants file) bounds how many and how long.
         """
+        bounds = dead_letters or DeadLetterBounds()
         return self._finalize(
             keys=[keys.job(job.job_id), keys.WATCH, keys.tenant_dead_letters(job.tenant_id), keys.PENDING],
             args=[
@@ -321,6 +334,8 @@ class JobStore:
                 from_,
                 job.attempts,
                 job.cycle,
+                bounds.most,
+                bounds.days * 86_400_000,
             ],
         )
 

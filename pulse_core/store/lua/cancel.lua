@@ -12,7 +12,7 @@ local state = f[1]
 if not state or f[2] ~= ARGV[1] then return 'missing' end
 if WAITING_STATES[state] then
   final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], 'cancelled', ARGV[2], '', '',
-                   ARGV[3], ARGV[5])
+                   ARGV[3], ARGV[5], 0, 0)
   return 'cancelled'
 end
 if state == 'running' then

@@ -2,10 +2,12 @@
 -- The including script checks the preconditions. Keeps the backlog exact: the tenant's
 -- pending count goes down by one on every move into a final state, and only here.
 -- A dead job joins the dead letters (scored now_ms, after any letter of the same ms) and
--- persists; any other is kept for retention seconds.
+-- persists; any other is kept for retention seconds. The dead letters end too: letters past
+-- the tenant's dead_letter_days, and the oldest past its max_dead_letters, leave them (a few
+-- per death, so the work stays bounded) and their records expire after retention.
 --@include listing_add
 local function final_transition(job_key, watch_key, dead_key, pending_key, job_id, state,
-                                finished_at, result, err, retention, now_ms)
+                                finished_at, result, err, retention, now_ms, dead_max, dead_ms)
   redis.call('HINCRBY', pending_key, redis.call('HGET', job_key, 'tenantId'), -1)
   redis.call('HSET', job_key, 'state', state, 'finishedAt', finished_at)
   redis.call('HDEL', job_key, 'leaseUntil', 'owner', 'dueAt', 'deadLetter')
@@ -19,6 +21,18 @@ local function final_transition(job_key, watch_key, dead_key, pending_key, job_i
   if state == 'dead' then
     listing_add(dead_key, now_ms, job_id)
     redis.call('PERSIST', job_key)
+    local prefix = string.sub(job_key, 1, #job_key - #job_id)
+    local leaving = redis.call('ZRANGEBYSCORE', dead_key, '-inf', '(' .. (tonumber(now_ms) - tonumber(dead_ms)),
+                               'LIMIT', 0, 16)
+    local over = redis.call('ZCARD', dead_key) - #leaving - tonumber(dead_max)
+    if over > 0 then
+      local oldest = redis.call('ZRANGE', dead_key, #leaving, #leaving + math.min(over, 16) - 1)
+      for _, member in ipairs(oldest) do leaving[#leaving + 1] = member end
+    end
+    for _, member in ipairs(leaving) do
+      redis.call('ZREM', dead_key, member)
+      redis.call('EXPIRE', prefix .. member, retention)
+    end
   else
     redis.call('EXPIRE', job_key, retention)
   end

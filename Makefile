@@ -28,6 +28,13 @@ lint: install
 	$(BIN)/ruff check pulse_core pulse_api pulse_worker pulse_cli tests bench
 	$(BIN)/ruff format --check pulse_core pulse_api pulse_worker pulse_cli tests bench
 	$(BIN)/mypy
+	@# luacheck reads every Lua script as Redis runs it, includes resolved (.pulse/lua/ROOM.NAME.lua).
+	@if command -v luacheck >/dev/null 2>&1; then \
+		rm -rf .pulse/lua && $(BIN)/python -m pulse_core.lua_scripts .pulse/lua >/dev/null && \
+		luacheck --quiet --codes --config .luacheckrc .pulse/lua; \
+	else \
+		echo "luacheck is not installed (Debian: apt-get install lua-check): Lua scripts not linted"; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from marshmallow import ValidationError
 
 from pulse_api import door
-from pulse_api.jobs import add_rate_limit_headers
+from pulse_api.jobs import add_rate_limit_headers, rate_limit_headers
 from pulse_api.openapi import RATE_LIMIT_HEADERS, problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import problem_for, validation_problem
@@ -70,6 +70,6 @@ class Batches(MethodView):
                 raise verdict
             items.append(item)
         accepted = sum(1 for item in items if item["status"] < 300)
-        headers = last_limit.headers() if last_limit else {}
+        headers = rate_limit_headers(last_limit) if last_limit else {}
         result = {"accepted": accepted, "refused": len(items) - accepted, "items": items}
         return result, 200, headers

@@ -50,7 +50,7 @@ def _not_found(job_id: str) -> JobNotFound:
 
 def replay(svc: Services, tenant_id: str, job_id: str) -> Job | None:
     """Queue one dead letter again; ``None`` if the tenant has no such dead letter."""
-    job = svc.store.replay(tenant_id, job_id)
+    job = svc.store.replay(tenant_id, job_id, check_in=svc.settings.queued_check_seconds)
     if job is None:
         return None
     try:
@@ -76,7 +76,7 @@ class DeadLetterList(MethodView):
             cursor=query.get("cursor"),
             job_type=query.get("jobType"),
         )
-        return {"items": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
+        return {"items": [job.document() for job in page.items], "nextCursor": page.next_cursor}
 
 
 @blp.route("/replay")

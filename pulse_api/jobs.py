@@ -14,6 +14,7 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSubmitSchema
 from pulse_api.services import services
 from pulse_core.errors import JobNotCancellable, JobNotFound
+from pulse_core.guards.rate_limits import LimitStatus, whole_seconds
 from pulse_core.jobs import JobState
 from pulse_core.telemetry import metrics, tracing
 
@@ -38,6 +39,15 @@ def _rate_limit_headers(response: Response) -> Response:
     return add_rate_limit_headers(response)
 
 
+def rate_limit_headers(status: LimitStatus) -> dict[str, str]:
+    """The ``RateLimit-*`` headers of a submit answer."""
+    return {
+        "RateLimit-Limit": str(status.limit),
+        "RateLimit-Remaining": str(status.remaining),
+        "RateLimit-Reset": str(whole_seconds(status.reset)),
+    }
+
+
 def add_rate_limit_headers(response: Response) -> Response:
     """Give a submit answer refused before admission (400, 413, 415, 422) the headers too."""
     tenant = g.get("tenant")
@@ -45,7 +55,7 @@ def add_rate_limit_headers(response: Response) -> Response:
     if request.method == "POST" and tenant is not None and missing:
         # The answer matters more than its headers (e.g. Redis is down).
         with contextlib.suppress(Exception):
-            response.headers.update(services().admission.status(tenant).headers())
+            response.headers.update(rate_limit_headers(services().admission.status(tenant)))
     return response
 
 
@@ -84,7 +94,7 @@ class Jobs(MethodView):
         trace_id = (body.get("metadata") or {}).get("traceId")
         with tracing.submit_span(request.headers, trace_id):
             admitted = svc.submitter.submit(g.tenant, body, header_key=request.headers.get("Idempotency-Key"))
-        headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **admitted.limit.headers()}
+        headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **rate_limit_headers(admitted.limit)}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"
             return admitted.job.document(), 200, headers
@@ -104,7 +114,8 @@ class Jobs(MethodView):
             state=JobState(state) if state else None,
             job_type=args.get("jobType"),
         )
-        return {"jobs": [job.document() for job in page.jobs], "nextCursor": page.next_cursor}
+        items = [job.document() for job in page.items]
+        return {"items": items, "jobs": items, "nextCursor": page.next_cursor}
 
 
 @blp.route("/<string:job_id>")

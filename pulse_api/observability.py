@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlparse
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
@@ -16,7 +15,7 @@ from pulse_api.services import Services, services
 from pulse_core.broker.queue_depth import QueueDepthCollector
 from pulse_core.broker.routing import configured_queues
 from pulse_core.redis_client import connect
-from pulse_core.settings import Settings
+from pulse_core.settings import Settings, is_redis_url
 from pulse_core.store.job_types import LiveJobTypesCollector
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import RejectReason
@@ -27,16 +26,10 @@ REGISTRY_KEY = "pulse.metrics"
 UNTRACED = "healthz,readyz,metrics"
 
 #: Problem type slugs (see ``pulse_api.problems``) that name a refusal reason.
-REASON_BY_SLUG = {
-    "rate-limited": RejectReason.RATE_LIMIT,
-    "backlog-full": RejectReason.BACKLOG,
-    "idempotency-key-reused": RejectReason.IDEMPOTENCY_CONFLICT,
-    "unauthorized": RejectReason.UNAUTHENTICATED,
-    "unavailable": RejectReason.UNAVAILABLE,
-}
 #: The submissions whose refusals count: POST /v1/jobs and a batch refused whole.
 SUBMIT_ENDPOINTS = frozenset({"jobs.Jobs", "batches.Batches"})
-#: Otherwise the status decides; any other 4xx is a validation refusal.
+#: A refusal that is no ``PulseError`` (which carries its ``reason``): the status decides;
+#: any other 4xx is a validation refusal.
 REASON_BY_STATUS = {
     401: RejectReason.UNAUTHENTICATED,
     429: RejectReason.RATE_LIMIT,
@@ -94,7 +87,7 @@ def known_queues(settings: Settings, tenants: TenantsSource) -> Iterable[str]:
 
 
 def _broker_redis(settings: Settings) -> Any:
-    if urlparse(settings.broker_url).scheme in {"redis", "rediss", "unix"}:
+    if is_redis_url(settings.broker_url):
         return connect(settings.broker_url)
     return None
 
@@ -105,11 +98,8 @@ def _count_refusal(response: Response) -> Response:
         return response
     if response.status_code >= 500 and response.status_code != 503:
         return response
-    slug = ""
-    problem = response.get_json(silent=True) if response.is_json else None
-    if isinstance(problem, dict):
-        slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
-    reason = REASON_BY_SLUG.get(slug) or REASON_BY_STATUS.get(response.status_code) or RejectReason.VALIDATION
+    noted = g.get("refusal_reason")
+    reason = RejectReason(noted) if noted else REASON_BY_STATUS.get(response.status_code, RejectReason.VALIDATION)
     tenant = getattr(g, "tenant", None)
     if tenant is None:  # nothing an unauthenticated caller sent is looked at
         metrics.job_rejected(None, None, reason)

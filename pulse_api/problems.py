@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Response, json
+from flask import Response, g, json
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,7 +23,6 @@ from pulse_core.errors import (
     BatchTooLarge,
     BrokerUnavailable,
     IdempotencyConflict,
-    InvalidCursor,
     InvalidIdempotencyKey,
     InvalidParameter,
     JobNotCancellable,
@@ -31,6 +30,7 @@ from pulse_core.errors import (
     PayloadTooLarge,
     PulseError,
     RateLimited,
+    Refused,
     TenantMismatch,
     UnknownJobType,
     UnsupportedMediaType,
@@ -57,7 +57,6 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
         "The idempotency key was already used with a different job body",
     ),
     InvalidIdempotencyKey: (422, "invalid-idempotency-key", "Invalid idempotency key"),
-    InvalidCursor: (422, "invalid-cursor", "Invalid cursor"),
     BatchTooLarge: (422, "batch-too-large", "Too many jobs in one batch"),
     RateLimited: (429, "rate-limited", "Too many submissions; retry after Retry-After seconds"),
     BacklogFull: (429, "backlog-full", "Too many jobs not yet finished; retry later"),
@@ -113,7 +112,9 @@ def problem_for(error: PulseError) -> tuple[int, dict[str, Any], dict[str, str]]
     body["detail"] = str(error)
     if error.field:
         body["errors"] = {error.field: [str(error)]}
-    headers = dict(error.headers)
+    headers: dict[str, str] = {}
+    if isinstance(error, Refused):
+        headers["Retry-After"] = str(error.retry_after)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="pulse"'
     if status == 503:
@@ -122,7 +123,8 @@ def problem_for(error: PulseError) -> tuple[int, dict[str, Any], dict[str, str]]
 
 
 def from_pulse_error(error: PulseError) -> Response:
-    """The problem response for a deliberate Pulse error."""
+    """The problem response for a deliberate Pulse error (its refusal reason noted for metrics)."""
+    g.refusal_reason = error.reason
     status, body, headers = problem_for(error)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(headers)

@@ -18,6 +18,7 @@ from marshmallow import (
 
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, JobState
+from pulse_core.store.listing import CURSOR_PATTERN
 
 TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -195,6 +196,14 @@ class BatchSubmitSchema(Schema):
     )
 
 
+def _cursor() -> fields.String:
+    """The ``cursor`` query parameter: the opaque ``nextCursor`` of a previous page."""
+    return fields.String(
+        validate=validate.Regexp(CURSOR_PATTERN, error="not a cursor this API returned"),
+        metadata={"description": "nextCursor of the previous page (opaque)"},
+    )
+
+
 class JobListArgsSchema(Schema):
     """Query string of ``GET /v1/jobs``."""
 
@@ -208,10 +217,7 @@ class JobListArgsSchema(Schema):
         validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
         metadata={"description": "Page size"},
     )
-    cursor = fields.String(
-        validate=validate.Length(min=1, max=200),
-        metadata={"description": "nextCursor of the previous page"},
-    )
+    cursor = _cursor()
 
 
 class JobErrorSchema(Schema):
@@ -251,14 +257,20 @@ class JobSchema(Schema):
 
 
 class DeadLetterQuerySchema(Schema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(metadata={"description": "nextCursor of the previous page"})
+    limit = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    cursor = _cursor()
     jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
 
 
-class DeadLetterPageSchema(Schema):
+class JobPageSchema(Schema):
+    """A page of jobs, newest first: the one shape of every listing."""
+
     items = fields.List(fields.Nested(JobSchema), required=True)
-    nextCursor = fields.String(allow_none=True, required=True)
+    nextCursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page"})
+
+
+class DeadLetterPageSchema(JobPageSchema):
+    """A page of the tenant's dead letters, newest first."""
 
 
 class BulkReplaySchema(Schema):
@@ -294,11 +306,10 @@ class ProblemSchema(Schema):
     )
 
 
-class JobListSchema(Schema):
-    """A page of the tenant's jobs, newest first."""
+class JobListSchema(JobPageSchema):
+    """A page of the tenant's jobs, newest first (``jobs`` repeats ``items`` for older clients)."""
 
-    jobs = fields.List(fields.Nested(JobSchema), required=True)
-    nextCursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page"})
+    jobs = fields.List(fields.Nested(JobSchema), required=True, metadata={"deprecated": True})
 
 
 class BatchItemSchema(Schema):

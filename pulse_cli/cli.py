@@ -7,7 +7,6 @@ Each subcommand starts its process by module path (gunicorn ``pulse_api.wsgi:app
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -38,8 +37,6 @@ DEV_STATE_DIR = Path(".pulse")
 DEV_WORKER_METRICS_PORT = 9808
 STOP_GRACE_SECONDS = 15.0
 GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
-FLOWER_AUTH_ENV = "PULSE_FLOWER_BASIC_AUTH"
-_BASIC_AUTH_RE = re.compile(r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$")
 
 
 def _check_settings(env: Mapping[str, str], *, need_tenants: bool) -> Settings:
@@ -73,14 +70,11 @@ def use_metrics_dir(env: dict[str, str], chosen: str | None, role: str) -> Path:
     return path
 
 
-def flower_env(env: Mapping[str, str]) -> dict[str, str]:
+def flower_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
     """Flower's environment: basic auth from ``PULSE_FLOWER_BASIC_AUTH``, no Pulse metrics dir."""
     out = {k: v for k, v in env.items() if k != MULTIPROC_ENV}  # Flower keeps its own metrics
-    auth = env.get(FLOWER_AUTH_ENV)
-    if auth:
-        if not _BASIC_AUTH_RE.match(auth):
-            raise ConfigError(f"{FLOWER_AUTH_ENV}: expected user:password[,user:password...]")
-        out["FLOWER_BASIC_AUTH"] = auth  # read by Flower; kept out of the process list
+    if settings.flower_basic_auth:
+        out["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth  # read by Flower; kept out of the process list
     return out
 
 
@@ -188,12 +182,8 @@ def worker(
 @click.option("--port", default=5555, show_default=True, type=int)
 def flower(address: str, port: int) -> None:
     """Run the Flower dashboard against the broker (basic auth from PULSE_FLOWER_BASIC_AUTH)."""
-    _check_settings(os.environ, need_tenants=False)
-    try:
-        env = flower_env(os.environ)
-    except ConfigError as exc:
-        raise click.ClickException(f"bad setting: {exc}") from None
-    _exec(flower_command(address, port), env)
+    settings = _check_settings(os.environ, need_tenants=False)
+    _exec(flower_command(address, port), flower_env(os.environ, settings))
 
 
 @main.command()

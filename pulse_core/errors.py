@@ -12,8 +12,9 @@ class PulseError(Exception):
 
     #: The request field the error is about, when there is one.
     field: str | None = None
-    #: Response headers the answer should carry (set per instance; never mutate this one).
-    headers: dict[str, str] = {}  # noqa: RUF012
+    #: Why a submission this error refuses counts as refused: the ``reason`` label of
+    #: ``pulse_jobs_rejected_total`` (a ``pulse_core.telemetry.metrics.RejectReason`` value).
+    reason: str = "validation"
 
 
 class ConfigError(PulseError):
@@ -26,6 +27,8 @@ class DuplicateHandler(ConfigError):
 
 class AuthenticationFailed(PulseError):
     """The request carries no API key, or one no tenant owns."""
+
+    reason = "unauthenticated"
 
 
 class JobNotFound(PulseError):
@@ -42,12 +45,6 @@ class BatchTooLarge(PulseError):
     """A batch carries more jobs than ``PULSE_BATCH_MAX_JOBS``."""
 
     field = "jobs"
-
-
-class InvalidCursor(PulseError):
-    """A listing cursor that this API did not hand out."""
-
-    field = "cursor"
 
 
 class UnknownJobType(PulseError):
@@ -78,6 +75,7 @@ class IdempotencyConflict(PulseError):
     """The idempotency key was already used with a different job body."""
 
     field = "idempotencyKey"
+    reason = "idempotency_conflict"
 
 
 class Refused(PulseError):
@@ -85,20 +83,26 @@ class Refused(PulseError):
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
+        #: Whole seconds (the API answers them as ``Retry-After``).
         self.retry_after = retry_after
-        self.headers = {"Retry-After": str(retry_after)}
 
 
 class RateLimited(Refused):
     """The tenant is over one of its rate limits."""
 
+    reason = "rate_limit"
+
 
 class BacklogFull(Refused):
     """The tenant has ``max_pending`` jobs not yet final."""
 
+    reason = "backlog"
+
 
 class BrokerUnavailable(PulseError):
     """The job could not be published; nothing was enqueued."""
+
+    reason = "unavailable"
 
 
 class JobFailed(PulseError):
@@ -154,7 +158,3 @@ class InvalidParameter(PulseError):
 
 class JobNotCancellable(PulseError):
     """The job is already in a final state."""
-
-
-class JobNotReplayable(PulseError):
-    """A replay was asked for a job that is not dead."""

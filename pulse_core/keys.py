@@ -30,7 +30,8 @@ def job(job_id: str) -> str:
 
 
 def tenant_jobs(tenant_id: str) -> str:
-    """Sorted set of a tenant's job ids, scored by creation time in milliseconds."""
+    """Sorted set of a tenant's job ids, scored by creation time in milliseconds (a tie is
+    scored 1/1024 ms above the newest entry: ``pulse_core.store.listing``)."""
     return f"{PREFIX}:tenant:{tenant_id}:jobs"
 
 
@@ -55,7 +56,8 @@ def idempotency(tenant_id: str, key_digest: str) -> str:
 
 
 def tenant_dead_letters(tenant_id: str) -> str:
-    """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds)."""
+    """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds; ties
+    broken as in ``tenant_jobs``)."""
     return f"{PREFIX}:tenant:{tenant_id}:dead"
 
 
@@ -75,5 +77,12 @@ def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     return f"{PREFIX}:slots:{job_type}{scope}"
 
 
-#: ``limits`` key prefix for execution rate limits (``pulse_core.guards.execution_limits``).
+#: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
+
+
+def execution_rate(job_type: str, tenant_id: str | None, limit: int, seconds: int) -> str:
+    """List of the start times in one execution-rate window (``limit`` per ``seconds``) of
+    ``job_type`` (of one tenant, or of all), newest first; trimmed to ``limit``, expiring."""
+    scope = f":tenant:{tenant_id}" if tenant_id is not None else ""
+    return f"{EXECUTION_RATE_PREFIX}:{job_type}{scope}:{limit}/{seconds}"

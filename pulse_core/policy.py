@@ -14,6 +14,7 @@ attempt ``n + 1`` Pulse waits a uniform random time in
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from limits import RateLimitItem
+
     from pulse_core.tenants import JobTypeRule
 
 DEFAULT_MAX_RETRIES = 3
@@ -100,6 +103,21 @@ def plan_delay(delay: float, *, now: float, eta_window_seconds: float, lease_sec
     return DelayPlan(due_at=due, countdown=None, watch_at=due)
 
 
+@functools.cache
+def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
+    """The one rate-limit parser: ``"100/second;5000/hour"`` (``limits`` notation) as items.
+
+    Raises ``ValueError`` on a bad or empty one. The ``limits`` library is imported
+    here, on first use, so that importing the handler API does not load it.
+    """
+    from limits import parse_many
+
+    items = tuple(parse_many(text))
+    if not items:
+        raise ValueError(f"no rate limit in {text!r}")
+    return items
+
+
 @dataclass(frozen=True)
 class ExecutionLimits:
     """A rate limit (``limits`` notation) and/or a most-at-once; ``None``: no limit."""
@@ -109,12 +127,7 @@ class ExecutionLimits:
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None:
-            # Checked with the ``limits`` library, imported only here so that importing the
-            # handler API does not load it.
-            from limits import parse_many
-
-            if not parse_many(self.rate_limit):  # ValueError on a bad one
-                raise ValueError(f"no rate limit in {self.rate_limit!r}")
+            parse_rate_limit(self.rate_limit)  # ValueError on a bad one
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
 

@@ -1,17 +1,25 @@
 """Process settings, read once from ``PULSE_*`` environment variables and validated.
 
-A bad value raises ``ConfigError`` naming the variable, so start-up stops with a
-message that says what to fix.
+Each setting is declared once, as a field of ``Settings`` made by ``setting()``:
+its variable, kind (how the text is checked and converted), default, one-line
+doc and docs group. ``Settings.from_env``, ``Settings.to_env`` (child processes,
+tests) and the configuration tables in the docs (``docs_table``) are all made
+from those declarations.
+
+A bad value, or a ``PULSE_*`` variable that no setting declares, raises
+``ConfigError`` naming the variable, so start-up stops with a message that says
+what to fix.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from pulse_core.errors import ConfigError
@@ -33,6 +41,9 @@ DEFAULT_BATCH_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_LEASE_SECONDS = 30.0
 #: How often a worker looks for jobs whose lease lapsed or whose due time passed.
 DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
+#: A queued job not claimed this long after it was queued is looked at by the sweep: its
+#: message is republished if it was lost (then after twice as long, and so on, up to an hour).
+DEFAULT_QUEUED_CHECK_SECONDS = 60.0
 #: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
 DEFAULT_MAX_RETRIES_CAP = 20
 DEFAULT_TIMEOUT_CAP_SECONDS = 900
@@ -49,114 +60,365 @@ DEFAULT_LOG_FORMAT = "json"
 LOG_FORMATS = ("json", "text")
 DEFAULT_WORKER_METRICS_HOST = "127.0.0.1"
 
-_REDIS_SCHEMES = {"redis", "rediss", "unix"}
-_BROKER_SCHEMES = _REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
+#: URL schemes that name a Redis server (``is_redis_url``).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "pyamqp"}
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_BASIC_AUTH_RE = re.compile(r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$")
+_SWITCH = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+#: The prefix every Pulse setting has; any other variable with it stops start-up.
+PREFIX = "PULSE_"
+#: Where each group of settings is documented (``docs_table``; a test keeps them equal).
+DOC_GROUPS = {
+    "basics": "README.md",
+    "execution": "docs/execution-guarantees.md",
+    "door": "docs/guarding-the-door.md",
+    "operations": "docs/operations.md",
+}
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether ``url`` names a Redis server (``redis://``, ``rediss://`` or ``unix://``)."""
+    return urlparse(url).scheme in REDIS_SCHEMES
+
+
+# -- How a setting's text becomes a value (and back, for child processes and tests) --
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One type of setting: ``parse(name, text)`` checks and converts, ``render`` writes back."""
+
+    parse: Callable[[str, str], Any]
+    render: Callable[[Any], str] = str
+
+
+def _positive(parse: Callable[[str], _N], noun: str) -> Kind:
+    def check(name: str, value: str) -> _N:
+        try:
+            number = parse(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not {noun}") from None
+        if not 0 < number < math.inf:
+            raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
+        return number
+
+    return Kind(check)
+
+
+def _url(schemes: frozenset[str]) -> Kind:
+    def check(name: str, value: str) -> str:
+        if urlparse(value).scheme not in schemes:
+            allowed = ", ".join(sorted(schemes))
+            raise ConfigError(f"{name}={value!r} is not a URL with one of the schemes: {allowed}")
+        return value
+
+    return Kind(check)
+
+
+def _modules(name: str, value: str) -> tuple[str, ...]:
+    modules = tuple(part.strip() for part in value.split(",") if part.strip())
+    for module in modules:
+        if not _MODULE_RE.match(module):
+            raise ConfigError(f"{name}: {module!r} is not a Python module path")
+    return modules
+
+
+def _name(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value):
+        raise ConfigError(f"{name}={value!r}: use letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _choice(allowed: tuple[str, ...]) -> Kind:
+    def check(name: str, value: str) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+        return value
+
+    return Kind(check)
+
+
+def _port(name: str, value: str) -> int:
+    number: int = POSITIVE_INT.parse(name, value)
+    if number > 65535:
+        raise ConfigError(f"{name}={value!r} is not a TCP port (1-65535)")
+    return number
+
+
+def _switch(name: str, value: str) -> bool:
+    try:
+        return _SWITCH[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{name}={value!r}: use on or off") from None
+
+
+def _host(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,255}", value):
+        raise ConfigError(f"{name}={value!r} is not a host name or address")
+    return value
+
+
+def _basic_auth(name: str, value: str) -> str:
+    if not _BASIC_AUTH_RE.match(value):
+        raise ConfigError(f"{name}: expected user:password[,user:password...]")
+    return value
+
+
+POSITIVE_INT = _positive(int, "a whole number")
+POSITIVE_FLOAT = _positive(float, "a number")
+TEXT = Kind(lambda _name, value: value)
+PATH = Kind(lambda _name, value: Path(value))
+MODULES = Kind(_modules, ",".join)
+NAME = Kind(_name)
+PORT = Kind(_port)
+HOST = Kind(_host)
+SWITCH = Kind(_switch, lambda on: "on" if on else "off")
+BASIC_AUTH = Kind(_basic_auth)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What ``setting()`` records about one field: its variable, kind, doc and docs group."""
+
+    env: str
+    kind: Kind
+    doc: str
+    group: str
+    #: How the default reads in the docs, when ``repr`` of the value would not do.
+    shown: str | None = None
+    #: Unset: take this other field's value (the broker defaults to the Redis URL).
+    fallback: str | None = None
+
+
+def setting(
+    env: str,
+    default: Any,
+    kind: Kind,
+    doc: str,
+    *,
+    group: str,
+    shown: str | None = None,
+    fallback: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """Declare one setting: a dataclass field that ``from_env``, the docs and the tests share."""
+    if group not in DOC_GROUPS:
+        raise ValueError(f"{env}: unknown docs group {group!r}")
+    meta = {"setting": Declared(env, kind, doc, group, shown, fallback)}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything a Pulse process needs to know about its environment."""
+    """Everything a Pulse process needs to know about its environment.
 
-    redis_url: str = DEFAULT_REDIS_URL
-    broker_url: str = DEFAULT_REDIS_URL
-    tenants_file: Path | None = None
-    handler_modules: tuple[str, ...] = ()
-    default_queue: str = DEFAULT_QUEUE
-    result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES
-    job_type_ttl_seconds: int = DEFAULT_JOB_TYPE_TTL_SECONDS
-    idempotency_ttl_seconds: int = DEFAULT_IDEMPOTENCY_TTL_SECONDS
-    batch_max_jobs: int = DEFAULT_BATCH_MAX_JOBS
-    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
-    sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
-    max_retries_cap: int = DEFAULT_MAX_RETRIES_CAP
-    timeout_cap_seconds: int = DEFAULT_TIMEOUT_CAP_SECONDS
-    max_delay_seconds: int = DEFAULT_MAX_DELAY_SECONDS
-    eta_window_seconds: int = DEFAULT_ETA_WINDOW_SECONDS
-    visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
-    soft_shutdown_seconds: float = DEFAULT_SOFT_SHUTDOWN_SECONDS
-    #: ``json`` (one object per line) or ``text``.
-    log_format: str = DEFAULT_LOG_FORMAT
-    #: Port of a worker's Prometheus endpoint; ``None``: the worker serves no metrics.
-    worker_metrics_port: int | None = None
-    worker_metrics_host: str = DEFAULT_WORKER_METRICS_HOST
-    #: ``PULSE_METRICS=off``: record no Prometheus metrics at all.
-    metrics_enabled: bool = True
+    Each field is one ``PULSE_*`` variable, declared once with ``setting()``.
+    """
+
+    redis_url: str = setting(
+        "PULSE_REDIS_URL",
+        DEFAULT_REDIS_URL,
+        _url(REDIS_SCHEMES),
+        "Redis for the job store and the jobType directory",
+        group="basics",
+        shown=f"`{DEFAULT_REDIS_URL}` (`pulse dev`: embedded)",
+    )
+    broker_url: str = setting(
+        "PULSE_BROKER_URL",
+        DEFAULT_REDIS_URL,
+        _url(_BROKER_SCHEMES),
+        "Celery broker (`redis://` or `amqp://`)",
+        group="basics",
+        shown="the Redis URL",
+        fallback="redis_url",
+    )
+    tenants_file: Path | None = setting(
+        "PULSE_TENANTS_FILE",
+        None,
+        PATH,
+        "the tenants TOML file (required by the API)",
+        group="basics",
+        shown="`pulse dev`: `deploy/tenants.dev.toml`",
+    )
+    handler_modules: tuple[str, ...] = setting(
+        "PULSE_HANDLER_MODULES",
+        (),
+        MODULES,
+        "handler modules a worker imports (comma-separated)",
+        group="basics",
+        shown="none (`pulse dev` adds `pulse_worker.diagnostics`)",
+    )
+    default_queue: str = setting("PULSE_DEFAULT_QUEUE", DEFAULT_QUEUE, NAME, "the shared queue", group="basics")
+    result_max_bytes: int = setting(
+        "PULSE_RESULT_MAX_BYTES",
+        DEFAULT_RESULT_MAX_BYTES,
+        POSITIVE_INT,
+        "cap on a handler's JSON result",
+        group="basics",
+    )
+    job_type_ttl_seconds: int = setting(
+        "PULSE_JOB_TYPE_TTL_SECONDS",
+        DEFAULT_JOB_TYPE_TTL_SECONDS,
+        POSITIVE_INT,
+        "how long a worker's jobType announcement lasts without a heartbeat",
+        group="basics",
+    )
+    idempotency_ttl_seconds: int = setting(
+        "PULSE_IDEMPOTENCY_TTL_SECONDS",
+        DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+        POSITIVE_INT,
+        "how long an idempotency key remembers its job",
+        group="door",
+    )
+    batch_max_jobs: int = setting(
+        "PULSE_BATCH_MAX_JOBS",
+        DEFAULT_BATCH_MAX_JOBS,
+        POSITIVE_INT,
+        "most jobs in one `POST /v1/batches`",
+        group="door",
+    )
+    batch_max_bytes: int = setting(
+        "PULSE_BATCH_MAX_BYTES",
+        DEFAULT_BATCH_MAX_BYTES,
+        POSITIVE_INT,
+        "largest batch body, in bytes (each job is also held to `max_payload_bytes`)",
+        group="door",
+        shown="`16777216` (16 MiB)",
+    )
+    lease_seconds: float = setting(
+        "PULSE_LEASE_SECONDS",
+        DEFAULT_LEASE_SECONDS,
+        POSITIVE_FLOAT,
+        "a running attempt's lease; its worker refreshes it every third of this",
+        group="execution",
+    )
+    sweep_interval_seconds: float = setting(
+        "PULSE_SWEEP_INTERVAL_SECONDS",
+        DEFAULT_SWEEP_INTERVAL_SECONDS,
+        POSITIVE_FLOAT,
+        "how often a worker looks for jobs whose lease lapsed or whose due time passed",
+        group="execution",
+    )
+    queued_check_seconds: float = setting(
+        "PULSE_QUEUED_CHECK_SECONDS",
+        DEFAULT_QUEUED_CHECK_SECONDS,
+        POSITIVE_FLOAT,
+        "a queued job not claimed this long after it was queued has its message republished by the sweep",
+        group="execution",
+    )
+    max_retries_cap: int = setting(
+        "PULSE_MAX_RETRIES_CAP",
+        DEFAULT_MAX_RETRIES_CAP,
+        POSITIVE_INT,
+        "the most `options.maxRetries` a job may ask for",
+        group="execution",
+    )
+    timeout_cap_seconds: int = setting(
+        "PULSE_TIMEOUT_CAP_SECONDS",
+        DEFAULT_TIMEOUT_CAP_SECONDS,
+        POSITIVE_INT,
+        "the most `options.timeoutSeconds` a job may ask for",
+        group="execution",
+    )
+    max_delay_seconds: int = setting(
+        "PULSE_MAX_DELAY_SECONDS",
+        DEFAULT_MAX_DELAY_SECONDS,
+        POSITIVE_INT,
+        "the latest a job may be scheduled (`options.delaySeconds` / `options.runAt`)",
+        group="execution",
+        shown="`2592000` (30 days)",
+    )
+    eta_window_seconds: int = setting(
+        "PULSE_ETA_WINDOW_SECONDS",
+        DEFAULT_ETA_WINDOW_SECONDS,
+        POSITIVE_INT,
+        "delays up to this travel as Celery ETA messages; longer ones wait in Redis for the sweep",
+        group="execution",
+    )
+    visibility_timeout_seconds: int = setting(
+        "PULSE_VISIBILITY_TIMEOUT_SECONDS",
+        DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+        POSITIVE_INT,
+        "the Redis broker redelivers a message not acked within this",
+        group="execution",
+    )
+    soft_shutdown_seconds: float = setting(
+        "PULSE_SOFT_SHUTDOWN_SECONDS",
+        DEFAULT_SOFT_SHUTDOWN_SECONDS,
+        POSITIVE_FLOAT,
+        "on SIGTERM, how long running jobs may take to finish before they are requeued",
+        group="execution",
+    )
+    log_format: str = setting(
+        "PULSE_LOG_FORMAT",
+        DEFAULT_LOG_FORMAT,
+        _choice(LOG_FORMATS),
+        "`json` (one object per line) or `text`",
+        group="operations",
+    )
+    metrics_enabled: bool = setting(
+        "PULSE_METRICS",
+        True,
+        SWITCH,
+        "`off`: record no Prometheus metrics at all (`on`/`off`, also `true`/`false`, `1`/`0`, `yes`/`no`)",
+        group="operations",
+    )
+    worker_metrics_port: int | None = setting(
+        "PULSE_WORKER_METRICS_PORT",
+        None,
+        PORT,
+        "port of a worker's Prometheus endpoint",
+        group="operations",
+        shown="none: the worker serves no metrics (`pulse dev`: 9808)",
+    )
+    worker_metrics_host: str = setting(
+        "PULSE_WORKER_METRICS_HOST",
+        DEFAULT_WORKER_METRICS_HOST,
+        HOST,
+        "address the worker's Prometheus endpoint listens on",
+        group="operations",
+    )
+    flower_basic_auth: str | None = setting(
+        "PULSE_FLOWER_BASIC_AUTH",
+        None,
+        BASIC_AUTH,
+        "`user:password[,user:password...]` that `pulse flower` asks for",
+        group="operations",
+        shown="none",
+        secret=True,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from ``PULSE_*`` variables; raise ``ConfigError`` on a bad one."""
-        redis_url = env.get("PULSE_REDIS_URL") or DEFAULT_REDIS_URL
-        _check_url("PULSE_REDIS_URL", redis_url, _REDIS_SCHEMES)
-        broker_url = env.get("PULSE_BROKER_URL") or redis_url
-        _check_url("PULSE_BROKER_URL", broker_url, _BROKER_SCHEMES)
-        tenants = env.get("PULSE_TENANTS_FILE")
-        return cls(
-            redis_url=redis_url,
-            broker_url=broker_url,
-            tenants_file=Path(tenants) if tenants else None,
-            handler_modules=_modules("PULSE_HANDLER_MODULES", env.get("PULSE_HANDLER_MODULES")),
-            default_queue=_name("PULSE_DEFAULT_QUEUE", env.get("PULSE_DEFAULT_QUEUE")) or DEFAULT_QUEUE,
-            result_max_bytes=_positive_int(
-                "PULSE_RESULT_MAX_BYTES",
-                env.get("PULSE_RESULT_MAX_BYTES"),
-                DEFAULT_RESULT_MAX_BYTES,
-            ),
-            job_type_ttl_seconds=_positive_int(
-                "PULSE_JOB_TYPE_TTL_SECONDS",
-                env.get("PULSE_JOB_TYPE_TTL_SECONDS"),
-                DEFAULT_JOB_TYPE_TTL_SECONDS,
-            ),
-            idempotency_ttl_seconds=_positive_int(
-                "PULSE_IDEMPOTENCY_TTL_SECONDS",
-                env.get("PULSE_IDEMPOTENCY_TTL_SECONDS"),
-                DEFAULT_IDEMPOTENCY_TTL_SECONDS,
-            ),
-            batch_max_jobs=_positive_int(
-                "PULSE_BATCH_MAX_JOBS", env.get("PULSE_BATCH_MAX_JOBS"), DEFAULT_BATCH_MAX_JOBS
-            ),
-            batch_max_bytes=_positive_int(
-                "PULSE_BATCH_MAX_BYTES", env.get("PULSE_BATCH_MAX_BYTES"), DEFAULT_BATCH_MAX_BYTES
-            ),
-            lease_seconds=_positive_float("PULSE_LEASE_SECONDS", env.get("PULSE_LEASE_SECONDS"), DEFAULT_LEASE_SECONDS),
-            sweep_interval_seconds=_positive_float(
-                "PULSE_SWEEP_INTERVAL_SECONDS",
-                env.get("PULSE_SWEEP_INTERVAL_SECONDS"),
-                DEFAULT_SWEEP_INTERVAL_SECONDS,
-            ),
-            max_retries_cap=_positive_int(
-                "PULSE_MAX_RETRIES_CAP", env.get("PULSE_MAX_RETRIES_CAP"), DEFAULT_MAX_RETRIES_CAP
-            ),
-            timeout_cap_seconds=_positive_int(
-                "PULSE_TIMEOUT_CAP_SECONDS",
-                env.get("PULSE_TIMEOUT_CAP_SECONDS"),
-                DEFAULT_TIMEOUT_CAP_SECONDS,
-            ),
-            max_delay_seconds=_positive_int(
-                "PULSE_MAX_DELAY_SECONDS",
-                env.get("PULSE_MAX_DELAY_SECONDS"),
-                DEFAULT_MAX_DELAY_SECONDS,
-            ),
-            eta_window_seconds=_positive_int(
-                "PULSE_ETA_WINDOW_SECONDS",
-                env.get("PULSE_ETA_WINDOW_SECONDS"),
-                DEFAULT_ETA_WINDOW_SECONDS,
-            ),
-            visibility_timeout_seconds=_positive_int(
-                "PULSE_VISIBILITY_TIMEOUT_SECONDS",
-                env.get("PULSE_VISIBILITY_TIMEOUT_SECONDS"),
-                DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
-            ),
-            soft_shutdown_seconds=_positive_float(
-                "PULSE_SOFT_SHUTDOWN_SECONDS",
-                env.get("PULSE_SOFT_SHUTDOWN_SECONDS"),
-                DEFAULT_SOFT_SHUTDOWN_SECONDS,
-            ),
-            log_format=_choice("PULSE_LOG_FORMAT", env.get("PULSE_LOG_FORMAT"), LOG_FORMATS) or DEFAULT_LOG_FORMAT,
-            worker_metrics_port=_port("PULSE_WORKER_METRICS_PORT", env.get("PULSE_WORKER_METRICS_PORT")),
-            worker_metrics_host=env.get("PULSE_WORKER_METRICS_HOST") or DEFAULT_WORKER_METRICS_HOST,
-        )
+        """Build settings from ``PULSE_*`` variables; raise ``ConfigError`` on a bad one.
+
+        An empty variable counts as unset. A ``PULSE_*`` variable that no setting
+        declares (a typo) is refused too, with the nearest declared name.
+        """
+        declared = {d.env for _, d in declarations()}
+        for name in sorted(env):
+            if name.startswith(PREFIX) and name not in declared:
+                near = difflib.get_close_matches(name, declared, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ConfigError(f"{name} is not a Pulse setting{hint}; see the configuration table in the README")
+        values: dict[str, Any] = {}
+        for spec, decl in declarations():
+            text = env.get(decl.env)
+            if text:
+                values[spec.name] = decl.kind.parse(decl.env, text)
+            elif decl.fallback is not None:
+                values[spec.name] = values.get(decl.fallback, getattr(cls, decl.fallback))
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``PULSE_*`` variables that give these settings back (unset ones left out)."""
+        return {
+            decl.env: decl.kind.render(getattr(self, spec.name))
+            for spec, decl in declarations()
+            if getattr(self, spec.name) is not None
+        }
 
     def require_tenants_file(self) -> Path:
         """The tenants file path, or a ``ConfigError`` that says how to set it."""
@@ -168,62 +430,23 @@ class Settings:
         return self.tenants_file
 
 
-def _check_url(name: str, value: str, schemes: set[str]) -> None:
-    scheme = urlparse(value).scheme
-    if scheme not in schemes:
-        allowed = ", ".join(sorted(schemes))
-        raise ConfigError(f"{name}={value!r} is not a URL with one of the schemes: {allowed}")
+def declarations() -> list[tuple[Field[Any], Declared]]:
+    """Every setting, in declaration order, with its dataclass field."""
+    return [(spec, spec.metadata["setting"]) for spec in fields(Settings)]
 
 
-def _modules(name: str, value: str | None) -> tuple[str, ...]:
-    modules = tuple(part.strip() for part in (value or "").split(",") if part.strip())
-    for module in modules:
-        if not _MODULE_RE.match(module):
-            raise ConfigError(f"{name}: {module!r} is not a Python module path")
-    return modules
+def docs_table(group: str) -> str:
+    """The markdown table of one docs group's settings (the docs hold exactly this)."""
+    lines = ["| variable | meaning | default |", "|---|---|---|"]
+    for spec, decl in declarations():
+        if decl.group == group:
+            shown = decl.shown if decl.shown is not None else f"`{decl.kind.render(spec.default)}`"
+            lines.append(f"| `{decl.env}` | {decl.doc} | {shown} |")
+    return "\n".join(lines) + "\n"
 
 
-def _name(name: str, value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value):
-        raise ConfigError(f"{name}={value!r}: use letters, digits, '_', '.' or '-'")
-    return value
+if __name__ == "__main__":  # python -m pulse_core.settings [group]: print the docs tables
+    import sys
 
-
-def _positive_int(name: str, value: str | None, default: int) -> int:
-    return _positive(name, value, default, int, "a whole number")
-
-
-def _positive_float(name: str, value: str | None, default: float) -> float:
-    return _positive(name, value, default, float, "a number")
-
-
-def _positive(name: str, value: str | None, default: _N, parse: Callable[[str], _N], noun: str) -> _N:
-    """``value`` parsed, finite and greater than zero; ``default`` when unset."""
-    if value is None or value == "":
-        return default
-    try:
-        number = parse(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not {noun}") from None
-    if not 0 < number < math.inf:
-        raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
-    return number
-
-
-def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
-    if value is None or value == "":
-        return None
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}")
-    return value
-
-
-def _port(name: str, value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    number = _positive_int(name, value, 0)
-    if number > 65535:
-        raise ConfigError(f"{name}={value!r} is not a TCP port (1-65535)")
-    return number
+    for name in sys.argv[1:] or list(DOC_GROUPS):
+        print(f"<!-- {DOC_GROUPS[name]} -->\n{docs_table(name)}")

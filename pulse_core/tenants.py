@@ -24,7 +24,6 @@ Routing and execution limits (``pulse_core.broker.routing``, ``pulse_core.guards
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
@@ -37,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 
 from pulse_core.errors import ConfigError
+from pulse_core.policy import parse_rate_limit
 
 log = logging.getLogger("pulse.config")
 
@@ -73,7 +73,7 @@ class JobTypeRule:
 
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
-        return _parse_rate_limit(self.rate_limit) if self.rate_limit else ()
+        return parse_rate_limit(self.rate_limit) if self.rate_limit else ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Tenant:
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
         """The parsed ``rate_limit`` (``limits`` notation; several separated by ``;``)."""
-        return _parse_rate_limit(self.rate_limit)
+        return parse_rate_limit(self.rate_limit)
 
 
 @dataclass(frozen=True)
@@ -310,18 +310,10 @@ def _rate_limit(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string such as '100/second;5000/hour'")
     try:
-        _parse_rate_limit(value)
+        parse_rate_limit(value)
     except ValueError as exc:
         raise ConfigError(f"{where}={value!r} is not a rate limit: {exc}") from None
     return value
-
-
-@functools.cache
-def _parse_rate_limit(value: str) -> tuple[RateLimitItem, ...]:
-    items = tuple(parse_many(value))
-    if not items:
-        raise ValueError("no limit given")
-    return items
 
 
 #: Whole-number settings of ``[defaults]`` and of each tenant: the default, the ceiling.

@@ -15,9 +15,12 @@ from typing import Any
 
 from celery import bootsteps
 from celery.worker import state as worker_state
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
-from pulse_core.broker.celery_app import RUN_JOB_TASK, publish_job
+from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publish_jobs
 from pulse_core.jobs import Job
+from pulse_core.store.job_store import RecheckPolicy
 from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime
 
@@ -58,8 +61,16 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             tick = min(settings.lease_seconds / 3, settings.sweep_interval_seconds)
             next_sweep = time.monotonic()
 
-            def publish(job: Job) -> None:
-                publish_job(worker.app, job)
+            def publish(jobs: list[Job]) -> int:
+                sent, error = publish_jobs(worker.app, ((job, None) for job in jobs), (KombuError, OSError, RedisError))
+                if error is not None:
+                    log.warning(
+                        "sweep: %d of %d recovered jobs not republished: %s", len(jobs) - sent, len(jobs), error
+                    )
+                return sent
+
+            recheck = RecheckPolicy(lapsed=settings.lease_seconds, queued=settings.queued_check_seconds)
+            waiting_lists = lane_lists_checker(settings, worker.app)
 
             while not self._stop.wait(tick):
                 try:
@@ -70,8 +81,9 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                             runtime.redis,
                             runtime.store,
                             publish,
-                            lock_seconds=settings.sweep_interval_seconds,
-                            recheck_after=settings.lease_seconds,
+                            waiting_lists=waiting_lists,
+                            recheck=recheck,
+                            budget_seconds=max(1.0, settings.sweep_interval_seconds),
                         )
                 except Exception:  # a Redis or broker blip must not kill the guardian
                     log.warning("lease refresh or sweep failed; will retry", exc_info=True)

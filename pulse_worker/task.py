@@ -13,6 +13,7 @@ the job in its tenant's dead letters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from pulse_core.guards.execution_limits import ExecutionLimits, Verdict, needs_t
 from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
+from pulse_core.store.job_store import ClaimRefusal
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
@@ -83,6 +85,8 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         if verdict.reason in ("concurrency", "rate"):
             metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) deferred %.2f s: %s limit", job_id, job_type, verdict.defer_seconds, verdict.reason)
+        with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+            runtime.store.postpone_check(job_id, verdict.defer_seconds + runtime.settings.queued_check_seconds)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
 
@@ -105,15 +109,19 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
                 "job %s: attempt %d crashed; attempt %d starts", job_id, outcome.job.attempts - 1, outcome.job.attempts
             )
         return outcome.job
-    if outcome.refused == "exhausted" and outcome.job is not None:
+    if outcome.refused is ClaimRefusal.EXHAUSTED and outcome.job is not None:
         # The last attempt's worker died (or it died while being dead-lettered).
         if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan"):
             metrics.job_finished(outcome.job, Outcome.DEAD)
         log.warning("job %s is dead: its last attempt's worker died", job_id)
-    elif outcome.refused == "early" and outcome.due_at is not None:
+    elif outcome.refused is ClaimRefusal.CANCEL and outcome.job is not None:
+        if runtime.store.finalize(outcome.job, JobState.CANCELLED, from_="orphan"):
+            metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
+        log.warning("job %s is cancelled: its worker died after the cancel was asked", job_id)
+    elif outcome.refused is ClaimRefusal.EARLY and outcome.due_at is not None:
         # A copy that arrived before the job is due goes back, as an ETA message.
         raise task.retry(countdown=max(0.0, outcome.due_at - time.time()), max_retries=None)
-    elif outcome.refused == "missing":
+    elif outcome.refused is ClaimRefusal.MISSING:
         log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
     else:
         log.info("job %s not claimed: %s", job_id, outcome.refused)

@@ -37,7 +37,15 @@ TENANT_KEYS = {
     "backlog": "backlog-secret-key",
     "small": "small-secret-key",
     "lister": "lister-secret-key",
+    "ties": "ties-secret-key",
+    "dead-ties": "dead-ties-secret-key",
+    "refusals": "refusals-secret-key",
     "idem": "idem-secret-key",
+    # The recovery tests' own tenant, so its backlog count can be checked exactly.
+    "recover": "recover-secret-key",
+    # The walls test: one tenant's jobs, another tenant trying them.
+    "walled": "walled-secret-key",
+    "intruder": "intruder-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
@@ -47,6 +55,7 @@ TENANT_SETTINGS = {
     "multi": 'rate_limit = "100/minute;3/hour"',
     "batcher": 'rate_limit = "5/minute"',
     "backlog": "max_pending = 3",
+    "refusals": "max_pending = 1",
     "small": "max_payload_bytes = 1024",
     "idem": 'rate_limit = "3/minute"',
 }
@@ -127,22 +136,8 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: flo
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {
-        "PULSE_REDIS_URL": settings.redis_url,
-        "PULSE_BROKER_URL": settings.broker_url,
-        "PULSE_HANDLER_MODULES": ",".join(settings.handler_modules),
-        "PULSE_DEFAULT_QUEUE": settings.default_queue,
-        "PULSE_RESULT_MAX_BYTES": str(settings.result_max_bytes),
-        "PULSE_IDEMPOTENCY_TTL_SECONDS": str(settings.idempotency_ttl_seconds),
-        "PULSE_BATCH_MAX_JOBS": str(settings.batch_max_jobs),
-        "PULSE_LEASE_SECONDS": str(settings.lease_seconds),
-        "PULSE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
-        "PULSE_SOFT_SHUTDOWN_SECONDS": str(settings.soft_shutdown_seconds),
-        "PULSE_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
-    }
-    if settings.tenants_file:
-        env["PULSE_TENANTS_FILE"] = str(settings.tenants_file)
-    return env
+    """The ``PULSE_*`` variables that give a child process these settings (from their declarations)."""
+    return settings.to_env()
 
 
 def child_env(overrides: Mapping[str, str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,9 @@ import pytest
 
 from pulse_core.errors import ConfigError, DuplicateHandler
 from pulse_core.handlers import HandlerRegistry
-from pulse_core.settings import Settings
+from pulse_core.settings import DOC_GROUPS, Settings, declarations, docs_table
 from pulse_core.tenants import TenantsConfig, hash_api_key
-from tests.support import child_env
+from tests.support import ROOT, child_env
 
 DIGEST = hash_api_key("k1")
 
@@ -37,11 +38,107 @@ def test_settings_default_the_broker_to_the_redis_url() -> None:
         ({"PULSE_SOFT_SHUTDOWN_SECONDS": "-1"}, "PULSE_SOFT_SHUTDOWN_SECONDS"),
         ({"PULSE_MAX_RETRIES_CAP": "0"}, "PULSE_MAX_RETRIES_CAP"),
         ({"PULSE_VISIBILITY_TIMEOUT_SECONDS": "1h"}, "PULSE_VISIBILITY_TIMEOUT_SECONDS"),
+        ({"PULSE_METRICS": "maybe"}, "PULSE_METRICS"),
+        ({"PULSE_LOG_FORMAT": "xml"}, "PULSE_LOG_FORMAT"),
+        ({"PULSE_WORKER_METRICS_PORT": "70000"}, "PULSE_WORKER_METRICS_PORT"),
+        ({"PULSE_WORKER_METRICS_HOST": "a host"}, "PULSE_WORKER_METRICS_HOST"),
+        ({"PULSE_FLOWER_BASIC_AUTH": "no-password"}, "PULSE_FLOWER_BASIC_AUTH"),
+        (
+            {"PULSE_REDIS_ULR": "redis://h:1/0"},
+            r"PULSE_REDIS_ULR is not a Pulse setting \(did you mean PULSE_REDIS_URL\?\)",
+        ),
+        ({"PULSE_WHATEVER": "1"}, "PULSE_WHATEVER is not a Pulse setting"),
     ],
 )
 def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "enabled"),
+    [("off", False), ("OFF", False), ("false", False), ("0", False), ("no", False), ("on", True), ("1", True)],
+)
+def test_pulse_metrics_is_read(text: str, enabled: bool) -> None:
+    assert Settings.from_env({"PULSE_METRICS": text}).metrics_enabled is enabled
+    assert Settings.from_env({}).metrics_enabled is True
+
+
+def test_settings_survive_a_trip_through_the_environment(tmp_path: Path) -> None:
+    # given settings that differ from every default
+    changed = Settings(
+        redis_url="redis://h:1/2",
+        broker_url="amqp://guest@b:5672//",
+        tenants_file=tmp_path / "t.toml",
+        handler_modules=("a.b", "c"),
+        default_queue="q1",
+        lease_seconds=2.5,
+        metrics_enabled=False,
+        worker_metrics_port=9100,
+        flower_basic_auth="ops:pw",
+        log_format="text",
+    )
+    # when written as variables (as tests and child processes do) and read back, then nothing changed
+    env = changed.to_env()
+    assert all(name.startswith("PULSE_") for name in env)
+    assert Settings.from_env(env) == changed
+    assert "ops:pw" not in repr(changed)
+
+
+def test_every_setting_is_declared_once_and_documented_exactly_as_declared() -> None:
+    names = [decl.env for _, decl in declarations()]
+    assert len(names) == len(set(names)) and all(name.startswith("PULSE_") for name in names)
+    for group, doc in DOC_GROUPS.items():
+        text = (ROOT / doc).read_text()
+        assert docs_table(group) in text, f"{doc}: regenerate its table with `python -m pulse_core.settings {group}`"
+
+
+def test_the_docs_and_code_name_no_pulse_variable_that_is_not_declared() -> None:
+    declared = {decl.env for _, decl in declarations()}
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    files += [
+        p for d in ("pulse_core", "pulse_api", "pulse_worker", "pulse_cli", "bench") for p in (ROOT / d).rglob("*.py")
+    ]
+    named = {(p.name, m) for p in files for m in re.findall(r"\bPULSE_[A-Z][A-Z0-9_]*[A-Z0-9]\b", p.read_text())}
+    assert {(f, m) for f, m in named if m not in declared} == set()
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "flower"])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "PULSE_REDIS_ULR",
+            "redis://127.0.0.1:1/0",
+            "PULSE_REDIS_ULR is not a Pulse setting (did you mean PULSE_REDIS_URL?)",
+        ),
+        ("PULSE_METRICS", "maybe", "PULSE_METRICS='maybe': use on or off"),
+    ],
+)
+def test_pulse_cli_refuses_an_undeclared_variable_or_a_bad_switch(
+    command: str, variable: str, value: str, message: str, tenants_file: Path
+) -> None:
+    env = child_env({"PULSE_TENANTS_FILE": str(tenants_file), variable: value})
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants_file: Path) -> None:
+    # given plain Celery pointed at the worker app, with a typo among the variables
+    env = child_env({"PULSE_TENANTS_FILE": str(tenants_file), "PULSE_SOFT_SHUTDOWN_SECOND": "5"})
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "PULSE_SOFT_SHUTDOWN_SECOND is not a Pulse setting (did you mean PULSE_SOFT_SHUTDOWN_SECONDS?)" in out.stderr
 
 
 @pytest.mark.parametrize(

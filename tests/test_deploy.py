@@ -35,7 +35,7 @@ from redis import Redis
 from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
-from pulse_core.settings import Settings
+from pulse_core.settings import Settings, declarations
 from pulse_core.store.job_types import LiveJobTypesCollector, announce
 from tests.support import WorkerProcess, auth, wait_for, wait_for_state
 
@@ -87,6 +87,57 @@ def seconds(text: str) -> float:
         found = True
     assert found, f"not a duration: {text!r}"
     return total
+
+
+# --- settings ---------------------------------------------------------------------
+
+
+def deploy_environments() -> dict[str, dict[str, str]]:
+    """The environment each deploy file gives a Pulse process, by where it comes from."""
+    found: dict[str, dict[str, str]] = {}
+    env_lines = [
+        i.split("=", 1) for i in re.findall(r"^(?:ENV\s+|\s+)(\w+=\S+)", (DEPLOY / "Dockerfile").read_text(), re.M)
+    ]
+    found["Dockerfile"] = {k: v for k, v in env_lines}
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for name in ("api", "worker", "flower"):
+        env = {k: str(v) for k, v in compose["services"][name]["environment"].items()}
+        # ${VAR:-default} is compose's substitution: the default is what runs
+        found[f"compose {name}"] = {k: re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", v) for k, v in env.items()}
+    docs = k8s_documents()
+    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pulse-settings")["data"]
+    flower = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "pulse-flower")["stringData"]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            found[f"k8s {doc['metadata']['name']}"] = {**settings, **env}
+    found["k8s pulse-flower"] |= flower
+    found["systemd"] = dict(
+        line.split("=", 1)
+        for line in (SYSTEMD / "pulse.env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return found
+
+
+def test_every_pulse_variable_the_deploy_files_set_is_a_valid_setting() -> None:
+    declared = {d.env for _, d in declarations()}
+    # no deploy file names an undeclared PULSE_* variable (start-up refuses one)
+    named = {
+        (path.name, name)
+        for path in DEPLOY.rglob("*")
+        if path.is_file() and path.parent.name != "secrets"
+        for name in re.findall(r"\bPULSE_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    assert {(f, n) for f, n in named if n not in declared} == set()
+    for source, env in deploy_environments().items():
+        # given the PULSE_* variables one deploy file sets
+        pulse_env = {k: v for k, v in env.items() if k.startswith("PULSE_")}
+        assert pulse_env, source
+        # then each is a declared setting (an undeclared one stops start-up) and they parse
+        assert set(pulse_env) <= declared, f"{source}: {sorted(set(pulse_env) - declared)}"
+        Settings.from_env(pulse_env)
 
 
 # --- the image -----------------------------------------------------------------------

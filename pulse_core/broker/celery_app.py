@@ -31,9 +31,8 @@ import base64
 import logging
 import uuid
 from bisect import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlparse
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
@@ -47,7 +46,7 @@ from pulse_core.errors import ConfigError
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect
-from pulse_core.settings import Settings
+from pulse_core.settings import Settings, is_redis_url
 from pulse_core.telemetry import tracing
 
 log = logging.getLogger("pulse.broker")
@@ -89,10 +88,6 @@ class PoisonSafeRedisTransport(kombu_redis.Transport):
 _REDIS_TRANSPORT = f"{__name__}:{PoisonSafeRedisTransport.__name__}"
 
 
-def _is_redis_broker(broker_url: str) -> bool:
-    return urlparse(broker_url).scheme in {"redis", "rediss", "unix"}
-
-
 def broker_priority(app: Celery, priority: int) -> int:
     """The message priority the broker understands for Pulse's ``priority`` (higher sooner).
 
@@ -102,7 +97,7 @@ def broker_priority(app: Celery, priority: int) -> int:
     serves higher numbers first, all ten (queues declared with ``x-max-priority``).
     """
     priority = min(MAX_PRIORITY, max(0, priority))
-    if _is_redis_broker(str(app.conf.broker_url)):
+    if is_redis_url(str(app.conf.broker_url)):
         return MAX_PRIORITY - priority
     return priority
 
@@ -119,6 +114,14 @@ def waiting_lists(queue: str, lanes: Iterable[str]) -> list[str]:
     lanes', at every priority step."""
     steps = sorted(set(kombu_redis.Channel.priority_steps))
     return [redis_list(name, step) for name in (queue, *lanes) for step in steps]
+
+
+def lane_lists_checker(settings: Settings, app: Celery) -> Callable[[str, str, int], list[str]]:
+    """For the recovery sweep: the Redis list a job's message of (queue, tenant, priority)
+    waits on, when the broker is the job store's Redis; otherwise nothing can be read."""
+    if not publishes_inline(settings):
+        return lambda queue, tenant, priority: []
+    return lambda queue, tenant, priority: [redis_list(lane(queue, tenant), broker_priority(app, priority))]
 
 
 def destination(app: Celery, job: Job) -> tuple[str, int]:
@@ -162,7 +165,7 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
     app = Celery(main, broker=settings.broker_url, set_as_current=False)
     if settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
         app.conf.broker_transport = _REDIS_TRANSPORT
-    if not _is_redis_broker(settings.broker_url):
+    if not is_redis_url(settings.broker_url):
         # RabbitMQ honours priorities only on queues declared with x-max-priority.
         app.conf.task_queue_max_priority = MAX_PRIORITY
         app.conf.task_default_priority = DEFAULT_PRIORITY
@@ -274,8 +277,7 @@ def publish_jobs(
 
 def publishes_inline(settings: Settings) -> bool:
     """Whether jobs can be pushed by the admission script (broker is the job store's Redis)."""
-    scheme = urlparse(settings.broker_url).scheme
-    return settings.broker_url == settings.redis_url and scheme in {"redis", "rediss", "unix"}
+    return settings.broker_url == settings.redis_url and is_redis_url(settings.broker_url)
 
 
 def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> tuple[str, str]:
@@ -320,7 +322,7 @@ def check_visibility_timeout(settings: Settings, longest_timeout: int) -> None:
     A message stays unacked for at most its ETA (retries and delays up to
     ``PULSE_ETA_WINDOW_SECONDS``) plus its hard time limit.
     """
-    if not settings.broker_url.startswith(("redis", "rediss", "unix")):
+    if not is_redis_url(settings.broker_url):
         return
     longest_timeout = max(longest_timeout, settings.timeout_cap_seconds)
     needed = longest_timeout + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS + settings.eta_window_seconds

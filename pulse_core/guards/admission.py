@@ -13,8 +13,12 @@ One round trip that cannot race decides a submission, in this order:
 4. **backlog** — fewer than ``max_pending`` of the tenant's jobs not yet final;
    otherwise ``BacklogFull``, nothing consumed;
 5. **record** — consume one slot in every window, write the job hash, index it
-   under the tenant, count it pending, remember the idempotency key and, when
-   the broker is this Redis, push the job's message onto its queue.
+   under the tenant, count it pending, watch it (``keys.WATCH``: the sweep looks at
+   it if nothing claims it in time), remember the idempotency key and, when the
+   broker is this Redis, push the job's message onto its queue.
+
+The script is safe to run twice with the same arguments (redis-py retries a call
+that timed out): a job id already stored answers ``created`` and changes nothing.
 
 With another broker, publishing happens after (``pulse_core.broker.celery_app``); if
 it fails the caller discards the job (``JobStore.discard``), which removes the
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis
@@ -41,71 +46,13 @@ from pulse_core.errors import (
 )
 from pulse_core.guards import rate_limits
 from pulse_core.guards.idempotency import store_key
-from pulse_core.guards.rate_limits import LimitStatus, whole_seconds
+from pulse_core.guards.rate_limits import LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
+from pulse_core.lua_scripts import LuaScript
 from pulse_core.tenants import Tenant
 
 #: Retry-After (seconds) suggested when the backlog is full; jobs finish at their own pace.
 BACKLOG_RETRY_AFTER_SECONDS = 1
-
-# KEYS: 1 job hash, 2 tenant index, 3 pending hash, 4 idempotency key (or KEYS[1]
-#       when there is none), 5 the Redis list of the job's lane and priority (or
-#       KEYS[1] when the caller publishes), 6 the watch set, 7 the queue's lane set,
-#       8.. the tenant's moving windows.
-# ARGV: 1 tenant id, 2 job id, 3 created ms, 4 fingerprint ('' = no key),
-#       5 key TTL seconds, 6 jobType live '1'/'0', 7 max_pending, 8 job key prefix,
-#       9 the broker message to push ('' = the caller publishes), 10 number of
-#       windows n, 11 when the sweep should look at a scheduled job ('' = never),
-#       12.. n (limit, expiry) pairs, then the record's field/value pairs.
-_ADMIT = (
-    rate_limits.LUA
-    + """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local n = tonumber(ARGV[10])
-local stats = window_stats(now, 8, 12, n)
-
-if ARGV[4] ~= '' then
-  local seen = redis.call('GET', KEYS[4])
-  if seen then
-    local fp, job_id = string.match(seen, '^(%S+) (%S+)$')
-    local record = redis.call('HGETALL', ARGV[8] .. job_id)
-    if #record > 0 then
-      if fp ~= ARGV[4] then return {'conflict', stats, job_id} end
-      return {'replay', stats, record}
-    end
-    redis.call('DEL', KEYS[4])  -- the job's record is gone: the key is stale
-  end
-end
-if ARGV[6] ~= '1' then return {'unknown-type', stats} end
-if stats[5] == '1' then return {'rate-limited', stats} end
-local pending = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if pending >= tonumber(ARGV[7]) then return {'backlog', stats, pending} end
-
-window_acquire(now, 8, 12, n)
-stats[2] = stats[2] - 1
-redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
-if ARGV[11] ~= '' then redis.call('ZADD', KEYS[6], ARGV[11], ARGV[2]) end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('SADD', KEYS[7], ARGV[1])
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ARGV[2], 'EX', ARGV[5])
-end
-if ARGV[9] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[9]) end
-return {'created', stats}
-"""
-)
-
-# KEYS: the tenant's moving windows; ARGV: n, then n (limit, expiry) pairs. Reads only.
-_STATUS = (
-    rate_limits.LUA
-    + """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-return window_stats(now, 1, 2, tonumber(ARGV[1]))
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -126,8 +73,9 @@ class Submission:
     broker_list: str = ""
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
-    #: For a scheduled job: when the workers' sweep should look at it (epoch seconds).
-    watch_at: float | None = None
+    #: In how many seconds the workers' sweep should look at the job if nothing claimed
+    #: it: a queued job's message may be lost, a scheduled job's may be held by a dead worker.
+    watch_in: float = 60.0
     #: Due beyond the ETA window: no message now, the sweep publishes it when due.
     deferred: bool = False
 
@@ -143,14 +91,59 @@ class Admitted:
     published: bool = False
 
 
+class AdmitOutcome(StrEnum):
+    """How the admission script decided."""
+
+    CREATED = "created"
+    #: A known idempotency key with the same fingerprint: the stored job.
+    REPLAY = "replay"
+    #: A known idempotency key with another fingerprint.
+    CONFLICT = "conflict"
+    UNKNOWN_TYPE = "unknown-type"
+    RATE_LIMITED = "rate-limited"
+    BACKLOG = "backlog"
+
+
+@dataclass(frozen=True)
+class AdmitReply:
+    """The admission script's reply (``pulse_core/guards/lua/admit.lua``)."""
+
+    outcome: AdmitOutcome
+    windows: WindowStats
+    #: REPLAY: the stored job.
+    stored: Job | None = None
+    #: CONFLICT: the job the idempotency key names.
+    other_job_id: str | None = None
+    #: BACKLOG: the tenant's jobs not yet final.
+    pending: int | None = None
+
+
+def _admit_reply(reply: list[Any]) -> AdmitReply:
+    outcome, windows = AdmitOutcome(reply[0]), window_stats(reply[1])
+    if outcome is AdmitOutcome.REPLAY:
+        flat = reply[2]
+        return AdmitReply(outcome, windows, stored=Job.from_redis(dict(zip(flat[::2], flat[1::2], strict=True))))
+    if outcome is AdmitOutcome.CONFLICT:
+        return AdmitReply(outcome, windows, other_job_id=str(reply[2]))
+    if outcome is AdmitOutcome.BACKLOG:
+        return AdmitReply(outcome, windows, pending=int(reply[2]))
+    return AdmitReply(outcome, windows)
+
+
+#: Idempotency, jobType, rate limit, backlog and the record in one step (``lua/admit.lua``).
+_ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
+#: Where the tenant stands against its limits, reading only (``lua/rate_status.lua``).
+_STATUS = LuaScript("pulse_core.guards", "rate_status", window_stats)
+
+
 class Admission:
     """The door: decides submissions with one script per job (pipelined for batches)."""
 
     def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int) -> None:
         self._redis = redis
         self._ttl = idempotency_ttl_seconds
-        self._admit = redis.register_script(_ADMIT)
-        self._status = redis.register_script(_STATUS)
+        self._admit = _ADMIT.register(redis)
+        self._status = _STATUS.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
@@ -169,18 +162,18 @@ class Admission:
         with self._redis.pipeline(transaction=False) as pipe:
             for submission in submissions:
                 keys_, args = self._call(tenant, submission)
-                self._admit(keys=keys_, args=args, client=pipe)
+                self._admit.queue(pipe, keys=keys_, args=args)
             replies = pipe.execute()
-        return [_decide(s, reply) for s, reply in zip(submissions, replies, strict=True)]
+        return [_decide(s, self._admit.read(reply)) for s, reply in zip(submissions, replies, strict=True)]
 
     def status(self, tenant: Tenant) -> LimitStatus:
         """Where ``tenant`` stands against its tightest limit, consuming nothing."""
         items = tenant.rate_limits
-        stats = self._status(
+        windows = self._status(
             keys=rate_limits.window_keys(tenant.tenant_id, items),
             args=[len(items), *rate_limits.window_args(items)],
         )
-        return _limit_status(stats)
+        return windows.status
 
     def _call(self, tenant: Tenant, submission: Submission) -> tuple[list[str], list[Any]]:
         job = submission.job
@@ -209,7 +202,7 @@ class Admission:
             keys.job(""),
             submission.message,
             len(items),
-            "" if submission.watch_at is None else repr(submission.watch_at),
+            repr(max(0.0, submission.watch_in)),
             *rate_limits.window_args(items),
         ]
         for field, value in job.to_redis().items():
@@ -217,44 +210,33 @@ class Admission:
         return keys_, args
 
 
-def _decide(submission: Submission, reply: list[Any]) -> Admitted | PulseError:
-    outcome, status = reply[0], _limit_status(reply[1])
-    verdict = _verdict(submission, outcome, reply, status)
-    if isinstance(verdict, PulseError):
-        # Every answer to a submission carries the RateLimit-* headers, refusals too.
-        verdict.headers = {**status.headers(), **verdict.headers}
-    return verdict
+def _decide(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
+    # A refusal's RateLimit-* headers are the API's to add (pulse_api.jobs.rate_limit_headers).
+    return _verdict(submission, reply)
 
 
-def _limit_status(stats: list[Any]) -> LimitStatus:
-    return LimitStatus(limit=int(stats[0]), remaining=int(stats[1]), reset=float(stats[2]))
-
-
-def _verdict(submission: Submission, outcome: str, reply: list[Any], status: LimitStatus) -> Admitted | PulseError:
-    stats = reply[1]
-    job = submission.job
-    if outcome == "created":
+def _verdict(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
+    job, status, outcome = submission.job, reply.windows.status, reply.outcome
+    if outcome is AdmitOutcome.CREATED:
         return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message))
-    if outcome == "replay":
-        flat = reply[2]
-        stored = Job.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return Admitted(job=stored, replayed=True, limit=status)
-    if outcome == "conflict":
+    if outcome is AdmitOutcome.REPLAY and reply.stored is not None:
+        return Admitted(job=reply.stored, replayed=True, limit=status)
+    if outcome is AdmitOutcome.CONFLICT:
         return IdempotencyConflict(
-            f"idempotency key {submission.idempotency_key!r} was used for job {reply[2]} "
+            f"idempotency key {submission.idempotency_key!r} was used for job {reply.other_job_id} "
             "with a different body; use a new key for a new job"
         )
-    if outcome == "unknown-type":
+    if outcome is AdmitOutcome.UNKNOWN_TYPE:
         return UnknownJobType(job.job_type)
-    if outcome == "rate-limited":
-        retry = whole_seconds(float(stats[3]))
+    if outcome is AdmitOutcome.RATE_LIMITED:
+        retry = whole_seconds(reply.windows.retry_after)
         return RateLimited(
             f"rate limit of {status.limit} reached; retry in {retry} s",
             retry_after=retry,
         )
-    if outcome == "backlog":
+    if outcome is AdmitOutcome.BACKLOG:
         return BacklogFull(
-            f"{reply[2]} jobs are not yet final, the most this tenant may have pending; wait for some to finish",
+            f"{reply.pending} jobs are not yet final, the most this tenant may have pending; wait for some to finish",
             retry_after=BACKLOG_RETRY_AFTER_SECONDS,
         )
-    raise RuntimeError(f"admission script answered {outcome!r}")  # a bug, not bad input
+    raise RuntimeError(f"admission script answered {reply!r}")  # a bug, not bad input

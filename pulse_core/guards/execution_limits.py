@@ -16,11 +16,14 @@ the same attempt, which the claim refuses.
   holder is ``<jobId>|<token>``; it counts while its grace (until the claim takes
   the job's lease) runs or while its job is ``running`` under a live lease, so a
   worker that dies leaks its slot only until its lease lapses (``PULSE_LEASE_SECONDS``).
-- ``rate_limit``: the ``limits`` library's **moving window** (exact: at most N
-  starts in any window of the limit's length), one window per jobType and per
-  tenant x jobType, under ``keys.EXECUTION_RATE_PREFIX``. Several windows are hit
-  one after another; a later refusal leaves the earlier hits counted, which can
-  only make a limit stricter, never looser.
+- ``rate_limit``: a **moving window** of start times (exact: at most N starts in
+  any window of the limit's length), one window per jobType and per tenant x
+  jobType (``keys.execution_rate``), on Redis' clock, all windows taken in one
+  script or none. A handler starts a few milliseconds after its gate, so a window
+  counts ``RATE_SLACK`` longer than declared (10 % of it, at most 0.25 s): the
+  starts themselves never exceed the limit in any window of the declared length.
+  The ``limits`` library's moving window cannot do this (its expiry is whole
+  seconds on the caller's clock), hence the small script of our own.
 """
 
 from __future__ import annotations
@@ -30,13 +33,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse_many
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.policy import ExecutionLimits
+from pulse_core.lua_scripts import LuaScript
+from pulse_core.policy import ExecutionLimits, parse_rate_limit
 from pulse_core.tenants import TenantsConfig
 
 #: Deferral when every run slot is taken: uniform in [base, 2 * base) seconds.
@@ -44,37 +45,24 @@ CONCURRENCY_DEFERRAL_SECONDS = 0.5
 #: Smallest deferral when a rate window is full (its reset time is usually later).
 MIN_RATE_DEFERRAL_SECONDS = 0.05
 
-# KEYS: the slot sets. ARGV: 1 holder, 2 now, 3 grace until, 4 job key prefix, 5.. max per set.
-_ACQUIRE = """
-local now = tonumber(ARGV[2])
-for i = 1, #KEYS do
-  local live = 0
-  local held = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
-  for j = 1, #held, 2 do
-    local member, grace = held[j], tonumber(held[j + 1])
-    local alive = grace > now
-    if not alive then
-      local job_id = string.match(member, '^(.*)|')
-      local f = redis.call('HMGET', ARGV[4] .. job_id, 'state', 'leaseUntil')
-      alive = f[1] == 'running' and tonumber(f[2] or '0') > now
-    end
-    if alive then live = live + 1 else redis.call('ZREM', KEYS[i], member) end
-  end
-  if live >= tonumber(ARGV[4 + i]) then return i end
-end
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1]) end
-return 0
-"""
+
+def rate_slack(seconds: float) -> float:
+    """How much longer than declared a rate window of ``seconds`` is counted."""
+    return min(0.25, 0.1 * seconds)
 
 
-__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant", "parse_rate"]
+def _acquire_reply(reply: int) -> int | None:
+    """``None`` when a slot was taken in every set, else the 1-based index of the first full set."""
+    return int(reply) or None
 
 
-def parse_rate(text: str) -> tuple[RateLimitItem, ...]:
-    items = tuple(parse_many(text))
-    if not items:
-        raise ValueError(f"no rate limit in {text!r}")
-    return items
+#: Takes a run slot in every set, or none (``pulse_core/guards/lua/acquire_slots.lua``).
+_ACQUIRE = LuaScript("pulse_core.guards", "acquire_slots", _acquire_reply)
+#: Counts a start in every rate window, or none; the reply is the seconds to wait (0: counted).
+_RATE_ACQUIRE = LuaScript("pulse_core.guards", "rate_acquire", float)
+
+
+__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant"]
 
 
 def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) -> ExecutionLimits:
@@ -113,9 +101,8 @@ class ExecutionGate:
     def __init__(self, redis: Redis, *, grace_seconds: float) -> None:
         self._redis = redis
         self._grace = grace_seconds
-        self._acquire = redis.register_script(_ACQUIRE)
-        storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix=keys.EXECUTION_RATE_PREFIX)
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._acquire = _ACQUIRE.register(redis)
+        self._rate_acquire = _RATE_ACQUIRE.register(redis)
 
     def enter(
         self,
@@ -142,18 +129,25 @@ class ExecutionGate:
                 keys=[key for key, _ in slots],
                 args=[holder, repr(now), repr(now + self._grace), keys.job(""), *(most for _, most in slots)],
             )
-            if full:
+            if full is not None:
                 delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
                 return Verdict(defer_seconds=delay, reason="concurrency")
         slot_keys = tuple(key for key, _ in slots)
-        for scope, limits in scopes:
-            for item in parse_rate(limits.rate_limit) if limits.rate_limit else ():
-                ids = ("jobtype", job_type) + (("tenant", scope) if scope else ())
-                if not self._limiter.hit(item, *ids):
-                    self.leave(Verdict(holder=holder, slot_keys=slot_keys))
-                    reset = self._limiter.get_window_stats(item, *ids).reset_time
-                    delay = max(MIN_RATE_DEFERRAL_SECONDS, reset - time.time())
-                    return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
+        windows = [
+            (keys.execution_rate(job_type, scope, item.amount, item.get_expiry()), item.amount, item.get_expiry())
+            for scope, limits in scopes
+            for item in (parse_rate_limit(limits.rate_limit) if limits.rate_limit else ())
+        ]
+        if windows:
+            slack = rate_slack(min(seconds for _, _, seconds in windows))
+            args: list[float | int] = [slack]
+            for _, amount, seconds in windows:
+                args += [amount, seconds]
+            wait = self._rate_acquire(keys=[key for key, _, _ in windows], args=args)
+            if wait > 0:
+                self.leave(Verdict(holder=holder, slot_keys=slot_keys))
+                delay = max(MIN_RATE_DEFERRAL_SECONDS, wait)
+                return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
         return Verdict(holder=holder, slot_keys=slot_keys)
 
     def leave(self, verdict: Verdict) -> None:

@@ -13,8 +13,12 @@ worker and the API) can never both win the same transition:
   transition itself is the Lua function ``final_transition`` that ``cancel`` shares.
 - ``recover``: the sweep's look at one overdue job (see ``pulse_core.store.recovery``).
 
-Jobs with a deadline (a running attempt's lease, a scheduled or retrying job's
-due time) are indexed in the ``keys.WATCH`` sorted set.
+Each script is a file in ``pulse_core/store/lua/`` (its header names its KEYS and
+ARGV); its reply is mapped once, where the script is declared below.
+
+Every job that is not final has a deadline in the ``keys.WATCH`` sorted set: a
+queued job's time to be claimed, a running attempt's lease, a scheduled or
+retrying job's due time. The recovery sweep looks at whatever is overdue.
 
 The backlog rule (``keys.PENDING``, tenant -> jobs not yet final): creation does
 +1 in the same step as the record; ``final_transition`` does -1, so every move
@@ -24,226 +28,42 @@ and discarding an unpublished record does -1.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.errors import InvalidCursor
-from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, Job, JobState, utc_now
+from pulse_core.jobs import DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_now
+from pulse_core.lua_scripts import LuaScript
+from pulse_core.store import listing
+from pulse_core.store.listing import Page
 
 #: How long a finished job's record is kept (a dead one stays until it leaves the dead letters).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 
-# The one final transition. Preconditions are checked by the caller script.
-# KEYS: job hash, watch zset, the tenant's dead-letter zset, the pending hash.
-_FINAL_TRANSITION = """
-local function final_transition(job_key, watch_key, dead_key, pending_key, job_id, state,
-                                finished_at, result, err, retention, now_ms)
-  redis.call('HINCRBY', pending_key, redis.call('HGET', job_key, 'tenantId'), -1)
-  redis.call('HSET', job_key, 'state', state, 'finishedAt', finished_at)
-  redis.call('HDEL', job_key, 'leaseUntil', 'owner', 'dueAt', 'deadLetter')
-  if result ~= '' then redis.call('HSET', job_key, 'result', result) end
-  if err ~= '' then
-    redis.call('HSET', job_key, 'error', err)
-  elseif state == 'succeeded' then
-    redis.call('HDEL', job_key, 'error')
-  end
-  redis.call('ZREM', watch_key, job_id)
-  if state == 'dead' then
-    redis.call('ZADD', dead_key, now_ms, job_id)
-    redis.call('PERSIST', job_key)
-  else
-    redis.call('EXPIRE', job_key, retention)
-  end
-end
-"""
 
+class ClaimRefusal(StrEnum):
+    """Why a claim started nothing (besides the record's final state)."""
 
-def _lua_set(states: Iterable[JobState]) -> str:
-    return "{" + ", ".join(f"{state.value}=true" for state in sorted(states)) + "}"
-
-
-_FINAL_STATES_LUA = _lua_set(FINAL_STATES)
-#: Waiting for an attempt: claimable by a message, cancellable at once.
-_WAITING_STATES_LUA = _lua_set(CLAIMABLE_STATES)
-
-# KEYS: job, watch. ARGV: now, lease_until, owner, msg_cycle, msg_attempt, started_at,
-# job_id, fallback_max_retries, lost_error_json. -1 for an unknown cycle/attempt.
-_CLAIM = f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', 'dueAt',
-                     'maxRetries', 'deadLetter')
-local state = f[1]
-if not state then return {{'missing'}} end
-if ({_FINAL_STATES_LUA})[state] then return {{state}} end
-local now = tonumber(ARGV[1])
-local n = tonumber(f[2] or '0')
-local c, k = tonumber(ARGV[4]), tonumber(ARGV[5])
-if c >= 0 and c ~= tonumber(f[3] or '0') then return {{'stale'}} end
-if k >= 0 and k < n then return {{'stale'}} end
-local crashed = 0
-if state == 'running' then
-  if tonumber(f[4] or '0') > now then return {{'busy'}} end
-  if f[7] == '1' then return {{'exhausted', redis.call('HGETALL', KEYS[1])}} end
-  redis.call('HSET', KEYS[1], 'error', ARGV[9])
-  if n >= tonumber(f[6] or ARGV[8]) + 1 then
-    return {{'exhausted', redis.call('HGETALL', KEYS[1])}}
-  end
-  crashed = 1
-else
-  if k >= 0 and k ~= n + 1 then return {{'stale'}} end
-  if tonumber(f[5] or '0') > now then return {{'early', f[5]}} end
-end
-redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
-           'leaseUntil', ARGV[2], 'owner', ARGV[3])
-redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt')
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
-return {{'claimed', redis.call('HGETALL', KEYS[1]), crashed}}
-"""
-
-# KEYS: watch, job... ARGV: lease_until, owner, job_id...
-_REFRESH = """
-local n = 0
-for i = 2, #KEYS do
-  local f = redis.call('HMGET', KEYS[i], 'state', 'owner')
-  if f[1] == 'running' and f[2] == ARGV[2] then
-    redis.call('HSET', KEYS[i], 'leaseUntil', ARGV[1])
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i + 1])
-    n = n + 1
-  end
-end
-return n
-"""
-
-# KEYS: job, watch. ARGV: attempt, cycle, due_at, watch_at, error_json, job_id.
-_SCHEDULE_RETRY = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle')
-if f[1] ~= 'running' or tonumber(f[2]) ~= tonumber(ARGV[1])
-   or tonumber(f[3] or '0') ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'retrying', 'dueAt', ARGV[3], 'error', ARGV[5])
-redis.call('HDEL', KEYS[1], 'leaseUntil', 'owner')
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
-return 1
-"""
-
-# KEYS: job. ARGV: attempt, cycle, error_json.
-_MARK_DEAD_LETTER = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle')
-if f[1] ~= 'running' or tonumber(f[2]) ~= tonumber(ARGV[1])
-   or tonumber(f[3] or '0') ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'error', ARGV[3], 'deadLetter', '1')
-return 1
-"""
-
-# KEYS: job, watch, dead, pending. ARGV: state, finished_at, result, error, retention,
-# job_id, now_ms, from ('attempt' | 'orphan' | 'waiting' | 'replayed'), attempt, cycle.
-_FINALIZE = (
-    _FINAL_TRANSITION
-    + f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil')
-local state, from = f[1], ARGV[8]
-if not state then return 0 end
-if from == 'waiting' then
-  if not ({_WAITING_STATES_LUA})[state] then return 0 end
-elseif from == 'replayed' then
-  if state ~= 'queued' or tonumber(f[2] or '0') ~= 0
-     or tonumber(f[3] or '0') ~= tonumber(ARGV[10]) then return 0 end
-else
-  if state ~= 'running' or tonumber(f[2] or '0') ~= tonumber(ARGV[9])
-     or tonumber(f[3] or '0') ~= tonumber(ARGV[10]) then return 0 end
-  if from == 'orphan' and tonumber(f[4] or '0') * 1000 > tonumber(ARGV[7]) then return 0 end
-end
-final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[1], ARGV[2], ARGV[3],
-                 ARGV[4], ARGV[5], ARGV[7])
-return 1
-"""
-)
-
-# KEYS: job, watch, dead, pending. ARGV: tenant_id, finished_at, retention, job_id, now_ms.
-_CANCEL = (
-    _FINAL_TRANSITION
-    + f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'tenantId')
-local state = f[1]
-if not state or f[2] ~= ARGV[1] then return 'missing' end
-if ({_WAITING_STATES_LUA})[state] then
-  final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], 'cancelled', ARGV[2], '', '',
-                   ARGV[3], ARGV[5])
-  return 'cancelled'
-end
-if state == 'running' then
-  redis.call('HSET', KEYS[1], 'cancelRequested', '1')
-  return 'running'
-end
-return 'finished:' .. state
-"""
-)
-
-# KEYS: job, dead, pending. ARGV: job_id.
-_REPLAY = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return {} end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return {} end
-redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'tenantId'), 1)
-redis.call('HINCRBY', KEYS[1], 'cycle', 1)
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0)
-redis.call('HDEL', KEYS[1], 'result', 'startedAt', 'finishedAt', 'dueAt', 'cancelRequested',
-           'leaseUntil', 'owner')
-return redis.call('HGETALL', KEYS[1])
-"""
-
-# Undo of a creation whose publish failed: KEYS 1 job, 2 tenant index, 3 pending,
-# 4 idempotency key (or KEYS[1]), 5 watch; ARGV 1 tenant id, 2 job id.
-_DISCARD = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' or state == 'scheduled' then
-  redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
-end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[5], ARGV[2])
-local seen = redis.call('GET', KEYS[4])
-if seen and string.sub(seen, -#ARGV[2] - 1) == ' ' .. ARGV[2] then
-  redis.call('DEL', KEYS[4])
-end
-return 1
-"""
-
-#: Index entries read per round trip while listing.
-_LIST_CHUNK = 200
-
-# KEYS: job, watch. ARGV: now, next_check, job_id.
-_RECOVER = f"""
-local f = redis.call('HMGET', KEYS[1], 'state', 'leaseUntil', 'dueAt')
-local state = f[1]
-if not state or ({_FINAL_STATES_LUA})[state] or state == 'queued' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return {{'gone'}}
-end
-local now = tonumber(ARGV[1])
-local deadline = tonumber((state == 'running' and f[2] or f[3]) or '0')
-if deadline > now then
-  redis.call('ZADD', KEYS[2], deadline, ARGV[3])
-  return {{'alive'}}
-end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return {{'republish', redis.call('HGETALL', KEYS[1])}}
-"""
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a tenant's jobs, newest first."""
-
-    jobs: list[Job]
-    #: Opaque cursor for the next page; ``None`` when there is no more.
-    next_cursor: str | None
+    #: No such record (expired or never stored).
+    MISSING = "missing"
+    #: A copy for an attempt already started, or of a past cycle.
+    STALE = "stale"
+    #: A live attempt runs.
+    BUSY = "busy"
+    #: Not due yet (see ``Claim.due_at``).
+    EARLY = "early"
+    #: The crashed attempt was the last one, or it was being dead-lettered: finalize
+    #: the job as dead with the recorded error.
+    EXHAUSTED = "exhausted"
+    #: Its worker died after a cancel was asked: finalize the job as cancelled.
+    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)
@@ -251,15 +71,32 @@ class Claim:
     """The outcome of trying to claim a job's next attempt."""
 
     job: Job | None
-    #: Why nothing was claimed: the record's final state, "missing", "stale" (a copy
-    #: for an attempt already started or a past cycle), "busy" (a live attempt runs),
-    #: "early" (not due yet) or "exhausted" (the crashed attempt was the last one, or
-    #: it was being dead-lettered: finalize the job as dead with the recorded error).
-    refused: str | None = None
+    #: Why nothing was claimed: a ``ClaimRefusal`` or the record's final ``JobState``.
+    refused: ClaimRefusal | JobState | None = None
     #: The previous attempt's worker died; this claim counted it and starts the next.
     after_crash: bool = False
     #: For "early": when the job is due (epoch seconds).
     due_at: float | None = None
+
+
+class CancelOutcome(StrEnum):
+    """What cancelling did; a string, as the API reads it (``"finished:<state>"``)."""
+
+    #: It was waiting; it is now cancelled and will never run.
+    CANCELLED = "cancelled"
+    #: It runs; its handler was asked to stop (``ctx.cancel_requested()``).
+    RUNNING = "running"
+    #: The tenant has no such job.
+    MISSING = "missing"
+    FINISHED_SUCCEEDED = "finished:succeeded"
+    FINISHED_DEAD = "finished:dead"
+    FINISHED_CANCELLED = "finished:cancelled"
+
+    @property
+    def finished_state(self) -> JobState | None:
+        """The final state the job had already reached, for a ``FINISHED_*`` outcome."""
+        prefix, _, state = self.value.partition(":")
+        return JobState(state) if prefix == "finished" else None
 
 
 def _record(flat: list[str]) -> Job:
@@ -270,21 +107,84 @@ def _json(value: Mapping[str, Any] | None) -> str:
     return json.dumps(value, separators=(",", ":")) if value else ""
 
 
+# The store's scripts (pulse_core/store/lua/*.lua), each with the one function reading its reply.
+
+
+def _claim_reply(reply: list[Any]) -> Claim:
+    status = reply[0]
+    if status == "claimed":
+        return Claim(job=_record(reply[1]), after_crash=bool(reply[2]))
+    if status in _FINAL_VALUES:
+        return Claim(job=None, refused=JobState(status))
+    refusal = ClaimRefusal(status)
+    if refusal in (ClaimRefusal.EXHAUSTED, ClaimRefusal.CANCEL):
+        return Claim(job=_record(reply[1]), refused=refusal)
+    if refusal is ClaimRefusal.EARLY:
+        return Claim(job=None, refused=refusal, due_at=float(reply[1]))
+    return Claim(job=None, refused=refusal)
+
+
+def _recover_reply(reply: list[Any]) -> Job | None:
+    """The job to republish ('republish'), or ``None`` ('alive' or 'waiting': re-armed; 'gone': unwatched)."""
+    if reply[0] == "republish":
+        return _record(reply[1])
+    if reply[0] not in ("alive", "waiting", "gone"):
+        raise RuntimeError(f"recover script answered {reply[0]!r}")  # a bug, not bad input
+    return None
+
+
+def _replay_reply(reply: list[str]) -> Job | None:
+    return _record(reply) if reply else None
+
+
+_FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+_STORE = "pulse_core.store"
+_CLAIM = LuaScript(_STORE, "claim", _claim_reply)
+_REFRESH = LuaScript(_STORE, "refresh_leases", int)
+_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", bool)
+_MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", bool)
+_FINALIZE = LuaScript(_STORE, "finalize", bool)
+_CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
+_REPLAY = LuaScript(_STORE, "replay", _replay_reply)
+_RECOVER = LuaScript(_STORE, "recover", _recover_reply)
+_DISCARD = LuaScript(_STORE, "discard", bool)
+_OVERDUE = LuaScript(_STORE, "overdue", list)
+_POSTPONE_CHECK = LuaScript(_STORE, "postpone_check", int)
+
+
+@dataclass(frozen=True)
+class RecheckPolicy:
+    """How long the sweep waits before looking at a republished job again (seconds).
+
+    After the ``n``-th republish: ``base * 2 ** n`` capped at ``longest``, where ``base``
+    is ``lapsed`` for a lost attempt or a missed due time and ``queued`` for a queued job.
+    """
+
+    lapsed: float
+    queued: float
+    longest: float = 3600.0
+    #: Checks a queued job waits while its lane still holds messages, before it is republished anyway.
+    lane_waits: int = 8
+
+
 class JobStore:
     """Reads and writes job records."""
 
     def __init__(self, redis: Redis, *, retention_seconds: int = DEFAULT_RETENTION_SECONDS):
         self._redis = redis
         self._retention = retention_seconds
-        self._claim = redis.register_script(_CLAIM)
-        self._refresh = redis.register_script(_REFRESH)
-        self._schedule_retry = redis.register_script(_SCHEDULE_RETRY)
-        self._mark_dead_letter = redis.register_script(_MARK_DEAD_LETTER)
-        self._finalize = redis.register_script(_FINALIZE)
-        self._cancel = redis.register_script(_CANCEL)
-        self._replay = redis.register_script(_REPLAY)
-        self._recover = redis.register_script(_RECOVER)
-        self._discard = redis.register_script(_DISCARD)
+        self._claim = _CLAIM.register(redis)
+        self._refresh = _REFRESH.register(redis)
+        self._schedule_retry = _SCHEDULE_RETRY.register(redis)
+        self._mark_dead_letter = _MARK_DEAD_LETTER.register(redis)
+        self._finalize = _FINALIZE.register(redis)
+        self._cancel = _CANCEL.register(redis)
+        self._replay = _REPLAY.register(redis)
+        self._recover = _RECOVER.register(redis)
+        self._discard = _DISCARD.register(redis)
+        self._overdue = _OVERDUE.register(redis)
+        self._postpone_check = _POSTPONE_CHECK.register(redis)
+        self._index_add = listing.ADD.register(redis)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant, count it pending and register
@@ -297,7 +197,7 @@ class JobStore:
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
-            pipe.zadd(keys.tenant_jobs(job.tenant_id), {job.job_id: created_ms})
+            self._index_add.queue(pipe, keys=[keys.tenant_jobs(job.tenant_id)], args=[created_ms, job.job_id])
             pipe.hincrby(keys.PENDING, job.tenant_id, 1)
             pipe.sadd(keys.lanes(job.queue), job.tenant_id)
             if watch_at is not None:
@@ -359,7 +259,7 @@ class JobStore:
         carries no ``maxRetries``; ``lost_error`` is recorded for a crashed attempt.
         """
         now = time.time()
-        reply = self._claim(
+        return self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
                 repr(now),
@@ -373,14 +273,6 @@ class JobStore:
                 _json(lost_error),
             ],
         )
-        status = reply[0]
-        if status == "claimed":
-            return Claim(job=_record(reply[1]), after_crash=bool(reply[2]))
-        if status == "exhausted":
-            return Claim(job=_record(reply[1]), refused=status)
-        if status == "early":
-            return Claim(job=None, refused=status, due_at=float(reply[1]))
-        return Claim(job=None, refused=status)
 
     def refresh_leases(self, owner: str, job_ids: Iterable[str], lease_seconds: float) -> int:
         """Extend the leases of ``owner``'s running attempts; return how many were extended."""
@@ -388,16 +280,14 @@ class JobStore:
         if not ids:
             return 0
         until = repr(time.time() + lease_seconds)
-        done = self._refresh(keys=[keys.WATCH, *(keys.job(job_id) for job_id in ids)], args=[until, owner, *ids])
-        return int(done)
+        return self._refresh(keys=[keys.WATCH, *(keys.job(job_id) for job_id in ids)], args=[until, owner, *ids])
 
     def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
         """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""
-        done = self._schedule_retry(
+        return self._schedule_retry(
             keys=[keys.job(job.job_id), keys.WATCH],
             args=[job.attempts, job.cycle, repr(due_at), repr(watch_at), _json(error), job.job_id],
         )
-        return bool(done)
 
     def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> bool:
         """Record the last error of the running attempt that is about to be dead-lettered.
@@ -406,8 +296,7 @@ class JobStore:
         task never runs, the recovery sweep finds the lapsed lease and the claim ends
         the job ``dead`` with this error instead of running it again.
         """
-        done = self._mark_dead_letter(keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)])
-        return bool(done)
+        return self._mark_dead_letter(keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)])
 
     def finalize(
         self,
@@ -425,7 +314,7 @@ class JobStore:
         scheduled or retrying) or "replayed" (queued by a replay, not yet claimed).
         A dead job joins its tenant's dead letters and is kept until it leaves them.
         """
-        done = self._finalize(
+        return self._finalize(
             keys=[keys.job(job.job_id), keys.WATCH, keys.tenant_dead_letters(job.tenant_id), keys.PENDING],
             args=[
                 state.value,
@@ -440,53 +329,74 @@ class JobStore:
                 job.cycle,
             ],
         )
-        return bool(done)
 
-    def cancel(self, tenant_id: str, job_id: str) -> str:
-        """Cancel a waiting job, or flag a running one; return the resulting state.
+    def cancel(self, tenant_id: str, job_id: str) -> CancelOutcome:
+        """Cancel a waiting job, or flag a running one; return what happened.
 
         "cancelled" when it will never run, "running" when the handler was asked to
         stop (``ctx.cancel_requested()``), "finished:<state>" when it had already
         finished, "missing" when ``tenant_id`` has no such job.
         """
-        reply = self._cancel(
+        return self._cancel(
             keys=[keys.job(job_id), keys.WATCH, keys.tenant_dead_letters(tenant_id), keys.PENDING],
             args=[tenant_id, utc_now(), self._retention, job_id, int(time.time() * 1000)],
         )
-        return str(reply)
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked the running job to stop."""
         return self._redis.hget(keys.job(job_id), "cancelRequested") == "1"
 
-    def replay(self, tenant_id: str, job_id: str) -> Job | None:
+    def replay(self, tenant_id: str, job_id: str, *, check_in: float) -> Job | None:
         """Take a dead job out of the tenant's dead letters and queue it for a new cycle.
 
         The job keeps its id; ``attempts`` starts again from 0 and ``replays``
-        (``cycle``) grows by one. ``None`` when the tenant has no such dead letter.
+        (``cycle``) grows by one. It is watched like a new job: if nothing claims it
+        within ``check_in`` seconds the sweep republishes it. ``None`` when the tenant
+        has no such dead letter.
         """
-        flat = self._replay(
-            keys=[keys.job(job_id), keys.tenant_dead_letters(tenant_id), keys.PENDING],
-            args=[job_id],
+        return self._replay(
+            keys=[keys.job(job_id), keys.tenant_dead_letters(tenant_id), keys.PENDING, keys.WATCH],
+            args=[job_id, check_in],
         )
-        return _record(flat) if flat else None
 
-    def recover(self, job_id: str, *, recheck_after: float) -> Job | None:
-        """The sweep's step for one watched job: the job to republish, or ``None``.
+    def postpone_check(self, job_id: str, seconds: float) -> None:
+        """A waiting job's message is alive (an execution limit deferred it): check it later."""
+        self._postpone_check(keys=[keys.WATCH], args=[job_id, seconds])
 
-        Overdue means a running attempt whose lease lapsed or a scheduled/retrying
-        job past its due time. An overdue job is re-armed ``recheck_after`` seconds
-        ahead, so it is republished again only if that message is lost too.
+    def recover_many(
+        self,
+        job_ids: list[str],
+        *,
+        waiting_lists: Callable[[str, str, int], list[str]],
+        recheck: RecheckPolicy,
+    ) -> list[Job]:
+        """The sweep's step for a batch of overdue jobs: those whose message to republish.
+
+        Overdue is a running attempt whose lease lapsed, a scheduled or retrying job past
+        its due time, or a queued job nothing claimed in time. Each is republished and
+        re-armed with back-off (``recheck``), so another copy goes out only if that one
+        is lost too; a queued job whose lane still holds messages (``waiting_lists(queue,
+        tenant, priority)``: empty when they cannot be read) gets a few more checks first.
+        Two round trips for the whole batch.
         """
-        now = time.time()
-        reply = self._recover(keys=[keys.job(job_id), keys.WATCH], args=[repr(now), repr(now + recheck_after), job_id])
-        return _record(reply[1]) if reply[0] == "republish" else None
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), ["queue", "tenantId", "priority"])
+            places: list[list[str | None]] = pipe.execute()
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, (queue, tenant, priority) in zip(job_ids, places, strict=True):
+                lists = waiting_lists(queue, tenant, int(priority or DEFAULT_PRIORITY)) if queue and tenant else []
+                self._recover.queue(
+                    pipe,
+                    keys=[keys.job(job_id), keys.WATCH, *lists],
+                    args=[job_id, recheck.lapsed, recheck.queued, recheck.longest, recheck.lane_waits],
+                )
+            replies = pipe.execute()
+        return [job for reply in replies if (job := self._recover.read(reply)) is not None]
 
     def overdue(self, limit: int) -> list[str]:
-        """Up to ``limit`` watched job ids whose deadline has passed."""
-        found: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
-            keys.WATCH, "-inf", time.time(), start=0, num=limit
-        )
+        """Up to ``limit`` watched job ids whose deadline has passed on Redis' clock."""
+        found: list[str] = self._overdue(keys=[keys.WATCH], args=[limit])
         return found
 
     def list_for_tenant(
@@ -497,73 +407,33 @@ class JobStore:
         cursor: str | None = None,
         state: JobState | None = None,
         job_type: str | None = None,
-    ) -> Page:
-        """A page of ``tenant_id``'s jobs, newest first, optionally filtered.
+    ) -> Page[Job]:
+        """A page of ``tenant_id``'s jobs, newest first, optionally filtered (``pulse_core.store.listing``).
 
-        Walks the tenant's index (a sorted set by creation time) from ``cursor``;
-        filtering reads records, so one call examines at most a bounded number of
+        Filtering reads records, so one call examines at most a bounded number of
         index entries and may return a short page with a cursor to go on from.
+        Entries whose record expired after its retention are dropped from the index.
         """
         index = keys.tenant_jobs(tenant_id)
-        after = _decode_cursor(cursor) if cursor else None
-        top: str = "+inf" if after is None else str(after[0])
-        budget = 10 * limit + _LIST_CHUNK
-        offset, found, gone = 0, [], []
-        last: tuple[int, str] | None = None
-        while budget > 0:
-            chunk: list[tuple[str, float]] = self._redis.zrevrangebyscore(
-                index, top, "-inf", start=offset, num=_LIST_CHUNK, withscores=True
-            )
-            offset += len(chunk)
-            # Equal scores are ordered by member, descending: skip up to the cursor's id.
-            entries = [
-                (int(score), job_id)
-                for job_id, score in chunk
-                if after is None or int(score) < after[0] or job_id < after[1]
-            ]
-            with self._redis.pipeline(transaction=False) as pipe:
-                for _score, job_id in entries:
-                    pipe.hgetall(keys.job(job_id))
-                records: list[dict[str, str]] = pipe.execute()
-            for entry, raw in zip(entries, records, strict=True):
-                budget -= 1
-                last = entry
-                if not raw:
-                    gone.append(entry[1])  # expired after retention
-                    continue
-                job = Job.from_redis(raw)
-                if (state is None or job.state == state) and (job_type is None or job.job_type == job_type):
-                    found.append(job)
-                if len(found) == limit or budget <= 0:
-                    break
-            if len(found) == limit or len(chunk) < _LIST_CHUNK:
-                break
+        gone: list[str] = []
+        found = listing.page(
+            self._redis,
+            index,
+            limit=limit,
+            cursor=cursor,
+            load=self.get_many,
+            keep=lambda job: (state is None or job.state == state) and (job_type is None or job.job_type == job_type),
+            budget=10 * limit + listing.BATCH,
+            gone=gone,
+        )
         if gone:
             self._redis.zrem(index, *gone)
-        more = last is not None and (len(found) == limit or budget <= 0)
-        if more and last is not None and not self._has_older(index, last):
-            more = False
-        return Page(jobs=found, next_cursor=_encode_cursor(last) if more and last else None)
+        return found
 
-    def _has_older(self, index: str, last: tuple[int, str]) -> bool:
-        """Whether the index holds an entry after ``last`` (newest-first order)."""
-        rest: list[tuple[str, float]] = self._redis.zrevrangebyscore(
-            index, str(last[0]), "-inf", start=0, num=_LIST_CHUNK, withscores=True
-        )
-        return any(int(s) < last[0] or m < last[1] for m, s in rest) or len(rest) == _LIST_CHUNK
-
-
-def _encode_cursor(position: tuple[int, str]) -> str:
-    text = f"{position[0]}:{position[1]}".encode()
-    return base64.urlsafe_b64encode(text).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, job_id = text.split(":", 1)
-        if not job_id:
-            raise ValueError(cursor)
-        return int(score), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("cursor is not one this API returned") from None
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """The jobs, in order, in one round trip (``None`` for a missing record)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            records: list[dict[str, str]] = pipe.execute()
+        return [Job.from_redis(raw) if raw else None for raw in records]

@@ -1,8 +1,15 @@
-"""The recovery sweep: republish jobs whose worker died or whose message went missing.
+"""The recovery sweep: republish jobs whose message or worker was lost.
 
-Each worker runs it every ``PULSE_SWEEP_INTERVAL_SECONDS``; a Redis lock lets one
-run at a time. A job is overdue when
+Every job that is not final has a deadline in ``keys.WATCH`` (see
+``pulse_core.store.job_store``), and each worker runs this sweep every
+``PULSE_SWEEP_INTERVAL_SECONDS``; a Redis lock lets one run at a time. A job is
+overdue when
 
+- it is ``queued`` and nothing claimed it within ``PULSE_QUEUED_CHECK_SECONDS``:
+  its message may be lost (a Redis error failed it before the claim, a worker died
+  between taking it off the list and recording it, the API died before publishing
+  it). While its lane still holds messages it gets a few more checks (its message
+  is probably behind them); then it is republished;
 - it is ``running`` and its lease lapsed (its worker was SIGKILLed, lost its host,
   or hit the hard time limit): the new message starts the next attempt, and the
   crashed one counts, so a job that always kills its worker ends ``dead``;
@@ -10,13 +17,17 @@ run at a time. A job is overdue when
   (its ETA message was held by a worker that died), or its delay was too long for
   an ETA message at all (it is published when due).
 
-A redelivered copy of a message that also turns up is harmless: the job store's
-claim lets one attempt start once.
+A republished job is looked at again after back-off (the base, then twice, four
+times... up to an hour), so another copy goes out only if that one is lost too.
+A redelivered copy that also turns up is harmless: the claim lets one attempt
+start once. One sweep works through everything overdue, 200 jobs per two round
+trips, within a time budget (the rest waits for the next sweep).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -24,46 +35,56 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.jobs import Job
-from pulse_core.store.job_store import JobStore
+from pulse_core.lua_scripts import LuaScript
+from pulse_core.store.job_store import JobStore, RecheckPolicy
 
 log = logging.getLogger("pulse.recovery")
 
-#: Jobs looked at per sweep; the rest wait for the next one.
+#: Jobs looked at per round trip; a sweep goes on while there are more and time is left.
 SWEEP_BATCH = 200
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+#: Deletes the sweep lock only if this sweep still holds it; ``True`` when released.
+_RELEASE = LuaScript("pulse_core.store", "release_lock", bool)
 
 
 def sweep(
     redis: Redis,
     store: JobStore,
-    publish: Callable[[Job], None],
+    publish: Callable[[list[Job]], int],
     *,
-    lock_seconds: float,
-    recheck_after: float,
+    waiting_lists: Callable[[str, str, int], list[str]],
+    recheck: RecheckPolicy,
+    budget_seconds: float,
 ) -> int:
-    """One sweep, if no other worker is sweeping; return how many jobs were republished."""
+    """One sweep, if no other worker is sweeping; return how many jobs were republished.
+
+    ``publish`` sends a batch of jobs and answers how many went; a job it could not
+    send stays overdue and is retried at its next recheck.
+    """
     token = uuid.uuid4().hex
-    if not redis.set(keys.SWEEP_LOCK, token, nx=True, px=max(1, int(lock_seconds * 1000))):
+    lock_ms = max(1, int(budget_seconds * 2000))
+    if not redis.set(keys.SWEEP_LOCK, token, nx=True, px=lock_ms):
         return 0
     republished = 0
+    stop_at = time.monotonic() + budget_seconds
     try:
-        for job_id in store.overdue(SWEEP_BATCH):
-            job = store.recover(job_id, recheck_after=recheck_after)
-            if job is None:
-                continue
-            publish(job)
-            republished += 1
-            log.warning(
-                "recovered job %s (%s, %s after attempt %d): republished",
-                job.job_id,
-                job.job_type,
-                job.state.value,
-                job.attempts,
-            )
+        while True:
+            overdue = store.overdue(SWEEP_BATCH)
+            if not overdue:
+                break
+            jobs = store.recover_many(overdue, waiting_lists=waiting_lists, recheck=recheck)
+            if jobs:
+                republished += publish(jobs)
+                for job in jobs:
+                    log.warning(
+                        "recovered job %s (%s, %s after attempt %d): republished",
+                        job.job_id,
+                        job.job_type,
+                        job.state.value,
+                        job.attempts,
+                    )
+            if len(overdue) < SWEEP_BATCH or time.monotonic() >= stop_at:
+                break
     finally:
-        redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
+        _RELEASE.register(redis)(keys=[keys.SWEEP_LOCK], args=[token])
     return republished

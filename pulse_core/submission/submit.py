@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,7 +149,7 @@ class Submitter:
             message=message,
             broker_list=broker_list,
             countdown=options.countdown,
-            watch_at=options.watch_at,
+            watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
             deferred=deferred,
         )
 

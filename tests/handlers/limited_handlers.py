@@ -18,11 +18,12 @@ _redis: Redis | None = None
 
 def _record(job_type: str, seconds: float) -> None:
     global _redis
+    started = time.time()  # first, before this process's first Redis connection is made
     if _redis is None:
         _redis = Redis.from_url(os.environ["PULSE_REDIS_URL"])
     running = _redis.incr(f"limited:{job_type}:running")
     try:
-        _redis.rpush(f"limited:{job_type}:starts", repr(time.time()))
+        _redis.rpush(f"limited:{job_type}:starts", repr(started))
         _redis.rpush(f"limited:{job_type}:concurrent", running)
         time.sleep(seconds)
     finally:

@@ -1,0 +1,8 @@
+-- luacheck settings for Pulse's Lua scripts. `make lint` checks every script as Redis
+-- runs it: with its includes resolved (python -m pulse_core.lua_scripts DIR).
+-- Scripts run inside Redis (Lua 5.1); these are the globals Redis gives them.
+std = "lua51"
+read_globals = { "redis", "KEYS", "ARGV", "cjson", "cmsgpack", "bit", "struct", "unpack" }
+max_line_length = 120
+-- What an include defines for the scripts that use it; a script may use only part.
+ignore = { "211/FINAL_STATES", "211/WAITING_STATES", "211/window_acquire" }

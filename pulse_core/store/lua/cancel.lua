@@ -1,0 +1,22 @@
+-- cancel: a waiting job is cancelled at once, a running one is asked to stop.
+-- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters   KEYS[4] the pending hash
+-- ARGV[1] tenant id   ARGV[2] finishedAt (ISO time)   ARGV[3] retention (s)   ARGV[4] job id
+-- ARGV[5] now (epoch ms)
+-- Reply: 'cancelled' | 'running' (cancelRequested set) | 'finished:<final state>'
+--      | 'missing' (no such job for this tenant)
+--@include job_states
+--@include final_transition
+
+local f = redis.call('HMGET', KEYS[1], 'state', 'tenantId')
+local state = f[1]
+if not state or f[2] ~= ARGV[1] then return 'missing' end
+if WAITING_STATES[state] then
+  final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], 'cancelled', ARGV[2], '', '',
+                   ARGV[3], ARGV[5])
+  return 'cancelled'
+end
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancelRequested', '1')
+  return 'running'
+end
+return 'finished:' .. state

@@ -1,0 +1,45 @@
+-- claim: start a job's next attempt under a lease (JobStore.claim).
+-- KEYS[1] the job hash
+-- KEYS[2] the watch zset (job id -> deadline)
+-- ARGV[1] now (epoch s)            ARGV[2] lease until (epoch s)   ARGV[3] owner (worker)
+-- ARGV[4] the message's cycle      ARGV[5] the message's attempt   (-1: the next one)
+-- ARGV[6] startedAt (ISO time)     ARGV[7] job id
+-- ARGV[8] maxRetries for a record without one
+-- ARGV[9] the error (JSON) recorded for a crashed attempt
+-- Reply: {'claimed', record, 1 if the previous attempt crashed else 0}
+--      | {'exhausted', record}  the crashed attempt was the last, or it was being dead-lettered
+--      | {'cancel', record}     its worker died after a cancel was asked: it ends cancelled
+--      | {'early', dueAt}       not due yet
+--      | {'missing'} | {'stale'} | {'busy'} | {<final state>}
+--@include job_states
+
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', 'dueAt',
+                     'maxRetries', 'deadLetter', 'cancelRequested')
+local state = f[1]
+if not state then return {'missing'} end
+if FINAL_STATES[state] then return {state} end
+local now = tonumber(ARGV[1])
+local n = tonumber(f[2] or '0')
+local c, k = tonumber(ARGV[4]), tonumber(ARGV[5])
+if c >= 0 and c ~= tonumber(f[3] or '0') then return {'stale'} end
+if k >= 0 and k < n then return {'stale'} end
+local crashed = 0
+if state == 'running' then
+  if tonumber(f[4] or '0') > now then return {'busy'} end
+  -- Its worker died after someone asked it to stop: it ends cancelled, never runs again.
+  if f[8] == '1' then return {'cancel', redis.call('HGETALL', KEYS[1])} end
+  if f[7] == '1' then return {'exhausted', redis.call('HGETALL', KEYS[1])} end
+  redis.call('HSET', KEYS[1], 'error', ARGV[9])
+  if n >= tonumber(f[6] or ARGV[8]) + 1 then
+    return {'exhausted', redis.call('HGETALL', KEYS[1])}
+  end
+  crashed = 1
+else
+  if k >= 0 and k ~= n + 1 then return {'stale'} end
+  if tonumber(f[5] or '0') > now then return {'early', f[5]} end
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
+           'leaseUntil', ARGV[2], 'owner', ARGV[3])
+redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
+return {'claimed', redis.call('HGETALL', KEYS[1]), crashed}

@@ -1,0 +1,76 @@
+"""The invariants every fault test checks after its fault, read from Redis itself.
+
+- every job answered 2xx reaches a final state (``wait_final``, in the tests);
+- ``pending`` (the backlog count) equals the non-final records of each tenant;
+- no ``pulse:`` key is left without an owner or an expiry: a record with no TTL is
+  non-final or a dead letter; every other key without a TTL is one of the long-lived
+  structures Pulse trims itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from redis import Redis
+
+from pulse_core import keys
+from pulse_core.jobs import FINAL_STATES, JobState
+
+#: Key shapes that live without a TTL because the code that writes them also trims them.
+_LONG_LIVED = (
+    keys.WATCH,
+    keys.PENDING,
+    keys.JOB_TYPES,
+    keys.JOB_TYPE_POLICIES,
+    f"{keys.PREFIX}:lanes:",
+    f"{keys.PREFIX}:slots:",
+)
+_FINAL = {state.value for state in FINAL_STATES}
+#: Scratch keys the tests write for themselves (not Pulse's).
+TEST_PREFIX = f"{keys.PREFIX}:test:"
+
+
+def non_final_by_tenant(redis: Redis) -> Counter[str]:
+    """Tenant id -> how many of its job records are not in a final state."""
+    counts: Counter[str] = Counter()
+    for key in redis.scan_iter(match=keys.job("*"), count=1000):
+        state, tenant = redis.hmget(key, ["state", "tenantId"])
+        if state is not None and tenant is not None and state not in _FINAL:
+            counts[str(tenant)] += 1
+    return counts
+
+
+def backlog_mismatches(redis: Redis) -> dict[str, tuple[int, int]]:
+    """Tenant -> (pending count, non-final records) wherever the two differ."""
+    actual = non_final_by_tenant(redis)
+    counted = {str(t): int(n) for t, n in redis.hgetall(keys.PENDING).items()}
+    tenants = set(actual) | set(counted)
+    return {
+        tenant: (counted.get(tenant, 0), actual.get(tenant, 0))
+        for tenant in sorted(tenants)
+        if counted.get(tenant, 0) != actual.get(tenant, 0)
+    }
+
+
+def unowned_keys(redis: Redis) -> list[str]:
+    """``pulse:`` keys with no expiry that nothing will ever trim or finish."""
+    found: list[str] = []
+    dead_letters = {
+        member
+        for key in redis.scan_iter(match=keys.tenant_dead_letters("*"), count=1000)
+        for member in redis.zrange(key, 0, -1)
+    }
+    for key in redis.scan_iter(match=f"{keys.PREFIX}:*", count=1000):
+        if key.startswith(TEST_PREFIX) or redis.ttl(key) != -1:
+            continue
+        if key in _LONG_LIVED or key.startswith(_LONG_LIVED):
+            continue
+        if key.startswith(keys.job("")):
+            state = redis.hget(key, "state")
+            job_id = key[len(keys.job("")) :]
+            if state not in _FINAL or (state == JobState.DEAD.value and job_id in dead_letters):
+                continue
+        elif key.endswith(":jobs") or key.endswith(":dead"):
+            continue  # a tenant's index and dead letters: trimmed as their records end
+        found.append(key)
+    return sorted(found)

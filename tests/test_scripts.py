@@ -1,0 +1,1369 @@
+"""Every Lua script Pulse runs, tested on its own against the real private Redis.
+
+Each case reads as given / when / then: the keys and records before the script runs,
+the KEYS and ARGV it runs with, then its reply and the state it leaves. Keys are
+written with ``{p}``, a prefix of the test's own, so no case sees another's data (or
+the workers'); every key a case wrote is deleted after it.
+
+The scripts are called directly (not through ``JobStore``/``Admission``), so a case
+pins the script's own contract: the reply shape the Python side maps, and every write.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from redis.commands.core import Script
+
+from pulse_core import lua_scripts
+from pulse_core.guards import admission, execution_limits
+from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
+from pulse_core.store import dead_letters, job_store, listing, recovery
+from pulse_core.store.job_store import CancelOutcome
+
+#: Every script file of every room, includes resolved, by room/name ("store/claim").
+_SOURCES: dict[str, str] = lua_scripts.all_sources()
+#: Every script the code declares, with its reply mapping, by room/name.
+_DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
+    f"{value.room.rpartition('.')[2]}/{value.name}": value
+    for module in (job_store, listing, dead_letters, recovery, admission, execution_limits)
+    for value in vars(module).values()
+    if isinstance(value, lua_scripts.LuaScript)
+}
+
+
+def script(redis: Redis, name: str) -> Script:
+    """The script Pulse registers under ``name`` (room/name)."""
+    return redis.register_script(_SOURCES[name])
+
+
+# --- how a case states Redis data ----------------------------------------------------
+
+
+class Z(dict[str, float]):
+    """A sorted set: member -> score."""
+
+
+class _Anything:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: Matches any value (a time the script takes from the Redis clock).
+ANY: Any = _Anything()
+
+
+class Record:
+    """A flat ``HGETALL`` reply, compared as the hash it spells (field order is Redis's)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, list) and dict(zip(other[::2], other[1::2], strict=True)) == self.fields
+
+    def __repr__(self) -> str:
+        return f"Record({self.fields!r})"
+
+
+class Length:
+    """A list with ``n`` entries whatever they are (a rate window's timestamps)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, list) and len(other) == self.n
+
+    def __repr__(self) -> str:
+        return f"Length({self.n})"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    script: str
+    #: Given: key -> dict (hash), Z (sorted set), str (string), list, set.
+    given: dict[str, Any]
+    #: When: the script runs with these KEYS and ARGV.
+    keys: list[str]
+    argv: list[Any]
+    #: Then: its reply, and each listed key's value (``None``: the key is gone).
+    reply: Any
+    then: dict[str, Any] = field(default_factory=dict)
+    #: Given TTLs (seconds) on keys of ``given``.
+    given_ttl: dict[str, int] = field(default_factory=dict)
+    #: Then: "expires" (a TTL is set) or "persists" (none).
+    ttl: dict[str, str] = field(default_factory=dict)
+
+
+def _sub(value: Any, prefix: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{p}", prefix)
+    if isinstance(value, Z):
+        return Z({_sub(k, prefix): v for k, v in value.items()})
+    if isinstance(value, dict):
+        return {_sub(k, prefix): _sub(v, prefix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sub(v, prefix) for v in value]
+    if isinstance(value, set):
+        return {_sub(v, prefix) for v in value}
+    if isinstance(value, Record):
+        return Record(_sub(value.fields, prefix))
+    return value
+
+
+def _put(redis: Redis, key: str, value: Any) -> None:
+    if isinstance(value, Z):
+        redis.zadd(key, dict(value))
+    elif isinstance(value, dict):
+        redis.hset(key, mapping=value)
+    elif isinstance(value, str):
+        redis.set(key, value)
+    elif isinstance(value, list):
+        redis.rpush(key, *value)
+    elif isinstance(value, set):
+        redis.sadd(key, *value)
+    else:
+        raise TypeError(f"cannot store {value!r}")
+
+
+def _read(redis: Redis, key: str) -> Any:
+    kind = redis.type(key)
+    readers: dict[str, Callable[[], Any]] = {
+        "none": lambda: None,
+        "hash": lambda: redis.hgetall(key),
+        "zset": lambda: Z(redis.zrange(key, 0, -1, withscores=True)),
+        "string": lambda: redis.get(key),
+        "list": lambda: redis.lrange(key, 0, -1),
+        "set": lambda: redis.smembers(key),
+    }
+    return readers[str(kind)]()
+
+
+@pytest.fixture
+def prefix(redis: Redis) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    mine = f"pulse-test:{uuid.uuid4().hex}:"
+    yield mine
+    found = list(redis.scan_iter(match=mine + "*"))
+    if found:
+        redis.delete(*found)
+
+
+# --- the cases -------------------------------------------------------------------------
+
+T = "2026-01-01T00:00:00+00:00"
+LOST = '{"type":"WorkerLost"}'
+
+
+def _claim_argv(*, cycle: int = -1, attempt: int = -1, fallback: int = 3) -> list[Any]:
+    # now, lease_until, owner, msg_cycle, msg_attempt, started_at, job_id, fallback_max_retries, lost_error
+    return ["1000", "1030", "w1", cycle, attempt, T, "j1", fallback, LOST]
+
+
+#: What every job record has (``Job.from_redis`` needs it to map a record reply).
+ID = {"jobId": "j1", "tenantId": "t1", "jobType": "a.b"}
+CLAIM_KEYS = ["{p}job:j1", "{p}watch"]
+CLAIM = [
+    Case("missing record", "store/claim", {}, CLAIM_KEYS, _claim_argv(), ["missing"], {"{p}job:j1": None}),
+    Case(
+        "final state is the answer",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "succeeded", "attempts": "1"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["succeeded"],
+        {"{p}job:j1": {**ID, "state": "succeeded", "attempts": "1"}, "{p}watch": None},
+    ),
+    Case(
+        "a past cycle's copy is stale",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "1"}},
+        CLAIM_KEYS,
+        _claim_argv(cycle=0, attempt=1),
+        ["stale"],
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "1"}},
+    ),
+    Case(
+        "a copy of an attempt already started is stale",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
+        CLAIM_KEYS,
+        _claim_argv(attempt=1),
+        ["stale"],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
+    ),
+    Case(
+        "a copy that skips an attempt is stale",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0"}},
+        CLAIM_KEYS,
+        _claim_argv(attempt=2),
+        ["stale"],
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0"}},
+    ),
+    Case(
+        "a live lease makes it busy",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["busy"],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
+    ),
+    Case(
+        "a lapsed attempt asked to cancel ends the claim as cancel: nothing starts",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "cancelRequested": "1"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["cancel", Record({**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "cancelRequested": "1"})],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "cancelRequested": "1"}},
+    ),
+    Case(
+        "a queued job starts attempt 1",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "queued", "attempts": "0", "dueAt": "900", "finishedAt": T}},
+        CLAIM_KEYS,
+        _claim_argv(cycle=0, attempt=1),
+        [
+            "claimed",
+            Record({**ID, "state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            0,
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "startedAt": T,
+                "leaseUntil": "1030",
+                "owner": "w1",
+            },
+            "{p}watch": Z({"j1": 1030}),
+        },
+    ),
+    Case(
+        "a scheduled job not yet due is early",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["early", "1500"],
+        {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}, "{p}watch": None},
+    ),
+    Case(
+        "a due retry starts the next attempt",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "retrying", "attempts": "1", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
+        CLAIM_KEYS,
+        _claim_argv(attempt=2),
+        [
+            "claimed",
+            Record({**ID, "state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            0,
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "2",
+                "startedAt": T,
+                "leaseUntil": "1030",
+                "owner": "w1",
+            },
+            "{p}watch": Z({"j1": 1030}),
+        },
+    ),
+    Case(
+        "a lapsed lease counts the crashed attempt and starts the next",
+        "store/claim",
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "maxRetries": "3",
+                "leaseUntil": "990",
+                "owner": "w0",
+            }
+        },
+        CLAIM_KEYS,
+        _claim_argv(),
+        [
+            "claimed",
+            Record(
+                {
+                    **ID,
+                    "state": "running",
+                    "attempts": "2",
+                    "maxRetries": "3",
+                    "leaseUntil": "1030",
+                    "owner": "w1",
+                    "error": LOST,
+                    "startedAt": T,
+                }
+            ),
+            1,
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "2",
+                "maxRetries": "3",
+                "leaseUntil": "1030",
+                "owner": "w1",
+                "error": LOST,
+                "startedAt": T,
+            },
+            "{p}watch": Z({"j1": 1030}),
+        },
+    ),
+    Case(
+        "a lapsed lease on the last attempt is exhausted",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        [
+            "exhausted",
+            Record({**ID, "state": "running", "attempts": "4", "maxRetries": "3", "leaseUntil": "990", "error": LOST}),
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "4",
+                "maxRetries": "3",
+                "leaseUntil": "990",
+                "error": LOST,
+            },
+            "{p}watch": None,
+        },
+    ),
+    Case(
+        "without maxRetries the fallback bounds crashed attempts",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990"}},
+        CLAIM_KEYS,
+        _claim_argv(fallback=1),
+        ["exhausted", Record({**ID, "state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST})],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "2", "leaseUntil": "990", "error": LOST}},
+    ),
+    Case(
+        "a lapsed lease while being dead-lettered is exhausted, its error kept",
+        "store/claim",
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "leaseUntil": "990",
+                "deadLetter": "1",
+                "error": "{}",
+            }
+        },
+        CLAIM_KEYS,
+        _claim_argv(),
+        [
+            "exhausted",
+            Record({**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "deadLetter": "1", "error": "{}"}),
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "leaseUntil": "990",
+                "deadLetter": "1",
+                "error": "{}",
+            }
+        },
+    ),
+]
+
+REFRESH = [
+    Case(
+        "only the owner's running attempts are extended; the watch entry only if present",
+        "store/refresh_leases",
+        {
+            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "1000"},
+            "{p}job:j2": {"state": "running", "owner": "w2", "leaseUntil": "1000"},
+            "{p}job:j3": {"state": "queued", "owner": "w1"},
+            "{p}job:j4": {"state": "running", "owner": "w1", "leaseUntil": "1000"},
+            "{p}watch": Z({"j1": 1000, "j2": 1000}),
+        },
+        ["{p}watch", "{p}job:j1", "{p}job:j2", "{p}job:j3", "{p}job:j4"],
+        ["2000", "w1", "j1", "j2", "j3", "j4"],
+        2,
+        {
+            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "2000"},
+            "{p}job:j2": {"state": "running", "owner": "w2", "leaseUntil": "1000"},
+            "{p}job:j3": {"state": "queued", "owner": "w1"},
+            "{p}job:j4": {"state": "running", "owner": "w1", "leaseUntil": "2000"},
+            "{p}watch": Z({"j1": 2000, "j2": 1000}),
+        },
+    ),
+]
+
+_RUNNING = {"state": "running", "attempts": "1", "leaseUntil": "1030", "owner": "w1", "tenantId": "t1"}
+RETRY_KEYS = ["{p}job:j1", "{p}watch"]
+SCHEDULE_RETRY = [
+    Case(
+        "the running attempt becomes retrying, watched at its check time",
+        "store/schedule_retry",
+        {"{p}job:j1": _RUNNING, "{p}watch": Z({"j1": 1030})},
+        RETRY_KEYS,
+        [1, 0, "1100", "1130", '{"e":1}', "j1"],
+        1,
+        {
+            "{p}job:j1": {"state": "retrying", "attempts": "1", "tenantId": "t1", "dueAt": "1100", "error": '{"e":1}'},
+            "{p}watch": Z({"j1": 1130}),
+        },
+    ),
+    Case(
+        "another attempt's failure changes nothing",
+        "store/schedule_retry",
+        {"{p}job:j1": _RUNNING},
+        RETRY_KEYS,
+        [2, 0, "1100", "1130", "{}", "j1"],
+        0,
+        {"{p}job:j1": _RUNNING, "{p}watch": None},
+    ),
+    Case(
+        "another cycle's failure changes nothing",
+        "store/schedule_retry",
+        {"{p}job:j1": _RUNNING},
+        RETRY_KEYS,
+        [1, 1, "1100", "1130", "{}", "j1"],
+        0,
+        {"{p}job:j1": _RUNNING},
+    ),
+    Case(
+        "a job no longer running changes nothing",
+        "store/schedule_retry",
+        {"{p}job:j1": {**_RUNNING, "state": "cancelled"}},
+        RETRY_KEYS,
+        [1, 0, "1100", "1130", "{}", "j1"],
+        0,
+        {"{p}job:j1": {**_RUNNING, "state": "cancelled"}},
+    ),
+]
+
+MARK_DEAD_LETTER = [
+    Case(
+        "the running attempt records its error and the dead-letter flag",
+        "store/mark_dead_letter",
+        {"{p}job:j1": _RUNNING},
+        ["{p}job:j1"],
+        [1, 0, '{"e":2}'],
+        1,
+        {"{p}job:j1": {**_RUNNING, "error": '{"e":2}', "deadLetter": "1"}},
+    ),
+    Case(
+        "another attempt changes nothing",
+        "store/mark_dead_letter",
+        {"{p}job:j1": _RUNNING},
+        ["{p}job:j1"],
+        [3, 0, "{}"],
+        0,
+        {"{p}job:j1": _RUNNING},
+    ),
+]
+
+FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending"]
+
+
+def _finalize_argv(state: str, from_: str, *, result: str = "", error: str = "", attempt: int = 1, cycle: int = 0):
+    # state, finished_at, result, error, retention, job_id, now_ms, from, attempt, cycle
+    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle]
+
+
+_FINALIZE_GIVEN = {
+    "{p}job:j1": {**_RUNNING, "leaseUntil": "4", "error": '{"old":1}', "dueAt": "3"},
+    "{p}watch": Z({"j1": 4}),
+    "{p}pending": {"t1": "2"},
+}
+FINALIZE = [
+    Case(
+        "success ends the attempt: counted once, unwatched, expiring, old error gone",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt", result='{"ok":1}'),
+        1,
+        {
+            "{p}job:j1": {
+                "state": "succeeded",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "result": '{"ok":1}',
+            },
+            "{p}watch": None,
+            "{p}dead": None,
+            "{p}pending": {"t1": "1"},
+        },
+        ttl={"{p}job:j1": "expires"},
+    ),
+    Case(
+        "death joins the dead letters at now and persists",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("dead", "attempt", error='{"e":3}'),
+        1,
+        {
+            "{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"e":3}'},
+            "{p}watch": None,
+            "{p}dead": Z({"j1": 5000}),
+            "{p}pending": {"t1": "1"},
+        },
+        given_ttl={"{p}job:j1": 600},
+        ttl={"{p}job:j1": "persists"},
+    ),
+    Case(
+        "a cancelled attempt keeps its previous error when none is given",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("cancelled", "attempt"),
+        1,
+        {
+            "{p}job:j1": {
+                "state": "cancelled",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "error": '{"old":1}',
+            },
+            "{p}pending": {"t1": "1"},
+        },
+    ),
+    Case(
+        "another attempt is not finalized",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt", attempt=2),
+        0,
+        _FINALIZE_GIVEN,
+    ),
+    Case(
+        "another cycle is not finalized",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt", cycle=1),
+        0,
+        _FINALIZE_GIVEN,
+    ),
+    Case(
+        "an orphan whose lease lapsed (4 s < now 5000 ms) is finalized",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("dead", "orphan"),
+        1,
+        {"{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"old":1}'}},
+    ),
+    Case(
+        "an orphan whose lease is alive is not",
+        "store/finalize",
+        {**_FINALIZE_GIVEN, "{p}job:j1": {**_RUNNING, "leaseUntil": "6"}},
+        FINAL_KEYS,
+        _finalize_argv("dead", "orphan"),
+        0,
+        {"{p}job:j1": {**_RUNNING, "leaseUntil": "6"}, "{p}pending": {"t1": "2"}, "{p}dead": None},
+    ),
+    *[
+        Case(
+            f"a {state} job is finalized from waiting",
+            "store/finalize",
+            {"{p}job:j1": {"state": state, "attempts": "0", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+            FINAL_KEYS,
+            _finalize_argv("cancelled", "waiting"),
+            1,
+            {
+                "{p}job:j1": {"state": "cancelled", "attempts": "0", "tenantId": "t1", "finishedAt": T},
+                "{p}pending": {"t1": "0"},
+            },
+        )
+        for state in ("queued", "scheduled", "retrying")
+    ],
+    Case(
+        "a running job is not finalized from waiting",
+        "store/finalize",
+        _FINALIZE_GIVEN,
+        FINAL_KEYS,
+        _finalize_argv("cancelled", "waiting"),
+        0,
+        _FINALIZE_GIVEN,
+    ),
+    Case(
+        "a replayed job not yet claimed is finalized",
+        "store/finalize",
+        {"{p}job:j1": {"state": "queued", "attempts": "0", "cycle": "1", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+        FINAL_KEYS,
+        _finalize_argv("dead", "replayed", attempt=0, cycle=1),
+        1,
+        {
+            "{p}job:j1": {"state": "dead", "attempts": "0", "cycle": "1", "tenantId": "t1", "finishedAt": T},
+            "{p}dead": Z({"j1": 5000}),
+            "{p}pending": {"t1": "0"},
+        },
+    ),
+    Case(
+        "a replayed job already claimed is not",
+        "store/finalize",
+        {"{p}job:j1": {"state": "queued", "attempts": "1", "cycle": "1", "tenantId": "t1"}},
+        FINAL_KEYS,
+        _finalize_argv("dead", "replayed", attempt=0, cycle=1),
+        0,
+        {"{p}job:j1": {"state": "queued", "attempts": "1", "cycle": "1", "tenantId": "t1"}, "{p}dead": None},
+    ),
+    Case(
+        "a missing record is not finalized",
+        "store/finalize",
+        {"{p}pending": {"t1": "1"}},
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt"),
+        0,
+        {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
+    ),
+]
+
+# tenant_id, finished_at, retention, job_id, now_ms
+CANCEL_ARGV = ["t1", T, 3600, "j1", 5000]
+CANCEL = [
+    Case("a missing job", "store/cancel", {}, FINAL_KEYS, CANCEL_ARGV, "missing", {"{p}job:j1": None}),
+    Case(
+        "another tenant's job is missing",
+        "store/cancel",
+        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}pending": {"t2": "1"}},
+        FINAL_KEYS,
+        CANCEL_ARGV,
+        "missing",
+        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}pending": {"t2": "1"}},
+    ),
+    *[
+        Case(
+            f"a {state} job is cancelled at once",
+            "store/cancel",
+            {
+                "{p}job:j1": {"state": state, "tenantId": "t1", "dueAt": "9"},
+                "{p}pending": {"t1": "1"},
+                "{p}watch": Z({"j1": 9}),
+            },
+            FINAL_KEYS,
+            CANCEL_ARGV,
+            "cancelled",
+            {
+                "{p}job:j1": {"state": "cancelled", "tenantId": "t1", "finishedAt": T},
+                "{p}pending": {"t1": "0"},
+                "{p}watch": None,
+                "{p}dead": None,
+            },
+            ttl={"{p}job:j1": "expires"},
+        )
+        for state in ("queued", "scheduled", "retrying")
+    ],
+    Case(
+        "a running job is asked to stop",
+        "store/cancel",
+        {"{p}job:j1": {"state": "running", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+        FINAL_KEYS,
+        CANCEL_ARGV,
+        "running",
+        {"{p}job:j1": {"state": "running", "tenantId": "t1", "cancelRequested": "1"}, "{p}pending": {"t1": "1"}},
+    ),
+    *[
+        Case(
+            f"a {state} job is already finished",
+            "store/cancel",
+            {"{p}job:j1": {"state": state, "tenantId": "t1"}},
+            FINAL_KEYS,
+            CANCEL_ARGV,
+            f"finished:{state}",
+            {"{p}job:j1": {"state": state, "tenantId": "t1"}, "{p}pending": None},
+        )
+        for state in ("succeeded", "dead", "cancelled")
+    ],
+]
+
+REPLAY_KEYS = ["{p}job:j1", "{p}dead", "{p}pending", "{p}watch"]
+_DEAD = {
+    **ID,
+    "state": "dead",
+    "attempts": "3",
+    "cycle": "1",
+    "result": "null",
+    "error": "{}",
+    "startedAt": T,
+    "finishedAt": T,
+    "cancelRequested": "1",
+}
+REPLAY = [
+    Case(
+        "a dead letter is queued again for a new cycle",
+        "store/replay",
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
+        REPLAY_KEYS,
+        ["j1", "60"],
+        Record({**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"}),
+        {
+            "{p}job:j1": {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"},
+            "{p}dead": Z({"j0": 1}),
+            "{p}pending": {"t1": "1"},
+            # watched like any queued job: checked a minute from now (Redis' clock)
+            "{p}watch": Z({"j1": ANY}),
+        },
+    ),
+    Case(
+        "a job that is not dead is not replayed",
+        "store/replay",
+        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1})},
+        REPLAY_KEYS,
+        ["j1", "60"],
+        [],
+        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1}), "{p}pending": None},
+    ),
+    Case(
+        "a dead job outside these dead letters (another tenant's) is not replayed",
+        "store/replay",
+        {"{p}job:j1": _DEAD},
+        REPLAY_KEYS,
+        ["j1", "60"],
+        [],
+        {"{p}job:j1": _DEAD, "{p}pending": None},
+    ),
+]
+
+DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch"]
+DISCARD = [
+    Case(
+        "an unpublished queued job is removed, uncounted and its key released",
+        "store/discard",
+        {
+            "{p}job:j1": {"state": "queued"},
+            "{p}index": Z({"j1": 1, "j0": 1}),
+            "{p}pending": {"t1": "2"},
+            "{p}idem": "fp j1",
+            "{p}watch": Z({"j1": 1, "j0": 1}),
+        },
+        DISCARD_KEYS,
+        ["t1", "j1"],
+        1,
+        {
+            "{p}job:j1": None,
+            "{p}index": Z({"j0": 1}),
+            "{p}pending": {"t1": "1"},
+            "{p}idem": None,
+            "{p}watch": Z({"j0": 1}),
+        },
+    ),
+    Case(
+        "an idempotency key now naming another job is kept",
+        "store/discard",
+        {"{p}job:j1": {"state": "scheduled"}, "{p}pending": {"t1": "1"}, "{p}idem": "fp xj1"},
+        DISCARD_KEYS,
+        ["t1", "j1"],
+        1,
+        {"{p}job:j1": None, "{p}pending": {"t1": "0"}, "{p}idem": "fp xj1"},
+    ),
+    Case(
+        "a job already running is removed but not uncounted (its final transition counts it)",
+        "store/discard",
+        {"{p}job:j1": {"state": "running"}, "{p}pending": {"t1": "1"}},
+        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch"],
+        ["t1", "j1"],
+        1,
+        {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
+    ),
+]
+
+RECOVER_KEYS = ["{p}job:j1", "{p}watch"]
+# job id, recheck base for a lapse (s), for a queued job (s), longest recheck (s), lane waits
+RECOVER_ARGV = ["j1", "10", "60", "3600", "2"]
+#: Far in the future on any clock (the script reads Redis' TIME).
+LATER = "9999999999"
+RECOVER = [
+    *[
+        Case(
+            f"{what} is unwatched",
+            "store/recover",
+            given,
+            RECOVER_KEYS,
+            RECOVER_ARGV,
+            ["gone"],
+            {"{p}watch": None},
+        )
+        for what, given in (
+            ("a missing record", {"{p}watch": Z({"j1": 900})}),
+            ("a final job", {"{p}job:j1": {"state": "dead"}, "{p}watch": Z({"j1": 900})}),
+        )
+    ],
+    Case(
+        "a job whose deadline another sweep already moved is left alone",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": float(LATER)})},
+        RECOVER_KEYS,
+        RECOVER_ARGV,
+        ["alive"],
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": float(LATER)})},
+    ),
+    Case(
+        "a running job with a live lease is re-armed at its lease",
+        "store/recover",
+        {"{p}job:j1": {"state": "running", "leaseUntil": LATER}, "{p}watch": Z({"j1": 900})},
+        RECOVER_KEYS,
+        RECOVER_ARGV,
+        ["alive"],
+        {"{p}job:j1": {"state": "running", "leaseUntil": LATER}, "{p}watch": Z({"j1": float(LATER)})},
+    ),
+    Case(
+        "a scheduled job not yet due is re-armed at its due time",
+        "store/recover",
+        {"{p}job:j1": {"state": "scheduled", "dueAt": LATER}, "{p}watch": Z({"j1": 900})},
+        RECOVER_KEYS,
+        RECOVER_ARGV,
+        ["alive"],
+        {"{p}watch": Z({"j1": float(LATER)})},
+    ),
+    Case(
+        "a running job whose lease lapsed is republished and counted, re-armed a lapse base later",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "attempts": "1"}, "{p}watch": Z({"j1": 900})},
+        RECOVER_KEYS,
+        RECOVER_ARGV,
+        [
+            "republish",
+            Record(
+                {**ID, "state": "running", "leaseUntil": "900", "attempts": "1", "recoveries": "1", "laneWaits": "0"}
+            ),
+        ],
+        {"{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "a retrying job past its due time is republished",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "retrying", "dueAt": "999"}, "{p}watch": Z({"j1": 999})},
+        RECOVER_KEYS,
+        RECOVER_ARGV,
+        ["republish", Record({**ID, "state": "retrying", "dueAt": "999", "recoveries": "1", "laneWaits": "0"})],
+    ),
+    Case(
+        "a queued job nothing claimed, its lane empty, is republished",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900})},
+        [*RECOVER_KEYS, "{p}lane"],
+        RECOVER_ARGV,
+        ["republish", Record({**ID, "state": "queued", "recoveries": "1", "laneWaits": "0"})],
+    ),
+    Case(
+        "a queued job whose lane still holds messages waits a check",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900}), "{p}lane": ["m1"]},
+        [*RECOVER_KEYS, "{p}lane"],
+        RECOVER_ARGV,
+        ["waiting"],
+        {"{p}job:j1": {**ID, "state": "queued", "laneWaits": "1"}},
+    ),
+    Case(
+        "a queued job that waited its checks is republished though its lane is busy",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued", "laneWaits": "2"}, "{p}watch": Z({"j1": 900}), "{p}lane": ["m1"]},
+        [*RECOVER_KEYS, "{p}lane"],
+        RECOVER_ARGV,
+        ["republish", Record({**ID, "state": "queued", "recoveries": "1", "laneWaits": "0"})],
+    ),
+]
+
+OVERDUE = [
+    Case(
+        "the ids past their deadline on Redis' clock, most overdue first, up to the limit",
+        "store/overdue",
+        {"{p}watch": Z({"a": 900, "b": 800, "c": 950, "later": float(LATER)})},
+        ["{p}watch"],
+        ["2"],
+        ["b", "a"],
+    ),
+]
+
+POSTPONE = [
+    Case(
+        "a watched job's check moves later",
+        "store/postpone_check",
+        {"{p}watch": Z({"j1": 900})},
+        ["{p}watch"],
+        ["j1", "30"],
+        0,
+        {"{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "a job no longer watched is not watched again",
+        "store/postpone_check",
+        {"{p}watch": Z({"j0": 900})},
+        ["{p}watch"],
+        ["j1", "30"],
+        0,
+        {"{p}watch": Z({"j0": 900})},
+    ),
+    Case(
+        "a later check is never moved earlier",
+        "store/postpone_check",
+        {"{p}watch": Z({"j1": float(LATER)})},
+        ["{p}watch"],
+        ["j1", "30"],
+        0,
+        {"{p}watch": Z({"j1": float(LATER)})},
+    ),
+]
+
+LISTING_ADD = [
+    Case(
+        "an entry later than the newest is added at its own score",
+        "store/listing_add",
+        {"{p}index": Z({"a": 1000})},
+        ["{p}index"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 1000, "b": 2000})},
+    ),
+    Case(
+        "an entry of the same millisecond as the newest comes after it (1/1024 ms later)",
+        "store/listing_add",
+        {"{p}index": Z({"a": 2000})},
+        ["{p}index"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 2000, "b": 2000 + 1 / 1024})},
+    ),
+]
+
+FORGET = [
+    Case(
+        "the tenant's dead letter is dropped and its record starts to expire",
+        "store/forget_dead_letter",
+        {"{p}dead": Z({"j1": 1, "j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ["{p}dead", "{p}job:j1"],
+        ["j1", "600"],
+        1,
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ttl={"{p}job:j1": "expires"},
+    ),
+    Case(
+        "another tenant's dead job is left exactly as it was: no expiry set",
+        "store/forget_dead_letter",
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ["{p}dead", "{p}job:j1"],
+        ["j1", "600"],
+        0,
+        {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
+        ttl={"{p}job:j1": "persists"},
+    ),
+]
+
+RATE_ACQUIRE = [
+    Case(
+        "empty windows count the start in each",
+        "guards/rate_acquire",
+        {},
+        ["{p}w1", "{p}w2"],
+        ["0.1", 2, 1, 10, 60],
+        "0",
+        {"{p}w1": Length(1), "{p}w2": Length(1)},
+        ttl={"{p}w1": "expires", "{p}w2": "expires"},
+    ),
+    Case(
+        "starts older than the window (and its slack) leave room",
+        "guards/rate_acquire",
+        {"{p}w1": ["900", "800"]},
+        ["{p}w1"],
+        ["0.1", 2, 1],
+        "0",
+        {"{p}w1": Length(2)},
+    ),
+    Case(
+        "a full window refuses with the wait, and no window counts the start",
+        "guards/rate_acquire",
+        {"{p}w1": ["900"], "{p}w2": ["9999999999", "9999999999"]},
+        ["{p}w1", "{p}w2"],
+        ["0.1", 2, 1, 2, 60],
+        ANY,
+        {"{p}w1": ["900"], "{p}w2": ["9999999999", "9999999999"]},
+    ),
+]
+
+RELEASE = [
+    Case(
+        "the holder releases its lock",
+        "store/release_lock",
+        {"{p}lock": "tok"},
+        ["{p}lock"],
+        ["tok"],
+        1,
+        {"{p}lock": None},
+    ),
+    Case(
+        "another holder's lock is kept",
+        "store/release_lock",
+        {"{p}lock": "other"},
+        ["{p}lock"],
+        ["tok"],
+        0,
+        {"{p}lock": "other"},
+    ),
+]
+
+# KEYS: job, index, pending, idempotency key, broker list, watch, lanes, one window.
+ADMIT_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}list", "{p}watch", "{p}lanes", "{p}window"]
+ADMIT_NO_IDEM_KEYS = [
+    "{p}job:j1",
+    "{p}index",
+    "{p}pending",
+    "{p}job:j1",
+    "{p}job:j1",
+    "{p}watch",
+    "{p}lanes",
+    "{p}window",
+]
+_FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
+_RECORD = {"state": "queued", "tenantId": "t1", "jobType": "a.b"}
+
+
+def _admit_argv(
+    *, fingerprint: str = "fp", live: str = "1", max_pending: int = 5, message: str = "msg", watch_in: str = "60"
+) -> list[Any]:
+    # tenant, job id, created ms, fingerprint, key TTL, live, max_pending, job key prefix, message,
+    # n windows, watch in (seconds), (limit, expiry), fields...
+    return ["t1", "j1", 1234, fingerprint, 600, live, max_pending, "{p}job:", message, 1, watch_in, 2, 60, *_FIELDS]
+
+
+#: A window with room for both of its 2 slots: limit 2, remaining 2, reset 60 s, no retry, not full.
+EMPTY_WINDOW = [2, 2, "60", "0", "0"]
+ADMIT = [
+    Case(
+        "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
+        "guards/admit",
+        {"{p}pending": {"t1": "1"}},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 1, "60", "0", "0"]],
+        {
+            "{p}job:j1": _RECORD,
+            "{p}index": Z({"j1": 1234}),
+            "{p}pending": {"t1": "2"},
+            "{p}idem": "fp j1",
+            "{p}list": ["msg"],
+            # watched: the sweep looks at it if nothing claims it in time
+            "{p}watch": Z({"j1": ANY}),
+            "{p}lanes": {"t1"},
+            "{p}window": Length(1),
+        },
+        ttl={"{p}idem": "expires", "{p}window": "expires", "{p}job:j1": "persists"},
+    ),
+    Case(
+        "a scheduled job without a key whose caller publishes is watched, nothing pushed",
+        "guards/admit",
+        {},
+        ADMIT_NO_IDEM_KEYS,
+        _admit_argv(fingerprint="", message="", watch_in="1500.5"),
+        ["created", [2, 1, "60", "0", "0"]],
+        {
+            "{p}job:j1": _RECORD,
+            "{p}pending": {"t1": "1"},
+            "{p}watch": Z({"j1": ANY}),
+            "{p}list": None,
+            "{p}idem": None,
+            "{p}window": Length(1),
+        },
+    ),
+    Case(
+        "the same call again (a retried timeout) answers created and changes nothing",
+        "guards/admit",
+        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}list": ["msg"]},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", EMPTY_WINDOW],
+        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": None, "{p}idem": None},
+    ),
+    Case(
+        "a known key with the same body gives back the stored job and consumes nothing",
+        "guards/admit",
+        {"{p}idem": "fp j0", "{p}job:j0": {**ID, "jobId": "j0", "state": "running"}},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["replay", EMPTY_WINDOW, Record({**ID, "jobId": "j0", "state": "running"})],
+        {"{p}job:j1": None, "{p}idem": "fp j0", "{p}window": None, "{p}pending": None, "{p}list": None},
+    ),
+    Case(
+        "a known key with another body is a conflict naming the job",
+        "guards/admit",
+        {"{p}idem": "other j0", "{p}job:j0": {"state": "queued"}},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["conflict", EMPTY_WINDOW, "j0"],
+        {"{p}job:j1": None, "{p}idem": "other j0", "{p}window": None},
+    ),
+    Case(
+        "a key whose job is gone is stale: dropped, and the job is created",
+        "guards/admit",
+        {"{p}idem": "fp j0"},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 1, "60", "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}idem": "fp j1"},
+    ),
+    Case(
+        "a jobType no live worker announced is refused",
+        "guards/admit",
+        {},
+        ADMIT_KEYS,
+        _admit_argv(live="0"),
+        ["unknown-type", EMPTY_WINDOW],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None, "{p}lanes": None},
+    ),
+    Case(
+        "a full window refuses and consumes nothing",
+        "guards/admit",
+        {"{p}window": ["9999999999", "9999999999"]},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["rate-limited", [2, 0, ANY, ANY, "1"]],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": ["9999999999", "9999999999"], "{p}pending": None},
+    ),
+    Case(
+        "a full backlog refuses with the pending count and consumes nothing",
+        "guards/admit",
+        {"{p}pending": {"t1": "5"}},
+        ADMIT_KEYS,
+        _admit_argv(max_pending=5),
+        ["backlog", EMPTY_WINDOW, 5],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": {"t1": "5"}},
+    ),
+]
+
+RATE_STATUS = [
+    Case(
+        "an empty window has all its room",
+        "guards/rate_status",
+        {},
+        ["{p}window"],
+        [1, 2, 60],
+        EMPTY_WINDOW,
+        {"{p}window": None},
+    ),
+    Case(
+        "a half-used window reports what is left and consumes nothing",
+        "guards/rate_status",
+        {"{p}window": ["9999999999"]},
+        ["{p}window"],
+        [1, 2, 60],
+        [2, 1, ANY, "0", "0"],
+        {"{p}window": ["9999999999"]},
+    ),
+    Case(
+        "the tightest of two windows is reported; a full one gives its retry-after",
+        "guards/rate_status",
+        {"{p}w2": ["9999999999"]},
+        ["{p}w1", "{p}w2"],
+        [2, 5, 60, 1, 3600],
+        [1, 0, ANY, ANY, "1"],
+        {"{p}w1": None, "{p}w2": ["9999999999"]},
+    ),
+]
+
+# holder, now, grace until, job key prefix, max per set...
+ACQUIRE = [
+    Case(
+        "free slots are taken in every set until the grace ends",
+        "guards/acquire_slots",
+        {},
+        ["{p}s1", "{p}s2"],
+        ["j1|b", "1000", "1010", "{p}job:", 1, 1],
+        0,
+        {"{p}s1": Z({"j1|b": 1010}), "{p}s2": Z({"j1|b": 1010})},
+    ),
+    Case(
+        "a holder in its grace fills the set",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j0|a": 2000})},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 1],
+        1,
+        {"{p}s1": Z({"j0|a": 2000})},
+    ),
+    Case(
+        "a holder past its grace whose job runs under a live lease still counts",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j0|a": 500}), "{p}job:j0": {"state": "running", "leaseUntil": "2000"}},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 1],
+        1,
+        {"{p}s1": Z({"j0|a": 500})},
+    ),
+    Case(
+        "a holder past its grace whose job ended is dropped, freeing its slot",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j0|a": 500}), "{p}job:j0": {"state": "succeeded"}},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 1],
+        0,
+        {"{p}s1": Z({"j1|b": 1010})},
+    ),
+    Case(
+        "a holder past its grace whose lease lapsed is dropped",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j0|a": 500, "j2|c": 1500}), "{p}job:j0": {"state": "running", "leaseUntil": "999"}},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 2],
+        0,
+        {"{p}s1": Z({"j2|c": 1500, "j1|b": 1010})},
+    ),
+    Case(
+        "the first full set is named and no set is taken",
+        "guards/acquire_slots",
+        {"{p}s2": Z({"j0|a": 2000})},
+        ["{p}s1", "{p}s2"],
+        ["j1|b", "1000", "1010", "{p}job:", 2, 1],
+        2,
+        {"{p}s1": None, "{p}s2": Z({"j0|a": 2000})},
+    ),
+]
+
+CASES = (
+    CLAIM
+    + REFRESH
+    + SCHEDULE_RETRY
+    + MARK_DEAD_LETTER
+    + FINALIZE
+    + CANCEL
+    + REPLAY
+    + DISCARD
+    + RECOVER
+    + OVERDUE
+    + POSTPONE
+    + LISTING_ADD
+    + FORGET
+    + RATE_ACQUIRE
+    + RELEASE
+    + ADMIT
+    + RATE_STATUS
+    + ACQUIRE
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.script}: {case.name}")
+def test_script(redis: Redis, prefix: str, case: Case) -> None:
+    # given
+    for key, value in _sub(case.given, prefix).items():
+        _put(redis, key, value)
+    for key, seconds in _sub(case.given_ttl, prefix).items():
+        redis.expire(key, seconds)
+    # when
+    reply = script(redis, case.script)(keys=_sub(case.keys, prefix), args=_sub(case.argv, prefix))
+    # then
+    assert reply == _sub(case.reply, prefix)
+    _DECLARED[case.script].reply(reply)  # the one mapping of this script's replies takes it
+    for key, expected in _sub(case.then, prefix).items():
+        assert _read(redis, key) == expected, key
+    for key, expected in _sub(case.ttl, prefix).items():
+        remaining = redis.ttl(key)
+        assert remaining > 0 if expected == "expires" else remaining == -1, f"{key}: TTL {remaining}"
+
+
+def test_every_script_has_cases() -> None:
+    # given the script files, then each has at least one case above and the code declares it
+    assert {case.script for case in CASES} == set(_SOURCES)
+    assert set(_DECLARED) == set(_SOURCES)
+
+
+def test_cancel_outcomes_cover_every_final_state() -> None:
+    # given each final state, then cancel's reply for it maps to an outcome naming that state
+    for state in FINAL_STATES:
+        assert CancelOutcome(f"finished:{state.value}").finished_state is state
+    assert CancelOutcome("cancelled").finished_state is None
+
+
+# --- the loader: files, headers, includes ------------------------------------------------
+
+
+def test_every_script_file_starts_with_its_contract() -> None:
+    # given every script file as written (before includes)
+    for room in lua_scripts.ROOMS:
+        for entry in (resources.files(room) / "lua").iterdir():
+            if not entry.name.endswith(".lua"):
+                continue
+            text = entry.read_text(encoding="utf-8")
+            header = text[: text.index("\n\n")] if "\n\n" in text else text
+            # then it opens with a comment header naming its KEYS, ARGV and reply
+            assert all(line.startswith("--") for line in header.splitlines()), entry.name
+            for word in ("KEYS", "ARGV", "Reply:"):
+                assert word in header, f"{room} {entry.name}: no {word} in its header"
+
+
+def test_includes_are_resolved_once_and_every_include_is_used() -> None:
+    # given every script with its includes resolved
+    sources = lua_scripts.all_sources()
+    # then no include line is left, and each piece is defined once where it is used
+    assert not any("--@include" in text for text in sources.values())
+    for name in ("store/finalize", "store/cancel"):
+        assert sources[name].count("local function final_transition(") == 1
+    assert sources["guards/admit"].count("local function limits_window(") == 1
+    # and every include file is part of some script
+    for room in lua_scripts.ROOMS:
+        for entry in (resources.files(room) / "lua" / "includes").iterdir():
+            piece = entry.name.removesuffix(".lua")
+            assert any(f"-- begin {piece}\n" in text for text in sources.values()), f"{room}: {piece} unused"
+
+
+def test_an_unknown_include_is_named() -> None:
+    # given a script that includes a piece that does not exist, when resolved, then the error names it
+    with pytest.raises(LookupError, match="no include 'nowhere'"):
+        lua_scripts._resolve("pulse_core.store", "--@include nowhere\nreturn 1\n", set(), "test.lua")
+
+
+def test_state_sets_are_the_job_states(redis: Redis) -> None:
+    # given the generated job_states piece, when Redis runs it, then its sets are JobState's
+    lua = lua_scripts.GENERATED["job_states"]() + (
+        "local f, w = {}, {}\n"
+        "for k in pairs(FINAL_STATES) do f[#f + 1] = k end\n"
+        "for k in pairs(WAITING_STATES) do w[#w + 1] = k end\n"
+        "return {f, w}\n"
+    )
+    final, waiting = redis.eval(lua, 0)
+    assert set(final) == {state.value for state in FINAL_STATES}
+    assert set(waiting) == {state.value for state in CLAIMABLE_STATES}
+
+
+def test_luacheck_finds_nothing(tmp_path: Path) -> None:
+    # given every script as Redis runs it (includes resolved)
+    luacheck = shutil.which("luacheck")
+    if luacheck is None:
+        pytest.skip("luacheck is not installed (Debian: apt-get install lua-check)")
+    lua_scripts.write_all(tmp_path)
+    # when luacheck reads them with the project's settings, then it finds nothing
+    config = Path(__file__).resolve().parent.parent / ".luacheckrc"
+    done = subprocess.run(
+        [luacheck, "--no-color", "--codes", "--config", str(config), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

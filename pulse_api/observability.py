@@ -9,12 +9,14 @@ from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from pulse_api.services import Services, services
 from pulse_core.broker.queue_depth import QueueDepthCollector
 from pulse_core.broker.routing import configured_queues
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings, is_redis_url
+from pulse_core.store.job_types import LiveJobTypesCollector
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import RejectReason
 from pulse_core.tenants import TenantsSource
@@ -54,8 +56,10 @@ def install(app: Flask, svc: Services) -> None:
     """Wire telemetry into ``app``: metrics registry, refusal counting, tracing, log context."""
     metrics.set_enabled(svc.settings.metrics_enabled)
     broker = _broker_redis(svc.settings)
-    extra = [QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants))]
-    app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*(extra if broker else []))
+    extra: list[Collector] = [LiveJobTypesCollector(svc.redis)]
+    if broker:
+        extra.append(QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants)))
+    app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*extra)
     app.after_request(_count_refusal)
     app.teardown_request(_clear_log_context)
     instrument_tracing(app)

@@ -8,13 +8,18 @@ the last heartbeat of the last worker that made it.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis import Redis
 
 from pulse_core import keys
 from pulse_core.policy import RetryPolicy
+
+log = logging.getLogger("pulse.metrics")
 
 
 def announce(
@@ -96,3 +101,40 @@ class JobTypeDirectory:
     def policy(self, job_type: str) -> RetryPolicy:
         """The retry policy declared for ``job_type`` (call ``is_live`` first); else defaults."""
         return self._policies.get(job_type) or RetryPolicy()
+
+
+class LiveJobTypesCollector(Collector):
+    """``pulse_job_type_live{job_type}`` and ``pulse_redis_up``, read from Redis at scrape time.
+
+    ``pulse_job_type_live`` is 1 for each jobType some live worker announced and 0 for one
+    whose announcement lapsed (no worker heartbeat within the TTL) but is not yet trimmed;
+    a jobType whose workers are all gone is 0 and then absent. ``pulse_redis_up`` is 1 when
+    this read answered, 0 when Redis did not (no jobType series then). One round trip.
+    """
+
+    def __init__(self, redis: Redis, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("pulse_redis_up", "1 when Redis answered this scrape's read, else 0.")
+        try:
+            announced: list[tuple[str, float]] = self._redis.zrange(  # type: ignore[assignment]
+                keys.JOB_TYPES, 0, -1, withscores=True
+            )
+        except Exception as exc:  # a scrape must answer even when Redis is down
+            log.warning("live jobTypes not read: %s", exc)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        live = GaugeMetricFamily(
+            "pulse_job_type_live",
+            "1 while some live worker has announced the jobType, 0 once its announcement lapsed.",
+            labels=["job_type"],
+        )
+        now = self._clock()
+        for job_type, expires_at in announced:
+            live.add_metric([job_type], 1.0 if expires_at > now else 0.0)
+        yield live

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlparse
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pulse_core.errors import ConfigError
@@ -24,6 +25,16 @@ def connect(url: str) -> Redis:
         health_check_interval=30,
         retry_on_timeout=True,
     )
+
+
+#: Error codes of a Redis that refuses work for now (a full memory, a replica during a
+#: failover, a restart still loading, a busy script), as opposed to a bad command.
+_REFUSALS = re.compile(r"\b(OOM|READONLY|LOADING|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def refuses_for_now(error: BaseException) -> bool:
+    """Whether ``error`` is Redis refusing work for the time being (also inside a script)."""
+    return isinstance(error, ResponseError) and bool(_REFUSALS.search(str(error)))
 
 
 def check_durability(redis: Redis, *, name: str = "PULSE_REDIS_URL") -> list[str]:

@@ -109,11 +109,11 @@ def before_claim(task: Task, job_id: str) -> Iterator[None]:
     except Reject as exc:
         if exc.requeue:
             raise
-        log.warning("job %s: could not re-publish its message (%s); requeued", job_id, exc.reason)
+        log.warning("job %s: could not re-publish its message (%s); message given back", job_id, exc.reason)
         time.sleep(GIVE_BACK_PAUSE_SECONDS)
         raise Reject(exc.reason, requeue=True) from None
     except (RedisError, KombuError, OSError) as exc:
-        log.warning("job %s: %s before its claim (%s); message requeued", job_id, type(exc).__name__, exc)
+        log.warning("job %s: %s before its claim (%s); message given back", job_id, type(exc).__name__, exc)
         time.sleep(GIVE_BACK_PAUSE_SECONDS)
         raise Reject(exc, requeue=True) from None
 

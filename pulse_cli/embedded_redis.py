@@ -99,7 +99,7 @@ class EmbeddedRedis:
             str(self.data_dir / "redis.log"),
         ]
         for name, value in self.config.items():
-            args += [f"--{name}", value]
+            args += [f"--{name}", *(value.split() or [value])]  # "replicaof": "host port"
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -245,3 +245,20 @@ def test_a_busy_worker_rides_out_a_redis_restart(
     assert_invariants(store, fault_client, [after], timeout=60)
     assert alive(fault_worker)
     assert "Unrecoverable error" not in fault_worker.log()
+
+
+def test_the_api_answers_503_when_its_redis_is_a_read_only_replica(
+    tmp_path: Path, tenants: Path, private_redis: EmbeddedRedis, store: Redis
+) -> None:
+    # given an API whose Redis turned into a read-only replica (as the old primary does after a failover)
+    replica = EmbeddedRedis(tmp_path / "replica", config={"replicaof": f"127.0.0.1 {private_redis.port}"}).start()
+    try:
+        announce(store, ["diag.echo"], 60)
+        client = create_app(private_settings(replica.url, tenants)).test_client()
+        wait_for(lambda: connect(replica.url).info("replication").get("master_link_status") == "up", timeout=30)
+        # when a job is submitted, then Redis refuses the write (READONLY) and the answer is a 503 problem
+        response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("acme"))
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert response.content_type.startswith("application/problem+json")
+    finally:
+        replica.stop()

@@ -152,6 +152,8 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float
             job_type,
             left,
         )
+    with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+        runtime.store.postpone_check(job_id, delay + runtime.settings.queued_check_seconds)
     kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
 

@@ -14,6 +14,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.jobs import FINAL_STATES
 from pulse_core.settings import Settings
+from tests.invariants import backlog_mismatches, unowned_keys
 from tests.support import auth, wait_for, witness_starts
 
 FINAL = {state.value for state in FINAL_STATES}
@@ -40,20 +41,11 @@ def submit(client: FlaskClient, job_type: str, payload: dict[str, Any], tenant: 
     return str(response.get_json()["jobId"])
 
 
-def records(redis: Redis) -> list[dict[str, str]]:
-    """Every job record in this Redis."""
-    found = []
-    for key in redis.scan_iter(match=keys.job("*"), count=1000):
-        raw: dict[str, str] = redis.hgetall(key)  # type: ignore[assignment]
-        if raw.get("jobId"):
-            found.append(raw)
-    return found
-
-
 def assert_invariants(redis: Redis, client: FlaskClient, accepted: Iterable[str], *, timeout: float = 60.0) -> None:
     """After a fault: every job answered 2xx reaches a final state; no attempt's handler
     started twice (the witness handlers' record); each tenant's backlog count ``pending``
-    equals its records that are not final."""
+    equals its records that are not final; no ``pulse:`` key is left without an owner or
+    an expiry (tests/invariants.py)."""
     for job_id in accepted:
 
         def final(job_id: str = job_id) -> bool:
@@ -62,7 +54,5 @@ def assert_invariants(redis: Redis, client: FlaskClient, accepted: Iterable[str]
         wait_for(final, timeout=timeout, interval=0.2)
         starts = Counter(entry["attempt"] for entry in witness_starts(redis, job_id))
         assert all(n == 1 for n in starts.values()), (job_id, witness_starts(redis, job_id))
-    open_by_tenant = Counter(r["tenantId"] for r in records(redis) if r["state"] not in FINAL)
-    pending: dict[str, str] = redis.hgetall(keys.PENDING)  # type: ignore[assignment]
-    for tenant in set(open_by_tenant) | set(pending):
-        assert int(pending.get(tenant, 0)) == open_by_tenant.get(tenant, 0), (tenant, pending, open_by_tenant)
+    assert backlog_mismatches(redis) == {}
+    assert unowned_keys(redis) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http
+import logging
 import os
 from typing import Any
 
@@ -21,8 +22,11 @@ from pulse_api.problems import (
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.errors import PulseError
+from pulse_core.redis_client import check_at_start
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig, TenantsSource
+
+log = logging.getLogger("pulse.api")
 
 
 class PulseApi(Api):
@@ -53,6 +57,8 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     re-read whenever it changes (a bad edit then keeps the config in force, logged).
     """
     settings = settings or Settings.from_env(os.environ)
+    # Redis is the database: an evicting Redis refuses start-up (ConfigError), no AOF warns.
+    check_at_start(settings.redis_url, settings.broker_url, log)
     source = TenantsSource(tenants) if tenants is not None else TenantsSource.load(settings.require_tenants_file())
     app = Flask("pulse_api")
     app.config.update(

@@ -35,6 +35,7 @@ from pulse_core.errors import (
     UnknownJobType,
     UnsupportedMediaType,
 )
+from pulse_core.redis_client import refuses_for_now
 
 log = logging.getLogger("pulse.api")
 
@@ -165,8 +166,10 @@ def from_http_exception(error: HTTPException) -> Response:
 
 
 def from_unexpected(error: Exception) -> Response:
-    """A 503 when a backing service is down; a bare 500 for anything else. Never a trace."""
-    if isinstance(error, RedisConnectionError | RedisTimeoutError | KombuOperationalError):
+    """A 503 when a backing service is down or refuses work for now (Redis out of memory,
+    read-only in a failover, loading); a bare 500 for anything else. Never a trace."""
+    if isinstance(error, RedisConnectionError | RedisTimeoutError | KombuOperationalError) or refuses_for_now(error):
+        # Down, restarting, failing over or out of memory: a client may try again.
         log.warning("backing service unavailable: %s", error)
         return problem(503, "unavailable", "A backing service is unavailable", headers={"Retry-After": "1"})
     log.exception("unhandled error", exc_info=error)

@@ -96,9 +96,18 @@ def api_command(host: str, port: int, workers: int) -> list[str]:
     ]
 
 
-def worker_command(queues: str | None, concurrency: int | None, pool: str, loglevel: str, events: bool) -> list[str]:
+def worker_command(
+    queues: str | None,
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    events: bool,
+    hostname: str | None = None,
+) -> list[str]:
     # --quiet: no banner on stdout, so every line the worker writes is a log record.
     args = ["--quiet", "worker", "--pool", pool, "--loglevel", loglevel, "--without-gossip"]
+    if hostname:
+        args += ["--hostname", hostname]
     if queues:
         args += ["--queues", queues]
     if concurrency:
@@ -151,6 +160,10 @@ def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> li
     help="comma-separated tenants whose jobs to run: their lanes of the queues the tenants file routes them to",
 )
 @click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
+@click.option(
+    "--hostname",
+    help="the worker's Celery node name, unique per worker (e.g. w1@%h); default pulse-<pid>-<random>@<host>",
+)
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--events/--no-events", default=False, help="send task events (for Flower)")
@@ -159,6 +172,7 @@ def worker(
     queues: str | None,
     tenants: str | None,
     concurrency: int | None,
+    hostname: str | None,
     pool: str,
     loglevel: str,
     events: bool,
@@ -173,7 +187,7 @@ def worker(
     env = dict(os.environ)
     env.update(WORKER_ENV)
     use_metrics_dir(env, metrics_dir, "worker")
-    command = worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool, loglevel, events)
+    command = worker_command(",".join(dict.fromkeys(names)) or None, concurrency, pool, loglevel, events, hostname)
     _exec(command, env)
 
 

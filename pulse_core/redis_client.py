@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from typing import Any
+from urllib.parse import urlparse
+
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pulse_core.errors import ConfigError
 
 
 def connect(url: str) -> Redis:
@@ -15,3 +25,73 @@ def connect(url: str) -> Redis:
         health_check_interval=30,
         retry_on_timeout=True,
     )
+
+
+#: Error codes of a Redis that refuses work for now (a full memory, a replica during a
+#: failover, a restart still loading, a busy script), as opposed to a bad command.
+_REFUSALS = re.compile(r"\b(OOM|READONLY|LOADING|BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def refuses_for_now(error: BaseException) -> bool:
+    """Whether ``error`` is Redis refusing work for the time being (also inside a script)."""
+    return isinstance(error, ResponseError) and bool(_REFUSALS.search(str(error)))
+
+
+def check_durability(redis: Redis, *, name: str = "PULSE_REDIS_URL") -> list[str]:
+    """Check that the Redis behind ``name`` can keep Pulse's promises; return warnings.
+
+    Raises ``ConfigError`` unless ``maxmemory-policy`` is ``noeviction``: an evicting
+    Redis deletes job records, messages and counters when it fills up, silently.
+    Warns when AOF persistence is off, or fsyncs only when the OS decides: a restart
+    then loses what was written since the last fsync or snapshot. Reads ``INFO`` (which
+    managed services allow even where ``CONFIG`` is disabled).
+    """
+    memory: dict[str, Any] = redis.info("memory")  # type: ignore[assignment]
+    policy = memory.get("maxmemory_policy")
+    if policy is not None and policy != "noeviction":
+        raise ConfigError(
+            f"the Redis at {name} has maxmemory-policy {policy}: it would evict job records and "
+            "messages when full, losing accepted jobs. Pulse needs maxmemory-policy noeviction "
+            "(redis.conf `maxmemory-policy noeviction`, or `CONFIG SET maxmemory-policy noeviction` "
+            "and `CONFIG REWRITE`; on a managed Redis, its parameter group)"
+        )
+    persistence: dict[str, Any] = redis.info("persistence")  # type: ignore[assignment]
+    if not int(persistence.get("aof_enabled", 0)):
+        return [
+            f"the Redis at {name} runs without AOF persistence (appendonly no): a Redis restart loses "
+            "every job, message and counter written since its last RDB snapshot (all of them if it "
+            "takes none), including jobs already answered 202. "
+            "Set `appendonly yes` with `appendfsync everysec` (a restart loses at most the last second) "
+            "or `appendfsync always` (loses nothing acknowledged)"
+        ]
+    try:
+        found: dict[str, str] = redis.config_get("appendfsync")  # type: ignore[assignment]
+        fsync = (found or {}).get("appendfsync")
+    except RedisError:  # CONFIG disabled (managed Redis): nothing more to check
+        return []
+    if fsync == "no":
+        return [
+            f"the Redis at {name} has appendfsync no: a crash of its host loses whatever the OS had not "
+            "flushed yet (often up to 30 s of accepted jobs); use `appendfsync everysec` or `always`"
+        ]
+    return []
+
+
+def check_at_start(redis_url: str, broker_url: str, log: logging.Logger) -> None:
+    """``check_durability`` for the job store's Redis and, if it is another Redis, the broker.
+
+    Refusals raise ``ConfigError``; warnings are logged. A Redis that does not answer yet
+    is logged and not checked (the process starts, and retries it like any outage).
+    """
+    targets = {redis_url: "PULSE_REDIS_URL"}
+    if urlparse(broker_url).scheme in {"redis", "rediss", "unix"}:
+        targets.setdefault(broker_url, "PULSE_BROKER_URL")
+    for url, name in targets.items():
+        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5, decode_responses=True)
+        try:
+            for warning in check_durability(client, name=name):
+                log.warning("%s", warning)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("could not check the Redis at %s (%s): is it running?", name, exc)
+        finally:
+            client.close()

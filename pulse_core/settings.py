@@ -56,6 +56,9 @@ DEFAULT_ETA_WINDOW_SECONDS = 300
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 #: On SIGTERM, how long running jobs may take to finish before they are cancelled and requeued.
 DEFAULT_SOFT_SHUTDOWN_SECONDS = 30.0
+#: A job whose jobType no live worker announces goes back to its queue until this long
+#: has passed with no announcement, then dies as ``UnknownJobTypeAtWorker``.
+DEFAULT_UNKNOWN_JOB_TYPE_GRACE_SECONDS = 300.0
 DEFAULT_LOG_FORMAT = "json"
 LOG_FORMATS = ("json", "text")
 DEFAULT_WORKER_METRICS_HOST = "127.0.0.1"
@@ -349,6 +352,13 @@ class Settings:
         DEFAULT_SOFT_SHUTDOWN_SECONDS,
         POSITIVE_FLOAT,
         "on SIGTERM, how long running jobs may take to finish before they are requeued",
+        group="execution",
+    )
+    unknown_job_type_grace_seconds: float = setting(
+        "PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS",
+        DEFAULT_UNKNOWN_JOB_TYPE_GRACE_SECONDS,
+        POSITIVE_FLOAT,
+        "how long a job whose jobType no live worker announces waits before it dies as `UnknownJobTypeAtWorker`",
         group="execution",
     )
     log_format: str = setting(

@@ -5,7 +5,9 @@ Settings come from ``PULSE_*`` variables (and the tenants file, when
 overrides, re-read when it changes); handler modules are imported when the
 worker starts (before the pool forks), not when Flower or ``inspect`` import this.
 Start-up stops, with a message, if the broker's visibility timeout could redeliver
-a message that is still in use.
+a message that is still in use, if no handler is registered, or if Redis may evict
+(``pulse_core.redis_client.check_durability``). A worker left with Celery's default
+name (``celery@<host>``) is given a unique one (``pulse-<pid>-<random>@<host>``).
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import os
 from typing import Any
 
 from celery import signals
+from celery.utils.nodenames import default_nodename
 
 from pulse_core.broker.celery_app import WORKER_ENV, check_visibility_timeout, create_celery
 from pulse_core.broker.routing import shared_queue
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
+from pulse_core.redis_client import check_at_start
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsSource
 from pulse_worker import observe
 from pulse_worker.announcer import announcer_step
 from pulse_worker.guardian import guardian_step
 from pulse_worker.lanes import add_lanes_at_setup, lane_watcher_step
-from pulse_worker.runtime import WorkerRuntime
+from pulse_worker.runtime import WorkerRuntime, unique_worker_name
 from pulse_worker.task import install
 
 log = logging.getLogger("pulse.worker")
@@ -59,10 +63,25 @@ def _add_lanes(sender: Any, instance: Any, **_: Any) -> None:
     add_lanes_at_setup(instance.app, runtime.redis)
 
 
+@signals.celeryd_init.connect
+def _unique_name(sender: Any, instance: Any, **_: Any) -> None:
+    """A worker left with Celery's default name (``celery@<host>``, the same for every
+    worker on a host) gets a unique one; ``--hostname`` (``pulse worker --hostname``) wins."""
+    if instance.hostname == default_nodename(None):
+        instance.hostname = unique_worker_name()
+
+
 @signals.worker_init.connect
 def _load_handlers(**_: Any) -> None:
     try:
+        check_at_start(settings.redis_url, settings.broker_url, log)
         load_handler_modules(settings.handler_modules)
+        if not registry.job_types():
+            raise ConfigError(
+                "no handlers registered: set PULSE_HANDLER_MODULES to the modules that register them "
+                f"(now {','.join(settings.handler_modules) or 'empty'}), or install a package that "
+                "declares them under the 'pulse.handlers' entry-point group"
+            )
         longest = max((spec.policy.timeout for spec in registry), default=0)
         check_visibility_timeout(settings, longest)
     except ConfigError as exc:

@@ -22,13 +22,13 @@ from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publi
 from pulse_core.jobs import Job
 from pulse_core.store.job_store import RecheckPolicy
 from pulse_core.store.recovery import sweep
-from pulse_worker.runtime import WorkerRuntime
+from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
 
 
-def running_job_ids() -> list[str]:
-    """Job ids of the ``pulse.run_job`` requests this worker's pool is running."""
+def running_attempts(worker_name: str) -> list[tuple[str, str]]:
+    """``(job id, lease owner)`` of each ``pulse.run_job`` request this worker's pool runs."""
     for _ in range(3):  # the set can change under us; try again
         try:
             requests = list(worker_state.active_requests)
@@ -38,7 +38,7 @@ def running_job_ids() -> list[str]:
     else:
         return []
     # `type` is the task name; `name` would be the shadow (the jobType).
-    return [r.args[0] for r in requests if r.type == RUN_JOB_TASK and r.args]
+    return [(r.args[0], lease_owner(worker_name, r.id)) for r in requests if r.type == RUN_JOB_TASK and r.args]
 
 
 def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
@@ -74,7 +74,7 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
             while not self._stop.wait(tick):
                 try:
-                    runtime.store.refresh_leases(worker.hostname, running_job_ids(), settings.lease_seconds)
+                    runtime.store.refresh_leases(running_attempts(worker.hostname), settings.lease_seconds)
                     if time.monotonic() >= next_sweep:
                         next_sweep = time.monotonic() + settings.sweep_interval_seconds
                         sweep(

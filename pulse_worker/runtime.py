@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass
 
 from redis import Redis
@@ -12,6 +15,19 @@ from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import DeadLetterBounds, JobStore
 from pulse_core.tenants import TenantsConfig, TenantsSource
+
+
+def unique_worker_name() -> str:
+    """A Celery node name no other worker has: ``pulse-<pid>-<random>@<host>``."""
+    return f"pulse-{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
+
+
+def lease_owner(worker_name: str, task_id: str | None) -> str:
+    """Who holds a running attempt's lease: this worker's (unique) name and the task id of
+    the message that started the attempt. The claim writes it and the guardian renews only
+    leases whose owner it computes the same way, so a worker never renews an attempt it
+    did not claim, even another worker's of the same name."""
+    return f"{worker_name}/{task_id or '-'}"
 
 
 @dataclass(frozen=True)

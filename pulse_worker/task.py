@@ -1,4 +1,8 @@
-"""The one generic task, as a short pipeline: gate -> claim -> route -> execute -> record.
+"""The one generic task, as a short pipeline: place -> gate -> claim -> route -> execute -> record.
+
+``place`` gives back a message whose jobType has no handler on this worker, for a
+worker that has one; it goes on (and ``route`` dead-letters it) only once no live
+worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
 before anything else: over a limit, the same attempt's message goes back with a
@@ -9,6 +13,9 @@ handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying`` 
 Celery retry (an ETA message, exponential backoff with full jitter); a permanent
 failure or the last attempt -> the dead-letter task, which sets ``dead`` and files
 the job in its tenant's dead letters.
+
+Until the claim, a Redis or broker failure rejects the message with requeue
+(``before_claim``): nothing is recorded yet, so nothing may be acked away.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
+from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
@@ -37,22 +47,42 @@ from pulse_core.handlers import HandlerSpec
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.store.job_store import ClaimRefusal
+from pulse_core.store.job_types import live_job_types
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
-from pulse_worker.runtime import WorkerRuntime
+from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
+
+#: A message that reached a worker without its jobType's handler, while another live worker
+#: has it, is re-published this much later (a short wait, so it cannot spin).
+WRONG_WORKER_DELAY_SECONDS = 0.25
+#: While no live worker announces a message's jobType, it is looked at again this often.
+HOMELESS_RECHECK_SECONDS = 5.0
+#: A message given back after a Redis or broker failure before its claim waits this long
+#: first, so that a worker does not spin on a Redis that refuses it.
+GIVE_BACK_PAUSE_SECONDS = 1.0
 
 _LOST = {"type": WorkerLost.__name__, "message": "the attempt's worker died before it finished"}
 
 
-def run_job(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> None:
+def run_job(
+    runtime: WorkerRuntime,
+    task: Task,
+    job_id: str,
+    attempt: int | None,
+    cycle: int | None,
+    homeless_since: float | None = None,
+) -> None:
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
-    verdict = gate(runtime, task, job_id)
+    with before_claim(task, job_id):
+        place(runtime, task, job_id, homeless_since)
+        verdict = gate(runtime, task, job_id)
     try:
-        job = claim(runtime, task, job_id, attempt, cycle)
+        with before_claim(task, job_id):
+            job = claim(runtime, task, job_id, attempt, cycle)
         if job is None:
             return
         with observe.attempt(job):
@@ -62,6 +92,70 @@ def run_job(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None
             record(runtime, task, job, spec, *execute(runtime, job, spec))
     finally:
         runtime.gate.leave(verdict)
+
+
+@contextmanager
+def before_claim(task: Task, job_id: str) -> Iterator[None]:
+    """Until the attempt is claimed, a Redis or broker failure gives the message back.
+
+    Celery acks a task that raised (``task_acks_on_failure_or_timeout``) and drops the
+    message of a retry it could not publish; before the claim nothing was recorded, so
+    either would lose the job. Instead the message is rejected with requeue, after a
+    pause so a broken Redis is not hammered; if even the requeue cannot be written, the
+    message stays unacked in the broker and comes back at the visibility timeout.
+    """
+    try:
+        yield
+    except Reject as exc:
+        if exc.requeue:
+            raise
+        log.warning("job %s: could not re-publish its message (%s); message given back", job_id, exc.reason)
+        time.sleep(GIVE_BACK_PAUSE_SECONDS)
+        raise Reject(exc.reason, requeue=True) from None
+    except (RedisError, KombuError, OSError) as exc:
+        log.warning("job %s: %s before its claim (%s); message given back", job_id, type(exc).__name__, exc)
+        time.sleep(GIVE_BACK_PAUSE_SECONDS)
+        raise Reject(exc, requeue=True) from None
+
+
+def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float | None) -> None:
+    """Step 0: a job whose jobType has no handler here goes back for a worker that has one.
+
+    While a live worker announces the jobType, the message is re-published after
+    ``WRONG_WORKER_DELAY_SECONDS`` (any worker on the queue may take it). While none
+    does, it is re-published every few seconds until ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``
+    have passed since this message first found no live worker for it; then it goes on,
+    and ``route`` dead-letters it as ``UnknownJobTypeAtWorker``.
+    """
+    job_type: str = getattr(task.request, "shadow", None) or ""
+    if not job_type:
+        found = runtime.store.type_and_tenant(job_id)
+        if found is None:
+            return  # no record: the claim drops the message
+        job_type = found[0]
+    if runtime.registry.get(job_type) is not None:
+        return
+    now = time.time()
+    grace = runtime.settings.unknown_job_type_grace_seconds
+    if job_type in live_job_types(runtime.redis):
+        since, delay = None, WRONG_WORKER_DELAY_SECONDS
+        log.info("job %s (%s): no handler on this worker; back to its queue for one that has it", job_id, job_type)
+    else:
+        since = homeless_since if homeless_since is not None else now
+        left = grace - (now - since)
+        if left <= 0:
+            return
+        delay = min(left, HOMELESS_RECHECK_SECONDS)
+        log.warning(
+            "job %s (%s): no live worker has its handler; dead-lettered in %.0f s unless one starts",
+            job_id,
+            job_type,
+            left,
+        )
+    with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+        runtime.store.postpone_check(job_id, delay + runtime.settings.queued_check_seconds)
+    kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
+    raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
 
 
 def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
@@ -96,7 +190,7 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
     spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")
     outcome = runtime.store.claim(
         job_id,
-        owner=task.request.hostname or "",
+        owner=lease_owner(task.request.hostname or "", task.request.id),
         lease_seconds=runtime.settings.lease_seconds,
         attempt=attempt,
         cycle=cycle,
@@ -246,9 +340,15 @@ def install(app: Celery, runtime: WorkerRuntime) -> tuple[Any, Any]:
     """Register the generic task and the dead-letter task on ``app``, bound to ``runtime``."""
 
     @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, max_retries=None)
-    def pulse_run_job(self: Task, job_id: str, attempt: int | None = None, cycle: int | None = None) -> None:
+    def pulse_run_job(
+        self: Task,
+        job_id: str,
+        attempt: int | None = None,
+        cycle: int | None = None,
+        homeless_since: float | None = None,
+    ) -> None:
         with logs.job_context(jobId=job_id):
-            run_job(runtime, self, job_id, attempt, cycle)
+            run_job(runtime, self, job_id, attempt, cycle, homeless_since)
 
     @app.task(name=DEAD_LETTER_TASK, ignore_result=True)
     def pulse_dead_letter(job_id: str, attempt: int, cycle: int, error: dict[str, Any]) -> None:

@@ -24,8 +24,9 @@ OBSERVED_QUEUE = "observed"
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """A redis-server of our own on a free port; never one somebody left running."""
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    """A redis-server of our own on a free port; never one somebody left running. It runs as
+    Pulse requires (noeviction, AOF), so no start-up check refuses or warns."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 
@@ -45,6 +46,8 @@ def settings(redis_server: EmbeddedRedis, tenants_file: Path) -> Settings:
         # Short leases and frequent sweeps, so that recovery is seconds away in tests.
         lease_seconds=2.0,
         sweep_interval_seconds=0.5,
+        # A job whose jobType no live worker announces dies after 2 s, not 5 minutes.
+        unknown_job_type_grace_seconds=2.0,
     )
 
 

@@ -165,6 +165,7 @@ class WorkerProcess:
         pool: str = "prefork",
         extra_args: Iterable[str] = (),
         quiet: bool = False,
+        default_name: bool = False,
     ) -> None:
         self.log_path = log_path
         self.command = [
@@ -186,8 +187,8 @@ class WorkerProcess:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-            "--hostname",
-            f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            # default_name: no --hostname, so the worker names itself as in production.
+            *([] if default_name else ["--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"]),
             *extra_args,
         ]
         self.env = child_env(env)

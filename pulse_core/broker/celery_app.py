@@ -37,8 +37,12 @@ from typing import Any
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
+from kombu.transport.virtual import base as virtual_base
+from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
 from redis import Redis
+from redis.exceptions import RedisError
 
 from pulse_core import keys
 from pulse_core.broker.routing import lane
@@ -58,13 +62,118 @@ DEAD_LETTER_TASK = "pulse.dead_letter"
 WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 
 
+#: What a Redis that is restarting, failing over or out of memory raises.
+_BROKER_FAULTS = (RedisError, OSError)
+
+
+class _OutageSafeQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that a Redis that refuses writes (``OOM``, ``READONLY``)
+    or is gone never raises out of an ack, a reject or the requeue on close.
+
+    Stock kombu raises those into the consumer loop, where Celery reports an
+    "Unrecoverable error" and the worker exits for good. Here the failure is logged:
+    a message not acked stays in kombu's unacked set in Redis and is redelivered after
+    the visibility timeout (a copy the job store refuses once its job moved on); a
+    message whose unacked record could not be written is kept in memory, and a requeue
+    that could not be written is tried again on the poller's restore tick (every 10 s)
+    until Redis takes it. Written by hand: kombu has no hook for this.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: delivery tag -> (message, leftmost): requeues Redis refused, to try again.
+        self._requeue_later: dict[Any, tuple[Any, bool]] = {}
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except _BROKER_FAULTS as exc:
+            log.error("could not record message %s as unacked (%s); keeping it in memory", delivery_tag, exc)
+            virtual_base.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        except _BROKER_FAULTS as exc:
+            log.warning("could not ack message %s (%s); Redis redelivers it later", delivery_tag, exc)
+        virtual_base.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
+        local = delivered.get(delivery_tag)
+        try:
+            if requeue:
+                self._restore(delivery_tag, local, None, True)
+            else:
+                self._remove_from_indices(delivery_tag).execute()
+        except _BROKER_FAULTS as exc:
+            log.warning(
+                "could not %s message %s (%s); will try again", "requeue" if requeue else "reject", delivery_tag, exc
+            )
+            if requeue and local is not None:
+                self._requeue_later[delivery_tag] = (local, True)
+        virtual_base.QoS.ack(self, delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
+        self._restore(tag, delivered.get(tag), client, leftmost)
+
+    def _restore(self, tag: Any, local: Any, client: Any, leftmost: bool) -> None:
+        """Put message ``tag`` back on its queue and out of the unacked set, in one
+        transaction; from its unacked record, else from ``local`` (the message in memory)."""
+
+        def restore_transaction(pipe: Any) -> None:
+            stored = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if stored:
+                payload, exchange, routing_key = kombu_loads(bytes_to_str(stored))
+            elif local is not None:  # its unacked record could not be written
+                info = local.delivery_info
+                payload, exchange, routing_key = local._raw, info["exchange"], info["routing_key"]
+            else:
+                return
+            self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as conn:
+            conn.transaction(restore_transaction, self.unacked_key)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        for tag, (local, leftmost) in list(self._requeue_later.items()):
+            try:
+                self._restore(tag, local, None, leftmost)
+            except _BROKER_FAULTS as exc:
+                log.warning("message %s still not requeued (%s); will try again", tag, exc)
+                return
+            del self._requeue_later[tag]
+            log.info("message %s requeued", tag)
+        try:
+            super().restore_visible(*args, **kwargs)
+        except _BROKER_FAULTS as exc:
+            log.warning("could not restore messages past the visibility timeout (%s); will try again", exc)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
+        pending = {tag: local for tag, (local, _) in self._requeue_later.items()}
+        self._requeue_later.clear()
+        for tag, local in [*pending.items(), *delivered.items()]:
+            try:
+                self._restore(tag, local, client, False)
+            except Exception as exc:  # the close path must never stop the worker
+                log.error("could not requeue message %s on close (%r); Redis redelivers it later", tag, exc)
+        delivered.clear()
+
+
 class _PoisonSafeRedisChannel(kombu_redis.Channel):
     """kombu's Redis channel, except that an undecodable envelope is dropped with a log line.
 
     Stock kombu raises the decode error out of the consumer loop, which stops the
     worker ("Unrecoverable error"), and a restarted worker is free of it only
     because BRPOP already removed the message. Written by hand: kombu has no hook.
+    Its QoS survives Redis outages (``_OutageSafeQoS``).
     """
+
+    QoS = _OutageSafeQoS
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

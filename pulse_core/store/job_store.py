@@ -7,7 +7,9 @@ worker and the API) can never both win the same transition:
   the replay cycle); a copy for an attempt already started is refused, as is any
   message while the running attempt's lease is alive. A lapsed lease means the
   attempt's worker died: that attempt counts, and the next one may start.
-- ``refresh_leases``: a live worker extends the leases of the attempts it runs.
+- ``refresh_leases``: a live worker extends the leases of the attempts it runs; the
+  lease owner names the attempt (the worker's unique name and the message's task id),
+  so a worker renews only what it claimed itself.
 - ``schedule_retry``: a failed attempt becomes ``retrying`` with a due time.
 - ``finalize``: the ONE way into a final state (succeeded, dead, cancelled); the
   transition itself is the Lua function ``final_transition`` that ``cancel`` shares.
@@ -278,13 +280,19 @@ class JobStore:
             ],
         )
 
-    def refresh_leases(self, owner: str, job_ids: Iterable[str], lease_seconds: float) -> int:
-        """Extend the leases of ``owner``'s running attempts; return how many were extended."""
-        ids = list(job_ids)
-        if not ids:
+    def refresh_leases(self, attempts: Iterable[tuple[str, str]], lease_seconds: float) -> int:
+        """Extend the leases of running attempts, each given as ``(job_id, owner)``: a lease
+        is extended only while its attempt is still the one ``owner`` claimed. Returns how
+        many were extended (one round trip for all)."""
+        pairs = list(attempts)
+        if not pairs:
             return 0
         until = repr(time.time() + lease_seconds)
-        return self._refresh(keys=[keys.WATCH, *(keys.job(job_id) for job_id in ids)], args=[until, owner, *ids])
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, owner in pairs:
+                self._refresh.queue(pipe, keys=[keys.WATCH, keys.job(job_id)], args=[until, owner, job_id])
+            done = pipe.execute()
+        return sum(self._refresh.read(raw) for raw in done)
 
     def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
         """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""

@@ -1,0 +1,217 @@
+"""Worker identities and placement: every worker has a name of its own and renews only the
+leases of attempts it claimed; a job that reaches a worker without its handler goes back for
+one that has it, and dies as unknown only after a grace period with no live worker for it.
+Real workers on a Redis of this module's own."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_core import keys
+from pulse_core.broker.celery_app import WORKER_ENV, create_celery, publish_job
+from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from pulse_core.store.job_store import JobStore
+from pulse_worker.runtime import lease_owner
+from tests.faults import assert_invariants, private_settings, submit
+from tests.support import WorkerProcess, child_env, settings_env, wait_for, write_tenants_file
+
+FULL = ("diag.echo", "witness.sleep")
+READY = re.compile(r"([\w.-]+@[\w.-]+) ready\.")
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("placement-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def placement_settings(private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tenants = write_tenants_file(tmp_path_factory.mktemp("placement") / "tenants.toml")
+    return private_settings(private_redis.url, tenants)
+
+
+@pytest.fixture(scope="module")
+def store(placement_settings: Settings) -> Redis:
+    return connect(placement_settings.redis_url)
+
+
+@pytest.fixture(scope="module")
+def client(placement_settings: Settings) -> FlaskClient:
+    return create_app(placement_settings).test_client()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Workers a test starts; all stopped (and resumed first, if paused) at its end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        if worker.process is not None and worker.process.poll() is None:
+            os.killpg(worker.process.pid, signal.SIGCONT)
+        worker.stop()
+
+
+def start(
+    workers: list[WorkerProcess], settings: Settings, log: Path, *, modules: str | None = None, **kwargs: object
+) -> WorkerProcess:
+    env = {**settings_env(settings), **WORKER_ENV}
+    if modules is not None:
+        env["PULSE_HANDLER_MODULES"] = modules
+    worker = WorkerProcess(env, log, concurrency=1, **kwargs).start()  # type: ignore[arg-type]
+    workers.append(worker)
+    return worker
+
+
+def name_of(worker: WorkerProcess) -> str:
+    found = READY.search(worker.log())
+    assert found, worker.log()[-2000:]
+    return found.group(1)
+
+
+def pause(worker: WorkerProcess, signum: int) -> None:
+    assert worker.process is not None
+    os.killpg(worker.process.pid, signum)
+
+
+# --- point 14: distinct worker identities ---------------------------------------------------
+
+
+def test_two_workers_on_one_host_have_their_own_names_and_renew_only_their_own_leases(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given two workers on one host, started without --hostname (as `pulse worker` is)
+    first = start(workers, placement_settings, tmp_path / "a.log", default_name=True)
+    second = start(workers, placement_settings, tmp_path / "b.log", default_name=True)
+    first.wait_ready(store, FULL)
+    second.wait_ready(store, FULL)
+    # then each has a name of its own, not Celery's shared celery@<host>
+    names = {name_of(first), name_of(second)}
+    assert len(names) == 2, names
+    assert all(re.match(r"^pulse-\d+-[0-9a-f]{6}@", name) for name in names), names
+    # when a job runs on one of them
+    job_id = submit(client, "witness.sleep", {"seconds": 6})
+    wait_for(lambda: store.hget(keys.job(job_id), "state") == "running", timeout=30)
+    owner = str(store.hget(keys.job(job_id), "owner"))
+    holder, other = (first, second) if owner.startswith(name_of(first) + "/") else (second, first)
+    # then its lease names the attempt: the worker's name and the message that started it
+    assert owner.startswith(name_of(holder) + "/") and len(owner) > len(name_of(holder)) + 1
+    # and a renewal by the other worker, or for another message on the same worker, moves nothing
+    lease = store.hget(keys.job(job_id), "leaseUntil")
+    task_id = owner.split("/", 1)[1]
+    jobs = JobStore(store)
+    assert jobs.refresh_leases([(job_id, lease_owner(name_of(other), task_id))], 60) == 0
+    assert jobs.refresh_leases([(job_id, lease_owner(name_of(holder), "another-message"))], 60) == 0
+    assert store.hget(keys.job(job_id), "leaseUntil") == lease
+    # when the holder stalls (SIGSTOP) past its lease, the other takes the job over
+    pause(holder, signal.SIGSTOP)
+    wait_for(lambda: str(store.hget(keys.job(job_id), "owner") or "").startswith(name_of(other) + "/"), timeout=30)
+    pause(holder, signal.SIGCONT)
+    # then the job ends once, by the attempt that took over; each attempt started once
+    assert_invariants(store, client, [job_id])
+    record = store.hgetall(keys.job(job_id))
+    assert record["state"] == "succeeded" and record["attempts"] == "2", record
+
+
+def test_pulse_worker_takes_a_hostname(
+    placement_settings: Settings, store: Redis, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    # given `pulse worker --hostname` with a name of the operator's choice
+    log_path = tmp_path / "named.log"
+    env = child_env({**settings_env(placement_settings), **WORKER_ENV})
+    command = [sys.executable, "-m", "pulse_cli.cli", "worker", "--hostname", "night-shift@%h", "--concurrency", "1"]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # then the worker runs under that name
+        wait_for(lambda: READY.search(log_path.read_text(errors="replace")), timeout=60, interval=0.2)
+        found = READY.search(log_path.read_text(errors="replace"))
+        assert found and found.group(1).startswith("night-shift@")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+# --- point 13: a job never dies for landing on the wrong worker -----------------------------
+
+
+def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given a worker with the diag/witness handlers and one with only extra.reverse,
+    # on the same queue, and the first paused so that the second takes what comes
+    full = start(workers, placement_settings, tmp_path / "full.log")
+    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers")
+    full.wait_ready(store, FULL)
+    extra.wait_ready(store, ("extra.reverse",))
+    pause(full, signal.SIGSTOP)
+    # when jobs of both kinds are submitted
+    echoes = [submit(client, "diag.echo", {"n": n}) for n in range(10)]
+    reversed_ = [submit(client, "extra.reverse", {"text": f"abc{n}"}) for n in range(3)]
+    # then the worker without diag.echo gives them back instead of dead-lettering them
+    wait_for(lambda: extra.log().count("no handler on this worker") >= 3, timeout=30)
+    pause(full, signal.SIGCONT)
+    # and every job succeeds on a worker that has its handler; none dies
+    assert_invariants(store, client, [*echoes, *reversed_])
+    states = {job_id: store.hget(keys.job(job_id), "state") for job_id in [*echoes, *reversed_]}
+    assert set(states.values()) == {"succeeded"}, states
+    assert store.zcard(keys.tenant_dead_letters("acme")) == 0
+
+
+def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given a live worker, and a queued job of a jobType that no live worker announces
+    worker = start(workers, placement_settings, tmp_path / "w.log")
+    worker.wait_ready(store, FULL)
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="retired.type",
+        queue=placement_settings.default_queue,
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
+    JobStore(store).create(job)
+    sent = time.time()
+    publish_job(create_celery(placement_settings), job)
+    # when the worker meets it, then it waits, queued, through the grace period
+    wait_for(lambda: "no live worker has its handler" in worker.log(), timeout=30)
+    time.sleep(placement_settings.unknown_job_type_grace_seconds / 2)
+    assert store.hget(keys.job(job.job_id), "state") == "queued"
+    # and only after the grace period does it die as unknown, filed in the dead letters
+    wait_for(lambda: store.hget(keys.job(job.job_id), "state") == "dead", timeout=30, interval=0.1)
+    died = time.time()
+    assert died - sent >= placement_settings.unknown_job_type_grace_seconds
+    assert '"UnknownJobTypeAtWorker"' in str(store.hget(keys.job(job.job_id), "error"))
+    assert store.zscore(keys.tenant_dead_letters("acme"), job.job_id) is not None
+    assert_invariants(store, client, [job.job_id])
+
+
+def test_a_worker_with_no_handlers_refuses_to_start(
+    placement_settings: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given a worker whose settings register no handler at all
+    worker = start(workers, placement_settings, tmp_path / "empty.log", modules="")
+    # when it starts, then it stops, naming the settings to check
+    assert worker.process is not None
+    code = worker.process.wait(60)
+    assert code != 0
+    assert "no handlers registered" in worker.log()
+    assert "PULSE_HANDLER_MODULES" in worker.log() and "pulse.handlers" in worker.log()

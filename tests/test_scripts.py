@@ -171,7 +171,7 @@ LOST = '{"type":"WorkerLost"}'
 
 def _claim_argv(*, cycle: int = -1, attempt: int = -1, fallback: int = 3) -> list[Any]:
     # now, lease_until, owner, msg_cycle, msg_attempt, started_at, job_id, fallback_max_retries, lost_error
-    return ["1000", "1030", "w1", cycle, attempt, T, "j1", fallback, LOST]
+    return ["1000", "30", "w1", cycle, attempt, T, "j1", fallback, LOST]
 
 
 #: What every job record has (``Job.from_redis`` needs it to map a record reply).
@@ -225,6 +225,15 @@ CLAIM = [
         {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1010", "owner": "w0"}},
     ),
     Case(
+        "a worker's claim reads Redis' clock: a lease live on it makes the job busy",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "9999999999", "owner": "w0"}},
+        CLAIM_KEYS,
+        ["", "30", "w1", -1, -1, T, "j1", 3, LOST],
+        ["busy"],
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "9999999999", "owner": "w0"}},
+    ),
+    Case(
         "a lapsed attempt asked to cancel ends the claim as cancel: nothing starts",
         "store/claim",
         {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "990", "cancelRequested": "1"}},
@@ -241,7 +250,9 @@ CLAIM = [
         _claim_argv(cycle=0, attempt=1),
         [
             "claimed",
-            Record({**ID, "state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            Record(
+                {**ID, "state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030.000000", "owner": "w1"}
+            ),
             0,
         ],
         {
@@ -250,7 +261,7 @@ CLAIM = [
                 "state": "running",
                 "attempts": "1",
                 "startedAt": T,
-                "leaseUntil": "1030",
+                "leaseUntil": "1030.000000",
                 "owner": "w1",
             },
             "{p}watch": Z({"j1": 1030}),
@@ -273,7 +284,9 @@ CLAIM = [
         _claim_argv(attempt=2),
         [
             "claimed",
-            Record({**ID, "state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030", "owner": "w1"}),
+            Record(
+                {**ID, "state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030.000000", "owner": "w1"}
+            ),
             0,
         ],
         {
@@ -282,7 +295,7 @@ CLAIM = [
                 "state": "running",
                 "attempts": "2",
                 "startedAt": T,
-                "leaseUntil": "1030",
+                "leaseUntil": "1030.000000",
                 "owner": "w1",
             },
             "{p}watch": Z({"j1": 1030}),
@@ -311,7 +324,7 @@ CLAIM = [
                     "state": "running",
                     "attempts": "2",
                     "maxRetries": "3",
-                    "leaseUntil": "1030",
+                    "leaseUntil": "1030.000000",
                     "owner": "w1",
                     "error": LOST,
                     "startedAt": T,
@@ -325,7 +338,7 @@ CLAIM = [
                 "state": "running",
                 "attempts": "2",
                 "maxRetries": "3",
-                "leaseUntil": "1030",
+                "leaseUntil": "1030.000000",
                 "owner": "w1",
                 "error": LOST,
                 "startedAt": T,
@@ -398,7 +411,7 @@ CLAIM = [
 
 REFRESH = [
     Case(
-        "only the owner's running attempts are extended; the watch entry only if present",
+        "only the owner's running attempts are extended, from Redis' clock; the watch entry only if present",
         "store/refresh_leases",
         {
             "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "1000"},
@@ -408,14 +421,28 @@ REFRESH = [
             "{p}watch": Z({"j1": 1000, "j2": 1000}),
         },
         ["{p}watch", "{p}job:j1", "{p}job:j2", "{p}job:j3", "{p}job:j4"],
-        ["2000", "w1", "j1", "j2", "j3", "j4"],
+        ["30", "w1", "j1", "j2", "j3", "j4"],
         2,
         {
-            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "2000"},
+            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": ANY},
             "{p}job:j2": {"state": "running", "owner": "w2", "leaseUntil": "1000"},
             "{p}job:j3": {"state": "queued", "owner": "w1"},
-            "{p}job:j4": {"state": "running", "owner": "w1", "leaseUntil": "2000"},
-            "{p}watch": Z({"j1": 2000, "j2": 1000}),
+            "{p}watch": Z({"j1": ANY, "j2": 1000}),
+        },
+    ),
+    Case(
+        "a renewal never moves a lease back (a later one already went further)",
+        "store/refresh_leases",
+        {
+            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "9999999999"},
+            "{p}watch": Z({"j1": 9999999999}),
+        },
+        ["{p}watch", "{p}job:j1"],
+        ["30", "w1", "j1"],
+        0,
+        {
+            "{p}job:j1": {"state": "running", "owner": "w1", "leaseUntil": "9999999999"},
+            "{p}watch": Z({"j1": 9999999999}),
         },
     ),
 ]

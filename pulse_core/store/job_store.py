@@ -264,12 +264,11 @@ class JobStore:
         next one). ``fallback_max_retries`` bounds crashed attempts of a record that
         carries no ``maxRetries``; ``lost_error`` is recorded for a crashed attempt.
         """
-        now = time.time()
         return self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
-                repr(now),
-                repr(now + lease_seconds),
+                "",  # Redis' clock
+                lease_seconds,
                 owner,
                 -1 if cycle is None else cycle,
                 -1 if attempt is None else attempt,
@@ -287,10 +286,9 @@ class JobStore:
         pairs = list(attempts)
         if not pairs:
             return 0
-        until = repr(time.time() + lease_seconds)
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id, owner in pairs:
-                self._refresh.queue(pipe, keys=[keys.WATCH, keys.job(job_id)], args=[until, owner, job_id])
+                self._refresh.queue(pipe, keys=[keys.WATCH, keys.job(job_id)], args=[lease_seconds, owner, job_id])
             done = pipe.execute()
         return sum(self._refresh.read(raw) for raw in done)
 

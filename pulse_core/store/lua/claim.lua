@@ -1,7 +1,8 @@
 -- claim: start a job's next attempt under a lease (JobStore.claim).
 -- KEYS[1] the job hash
 -- KEYS[2] the watch zset (job id -> deadline)
--- ARGV[1] now (epoch s)            ARGV[2] lease until (epoch s)   ARGV[3] owner (worker)
+-- ARGV[1] now (epoch s; '' = Redis' clock, as workers call it)   ARGV[2] the lease (seconds)
+-- ARGV[3] owner (the worker and the message that starts the attempt)
 -- ARGV[4] the message's cycle      ARGV[5] the message's attempt   (-1: the next one)
 -- ARGV[6] startedAt (ISO time)     ARGV[7] job id
 -- ARGV[8] maxRetries for a record without one
@@ -19,6 +20,12 @@ local state = f[1]
 if not state then return {'missing'} end
 if FINAL_STATES[state] then return {state} end
 local now = tonumber(ARGV[1])
+if not now then
+  -- Redis' clock, not the worker's: a host whose clock runs ahead cannot take a live lease.
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local lease_until = now + tonumber(ARGV[2])
 local n = tonumber(f[2] or '0')
 local c, k = tonumber(ARGV[4]), tonumber(ARGV[5])
 if c >= 0 and c ~= tonumber(f[3] or '0') then return {'stale'} end
@@ -39,7 +46,7 @@ else
   if tonumber(f[5] or '0') > now then return {'early', f[5]} end
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
-           'leaseUntil', ARGV[2], 'owner', ARGV[3])
+           'leaseUntil', string.format('%.6f', lease_until), 'owner', ARGV[3])
 redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits')
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
+redis.call('ZADD', KEYS[2], string.format('%.6f', lease_until), ARGV[7])
 return {'claimed', redis.call('HGETALL', KEYS[1]), crashed}

@@ -12,6 +12,7 @@ from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
 from pulse_api import batches, dead_letters, health, jobs, observability
+from pulse_api.openapi import DeadLetterIdConverter, StableOperations
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
     from_http_exception,
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     )
     svc = Services.build(settings, source)
     app.extensions[EXTENSION_KEY] = svc
-    api = PulseApi(app)
+    app.url_map.converters["dead_letter_id"] = DeadLetterIdConverter
+    api = PulseApi(app, spec_kwargs={"extra_plugins": [StableOperations()]})
+    api.register_converter(DeadLetterIdConverter, DeadLetterIdConverter.parameter_schema)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)

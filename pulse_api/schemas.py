@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import (
     RAISE,
@@ -86,6 +86,9 @@ class JobOptionsSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    #: In the OpenAPI document too: ``delaySeconds`` and ``runAt`` exclude each other.
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {"not": {"required": ["delaySeconds", "runAt"]}}
+
     maxRetries = JsonInteger(
         validate=validate.Range(min=0),
         metadata={"description": "Retries after the first attempt (overrides the jobType's)"},
@@ -140,7 +143,6 @@ class JobSubmitSchema(Schema):
     )
     metadata = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=64)),
-        values=fields.Raw(allow_none=True),
         metadata={
             "description": "Caller's labels (string, number, boolean or null values, "
             f"at most {MAX_METADATA_KEYS} of them and {MAX_METADATA_BYTES} bytes as JSON); "
@@ -186,7 +188,12 @@ class BatchSubmitSchema(Schema):
         unknown = RAISE
 
     jobs = fields.List(
-        fields.Dict(metadata={"description": "A job body, as for POST /v1/jobs"}),
+        fields.Dict(
+            metadata={
+                "description": "A job body, as for POST /v1/jobs (an item that breaks it is refused on its own)",
+                "allOf": [{"$ref": "#/components/schemas/JobSubmit"}],
+            }
+        ),
         required=True,
         validate=validate.Length(min=1),
         metadata={

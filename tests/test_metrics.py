@@ -6,7 +6,9 @@ own HTTP endpoint, which sums its prefork children (multiprocess mode).
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from dataclasses import replace
 
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse_api import create_app
 from pulse_core.settings import Settings
 from tests.conftest import OBSERVED_QUEUE
-from tests.support import WorkerProcess, auth, wait_for, wait_for_state
+from tests.support import WorkerProcess, auth, job_state, wait_for, wait_for_state
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -113,3 +115,57 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
         assert worker_delta("pulse_job_queue_wait_seconds_count", **labels) == jobs
         assert worker_delta("pulse_job_run_seconds_count", **labels) == attempts
         assert worker_delta("pulse_job_run_seconds_sum", **labels) >= 0
+
+
+def test_queue_depth_reads_the_jobs_waiting_in_tenant_lanes(settings: Settings) -> None:
+    # given a queue no worker consumes, and jobs of two tenants queued on it (each in its lane)
+    queue = "t-depth-unconsumed"
+    client = create_app(replace(settings, default_queue=queue)).test_client()
+    before = value(api_metrics(client), "pulse_queue_depth", queue=queue)
+    for tenant, count in (("acme", 5), ("globex", 3)):
+        for n in range(count):
+            response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": n}}, headers=auth(tenant))
+            assert response.status_code == 202
+    # when /metrics is scraped, then the depth is the 8 jobs waiting
+    assert value(api_metrics(client), "pulse_queue_depth", queue=queue) - before == 8
+
+
+def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(
+    observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    client = create_app(observed_settings).test_client()
+    delayed = {"tenant": "acme", "job_type": "diag.sleep"}
+    dead = {"tenant": "acme", "job_type": "diag.fail"}
+    before = worker_metrics(observed_worker)
+    # given a job asked to start 4 s from now, and a job that dies, sits dead 4 s and is replayed
+    late = client.post(
+        "/v1/jobs",
+        json={"jobType": "diag.sleep", "payload": {"seconds": 0}, "options": {"delaySeconds": 4}},
+        headers=auth("acme"),
+    ).get_json()["jobId"]
+    failing = client.post(
+        "/v1/jobs", json={"jobType": "diag.fail", "payload": {}, "options": {"maxRetries": 0}}, headers=auth("acme")
+    ).get_json()["jobId"]
+    wait_for_state(client, "acme", failing, {"dead"}, timeout=60)
+    time.sleep(4)
+    assert client.post(f"/v1/dead-letters/{failing}/replay", headers=auth("acme")).status_code == 202
+    wait_for_state(client, "acme", late, {"succeeded"}, timeout=60)
+    wait_for(
+        lambda: (
+            job_state(client, "acme", failing)["replays"] == 1 and job_state(client, "acme", failing)["state"] == "dead"
+        ),
+        timeout=60,
+    )
+
+    # then each first attempt's queue wait counts from when it was due, not the 4 s before
+    def waited(labels: dict[str, str]) -> tuple[float, float]:
+        now = worker_metrics(observed_worker)
+        name = "pulse_job_queue_wait_seconds"
+        return (
+            value(now, f"{name}_count", **labels) - value(before, f"{name}_count", **labels),
+            value(now, f"{name}_sum", **labels) - value(before, f"{name}_sum", **labels),
+        )
+
+    wait_for(lambda: waited(delayed)[0] == 1 and waited(dead)[0] == 2, timeout=30)
+    assert waited(delayed)[1] < 3.0, waited(delayed)
+    assert waited(dead)[1] < 3.0, waited(dead)  # both cycles together

@@ -2,7 +2,8 @@
 
 Logs (gunicorn's own, its access log and the app's) go to stderr as one JSON
 object per line (``PULSE_LOG_FORMAT=text`` for plain text). A gunicorn worker
-that exits is marked dead for the Prometheus multiprocess collector.
+that exits is marked dead for the Prometheus multiprocess collector. The master
+serves the metrics on ``PULSE_API_METRICS_PORT`` (never on the public port).
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ logconfig_dict = gunicorn_logconfig(os.environ.get("PULSE_LOG_FORMAT") or DEFAUL
 #: that was valid, and each worker re-reads the tenants file itself (keeping the config
 #: in force when the file is bad). Tracing holds threads, so it starts after the fork.
 preload_app = True
+
+
+def when_ready(server: Any) -> None:
+    """The metrics endpoint, served by the master (it sums every worker's files)."""
+    from pulse_api import observability, wsgi
+
+    port = os.environ.get(observability.METRICS_PORT_ENV)
+    if port:
+        host = os.environ.get(observability.METRICS_HOST_ENV) or observability.DEFAULT_METRICS_HOST
+        observability.serve_metrics(wsgi.app, host, int(port))
+        server.log.info("metrics on http://%s:%s/metrics", host, port)
 
 
 def post_fork(server: Any, worker: Any) -> None:

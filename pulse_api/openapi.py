@@ -85,7 +85,6 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("POST", "/v1/dead-letters/{job_id}/replay"): "replayDeadLetter",
     ("GET", "/healthz"): "getHealth",
     ("GET", "/readyz"): "getReadiness",
-    ("GET", "/metrics"): "getMetrics",
 }
 
 

@@ -71,7 +71,6 @@ OPERATIONS = [
     ("GET", "/v1/dead-letters/{job_id}"),
     ("DELETE", "/v1/dead-letters/{job_id}"),
     ("POST", "/v1/dead-letters/{job_id}/replay"),
-    ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from flask.testing import FlaskClient
@@ -82,3 +83,22 @@ def test_every_operation_has_a_stable_operation_id_and_typed_items(client: Flask
     for op in operations.values():
         for response in op["responses"].values():
             assert {link["operationId"] for link in response.get("links", {}).values()} <= ids
+
+
+def test_swagger_ui_loads_every_asset_from_the_api_itself(client: FlaskClient) -> None:
+    # given /docs
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    # then every script and style it references is a path on this API (no CDN) ...
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert referenced, html
+    assert all(ref.startswith("/") and not ref.startswith("//") for ref in referenced), referenced
+    # ... and each one is served, non-empty
+    for ref in referenced:
+        with client.get(ref) as asset:
+            assert asset.status_code == 200, ref
+            assert len(asset.data) > 1000, ref
+    assert any(ref.endswith("swagger-ui-bundle.js") for ref in referenced)
+    # and the page reads this API's document
+    assert "/openapi.json" in html

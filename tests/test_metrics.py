@@ -1,22 +1,28 @@
 """Prometheus metrics: counters move by exactly what happened, per tenant and jobType.
 
-The API's ``/metrics`` is read through the test client; the worker's from its
-own HTTP endpoint, which sums its prefork children (multiprocess mode).
+The API's metrics are read from its registry in process (and from ``pulse api``'s own
+metrics port in one test); the worker's from its own HTTP endpoint, which sums its
+prefork children (multiprocess mode).
 """
 
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 from flask.testing import FlaskClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_api import create_app
+from pulse_api.observability import metrics_registry
+from pulse_cli.embedded_redis import free_port
 from pulse_core.settings import Settings
 from tests.conftest import OBSERVED_QUEUE
-from tests.support import WorkerProcess, auth, job_state, wait_for, wait_for_state
+from tests.support import ApiProcess, WorkerProcess, auth, job_state, settings_env, wait_for, wait_for_state
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -40,10 +46,8 @@ def worker_metrics(worker: WorkerProcess) -> Samples:
 
 
 def api_metrics(client: FlaskClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    return parse(response.get_data(as_text=True))
+    """What the API's metrics endpoint (a port of its own under ``pulse api``) exposes."""
+    return parse(generate_latest(metrics_registry(client.application)).decode())
 
 
 def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
@@ -169,3 +173,33 @@ def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(
     wait_for(lambda: waited(delayed)[0] == 1 and waited(dead)[0] == 2, timeout=30)
     assert waited(delayed)[1] < 3.0, waited(delayed)
     assert waited(dead)[1] < 3.0, waited(dead)  # both cycles together
+
+
+def test_metrics_are_not_on_the_public_port(settings: Settings, client: FlaskClient, tmp_path: Path) -> None:
+    # given the API as `pulse api` runs it, with its metrics port
+    metrics_port = free_port()
+    api = ApiProcess(
+        settings_env(settings), tmp_path / "api.log", extra_args=("--metrics-port", str(metrics_port))
+    ).start()
+    try:
+        # when a tenant's key asks the public port for /metrics, then there is no such thing
+        status, body = _http(f"{api.url}/metrics", auth("acme"))
+        assert status == 404 and "pulse_" not in body
+        assert "/metrics" not in client.get("/openapi.json").get_json()["paths"]
+        refused = client.get("/metrics", headers=auth("acme"))
+        assert refused.status_code == 404 and refused.mimetype == "application/problem+json"
+        # and the metrics port (loopback by default) serves every API process's numbers
+        status, body = _http(f"http://127.0.0.1:{metrics_port}/metrics", {})
+        assert status == 200
+        assert "pulse_queue_depth" in body
+    finally:
+        api.stop()
+
+
+def _http(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -11,6 +11,7 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
+    pre_load,
     validate,
     validates,
     validates_schema,
@@ -51,6 +52,35 @@ def check_json_bounds(value: Any) -> None:
             stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+
+
+def lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a string that is not Unicode text (a lone surrogate such as
+    ``"\\ud800"``, valid JSON but not encodable as UTF-8), as a dotted path; else ``None``."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "json"
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                inner = f"{where}.{key}" if where else str(key)
+                try:
+                    str(key).encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "json"
+                stack.append((child, inner))
+        elif isinstance(node, list):
+            stack.extend((child, where) for child in node)
+    return None
 
 
 class JsonInteger(fields.Integer):
@@ -159,6 +189,19 @@ class JobSubmitSchema(Schema):
         },
     )
     options = fields.Nested(JobOptionsSchema)
+
+    @pre_load
+    def _text_is_unicode(self, data: Any, **_: Any) -> Any:
+        """A lone surrogate cannot be stored, fingerprinted or handed on: refuse it by field."""
+        if isinstance(data, dict):
+            for name in ("payload", "metadata", "idempotencyKey", "tenantId", "jobType"):
+                where = lone_surrogate_at(data.get(name), name) if name in data else None
+                if where:
+                    raise ValidationError({name: [f"{where} holds a lone surrogate (not Unicode text)"]})
+            where = lone_surrogate_at(data)
+            if where:
+                raise ValidationError({where.split(".", 1)[0]: ["holds a lone surrogate (not Unicode text)"]})
+        return data
 
     @validates("payload")
     def _payload_is_bounded_object(self, value: Any, **_: Any) -> None:

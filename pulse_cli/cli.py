@@ -88,10 +88,11 @@ def flower_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
 
 
 def api_command(host: str, port: int, workers: int) -> list[str]:
+    # pulse_api.serve is gunicorn's own entry point, run after gevent patches the stdlib.
     return [
         sys.executable,
         "-m",
-        "gunicorn",
+        "pulse_api.serve",
         "--config",
         GUNICORN_CONFIG,
         "--bind",

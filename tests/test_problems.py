@@ -138,4 +138,5 @@ def test_the_bulk_replay_path_allows_post_only(client: FlaskClient) -> None:
     refused = client.get("/v1/dead-letters/replay", headers=auth("acme"))
     assert_problem(refused, 405, "method-not-allowed")
     assert refused.headers["Allow"] == "OPTIONS, POST"
-    assert client.options("/v1/dead-letters/replay", headers=auth("acme")).headers["Allow"] == "OPTIONS, POST"
+    allowed = client.options("/v1/dead-letters/replay", headers=auth("acme")).headers["Allow"]
+    assert set(allowed.split(", ")) == {"OPTIONS", "POST"}

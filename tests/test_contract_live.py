@@ -25,7 +25,7 @@ from tests.support import TENANT_KEYS, ApiProcess, auth, settings_env, wait_for_
 #: A queue nobody consumes: fuzzed jobs are recorded and queued, never run.
 FUZZ_QUEUE = "t-contract-live"
 #: Examples per operation and phase; with the seed fixed, the run is the same each time.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 50
 SEED = 1307
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CONFIG = Path(__file__).with_name("schemathesis.toml")

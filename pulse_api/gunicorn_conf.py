@@ -20,10 +20,13 @@ from typing import Any  # noqa: E402
 
 from prometheus_client import multiprocess  # noqa: E402
 
+from pulse_api import server_errors  # noqa: E402
 from pulse_core.settings import DEFAULT_LOG_FORMAT  # noqa: E402
 from pulse_core.telemetry import tracing  # noqa: E402
 from pulse_core.telemetry.logs import gunicorn_logconfig  # noqa: E402
 from pulse_core.telemetry.metrics import multiprocess_dir  # noqa: E402
+
+server_errors.install()  # gunicorn's own refusals (414, 431, 400) as problem documents
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("PULSE_LOG_FORMAT") or DEFAULT_LOG_FORMAT)
 #: The app is loaded once, in the master: a SIGHUP then starts workers from a config

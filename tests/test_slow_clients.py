@@ -71,16 +71,29 @@ def test_submits_are_answered_while_500_clients_send_headers_slowly(api: ApiProc
             sock.close()
 
 
-def test_requests_gunicorn_refuses_itself_are_answered_as_documented(api: ApiProcess) -> None:
-    # given requests the HTTP server refuses before Pulse sees them (README: "Limits of the HTTP server")
-    def raw(request: bytes) -> bytes:
+def test_requests_gunicorn_refuses_itself_are_problem_documents(api: ApiProcess) -> None:
+    # given requests the HTTP server refuses before Pulse's app sees them
+    def raw(request: bytes) -> tuple[int, str, dict[str, object]]:
         with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
             sock.sendall(request)
-            return sock.recv(4096)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), headers["Content-Type"], json.loads(body)
 
-    # then a request line over 4094 bytes is 414, a header over 8190 bytes is 431
-    assert raw(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 414")
-    assert raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
-    # and more than 100 headers is 431
     many = b"".join(b"X-H%d: 1\r\n" % n for n in range(120))
-    assert raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+    cases = [
+        # a request line over 4094 bytes, a header over 8190 bytes, more than 100 headers, not HTTP
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n", 431),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    ]
+    for request, status in cases:
+        # then each is a problem document with the status gunicorn chose
+        got, media_type, problem = raw(request)
+        assert (got, media_type) == (status, "application/problem+json"), (got, media_type, problem)
+        assert problem["status"] == status and str(problem["type"]).startswith("/problems/")

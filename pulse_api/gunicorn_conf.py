@@ -21,6 +21,7 @@ from typing import Any  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
 from pulse_api import server_errors  # noqa: E402
+from pulse_api.services import EXTENSION_KEY  # noqa: E402
 from pulse_core.settings import DEFAULT_LOG_FORMAT  # noqa: E402
 from pulse_core.telemetry import tracing  # noqa: E402
 from pulse_core.telemetry.logs import gunicorn_logconfig  # noqa: E402
@@ -44,15 +45,18 @@ worker_connections = 1000
 keepalive = 5
 
 
+def services_of(app: Any) -> Any:
+    return app.extensions[EXTENSION_KEY]
+
+
 def when_ready(server: Any) -> None:
     """The metrics endpoint, served by the master (it sums every worker's files)."""
     from pulse_api import observability, wsgi
 
-    port = os.environ.get(observability.METRICS_PORT_ENV)
-    if port:
-        host = os.environ.get(observability.METRICS_HOST_ENV) or observability.DEFAULT_METRICS_HOST
-        observability.serve_metrics(wsgi.app, host, int(port))
-        server.log.info("metrics on http://%s:%s/metrics", host, port)
+    settings = services_of(wsgi.app).settings
+    if settings.api_metrics_port:
+        observability.serve_metrics(wsgi.app, settings.api_metrics_host, settings.api_metrics_port)
+        server.log.info("metrics on http://%s:%s/metrics", settings.api_metrics_host, settings.api_metrics_port)
 
 
 def post_fork(server: Any, worker: Any) -> None:

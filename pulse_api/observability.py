@@ -35,11 +35,6 @@ REASON_BY_STATUS = {
 
 TRACED_KEY = "pulse.traced"
 
-#: ``pulse api --metrics-port``/``--metrics-host`` pass these to the gunicorn config.
-METRICS_PORT_ENV = "PULSE_API_METRICS_PORT"
-METRICS_HOST_ENV = "PULSE_API_METRICS_HOST"
-DEFAULT_METRICS_HOST = "127.0.0.1"
-
 
 def metrics_registry(app: Flask) -> CollectorRegistry:
     """What the API's metrics endpoint exposes: every API process summed, and queue depths."""

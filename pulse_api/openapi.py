@@ -93,6 +93,7 @@ def _link(operation_id: str, job_id: str) -> dict[str, Any]:
 
 
 _NEW_JOB = "$response.body#/jobId"
+#: The first job of a page (jobs and dead letters alike).
 _FIRST_DEAD = "$response.body#/items/0/jobId"
 #: OpenAPI links (operation, status) -> name -> link: what a client (or a stateful
 #: fuzzer) can do next with an answer: submit -> read -> cancel; dead letter -> replay.
@@ -105,6 +106,7 @@ LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
         "GetJob": _link("getJob", _NEW_JOB),
         "CancelJob": _link("cancelJob", _NEW_JOB),
     },
+    ("GET", "/v1/jobs", "200"): {"GetJob": _link("getJob", _FIRST_DEAD), "CancelJob": _link("cancelJob", _FIRST_DEAD)},
     ("GET", "/v1/jobs/{job_id}", "200"): {"CancelJob": _link("cancelJob", _NEW_JOB)},
     ("POST", "/v1/jobs/{job_id}/cancel", "200"): {"GetJob": _link("getJob", _NEW_JOB)},
     ("GET", "/v1/dead-letters", "200"): {

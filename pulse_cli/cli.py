@@ -41,7 +41,7 @@ DEV_WORKER_METRICS_PORT = 9808
 #: The embedded Redis's port: PULSE_REDIS_URL's default, so other commands find it.
 DEV_REDIS_PORT = 6379
 DEFAULT_API_METRICS_PORT = 9807
-#: Read by pulse_api.gunicorn_conf (pulse_api.observability names them too).
+#: Settings read by pulse_api.gunicorn_conf (declared in pulse_core.settings).
 API_METRICS_PORT_ENV = "PULSE_API_METRICS_PORT"
 API_METRICS_HOST_ENV = "PULSE_API_METRICS_HOST"
 STOP_GRACE_SECONDS = 15.0

@@ -12,7 +12,8 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, dead_letters, health, jobs, observability
+from pulse_api import batches, dead_letters, docs, health, jobs, observability
+from pulse_api.openapi import DeadLetterIdConverter, StableOperations
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
     from_http_exception,
@@ -68,20 +69,22 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=docs.ASSETS_URL,  # served by this app: /docs works offline
         API_SPEC_OPTIONS={
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
     svc = Services.build(settings, source)
     app.extensions[EXTENSION_KEY] = svc
-    api = PulseApi(app)
+    app.url_map.converters["dead_letter_id"] = DeadLetterIdConverter
+    api = PulseApi(app, spec_kwargs={"extra_plugins": [StableOperations()]})
+    api.register_converter(DeadLetterIdConverter, DeadLetterIdConverter.parameter_schema)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)
     api.register_blueprint(dead_letters.blp)
-    api.register_blueprint(observability.blp)
     observability.install(app, svc)
+    docs.install(app)
     app.register_error_handler(PulseError, from_pulse_error)
     app.register_error_handler(HTTPException, from_http_exception)
     app.register_error_handler(Exception, from_unexpected)

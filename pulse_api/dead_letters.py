@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -25,7 +25,7 @@ from pulse_api.schemas import (
 )
 from pulse_api.services import Services, services
 from pulse_core.broker.celery_app import publish_job
-from pulse_core.errors import BrokerUnavailable, JobNotFound, Refused
+from pulse_core.errors import BrokerUnavailable, InvalidParameter, JobNotFound, Refused
 from pulse_core.jobs import Job, JobState
 from pulse_core.store.job_store import DeadLetterBounds
 from pulse_core.tenants import Tenant
@@ -104,7 +104,13 @@ class BulkReplay(MethodView):
     @problems(blp, 400, 401, 413, 415, 422, 429, 503)
     @blp.doc(security=[{"bearer": []}])
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Replay the dead letters matching a filter (at most 1000 per call); ``dryRun`` counts."""
+        """Replay the dead letters matching a filter (at most 1000 per call); ``dryRun`` counts.
+
+        The body is required, as the document says: ``{}`` (every dead letter) is a
+        choice the caller writes out, never what an empty request means.
+        """
+        if not request.get_data(cache=True):
+            raise InvalidParameter("body", "a JSON body is required; send {} to replay every dead letter")
         svc = services()
         tenant_id = g.tenant.tenant_id
         after, before = body.get("deadAfter"), body.get("deadBefore")
@@ -129,7 +135,7 @@ class BulkReplay(MethodView):
         return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"], "jobIds": ids}
 
 
-@blp.route("/<string:job_id>")
+@blp.route("/<dead_letter_id:job_id>")
 class DeadLetter(MethodView):
     @blp.response(200, JobSchema)
     @problems(blp, 401, 404)
@@ -150,7 +156,7 @@ class DeadLetter(MethodView):
             raise _not_found(job_id)
 
 
-@blp.route("/<string:job_id>/replay")
+@blp.route("/<dead_letter_id:job_id>/replay")
 class ReplayOne(MethodView):
     @blp.response(202, JobSchema, description="Queued again under the same jobId")
     @problems(blp, 401, 404, 429, 503)

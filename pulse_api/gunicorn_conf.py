@@ -2,26 +2,61 @@
 
 Logs (gunicorn's own, its access log and the app's) go to stderr as one JSON
 object per line (``PULSE_LOG_FORMAT=text`` for plain text). A gunicorn worker
-that exits is marked dead for the Prometheus multiprocess collector.
+that exits is marked dead for the Prometheus multiprocess collector. The master
+serves the metrics on ``PULSE_API_METRICS_PORT`` (never on the public port).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+# gevent workers need the standard library patched before the app is preloaded in
+# this (the master) process. `pulse api` (pulse_api.serve) has patched it already,
+# before gunicorn imported ssl; this covers `gunicorn -c python:pulse_api.gunicorn_conf`.
+from gevent import monkey
 
-from prometheus_client import multiprocess
+monkey.patch_all()
 
-from pulse_core.settings import DEFAULT_LOG_FORMAT
-from pulse_core.telemetry import tracing
-from pulse_core.telemetry.logs import gunicorn_logconfig
-from pulse_core.telemetry.metrics import multiprocess_dir
+import os  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prometheus_client import multiprocess  # noqa: E402
+
+from pulse_api import server_errors  # noqa: E402
+from pulse_api.services import EXTENSION_KEY  # noqa: E402
+from pulse_core.settings import DEFAULT_LOG_FORMAT  # noqa: E402
+from pulse_core.telemetry import tracing  # noqa: E402
+from pulse_core.telemetry.logs import gunicorn_logconfig  # noqa: E402
+from pulse_core.telemetry.metrics import multiprocess_dir  # noqa: E402
+
+server_errors.install()  # gunicorn's own refusals (414, 431, 400) as problem documents
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("PULSE_LOG_FORMAT") or DEFAULT_LOG_FORMAT)
 #: The app is loaded once, in the master: a SIGHUP then starts workers from a config
 #: that was valid, and each worker re-reads the tenants file itself (keeping the config
 #: in force when the file is bad). Tracing holds threads, so it starts after the fork.
 preload_app = True
+#: Slow clients: each connection is a greenlet, so clients that send their headers
+#: slowly (or never) hold no thread and no process; submits keep being answered. At
+#: most ``worker_connections`` connections per worker process; kept-alive ones close
+#: after ``keepalive`` seconds idle. In production put a buffering proxy in front
+#: (docs/operations.md). Measured: sync workers stopped answering with 2 slow clients,
+#: gthread (32 threads) with 500; gevent answered every submit with 500 open.
+worker_class = "gevent"
+worker_connections = 1000
+keepalive = 5
+
+
+def services_of(app: Any) -> Any:
+    return app.extensions[EXTENSION_KEY]
+
+
+def when_ready(server: Any) -> None:
+    """The metrics endpoint, served by the master (it sums every worker's files)."""
+    from pulse_api import observability, wsgi
+
+    settings = services_of(wsgi.app).settings
+    if settings.api_metrics_port:
+        observability.serve_metrics(wsgi.app, settings.api_metrics_host, settings.api_metrics_port)
+        server.log.info("metrics on http://%s:%s/metrics", settings.api_metrics_host, settings.api_metrics_port)
 
 
 def post_fork(server: Any, worker: Any) -> None:

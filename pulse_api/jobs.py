@@ -75,7 +75,7 @@ class Jobs(MethodView):
         description="Idempotent replay: the job first sent with this key, in its current state",
         headers={**_LOCATION, **_REPLAYED, **RATE_LIMIT_HEADERS},
     )
-    @problems(blp, 400, 401, 413, 415, 422, 429, 503, submit=True)
+    @problems(blp, 400, 401, 403, 413, 415, 422, 429, 503, submit=True)
     @blp.doc(
         parameters=[
             {

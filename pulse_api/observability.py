@@ -1,14 +1,13 @@
-"""The API's telemetry: ``GET /metrics``, refusals counted by reason, Flask tracing, log context."""
+"""The API's telemetry: a metrics endpoint on a port of its own, refusals counted by reason,
+Flask tracing, log context."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
-from flask.views import MethodView
-from flask_smorest import Blueprint
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from pulse_api.services import Services, services
@@ -38,18 +37,20 @@ REASON_BY_STATUS = {
 
 TRACED_KEY = "pulse.traced"
 
-blp = Blueprint("metrics", __name__, description="Prometheus metrics")
+
+def metrics_registry(app: Flask) -> CollectorRegistry:
+    """What the API's metrics endpoint exposes: every API process summed, and queue depths."""
+    registry: CollectorRegistry = app.extensions[REGISTRY_KEY]
+    return registry
 
 
-@blp.route("/metrics")
-class Metrics(MethodView):
-    @blp.response(
-        200, content_type=CONTENT_TYPE_LATEST, description="Prometheus text format, summed over all API processes"
-    )
-    def get(self) -> Response:
-        """Job counters and histograms per tenant and jobType, and queue depths."""
-        registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+def serve_metrics(app: Flask, host: str, port: int) -> None:
+    """Serve ``app``'s metrics on ``host:port``, apart from the public API (in a thread).
+
+    The public port has no ``/metrics``: the numbers name every tenant, so they are
+    for Prometheus on a network of its own, never for a tenant's key.
+    """
+    start_http_server(port, host, metrics_registry(app))
 
 
 def install(app: Flask, svc: Services) -> None:
@@ -57,7 +58,7 @@ def install(app: Flask, svc: Services) -> None:
     metrics.set_enabled(svc.settings.metrics_enabled)
     broker = _broker_redis(svc.settings)
     extra: list[Collector] = [LiveJobTypesCollector(svc.redis)]
-    if broker:
+    if broker is not None:
         extra.append(QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants)))
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*extra)
     app.after_request(_count_refusal)

@@ -15,7 +15,7 @@ from flask import Response, g, json
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from pulse_core.errors import (
     AuthenticationFailed,
@@ -51,7 +51,7 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     JobNotCancellable: (409, "job-finished", "The job has already finished"),
     UnknownJobType: (422, "unknown-job-type", "Unknown jobType"),
     InvalidParameter: (422, "validation-error", "A value is out of range"),
-    TenantMismatch: (422, "tenant-mismatch", "tenantId is not the API key's tenant"),
+    TenantMismatch: (403, "tenant-mismatch", "tenantId is not the API key's tenant"),
     IdempotencyConflict: (
         422,
         "idempotency-key-reused",
@@ -67,6 +67,7 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
 #: Problem type slugs for plain HTTP errors.
 HTTP_SLUGS = {
     400: "malformed-request",
+    403: "forbidden",
     404: "not-found",
     409: "conflict",
     405: "method-not-allowed",
@@ -155,6 +156,9 @@ def from_http_exception(error: HTTPException) -> Response:
     if status >= 500:
         detail = None
     headers = dict(data.get("headers") or {})
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        # RFC 9110 section 15.5.6: a 405 names the methods the resource does allow.
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
     return problem(
         status,
         HTTP_SLUGS.get(status, f"http-{status}"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import (
     RAISE,
     Schema,
     ValidationError,
     fields,
+    pre_load,
     validate,
     validates,
     validates_schema,
@@ -53,6 +54,35 @@ def check_json_bounds(value: Any) -> None:
             stack.extend((child, depth + 1) for child in node)
 
 
+def lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a string that is not Unicode text (a lone surrogate such as
+    ``"\\ud800"``, valid JSON but not encodable as UTF-8), as a dotted path; else ``None``."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "json"
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                inner = f"{where}.{key}" if where else str(key)
+                try:
+                    str(key).encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "json"
+                stack.append((child, inner))
+        elif isinstance(node, list):
+            stack.extend((child, where) for child in node)
+    return None
+
+
 class JsonInteger(fields.Integer):
     """An integer as JSON has it: ``5``, not ``"5"``, ``5.0`` or ``true``."""
 
@@ -85,6 +115,9 @@ class JobOptionsSchema(Schema):
 
     class Meta:
         unknown = RAISE
+
+    #: In the OpenAPI document too: ``delaySeconds`` and ``runAt`` exclude each other.
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {"not": {"required": ["delaySeconds", "runAt"]}}
 
     maxRetries = JsonInteger(
         validate=validate.Range(min=0),
@@ -140,7 +173,6 @@ class JobSubmitSchema(Schema):
     )
     metadata = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=64)),
-        values=fields.Raw(allow_none=True),
         metadata={
             "description": "Caller's labels (string, number, boolean or null values, "
             f"at most {MAX_METADATA_KEYS} of them and {MAX_METADATA_BYTES} bytes as JSON); "
@@ -157,6 +189,19 @@ class JobSubmitSchema(Schema):
         },
     )
     options = fields.Nested(JobOptionsSchema)
+
+    @pre_load
+    def _text_is_unicode(self, data: Any, **_: Any) -> Any:
+        """A lone surrogate cannot be stored, fingerprinted or handed on: refuse it by field."""
+        if isinstance(data, dict):
+            for name in ("payload", "metadata", "idempotencyKey", "tenantId", "jobType"):
+                where = lone_surrogate_at(data.get(name), name) if name in data else None
+                if where:
+                    raise ValidationError({name: [f"{where} holds a lone surrogate (not Unicode text)"]})
+            where = lone_surrogate_at(data)
+            if where:
+                raise ValidationError({where.split(".", 1)[0]: ["holds a lone surrogate (not Unicode text)"]})
+        return data
 
     @validates("payload")
     def _payload_is_bounded_object(self, value: Any, **_: Any) -> None:
@@ -186,7 +231,12 @@ class BatchSubmitSchema(Schema):
         unknown = RAISE
 
     jobs = fields.List(
-        fields.Dict(metadata={"description": "A job body, as for POST /v1/jobs"}),
+        fields.Dict(
+            metadata={
+                "description": "A job body, as for POST /v1/jobs (an item that breaks it is refused on its own)",
+                "allOf": [{"$ref": "#/components/schemas/JobSubmit"}],
+            }
+        ),
         required=True,
         validate=validate.Length(min=1),
         metadata={

@@ -7,7 +7,9 @@ Each subcommand starts its process by module path (gunicorn ``pulse_api.wsgi:app
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,12 +31,19 @@ from pulse_core.telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.tenants import TenantsConfig
 
 CELERY_APP = "pulse_worker.app"
+FLOWER_APP = "pulse_cli.flower_app"
 WSGI_APP = "pulse_api.wsgi:app"
 DIAGNOSTICS_MODULE = "pulse_worker.diagnostics"
 DEV_TENANTS_FILE = Path("deploy/tenants.dev.toml")
 DEV_DEMO_KEY = "pulse-demo-key"
 DEV_STATE_DIR = Path(".pulse")
 DEV_WORKER_METRICS_PORT = 9808
+#: The embedded Redis's port: PULSE_REDIS_URL's default, so other commands find it.
+DEV_REDIS_PORT = 6379
+DEFAULT_API_METRICS_PORT = 9807
+#: Settings read by pulse_api.gunicorn_conf (declared in pulse_core.settings).
+API_METRICS_PORT_ENV = "PULSE_API_METRICS_PORT"
+API_METRICS_HOST_ENV = "PULSE_API_METRICS_HOST"
 STOP_GRACE_SECONDS = 15.0
 GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
 
@@ -79,10 +88,11 @@ def flower_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
 
 
 def api_command(host: str, port: int, workers: int) -> list[str]:
+    # pulse_api.serve is gunicorn's own entry point, run after gevent patches the stdlib.
     return [
         sys.executable,
         "-m",
-        "gunicorn",
+        "pulse_api.serve",
         "--config",
         GUNICORN_CONFIG,
         "--bind",
@@ -118,7 +128,7 @@ def worker_command(
 
 
 def flower_command(address: str, port: int) -> list[str]:
-    return _celery("flower", f"--address={address}", f"--port={port}")
+    return [sys.executable, "-m", "celery", "-A", FLOWER_APP, "flower", f"--address={address}", f"--port={port}"]
 
 
 @click.group()
@@ -131,11 +141,23 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
 @click.option("--metrics-dir", help="folder for per-process metric files (emptied at start)")
-def api(host: str, port: int, workers: int, metrics_dir: str | None) -> None:
-    """Serve the HTTP API with gunicorn."""
+@click.option(
+    "--metrics-port",
+    default=DEFAULT_API_METRICS_PORT,
+    show_default=True,
+    type=int,
+    help="Prometheus endpoint, apart from the public port (0: none)",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address of the metrics endpoint")
+def api(host: str, port: int, workers: int, metrics_dir: str | None, metrics_port: int, metrics_host: str) -> None:
+    """Serve the HTTP API with gunicorn (metrics on a port of their own)."""
     _check_settings(os.environ, need_tenants=True)
     env = dict(os.environ)
     use_metrics_dir(env, metrics_dir, "api")
+    env.pop(API_METRICS_PORT_ENV, None)
+    if metrics_port:
+        env[API_METRICS_PORT_ENV] = str(metrics_port)
+        env[API_METRICS_HOST_ENV] = metrics_host
     _exec(api_command(host, port, workers), env)
 
 
@@ -166,7 +188,7 @@ def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> li
 )
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--events/--no-events", default=False, help="send task events (for Flower)")
+@click.option("--events/--no-events", default=True, show_default=True, help="send task events (for Flower)")
 @click.option("--metrics-dir", help="folder for per-process metric files (emptied at start)")
 def worker(
     queues: str | None,
@@ -211,10 +233,41 @@ def flower(address: str, port: int) -> None:
     type=int,
     help="the worker's Prometheus endpoint (0: none)",
 )
-def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: int) -> None:
-    """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower."""
+@click.option(
+    "--api-metrics-port",
+    default=DEFAULT_API_METRICS_PORT,
+    show_default=True,
+    type=int,
+    help="the API's Prometheus endpoint (0: none)",
+)
+@click.option(
+    "--redis-port",
+    default=DEV_REDIS_PORT,
+    show_default=True,
+    type=int,
+    help="port of the embedded Redis (the default is PULSE_REDIS_URL's, so other commands find it)",
+)
+def dev(
+    api_port: int,
+    flower_port: int,
+    concurrency: int,
+    worker_metrics_port: int,
+    api_metrics_port: int,
+    redis_port: int,
+) -> None:
+    """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower.
+
+    The embedded Redis listens on PULSE_REDIS_URL's default port, and the stack's
+    settings are written to .pulse/env, so `pulse` and `celery` commands in a second
+    terminal reach it as they are (or after `set -a; . .pulse/env; set +a`).
+    """
     env = dict(os.environ)
     env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
+    if not Path(env["PULSE_TENANTS_FILE"]).is_file():
+        raise click.ClickException(
+            f"no tenants file at {env['PULSE_TENANTS_FILE']}: run pulse dev from the repository root "
+            "(where deploy/ is), or set PULSE_TENANTS_FILE"
+        )
     modules = [m for m in env.get("PULSE_HANDLER_MODULES", "").split(",") if m.strip()]
     env["PULSE_HANDLER_MODULES"] = ",".join([*modules, DIAGNOSTICS_MODULE])
     # Flower's HTTP API answers without a login on the loopback-only dev stack.
@@ -222,35 +275,72 @@ def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: 
     env.update(WORKER_ENV)
     if worker_metrics_port:
         env["PULSE_WORKER_METRICS_PORT"] = str(worker_metrics_port)
+    embed = not env.get("PULSE_REDIS_URL")
+    ports = {"API (--api-port)": api_port, "Flower (--flower-port)": flower_port}
+    ports |= {"worker metrics (--worker-metrics-port)": worker_metrics_port}
+    ports |= {"API metrics (--api-metrics-port)": api_metrics_port}
+    if embed:
+        ports["embedded Redis (--redis-port, or set PULSE_REDIS_URL to use a running Redis)"] = redis_port
+    for what, port in ports.items():
+        if port and not port_is_free(port):
+            raise click.ClickException(f"port {port} is in use: stop what holds it, or choose another {what}")
+    if embed:
+        env["PULSE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    settings = _check_settings(env, need_tenants=True)
     redis: EmbeddedRedis | None = None
-    if not env.get("PULSE_REDIS_URL"):
+    if embed:
         try:
-            redis = EmbeddedRedis(DEV_STATE_DIR / "redis").start()
+            redis = EmbeddedRedis(DEV_STATE_DIR / "redis", port=redis_port).start()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-        env["PULSE_REDIS_URL"] = redis.url
-    settings = _check_settings(env, need_tenants=True)
-    # The worker starts first, and the API only once the worker has announced its
-    # jobTypes: when the API answers, the jobs it accepts have somewhere to run.
-    # Each child is a `pulse` subcommand, which sets up its own metrics folder and env.
-    metrics = DEV_STATE_DIR / "metrics"
-    stages: list[dict[str, list[str]]] = [
-        {
-            "worker": _pulse(
-                "worker", "--concurrency", str(concurrency), "--events", "--metrics-dir", str(metrics / "worker")
-            )
-        },
-        {
-            "api": _pulse("api", "--port", str(api_port), "--metrics-dir", str(metrics / "api")),
-            "flower": _pulse("flower", "--port", str(flower_port)),
-        },
-    ]
-    _print_banner(settings, redis, api_port, flower_port, worker_metrics_port)
-    redis_client = connect(settings.redis_url)
-    code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
-    if redis is not None:
-        redis.stop()
+    code = 1
+    try:
+        write_dev_env(DEV_STATE_DIR / "env", env)
+        # The worker starts first, and the API only once the worker has announced its
+        # jobTypes: when the API answers, the jobs it accepts have somewhere to run.
+        # Each child is a `pulse` subcommand, which sets up its own metrics folder and env.
+        metrics = DEV_STATE_DIR / "metrics"
+        api_args = ["--port", str(api_port), "--metrics-port", str(api_metrics_port)]
+        stages: list[dict[str, list[str]]] = [
+            {
+                "worker": _pulse(
+                    "worker", "--concurrency", str(concurrency), "--events", "--metrics-dir", str(metrics / "worker")
+                )
+            },
+            {
+                "api": _pulse("api", *api_args, "--metrics-dir", str(metrics / "api")),
+                "flower": _pulse("flower", "--port", str(flower_port)),
+            },
+        ]
+        _print_banner(settings, redis, api_port, flower_port, worker_metrics_port, api_metrics_port)
+        redis_client = connect(settings.redis_url)
+        code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
+    finally:
+        # No orphan: whatever stopped the stack (or its start-up), the embedded Redis stops too.
+        if redis is not None:
+            redis.stop()
     sys.exit(code)
+
+
+#: The settings a second terminal needs to reach the dev stack (written to .pulse/env).
+DEV_ENV_NAMES = ("PULSE_REDIS_URL", "PULSE_BROKER_URL", "PULSE_TENANTS_FILE", "PULSE_HANDLER_MODULES")
+
+
+def write_dev_env(path: Path, env: Mapping[str, str]) -> None:
+    """Write the dev stack's settings as ``NAME=value`` lines a shell can source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{name}={shlex.quote(env[name])}" for name in DEV_ENV_NAMES if env.get(name)]
+    path.write_text("# Written by `pulse dev`: set -a; . .pulse/env; set +a\n" + "\n".join(lines) + "\n")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (bind test, as a server would)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _print_banner(
@@ -259,6 +349,7 @@ def _print_banner(
     api_port: int,
     flower_port: int,
     worker_metrics_port: int,
+    api_metrics_port: int,
 ) -> None:
     where = f"embedded, data in {DEV_STATE_DIR / 'redis'}" if redis else "from PULSE_REDIS_URL"
     click.echo(
@@ -266,7 +357,10 @@ def _print_banner(
             [
                 "Pulse dev stack",
                 f"  Redis   {settings.redis_url}  ({where})",
-                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json, metrics: /metrics)",
+                f"  API     http://127.0.0.1:{api_port}  (docs: /docs, /openapi.json)",
+                f"          metrics: http://127.0.0.1:{api_metrics_port}/metrics"
+                if api_metrics_port
+                else "          metrics: off",
                 "  Worker  1 Celery worker, handlers: " + ", ".join(settings.handler_modules),
                 f"          metrics: http://127.0.0.1:{worker_metrics_port}/metrics"
                 if worker_metrics_port
@@ -277,6 +371,7 @@ def _print_banner(
                 f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",
                 "    -H 'Content-Type: application/json' \\",
                 """    -d '{"jobType": "diag.echo", "payload": {"hello": "world"}}'""",
+                f"Settings for a second terminal: {DEV_STATE_DIR / 'env'}",
                 "Ctrl-C stops everything.",
                 "",
             ]

@@ -144,6 +144,12 @@ class WorkerLost(JobFailed):
     """The attempt's worker died (killed, crashed or hard time limit) before recording it."""
 
 
+class JobDead(PulseError):
+    """Raised by the generic task once a job's record is final as ``dead``, so that Celery
+    (and Flower) see the task fail. Its message names the job and its last error's type,
+    never the payload or the handler's message."""
+
+
 class JobCancelled(JobFailed):
     """Raised by a handler that saw ``ctx.cancel_requested()``: the job ends ``cancelled``."""
 

@@ -67,6 +67,9 @@ class Job:
     cancel_requested: bool = False
     #: 0-9, higher runs sooner among the jobs waiting on the same queue.
     priority: int = DEFAULT_PRIORITY
+    #: When the job's current cycle was first due to run (epoch seconds): its start time
+    #: when accepted (a delayed job's ``runAt``), or its replay. The queue wait counts from here.
+    ready_at: float | None = None
 
     def to_redis(self) -> dict[str, str]:
         """The record as the flat string mapping stored in a Redis hash."""
@@ -88,6 +91,7 @@ class Job:
             "maxRetries": self.max_retries,
             "timeoutSeconds": self.timeout_seconds,
             "dueAt": self.due_at,
+            "readyAt": self.ready_at,
         }
         flat.update({key: str(value) for key, value in optional.items() if value is not None})
         if self.cycle:
@@ -131,6 +135,7 @@ class Job:
             cycle=int(raw.get("cycle") or 0),
             cancel_requested=raw.get("cancelRequested") == "1",
             priority=int(raw.get("priority") or DEFAULT_PRIORITY),
+            ready_at=float(raw["readyAt"]) if raw.get("readyAt") else None,
         )
 
     def document(self) -> dict[str, Any]:

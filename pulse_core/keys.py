@@ -2,11 +2,23 @@
 
 All keys start with ``pulse:`` so that an operator can find (and a test can
 clear) Pulse's state without touching the broker's own keys.
+
+Collision-free by construction: ``:`` separates a key's parts, so a part that
+may hold one (a jobType such as ``a:tenant:b``) goes through ``part``, which
+escapes ``%`` and ``:``; two different part lists never build the same key.
+Parts that cannot hold ``:`` (tenant ids, queue names, server-made job ids and
+digests) are unchanged by it, so existing keys keep their names.
 """
 
 from __future__ import annotations
 
 PREFIX = "pulse"
+
+
+def part(text: str) -> str:
+    """One key part that cannot be mistaken for a separator: ``%`` -> ``%25``, ``:`` -> ``%3A``."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
 
 #: Sorted set of announced jobTypes, scored by the time (epoch seconds) their
 #: announcement expires. Workers refresh it; the API reads live members.
@@ -26,13 +38,13 @@ SWEEP_LOCK = f"{PREFIX}:sweep-lock"
 
 def job(job_id: str) -> str:
     """Hash holding one job record (the source of truth for its state)."""
-    return f"{PREFIX}:job:{job_id}"
+    return f"{PREFIX}:job:{part(job_id)}"
 
 
 def tenant_jobs(tenant_id: str) -> str:
     """Sorted set of a tenant's job ids, scored by creation time in milliseconds (a tie is
     scored 1/1024 ms above the newest entry: ``pulse_core.store.listing``)."""
-    return f"{PREFIX}:tenant:{tenant_id}:jobs"
+    return f"{PREFIX}:tenant:{part(tenant_id)}:jobs"
 
 
 #: Hash of tenant id -> how many of its jobs are not yet final (the backlog).
@@ -52,13 +64,13 @@ def rate_limit(limits_key: str) -> str:
 
 def idempotency(tenant_id: str, key_digest: str) -> str:
     """String ``<body fingerprint> <jobId>`` for one tenant's idempotency key (hashed)."""
-    return f"{PREFIX}:tenant:{tenant_id}:idem:{key_digest}"
+    return f"{PREFIX}:tenant:{part(tenant_id)}:idem:{part(key_digest)}"
 
 
 def tenant_dead_letters(tenant_id: str) -> str:
     """Sorted set of a tenant's dead job ids, scored by when they died (epoch milliseconds; ties
     broken as in ``tenant_jobs``)."""
-    return f"{PREFIX}:tenant:{tenant_id}:dead"
+    return f"{PREFIX}:tenant:{part(tenant_id)}:dead"
 
 
 def lanes(queue: str) -> str:
@@ -67,14 +79,14 @@ def lanes(queue: str) -> str:
     A tenant joins it in the same step that creates a job record for that queue;
     workers consuming the queue read it to consume every lane.
     """
-    return f"{PREFIX}:lanes:{queue}"
+    return f"{PREFIX}:lanes:{part(queue)}"
 
 
 def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     """Sorted set of the job ids holding a run slot of ``job_type`` (of one tenant, or
     of all): member -> when its grace before the claim ends (epoch seconds)."""
-    scope = f":tenant:{tenant_id}" if tenant_id is not None else ""
-    return f"{PREFIX}:slots:{job_type}{scope}"
+    scope = f":tenant:{part(tenant_id)}" if tenant_id is not None else ""
+    return f"{PREFIX}:slots:{part(job_type)}{scope}"
 
 
 #: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).
@@ -84,5 +96,5 @@ EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
 def execution_rate(job_type: str, tenant_id: str | None, limit: int, seconds: int) -> str:
     """List of the start times in one execution-rate window (``limit`` per ``seconds``) of
     ``job_type`` (of one tenant, or of all), newest first; trimmed to ``limit``, expiring."""
-    scope = f":tenant:{tenant_id}" if tenant_id is not None else ""
-    return f"{EXECUTION_RATE_PREFIX}:{job_type}{scope}:{limit}/{seconds}"
+    scope = f":tenant:{part(tenant_id)}" if tenant_id is not None else ""
+    return f"{EXECUTION_RATE_PREFIX}:{part(job_type)}{scope}:{limit}/{seconds}"

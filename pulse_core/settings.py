@@ -375,6 +375,21 @@ class Settings:
         "`off`: record no Prometheus metrics at all (`on`/`off`, also `true`/`false`, `1`/`0`, `yes`/`no`)",
         group="operations",
     )
+    api_metrics_port: int | None = setting(
+        "PULSE_API_METRICS_PORT",
+        None,
+        PORT,
+        "port of the API's Prometheus endpoint, served by the gunicorn master apart from the public port",
+        group="operations",
+        shown="none: no endpoint (`pulse api` sets it from `--metrics-port`, default 9807)",
+    )
+    api_metrics_host: str = setting(
+        "PULSE_API_METRICS_HOST",
+        DEFAULT_WORKER_METRICS_HOST,
+        HOST,
+        "address the API's Prometheus endpoint listens on",
+        group="operations",
+    )
     worker_metrics_port: int | None = setting(
         "PULSE_WORKER_METRICS_PORT",
         None,

@@ -16,6 +16,9 @@ the job in its tenant's dead letters.
 
 Until the claim, a Redis or broker failure rejects the message with requeue
 (``before_claim``): nothing is recorded yet, so nothing may be acked away.
+
+Celery sees what happened too (Flower shows it): a retried attempt ends in Celery's
+``Retry`` (RETRY), a dead job in ``JobDead`` (FAILURE), raised once the record is final.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
@@ -36,6 +39,7 @@ from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destina
 from pulse_core.context import JobContext
 from pulse_core.errors import (
     JobCancelled,
+    JobDead,
     JobFailed,
     PermanentError,
     RetryLater,
@@ -205,10 +209,11 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
         return outcome.job
     if outcome.refused is ClaimRefusal.EXHAUSTED and outcome.job is not None:
         # The last attempt's worker died (or it died while being dead-lettered).
+        log.warning("job %s is dead: its last attempt's worker died", job_id)
         bounds = runtime.dead_letter_bounds(outcome.job.tenant_id)
         if runtime.store.finalize(outcome.job, JobState.DEAD, from_="orphan", dead_letters=bounds):
             metrics.job_finished(outcome.job, Outcome.DEAD)
-        log.warning("job %s is dead: its last attempt's worker died", job_id)
+            raise _dead(outcome.job, WorkerLost.__name__)
     elif outcome.refused is ClaimRefusal.CANCEL and outcome.job is not None:
         if runtime.store.finalize(outcome.job, JobState.CANCELLED, from_="orphan"):
             metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
@@ -226,8 +231,8 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
 def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
     """Step 2: find the handler registered for the job's jobType; dead-letter it if none."""
     spec = runtime.registry.get(job.job_type)
-    if spec is None:
-        dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type))
+    if spec is None and dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type)):
+        raise _dead(job, UnknownJobTypeAtWorker.__name__)
     return spec
 
 
@@ -276,7 +281,8 @@ def record(
         return
     max_retries, _ = effective(spec.policy, max_retries=job.max_retries, timeout=None)
     if isinstance(exc, PermanentError) or job.attempts >= max_retries + 1:
-        dead_letter(runtime, task, job, exc)
+        if dead_letter(runtime, task, job, exc):
+            raise _dead(job, type(exc).__name__)
         return
     delay = exc.seconds if isinstance(exc, RetryLater) else spec.policy.delay_before(job.attempts + 1)
     retry(runtime, task, job, exc, delay)
@@ -304,13 +310,17 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
             max_retries=None,
             exc=exc if isinstance(exc, Exception) else None,
         )
+    # No message now (the sweep publishes it when due), but Celery and Flower still
+    # see this attempt as retried: Retry acks the message and sends task-retried.
+    raise Retry(f"retry in {delay:.1f} s, published when due", exc=exc if isinstance(exc, Exception) else None)
 
 
-def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException) -> None:
-    """Hand the job to the dead-letter task, having recorded its last error."""
+def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException) -> bool:
+    """Hand the job to the dead-letter task, having recorded its last error; ``False``
+    when the attempt is no longer this worker's to end."""
     error = describe_error(exc)
     if not runtime.store.mark_dead_letter(job, error):
-        return
+        return False
     queue, priority = destination(task.app, job)
     task.app.send_task(
         DEAD_LETTER_TASK,
@@ -321,6 +331,16 @@ def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException
         shadow=f"dead-letter:{job.job_type}",
         kwargsrepr=repr({"attempt": job.attempts, "cycle": job.cycle}),
     )
+    return True
+
+
+def _dead(job: Job, error_type: str) -> JobDead:
+    """The failure the task ends with once ``job`` is dead, so Flower lists it as failed.
+
+    Raised only after the record says so (or the dead-letter task is on its way); the
+    message is acked like any other (``task_acks_on_failure_or_timeout``), never redelivered.
+    """
+    return JobDead(f"job {job.job_id} ({job.job_type}) is dead after {job.attempts} attempt(s): {error_type}")
 
 
 def record_dead_letter(runtime: WorkerRuntime, job_id: str, attempt: int, cycle: int, error: Mapping[str, Any]) -> None:
@@ -339,7 +359,8 @@ def record_dead_letter(runtime: WorkerRuntime, job_id: str, attempt: int, cycle:
 def install(app: Celery, runtime: WorkerRuntime) -> tuple[Any, Any]:
     """Register the generic task and the dead-letter task on ``app``, bound to ``runtime``."""
 
-    @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, max_retries=None)
+    # throws: a dead job is an expected failure, logged in one line without a traceback.
+    @app.task(name=RUN_JOB_TASK, bind=True, ignore_result=True, max_retries=None, throws=(JobDead,))
     def pulse_run_job(
         self: Task,
         job_id: str,

@@ -263,3 +263,66 @@ def wait_for_state(
         return doc if doc["state"] in wanted else None
 
     return wait_for(reached, timeout=timeout)
+
+
+class ApiProcess:
+    """A real ``pulse api`` (gunicorn) subprocess on a free port."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, extra_args: Iterable[str] = ()) -> None:
+        from pulse_cli.embedded_redis import free_port
+
+        self.port = free_port()
+        self.log_path = log_path
+        self.command = [
+            sys.executable,
+            "-m",
+            "pulse_cli.cli",
+            "api",
+            "--port",
+            str(self.port),
+            "--metrics-dir",
+            str(log_path.parent / f"metrics-{self.port}"),
+            *extra_args,
+        ]
+        self.env = child_env(env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ApiProcess:
+        import urllib.request
+
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+        def answers() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"pulse api exited {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=timeout, interval=0.2)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._log.close()

@@ -43,7 +43,7 @@ def test_a_batch_is_answered_per_job_in_request_order(live_client: FlaskClient, 
     assert response.status_code == 200
     doc = response.get_json()
     items = doc["items"]
-    assert [item["status"] for item in items] == [202, 422, 202, 422, 200, 422, 422, 422]
+    assert [item["status"] for item in items] == [202, 422, 202, 422, 200, 422, 422, 403]
     assert doc["accepted"] == 3 and doc["refused"] == 5
     assert items[0]["job"]["jobType"] == "diag.echo"
     assert "jobType" in items[1]["problem"]["errors"]

@@ -71,7 +71,6 @@ OPERATIONS = [
     ("GET", "/v1/dead-letters/{job_id}"),
     ("DELETE", "/v1/dead-letters/{job_id}"),
     ("POST", "/v1/dead-letters/{job_id}/replay"),
-    ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
@@ -103,6 +102,9 @@ def test_api_conforms_to_its_openapi_document(
     # given any request the document describes for this operation (or, in negative
     # mode, one it rules out), sent with a valid key
     operation = api_schema[path][method]
+    # A batch answers each job on its own: an invalid item is refused inside the 200.
+    per_item = (method, path) == ("POST", "/v1/batches")
+    checks_for = [c for c in CHECKS if not (per_item and c is checks.negative_data_rejection)]
 
     @given(case=operation.as_strategy(generation_mode=mode), announced=st.booleans())
     @settings(
@@ -115,6 +117,6 @@ def test_api_conforms_to_its_openapi_document(
         if announced and mode == POSITIVE and isinstance(case.body, dict) and "jobType" in case.body:
             case.body["jobType"] = "diag.echo"  # still valid; now it is admitted, not 422
         # then the answer is what the document says (and invalid input is refused)
-        case.call_and_validate(headers=auth("acme"), checks=CHECKS)
+        case.call_and_validate(headers=auth("acme"), checks=checks_for)
 
     exchange()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -46,6 +48,79 @@ def _text(port: int, path: str) -> str:
         return ""
 
 
+def _dev_env(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines as a shell would read them (``set -a; . .pulse/env``)."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            found[name] = shlex.split(value)[0] if value else ""
+    return found
+
+
+def _dev(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pulse_cli.cli", "dev", *args]
+    return subprocess.run(command, cwd=tmp_path, env=child_env(env), capture_output=True, text=True, timeout=120)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_pulse_dev_outside_the_repository_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    # given a folder with no deploy/tenants.dev.toml, and no PULSE_TENANTS_FILE
+    redis_port = free_port()
+    # when pulse dev starts there
+    run = _dev(tmp_path, {}, "--redis-port", str(redis_port))
+    # then it exits with one line naming the file, and no Redis is left listening
+    assert run.returncode != 0
+    assert "deploy/tenants.dev.toml" in run.stderr and "repository root" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not _listening(redis_port)
+
+
+def test_pulse_dev_names_a_busy_port_in_one_line(tmp_path: Path, tenants_file: Path) -> None:
+    # given the API's port already taken
+    redis_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        # when pulse dev starts
+        run = _dev(
+            tmp_path,
+            {"PULSE_TENANTS_FILE": str(tenants_file)},
+            "--api-port",
+            str(busy),
+            "--redis-port",
+            str(redis_port),
+        )
+    # then one line names the port and the option, and nothing was started
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(busy) in lines[0] and "--api-port" in lines[0], run.stderr
+    assert not _listening(redis_port)
+
+
+@pytest.mark.timeout(180)
+def test_pulse_dev_leaves_no_redis_behind_when_the_stack_fails_to_start(tmp_path: Path, tenants_file: Path) -> None:
+    # given a handler module that does not exist: the worker fails after Redis started
+    redis_port = free_port()
+    env = {"PULSE_TENANTS_FILE": str(tenants_file), "PULSE_HANDLER_MODULES": "no_such_handlers_module"}
+    # when pulse dev starts
+    run = _dev(tmp_path, env, "--redis-port", str(redis_port), *_free_ports())
+    # then it exits non-zero, and its embedded Redis is stopped
+    assert run.returncode != 0, run.stderr[-2000:]
+    assert "worker exited" in run.stderr
+    assert not _listening(redis_port)
+
+
+def _free_ports() -> list[str]:
+    names = ("--api-port", "--flower-port", "--worker-metrics-port", "--api-metrics-port")
+    return [value for name in names for value in (name, str(free_port()))]
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -58,6 +133,7 @@ def _group_alive(pgid: int) -> bool:
 def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file: Path) -> None:
     # given no PULSE_REDIS_URL: pulse dev embeds its own Redis
     api_port, flower_port, metrics_port = free_port(), free_port(), free_port()
+    api_metrics_port, redis_port = free_port(), free_port()
     env = child_env({"PULSE_TENANTS_FILE": str(tenants_file)})
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
@@ -74,6 +150,10 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
             "1",
             "--worker-metrics-port",
             str(metrics_port),
+            "--api-metrics-port",
+            str(api_metrics_port),
+            "--redis-port",
+            str(redis_port),
         ],
         cwd=tmp_path,
         env=env,
@@ -96,9 +176,21 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
         # and the API (summing its gunicorn workers) and the worker (summing its pool)
         # count the job
         label = '{job_type="diag.echo",tenant="acme"}'
-        assert f"pulse_jobs_submitted_total{label} 1.0" in _text(api_port, "/metrics")
+        assert f"pulse_jobs_submitted_total{label} 1.0" in _text(api_metrics_port, "/metrics")
         succeeded = f"pulse_jobs_succeeded_total{label} 1.0"
         wait_for(lambda: succeeded in _text(metrics_port, "/metrics"), timeout=30)
+        # and from a second terminal, with the settings pulse dev wrote, the README's
+        # `celery -A pulse_worker.app inspect ping` reaches the worker
+        written = _dev_env(tmp_path / ".pulse" / "env")
+        assert written["PULSE_REDIS_URL"] == f"redis://127.0.0.1:{redis_port}/0"
+        ping = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "inspect", "ping", "--timeout", "5"],
+            env=child_env(written),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
         # and Flower answers, and Redis keeps its data under the working folder
         wait_for(lambda: _request(flower_port, "GET", "/healthcheck")[0] == 200, timeout=60)
         assert (tmp_path / ".pulse" / "redis").is_dir()

@@ -7,6 +7,7 @@ import http.client
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,57 @@ def test_flower_shows_a_finished_job_under_its_job_type_without_payload(
     assert 'flower_events_total{task="diag.echo"' in raw.decode()
     # and without credentials its API refuses
     assert _get(flower, "/api/tasks", credentials=None)[0] == 401
+
+
+def test_flower_shows_a_dead_job_as_failed_and_its_retry_as_retried(
+    flower: int, observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    # given Flower and a worker started as `pulse worker` starts it (task events on)
+    client = create_app(observed_settings).test_client()
+
+    def failed_task() -> tuple[str, dict[str, Any]]:
+        for _ in range(5):  # Flower sees only events sent after it subscribed
+            # when a job fails its first attempt, is retried, fails again and is dead
+            body = {"jobType": "diag.fail", "payload": {"secret": SECRET}, "options": {"maxRetries": 1}}
+            job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
+            wait_for_state(client, "acme", job_id, {"dead"}, timeout=60)
+
+            def shown(job_id: str = job_id) -> dict[str, Any] | None:
+                status, raw = _get(flower, "/api/tasks")
+                tasks = json.loads(raw) if status == 200 else {}
+                for task in tasks.values():
+                    if job_id in str(task.get("args")) and task.get("state") == "FAILURE":
+                        return dict(task)
+                return None
+
+            try:
+                return job_id, wait_for(shown, timeout=5, interval=0.2)
+            except AssertionError:
+                continue
+        raise AssertionError("Flower never showed a failed job")
+
+    job_id, task = failed_task()
+    # then Flower lists it as failed, under its jobType, without its payload
+    assert task["name"] == "diag.fail"
+    assert "JobDead" in str(task.get("exception"))
+    assert SECRET not in json.dumps(task)
+    # and counted its retry as a retry
+    status, raw = _get(flower, "/metrics")
+    assert status == 200
+    assert 'flower_events_total{task="diag.fail",type="task-retried"' in raw.decode()
+    # and the job record says what it said before: dead after 2 attempts, with its last error
+    doc = wait_for_state(client, "acme", job_id, {"dead"})
+    assert doc["attempts"] == 2 and doc["replays"] == 0
+    assert doc["error"]["type"] != "JobDead"
+    # and the failed message was acked, not redelivered: nothing runs it again
+    time.sleep(3)
+    assert wait_for_state(client, "acme", job_id, {"dead"})["attempts"] == 2
+
+
+def test_flower_broker_tab_reads_the_redis_broker(flower: int, settings: Settings) -> None:
+    # when the Broker tab is opened (no worker announces itself to Flower here: it shows the
+    # shared queue), then it lists the queue (it said "'redis' broker is not supported")
+    status, raw = _get(flower, "/broker")
+    assert status == 200, raw[:300]
+    assert b"not supported" not in raw
+    assert f"<td>{settings.default_queue}</td>".encode() in raw

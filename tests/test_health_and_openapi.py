@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from flask.testing import FlaskClient
 
 from pulse_api import create_app
+from pulse_api.openapi import OPERATION_IDS
 from pulse_core.settings import Settings
 
 
@@ -51,3 +53,52 @@ def test_swagger_ui_is_served(client: FlaskClient) -> None:
     response = client.get("/docs")
     assert response.status_code == 200
     assert b"swagger" in response.data.lower()
+
+
+def test_every_operation_has_a_stable_operation_id_and_typed_items(client: FlaskClient) -> None:
+    # given the OpenAPI document
+    spec = client.get("/openapi.json").get_json()
+    operations = {
+        (method.upper(), path): op
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method != "parameters"
+    }
+    # then every operation has the operationId of the one table, unique
+    assert {key: op.get("operationId") for key, op in operations.items()} == {
+        key: OPERATION_IDS[key] for key in operations
+    }
+    assert len({op["operationId"] for op in operations.values()}) == len(operations)
+    # and a batch's items are job bodies, by reference
+    items = spec["components"]["schemas"]["BatchSubmit"]["properties"]["jobs"]["items"]
+    assert {"$ref": "#/components/schemas/JobSubmit"} in items["allOf"]
+    # and the links lead from a submit to the job and from a dead letter to its replay
+    submit_links = operations[("POST", "/v1/jobs")]["responses"]["202"]["links"]
+    assert submit_links["GetJob"]["operationId"] == "getJob"
+    assert submit_links["CancelJob"]["operationId"] == "cancelJob"
+    dead_links = operations[("GET", "/v1/dead-letters")]["responses"]["200"]["links"]
+    assert dead_links["ReplayDeadLetter"]["operationId"] == "replayDeadLetter"
+    # and every link names an operation that exists
+    ids = {op["operationId"] for op in operations.values()}
+    for op in operations.values():
+        for response in op["responses"].values():
+            assert {link["operationId"] for link in response.get("links", {}).values()} <= ids
+
+
+def test_swagger_ui_loads_every_asset_from_the_api_itself(client: FlaskClient) -> None:
+    # given /docs
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    # then every script and style it references is a path on this API (no CDN) ...
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert referenced, html
+    assert all(ref.startswith("/") and not ref.startswith("//") for ref in referenced), referenced
+    # ... and each one is served, non-empty
+    for ref in referenced:
+        with client.get(ref) as asset:
+            assert asset.status_code == 200, ref
+            assert len(asset.data) > 1000, ref
+    assert any(ref.endswith("swagger-ui-bundle.js") for ref in referenced)
+    # and the page reads this API's document
+    assert "/openapi.json" in html

@@ -37,6 +37,51 @@ CASES = [
         "malformed-request",
         None,
     ),
+    # NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them
+    (
+        "NaN in payload",
+        lambda c: raw(c, '{"jobType": "diag.echo", "payload": {"x": NaN}}', headers=auth("acme")),
+        400,
+        "malformed-request",
+        None,
+    ),
+    (
+        "Infinity in metadata",
+        lambda c: raw(c, '{"jobType": "diag.echo", "payload": {}, "metadata": {"a": -Infinity}}', headers=auth("acme")),
+        400,
+        "malformed-request",
+        None,
+    ),
+    # a lone surrogate is valid JSON but not Unicode text: it cannot be fingerprinted or stored
+    (
+        "lone surrogate in a payload with an idempotency key",
+        lambda c: raw(
+            c,
+            '{"jobType": "diag.echo", "payload": {"x": "\\ud800"}, "idempotencyKey": "surrogate-1"}',
+            headers=auth("acme"),
+        ),
+        422,
+        "validation-error",
+        "payload",
+    ),
+    (
+        "lone surrogate in a payload with an Idempotency-Key header",
+        lambda c: raw(
+            c,
+            '{"jobType": "diag.echo", "payload": {"\\udc00": 1}}',
+            headers={**auth("acme"), "Idempotency-Key": "surrogate-2"},
+        ),
+        422,
+        "validation-error",
+        "payload",
+    ),
+    (
+        "lone surrogate as the idempotency key",
+        lambda c: raw(c, '{"jobType": "diag.echo", "payload": {}, "idempotencyKey": "\\ud800"}', headers=auth("acme")),
+        422,
+        "validation-error",
+        "idempotencyKey",
+    ),
     (
         "form body",
         lambda c: raw(c, "jobType=diag.echo", "application/x-www-form-urlencoded", headers=auth("small")),

@@ -1,20 +1,28 @@
 """Prometheus metrics: counters move by exactly what happened, per tenant and jobType.
 
-The API's ``/metrics`` is read through the test client; the worker's from its
-own HTTP endpoint, which sums its prefork children (multiprocess mode).
+The API's metrics are read from its registry in process (and from ``pulse api``'s own
+metrics port in one test); the worker's from its own HTTP endpoint, which sums its
+prefork children (multiprocess mode).
 """
 
 from __future__ import annotations
 
+import time
+import urllib.error
 import urllib.request
+from dataclasses import replace
+from pathlib import Path
 
 from flask.testing import FlaskClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_api import create_app
+from pulse_api.observability import metrics_registry
+from pulse_cli.embedded_redis import free_port
 from pulse_core.settings import Settings
 from tests.conftest import OBSERVED_QUEUE
-from tests.support import WorkerProcess, auth, wait_for, wait_for_state
+from tests.support import ApiProcess, WorkerProcess, auth, job_state, settings_env, wait_for, wait_for_state
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -38,10 +46,8 @@ def worker_metrics(worker: WorkerProcess) -> Samples:
 
 
 def api_metrics(client: FlaskClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    return parse(response.get_data(as_text=True))
+    """What the API's metrics endpoint (a port of its own under ``pulse api``) exposes."""
+    return parse(generate_latest(metrics_registry(client.application)).decode())
 
 
 def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
@@ -113,3 +119,87 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
         assert worker_delta("pulse_job_queue_wait_seconds_count", **labels) == jobs
         assert worker_delta("pulse_job_run_seconds_count", **labels) == attempts
         assert worker_delta("pulse_job_run_seconds_sum", **labels) >= 0
+
+
+def test_queue_depth_reads_the_jobs_waiting_in_tenant_lanes(settings: Settings) -> None:
+    # given a queue no worker consumes, and jobs of two tenants queued on it (each in its lane)
+    queue = "t-depth-unconsumed"
+    client = create_app(replace(settings, default_queue=queue)).test_client()
+    before = value(api_metrics(client), "pulse_queue_depth", queue=queue)
+    for tenant, count in (("acme", 5), ("globex", 3)):
+        for n in range(count):
+            response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": n}}, headers=auth(tenant))
+            assert response.status_code == 202
+    # when /metrics is scraped, then the depth is the 8 jobs waiting
+    assert value(api_metrics(client), "pulse_queue_depth", queue=queue) - before == 8
+
+
+def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(
+    observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    client = create_app(observed_settings).test_client()
+    delayed = {"tenant": "acme", "job_type": "diag.sleep"}
+    dead = {"tenant": "acme", "job_type": "diag.fail"}
+    before = worker_metrics(observed_worker)
+    # given a job asked to start 4 s from now, and a job that dies, sits dead 4 s and is replayed
+    late = client.post(
+        "/v1/jobs",
+        json={"jobType": "diag.sleep", "payload": {"seconds": 0}, "options": {"delaySeconds": 4}},
+        headers=auth("acme"),
+    ).get_json()["jobId"]
+    failing = client.post(
+        "/v1/jobs", json={"jobType": "diag.fail", "payload": {}, "options": {"maxRetries": 0}}, headers=auth("acme")
+    ).get_json()["jobId"]
+    wait_for_state(client, "acme", failing, {"dead"}, timeout=60)
+    time.sleep(4)
+    assert client.post(f"/v1/dead-letters/{failing}/replay", headers=auth("acme")).status_code == 202
+    wait_for_state(client, "acme", late, {"succeeded"}, timeout=60)
+    wait_for(
+        lambda: (
+            job_state(client, "acme", failing)["replays"] == 1 and job_state(client, "acme", failing)["state"] == "dead"
+        ),
+        timeout=60,
+    )
+
+    # then each first attempt's queue wait counts from when it was due, not the 4 s before
+    def waited(labels: dict[str, str]) -> tuple[float, float]:
+        now = worker_metrics(observed_worker)
+        name = "pulse_job_queue_wait_seconds"
+        return (
+            value(now, f"{name}_count", **labels) - value(before, f"{name}_count", **labels),
+            value(now, f"{name}_sum", **labels) - value(before, f"{name}_sum", **labels),
+        )
+
+    wait_for(lambda: waited(delayed)[0] == 1 and waited(dead)[0] == 2, timeout=30)
+    assert waited(delayed)[1] < 3.0, waited(delayed)
+    assert waited(dead)[1] < 3.0, waited(dead)  # both cycles together
+
+
+def test_metrics_are_not_on_the_public_port(settings: Settings, client: FlaskClient, tmp_path: Path) -> None:
+    # given the API as `pulse api` runs it, with its metrics port
+    metrics_port = free_port()
+    api = ApiProcess(
+        settings_env(settings), tmp_path / "api.log", extra_args=("--metrics-port", str(metrics_port))
+    ).start()
+    try:
+        # when a tenant's key asks the public port for /metrics, then there is no such thing
+        status, body = _http(f"{api.url}/metrics", auth("acme"))
+        assert status == 404 and "pulse_" not in body
+        assert "/metrics" not in client.get("/openapi.json").get_json()["paths"]
+        refused = client.get("/metrics", headers=auth("acme"))
+        assert refused.status_code == 404 and refused.mimetype == "application/problem+json"
+        # and the metrics port (loopback by default) serves every API process's numbers
+        status, body = _http(f"http://127.0.0.1:{metrics_port}/metrics", {})
+        assert status == 200
+        assert "pulse_queue_depth" in body
+    finally:
+        api.stop()
+
+
+def _http(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -76,19 +76,25 @@ def test_unknown_job_type_is_422_at_submit(live_client: FlaskClient) -> None:
     assert "jobType" in body["errors"]
 
 
-def test_tenant_id_of_another_tenant_is_422(live_client: FlaskClient) -> None:
+def test_tenant_id_of_another_tenant_is_403(live_client: FlaskClient) -> None:
     response = live_client.post(
         "/v1/jobs",
         json={"jobType": "diag.echo", "payload": {}, "tenantId": "globex"},
         headers=auth("acme"),
     )
-    body = assert_problem(response, 422, "tenant-mismatch")
+    # a schema-valid tenantId that is not the key's own is a permission question
+    body = assert_problem(response, 403, "tenant-mismatch")
     assert "tenantId" in body["errors"]
 
 
 def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:
     assert_problem(client.get("/v2/nothing"), 404, "not-found")
-    assert_problem(client.delete("/healthz"), 405, "method-not-allowed")
+    refused = client.delete("/healthz")
+    assert_problem(refused, 405, "method-not-allowed")
+    assert refused.headers["Allow"] == "GET, HEAD, OPTIONS"  # RFC 9110: a 405 names what is allowed
+    refused = client.put("/v1/jobs", headers=auth("acme"))
+    assert_problem(refused, 405, "method-not-allowed")
+    assert set(refused.headers["Allow"].split(", ")) >= {"GET", "POST"}
 
 
 @pytest.mark.parametrize(
@@ -113,3 +119,24 @@ def test_bulk_replay_dry_run_must_be_a_boolean(client: FlaskClient) -> None:
     response = client.post("/v1/dead-letters/replay", json={"dryRun": 0}, headers=auth("acme"))
     problem = assert_problem(response, 422, "validation-error")
     assert "dryRun" in problem["errors"]
+
+
+def test_bulk_replay_without_a_body_is_refused_as_the_document_says(client: FlaskClient) -> None:
+    # given the document's word that POST /v1/dead-letters/replay takes a body
+    doc = client.get("/openapi.json").get_json()
+    assert doc["paths"]["/v1/dead-letters/replay"]["post"]["requestBody"]["required"] is True
+    # when it is sent without one, then it is refused naming the body
+    body = assert_problem(client.post("/v1/dead-letters/replay", headers=auth("acme")), 422, "validation-error")
+    assert "body" in body["errors"]
+    # and an explicit (dry-run) filter is answered
+    assert client.post("/v1/dead-letters/replay", json={"dryRun": True}, headers=auth("acme")).status_code == 200
+
+
+def test_the_bulk_replay_path_allows_post_only(client: FlaskClient) -> None:
+    # given /v1/dead-letters/replay, which is not a dead letter called "replay"
+    # when it is read, then the method is refused and Allow names POST
+    refused = client.get("/v1/dead-letters/replay", headers=auth("acme"))
+    assert_problem(refused, 405, "method-not-allowed")
+    assert refused.headers["Allow"] == "OPTIONS, POST"
+    allowed = client.options("/v1/dead-letters/replay", headers=auth("acme")).headers["Allow"]
+    assert set(allowed.split(", ")) == {"OPTIONS", "POST"}

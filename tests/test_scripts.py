@@ -1208,7 +1208,8 @@ _DEAD = {
     "finishedAt": T,
     "cancelRequested": "1",
 }
-_QUEUED_AGAIN = {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}"}
+_QUEUED_AGAIN = {**ID, "state": "queued", "attempts": "0", "cycle": "2", "error": "{}", "readyAt": ANY}
+_QUEUED_BEFORE = {**_QUEUED_AGAIN, "readyAt": "1000.000000"}
 
 
 def _readmit_argv(*, cycle: int = 1, max_pending: int = 5) -> list[Any]:
@@ -1236,11 +1237,11 @@ READMIT = [
     Case(
         "the same call again (a retried timeout) answers replayed and changes nothing",
         "guards/readmit",
-        {"{p}job:j1": _QUEUED_AGAIN, "{p}dead": Z({"j0": 1}), "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": _QUEUED_BEFORE, "{p}dead": Z({"j0": 1}), "{p}pending": {"t1": "1"}},
         READMIT_KEYS,
         _readmit_argv(),
-        ["replayed", EMPTY_WINDOW, Record(_QUEUED_AGAIN)],
-        {"{p}job:j1": _QUEUED_AGAIN, "{p}pending": {"t1": "1"}, "{p}watch": None, "{p}window": None},
+        ["replayed", EMPTY_WINDOW, Record(_QUEUED_BEFORE)],
+        {"{p}job:j1": _QUEUED_BEFORE, "{p}pending": {"t1": "1"}, "{p}watch": None, "{p}window": None},
     ),
     Case(
         "a job that is not dead is not replayed",

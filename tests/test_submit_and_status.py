@@ -109,6 +109,6 @@ def test_refusals_leave_nothing_behind(live_client: FlaskClient, redis: Redis) -
         ),
     ]
     # then every one is a 4xx and no job record was written
-    assert [r.status_code for r in bad] == [400, 422, 422, 422]
+    assert [r.status_code for r in bad] == [400, 422, 422, 403]
     assert redis.zcard(keys.tenant_jobs("globex")) == before_jobs
     assert waiting_messages(redis, "pulse") <= before_queue

@@ -269,10 +269,14 @@ class JobRouter:
         return {"queue": lane(queue, tenant), "priority": broker_priority(self._app, pri)}
 
 
-def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
-    """A Celery app configured the Pulse way: JSON only, late acks, no result backend."""
+def create_celery(settings: Settings, *, main: str = "pulse", poison_safe: bool = True) -> Celery:
+    """A Celery app configured the Pulse way: JSON only, late acks, no result backend.
+
+    ``poison_safe=False`` keeps kombu's stock Redis transport: for an app that consumes
+    no task messages (Flower), whose broker URL must then read ``redis://``.
+    """
     app = Celery(main, broker=settings.broker_url, set_as_current=False)
-    if settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
+    if poison_safe and settings.broker_url.startswith("redis://"):  # rediss keeps stock kombu (TLS setup)
         app.conf.broker_transport = _REDIS_TRANSPORT
     if not is_redis_url(settings.broker_url):
         # RabbitMQ honours priorities only on queues declared with x-max-priority.
@@ -287,6 +291,8 @@ def create_celery(settings: Settings, *, main: str = "pulse") -> Celery:
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
         task_acks_late=True,
+        # A dead job's task fails (JobDead) after its record is final: ack it, never redeliver.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,

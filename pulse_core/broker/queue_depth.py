@@ -15,6 +15,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.broker.routing import lane
 
 log = logging.getLogger("pulse.metrics")
 
@@ -42,7 +43,11 @@ class QueueDepthCollector(Collector):
                 for queue in queues:
                     pipe.smembers(keys.lanes(queue))
                 lanes = pipe.execute()
-            lists = [waiting_lists(queue, sorted(found)) for queue, found in zip(queues, lanes, strict=True)]
+            # keys.lanes holds tenant ids; the lanes' own names are lane(queue, tenant).
+            lists = [
+                waiting_lists(queue, [lane(queue, tenant) for tenant in sorted(found)])
+                for queue, found in zip(queues, lanes, strict=True)
+            ]
             with self._broker.pipeline(transaction=False) as pipe:
                 for names in lists:
                     for name in names:

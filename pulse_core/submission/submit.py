@@ -136,6 +136,7 @@ class Submitter:
             timeout_seconds=options.timeout_seconds,
             due_at=options.due_at,
             priority=options.priority,
+            ready_at=options.due_at or time.time(),
         )
         # Due beyond the ETA window: no message now; the sweep publishes it when due.
         deferred = options.due_at is not None and options.countdown is None

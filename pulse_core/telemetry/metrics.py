@@ -78,7 +78,8 @@ DEFERRALS = Counter(
 )
 QUEUE_WAIT = Histogram(
     "pulse_job_queue_wait_seconds",
-    "Time from submit to the start of the first attempt.",
+    "Time from when a job (or its replay) was due to the start of its first attempt; "
+    "a deliberate delay and time dead before a replay do not count.",
     _LABELS,
     buckets=QUEUE_WAIT_BUCKETS,
 )
@@ -123,7 +124,7 @@ def job_started(job: Job) -> None:
         return
     STARTED.labels(job.tenant_id, job.job_type).inc()
     if job.attempts == 1 and job.started_at:
-        wait = _seconds_between(job.created_at, job.started_at)
+        wait = _queue_wait(job)
         if wait is not None:
             QUEUE_WAIT.labels(job.tenant_id, job.job_type).observe(wait)
 
@@ -151,6 +152,18 @@ def execution_deferred(tenant: str, job_type: str) -> None:
     if not _switch.enabled:
         return
     DEFERRALS.labels(tenant, job_type).inc()
+
+
+def _queue_wait(job: Job) -> float | None:
+    """From when the cycle was due (not its deliberate delay, not time dead before a
+    replay) to the start of its first attempt; a record without ``readyAt`` counts from creation."""
+    if job.ready_at is None or not job.started_at:
+        return _seconds_between(job.created_at, job.started_at)
+    try:
+        started = datetime.fromisoformat(job.started_at).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, started - job.ready_at)
 
 
 def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:

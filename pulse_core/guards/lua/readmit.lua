@@ -32,7 +32,9 @@ window_acquire(now, 5, 6, n)
 stats[2] = stats[2] - 1
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], f[4], 1)
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'cycle', cycle + 1)
+-- readyAt (now, Redis' clock) is where the new cycle's queue wait starts.
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'cycle', cycle + 1,
+           'readyAt', string.format('%.6f', now))
 redis.call('HDEL', KEYS[1], 'result', 'startedAt', 'finishedAt', 'dueAt', 'cancelRequested',
            'leaseUntil', 'owner', 'recoveries', 'laneWaits')
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[1])

@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     Without ``tenants`` the tenants file is read now (a bad one stops start-up) and
     re-read whenever it changes (a bad edit then keeps the config in force, logged).
     """
-    settings = settings or Settings.from_env(os.environ)
+    settings = settings or Settings.from_process_env(os.environ)
     # Redis is the database: an evicting Redis refuses start-up (ConfigError), no AOF warns.
     check_at_start(settings.redis_url, settings.broker_url, log)
     source = TenantsSource(tenants) if tenants is not None else TenantsSource.load(settings.require_tenants_file())

@@ -20,7 +20,7 @@ from types import FrameType
 
 import click
 
-from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core.broker.celery_app import WORKER_ENV
 from pulse_core.broker.routing import lane, tenant_queues
 from pulse_core.errors import ConfigError
@@ -50,7 +50,7 @@ GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
 
 def _check_settings(env: Mapping[str, str], *, need_tenants: bool) -> Settings:
     try:
-        settings = Settings.from_env(env)
+        settings = Settings.from_process_env(env)
         if need_tenants:
             TenantsConfig.load(settings.require_tenants_file())
     except ConfigError as exc:
@@ -242,10 +242,9 @@ def flower(address: str, port: int) -> None:
 )
 @click.option(
     "--redis-port",
-    default=DEV_REDIS_PORT,
-    show_default=True,
+    default=None,
     type=int,
-    help="port of the embedded Redis (the default is PULSE_REDIS_URL's, so other commands find it)",
+    help="port of the embedded Redis (default: 6379, PULSE_REDIS_URL's default, or a free one when it is taken)",
 )
 def dev(
     api_port: int,
@@ -253,13 +252,14 @@ def dev(
     concurrency: int,
     worker_metrics_port: int,
     api_metrics_port: int,
-    redis_port: int,
+    redis_port: int | None,
 ) -> None:
     """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower.
 
-    The embedded Redis listens on PULSE_REDIS_URL's default port, and the stack's
-    settings are written to .pulse/env, so `pulse` and `celery` commands in a second
-    terminal reach it as they are (or after `set -a; . .pulse/env; set +a`).
+    The embedded Redis listens on PULSE_REDIS_URL's default port (6379) or, when that is
+    taken (a Redis of the machine's own, say), on a free port. Either way the stack's URLs
+    are written to .pulse/env, where `pulse` and `celery` commands started in this folder
+    find them, so they reach the stack from a second terminal as they are.
     """
     env = dict(os.environ)
     env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
@@ -276,15 +276,18 @@ def dev(
     if worker_metrics_port:
         env["PULSE_WORKER_METRICS_PORT"] = str(worker_metrics_port)
     embed = not env.get("PULSE_REDIS_URL")
+    if embed and redis_port is None:
+        redis_port = DEV_REDIS_PORT if port_is_free(DEV_REDIS_PORT) else free_port()
     ports = {"API (--api-port)": api_port, "Flower (--flower-port)": flower_port}
     ports |= {"worker metrics (--worker-metrics-port)": worker_metrics_port}
     ports |= {"API metrics (--api-metrics-port)": api_metrics_port}
-    if embed:
+    if embed and redis_port is not None:
         ports["embedded Redis (--redis-port, or set PULSE_REDIS_URL to use a running Redis)"] = redis_port
     for what, port in ports.items():
         if port and not port_is_free(port):
             raise click.ClickException(f"port {port} is in use: stop what holds it, or choose another {what}")
     if embed:
+        assert redis_port is not None
         env["PULSE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     settings = _check_settings(env, need_tenants=True)
     redis: EmbeddedRedis | None = None
@@ -316,7 +319,9 @@ def dev(
         redis_client = connect(settings.redis_url)
         code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
     finally:
-        # No orphan: whatever stopped the stack (or its start-up), the embedded Redis stops too.
+        # No orphan: whatever stopped the stack (or its start-up), the embedded Redis stops
+        # too, and .pulse/env no longer points other commands at it.
+        (DEV_STATE_DIR / "env").unlink(missing_ok=True)
         if redis is not None:
             redis.stop()
     sys.exit(code)

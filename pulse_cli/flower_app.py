@@ -17,7 +17,7 @@ from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig
 
 try:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_process_env(os.environ)
     tenants = TenantsConfig.load(settings.tenants_file) if settings.tenants_file else None
 except ConfigError as exc:
     raise SystemExit(f"pulse flower: bad setting: {exc}") from None

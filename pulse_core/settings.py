@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -416,6 +417,13 @@ class Settings:
     )
 
     @classmethod
+    def from_process_env(cls, environ: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
+        """``from_env`` for a process started by hand: with no ``PULSE_REDIS_URL`` set, the
+        URLs of a ``pulse dev`` stack running from this folder (``.pulse/env``) are used,
+        so `pulse` and `celery` commands in a second terminal reach it as they are."""
+        return cls.from_env(with_dev_stack(environ, cwd or Path.cwd()))
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from ``PULSE_*`` variables; raise ``ConfigError`` on a bad one.
 
@@ -475,3 +483,22 @@ if __name__ == "__main__":  # python -m pulse_core.settings [group]: print the d
 
     for name in sys.argv[1:] or list(DOC_GROUPS):
         print(f"<!-- {DOC_GROUPS[name]} -->\n{docs_table(name)}")
+
+
+#: Where ``pulse dev`` writes the URLs of the stack it runs (relative to where it runs).
+DEV_ENV_FILE = Path(".pulse") / "env"
+#: The settings a second terminal takes from ``DEV_ENV_FILE``: where the stack is, no more.
+DEV_STACK_NAMES = ("PULSE_REDIS_URL", "PULSE_BROKER_URL")
+
+
+def with_dev_stack(environ: Mapping[str, str], cwd: Path) -> Mapping[str, str]:
+    """``environ``, plus the dev stack's URLs from ``cwd/.pulse/env`` when it sets no Redis URL."""
+    path = cwd / DEV_ENV_FILE
+    if environ.get("PULSE_REDIS_URL") or not path.is_file():
+        return environ
+    found: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in DEV_STACK_NAMES and not environ.get(name):
+            found[name] = shlex.split(value)[0] if value.strip() else ""
+    return {**environ, **found}

@@ -38,7 +38,7 @@ log = logging.getLogger("pulse.worker")
 
 def _settings() -> tuple[Settings, TenantsSource | None]:
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_process_env(os.environ)
         tenants = TenantsSource.load(settings.tenants_file) if settings.tenants_file else None
     except ConfigError as exc:
         raise SystemExit(f"pulse: bad setting: {exc}") from None

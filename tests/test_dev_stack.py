@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pulse_cli.embedded_redis import free_port
+from pulse_core.settings import Settings
 from tests.support import TENANT_KEYS, child_env, wait_for
 
 
@@ -179,13 +180,15 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
         assert f"pulse_jobs_submitted_total{label} 1.0" in _text(api_metrics_port, "/metrics")
         succeeded = f"pulse_jobs_succeeded_total{label} 1.0"
         wait_for(lambda: succeeded in _text(metrics_port, "/metrics"), timeout=30)
-        # and from a second terminal, with the settings pulse dev wrote, the README's
-        # `celery -A pulse_worker.app inspect ping` reaches the worker
+        # and from a second terminal in the same folder, with no PULSE_* variable set, the
+        # README's `celery -A pulse_worker.app inspect ping` reaches the worker as written:
+        # it finds the stack's URLs where pulse dev wrote them
         written = _dev_env(tmp_path / ".pulse" / "env")
         assert written["PULSE_REDIS_URL"] == f"redis://127.0.0.1:{redis_port}/0"
         ping = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "pulse_worker.app", "inspect", "ping", "--timeout", "5"],
-            env=child_env(written),
+            cwd=tmp_path,
+            env=child_env({}),
             capture_output=True,
             text=True,
             timeout=60,
@@ -207,3 +210,22 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
     # then it exits cleanly and leaves no process of its group behind
     assert code == 0, (tmp_path / "dev.log").read_text(errors="replace")[-3000:]
     wait_for(lambda: not _group_alive(dev.pid), timeout=30)
+    # and .pulse/env no longer points other commands at a stack that is gone
+    assert not (tmp_path / ".pulse" / "env").exists()
+
+
+def test_a_command_finds_the_dev_stack_only_when_no_redis_url_is_set(tmp_path: Path) -> None:
+    # given a folder where pulse dev wrote its URLs
+    (tmp_path / ".pulse").mkdir()
+    (tmp_path / ".pulse" / "env").write_text(
+        "# Written by `pulse dev`\\nPULSE_REDIS_URL=redis://127.0.0.1:6401/0\\nPULSE_BROKER_URL=redis://127.0.0.1:6401/0\\n"
+        "PULSE_TENANTS_FILE=/elsewhere/tenants.toml\\n"
+    )
+    # when a process there builds its settings with no PULSE_REDIS_URL of its own
+    found = Settings.from_process_env({}, cwd=tmp_path)
+    # then it uses the stack's URLs, and nothing else from the file
+    assert found.redis_url == found.broker_url == "redis://127.0.0.1:6401/0"
+    assert found.tenants_file is None
+    # and a URL set in the environment wins over the file
+    mine = Settings.from_process_env({"PULSE_REDIS_URL": "redis://127.0.0.1:6402/0"}, cwd=tmp_path)
+    assert mine.redis_url == "redis://127.0.0.1:6402/0"

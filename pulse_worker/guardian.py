@@ -1,9 +1,17 @@
-"""A worker bootstep, in the main process: keep running attempts' leases alive, sweep.
+"""Worker bootsteps, in the main process: keep running attempts' leases alive, and sweep.
 
-Leases are refreshed from the main process, not the pool child, so a handler that
-holds the GIL still has a live lease, while a SIGKILLed child (gone from Celery's
-active requests) or a dead worker stops refreshing at once. The same thread runs
-the recovery sweep (``pulse_core.store.recovery``) every ``PULSE_SWEEP_INTERVAL_SECONDS``.
+Two threads, so a slow sweep never delays a renewal:
+
+- **leases** (every third of ``PULSE_LEASE_SECONDS``): renews the lease of each attempt
+  this worker's pool runs, from the main process, not the pool child, so a handler that
+  holds the GIL still has a live lease, while a SIGKILLed child (gone from Celery's active
+  requests) or a dead worker stops renewing at once. It renews an attempt only until its
+  hard time limit (plus a lease) has passed: a pool that enforces no time limit (``solo``,
+  ``threads``) cannot keep a hung job ``running`` for ever; its lease lapses and the job
+  is recovered. When renewals keep failing (the link to Redis stalls) for two thirds of a
+  lease, it stops this worker's running attempts before their leases lapse (a prefork pool
+  kills their processes), so the attempt that takes over is the only one running.
+- **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
@@ -20,25 +29,72 @@ from redis.exceptions import RedisError
 
 from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publish_jobs
 from pulse_core.jobs import Job
+from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.store.job_store import RecheckPolicy
 from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
 
+#: Renewals failing for this share of a lease: stop the attempts before their leases lapse.
+FENCE_AFTER_LEASE_SHARE = 2 / 3
 
-def running_attempts(worker_name: str) -> list[tuple[str, str]]:
-    """``(job id, lease owner)`` of each ``pulse.run_job`` request this worker's pool runs."""
+
+def _active_requests() -> list[Any]:
     for _ in range(3):  # the set can change under us; try again
         try:
-            requests = list(worker_state.active_requests)
-            break
+            return [r for r in list(worker_state.active_requests) if r.type == RUN_JOB_TASK and r.args]
         except RuntimeError:
             continue
-    else:
-        return []
+    return []
+
+
+def _within_time_limit(request: Any, now: float, longest: float, lease_seconds: float) -> bool:
+    """Whether ``request`` still runs within its hard time limit plus a lease."""
+    started = getattr(request, "time_start", None)
+    if not started:
+        return True
+    hard = (getattr(request, "time_limits", None) or (None, None))[1] or longest
+    return now - started <= hard + lease_seconds
+
+
+def running_attempts(
+    worker_name: str, *, longest: float = float("inf"), lease_seconds: float = 0.0
+) -> list[tuple[str, str]]:
+    """``(job id, lease owner)`` of each ``pulse.run_job`` attempt this worker's pool runs,
+    leaving out any that ran past its hard time limit (plus a lease): those are let go."""
+    now = time.time()
     # `type` is the task name; `name` would be the shadow (the jobType).
-    return [(r.args[0], lease_owner(worker_name, r.id)) for r in requests if r.type == RUN_JOB_TASK and r.args]
+    return [
+        (r.args[0], lease_owner(worker_name, r.id))
+        for r in _active_requests()
+        if _within_time_limit(r, now, longest, lease_seconds)
+    ]
+
+
+def fence(worker: Any) -> int:
+    """Stop this worker's running attempts (their leases are about to lapse unrenewed)."""
+    stopped = 0
+    for request in _active_requests():
+        try:
+            request.terminate(worker.pool, signal="SIGKILL")
+            stopped += 1
+        except Exception:  # a pool that cannot kill (threads, solo): the lease still lapses
+            log.error("job %s: could not stop its attempt; its lease will lapse", request.args[0], exc_info=True)
+    return stopped
+
+
+def _every(stop: threading.Event, seconds: float, step: Callable[[], None], name: str) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(seconds):
+            try:
+                step()
+            except Exception:  # a Redis or broker blip must not kill the thread
+                log.warning("%s failed; will retry", name, exc_info=True)
+
+    thread = threading.Thread(target=loop, name=f"pulse-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
@@ -48,18 +104,25 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
             self._stop = threading.Event()
+            self._last_renewal = time.monotonic()
 
         def start(self, worker: Any) -> None:
-            thread = threading.Thread(target=self._loop, args=(worker,), name="pulse-guardian", daemon=True)
-            thread.start()
-
-        def stop(self, worker: Any) -> None:
-            self._stop.set()
-
-        def _loop(self, worker: Any) -> None:
             settings = runtime.settings
-            tick = min(settings.lease_seconds / 3, settings.sweep_interval_seconds)
-            next_sweep = time.monotonic()
+            longest = float(settings.timeout_cap_seconds + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS)
+
+            def renew() -> None:
+                attempts = running_attempts(worker.hostname, longest=longest, lease_seconds=settings.lease_seconds)
+                try:
+                    runtime.store.refresh_leases(attempts, settings.lease_seconds)
+                except Exception:
+                    stalled = time.monotonic() - self._last_renewal
+                    if attempts and stalled >= FENCE_AFTER_LEASE_SHARE * settings.lease_seconds:
+                        log.error(
+                            "leases not renewed for %.1f s: stopping %d running attempt(s)", stalled, len(attempts)
+                        )
+                        fence(worker)
+                    raise
+                self._last_renewal = time.monotonic()
 
             def publish(jobs: list[Job]) -> int:
                 sent, error = publish_jobs(worker.app, ((job, None) for job in jobs), (KombuError, OSError, RedisError))
@@ -72,20 +135,20 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             recheck = RecheckPolicy(lapsed=settings.lease_seconds, queued=settings.queued_check_seconds)
             waiting_lists = lane_lists_checker(settings, worker.app)
 
-            while not self._stop.wait(tick):
-                try:
-                    runtime.store.refresh_leases(running_attempts(worker.hostname), settings.lease_seconds)
-                    if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + settings.sweep_interval_seconds
-                        sweep(
-                            runtime.redis,
-                            runtime.store,
-                            publish,
-                            waiting_lists=waiting_lists,
-                            recheck=recheck,
-                            budget_seconds=max(1.0, settings.sweep_interval_seconds),
-                        )
-                except Exception:  # a Redis or broker blip must not kill the guardian
-                    log.warning("lease refresh or sweep failed; will retry", exc_info=True)
+            def sweep_once() -> None:
+                sweep(
+                    runtime.redis,
+                    runtime.store,
+                    publish,
+                    waiting_lists=waiting_lists,
+                    recheck=recheck,
+                    budget_seconds=max(1.0, settings.sweep_interval_seconds),
+                )
+
+            _every(self._stop, settings.lease_seconds / 3, renew, "leases")
+            _every(self._stop, settings.sweep_interval_seconds, sweep_once, "sweep")
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
 
     return AttemptGuardian

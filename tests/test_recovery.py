@@ -357,3 +357,27 @@ def test_a_queued_job_behind_others_in_its_lane_waits_before_it_is_republished(
         redis.delete(lane_list)
         finish(redis, store, [job.job_id])
     assert backlog_mismatches(redis) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_pool_without_time_limits_cannot_keep_a_hung_job_running(
+    fast: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a threads pool (Celery enforces no time limit there) and a job that hangs far
+    # past its 1 s timeout, with no retries
+    client = create_app(fast).test_client()
+    env = {**settings_env(fast), **WORKER_ENV}
+    worker = WorkerProcess(env, tmp_path / "w.log", queues=[fast.default_queue], pool="threads", concurrency=2)
+    worker.start().wait_ready(redis, ("witness.sleep",))
+    try:
+        job_id = submit(client, "witness.sleep", {"seconds": 45}, options={"maxRetries": 0, "timeoutSeconds": 1})
+        wait_for(lambda: witness_starts(redis, job_id), timeout=20)
+        # when its hard time limit (1 s + 10 s grace) and a lease have passed
+        # then the worker stops renewing its lease, the lease lapses, and the job ends dead
+        # long before the handler would have returned
+        doc = wait_for_state(client, TENANT, job_id, {"dead", "succeeded"}, timeout=35)
+    finally:
+        worker.stop()
+    assert doc["state"] == "dead"
+    assert [s["attempt"] for s in witness_starts(redis, job_id)] == [1]

@@ -171,7 +171,7 @@ LOST = '{"type":"WorkerLost"}'
 
 def _claim_argv(*, cycle: int = -1, attempt: int = -1, fallback: int = 3) -> list[Any]:
     # now, lease_until, owner, msg_cycle, msg_attempt, started_at, job_id, fallback_max_retries, lost_error
-    return ["1000", "30", "w1", cycle, attempt, T, "j1", fallback, LOST]
+    return ["1000", "30", "w1", cycle, attempt, T, "j1", fallback, LOST, "tok1"]
 
 
 #: What every job record has (``Job.from_redis`` needs it to map a record reply).
@@ -229,9 +229,25 @@ CLAIM = [
         "store/claim",
         {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "9999999999", "owner": "w0"}},
         CLAIM_KEYS,
-        ["", "30", "w1", -1, -1, T, "j1", 3, LOST],
+        ["", "30", "w1", -1, -1, T, "j1", 3, LOST, "tok1"],
         ["busy"],
         {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "9999999999", "owner": "w0"}},
+    ),
+    Case(
+        "the same claim call run again (a retried timeout) is still that claim, not busy",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1030", "claimToken": "tok1"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["claimed", Record({**ID, "state": "running", "attempts": "1", "leaseUntil": "1030", "claimToken": "tok1"}), 0],
+    ),
+    Case(
+        "another delivery's claim of a running attempt is busy",
+        "store/claim",
+        {"{p}job:j1": {**ID, "state": "running", "attempts": "1", "leaseUntil": "1030", "claimToken": "tok0"}},
+        CLAIM_KEYS,
+        _claim_argv(),
+        ["busy"],
     ),
     Case(
         "a lapsed attempt asked to cancel ends the claim as cancel: nothing starts",
@@ -251,7 +267,15 @@ CLAIM = [
         [
             "claimed",
             Record(
-                {**ID, "state": "running", "attempts": "1", "startedAt": T, "leaseUntil": "1030.000000", "owner": "w1"}
+                {
+                    **ID,
+                    "state": "running",
+                    "attempts": "1",
+                    "startedAt": T,
+                    "leaseUntil": "1030.000000",
+                    "owner": "w1",
+                    "claimToken": "tok1",
+                }
             ),
             0,
         ],
@@ -263,6 +287,7 @@ CLAIM = [
                 "startedAt": T,
                 "leaseUntil": "1030.000000",
                 "owner": "w1",
+                "claimToken": "tok1",
             },
             "{p}watch": Z({"j1": 1030}),
         },
@@ -285,7 +310,15 @@ CLAIM = [
         [
             "claimed",
             Record(
-                {**ID, "state": "running", "attempts": "2", "startedAt": T, "leaseUntil": "1030.000000", "owner": "w1"}
+                {
+                    **ID,
+                    "state": "running",
+                    "attempts": "2",
+                    "startedAt": T,
+                    "leaseUntil": "1030.000000",
+                    "owner": "w1",
+                    "claimToken": "tok1",
+                }
             ),
             0,
         ],
@@ -297,6 +330,7 @@ CLAIM = [
                 "startedAt": T,
                 "leaseUntil": "1030.000000",
                 "owner": "w1",
+                "claimToken": "tok1",
             },
             "{p}watch": Z({"j1": 1030}),
         },
@@ -326,6 +360,7 @@ CLAIM = [
                     "maxRetries": "3",
                     "leaseUntil": "1030.000000",
                     "owner": "w1",
+                    "claimToken": "tok1",
                     "error": LOST,
                     "startedAt": T,
                 }
@@ -340,6 +375,7 @@ CLAIM = [
                 "maxRetries": "3",
                 "leaseUntil": "1030.000000",
                 "owner": "w1",
+                "claimToken": "tok1",
                 "error": LOST,
                 "startedAt": T,
             },

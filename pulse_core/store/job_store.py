@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -276,6 +277,7 @@ class JobStore:
                 job_id,
                 fallback_max_retries,
                 _json(lost_error),
+                uuid.uuid4().hex,  # this call's token: run again by a retry, it is still this claim
             ],
         )
 

@@ -7,6 +7,8 @@
 -- ARGV[6] startedAt (ISO time)     ARGV[7] job id
 -- ARGV[8] maxRetries for a record without one
 -- ARGV[9] the error (JSON) recorded for a crashed attempt
+-- ARGV[10] a token new for each claim call: the same call run again (redis-py retries a call
+--          that timed out) answers 'claimed' again instead of 'busy' for its own claim
 -- Reply: {'claimed', record, 1 if the previous attempt crashed else 0}
 --      | {'exhausted', record}  the crashed attempt was the last, or it was being dead-lettered
 --      | {'cancel', record}     its worker died after a cancel was asked: it ends cancelled
@@ -15,10 +17,13 @@
 --@include job_states
 
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', 'dueAt',
-                     'maxRetries', 'deadLetter', 'cancelRequested')
+                     'maxRetries', 'deadLetter', 'cancelRequested', 'claimToken')
 local state = f[1]
 if not state then return {'missing'} end
 if FINAL_STATES[state] then return {state} end
+if state == 'running' and f[9] and f[9] == ARGV[10] then
+  return {'claimed', redis.call('HGETALL', KEYS[1]), 0}
+end
 local now = tonumber(ARGV[1])
 if not now then
   -- Redis' clock, not the worker's: a host whose clock runs ahead cannot take a live lease.
@@ -46,7 +51,7 @@ else
   if tonumber(f[5] or '0') > now then return {'early', f[5]} end
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
-           'leaseUntil', string.format('%.6f', lease_until), 'owner', ARGV[3])
+           'leaseUntil', string.format('%.6f', lease_until), 'owner', ARGV[3], 'claimToken', ARGV[10])
 redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits')
 redis.call('ZADD', KEYS[2], string.format('%.6f', lease_until), ARGV[7])
 return {'claimed', redis.call('HGETALL', KEYS[1]), crashed}

@@ -11,7 +11,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, dead_letters, health, jobs, observability
+from pulse_api import batches, dead_letters, handlers_http, health, jobs, observability
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
     from_http_exception,
@@ -21,6 +21,7 @@ from pulse_api.problems import (
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.errors import PulseError
+from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig, TenantsSource
 
@@ -67,13 +68,14 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         },
     )
-    svc = Services.build(settings, source)
+    svc = Services.build(settings, source, HttpHandlerSettings.from_env(os.environ))
     app.extensions[EXTENSION_KEY] = svc
     api = PulseApi(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)
     api.register_blueprint(dead_letters.blp)
+    api.register_blueprint(handlers_http.blp)
     api.register_blueprint(observability.blp)
     observability.install(app, svc)
     app.register_error_handler(PulseError, from_pulse_error)

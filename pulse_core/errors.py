@@ -158,3 +158,17 @@ class JobNotCancellable(PulseError):
 
 class JobNotReplayable(PulseError):
     """A replay was asked for a job that is not dead."""
+
+
+class HandlerNotFound(PulseError):
+    """The tenant has no HTTP handler for this jobType (another tenant's looks the same)."""
+
+
+class JobTypeTaken(PulseError):
+    """An HTTP handler cannot be registered under a jobType a Python handler serves."""
+
+    field = "jobType"
+
+
+class SecretKeyMissing(PulseError):
+    """``PULSE_SECRET_KEY`` is not set, so no signing secret can be kept."""

@@ -67,6 +67,8 @@ class Job:
     cancel_requested: bool = False
     #: 0-9, higher runs sooner among the jobs waiting on the same queue.
     priority: int = DEFAULT_PRIORITY
+    #: The HTTP handler registration version the job was last delivered with (HTTP jobTypes).
+    handler_version: int | None = None
 
     def to_redis(self) -> dict[str, str]:
         """The record as the flat string mapping stored in a Redis hash."""
@@ -96,6 +98,8 @@ class Job:
             flat["priority"] = str(self.priority)
         if self.cancel_requested:
             flat["cancelRequested"] = "1"
+        if self.handler_version is not None:
+            flat["handlerVersion"] = str(self.handler_version)
         for key in _JSON_FIELDS:
             value = getattr(self, key)
             if value is not None:
@@ -131,6 +135,7 @@ class Job:
             cycle=int(raw.get("cycle") or 0),
             cancel_requested=raw.get("cancelRequested") == "1",
             priority=int(raw.get("priority") or DEFAULT_PRIORITY),
+            handler_version=_int_or_none(raw.get("handlerVersion")),
         )
 
     def document(self) -> dict[str, Any]:
@@ -157,6 +162,7 @@ class Job:
             "runAt": _iso(self.due_at) if self.due_at is not None else None,
             "replays": self.cycle,
             "cancelRequested": self.cancel_requested,
+            "handlerVersion": self.handler_version,
         }
 
 

@@ -77,3 +77,20 @@ def concurrency(job_type: str, tenant_id: str | None = None) -> str:
 
 #: ``limits`` key prefix for execution rate limits (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
+
+
+def http_handlers(tenant_id: str) -> str:
+    """Hash of one tenant's HTTP handler registrations: jobType -> JSON record (its
+    signing secrets encrypted). Capped per tenant (``pulse_core.http_handlers.registrations``)."""
+    return f"{PREFIX}:tenant:{tenant_id}:http-handlers"
+
+
+#: Set of the tenant ids that have at least one HTTP handler registration (so start-up
+#: can tell whether ``PULSE_SECRET_KEY`` is needed). Bounded by the tenants file.
+HTTP_HANDLER_TENANTS = f"{PREFIX}:http-handler-tenants"
+
+
+def http_attempt_token(job_id: str) -> str:
+    """String: digest of the per-attempt token a long (202) delivery reports with,
+    ``<attempt> <cycle> <sha256>``; expires with the attempt's lease window."""
+    return f"{PREFIX}:job:{job_id}:http-token"

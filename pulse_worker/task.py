@@ -74,8 +74,14 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         job_type, tenant_id = found
     spec = runtime.registry.get(job_type)
     declared = spec.limits if spec is not None else ExecutionLimits()
+    scope = job_type
+    if spec is None and runtime.http is not None:  # maybe a tenant's HTTP jobType: its limits are its own
+        found = runtime.store.type_and_tenant(job_id) if tenant_id is None else (job_type, tenant_id)
+        registration = runtime.http.registrations.get(found[1], found[0]) if found else None
+        if registration is not None and found is not None:
+            declared, scope, tenant_id, config = registration.limits, f"http:{found[1]}:{found[0]}", None, None
     try:
-        verdict = runtime.gate.enter(job_id, job_type, tenant_id, declared, config)
+        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
@@ -89,7 +95,7 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
     """Step 1: atomically claim the attempt; a redelivered or stale message claims nothing."""
-    spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")
+    spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")  # an HTTP job has its maxRetries
     outcome = runtime.store.claim(
         job_id,
         owner=task.request.hostname or "",
@@ -121,8 +127,11 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
 
 
 def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
-    """Step 2: find the handler registered for the job's jobType; dead-letter it if none."""
+    """Step 2: find the handler registered for the job's jobType (a Python handler, else
+    the tenant's own HTTP handler); dead-letter it if none."""
     spec = runtime.registry.get(job.job_type)
+    if spec is None and runtime.http is not None:
+        spec = runtime.http.spec_for(job)
     if spec is None:
         dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type))
     return spec

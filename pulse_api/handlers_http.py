@@ -248,6 +248,8 @@ class RotateSecret(MethodView):
     def post(self, body: dict[str, Any], job_type: str) -> dict[str, Any]:
         """A new signing secret; the old one keeps signing too for ``graceSeconds`` (24 h)."""
         svc = services()
+        if svc.registrations.get(g.tenant.tenant_id, job_type) is None:
+            raise _not_found(job_type)
         if not svc.registrations.box.ready:
             raise SecretKeyMissing("the operator must set PULSE_SECRET_KEY")
         grace = (body or {}).get("graceSeconds", DEFAULT_ROTATION_GRACE_SECONDS)

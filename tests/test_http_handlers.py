@@ -34,11 +34,18 @@ from pulse_core.errors import ConfigError
 from pulse_core.settings import Settings
 from tests.conftest import DIAG_TYPES
 from tests.http_receiver import BIG_BODY_BYTES, Receiver
-from tests.support import WorkerProcess, auth, settings_env, wait_for, wait_for_state
+from tests.support import WorkerProcess, auth, forget_http_handlers, settings_env, wait_for, wait_for_state
 
 QUEUE = "http-handlers"
 SECRET_KEY = Fernet.generate_key().decode()
 PUBLIC_ADDRESS = "93.184.216.34"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_registrations(redis: Redis) -> Iterator[None]:
+    """Registrations outlive apps: remove them so later tests' apps need no secret key."""
+    yield
+    forget_http_handlers(redis)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ DEV_TENANTS_FILE = Path("deploy/tenants.dev.toml")
 DEV_DEMO_KEY = "pulse-demo-key"
 DEV_STATE_DIR = Path(".pulse")
 DEV_WORKER_METRICS_PORT = 9808
+DEV_RECEIVER_PORT = 8010
 STOP_GRACE_SECONDS = 15.0
 GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
 FLOWER_AUTH_ENV = "PULSE_FLOWER_BASIC_AUTH"
@@ -196,10 +197,39 @@ def flower(address: str, port: int) -> None:
     _exec(flower_command(address, port), env)
 
 
+@main.command("demo-receiver", hidden=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEV_RECEIVER_PORT, show_default=True, type=int)
+def demo_receiver(host: str, port: int) -> None:
+    """The dev stack's HTTP handler endpoint (checks signatures, echoes the payload)."""
+    from pulse_cli.demo_receiver import serve
+
+    serve(host, port)
+
+
+def dev_secret_key(env: dict[str, str]) -> None:
+    """Give the dev stack a ``PULSE_SECRET_KEY`` (kept in .pulse/secret-key) and let it
+    reach loopback over plain http, for the demo receiver."""
+    from pulse_core.http_handlers.config import ALLOW_ENV, DEV_ALLOW, SECRET_KEY_ENV
+
+    env.setdefault(ALLOW_ENV, DEV_ALLOW)
+    if env.get(SECRET_KEY_ENV):
+        return
+    path = DEV_STATE_DIR / "secret-key"
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        DEV_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(Fernet.generate_key().decode())
+        path.chmod(0o600)
+    env[SECRET_KEY_ENV] = path.read_text().strip()
+
+
 @main.command()
 @click.option("--api-port", default=8000, show_default=True, type=int)
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--receiver-port", default=DEV_RECEIVER_PORT, show_default=True, type=int)
 @click.option(
     "--worker-metrics-port",
     default=DEV_WORKER_METRICS_PORT,
@@ -207,7 +237,7 @@ def flower(address: str, port: int) -> None:
     type=int,
     help="the worker's Prometheus endpoint (0: none)",
 )
-def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: int) -> None:
+def dev(api_port: int, flower_port: int, concurrency: int, receiver_port: int, worker_metrics_port: int) -> None:
     """Run the whole stack in the foreground: Redis (embedded if needed), API, worker, Flower."""
     env = dict(os.environ)
     env.setdefault("PULSE_TENANTS_FILE", str(DEV_TENANTS_FILE))
@@ -216,6 +246,7 @@ def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: 
     # Flower's HTTP API answers without a login on the loopback-only dev stack.
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     env.update(WORKER_ENV)
+    dev_secret_key(env)
     if worker_metrics_port:
         env["PULSE_WORKER_METRICS_PORT"] = str(worker_metrics_port)
     redis: EmbeddedRedis | None = None
@@ -239,9 +270,10 @@ def dev(api_port: int, flower_port: int, concurrency: int, worker_metrics_port: 
         {
             "api": _pulse("api", "--port", str(api_port), "--metrics-dir", str(metrics / "api")),
             "flower": _pulse("flower", "--port", str(flower_port)),
+            "receiver": _pulse("demo-receiver", "--port", str(receiver_port)),
         },
     ]
-    _print_banner(settings, redis, api_port, flower_port, worker_metrics_port)
+    _print_banner(settings, redis, api_port, flower_port, worker_metrics_port, receiver_port)
     redis_client = connect(settings.redis_url)
     code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
     if redis is not None:
@@ -255,6 +287,7 @@ def _print_banner(
     api_port: int,
     flower_port: int,
     worker_metrics_port: int,
+    receiver_port: int = DEV_RECEIVER_PORT,
 ) -> None:
     where = f"embedded, data in {DEV_STATE_DIR / 'redis'}" if redis else "from PULSE_REDIS_URL"
     click.echo(
@@ -268,6 +301,8 @@ def _print_banner(
                 if worker_metrics_port
                 else "          metrics: off",
                 f"  Flower  http://127.0.0.1:{flower_port}  (metrics: /metrics)",
+                f"  Receiver http://127.0.0.1:{receiver_port}/hook  (a demo HTTP handler endpoint; "
+                "docs/http-handlers.md)",
                 "Try it:",
                 f"  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs \\",
                 f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",

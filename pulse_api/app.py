@@ -65,7 +65,16 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS={
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "components": {
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "attemptToken": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "An HTTP handler's per-attempt token (attemptToken in the delivery)",
+                    },
+                }
+            },
         },
     )
     svc = Services.build(settings, source, HttpHandlerSettings.from_env(os.environ))
@@ -76,6 +85,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api.register_blueprint(batches.blp)
     api.register_blueprint(dead_letters.blp)
     api.register_blueprint(handlers_http.blp)
+    api.register_blueprint(handlers_http.callbacks)
     api.register_blueprint(observability.blp)
     observability.install(app, svc)
     app.register_error_handler(PulseError, from_pulse_error)

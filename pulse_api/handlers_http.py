@@ -13,20 +13,28 @@ the answer is ``422`` naming ``url``, and nothing is stored.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import time
 from typing import Any
 
 from flask import g, request
 from flask.views import MethodView
-from marshmallow import RAISE, Schema, fields, validate
+from kombu.exceptions import KombuError
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from redis.exceptions import RedisError
 
 from pulse_api import door
 from pulse_api.openapi import problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
-from pulse_api.schemas import ProblemSchema
+from pulse_api.schemas import JobSchema, ProblemSchema
 from pulse_api.services import services
+from pulse_core.broker.celery_app import publish_job
 from pulse_core.errors import (
+    AttemptOver,
+    AuthenticationFailed,
     HandlerNotFound,
     InvalidParameter,
     JobTypeTaken,
@@ -34,6 +42,7 @@ from pulse_core.errors import (
     SecretKeyMissing,
 )
 from pulse_core.handlers import JOB_TYPE_RE
+from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS
 from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
 from pulse_core.http_handlers.registrations import (
     DEFAULT_ROTATION_GRACE_SECONDS,
@@ -42,7 +51,9 @@ from pulse_core.http_handlers.registrations import (
     MAX_TIMEOUT_SECONDS,
     Registration,
 )
-from pulse_core.policy import ExecutionLimits
+from pulse_core.jobs import JobState
+from pulse_core.policy import ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.telemetry import metrics
 
 blp = PulseBlueprint(
     "handlers",
@@ -51,8 +62,8 @@ blp = PulseBlueprint(
     description="HTTP endpoints registered as the handlers of a tenant's jobTypes",
 )
 
-#: Largest registration body, in bytes.
-MAX_BODY_BYTES = 64 * 1024
+#: Largest registration body, in bytes (20 static headers of 4096 characters fit, even \u-escaped).
+MAX_BODY_BYTES = 1024 * 1024
 MAX_STATIC_HEADERS = 20
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 #: Headers Pulse sets itself (``pulse_worker.http_delivery`` drops them from static headers too).
@@ -258,3 +269,145 @@ class RotateSecret(MethodView):
             raise _not_found(job_type)
         record, secret = rotated
         return {**record.document(), "secret": secret}
+
+
+# --- long jobs: the receiver of a 202 reports with its per-attempt token -----------------
+
+callbacks = PulseBlueprint(
+    "http_attempts",
+    __name__,
+    url_prefix="/v1/jobs",
+    description="Heartbeat and completion of an HTTP handler's long job (after it answered 202)",
+)
+
+_TOKEN_SECURITY: list[dict[str, list[str]]] = [{"attemptToken": []}]
+
+
+class HeartbeatSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    extendSeconds = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_LEASE_SECONDS),
+        metadata={"description": "The lease runs this long from now (default: the handler's timeoutSeconds)"},
+    )
+
+
+class CompleteSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    result = fields.Raw(allow_none=True, metadata={"description": "The job's JSON result: it succeeded"})
+    error = fields.Raw(metadata={"description": "What went wrong (any JSON): the attempt failed"})
+    retryable = fields.Boolean(load_default=True, metadata={"description": "With error: worth another attempt"})
+
+    @validates_schema
+    def _one_outcome(self, data: dict[str, Any], **_: Any) -> None:
+        if ("result" in data) == ("error" in data):
+            raise ValidationError("send exactly one of result and error", field_name="result")
+
+
+class LeaseSchema(Schema):
+    jobId = fields.String(required=True)
+    attempt = fields.Integer(required=True)
+    leaseSeconds = fields.Integer(required=True)
+
+
+@callbacks.before_request
+def _attempt_token() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("send 'Authorization: Bearer <attemptToken>' (from the delivery's body)")
+    g.attempt_token = token.strip()
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+
+
+def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
+    svc = services()
+    check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
+    if check.verdict == "bad-token":
+        raise AuthenticationFailed("the attempt token is not this job's current attempt's")
+    if check.verdict != "ok":
+        raise AttemptOver(f"the attempt is over (the job is {check.state})")
+    job = svc.store.get(job_id)
+    if job is None:
+        raise AttemptOver("the job is gone")
+    return job
+
+
+@callbacks.route("/<string:job_id>/heartbeat")
+class Heartbeat(MethodView):
+    @callbacks.arguments(HeartbeatSchema, required=False)
+    @callbacks.response(200, LeaseSchema)
+    @problems(callbacks, 401, 413, 422)
+    @callbacks.alt_response(
+        409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
+    )
+    @callbacks.doc(security=_TOKEN_SECURITY)
+    def post(self, body: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+        """Keep a handed-off attempt's lease alive (the token came in the delivery's body)."""
+        svc = services()
+        extend = (body or {}).get("extendSeconds")
+        if extend is None:  # the handler's timeoutSeconds (the token check below decides anything else)
+            known = svc.store.get(job_id)
+            registration = svc.registrations.get(known.tenant_id, known.job_type) if known else None
+            extend = registration.timeout_seconds if registration else DEFAULT_TIMEOUT_SECONDS
+        job = _current_attempt(job_id, float(extend))
+        return {"jobId": job.job_id, "attempt": job.attempts, "leaseSeconds": int(extend)}
+
+
+@callbacks.route("/<string:job_id>/complete")
+class Complete(MethodView):
+    @callbacks.arguments(CompleteSchema)
+    @callbacks.response(200, JobSchema)
+    @problems(callbacks, 400, 401, 413, 415, 422)
+    @callbacks.alt_response(
+        409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
+    )
+    @callbacks.doc(security=_TOKEN_SECURITY)
+    def post(self, body: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """End a handed-off attempt: ``{"result": ...}`` or ``{"error": ..., "retryable": bool}``."""
+        svc = services()
+        job = _current_attempt(job_id, None)
+        registration = svc.registrations.get(job.tenant_id, job.job_type)
+        policy = registration.policy if registration is not None else RetryPolicy()
+        publish_at: float | None = None
+        if "result" in body:
+            text = json.dumps(body["result"], separators=(",", ":"))
+            if len(text.encode()) > svc.settings.result_max_bytes:
+                raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
+            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text)
+            outcome = metrics.Outcome.SUCCEEDED
+        else:
+            reported = body["error"]
+            error = {
+                "type": "HttpHandlerReportedError",
+                "message": (reported if isinstance(reported, str) else json.dumps(reported))[:2000],
+                "responseClass": "reported",
+            }
+            max_retries = job.max_retries if job.max_retries is not None else policy.max_retries
+            if body["retryable"] and job.attempts < max_retries + 1:
+                settings = svc.settings
+                plan = plan_delay(
+                    policy.delay_before(job.attempts + 1),
+                    now=time.time(),
+                    eta_window_seconds=settings.eta_window_seconds,
+                    lease_seconds=settings.lease_seconds,
+                )
+                done = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
+                publish_at = plan.countdown
+                outcome = metrics.Outcome.RETRIED
+            else:
+                done = svc.store.finalize(job, JobState.DEAD, error=error)
+                outcome = metrics.Outcome.DEAD
+        if not done:
+            raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
+        svc.attempt_tokens.forget(job_id)
+        metrics.job_finished(job, outcome)
+        final = svc.store.get(job_id)  # before the next attempt's message can start it
+        if publish_at is not None:
+            with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
+                publish_job(svc.celery, job, attempt=job.attempts + 1, countdown=publish_at)
+        return final.document() if final is not None else job.document()

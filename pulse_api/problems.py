@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from pulse_core.errors import (
+    AttemptOver,
     AuthenticationFailed,
     BacklogFull,
     BatchTooLarge,
@@ -49,6 +50,7 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     AuthenticationFailed: (401, "unauthorized", "Missing or invalid API key"),
     JobNotFound: (404, "not-found", "No such job"),
     HandlerNotFound: (404, "not-found", "No such HTTP handler"),
+    AttemptOver: (409, "attempt-over", "The attempt is over"),
     JobTypeTaken: (409, "job-type-taken", "A Python handler already serves this jobType"),
     SecretKeyMissing: (503, "secret-key-missing", "The operator has not set PULSE_SECRET_KEY"),
     PayloadTooLarge: (413, "payload-too-large", "The body is larger than allowed"),

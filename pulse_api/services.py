@@ -10,6 +10,7 @@ from redis import Redis
 
 from pulse_core.broker.celery_app import create_celery, declare_run_job, publishes_inline
 from pulse_core.guards.admission import Admission
+from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.registrations import Registrations
 from pulse_core.policy import RetryPolicy
@@ -42,6 +43,7 @@ class Services:
     #: Tenants' HTTP handlers (``pulse_core.http_handlers``) and the operator's settings for them.
     http_settings: HttpHandlerSettings
     registrations: Registrations
+    attempt_tokens: AttemptTokens
 
     @classmethod
     def build(
@@ -84,6 +86,7 @@ class Services:
             ),
             http_settings=http_settings,
             registrations=registrations,
+            attempt_tokens=AttemptTokens(redis),
         )
 
 

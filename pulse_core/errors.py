@@ -172,3 +172,12 @@ class JobTypeTaken(PulseError):
 
 class SecretKeyMissing(PulseError):
     """``PULSE_SECRET_KEY`` is not set, so no signing secret can be kept."""
+
+
+class AttemptHandedOff(JobFailed):
+    """Not a failure: the attempt goes on outside the worker (an HTTP handler answered
+    ``202`` and reports with heartbeat/complete); the worker records nothing."""
+
+
+class AttemptOver(PulseError):
+    """A long HTTP job's heartbeat or completion came for an attempt that is over."""

@@ -40,8 +40,9 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.context import JobContext
-from pulse_core.errors import PermanentError, RetryableError, RetryLater
+from pulse_core.errors import AttemptHandedOff, PermanentError, RetryableError, RetryLater
 from pulse_core.handlers import HandlerSpec
+from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.guard import Target, UrlRefused, checked_address, parse_url
 from pulse_core.http_handlers.registrations import Registration, Registrations
@@ -184,6 +185,7 @@ class HttpDelivery:
     def __init__(self, redis: Redis, settings: HttpHandlerSettings, *, result_max_bytes: int) -> None:
         self.settings = settings
         self.registrations = Registrations(redis, settings)
+        self.tokens = AttemptTokens(redis)
         self._redis = redis
         self._set_version = redis.register_script(_SET_VERSION)
         self._result_max_bytes = result_max_bytes
@@ -236,6 +238,8 @@ class HttpDelivery:
                 "attempt": job.attempts,
                 "payload": job.payload,
                 "metadata": dict(job.metadata),
+                # For a 202 answer: authenticates this attempt's heartbeat and complete calls.
+                "attemptToken": self.tokens.issue(job),
             },
             separators=(",", ":"),
         ).encode()
@@ -263,6 +267,11 @@ class HttpDelivery:
         host = f"[{address}]" if address.version == 6 else str(address)
         url = f"{target.scheme}://{host}:{target.port}{target.path}"
         answer = self._post(job, target, url, headers, body, registration.timeout_seconds)
+        if answer.status == 202:
+            metrics.http_delivery(job.tenant_id, job.job_type, "2xx")
+            if not self.tokens.hand_off(job, registration.timeout_seconds):
+                raise HttpRetryable("the attempt was no longer current when 202 came", 202, answer.body, "2xx")
+            raise AttemptHandedOff(f"202 accepted; the receiver reports within {registration.timeout_seconds} s")
         return self._outcome(job, answer)
 
     def _post(

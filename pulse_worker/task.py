@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
 from pulse_core.errors import (
+    AttemptHandedOff,
     JobCancelled,
     JobFailed,
     PermanentError,
@@ -165,6 +166,9 @@ def record(
     exc: BaseException | None,
 ) -> None:
     """Step 4: record the outcome: succeeded, cancelled, retrying or dead."""
+    if isinstance(exc, AttemptHandedOff):  # an HTTP handler's 202: it reports the outcome itself
+        log.info("job %s (%s) attempt %d handed off: %s", job.job_id, job.job_type, job.attempts, exc)
+        return
     if exc is None:
         if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null"):
             metrics.job_finished(job, Outcome.SUCCEEDED)

@@ -92,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(float(received.json()["payload"].get("seconds", 0.05)))
             self._send(200, b'{"ok":true}')
+        elif path == "/accept":
+            self._send(202, b'{"accepted":true}')
         elif path == "/empty":
             self._send(204, b"")
         elif path == "/hang":

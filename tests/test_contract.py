@@ -89,6 +89,8 @@ OPERATIONS = [
     ("GET", "/v1/handlers/{job_type}"),
     ("DELETE", "/v1/handlers/{job_type}"),
     ("POST", "/v1/handlers/{job_type}/rotate-secret"),
+    ("POST", "/v1/jobs/{job_id}/heartbeat"),
+    ("POST", "/v1/jobs/{job_id}/complete"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),

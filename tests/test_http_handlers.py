@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -283,6 +284,7 @@ def test_a_delivery_is_signed_traced_versioned_and_succeeds(
         "attempt": 1,
         "payload": {"n": 1},
         "metadata": {"team": "a"},
+        "attemptToken": body["attemptToken"],
     }
     assert delivery.headers["webhook-id"] == f"{job_id}.1"
     # and it carries the caller's trace
@@ -486,3 +488,81 @@ def test_sigkill_during_a_delivery_delivers_it_again(
     assert doc["state"] == "succeeded", doc
     ids = [d.headers["webhook-id"] for d in deliveries_of(receiver, "/hold", job_id)]
     assert ids == [f"{job_id}.1", f"{job_id}.2"]
+
+
+# --- long jobs (202) -------------------------------------------------------------------
+
+
+def _token_of(receiver: Receiver, job_id: str, attempt: int) -> str:
+    found = wait_for(lambda: len(deliveries_of(receiver, "/accept", job_id)) >= attempt, timeout=30)
+    assert found
+    token: str = deliveries_of(receiver, "/accept", job_id)[attempt - 1].json()["attemptToken"]
+    return token
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_202_job_stays_running_under_heartbeats_and_completes(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess, http_settings: Settings
+) -> None:
+    # given a receiver that answers 202, with a 2-second time limit (the lease it gets)
+    register(client, "acme", "hooks.long", url=receiver.url("/accept"), timeoutSeconds=2, maxRetries=0)
+    job_id = submit(client, "acme", "hooks.long")
+    token = _token_of(receiver, job_id, 1)
+    # when it heartbeats for longer than the lease and the recovery bound
+    for _ in range(4):
+        beat = client.post(f"/v1/jobs/{job_id}/heartbeat", json={"extendSeconds": 2}, headers=_bearer(token))
+        assert beat.status_code == 200, beat.get_data(as_text=True)
+        time.sleep(1.0)
+    # then the job is still running, attempt 1, never delivered again
+    doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+    assert doc["state"] == "running" and doc["attempts"] == 1
+    assert len(deliveries_of(receiver, "/accept", job_id)) == 1
+    # when it completes with a result, then the job succeeded with it
+    done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": {"rows": 3}}, headers=_bearer(token))
+    assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()["result"] == {"rows": 3}
+    # and the token is spent; a tenant's API key is no attempt token
+    again = client.post(f"/v1/jobs/{job_id}/complete", json={"result": 1}, headers=_bearer(token))
+    assert again.status_code == 401
+    assert client.post(f"/v1/jobs/{job_id}/heartbeat", headers=auth("acme")).status_code == 401
+
+
+def test_a_lapsed_202_lease_is_retried_and_the_old_token_is_refused(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    # given a 202 receiver that never heartbeats, with a one-second lease and one retry
+    register(client, "acme", "hooks.lapse", url=receiver.url("/accept"), timeoutSeconds=1, maxRetries=1)
+    job_id = submit(client, "acme", "hooks.lapse")
+    old = _token_of(receiver, job_id, 1)
+    # when the lease lapses, then the job is delivered again as attempt 2, like a crash
+    new = _token_of(receiver, job_id, 2)
+    assert [d.json()["attempt"] for d in deliveries_of(receiver, "/accept", job_id)] == [1, 2]
+    # and the first attempt's token is refused
+    assert client.post(f"/v1/jobs/{job_id}/heartbeat", headers=_bearer(old)).status_code == 401
+    refused = client.post(f"/v1/jobs/{job_id}/complete", json={"result": "late"}, headers=_bearer(old))
+    assert refused.status_code == 401
+    # when the second attempt reports a permanent error, then the job is dead with it
+    failed = client.post(
+        f"/v1/jobs/{job_id}/complete", json={"error": "bad input", "retryable": False}, headers=_bearer(new)
+    )
+    assert failed.status_code == 200, failed.get_data(as_text=True)
+    doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+    assert doc["state"] == "dead" and doc["attempts"] == 2 and doc["error"]["message"] == "bad input"
+
+
+def test_a_202_job_reporting_a_retryable_error_is_delivered_again(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    register(client, "acme", "hooks.again", url=receiver.url("/accept"), timeoutSeconds=30, maxRetries=1, backoff=0)
+    job_id = submit(client, "acme", "hooks.again")
+    first = _token_of(receiver, job_id, 1)
+    answer = client.post(f"/v1/jobs/{job_id}/complete", json={"error": {"code": 7}}, headers=_bearer(first))
+    assert answer.status_code == 200 and answer.get_json()["state"] == "retrying"
+    second = _token_of(receiver, job_id, 2)
+    both = client.post(f"/v1/jobs/{job_id}/complete", json={"result": None, "error": 1}, headers=_bearer(second))
+    assert both.status_code == 422  # exactly one of result and error
+    done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": None}, headers=_bearer(second))
+    assert done.status_code == 200 and done.get_json()["state"] == "succeeded"

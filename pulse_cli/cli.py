@@ -157,7 +157,9 @@ def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> li
     "--tenants",
     help="comma-separated tenants whose jobs to run: their lanes of the queues the tenants file routes them to",
 )
-@click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
+@click.option(
+    "--concurrency", type=int, help="processes (prefork) or threads (--pool threads) in the pool (default: CPU count)"
+)
 @click.option("--pool", default="prefork", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--events/--no-events", default=False, help="send task events (for Flower)")

@@ -42,7 +42,7 @@ from pulse_core import keys
 from pulse_core.context import JobContext
 from pulse_core.errors import AttemptHandedOff, PermanentError, RetryableError, RetryLater
 from pulse_core.handlers import HandlerSpec
-from pulse_core.http_handlers.attempts import AttemptTokens
+from pulse_core.http_handlers.attempts import TOKEN_TTL_SECONDS, AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.guard import Target, UrlRefused, checked_address, parse_url
 from pulse_core.http_handlers.registrations import Registration, Registrations
@@ -77,11 +77,18 @@ RESERVED_HEADERS = frozenset(
     }
 )
 
-# Record the registration version a job was delivered with, while the attempt is current.
-_SET_VERSION = """
+#: How long a worker process reuses a registration it read (a replace or rotation
+#: reaches deliveries within this many seconds).
+REGISTRATION_CACHE_SECONDS = 1.0
+
+# One round trip before a delivery, while the attempt is current: record the registration
+# version on the job and store the attempt token's digest (``AttemptTokens``).
+# KEYS: job, token. ARGV: attempt, version, token value, token ttl.
+_BEFORE_DELIVERY = """
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts')
 if f[1] == 'running' and f[2] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'handlerVersion', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
   return 1
 end
 return 0
@@ -187,7 +194,8 @@ class HttpDelivery:
         self.registrations = Registrations(redis, settings)
         self.tokens = AttemptTokens(redis)
         self._redis = redis
-        self._set_version = redis.register_script(_SET_VERSION)
+        self._before_delivery = redis.register_script(_BEFORE_DELIVERY)
+        self._cache: dict[tuple[str, str], tuple[float, Registration | None]] = {}
         self._result_max_bytes = result_max_bytes
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -209,9 +217,21 @@ class HttpDelivery:
                     self._client_pid = pid
         return self._client
 
+    def registration(self, tenant_id: str, job_type: str) -> Registration | None:
+        """The tenant's registration of ``job_type`` (read at most once a second per process)."""
+        now = time.monotonic()
+        found = self._cache.get((tenant_id, job_type))
+        if found is not None and found[0] > now:
+            return found[1]
+        registration = self.registrations.get(tenant_id, job_type)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[(tenant_id, job_type)] = (now + REGISTRATION_CACHE_SECONDS, registration)
+        return registration
+
     def spec_for(self, job: Job) -> HandlerSpec | None:
         """The job's tenant's HTTP handler of its jobType, as a handler delivering ``job``."""
-        registration = self.registrations.get(job.tenant_id, job.job_type)
+        registration = self.registration(job.tenant_id, job.job_type)
         if registration is None:
             return None
 
@@ -223,7 +243,13 @@ class HttpDelivery:
 
     def deliver(self, job: Job, registration: Registration) -> Any:
         """One attempt: check, sign, POST, and turn the answer into a result or an error."""
-        self._set_version(keys=[keys.job(job.job_id)], args=[str(job.attempts), str(registration.version)])
+        token, stored = self.tokens.new(job)
+        current = self._before_delivery(
+            keys=[keys.job(job.job_id), keys.http_attempt_token(job.job_id)],
+            args=[str(job.attempts), str(registration.version), stored, TOKEN_TTL_SECONDS],
+        )
+        if not current:
+            raise HttpRetryable("the attempt is no longer current; not delivered", None, b"", "stale")
         try:
             target = parse_url(registration.url, self.settings)
             address = checked_address(target, self.settings)
@@ -239,7 +265,7 @@ class HttpDelivery:
                 "payload": job.payload,
                 "metadata": dict(job.metadata),
                 # For a 202 answer: authenticates this attempt's heartbeat and complete calls.
-                "attemptToken": self.tokens.issue(job),
+                "attemptToken": token,
             },
             separators=(",", ":"),
         ).encode()

@@ -78,7 +78,7 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
     scope = job_type
     if spec is None and runtime.http is not None:  # maybe a tenant's HTTP jobType: its limits are its own
         found = runtime.store.type_and_tenant(job_id) if tenant_id is None else (job_type, tenant_id)
-        registration = runtime.http.registrations.get(found[1], found[0]) if found else None
+        registration = runtime.http.registration(found[1], found[0]) if found else None
         if registration is not None and found is not None:
             declared, scope, tenant_id, config = registration.limits, f"http:{found[1]}:{found[0]}", None, None
     try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from pulse_cli.embedded_redis import free_port
 from pulse_core import keys
 from pulse_core.errors import ConfigError
 from pulse_core.settings import Settings
+from pulse_worker.http_delivery import REGISTRATION_CACHE_SECONDS
 from tests.conftest import DIAG_TYPES
 from tests.http_receiver import BIG_BODY_BYTES, Receiver
 from tests.support import WorkerProcess, auth, forget_http_handlers, settings_env, wait_for, wait_for_state
@@ -289,8 +292,10 @@ def test_a_delivery_is_signed_traced_versioned_and_succeeds(
     assert delivery.headers["webhook-id"] == f"{job_id}.1"
     # and it carries the caller's trace
     assert re.fullmatch(rf"00-{trace_id}-[0-9a-f]{{16}}-01", delivery.headers["traceparent"])
-    # when the registration is replaced, the next job shows the new version
+    # when the registration is replaced, the next job shows the new version (once the
+    # worker's one-second cache of it has expired)
     register(client, "acme", "hooks.ok", url=receiver.url("/ok"), timeoutSeconds=9)
+    time.sleep(REGISTRATION_CACHE_SECONDS + 0.2)
     second = wait_for_state(client, "acme", submit(client, "acme", "hooks.ok"), {"succeeded", "dead"})
     assert second["handlerVersion"] == 2 and second["options"]["timeoutSeconds"] == 9
 
@@ -303,6 +308,7 @@ def test_a_rotated_secret_signs_alongside_the_old_one_during_its_grace(
     assert rotated.status_code == 200 and rotated.get_json()["previousSecretValidUntil"]
     new = rotated.get_json()["secret"]
     assert new != old
+    time.sleep(REGISTRATION_CACHE_SECONDS + 0.2)  # the worker's cache of the registration
     job_id = submit(client, "acme", "hooks.rotate")
     assert wait_for_state(client, "acme", job_id, {"succeeded", "dead"})["state"] == "succeeded"
     (delivery,) = deliveries_of(receiver, "/ok", job_id)
@@ -310,6 +316,7 @@ def test_a_rotated_secret_signs_alongside_the_old_one_during_its_grace(
     Webhook(old).verify(delivery.body, delivery.headers)  # and so does the old one, for now
     # a rotation without grace drops the old secret at once
     newest = client.post("/v1/handlers/hooks.rotate/rotate-secret", json={"graceSeconds": 0}, headers=auth("acme"))
+    time.sleep(REGISTRATION_CACHE_SECONDS + 0.2)
     job_id = submit(client, "acme", "hooks.rotate")
     assert wait_for_state(client, "acme", job_id, {"succeeded", "dead"})["state"] == "succeeded"
     (delivery,) = deliveries_of(receiver, "/ok", job_id)
@@ -566,3 +573,31 @@ def test_a_202_job_reporting_a_retryable_error_is_delivered_again(
     assert both.status_code == 422  # exactly one of result and error
     done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": None}, headers=_bearer(second))
     assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
+
+
+def test_pulse_worker_with_a_threads_pool_lets_deliveries_in_flight_finish_on_sigterm(
+    http_settings: Settings, redis: Redis, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given `pulse worker --pool threads --concurrency 8 --queues http-term`, as the docs say
+    settings = replace(http_settings, default_queue="http-term")
+    app = _app_with_env(settings, _http_env("127.0.0.1/32,http", ""))
+    client = app.test_client()
+    register(client, "acme", "hooks.term", url=receiver.url("/slow"), timeoutSeconds=30)
+    process = WorkerProcess(_worker_env(settings, tmp_path), tmp_path / "worker.log", queues=("http-term",))
+    process.command = [
+        sys.executable, "-m", "pulse_cli.cli", "worker", "--pool", "threads", "--concurrency", "8",
+        "--queues", "http-term",
+    ]  # fmt: skip
+    process.start().wait_ready(redis, DIAG_TYPES)
+    jobs = [submit(client, "acme", "hooks.term", {"seconds": 3}) for _ in range(3)]
+    wait_for(lambda: all(deliveries_of(receiver, "/slow", j) for j in jobs), timeout=30)
+    # when it gets SIGTERM while the three deliveries are in flight
+    process.signal(signal.SIGTERM)
+    assert process.process is not None
+    code = process.process.wait(60)
+    process.stop()
+    # then it waited for them: each job succeeded, delivered once, and the worker exited cleanly
+    assert code == 0, process.log()[-2000:]
+    for job_id in jobs:
+        assert wait_for_state(client, "acme", job_id, {"succeeded", "dead"})["state"] == "succeeded"
+        assert len(deliveries_of(receiver, "/slow", job_id)) == 1

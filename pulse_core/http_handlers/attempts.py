@@ -73,12 +73,12 @@ class AttemptTokens:
         self._hand_off = redis.register_script(_HAND_OFF)
         self._check = redis.register_script(_CHECK)
 
-    def issue(self, job: Job) -> str:
-        """A fresh token for ``job``'s current attempt (replacing any older one)."""
+    @staticmethod
+    def new(job: Job) -> tuple[str, str]:
+        """A fresh token for ``job``'s current attempt and what to store under
+        ``keys.http_attempt_token`` (replacing any older attempt's) for ``TOKEN_TTL_SECONDS``."""
         token = secrets.token_urlsafe(32)
-        value = f"{job.attempts} {job.cycle} {_digest(token)}"
-        self._redis.set(keys.http_attempt_token(job.job_id), value, ex=TOKEN_TTL_SECONDS)
-        return token
+        return token, f"{job.attempts} {job.cycle} {_digest(token)}"
 
     def hand_off(self, job: Job, lease_seconds: float) -> bool:
         """After a ``202``: the attempt stays running, its lease ``lease_seconds`` from now."""

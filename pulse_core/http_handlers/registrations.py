@@ -105,6 +105,7 @@ class SecretBox:
 
     def __init__(self, key: str | None) -> None:
         self._key = key
+        self._opened: dict[str, str] = {}  # sealed -> secret, so a worker decrypts each once
 
     @property
     def ready(self) -> bool:
@@ -123,8 +124,15 @@ class SecretBox:
     def open(self, sealed: str) -> str:
         from cryptography.fernet import InvalidToken
 
+        known = self._opened.get(sealed)
+        if known is not None:
+            return known
         try:
-            return str(self._fernet().decrypt(sealed.encode()).decode())
+            secret = str(self._fernet().decrypt(sealed.encode()).decode())
+            if len(self._opened) > 10_000:
+                self._opened.clear()
+            self._opened[sealed] = secret
+            return secret
         except InvalidToken:
             raise ConfigError(
                 f"a signing secret does not decrypt with {SECRET_KEY_ENV}: was the key changed?"

@@ -35,6 +35,7 @@ HTTP_TYPE = "bench.http"
 
 class _Slow(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, no delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

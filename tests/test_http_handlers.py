@@ -601,3 +601,22 @@ def test_pulse_worker_with_a_threads_pool_lets_deliveries_in_flight_finish_on_si
     for job_id in jobs:
         assert wait_for_state(client, "acme", job_id, {"succeeded", "dead"})["state"] == "succeeded"
         assert len(deliveries_of(receiver, "/slow", job_id)) == 1
+
+
+def test_a_missing_secret_key_stops_the_worker_once_a_handler_exists(
+    client: FlaskClient, http_settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given a registration exists
+    assert register(client, "acme", "hooks.keyed.worker", url=receiver.url("/ok")).status_code in (200, 201)
+    # when a worker starts without PULSE_SECRET_KEY
+    env = _worker_env(http_settings, tmp_path)
+    del env["PULSE_SECRET_KEY"]
+    process = WorkerProcess(env, tmp_path / "worker.log", queues=("http-nokey",)).start()
+    assert process.process is not None
+    try:
+        code = process.process.wait(60)
+    finally:
+        process.stop()
+    # then it stops, naming the variable
+    assert code != 0
+    assert "PULSE_SECRET_KEY is not set" in process.log()

@@ -260,7 +260,9 @@ def test_a_delivery_is_signed_traced_versioned_and_succeeds(
     client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
 ) -> None:
     # given acme's endpoint, and another tenant that has none under that name
-    secret = register(client, "acme", "hooks.ok", url=receiver.url("/ok")).get_json()["secret"]
+    created = register(client, "acme", "hooks.ok", url=receiver.url("/ok"), headers={"X-Api-Key": "k1"}).get_json()
+    secret = created["secret"]
+    assert created["headers"] == {"X-Api-Key": "<redacted>"}
     refused = client.post("/v1/jobs", json={"jobType": "hooks.ok", "payload": {}}, headers=auth("globex"))
     assert refused.status_code == 422 and refused.get_json()["type"].endswith("unknown-job-type")
     # when a job is submitted with the caller's traceparent
@@ -290,6 +292,7 @@ def test_a_delivery_is_signed_traced_versioned_and_succeeds(
         "attemptToken": body["attemptToken"],
     }
     assert delivery.headers["webhook-id"] == f"{job_id}.1"
+    assert delivery.headers["x-api-key"] == "k1"  # the static header, sent but never shown again
     # and it carries the caller's trace
     assert re.fullmatch(rf"00-{trace_id}-[0-9a-f]{{16}}-01", delivery.headers["traceparent"])
     # when the registration is replaced, the next job shows the new version (once the

@@ -12,6 +12,7 @@ A tenant has at most ``MAX_PER_TENANT`` registrations (bounded state).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from pulse_core import keys
 from pulse_core.errors import ConfigError, InvalidParameter
@@ -26,6 +28,8 @@ from pulse_core.http_handlers.config import SECRET_KEY_ENV, HttpHandlerSettings
 from pulse_core.http_handlers.signing import new_secret
 from pulse_core.jobs import utc_now
 from pulse_core.policy import ExecutionLimits, RetryPolicy
+
+log = logging.getLogger("pulse")
 
 MAX_PER_TENANT = 100
 DEFAULT_TIMEOUT_SECONDS = 30
@@ -249,8 +253,19 @@ class Registrations:
         return found
 
     def require_key_if_used(self) -> None:
-        """Start-up check: once any HTTP handler exists, ``PULSE_SECRET_KEY`` must be set."""
-        if not self.box.ready and self.any_exist():
+        """Start-up check: once any HTTP handler exists, ``PULSE_SECRET_KEY`` must be set.
+
+        With Redis unreachable the check is skipped (a process must start, and say it is
+        not ready, while Redis is down); a delivery without the key fails loudly anyway.
+        """
+        if self.box.ready:
+            return
+        try:
+            used = self.any_exist()
+        except RedisError as exc:
+            log.warning("could not check for HTTP handler registrations (%s): %s not checked", exc, SECRET_KEY_ENV)
+            return
+        if used:
             raise ConfigError(
                 f"{SECRET_KEY_ENV} is not set, but HTTP handlers are registered: set it to the Fernet key "
                 "their signing secrets were encrypted with"

@@ -12,6 +12,7 @@ DNS. The API process maps ``rebind.test`` to a public address and the worker map
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -34,6 +35,8 @@ from pulse_api import create_app
 from pulse_cli.embedded_redis import free_port
 from pulse_core import keys
 from pulse_core.errors import ConfigError
+from pulse_core.http_handlers.config import HttpHandlerSettings
+from pulse_core.http_handlers.guard import refusal
 from pulse_core.settings import Settings
 from pulse_worker.http_delivery import REGISTRATION_CACHE_SECONDS
 from tests.conftest import DIAG_TYPES
@@ -623,3 +626,25 @@ def test_a_missing_secret_key_stops_the_worker_once_a_handler_exists(
     # then it stops, naming the variable
     assert code != 0
     assert "PULSE_SECRET_KEY is not set" in process.log()
+
+
+# --- the guard's rules and the operator's settings, on their own ------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::ffff:127.0.0.1", "::ffff:10.0.0.1", "100.64.1.1", "fe80::1", "169.254.169.254", "240.0.0.1", "::"],
+)
+def test_the_guard_refuses_every_non_public_address(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address), HttpHandlerSettings()) is not None
+    assert refusal(ipaddress.ip_address("93.184.216.34"), HttpHandlerSettings()) is None
+
+
+def test_an_allowed_network_passes_and_a_bad_setting_names_itself() -> None:
+    allowed = HttpHandlerSettings.from_env({"PULSE_HTTP_HANDLER_ALLOW": "10.20.0.0/16"})
+    assert refusal(ipaddress.ip_address("10.20.3.4"), allowed) is None
+    assert refusal(ipaddress.ip_address("10.21.3.4"), allowed) is not None
+    with pytest.raises(ConfigError, match="PULSE_HTTP_HANDLER_ALLOW"):
+        HttpHandlerSettings.from_env({"PULSE_HTTP_HANDLER_ALLOW": "10.0.0.0/33"})
+    with pytest.raises(ConfigError, match="PULSE_SECRET_KEY"):
+        HttpHandlerSettings.from_env({"PULSE_SECRET_KEY": "not-a-fernet-key"})

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, drain, fairness, submit, telemetry
+from bench import batch, drain, fairness, http, submit, telemetry
 from bench.common import BenchEnv, Result
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
@@ -22,6 +22,7 @@ SECTIONS = {
     "drain": drain,
     "fairness": fairness,
     "telemetry": telemetry,
+    "http": http,
 }
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
@@ -38,6 +39,11 @@ RATIOS = [
     ("submit, telemetry on, 10% sampled", "submit, telemetry off", "submit: telemetry on (10% sampled) / off"),
     ("drain, telemetry on, 10% sampled", "drain, telemetry off", "drain: telemetry on (10% sampled) / off"),
     ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
+    (
+        f"1 worker (threads x{http.CONCURRENCY}), HTTP 50 ms",
+        f"1 worker (threads x{http.CONCURRENCY}), python sleep 50 ms",
+        "http: HTTP 50 ms / python sleep 50 ms",
+    ),
 ]
 
 

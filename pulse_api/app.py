@@ -12,7 +12,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, dead_letters, docs, health, jobs, observability
+from pulse_api import batches, dead_letters, docs, handlers_http, health, jobs, observability
 from pulse_api.openapi import DeadLetterIdConverter, StableOperations
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -23,6 +23,7 @@ from pulse_api.problems import (
 from pulse_api.schemas import ProblemSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.errors import PulseError
+from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.redis_client import check_at_start
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsConfig, TenantsSource
@@ -71,10 +72,19 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL=docs.ASSETS_URL,  # served by this app: /docs works offline
         API_SPEC_OPTIONS={
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "components": {
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "attemptToken": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "An HTTP handler's per-attempt token (attemptToken in the delivery)",
+                    },
+                }
+            },
         },
     )
-    svc = Services.build(settings, source)
+    svc = Services.build(settings, source, HttpHandlerSettings.from_env(os.environ))
     app.extensions[EXTENSION_KEY] = svc
     app.url_map.converters["dead_letter_id"] = DeadLetterIdConverter
     api = PulseApi(app, spec_kwargs={"extra_plugins": [StableOperations()]})
@@ -83,6 +93,8 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api.register_blueprint(jobs.blp)
     api.register_blueprint(batches.blp)
     api.register_blueprint(dead_letters.blp)
+    api.register_blueprint(handlers_http.blp)
+    api.register_blueprint(handlers_http.callbacks)
     observability.install(app, svc)
     docs.install(app)
     app.register_error_handler(PulseError, from_pulse_error)

@@ -83,6 +83,13 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/dead-letters/{job_id}"): "getDeadLetter",
     ("DELETE", "/v1/dead-letters/{job_id}"): "deleteDeadLetter",
     ("POST", "/v1/dead-letters/{job_id}/replay"): "replayDeadLetter",
+    ("GET", "/v1/handlers"): "listHttpHandlers",
+    ("PUT", "/v1/handlers/{job_type}"): "putHttpHandler",
+    ("GET", "/v1/handlers/{job_type}"): "getHttpHandler",
+    ("DELETE", "/v1/handlers/{job_type}"): "deleteHttpHandler",
+    ("POST", "/v1/handlers/{job_type}/rotate-secret"): "rotateHttpHandlerSecret",
+    ("POST", "/v1/jobs/{job_id}/heartbeat"): "heartbeatJob",
+    ("POST", "/v1/jobs/{job_id}/complete"): "completeJob",
     ("GET", "/healthz"): "getHealth",
     ("GET", "/readyz"): "getReadiness",
 }

@@ -274,6 +274,11 @@ class JobErrorSchema(Schema):
     type = fields.String(required=True)
     message = fields.String(required=True)
     traceback = fields.String()
+    status = fields.Integer(metadata={"description": "HTTP jobTypes: the last response's status"})
+    body = fields.String(metadata={"description": "HTTP jobTypes: the first 1 KiB of the last response's body"})
+    responseClass = fields.String(
+        metadata={"description": "HTTP jobTypes: 2xx, 4xx, 5xx, timeout, connection, refused"}
+    )
 
 
 class JobEffectiveOptionsSchema(Schema):
@@ -304,6 +309,10 @@ class JobSchema(Schema):
     )
     replays = fields.Integer(required=True, metadata={"description": "Dead-letter replays"})
     cancelRequested = fields.Boolean(required=True)
+    handlerVersion = fields.Integer(
+        allow_none=True,
+        metadata={"description": "HTTP jobTypes: the handler registration version of the last delivery"},
+    )
 
 
 class DeadLetterQuerySchema(Schema):

@@ -10,6 +10,10 @@ from redis import Redis
 
 from pulse_core.broker.celery_app import create_celery, declare_run_job, publishes_inline
 from pulse_core.guards.admission import Admission
+from pulse_core.http_handlers.attempts import AttemptTokens
+from pulse_core.http_handlers.config import HttpHandlerSettings
+from pulse_core.http_handlers.registrations import Registrations
+from pulse_core.policy import RetryPolicy
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.dead_letters import DeadLetters
@@ -36,10 +40,24 @@ class Services:
     dead_letters: DeadLetters
     #: The submit use case (``pulse_core.submission``), called once per request.
     submitter: Submitter
+    #: Tenants' HTTP handlers (``pulse_core.http_handlers``) and the operator's settings for them.
+    http_settings: HttpHandlerSettings
+    registrations: Registrations
+    attempt_tokens: AttemptTokens
 
     @classmethod
-    def build(cls, settings: Settings, tenants: TenantsSource) -> Services:
+    def build(
+        cls, settings: Settings, tenants: TenantsSource, http_settings: HttpHandlerSettings | None = None
+    ) -> Services:
         redis = connect(settings.redis_url)
+        http_settings = http_settings or HttpHandlerSettings()
+        registrations = Registrations(redis, http_settings)
+        registrations.require_key_if_used()
+
+        def http_job_type(tenant_id: str, job_type: str) -> RetryPolicy | None:
+            found = registrations.get(tenant_id, job_type)
+            return found.policy if found is not None else None
+
         store = JobStore(redis)
         celery = create_celery(settings, main="pulse-api")
         declare_run_job(celery)
@@ -64,7 +82,11 @@ class Services:
                 job_types=job_types,
                 admission=admission,
                 inline_publish=inline_publish,
+                http_job_type=http_job_type,
             ),
+            http_settings=http_settings,
+            registrations=registrations,
+            attempt_tokens=AttemptTokens(redis),
         )
 
 

@@ -44,6 +44,7 @@ DEFAULT_API_METRICS_PORT = 9807
 #: Settings read by pulse_api.gunicorn_conf (declared in pulse_core.settings).
 API_METRICS_PORT_ENV = "PULSE_API_METRICS_PORT"
 API_METRICS_HOST_ENV = "PULSE_API_METRICS_HOST"
+DEV_RECEIVER_PORT = 8010
 STOP_GRACE_SECONDS = 15.0
 GUNICORN_CONFIG = "python:pulse_api.gunicorn_conf"
 
@@ -181,7 +182,9 @@ def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> li
     "--tenants",
     help="comma-separated tenants whose jobs to run: their lanes of the queues the tenants file routes them to",
 )
-@click.option("--concurrency", type=int, help="processes in the pool (default: CPU count)")
+@click.option(
+    "--concurrency", type=int, help="processes (prefork) or threads (--pool threads) in the pool (default: CPU count)"
+)
 @click.option(
     "--hostname",
     help="the worker's Celery node name, unique per worker (e.g. w1@%h); default pulse-<pid>-<random>@<host>",
@@ -222,10 +225,39 @@ def flower(address: str, port: int) -> None:
     _exec(flower_command(address, port), flower_env(os.environ, settings))
 
 
+@main.command("demo-receiver", hidden=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEV_RECEIVER_PORT, show_default=True, type=int)
+def demo_receiver(host: str, port: int) -> None:
+    """The dev stack's HTTP handler endpoint (checks signatures, echoes the payload)."""
+    from pulse_cli.demo_receiver import serve
+
+    serve(host, port)
+
+
+def dev_secret_key(env: dict[str, str]) -> None:
+    """Give the dev stack a ``PULSE_SECRET_KEY`` (kept in .pulse/secret-key) and let it
+    reach loopback over plain http, for the demo receiver."""
+    from pulse_core.http_handlers.config import ALLOW_ENV, DEV_ALLOW, SECRET_KEY_ENV
+
+    env.setdefault(ALLOW_ENV, DEV_ALLOW)
+    if env.get(SECRET_KEY_ENV):
+        return
+    path = DEV_STATE_DIR / "secret-key"
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        DEV_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(Fernet.generate_key().decode())
+        path.chmod(0o600)
+    env[SECRET_KEY_ENV] = path.read_text().strip()
+
+
 @main.command()
 @click.option("--api-port", default=8000, show_default=True, type=int)
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--receiver-port", default=DEV_RECEIVER_PORT, show_default=True, type=int)
 @click.option(
     "--worker-metrics-port",
     default=DEV_WORKER_METRICS_PORT,
@@ -250,6 +282,7 @@ def dev(
     api_port: int,
     flower_port: int,
     concurrency: int,
+    receiver_port: int,
     worker_metrics_port: int,
     api_metrics_port: int,
     redis_port: int | None,
@@ -273,6 +306,7 @@ def dev(
     # Flower's HTTP API answers without a login on the loopback-only dev stack.
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     env.update(WORKER_ENV)
+    dev_secret_key(env)
     if worker_metrics_port:
         env["PULSE_WORKER_METRICS_PORT"] = str(worker_metrics_port)
     embed = not env.get("PULSE_REDIS_URL")
@@ -281,6 +315,7 @@ def dev(
     ports = {"API (--api-port)": api_port, "Flower (--flower-port)": flower_port}
     ports |= {"worker metrics (--worker-metrics-port)": worker_metrics_port}
     ports |= {"API metrics (--api-metrics-port)": api_metrics_port}
+    ports |= {"demo receiver (--receiver-port)": receiver_port}
     if embed and redis_port is not None:
         ports["embedded Redis (--redis-port, or set PULSE_REDIS_URL to use a running Redis)"] = redis_port
     for what, port in ports.items():
@@ -313,9 +348,10 @@ def dev(
             {
                 "api": _pulse("api", *api_args, "--metrics-dir", str(metrics / "api")),
                 "flower": _pulse("flower", "--port", str(flower_port)),
+                "receiver": _pulse("demo-receiver", "--port", str(receiver_port)),
             },
         ]
-        _print_banner(settings, redis, api_port, flower_port, worker_metrics_port, api_metrics_port)
+        _print_banner(settings, redis, api_port, flower_port, worker_metrics_port, api_metrics_port, receiver_port)
         redis_client = connect(settings.redis_url)
         code = Supervisor(env).run(stages, ready=lambda: bool(live_job_types(redis_client)))
     finally:
@@ -355,6 +391,7 @@ def _print_banner(
     flower_port: int,
     worker_metrics_port: int,
     api_metrics_port: int,
+    receiver_port: int = DEV_RECEIVER_PORT,
 ) -> None:
     where = f"embedded, data in {DEV_STATE_DIR / 'redis'}" if redis else "from PULSE_REDIS_URL"
     click.echo(
@@ -371,6 +408,8 @@ def _print_banner(
                 if worker_metrics_port
                 else "          metrics: off",
                 f"  Flower  http://127.0.0.1:{flower_port}  (metrics: /metrics)",
+                f"  Receiver http://127.0.0.1:{receiver_port}/hook  (a demo HTTP handler endpoint; "
+                "docs/http-handlers.md)",
                 "Try it:",
                 f"  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs \\",
                 f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",

@@ -164,3 +164,26 @@ class InvalidParameter(PulseError):
 
 class JobNotCancellable(PulseError):
     """The job is already in a final state."""
+
+
+class HandlerNotFound(PulseError):
+    """The tenant has no HTTP handler for this jobType (another tenant's looks the same)."""
+
+
+class JobTypeTaken(PulseError):
+    """An HTTP handler cannot be registered under a jobType a Python handler serves."""
+
+    field = "jobType"
+
+
+class SecretKeyMissing(PulseError):
+    """``PULSE_SECRET_KEY`` is not set, so no signing secret can be kept."""
+
+
+class AttemptHandedOff(JobFailed):
+    """Not a failure: the attempt goes on outside the worker (an HTTP handler answered
+    ``202`` and reports with heartbeat/complete); the worker records nothing."""
+
+
+class AttemptOver(PulseError):
+    """A long HTTP job's heartbeat or completion came for an attempt that is over."""

@@ -70,6 +70,8 @@ class Job:
     #: When the job's current cycle was first due to run (epoch seconds): its start time
     #: when accepted (a delayed job's ``runAt``), or its replay. The queue wait counts from here.
     ready_at: float | None = None
+    #: The HTTP handler registration version the job was last delivered with (HTTP jobTypes).
+    handler_version: int | None = None
 
     def to_redis(self) -> dict[str, str]:
         """The record as the flat string mapping stored in a Redis hash."""
@@ -100,6 +102,8 @@ class Job:
             flat["priority"] = str(self.priority)
         if self.cancel_requested:
             flat["cancelRequested"] = "1"
+        if self.handler_version is not None:
+            flat["handlerVersion"] = str(self.handler_version)
         for key in _JSON_FIELDS:
             value = getattr(self, key)
             if value is not None:
@@ -136,6 +140,7 @@ class Job:
             cancel_requested=raw.get("cancelRequested") == "1",
             priority=int(raw.get("priority") or DEFAULT_PRIORITY),
             ready_at=float(raw["readyAt"]) if raw.get("readyAt") else None,
+            handler_version=_int_or_none(raw.get("handlerVersion")),
         )
 
     def document(self) -> dict[str, Any]:
@@ -162,6 +167,7 @@ class Job:
             "runAt": _iso(self.due_at) if self.due_at is not None else None,
             "replays": self.cycle,
             "cancelRequested": self.cancel_requested,
+            "handlerVersion": self.handler_version,
         }
 
 

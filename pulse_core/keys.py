@@ -98,3 +98,20 @@ def execution_rate(job_type: str, tenant_id: str | None, limit: int, seconds: in
     ``job_type`` (of one tenant, or of all), newest first; trimmed to ``limit``, expiring."""
     scope = f":tenant:{part(tenant_id)}" if tenant_id is not None else ""
     return f"{EXECUTION_RATE_PREFIX}:{part(job_type)}{scope}:{limit}/{seconds}"
+
+
+def http_handlers(tenant_id: str) -> str:
+    """Hash of one tenant's HTTP handler registrations: jobType -> JSON record (its
+    signing secrets encrypted). Capped per tenant (``pulse_core.http_handlers.registrations``)."""
+    return f"{PREFIX}:tenant:{part(tenant_id)}:http-handlers"
+
+
+#: Set of the tenant ids that have at least one HTTP handler registration (so start-up
+#: can tell whether ``PULSE_SECRET_KEY`` is needed). Bounded by the tenants file.
+HTTP_HANDLER_TENANTS = f"{PREFIX}:http-handler-tenants"
+
+
+def http_attempt_token(job_id: str) -> str:
+    """String: digest of the per-attempt token a long (202) delivery reports with,
+    ``<attempt> <cycle> <sha256>``; expires with the attempt's lease window."""
+    return f"{PREFIX}:http-token:{part(job_id)}"

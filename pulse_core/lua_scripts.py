@@ -38,7 +38,7 @@ from redis.commands.core import Script
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, JobState
 
 #: The rooms that keep scripts (a ``lua/`` folder each).
-ROOMS = ("pulse_core.store", "pulse_core.guards")
+ROOMS = ("pulse_core.store", "pulse_core.guards", "pulse_core.http_handlers")
 
 _INCLUDE = re.compile(r"^--@include[ \t]+([A-Za-z0-9_]+)[ \t]*$", re.MULTILINE)
 

@@ -79,6 +79,7 @@ DOC_GROUPS = {
     "execution": "docs/execution-guarantees.md",
     "door": "docs/guarding-the-door.md",
     "operations": "docs/operations.md",
+    "http": "docs/http-handlers.md",
 }
 
 
@@ -415,6 +416,44 @@ class Settings:
         shown="none",
         secret=True,
     )
+    # HTTP handlers: declared here (one table of every PULSE_* name); parsed and checked
+    # by pulse_core.http_handlers.config.HttpHandlerSettings.
+    secret_key: str | None = setting(
+        "PULSE_SECRET_KEY",
+        None,
+        TEXT,
+        "Fernet key encrypting HTTP handlers' signing secrets at rest "
+        "(`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`). "
+        "Without it nothing can be registered (`503`); once any registration exists, the API and "
+        "workers refuse to start without it",
+        group="http",
+        shown="none",
+        secret=True,
+    )
+    http_handler_allow: str | None = setting(
+        "PULSE_HTTP_HANDLER_ALLOW",
+        None,
+        TEXT,
+        "comma-separated CIDRs to allow although private (`10.20.0.0/16`), and `http` to allow plain "
+        "`http://`. `pulse dev` sets `127.0.0.0/8,::1/128,http`",
+        group="http",
+        shown="none",
+    )
+    http_handler_hosts: str | None = setting(
+        "PULSE_HTTP_HANDLER_HOSTS",
+        None,
+        TEXT,
+        "`name=address` pairs resolved before DNS (closed networks, tests)",
+        group="http",
+        shown="none",
+    )
+    http_retry_after_max_seconds: float = setting(
+        "PULSE_HTTP_RETRY_AFTER_MAX_SECONDS",
+        300.0,
+        POSITIVE_FLOAT,
+        "the longest `Retry-After` an HTTP handler's answer is honoured for",
+        group="http",
+    )
 
     @classmethod
     def from_process_env(cls, environ: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -478,13 +517,6 @@ def docs_table(group: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m pulse_core.settings [group]: print the docs tables
-    import sys
-
-    for name in sys.argv[1:] or list(DOC_GROUPS):
-        print(f"<!-- {DOC_GROUPS[name]} -->\n{docs_table(name)}")
-
-
 #: Where ``pulse dev`` writes the URLs of the stack it runs (relative to where it runs).
 DEV_ENV_FILE = Path(".pulse") / "env"
 #: The settings a second terminal takes from ``DEV_ENV_FILE``: where the stack is, no more.
@@ -502,3 +534,10 @@ def with_dev_stack(environ: Mapping[str, str], cwd: Path) -> Mapping[str, str]:
         if sep and name in DEV_STACK_NAMES and not environ.get(name):
             found[name] = shlex.split(value)[0] if value.strip() else ""
     return {**environ, **found}
+
+
+if __name__ == "__main__":  # python -m pulse_core.settings [group]: print the docs tables
+    import sys
+
+    for name in sys.argv[1:] or list(DOC_GROUPS):
+        print(f"<!-- {DOC_GROUPS[name]} -->\n{docs_table(name)}")

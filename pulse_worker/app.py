@@ -23,6 +23,7 @@ from pulse_core.broker.celery_app import WORKER_ENV, check_visibility_timeout, c
 from pulse_core.broker.routing import shared_queue
 from pulse_core.errors import ConfigError
 from pulse_core.handlers import load_handler_modules, registry
+from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.redis_client import check_at_start
 from pulse_core.settings import Settings
 from pulse_core.tenants import TenantsSource
@@ -36,21 +37,22 @@ from pulse_worker.task import install
 log = logging.getLogger("pulse.worker")
 
 
-def _settings() -> tuple[Settings, TenantsSource | None]:
+def _settings() -> tuple[Settings, TenantsSource | None, HttpHandlerSettings]:
     try:
         settings = Settings.from_process_env(os.environ)
         tenants = TenantsSource.load(settings.tenants_file) if settings.tenants_file else None
+        http_settings = HttpHandlerSettings.from_env(os.environ)
     except ConfigError as exc:
         raise SystemExit(f"pulse: bad setting: {exc}") from None
-    return settings, tenants
+    return settings, tenants, http_settings
 
 
-settings, tenants = _settings()
+settings, tenants, http_settings = _settings()
 app = create_celery(settings)
 if tenants is not None:
     # A worker given no queue consumes the shared queue (and its tenant lanes).
     app.conf.task_default_queue = shared_queue(tenants.config, settings.default_queue)
-runtime = WorkerRuntime.build(settings, registry, tenants)
+runtime = WorkerRuntime.build(settings, registry, tenants, http_settings)
 run_job_task, dead_letter_task = install(app, runtime)
 app.steps["worker"].add(announcer_step(runtime))
 app.steps["worker"].add(guardian_step(runtime))
@@ -84,6 +86,8 @@ def _load_handlers(**_: Any) -> None:
             )
         longest = max((spec.policy.timeout for spec in registry), default=0)
         check_visibility_timeout(settings, longest)
+        if runtime.http is not None:
+            runtime.http.registrations.require_key_if_used()
     except ConfigError as exc:
         # SystemExit passes through Celery's signal dispatch, which logs and swallows Exceptions.
         raise SystemExit(f"pulse worker: {exc}") from None

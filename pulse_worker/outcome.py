@@ -25,11 +25,16 @@ def encode_result(result: Any, max_bytes: int) -> str:
     return text
 
 
-def describe_error(exc: BaseException) -> dict[str, str]:
+def describe_error(exc: BaseException) -> dict[str, Any]:
     """The error as recorded on the job: type, message and a short traceback."""
     frames = traceback.format_exception(exc, limit=-_TRACEBACK_FRAMES)
-    return {
+    described: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc)[:_MESSAGE_MAX_CHARS],
         "traceback": "".join(frames)[-_TRACEBACK_MAX_CHARS:],
     }
+    # An error may say more (an HTTP delivery's status and the start of its body).
+    extra = getattr(exc, "error_fields", None)
+    if isinstance(extra, dict):
+        described.update({k: v for k, v in extra.items() if k not in described})
+    return described

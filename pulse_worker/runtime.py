@@ -11,10 +11,12 @@ from redis import Redis
 
 from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.handlers import HandlerRegistry
+from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import DeadLetterBounds, JobStore
 from pulse_core.tenants import TenantsConfig, TenantsSource
+from pulse_worker.http_delivery import HttpDelivery
 
 
 def unique_worker_name() -> str:
@@ -42,10 +44,16 @@ class WorkerRuntime:
     #: The tenants file (``PULSE_TENANTS_FILE``), re-read when it changes: execution
     #: limit overrides and the shared queue's name. ``None`` when not set.
     tenants: TenantsSource | None = None
+    #: Delivers the jobs of tenants' HTTP jobTypes (``pulse_worker.http_delivery``).
+    http: HttpDelivery | None = None
 
     @classmethod
     def build(
-        cls, settings: Settings, registry: HandlerRegistry, tenants: TenantsSource | None = None
+        cls,
+        settings: Settings,
+        registry: HandlerRegistry,
+        tenants: TenantsSource | None = None,
+        http_settings: HttpHandlerSettings | None = None,
     ) -> WorkerRuntime:
         redis = connect(settings.redis_url)
         return cls(
@@ -55,6 +63,9 @@ class WorkerRuntime:
             registry=registry,
             gate=ExecutionGate(redis, grace_seconds=settings.lease_seconds),
             tenants=tenants,
+            http=HttpDelivery(
+                redis, http_settings or HttpHandlerSettings(), result_max_bytes=settings.result_max_bytes
+            ),
         )
 
     def tenants_config(self) -> TenantsConfig | None:

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
 from pulse_core.errors import (
+    AttemptHandedOff,
     JobCancelled,
     JobDead,
     JobFailed,
@@ -139,6 +140,11 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float
         job_type = found[0]
     if runtime.registry.get(job_type) is not None:
         return
+    if runtime.http is not None:
+        # A tenant's HTTP jobType: any worker can deliver it (the registration is in Redis).
+        found = runtime.store.type_and_tenant(job_id)
+        if found is None or runtime.http.registration(found[1], found[0]) is not None:
+            return
     now = time.time()
     grace = runtime.settings.unknown_job_type_grace_seconds
     if job_type in live_job_types(runtime.redis):
@@ -174,8 +180,14 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         job_type, tenant_id = found
     spec = runtime.registry.get(job_type)
     declared = spec.limits if spec is not None else ExecutionLimits()
+    scope = job_type
+    if spec is None and runtime.http is not None:  # maybe a tenant's HTTP jobType: its limits are its own
+        found = runtime.store.type_and_tenant(job_id) if tenant_id is None else (job_type, tenant_id)
+        registration = runtime.http.registration(found[1], found[0]) if found else None
+        if registration is not None and found is not None:
+            declared, scope, tenant_id, config = registration.limits, f"http:{found[1]}:{found[0]}", None, None
     try:
-        verdict = runtime.gate.enter(job_id, job_type, tenant_id, declared, config)
+        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
@@ -191,7 +203,7 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
     """Step 1: atomically claim the attempt; a redelivered or stale message claims nothing."""
-    spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")
+    spec = runtime.registry.get(getattr(task.request, "shadow", None) or "")  # an HTTP job has its maxRetries
     outcome = runtime.store.claim(
         job_id,
         owner=lease_owner(task.request.hostname or "", task.request.id),
@@ -229,8 +241,11 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
 
 
 def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
-    """Step 2: find the handler registered for the job's jobType; dead-letter it if none."""
+    """Step 2: find the handler registered for the job's jobType (a Python handler, else
+    the tenant's own HTTP handler); dead-letter it if none."""
     spec = runtime.registry.get(job.job_type)
+    if spec is None and runtime.http is not None:
+        spec = runtime.http.spec_for(job)
     if spec is None and dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type)):
         raise _dead(job, UnknownJobTypeAtWorker.__name__)
     return spec
@@ -264,6 +279,9 @@ def record(
     exc: BaseException | None,
 ) -> None:
     """Step 4: record the outcome: succeeded, cancelled, retrying or dead."""
+    if isinstance(exc, AttemptHandedOff):  # an HTTP handler's 202: it reports the outcome itself
+        log.info("job %s (%s) attempt %d handed off: %s", job.job_id, job.job_type, job.attempts, exc)
+        return
     if exc is None:
         if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null"):
             metrics.job_finished(job, Outcome.SUCCEEDED)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from redis import Redis
 
+from pulse_core import keys
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import live_job_types
@@ -126,6 +127,13 @@ def post_from_new_process(
         response = client.post("/v1/jobs", json=body, headers={**auth(tenant), **(headers or {})})
         answers.append((response.status_code, dict(response.headers), response.get_json()))
     return answers
+
+
+def forget_http_handlers(redis: Redis) -> None:
+    """Remove every HTTP handler registration, so later apps start without ``PULSE_SECRET_KEY``."""
+    for tenant in redis.smembers(keys.HTTP_HANDLER_TENANTS):
+        redis.delete(keys.http_handlers(str(tenant)))
+    redis.delete(keys.HTTP_HANDLER_TENANTS)
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:

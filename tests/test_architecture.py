@@ -7,6 +7,7 @@ Rooms, lowest first (docs/architecture.md draws the map):
 - ``pulse_core.telemetry`` and ``pulse_core.store`` import values;
 - ``pulse_core.guards`` imports values and the store;
 - ``pulse_core.broker`` imports values, telemetry and the store;
+- ``pulse_core.http_handlers`` (HTTP handler registrations, SSRF guard, signing) imports values;
 - ``pulse_core.submission`` (the submit use case) may import every room of ``pulse_core``;
 - ``pulse_api``, ``pulse_worker`` and ``pulse_cli`` import ``pulse_core`` and themselves only.
 """
@@ -22,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pulse_core", "pulse_api", "pulse_worker", "pulse_cli")
-CORE_ROOMS = ("values", "telemetry", "store", "guards", "broker", "submission")
+CORE_ROOMS = ("values", "telemetry", "store", "guards", "broker", "http_handlers", "submission")
 
 ALLOWED: dict[str, set[str]] = {
     "values": {"values"},
@@ -30,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"values", "store"},
     "guards": {"values", "store", "guards"},
     "broker": {"values", "telemetry", "store", "broker"},
+    "http_handlers": {"values", "http_handlers"},
     "submission": set(CORE_ROOMS),
     "pulse_api": {*CORE_ROOMS, "pulse_api"},
     "pulse_worker": {*CORE_ROOMS, "pulse_worker"},

@@ -7,11 +7,13 @@ headers and response schemas, and invalid input refused.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 import schemathesis
+from cryptography.fernet import Fernet
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,9 +23,10 @@ from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from pulse_api import create_app
+from pulse_core.http_handlers.config import SECRET_KEY_ENV
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
-from tests.support import auth
+from tests.support import auth, forget_http_handlers
 
 #: Examples per operation and generation mode; the whole run takes well under a minute.
 MAX_EXAMPLES = 150
@@ -43,8 +46,18 @@ CHECKS = [
 def fuzz_app(settings: Settings, redis: Redis) -> Iterator[Flask]:
     # A queue nobody consumes: generated jobs are recorded and queued, never run.
     announce(redis, ["diag.echo"], 600)
-    yield create_app(replace(settings, default_queue=FUZZ_QUEUE))
+    # With a secret key, so that generated HTTP handler registrations are stored (and removed after).
+    saved = os.environ.get(SECRET_KEY_ENV)
+    os.environ[SECRET_KEY_ENV] = Fernet.generate_key().decode()
+    try:
+        app = create_app(replace(settings, default_queue=FUZZ_QUEUE))
+    finally:
+        os.environ.pop(SECRET_KEY_ENV)
+        if saved is not None:
+            os.environ[SECRET_KEY_ENV] = saved
+    yield app
     redis.delete(FUZZ_QUEUE)
+    forget_http_handlers(redis)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +84,13 @@ OPERATIONS = [
     ("GET", "/v1/dead-letters/{job_id}"),
     ("DELETE", "/v1/dead-letters/{job_id}"),
     ("POST", "/v1/dead-letters/{job_id}/replay"),
+    ("GET", "/v1/handlers"),
+    ("PUT", "/v1/handlers/{job_type}"),
+    ("GET", "/v1/handlers/{job_type}"),
+    ("DELETE", "/v1/handlers/{job_type}"),
+    ("POST", "/v1/handlers/{job_type}/rotate-secret"),
+    ("POST", "/v1/jobs/{job_id}/heartbeat"),
+    ("POST", "/v1/jobs/{job_id}/complete"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
@@ -86,6 +106,8 @@ CASES = [(*op, POSITIVE) for op in OPERATIONS] + [
         ("POST", "/v1/batches"),
         ("GET", "/v1/dead-letters"),
         ("POST", "/v1/dead-letters/replay"),
+        ("PUT", "/v1/handlers/{job_type}"),
+        ("POST", "/v1/handlers/{job_type}/rotate-secret"),
     }
 ]
 

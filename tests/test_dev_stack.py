@@ -134,7 +134,7 @@ def _group_alive(pgid: int) -> bool:
 def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file: Path) -> None:
     # given no PULSE_REDIS_URL: pulse dev embeds its own Redis
     api_port, flower_port, metrics_port = free_port(), free_port(), free_port()
-    api_metrics_port, redis_port = free_port(), free_port()
+    api_metrics_port, redis_port, receiver_port = free_port(), free_port(), free_port()
     env = child_env({"PULSE_TENANTS_FILE": str(tenants_file)})
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
@@ -155,6 +155,8 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
             str(api_metrics_port),
             "--redis-port",
             str(redis_port),
+            "--receiver-port",
+            str(receiver_port),
         ],
         cwd=tmp_path,
         env=env,
@@ -194,6 +196,21 @@ def test_pulse_dev_runs_a_job_and_stops_everything(tmp_path: Path, tenants_file:
             timeout=60,
         )
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+        # and the README's HTTP handler demo works: register the demo receiver, submit,
+        # and the signed delivery (checked by the receiver with standardwebhooks) succeeds
+        hook = {"url": f"http://127.0.0.1:{receiver_port}/hook"}
+        status, registered = _request(api_port, "PUT", "/v1/handlers/demo.hook", hook)
+        assert status == 201 and registered["secret"].startswith("whsec_"), registered
+        status, job = _request(api_port, "POST", "/v1/jobs", {"jobType": "demo.hook", "payload": {"hi": 1}})
+        assert status == 202, job
+        delivered = wait_for(
+            lambda: (
+                (doc := _request(api_port, "GET", f"/v1/jobs/{job['jobId']}")[1]).get("state") in ("succeeded", "dead")
+                and doc
+            ),
+            timeout=60,
+        )
+        assert delivered["result"] == {"verified": True, "echo": {"hi": 1}, "attempt": 1}, delivered
         # and Flower answers, and Redis keeps its data under the working folder
         wait_for(lambda: _request(flower_port, "GET", "/healthcheck")[0] == 200, timeout=60)
         assert (tmp_path / ".pulse" / "redis").is_dir()

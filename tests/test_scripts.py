@@ -26,16 +26,18 @@ from redis.commands.core import Script
 
 from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
+from pulse_core.http_handlers import attempts
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
 from pulse_core.store import dead_letters, job_store, listing, recovery
 from pulse_core.store.job_store import CancelOutcome
+from pulse_worker import http_delivery
 
 #: Every script file of every room, includes resolved, by room/name ("store/claim").
 _SOURCES: dict[str, str] = lua_scripts.all_sources()
 #: Every script the code declares, with its reply mapping, by room/name.
 _DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
     f"{value.room.rpartition('.')[2]}/{value.name}": value
-    for module in (job_store, listing, dead_letters, recovery, admission, execution_limits)
+    for module in (job_store, listing, dead_letters, recovery, admission, execution_limits, attempts, http_delivery)
     for value in vars(module).values()
     if isinstance(value, lua_scripts.LuaScript)
 }
@@ -1058,6 +1060,72 @@ RATE_ACQUIRE = [
     ),
 ]
 
+_HTTP_RUNNING = {"state": "running", "attempts": "1", "cycle": "0", "owner": "w1/t1"}
+HTTP_ATTEMPTS = [
+    Case(
+        "a 202 hands the running attempt off: leased on Redis' clock, owned as handed off",
+        "http_handlers/hand_off",
+        {"{p}job:j1": _HTTP_RUNNING},
+        ["{p}job:j1", "{p}watch"],
+        ["1", "0", 60, "j1", "http-202"],
+        1,
+        {"{p}job:j1": {**_HTTP_RUNNING, "owner": "http-202", "leaseUntil": ANY}, "{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "another attempt is not handed off",
+        "http_handlers/hand_off",
+        {"{p}job:j1": {**_HTTP_RUNNING, "attempts": "2"}},
+        ["{p}job:j1", "{p}watch"],
+        ["1", "0", 60, "j1", "http-202"],
+        0,
+        {"{p}job:j1": {**_HTTP_RUNNING, "attempts": "2"}, "{p}watch": None},
+    ),
+    Case(
+        "the handed-off attempt's token is ok, and a heartbeat extends its lease",
+        "http_handlers/check_attempt",
+        {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "owner": "http-202", "leaseUntil": "5"}},
+        ["{p}tok", "{p}job:j1", "{p}watch"],
+        ["abc1", 30, "j1", "http-202"],
+        ["ok", "1", "0"],
+        {"{p}job:j1": {**_HTTP_RUNNING, "owner": "http-202", "leaseUntil": ANY}, "{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "a token that is not the attempt's is refused",
+        "http_handlers/check_attempt",
+        {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "owner": "http-202"}},
+        ["{p}tok", "{p}job:j1", "{p}watch"],
+        ["ffff", "", "j1", "http-202"],
+        ["bad-token"],
+    ),
+    Case(
+        "a token of an attempt that is over names the job's state",
+        "http_handlers/check_attempt",
+        {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "state": "succeeded", "owner": "http-202"}},
+        ["{p}tok", "{p}job:j1", "{p}watch"],
+        ["abc1", "", "j1", "http-202"],
+        ["not-running", "succeeded"],
+    ),
+    Case(
+        "before a delivery, the current attempt records the handler version and its token",
+        "http_handlers/before_delivery",
+        {"{p}job:j1": _HTTP_RUNNING},
+        ["{p}job:j1", "{p}tok"],
+        ["1", "3", "1 0 abc1", 600],
+        1,
+        {"{p}job:j1": {**_HTTP_RUNNING, "handlerVersion": "3"}, "{p}tok": "1 0 abc1"},
+        ttl={"{p}tok": "expires"},
+    ),
+    Case(
+        "a stale attempt's delivery records nothing",
+        "http_handlers/before_delivery",
+        {"{p}job:j1": {**_HTTP_RUNNING, "attempts": "2"}},
+        ["{p}job:j1", "{p}tok"],
+        ["1", "3", "1 0 abc1", 600],
+        0,
+        {"{p}tok": None},
+    ),
+]
+
 RELEASE = [
     Case(
         "the holder releases its lock",
@@ -1421,6 +1489,7 @@ CASES = (
     + LISTING_ADD
     + FORGET
     + RATE_ACQUIRE
+    + HTTP_ATTEMPTS
     + RELEASE
     + ADMIT
     + RATE_STATUS
@@ -1487,7 +1556,8 @@ def test_includes_are_resolved_once_and_every_include_is_used() -> None:
     assert sources["guards/admit"].count("local function limits_window(") == 1
     # and every include file is part of some script
     for room in lua_scripts.ROOMS:
-        for entry in (resources.files(room) / "lua" / "includes").iterdir():
+        includes = resources.files(room) / "lua" / "includes"
+        for entry in includes.iterdir() if includes.is_dir() else ():
             piece = entry.name.removesuffix(".lua")
             assert any(f"-- begin {piece}\n" in text for text in sources.values()), f"{room}: {piece} unused"
 

@@ -35,6 +35,7 @@ from pulse_core.errors import (
 from pulse_core.guards.admission import Admission, Admitted, Submission
 from pulse_core.guards.idempotency import fingerprint, store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
+from pulse_core.policy import RetryPolicy
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import JobTypeDirectory
@@ -60,6 +61,9 @@ class Submitter:
     admission: Admission
     #: Jobs are pushed by the admission script (the broker is the job store's Redis).
     inline_publish: bool
+    #: Hook for HTTP handlers (``pulse_core.http_handlers``): (tenant id, jobType) -> the
+    #: policy of the tenant's registered HTTP handler of that jobType, or ``None``.
+    http_job_type: Callable[[str, str], RetryPolicy | None] | None = None
 
     def submit(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Admitted:
         """Admit and publish one validated job body, or raise the error that refuses it."""
@@ -120,7 +124,11 @@ class Submitter:
         job_type = body["jobType"]
         settings = self.settings
         live = self.job_types.is_live(job_type)
-        options = resolve(settings, self.job_types.policy(job_type), body.get("options") or {})
+        policy = self.job_types.policy(job_type)
+        if not live and self.http_job_type is not None:  # HTTP handlers hook: the tenant's own jobType
+            http_policy = self.http_job_type(tenant.tenant_id, job_type)
+            live, policy = (True, http_policy) if http_policy is not None else (live, policy)
+        options = resolve(settings, policy, body.get("options") or {})
         metadata = dict(body.get("metadata") or {})
         job = Job(
             job_id=new_job_id(),

@@ -71,6 +71,11 @@ FINISHED = {
         "pulse_jobs_cancelled", "Jobs cancelled (before or, cooperatively, while running).", _LABELS
     ),
 }
+HTTP_DELIVERIES = Counter(
+    "pulse_http_deliveries",
+    "HTTP handler deliveries, by response class (2xx, 4xx, 5xx, timeout, connection, refused, ...).",
+    (*_LABELS, "response_class"),
+)
 DEFERRALS = Counter(
     "pulse_execution_limit_deferrals",
     "Times a job was put back because an execution limit (concurrency) was reached.",
@@ -164,6 +169,13 @@ def _queue_wait(job: Job) -> float | None:
     except ValueError:
         return None
     return max(0.0, started - job.ready_at)
+
+
+def http_delivery(tenant: str, job_type: str, response_class: str) -> None:
+    """A worker delivered (or tried to deliver) a job to an HTTP handler."""
+    if not _switch.enabled:
+        return
+    HTTP_DELIVERIES.labels(tenant, job_type, response_class).inc()
 
 
 def _seconds_between(start_iso: str, end_iso: str | None) -> float | None:

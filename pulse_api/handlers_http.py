@@ -1,0 +1,413 @@
+"""``/v1/handlers``: a tenant registers an HTTP endpoint as the handler of a jobType of its own.
+
+Workers deliver each job of that jobType to the endpoint as a signed request
+(``pulse_worker.http_delivery``; docs/http-handlers.md). The signing secret is shown
+once, in the answer that made it (create, rotate-secret), and never again.
+
+A registration is the tenant's alone: another tenant's looks exactly like a missing
+one (404), and another tenant submitting the same jobType name gets its own
+registration or ``422 unknown jobType``. A jobType a Python handler serves is refused
+with ``409``. The URL passes the SSRF guard (``pulse_core.http_handlers.guard``) or
+the answer is ``422`` naming ``url``, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from typing import Any
+
+from flask import g, request
+from flask.views import MethodView
+from kombu.exceptions import KombuError
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from redis.exceptions import RedisError
+
+from pulse_api import door
+from pulse_api.openapi import problems
+from pulse_api.parsing import PulseBlueprint
+from pulse_api.problems import PROBLEM_MEDIA_TYPE
+from pulse_api.schemas import JobSchema, ProblemSchema
+from pulse_api.services import services
+from pulse_core.broker.celery_app import publish_job
+from pulse_core.errors import (
+    AttemptOver,
+    AuthenticationFailed,
+    HandlerNotFound,
+    InvalidParameter,
+    JobTypeTaken,
+    PayloadTooLarge,
+    SecretKeyMissing,
+)
+from pulse_core.handlers import JOB_TYPE_RE
+from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS
+from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
+from pulse_core.http_handlers.registrations import (
+    DEFAULT_ROTATION_GRACE_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_ROTATION_GRACE_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+    Registration,
+)
+from pulse_core.jobs import JobState
+from pulse_core.policy import ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.telemetry import metrics
+
+blp = PulseBlueprint(
+    "handlers",
+    __name__,
+    url_prefix="/v1/handlers",
+    description="HTTP endpoints registered as the handlers of a tenant's jobTypes",
+)
+
+#: Largest registration body, in bytes (20 static headers of 4096 characters fit, even \u-escaped).
+MAX_BODY_BYTES = 1024 * 1024
+MAX_STATIC_HEADERS = 20
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+#: Headers Pulse sets itself (``pulse_worker.http_delivery`` drops them from static headers too).
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "pulse-job-id",
+        "pulse-attempt",
+        "pulse-handler-version",
+    }
+)
+
+
+class HttpHandlerSchema(Schema):
+    """Create or replace a registration."""
+
+    class Meta:
+        unknown = RAISE
+
+    url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_URL_LENGTH),
+        metadata={"description": "https:// endpoint that receives the jobs (public addresses only)"},
+    )
+    timeoutSeconds = fields.Integer(
+        load_default=DEFAULT_TIMEOUT_SECONDS, validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS)
+    )
+    maxRetries = fields.Integer(validate=validate.Range(min=0))
+    backoff = fields.Float(
+        validate=validate.Range(min=0, max=3600), metadata={"description": "Base backoff in seconds (exponential)"}
+    )
+    maxConcurrency = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    rateLimit = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "50/second"})
+    headers = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(HEADER_NAME_RE, error="not a valid header name")),
+        values=fields.String(validate=validate.Length(max=4096)),
+        validate=validate.Length(max=MAX_STATIC_HEADERS),
+        metadata={"description": "Static headers sent with every delivery (values never shown again)"},
+    )
+
+
+class HttpHandlerDocSchema(Schema):
+    jobType = fields.String(required=True)
+    url = fields.String(required=True)
+    timeoutSeconds = fields.Integer(required=True)
+    maxRetries = fields.Integer(required=True)
+    backoff = fields.Float(required=True)
+    maxConcurrency = fields.Integer(allow_none=True)
+    rateLimit = fields.String(allow_none=True)
+    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    version = fields.Integer(required=True, metadata={"description": "Bumped by every create or replace"})
+    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+    updatedAt = fields.String(required=True, metadata={"format": "date-time"})
+    previousSecretValidUntil = fields.String(
+        allow_none=True, metadata={"format": "date-time", "description": "While set, the old secret also signs"}
+    )
+    secret = fields.String(metadata={"description": "The signing secret (whsec_...): only in the answer that made it"})
+
+
+class HttpHandlerListSchema(Schema):
+    items = fields.List(fields.Nested(HttpHandlerDocSchema), required=True)
+
+
+class RotateSecretSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    graceSeconds = fields.Integer(
+        load_default=DEFAULT_ROTATION_GRACE_SECONDS,
+        validate=validate.Range(min=0, max=MAX_ROTATION_GRACE_SECONDS),
+        metadata={"description": "How long the old secret keeps signing deliveries too"},
+    )
+
+
+@blp.before_request
+def _guard() -> None:
+    door.guard(lambda tenant: MAX_BODY_BYTES)
+    if request.method == "PUT" and (request.content_length or 0) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+    job_type = (request.view_args or {}).get("job_type")
+    if job_type is not None and not JOB_TYPE_RE.match(job_type):
+        raise InvalidParameter("jobType", "not a valid jobType: use 1-128 of letters, digits, '_.:-'")
+
+
+def _problem(status: int, description: str) -> Any:
+    return blp.alt_response(status, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description=description)
+
+
+_NO_SUCH_HANDLER = "The tenant has no HTTP handler for this jobType"
+
+
+def _not_found(job_type: str) -> HandlerNotFound:
+    return HandlerNotFound(f"no HTTP handler for jobType {job_type!r}")
+
+
+@blp.route("")
+class HttpHandlers(MethodView):
+    @blp.response(200, HttpHandlerListSchema)
+    @problems(blp, 401)
+    @blp.doc(security=[{"bearer": []}])
+    def get(self) -> dict[str, Any]:
+        """List the tenant's HTTP handlers."""
+        return {"items": [r.document() for r in services().registrations.all(g.tenant.tenant_id)]}
+
+
+@blp.route("/<string:job_type>")
+class HttpHandler(MethodView):
+    @blp.arguments(HttpHandlerSchema)
+    @blp.response(200, HttpHandlerDocSchema, description="Replaced (the secret is unchanged and not shown)")
+    @blp.alt_response(201, schema=HttpHandlerDocSchema, success=True, description="Created, with its secret")
+    @problems(blp, 400, 401, 413, 422, 503)
+    @_problem(409, "A Python handler serves this jobType")
+    @blp.doc(security=[{"bearer": []}])
+    def put(self, body: dict[str, Any], job_type: str) -> Any:
+        """Register (or replace) the endpoint that handles ``job_type`` for this tenant."""
+        svc = services()
+        if svc.job_types.is_live(job_type):
+            raise JobTypeTaken(f"jobType {job_type!r} is served by a Python handler; choose another name")
+        try:
+            check_url(body["url"], svc.http_settings)
+        except UrlRefused as exc:
+            raise InvalidParameter("url", str(exc)) from None
+        max_retries = body.get("maxRetries")
+        if max_retries is not None and max_retries > svc.settings.max_retries_cap:
+            raise InvalidParameter("maxRetries", f"maxRetries may be at most {svc.settings.max_retries_cap}")
+        try:
+            ExecutionLimits(rate_limit=body.get("rateLimit"))
+        except ValueError as exc:
+            raise InvalidParameter("rateLimit", f"not a rate limit such as '50/second': {exc}") from None
+        headers = body.get("headers") or {}
+        reserved = sorted(name for name in headers if name.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise InvalidParameter("headers", f"Pulse sets these headers itself: {', '.join(reserved)}")
+        if not svc.registrations.box.ready:
+            raise SecretKeyMissing("the operator must set PULSE_SECRET_KEY before HTTP handlers can be registered")
+        record, secret = svc.registrations.put(
+            Registration(
+                tenant_id=g.tenant.tenant_id,
+                job_type=job_type,
+                url=body["url"],
+                timeout_seconds=body["timeoutSeconds"],
+                max_retries=max_retries,
+                backoff=body.get("backoff"),
+                max_concurrency=body.get("maxConcurrency"),
+                rate_limit=body.get("rateLimit"),
+                headers=headers,
+            )
+        )
+        document = record.document()
+        if secret is not None:
+            document["secret"] = secret
+            return document, 201
+        return document
+
+    @blp.response(200, HttpHandlerDocSchema)
+    @problems(blp, 401, 422)
+    @_problem(404, _NO_SUCH_HANDLER)
+    @blp.doc(security=[{"bearer": []}])
+    def get(self, job_type: str) -> dict[str, Any]:
+        """Read one registration (never its secret)."""
+        found = services().registrations.get(g.tenant.tenant_id, job_type)
+        if found is None:
+            raise _not_found(job_type)
+        return found.document()
+
+    @blp.response(204)
+    @problems(blp, 401, 422)
+    @_problem(404, _NO_SUCH_HANDLER)
+    @blp.doc(security=[{"bearer": []}])
+    def delete(self, job_type: str) -> None:
+        """Remove the registration; jobs not yet delivered then end dead (no handler)."""
+        if not services().registrations.delete(g.tenant.tenant_id, job_type):
+            raise _not_found(job_type)
+
+
+@blp.route("/<string:job_type>/rotate-secret")
+class RotateSecret(MethodView):
+    @blp.arguments(RotateSecretSchema, required=False)
+    @blp.response(200, HttpHandlerDocSchema, description="The new secret (shown once)")
+    @problems(blp, 400, 401, 415, 422, 503)
+    @_problem(404, _NO_SUCH_HANDLER)
+    @blp.doc(security=[{"bearer": []}])
+    def post(self, body: dict[str, Any], job_type: str) -> dict[str, Any]:
+        """A new signing secret; the old one keeps signing too for ``graceSeconds`` (24 h)."""
+        svc = services()
+        if svc.registrations.get(g.tenant.tenant_id, job_type) is None:
+            raise _not_found(job_type)
+        if not svc.registrations.box.ready:
+            raise SecretKeyMissing("the operator must set PULSE_SECRET_KEY")
+        grace = (body or {}).get("graceSeconds", DEFAULT_ROTATION_GRACE_SECONDS)
+        rotated = svc.registrations.rotate(g.tenant.tenant_id, job_type, grace)
+        if rotated is None:
+            raise _not_found(job_type)
+        record, secret = rotated
+        return {**record.document(), "secret": secret}
+
+
+# --- long jobs: the receiver of a 202 reports with its per-attempt token -----------------
+
+callbacks = PulseBlueprint(
+    "http_attempts",
+    __name__,
+    url_prefix="/v1/jobs",
+    description="Heartbeat and completion of an HTTP handler's long job (after it answered 202)",
+)
+
+_TOKEN_SECURITY: list[dict[str, list[str]]] = [{"attemptToken": []}]
+
+
+class HeartbeatSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    extendSeconds = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_LEASE_SECONDS),
+        metadata={"description": "The lease runs this long from now (default: the handler's timeoutSeconds)"},
+    )
+
+
+class CompleteSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    result = fields.Raw(allow_none=True, metadata={"description": "The job's JSON result: it succeeded"})
+    error = fields.Raw(metadata={"description": "What went wrong (any JSON): the attempt failed"})
+    retryable = fields.Boolean(load_default=True, metadata={"description": "With error: worth another attempt"})
+
+    @validates_schema
+    def _one_outcome(self, data: dict[str, Any], **_: Any) -> None:
+        if ("result" in data) == ("error" in data):
+            raise ValidationError("send exactly one of result and error", field_name="result")
+
+
+class LeaseSchema(Schema):
+    jobId = fields.String(required=True)
+    attempt = fields.Integer(required=True)
+    leaseSeconds = fields.Integer(required=True)
+
+
+@callbacks.before_request
+def _attempt_token() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("send 'Authorization: Bearer <attemptToken>' (from the delivery's body)")
+    g.attempt_token = token.strip()
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+
+
+def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
+    svc = services()
+    check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
+    if check.verdict == "bad-token":
+        raise AuthenticationFailed("the attempt token is not this job's current attempt's")
+    if check.verdict != "ok":
+        raise AttemptOver(f"the attempt is over (the job is {check.state})")
+    job = svc.store.get(job_id)
+    if job is None:
+        raise AttemptOver("the job is gone")
+    return job
+
+
+@callbacks.route("/<string:job_id>/heartbeat")
+class Heartbeat(MethodView):
+    @callbacks.arguments(HeartbeatSchema, required=False)
+    @callbacks.response(200, LeaseSchema)
+    @problems(callbacks, 401, 413, 422)
+    @callbacks.alt_response(
+        409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
+    )
+    @callbacks.doc(security=_TOKEN_SECURITY)
+    def post(self, body: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+        """Keep a handed-off attempt's lease alive (the token came in the delivery's body)."""
+        svc = services()
+        extend = (body or {}).get("extendSeconds")
+        if extend is None:  # the handler's timeoutSeconds (the token check below decides anything else)
+            known = svc.store.get(job_id)
+            registration = svc.registrations.get(known.tenant_id, known.job_type) if known else None
+            extend = registration.timeout_seconds if registration else DEFAULT_TIMEOUT_SECONDS
+        job = _current_attempt(job_id, float(extend))
+        return {"jobId": job.job_id, "attempt": job.attempts, "leaseSeconds": int(extend)}
+
+
+@callbacks.route("/<string:job_id>/complete")
+class Complete(MethodView):
+    @callbacks.arguments(CompleteSchema)
+    @callbacks.response(200, JobSchema)
+    @problems(callbacks, 400, 401, 413, 415, 422)
+    @callbacks.alt_response(
+        409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
+    )
+    @callbacks.doc(security=_TOKEN_SECURITY)
+    def post(self, body: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """End a handed-off attempt: ``{"result": ...}`` or ``{"error": ..., "retryable": bool}``."""
+        svc = services()
+        job = _current_attempt(job_id, None)
+        registration = svc.registrations.get(job.tenant_id, job.job_type)
+        policy = registration.policy if registration is not None else RetryPolicy()
+        publish_at: float | None = None
+        if "result" in body:
+            text = json.dumps(body["result"], separators=(",", ":"))
+            if len(text.encode()) > svc.settings.result_max_bytes:
+                raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
+            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text)
+            outcome = metrics.Outcome.SUCCEEDED
+        else:
+            reported = body["error"]
+            error = {
+                "type": "HttpHandlerReportedError",
+                "message": (reported if isinstance(reported, str) else json.dumps(reported))[:2000],
+                "responseClass": "reported",
+            }
+            max_retries = job.max_retries if job.max_retries is not None else policy.max_retries
+            if body["retryable"] and job.attempts < max_retries + 1:
+                settings = svc.settings
+                plan = plan_delay(
+                    policy.delay_before(job.attempts + 1),
+                    now=time.time(),
+                    eta_window_seconds=settings.eta_window_seconds,
+                    lease_seconds=settings.lease_seconds,
+                )
+                done = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
+                publish_at = plan.countdown
+                outcome = metrics.Outcome.RETRIED
+            else:
+                done = svc.store.finalize(job, JobState.DEAD, error=error)
+                outcome = metrics.Outcome.DEAD
+        if not done:
+            raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
+        svc.attempt_tokens.forget(job_id)
+        metrics.job_finished(job, outcome)
+        final = svc.store.get(job_id)  # before the next attempt's message can start it
+        if publish_at is not None:
+            with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
+                publish_job(svc.celery, job, attempt=job.attempts + 1, countdown=publish_at)
+        return final.document() if final is not None else job.document()

@@ -17,7 +17,7 @@ import contextlib
 import json
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import g, request
 from flask.views import MethodView
@@ -87,6 +87,15 @@ RESERVED_HEADERS = frozenset(
 )
 
 
+#: The path's jobType, as the document describes it (another one is a 422 naming jobType).
+JOB_TYPE_PARAMETER = {
+    "in": "path",
+    "name": "job_type",
+    "required": True,
+    "schema": {"type": "string", "pattern": JOB_TYPE_RE.pattern},
+}
+
+
 class HttpHandlerSchema(Schema):
     """Create or replace a registration."""
 
@@ -95,7 +104,10 @@ class HttpHandlerSchema(Schema):
 
     url = fields.String(
         required=True,
-        validate=validate.Length(min=1, max=MAX_URL_LENGTH),
+        validate=[
+            validate.Length(min=1, max=MAX_URL_LENGTH),
+            validate.Regexp(r"^https?://[^/?#@\s]+", error="not an absolute http(s) URL"),
+        ],
         metadata={"description": "https:// endpoint that receives the jobs (public addresses only)"},
     )
     timeoutSeconds = fields.Integer(
@@ -179,7 +191,7 @@ class HttpHandlers(MethodView):
         return {"items": [r.document() for r in services().registrations.all(g.tenant.tenant_id)]}
 
 
-@blp.route("/<string:job_type>")
+@blp.route("/<string:job_type>", parameters=[JOB_TYPE_PARAMETER])
 class HttpHandler(MethodView):
     @blp.arguments(HttpHandlerSchema)
     @blp.response(200, HttpHandlerDocSchema, description="Replaced (the secret is unchanged and not shown)")
@@ -249,7 +261,7 @@ class HttpHandler(MethodView):
             raise _not_found(job_type)
 
 
-@blp.route("/<string:job_type>/rotate-secret")
+@blp.route("/<string:job_type>/rotate-secret", parameters=[JOB_TYPE_PARAMETER])
 class RotateSecret(MethodView):
     @blp.arguments(RotateSecretSchema, required=False)
     @blp.response(200, HttpHandlerDocSchema, description="The new secret (shown once)")
@@ -297,8 +309,18 @@ class CompleteSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    #: Exactly one of ``result`` and ``error`` (``_one_outcome``), said in the document too.
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"required": ["result"], "not": {"required": ["error"]}},
+            {"required": ["error"], "not": {"required": ["result"]}},
+        ]
+    }
+
     result = fields.Raw(allow_none=True, metadata={"description": "The job's JSON result: it succeeded"})
-    error = fields.Raw(metadata={"description": "What went wrong (any JSON): the attempt failed"})
+    error = fields.Raw(
+        allow_none=True, metadata={"description": "What went wrong (any JSON but null): the attempt failed"}
+    )
     retryable = fields.Boolean(load_default=True, metadata={"description": "With error: worth another attempt"})
 
     @validates_schema

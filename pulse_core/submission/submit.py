@@ -21,7 +21,9 @@ from typing import Any
 
 from celery import Celery
 from kombu.exceptions import KombuError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs
 from pulse_core.broker.routing import resolve_queue
@@ -34,6 +36,7 @@ from pulse_core.errors import (
 )
 from pulse_core.guards.admission import Admission, Admitted, Submission
 from pulse_core.guards.idempotency import fingerprint, store_key
+from pulse_core.guards.rate_limits import LimitStatus
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.policy import RetryPolicy
 from pulse_core.settings import Settings
@@ -69,7 +72,10 @@ class Submitter:
         """Admit and publish one validated job body, or raise the error that refuses it."""
         submission = self.prepare(tenant, body, header_key=header_key)
         logs.bind_job(submission.job)
-        admitted = self.admission.admit(tenant, submission)
+        try:
+            admitted = self.admission.admit(tenant, submission)
+        except (RedisConnectionError, RedisTimeoutError):
+            admitted = self._admitted_after_all(tenant, submission)
         if _needs_publish(submission, admitted):
             try:
                 publish_job(self.celery, admitted.job, countdown=submission.countdown)
@@ -114,6 +120,19 @@ class Submitter:
             if isinstance(answer, Admitted):
                 _accepted(answer)
         return verdicts
+
+    def _admitted_after_all(self, tenant: Tenant, submission: Submission) -> Admitted:
+        """The admission call failed in flight (Redis timed out or dropped the connection
+        after its retries): the script may have run. If the record is there it did, and the
+        job is answered as accepted; if it is not, the error stands (nothing was enqueued);
+        if Redis cannot be asked, the error stands too (the client resends with its
+        idempotency key, which gives back the job if it was accepted after all)."""
+        found = self.store.get(submission.job.job_id)  # a RedisError here: unknown, the error stands
+        if found is None:
+            raise
+        log.warning("job %s: admission answer lost in flight, but the job was recorded", found.job_id)
+        limit = LimitStatus(limit=0, remaining=0, reset=0.0)
+        return Admitted(job=found, replayed=False, limit=limit, published=bool(submission.message))
 
     def prepare(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
         """Check what needs no Redis and build the job the admission script may create."""

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from pulse_api.services import Services, services
-from pulse_core.broker.queue_depth import QueueDepthCollector
+from pulse_core.broker.queue_depth import AmqpQueueDepthCollector, QueueDepthCollector
 from pulse_core.broker.routing import configured_queues
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings, is_redis_url
@@ -58,8 +58,11 @@ def install(app: Flask, svc: Services) -> None:
     metrics.set_enabled(svc.settings.metrics_enabled)
     broker = _broker_redis(svc.settings)
     extra: list[Collector] = [LiveJobTypesCollector(svc.redis)]
+    queues = lambda: known_queues(svc.settings, svc.tenants)  # noqa: E731
     if broker is not None:
-        extra.append(QueueDepthCollector(broker, lambda: known_queues(svc.settings, svc.tenants)))
+        extra.append(QueueDepthCollector(broker, queues))
+    else:  # RabbitMQ: passive declares on the broker, lanes listed in the job store
+        extra.append(AmqpQueueDepthCollector(svc.celery, svc.redis, queues))
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*extra)
     app.after_request(_count_refusal)
     app.teardown_request(_clear_log_context)

@@ -334,3 +334,12 @@ class ApiProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
+
+
+def scrape_api(client: Any) -> str:
+    """What the API's metrics endpoint (its own port, never the public one) would answer."""
+    from prometheus_client import generate_latest
+
+    from pulse_api.observability import metrics_registry
+
+    return generate_latest(metrics_registry(client.application)).decode()

@@ -37,7 +37,7 @@ from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings, declarations
 from pulse_core.store.job_types import LiveJobTypesCollector, announce
-from tests.support import WorkerProcess, auth, wait_for, wait_for_state
+from tests.support import WorkerProcess, auth, scrape_api, wait_for, wait_for_state
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -396,7 +396,7 @@ def test_every_metric_the_rules_and_dashboard_use_is_in_the_live_metrics(
         return names if "pulse_jobs_dead_total" in names else None
 
     worker = wait_for(worker_counted_the_dead_job, timeout=30)
-    api = sample_names(client.get("/metrics").get_data(as_text=True))
+    api = sample_names(scrape_api(client))
     # then every name the alert rules and the dashboard use is exported by one of them
     used = metric_names_used()
     assert len(used) >= 10

@@ -235,8 +235,8 @@ def test_a_command_finds_the_dev_stack_only_when_no_redis_url_is_set(tmp_path: P
     # given a folder where pulse dev wrote its URLs
     (tmp_path / ".pulse").mkdir()
     (tmp_path / ".pulse" / "env").write_text(
-        "# Written by `pulse dev`\\nPULSE_REDIS_URL=redis://127.0.0.1:6401/0\\nPULSE_BROKER_URL=redis://127.0.0.1:6401/0\\n"
-        "PULSE_TENANTS_FILE=/elsewhere/tenants.toml\\n"
+        "# Written by `pulse dev`\nPULSE_REDIS_URL=redis://127.0.0.1:6401/0\nPULSE_BROKER_URL=redis://127.0.0.1:6401/0\n"
+        "PULSE_TENANTS_FILE=/elsewhere/tenants.toml\n"
     )
     # when a process there builds its settings with no PULSE_REDIS_URL of its own
     found = Settings.from_process_env({}, cwd=tmp_path)

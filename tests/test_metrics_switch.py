@@ -19,7 +19,7 @@ from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.telemetry import metrics
 from tests.conftest import DIAG_TYPES
-from tests.support import WorkerProcess, auth, settings_env, wait_for_state
+from tests.support import WorkerProcess, auth, scrape_api, settings_env, wait_for_state
 
 SUBMITTED = "pulse_jobs_submitted_total"
 
@@ -46,12 +46,12 @@ def test_the_api_records_nothing_with_metrics_off(settings: Settings, redis: Red
     assert off.metrics_enabled is False
     client = create_app(off).test_client()
     announce(redis, ["diag.echo"], 600)
-    before = _submitted(client.get("/metrics").get_data(as_text=True), "acme")
+    before = _submitted(scrape_api(client), "acme")
     # when a job is accepted
     response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("acme"))
     assert response.status_code == 202
     # then no counter moved
-    assert _submitted(client.get("/metrics").get_data(as_text=True), "acme") == before
+    assert _submitted(scrape_api(client), "acme") == before
     redis.delete("t-metrics-off")
 
 

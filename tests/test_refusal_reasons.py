@@ -12,7 +12,7 @@ from pulse_core import errors
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.telemetry.metrics import RejectReason
-from tests.support import auth
+from tests.support import auth, scrape_api
 
 
 def _rejected(text: str, tenant: str, reason: str) -> float:
@@ -43,7 +43,7 @@ def test_refusals_count_by_the_reason_of_their_error(settings: Settings, redis: 
         "/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": 1}, "idempotencyKey": "k"}, headers=auth("refusals")
     )
     assert first.status_code == 202
-    before = client.get("/metrics").get_data(as_text=True)
+    before = scrape_api(client)
     # when a second job is refused for the backlog, and the key is reused with another body
     backlog = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": 2}}, headers=auth("refusals"))
     reused = client.post(
@@ -53,7 +53,7 @@ def test_refusals_count_by_the_reason_of_their_error(settings: Settings, redis: 
     assert backlog.status_code == 429 and backlog.headers["Retry-After"] == "1"
     assert backlog.headers["RateLimit-Limit"]
     assert reused.status_code == 422 and reused.headers["RateLimit-Limit"]
-    after = client.get("/metrics").get_data(as_text=True)
+    after = scrape_api(client)
     for reason in ("backlog", "idempotency_conflict"):
         assert _rejected(after, "refusals", reason) - _rejected(before, "refusals", reason) == 1
     client.post(f"/v1/jobs/{first.get_json()['jobId']}/cancel", headers=auth("refusals"))

@@ -28,7 +28,7 @@ from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
 from pulse_core.http_handlers import attempts
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
-from pulse_core.store import dead_letters, job_store, listing, recovery
+from pulse_core.store import dead_letters, job_store, job_types, listing, recovery
 from pulse_core.store.job_store import CancelOutcome
 from pulse_worker import http_delivery
 
@@ -37,7 +37,17 @@ _SOURCES: dict[str, str] = lua_scripts.all_sources()
 #: Every script the code declares, with its reply mapping, by room/name.
 _DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
     f"{value.room.rpartition('.')[2]}/{value.name}": value
-    for module in (job_store, listing, dead_letters, recovery, admission, execution_limits, attempts, http_delivery)
+    for module in (
+        job_store,
+        listing,
+        dead_letters,
+        recovery,
+        job_types,
+        admission,
+        execution_limits,
+        attempts,
+        http_delivery,
+    )
     for value in vars(module).values()
     if isinstance(value, lua_scripts.LuaScript)
 }
@@ -1126,6 +1136,18 @@ HTTP_ATTEMPTS = [
     ),
 ]
 
+FORGET_LAPSED = [
+    Case(
+        "lapsed jobTypes leave the directory, their policies with them; live ones stay",
+        "store/forget_lapsed_job_types",
+        {"{p}types": Z({"old": 900, "live": 2000}), "{p}policies": {"old": "{}", "live": "{}"}},
+        ["{p}types", "{p}policies"],
+        ["1000"],
+        1,
+        {"{p}types": Z({"live": 2000}), "{p}policies": {"live": "{}"}},
+    ),
+]
+
 RELEASE = [
     Case(
         "the holder releases its lock",
@@ -1490,6 +1512,7 @@ CASES = (
     + FORGET
     + RATE_ACQUIRE
     + HTTP_ATTEMPTS
+    + FORGET_LAPSED
     + RELEASE
     + ADMIT
     + RATE_STATUS

@@ -17,9 +17,14 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from pulse_core import keys
+from pulse_core.lua_scripts import LuaScript
 from pulse_core.policy import RetryPolicy
 
 log = logging.getLogger("pulse.metrics")
+
+
+#: Drops lapsed jobTypes and their policies in one step (``lua/forget_lapsed_job_types.lua``).
+_FORGET_LAPSED = LuaScript("pulse_core.store", "forget_lapsed_job_types", int)
 
 
 def announce(
@@ -28,7 +33,8 @@ def announce(
     ttl_seconds: int,
     policies: Mapping[str, RetryPolicy] | None = None,
 ) -> None:
-    """Mark ``job_types`` live for the next ``ttl_seconds`` and drop lapsed ones.
+    """Mark ``job_types`` live for the next ``ttl_seconds`` and drop lapsed ones (with their
+    policies: ``keys.JOB_TYPE_POLICIES`` ends as the announcements do).
 
     ``policies`` (jobType -> its declared retry policy) lets the API resolve a
     job's effective retries and time limit when it accepts it.
@@ -44,7 +50,7 @@ def announce(
                 keys.JOB_TYPE_POLICIES,
                 mapping={job_type: p.to_json() for job_type, p in policies.items()},
             )
-        pipe.zremrangebyscore(keys.JOB_TYPES, "-inf", now)
+        _FORGET_LAPSED.register(redis).queue(pipe, keys=[keys.JOB_TYPES, keys.JOB_TYPE_POLICIES], args=[repr(now)])
         pipe.execute()
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,6 +26,19 @@ def connect(url: str) -> Redis:
         socket_timeout=10,
         health_check_interval=30,
         retry_on_timeout=True,
+    )
+
+
+def connect_impatient(url: str, *, timeout: float) -> Redis:
+    """A client that gives up after ``timeout`` seconds and never retries: for a caller that
+    must know in time that Redis stopped answering (lease renewal), not wait it out."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
     )
 
 

@@ -8,9 +8,10 @@ Two threads, so a slow sweep never delays a renewal:
   requests) or a dead worker stops renewing at once. It renews an attempt only until its
   hard time limit (plus a lease) has passed: a pool that enforces no time limit (``solo``,
   ``threads``) cannot keep a hung job ``running`` for ever; its lease lapses and the job
-  is recovered. When renewals keep failing (the link to Redis stalls) for two thirds of a
-  lease, it stops this worker's running attempts before their leases lapse (a prefork pool
-  kills their processes), so the attempt that takes over is the only one running.
+  is recovered. Renewals use a Redis client that gives up after a quarter of a lease; when
+  they keep failing (the link to Redis stalls) for half a lease, it stops this worker's
+  running attempts before their leases lapse (a prefork pool kills their processes), so the
+  attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
 """
 
@@ -30,14 +31,19 @@ from redis.exceptions import RedisError
 from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publish_jobs
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
-from pulse_core.store.job_store import RecheckPolicy
+from pulse_core.redis_client import connect_impatient
+from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
 
 #: Renewals failing for this share of a lease: stop the attempts before their leases lapse.
-FENCE_AFTER_LEASE_SHARE = 2 / 3
+#: A renewal runs every third of a lease and gives up after a quarter of one, so the first
+#: failure past this share comes at about 0.6 of a lease: before the lease lapses.
+FENCE_AFTER_LEASE_SHARE = 1 / 2
+#: A renewal waits at most this share of a lease for Redis, and never retries.
+RENEWAL_TIMEOUT_LEASE_SHARE = 1 / 4
 
 
 def _active_requests() -> list[Any]:
@@ -109,11 +115,15 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
         def start(self, worker: Any) -> None:
             settings = runtime.settings
             longest = float(settings.timeout_cap_seconds + DEFAULT_HARD_TIMEOUT_GRACE_SECONDS)
+            # Renewals on a client of their own that gives up in time, so a stalled link
+            # is noticed while the leases still hold.
+            timeout = RENEWAL_TIMEOUT_LEASE_SHARE * settings.lease_seconds
+            leases = JobStore(connect_impatient(settings.redis_url, timeout=timeout))
 
             def renew() -> None:
                 attempts = running_attempts(worker.hostname, longest=longest, lease_seconds=settings.lease_seconds)
                 try:
-                    runtime.store.refresh_leases(attempts, settings.lease_seconds)
+                    leases.refresh_leases(attempts, settings.lease_seconds)
                 except Exception:
                     stalled = time.monotonic() - self._last_renewal
                     if attempts and stalled >= FENCE_AFTER_LEASE_SHARE * settings.lease_seconds:

@@ -9,10 +9,10 @@ from urllib.parse import urlparse
 
 from redis import Redis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from pulse_core.errors import ConfigError
 

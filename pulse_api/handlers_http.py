@@ -49,6 +49,7 @@ from pulse_core.http_handlers.registrations import (
     DEFAULT_TIMEOUT_SECONDS,
     MAX_ROTATION_GRACE_SECONDS,
     MAX_TIMEOUT_SECONDS,
+    RESERVED_HEADERS,
     Registration,
 )
 from pulse_core.jobs import JobState
@@ -66,25 +67,6 @@ blp = PulseBlueprint(
 MAX_BODY_BYTES = 1024 * 1024
 MAX_STATIC_HEADERS = 20
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
-#: Headers Pulse sets itself (``pulse_worker.http_delivery`` drops them from static headers too).
-RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-type",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "user-agent",
-        "traceparent",
-        "tracestate",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "pulse-job-id",
-        "pulse-attempt",
-        "pulse-handler-version",
-    }
-)
 
 
 #: The path's jobType, as the document describes it (another one is a 422 naming jobType).

@@ -45,7 +45,7 @@ from pulse_core.handlers import HandlerSpec
 from pulse_core.http_handlers.attempts import TOKEN_TTL_SECONDS, AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.guard import Target, UrlRefused, checked_address, parse_url
-from pulse_core.http_handlers.registrations import Registration, Registrations
+from pulse_core.http_handlers.registrations import RESERVED_HEADERS, Registration, Registrations
 from pulse_core.http_handlers.signing import signature
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
@@ -58,25 +58,6 @@ ERROR_BODY_BYTES = 1024
 USER_AGENT = "Pulse-HTTP-Handler/1"
 #: Connections kept per worker process (threads share them).
 POOL_CONNECTIONS = 200
-#: Headers Pulse sets itself; a registration's static headers cannot replace them.
-RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-type",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "user-agent",
-        "traceparent",
-        "tracestate",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "pulse-job-id",
-        "pulse-attempt",
-        "pulse-handler-version",
-    }
-)
 
 #: How long a worker process reuses a registration it read (a replace or rotation
 #: reaches deliveries within this many seconds).

@@ -38,6 +38,28 @@ DEFAULT_ROTATION_GRACE_SECONDS = 24 * 3600
 MAX_ROTATION_GRACE_SECONDS = 7 * 24 * 3600
 
 
+#: Headers Pulse sets on a delivery itself: a registration's static headers may not name
+#: them (the API refuses them; the worker drops them from older registrations too).
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "pulse-job-id",
+        "pulse-attempt",
+        "pulse-handler-version",
+    }
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Registration:
     """One tenant's endpoint for one of its jobTypes (secrets encrypted)."""

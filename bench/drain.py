@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 from celery import Celery
 
@@ -38,15 +39,23 @@ def _wait_worker(app: Celery, name: str) -> None:
     raise RuntimeError(f"worker {name} did not answer ping")
 
 
-def fill_pulse_queue(store: JobStore, app: Celery, queue: str, n: int) -> None:
-    """Record and publish ``n`` diag.echo jobs of the bench tenant on ``queue``."""
+def fill_pulse_queue(
+    store: JobStore,
+    app: Celery,
+    queue: str,
+    n: int,
+    *,
+    job_type: str = "diag.echo",
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """Record and publish ``n`` jobs of the bench tenant on ``queue`` (diag.echo by default)."""
     for _ in range(n):
         job = Job(
             job_id=new_job_id(),
             tenant_id="bench",
-            job_type="diag.echo",
+            job_type=job_type,
             queue=queue,
-            payload=PAYLOAD,
+            payload=PAYLOAD if payload is None else payload,
             trace_id=new_trace_id(),
             created_at=utc_now(),
             max_retries=3,

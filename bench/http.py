@@ -19,11 +19,10 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
-from bench.drain import _cancel, _consume, _wait_worker, pulse_lane
-from pulse_core.broker.celery_app import create_celery, publish_job
+from bench.drain import _cancel, _consume, _wait_worker, fill_pulse_queue, pulse_lane
+from pulse_core.broker.celery_app import create_celery
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.registrations import Registration, Registrations
-from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 
@@ -56,23 +55,6 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
 
-def _fill(store: JobStore, app: Any, queue: str, job_type: str, payload: dict[str, Any], n: int) -> None:
-    for _ in range(n):
-        job = Job(
-            job_id=new_job_id(),
-            tenant_id="bench",
-            job_type=job_type,
-            queue=queue,
-            payload=payload,
-            trace_id=new_trace_id(),
-            created_at=utc_now(),
-            max_retries=3,
-            timeout_seconds=60,
-        )
-        store.create(job)
-        publish_job(app, job)
-
-
 def run(env: BenchEnv) -> list[Result]:
     key = Fernet.generate_key().decode()
     http_env = {"PULSE_SECRET_KEY": key, "PULSE_HTTP_HANDLER_ALLOW": "127.0.0.1/32,http"}
@@ -99,7 +81,7 @@ def run(env: BenchEnv) -> list[Result]:
         for round_no in range(env.rounds):
             for kind, (job_type, payload) in kinds.items():
                 queue = f"bench-http-{kind}-{round_no}"
-                _fill(store, app, queue, job_type, payload, JOBS)
+                fill_pulse_queue(store, app, queue, JOBS, job_type=job_type, payload=payload)
                 consume, waiting = pulse_lane(app, queue)
                 start = functools.partial(_consume, app, consume, worker)
                 results[kind].values.append(time_drain(env.redis, waiting, start, JOBS))

@@ -60,9 +60,9 @@ def install(app: Flask, svc: Services) -> None:
     extra: list[Collector] = [LiveJobTypesCollector(svc.redis)]
     queues = lambda: known_queues(svc.settings, svc.tenants)  # noqa: E731
     if broker is not None:
-        extra.append(QueueDepthCollector(broker, queues))
+        extra.append(QueueDepthCollector(svc.redis, broker, queues))
     else:  # RabbitMQ: passive declares on the broker, lanes listed in the job store
-        extra.append(AmqpQueueDepthCollector(svc.celery, svc.redis, queues))
+        extra.append(AmqpQueueDepthCollector(svc.redis, svc.celery, queues))
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*extra)
     app.after_request(_count_refusal)
     app.teardown_request(_clear_log_context)

@@ -25,7 +25,7 @@ from pulse_core.broker.celery_app import WORKER_ENV
 from pulse_core.broker.routing import lane, tenant_queues
 from pulse_core.errors import ConfigError
 from pulse_core.redis_client import connect
-from pulse_core.settings import Settings
+from pulse_core.settings import DEV_ENV_FILE, Settings
 from pulse_core.store.job_types import live_job_types
 from pulse_core.telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from pulse_core.tenants import TenantsConfig
@@ -333,7 +333,7 @@ def dev(
             raise click.ClickException(str(exc)) from None
     code = 1
     try:
-        write_dev_env(DEV_STATE_DIR / "env", env)
+        write_dev_env(DEV_ENV_FILE, env)
         # The worker starts first, and the API only once the worker has announced its
         # jobTypes: when the API answers, the jobs it accepts have somewhere to run.
         # Each child is a `pulse` subcommand, which sets up its own metrics folder and env.
@@ -357,7 +357,7 @@ def dev(
     finally:
         # No orphan: whatever stopped the stack (or its start-up), the embedded Redis stops
         # too, and .pulse/env no longer points other commands at it.
-        (DEV_STATE_DIR / "env").unlink(missing_ok=True)
+        DEV_ENV_FILE.unlink(missing_ok=True)
         if redis is not None:
             redis.stop()
     sys.exit(code)
@@ -415,7 +415,7 @@ def _print_banner(
                 f"    -H 'Authorization: Bearer {DEV_DEMO_KEY}' \\",
                 "    -H 'Content-Type: application/json' \\",
                 """    -d '{"jobType": "diag.echo", "payload": {"hello": "world"}}'""",
-                f"Settings for a second terminal: {DEV_STATE_DIR / 'env'}",
+                f"Settings for a second terminal: {DEV_ENV_FILE}",
                 "Ctrl-C stops everything.",
                 "",
             ]

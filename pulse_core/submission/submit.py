@@ -75,7 +75,13 @@ class Submitter:
         try:
             admitted = self.admission.admit(tenant, submission)
         except (RedisConnectionError, RedisTimeoutError):
-            admitted = self._admitted_after_all(tenant, submission)
+            # The answer was lost in flight (after redis-py's retries): the script may have
+            # run. The record says whether it did; if Redis cannot be asked either, the error
+            # stands (the client resends with its idempotency key).
+            recorded = self.store.get(submission.job.job_id)
+            if recorded is None:
+                raise  # nothing was enqueued
+            admitted = _admitted_after_all(recorded, submission)
         if _needs_publish(submission, admitted):
             try:
                 publish_job(self.celery, admitted.job, countdown=submission.countdown)
@@ -120,19 +126,6 @@ class Submitter:
             if isinstance(answer, Admitted):
                 _accepted(answer)
         return verdicts
-
-    def _admitted_after_all(self, tenant: Tenant, submission: Submission) -> Admitted:
-        """The admission call failed in flight (Redis timed out or dropped the connection
-        after its retries): the script may have run. If the record is there it did, and the
-        job is answered as accepted; if it is not, the error stands (nothing was enqueued);
-        if Redis cannot be asked, the error stands too (the client resends with its
-        idempotency key, which gives back the job if it was accepted after all)."""
-        found = self.store.get(submission.job.job_id)  # a RedisError here: unknown, the error stands
-        if found is None:
-            raise
-        log.warning("job %s: admission answer lost in flight, but the job was recorded", found.job_id)
-        limit = LimitStatus(limit=0, remaining=0, reset=0.0)
-        return Admitted(job=found, replayed=False, limit=limit, published=bool(submission.message))
 
     def prepare(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
         """Check what needs no Redis and build the job the admission script may create."""
@@ -196,6 +189,13 @@ def _accepted(admitted: Admitted) -> None:
     with logs.job_context(**logs.job_fields(admitted.job)):
         metrics.job_submitted(admitted.job.tenant_id, admitted.job.job_type)
         log.info("job accepted")
+
+
+def _admitted_after_all(recorded: Job, submission: Submission) -> Admitted:
+    """A job whose admission answer was lost, found recorded: it was accepted."""
+    log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
+    limit = LimitStatus(limit=0, remaining=0, reset=0.0)
+    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message))
 
 
 def _needs_publish(submission: Submission, admitted: Admitted) -> bool:

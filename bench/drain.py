@@ -21,7 +21,6 @@ from celery import Celery
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
 from bench.plain_stack import echo
 from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list
-from pulse_core.broker.routing import lane
 from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
@@ -66,10 +65,9 @@ def fill_pulse_queue(
 
 
 def pulse_lane(app: Celery, queue: str) -> tuple[str, str]:
-    """The bench tenant's lane of ``queue`` (what a worker consumes) and the Redis list
-    its default-priority messages wait in (what the clock watches)."""
-    consume = lane(queue, "bench")
-    return consume, redis_list(consume, broker_priority(app, DEFAULT_PRIORITY))
+    """``queue`` (what a worker consumes) and the Redis list its default-priority messages
+    wait in (what the clock watches)."""
+    return queue, redis_list(queue, broker_priority(app, DEFAULT_PRIORITY))
 
 
 def _consume(app: Celery, queue: str, worker: str) -> None:

@@ -58,7 +58,12 @@ _MAX_PAYLOAD_CEILING = 64 * 1024 * 1024
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
-_SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days"})
+_SETTINGS = frozenset(
+    {"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days", "weight"}
+)
+#: A tenant's share of a shared queue against the others' (``pulse_core.store.dispatch``).
+DEFAULT_WEIGHT = 1.0
+_MAX_WEIGHT = 1000.0
 #: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
 _JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
 #: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
@@ -95,6 +100,8 @@ class Tenant:
     queue: str | None = None
     #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
     job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
+    #: Its share of a shared queue: served ``weight`` jobs for another's one when both wait.
+    weight: float = DEFAULT_WEIGHT
 
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
@@ -146,6 +153,7 @@ class TenantsConfig:
             raise ConfigError(f"{source}: [defaults]: unknown setting(s) {sorted(unknown)}")
         default_rate = _rate_limit(defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit")
         bounded_defaults = _bounded_settings(defaults, _BOUNDED_DEFAULTS, f"{source}: [defaults]")
+        default_weight = _weight(defaults.get("weight", DEFAULT_WEIGHT), f"{source}: [defaults] weight")
         default_queue = _queue(defaults["queue"], f"{source}: [defaults] queue") if "queue" in defaults else None
         job_types = _job_type_rules(raw.get("job_types", {}), f"{source}: [job_types")
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
@@ -178,6 +186,7 @@ class TenantsConfig:
                 **_bounded_settings(table, bounded_defaults, where),
                 queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
                 job_types=_job_type_rules(table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"),
+                weight=_weight(table.get("weight", default_weight), f"{where} weight"),
             )
         return cls(
             tenants=tenants,
@@ -338,6 +347,14 @@ def _bounded_settings(table: Mapping[str, Any], fallback: Mapping[str, int], whe
         name: _bounded_int(table.get(name, fallback[name]), f"{where} {name}", ceiling)
         for name, (_, ceiling) in _BOUNDED.items()
     }
+
+
+def _weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number")
+    if not 0 < value <= _MAX_WEIGHT:
+        raise ConfigError(f"{where}={value} must be above 0 and at most {_MAX_WEIGHT:g}")
+    return float(value)
 
 
 def _bounded_int(value: Any, where: str, ceiling: int) -> int:

@@ -1,6 +1,6 @@
 """Worker bootsteps, in the main process: keep running attempts' leases alive, and sweep.
 
-Two threads, so a slow sweep never delays a renewal:
+Three threads, so a slow sweep never delays a renewal:
 
 - **leases** (every third of ``PULSE_LEASE_SECONDS``): renews the lease of each attempt
   this worker's pool runs, from the main process, not the pool child, so a handler that
@@ -13,6 +13,9 @@ Two threads, so a slow sweep never delays a renewal:
   running attempts before their leases lapse (a prefork pool kills their processes), so the
   attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
+- **dispatch** (every ``DISPATCH_TICK_SECONDS``): fills every queue with waiting jobs up to
+  ``PULSE_DISPATCH_DEPTH`` (``pulse_core.store.dispatch``), so a queue refills even when
+  no attempt ends (its workers restarted, its messages were stale copies).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from celery.worker import state as worker_state
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publish_jobs
+from pulse_core.broker.celery_app import RUN_JOB_TASK, publish_jobs, queue_lists_checker
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect_impatient
@@ -42,6 +45,8 @@ log = logging.getLogger("pulse.worker")
 #: A renewal runs every third of a lease and gives up after a quarter of one, so the first
 #: failure past this share comes at about 0.6 of a lease: before the lease lapses.
 FENCE_AFTER_LEASE_SHARE = 1 / 2
+#: How often a worker dispatches the queues with waiting jobs (one round trip).
+DISPATCH_TICK_SECONDS = 1.0
 #: A renewal waits at most this share of a lease for Redis, and never retries.
 RENEWAL_TIMEOUT_LEASE_SHARE = 1 / 4
 
@@ -143,7 +148,7 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                 return sent
 
             recheck = RecheckPolicy(lapsed=settings.lease_seconds, queued=settings.queued_check_seconds)
-            waiting_lists = lane_lists_checker(settings, worker.app)
+            waiting_lists = queue_lists_checker(settings)
 
             def sweep_once() -> None:
                 sweep(
@@ -155,8 +160,13 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     budget_seconds=max(1.0, settings.sweep_interval_seconds),
                 )
 
+            def dispatch() -> None:
+                if runtime.store.dispatcher is not None:
+                    runtime.store.dispatcher.dispatch_all()
+
             _every(self._stop, settings.lease_seconds / 3, renew, "leases")
             _every(self._stop, settings.sweep_interval_seconds, sweep_once, "sweep")
+            _every(self._stop, DISPATCH_TICK_SECONDS, dispatch, "dispatch")
 
         def stop(self, worker: Any) -> None:
             self._stop.set()

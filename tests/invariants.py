@@ -22,7 +22,11 @@ _LONG_LIVED = (
     keys.PENDING,
     keys.JOB_TYPES,
     keys.JOB_TYPE_POLICIES,
-    f"{keys.PREFIX}:lanes:",
+    keys.DISPATCH_QUEUES,
+    f"{keys.PREFIX}:active:",
+    f"{keys.PREFIX}:ready:",
+    f"{keys.PREFIX}:dispatch:",
+    f"{keys.PREFIX}:messages:",
     f"{keys.PREFIX}:slots:",
 )
 _FINAL = {state.value for state in FINAL_STATES}

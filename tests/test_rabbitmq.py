@@ -17,7 +17,6 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core.broker.celery_app import create_celery
-from pulse_core.broker.routing import lane
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from tests.support import auth, scrape_api
@@ -52,12 +51,12 @@ def test_jobs_queued_on_rabbitmq_are_counted_in_the_queue_depth(settings: Settin
             for _ in range(n):
                 response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth(tenant))
                 assert response.status_code == 202, response.get_data(as_text=True)
-        # then the queue depth the API exports counts all 8, waiting in the tenants' lanes
+        # then the queue depth the API exports counts all 8, waiting on the one queue
         assert f'pulse_queue_depth{{queue="{queue}"}} 8.0' in scrape_api(client)
     finally:
         with app.connection_for_write() as connection:
             channel = connection.channel()
-            for name in (queue, lane(queue, "acme"), lane(queue, "globex")):
+            for name in (queue,):
                 try:
                     channel.queue_delete(name)
                 except Exception:  # never declared: nothing to delete

@@ -323,10 +323,10 @@ def test_one_sweep_republishes_every_overdue_job_then_backs_off(private_redis: R
     assert unowned_keys(redis) == []
 
 
-def test_a_queued_job_behind_others_in_its_lane_waits_before_it_is_republished(
+def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
     settings: Settings, private_redis: Redis
 ) -> None:
-    # given a queued job overdue while its lane still holds a message (its own may be behind it)
+    # given a queued job overdue while its queue still holds a message (its own may be behind it)
     redis = private_redis
     store = JobStore(redis)
     queue = "t-sweep-lane"
@@ -348,10 +348,15 @@ def test_a_queued_job_behind_others_in_its_lane_waits_before_it_is_republished(
         for _ in range(3):
             outcomes.append(
                 sweep(
-                    redis, store, publish, waiting_lists=lambda q, t, p: [lane_list], recheck=recheck, budget_seconds=5
+                    redis,
+                    store,
+                    publish,
+                    waiting_lists=lambda q, t, p: [keys.ready(q, t), lane_list],
+                    recheck=recheck,
+                    budget_seconds=5,
                 )
             )
-        # then it waits two checks (the lane is busy), and is republished on the third
+        # then it waits two checks (the queue is busy), and is republished on the third
         assert outcomes == [0, 0, 1] and sent == [job.job_id]
     finally:
         redis.delete(lane_list)

@@ -64,7 +64,7 @@ def test_message_carries_job_type_as_display_name_and_no_payload(settings: Setti
         created_at=utc_now(),
     )
     app = create_celery(settings)
-    _, broker_list = encode_message(app, job)  # the tenant's lane, at the job's priority
+    _, broker_list = encode_message(app, job)  # the job's queue, at its priority
     redis.delete(broker_list)
     # when it is published
     publish_job(app, job)

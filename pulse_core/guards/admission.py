@@ -15,7 +15,11 @@ One round trip that cannot race decides a submission, in this order:
 5. **record** — consume one slot in every window, write the job hash, index it
    under the tenant, count it pending, watch it (``keys.WATCH``: the sweep looks at
    it if nothing claims it in time), remember the idempotency key and, when the
-   broker is this Redis, push the job's message onto its queue.
+   broker is this Redis, push a delayed job's ETA message onto its queue.
+
+When the broker is this Redis, a job due now then waits in its tenant's ready set and its
+queue is dispatched (``pulse_core.store.dispatch``): a second script, pipelined after the
+first in the same round trip, that does nothing unless the first created the job.
 
 The script is safe to run twice with the same arguments (redis-py retries a call
 that timed out): a job id already stored answers ``created`` and changes nothing.
@@ -49,6 +53,7 @@ from pulse_core.guards.idempotency import store_key
 from pulse_core.guards.rate_limits import LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS
 from pulse_core.tenants import Tenant
 
@@ -76,6 +81,11 @@ class Submission:
     message: str = ""
     #: The Redis list ``message`` goes onto (``celery_setup.encode_message``).
     broker_list: str = ""
+    #: ``message`` waits in the job's ready set for the fair dispatcher instead of being
+    #: pushed onto ``broker_list`` (a job due now, with a dispatcher).
+    enqueue: bool = False
+    #: The tenant's dispatch weight (the tenants file's ``weight``).
+    weight: float = 1.0
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
     #: In how many seconds the workers' sweep should look at the job if nothing claimed
@@ -179,9 +189,11 @@ _READMIT = LuaScript("pulse_core.guards", "readmit", _readmit_reply)
 class Admission:
     """The door: decides submissions with one script per job (pipelined for batches)."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int, dispatcher: Dispatcher | None = None) -> None:
         self._redis = redis
         self._ttl = idempotency_ttl_seconds
+        #: Enqueues the jobs whose submission says so (``Submission.enqueue``).
+        self.dispatcher = dispatcher
         self._admit = _ADMIT.register(redis)
         self._status = _STATUS.register(redis)
         self._readmit = _READMIT.register(redis)
@@ -189,7 +201,14 @@ class Admission:
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
         keys_, args = self._call(tenant, submission)
-        verdict = _decide(submission, self._admit(keys=keys_, args=args))
+        if self._enqueues(submission):
+            with self._redis.pipeline(transaction=False) as pipe:
+                self._admit.queue(pipe, keys=keys_, args=args)
+                self._queue_enqueue(pipe, submission)
+                reply = self._admit.read(pipe.execute()[0])
+        else:
+            reply = self._admit(keys=keys_, args=args)
+        verdict = _decide(submission, reply)
         if isinstance(verdict, PulseError):
             raise verdict
         return verdict
@@ -200,12 +219,23 @@ class Admission:
         Each script runs atomically on its own, so limits and idempotency hold per job
         (two items with the same key in one batch: the second replays the first).
         """
+        positions: list[int] = []
         with self._redis.pipeline(transaction=False) as pipe:
             for submission in submissions:
                 keys_, args = self._call(tenant, submission)
+                positions.append(len(pipe))
                 self._admit.queue(pipe, keys=keys_, args=args)
+                if self._enqueues(submission):
+                    self._queue_enqueue(pipe, submission)
             replies = pipe.execute()
-        return [_decide(s, self._admit.read(reply)) for s, reply in zip(submissions, replies, strict=True)]
+        return [_decide(s, self._admit.read(replies[at])) for s, at in zip(submissions, positions, strict=True)]
+
+    def _enqueues(self, submission: Submission) -> bool:
+        return self.dispatcher is not None and submission.enqueue and bool(submission.message)
+
+    def _queue_enqueue(self, pipe: Any, submission: Submission) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.queue_enqueue(pipe, submission.job, submission.message, weight=submission.weight)
 
     def readmit(self, tenant: Tenant, dead: Job, *, check_in: float) -> Readmitted:
         """Queue the dead letter ``dead`` (as read, at its cycle) again, as a submit would be
@@ -243,7 +273,7 @@ class Admission:
             idem_key,
             submission.broker_list or job_key,
             keys.WATCH,
-            keys.lanes(job.queue),
+            job_key,  # unused
             *rate_limits.window_keys(tenant.tenant_id, items),
         ]
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
@@ -256,7 +286,7 @@ class Admission:
             "1" if submission.job_type_live else "0",
             tenant.max_pending,
             keys.job(""),
-            submission.message,
+            "" if self._enqueues(submission) else submission.message,
             len(items),
             repr(max(0.0, submission.watch_in)),
             INDEX_HORIZON_MS,

@@ -2,9 +2,10 @@
 
 prepare (tenant, idempotency key, fingerprint, jobType, options, queue, message) ->
 admit (one Lua script: idempotency, rate limit, backlog, record and, when the broker
-is the job store's Redis, the message itself) -> otherwise publish through kombu, or
-undo. A job delayed beyond the ETA window gets no message yet: the workers' sweep
-publishes it when it is due (``pulse_core.policy.plan_delay``).
+is the job store's Redis, the message itself: into the tenant's ready set for the fair
+dispatcher, or, delayed, onto its queue) -> otherwise publish through kombu, or undo.
+A job delayed beyond the ETA window gets no message yet: the workers' sweep publishes
+it when it is due (``pulse_core.policy.plan_delay``).
 
 The HTTP view validates the body against its schema and calls ``Submitter.submit``
 (or ``submit_many``) once; everything after the schema lives here.
@@ -170,6 +171,9 @@ class Submitter:
             message=message,
             broker_list=broker_list,
             countdown=options.countdown,
+            # Due now: it waits in its ready set for the fair dispatcher (pulse_core.store.dispatch).
+            enqueue=inline and options.countdown is None and self.admission.dispatcher is not None,
+            weight=tenant.weight,
             watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
             deferred=deferred,
         )

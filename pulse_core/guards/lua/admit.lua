@@ -1,11 +1,12 @@
 -- admit: idempotency, jobType, rate limit, backlog and the job record in one step.
 -- KEYS[1] the job hash   KEYS[2] the tenant index   KEYS[3] the pending hash
 -- KEYS[4] the idempotency key (or KEYS[1] when there is none)
--- KEYS[5] the Redis list of the job's lane and priority (or KEYS[1] when the caller publishes)
--- KEYS[6] the watch zset   KEYS[7] the queue's lane set   KEYS[8..] the tenant's moving windows
+-- KEYS[5] the Redis list of the job's queue and priority (or KEYS[1] when the caller publishes or
+--         the dispatcher enqueues: pulse_core.store.dispatch)
+-- KEYS[6] the watch zset   KEYS[7] unused (KEYS[1])   KEYS[8..] the tenant's moving windows
 -- ARGV[1] tenant id   ARGV[2] job id   ARGV[3] created (epoch ms)   ARGV[4] fingerprint ('' = no key)
 -- ARGV[5] key TTL (s)   ARGV[6] jobType live '1'/'0'   ARGV[7] max pending   ARGV[8] job key prefix
--- ARGV[9] the broker message to push ('' = the caller publishes)   ARGV[10] number of windows n
+-- ARGV[9] the broker message to push ('' = the caller publishes, or the dispatcher enqueues it)   ARGV[10] number of windows n
 -- ARGV[11] in how many seconds (Redis' clock) the sweep looks at the job if nothing claimed it
 -- ARGV[12] the index horizon (ms): entries created longer ago than this are trimmed (their
 --          records have expired after their retention, or are dead letters listed there)
@@ -48,7 +49,6 @@ redis.call('ZADD', KEYS[6], now + tonumber(ARGV[11]), ARGV[2])
 listing_add(KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[12])))
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('SADD', KEYS[7], ARGV[1])
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ARGV[2], 'EX', ARGV[5])
 end

@@ -117,6 +117,31 @@ def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     return f"{PREFIX}:slots:{part(job_type)}{scope}"
 
 
+def tenant_running(tenant_id: str) -> str:
+    """Sorted set of the job ids holding one of a tenant's run slots (its ``max_running``
+    from the tenants file, across every jobType), as ``concurrency``."""
+    return f"{PREFIX}:running:{part(tenant_id)}"
+
+
+def parked(slot_key: str) -> str:
+    """Sorted set of the jobs parked on the full run-slot set ``slot_key`` (job id -> arrival,
+    epoch ms), handed a slot in that order as slots free up; gone when empty."""
+    return f"{PREFIX}:parked:{slot_key}"
+
+
+#: Hash of job id -> ``<broker list>\n<message>`` of a parked job (on a full run-slot set, or
+#: until a rate window allows): pushed back onto its queue when it is released, then removed.
+PARKED_MESSAGES = f"{PREFIX}:parked-messages"
+
+#: Hash of the run-slot sets with parked jobs -> their most holders (the workers' tick hands
+#: on slots freed by a holder that died); a set leaves it when its parked set empties.
+PARKED_SLOTS = f"{PREFIX}:parked-slots"
+
+#: Sorted set of the jobs parked until a time (a full execution-rate window): job id -> when
+#: (epoch s). The workers' tick releases the due ones in bulk.
+PARKED_UNTIL = f"{PREFIX}:parked-until"
+
+
 #: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
 

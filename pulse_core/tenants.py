@@ -59,7 +59,15 @@ _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
 _SETTINGS = frozenset(
-    {"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days", "weight"}
+    {
+        "rate_limit",
+        "max_pending",
+        "max_payload_bytes",
+        "max_dead_letters",
+        "dead_letter_days",
+        "weight",
+        "max_running",
+    }
 )
 #: A tenant's share of a shared queue against the others' (``pulse_core.store.dispatch``).
 DEFAULT_WEIGHT = 1.0
@@ -102,6 +110,9 @@ class Tenant:
     job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
     #: Its share of a shared queue: served ``weight`` jobs for another's one when both wait.
     weight: float = DEFAULT_WEIGHT
+    #: The most of its jobs running at once across every worker (``None``: no cap); the
+    #: others wait parked in Redis (``pulse_core.guards.execution_limits``).
+    max_running: int | None = None
 
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
@@ -154,6 +165,10 @@ class TenantsConfig:
         default_rate = _rate_limit(defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit")
         bounded_defaults = _bounded_settings(defaults, _BOUNDED_DEFAULTS, f"{source}: [defaults]")
         default_weight = _weight(defaults.get("weight", DEFAULT_WEIGHT), f"{source}: [defaults] weight")
+        default_running = defaults.get("max_running")
+        if default_running is not None:
+            where_running = f"{source}: [defaults] max_running"
+            default_running = _bounded_int(default_running, where_running, _MAX_CONCURRENCY_CEILING)
         default_queue = _queue(defaults["queue"], f"{source}: [defaults] queue") if "queue" in defaults else None
         job_types = _job_type_rules(raw.get("job_types", {}), f"{source}: [job_types")
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
@@ -187,6 +202,11 @@ class TenantsConfig:
                 queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
                 job_types=_job_type_rules(table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"),
                 weight=_weight(table.get("weight", default_weight), f"{where} weight"),
+                max_running=(
+                    _bounded_int(table["max_running"], f"{where} max_running", _MAX_CONCURRENCY_CEILING)
+                    if "max_running" in table
+                    else default_running
+                ),
             )
         return cls(
             tenants=tenants,

@@ -13,9 +13,11 @@ Three threads, so a slow sweep never delays a renewal:
   running attempts before their leases lapse (a prefork pool kills their processes), so the
   attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
-- **dispatch** (every ``DISPATCH_TICK_SECONDS``): fills every queue with waiting jobs up to
-  ``PULSE_DISPATCH_DEPTH`` (``pulse_core.store.dispatch``), so a queue refills even when
-  no attempt ends (its workers restarted, its messages were stale copies).
+- **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due or
+  whose run slot was freed without a release (``pulse_core.guards.execution_limits``), and
+  fills every queue with waiting jobs up to ``PULSE_DISPATCH_DEPTH``
+  (``pulse_core.store.dispatch``), so a queue refills even when no attempt ends (its
+  workers restarted, its messages were stale copies).
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
             def dispatch() -> None:
                 if runtime.store.dispatcher is not None:
+                    runtime.gate.release_parked()
                     runtime.store.dispatcher.dispatch_all()
 
             _every(self._stop, settings.lease_seconds / 3, renew, "leases")

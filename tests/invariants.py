@@ -28,6 +28,11 @@ _LONG_LIVED = (
     f"{keys.PREFIX}:dispatch:",
     f"{keys.PREFIX}:messages:",
     f"{keys.PREFIX}:slots:",
+    f"{keys.PREFIX}:running:",
+    f"{keys.PREFIX}:parked:",
+    keys.PARKED_MESSAGES,
+    keys.PARKED_SLOTS,
+    keys.PARKED_UNTIL,
 )
 _FINAL = {state.value for state in FINAL_STATES}
 #: Scratch keys the tests write for themselves (not Pulse's).

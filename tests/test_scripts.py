@@ -1505,6 +1505,97 @@ ACQUIRE = [
     ),
 ]
 
+# slot set, its parked set, the parked messages, the slot sets with parked jobs
+PARK_KEYS = ["{p}s1", "{p}parked:s1", "{p}pmsg", "{p}plimits"]
+PARKING = [
+    Case(
+        "a full set parks the job in order of arrival, with the message that starts it again",
+        "guards/park_slots",
+        {"{p}s1": Z({"j0|a": 2000}), "{p}parked:s1": Z({"j9": 5})},
+        PARK_KEYS,
+        ["j1|b", "1000", "1010", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        1,
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j1": 3, "j9": 5}),
+            "{p}pmsg": {"j1": "{p}q\nmsg"},
+            "{p}plimits": {"{p}s1": "1"},
+        },
+    ),
+    Case(
+        "a slot freed since acquire_slots looked is taken, nothing parked",
+        "guards/park_slots",
+        {"{p}s1": Z({"j0|a": 500}), "{p}job:j0": {"state": "succeeded"}},
+        PARK_KEYS,
+        ["j1|b", "1000", "1010", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        0,
+        {"{p}s1": Z({"j1|b": 1010}), "{p}parked:s1": None, "{p}pmsg": None},
+    ),
+    Case(
+        "a release hands the freed slot to the first parked job and pushes its message",
+        "guards/release_slots",
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+        },
+        PARK_KEYS,
+        ["j0|a", "1000", "1010", "{p}job:", 1, 1],
+        1,
+        {
+            "{p}s1": Z({"j1|h": 1010}),
+            "{p}parked:s1": Z({"j2": 4}),
+            "{p}pmsg": {"j2": "{p}q\nm2"},
+            "{p}q": ["m1"],
+            "{p}plimits": {"{p}s1": "1"},
+        },
+    ),
+    Case(
+        "a cancelled parked job is dropped; an empty parked set leaves the registry",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3}),
+            "{p}pmsg": {"j1": "{p}q\nm1"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "cancelled"},
+        },
+        PARK_KEYS,
+        ["", "1000", "1010", "{p}job:", 1, 1],
+        0,
+        {"{p}s1": None, "{p}parked:s1": None, "{p}pmsg": None, "{p}q": None, "{p}plimits": None},
+    ),
+    Case(
+        "a slot handed over is the job's own when its message comes back",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j1|h": 1010})},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 1],
+        0,
+        {"{p}s1": Z({"j1|b": 1010})},
+    ),
+    Case(
+        "a job parked until a rate window allows",
+        "guards/park_due",
+        {},
+        ["{p}due", "{p}pmsg"],
+        ["j1", "30", "{p}q", "msg"],
+        ANY,
+        {"{p}due": Z({"j1": ANY}), "{p}pmsg": {"j1": "{p}q\nmsg"}},
+    ),
+    Case(
+        "the due parked jobs go back on their queues, the others wait",
+        "guards/release_due",
+        {"{p}due": Z({"j1": 5, "j2": float(LATER)}), "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"}},
+        ["{p}due", "{p}pmsg"],
+        [100],
+        1,
+        {"{p}due": Z({"j2": float(LATER)}), "{p}pmsg": {"j2": "{p}q\nm2"}, "{p}q": ["m1"]},
+    ),
+]
+
 # The dispatcher of queue q: active, state, messages, queues, its 4 lists (kombu steps 0, 3, 6, 9).
 DISPATCH_KEYS = ["{p}active", "{p}state", "{p}msgs", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
 # queue, ready prefix, job prefix, depth
@@ -1620,7 +1711,8 @@ ENQUEUE = [
 ]
 
 CASES = (
-    DISPATCH
+    PARKING
+    + DISPATCH
     + ENQUEUE
     + CLAIM
     + REFRESH

@@ -334,10 +334,12 @@ def record(
 
 
 def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, delay: float) -> None:
-    """Mark the job ``retrying`` and send the next attempt's message with Celery's retry.
+    """Mark the job ``retrying`` and send the next attempt's message when it is due.
 
-    A delay longer than the ETA window sends nothing: the recovery sweep publishes
-    the job when it is due, so no message waits unacked for long.
+    With a Redis broker (the job store's) the message waits parked in Redis until due
+    (``ExecutionGate.park_until``); otherwise it is Celery's retry (an ETA message). A
+    delay longer than the ETA window sends nothing: the recovery sweep publishes the
+    job when it is due, so no message waits unacked for long.
     """
     settings = runtime.settings
     plan = plan_delay(
@@ -348,6 +350,11 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
         return
     metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
+    if runtime.store.dispatcher is not None:
+        # The next attempt's message waits in Redis, not in a worker: the tick puts it back when due.
+        message, _ = encode_message(task.app, job)
+        runtime.gate.park_until(job.job_id, delay, ParkedMessage(waiting_lists(job.queue)[0], message, 0))
+        raise Retry(f"retry in {delay:.1f} s, parked in Redis", exc=exc if isinstance(exc, Exception) else None)
     if plan.eta_message:
         raise task.retry(
             kwargs={"attempt": job.attempts + 1, "cycle": job.cycle},

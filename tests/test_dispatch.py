@@ -7,18 +7,23 @@ Counted in Redis commands, not time: the machine is shared, the count is not.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.jobs import Job, JobState, utc_now
 from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore
+from tests.conftest import DIAG_TYPES
+from tests.support import WorkerProcess, auth, settings_env, wait_for_state, waiting_messages
 
 QUEUE = "t-dispatch"
 DEPTH = 16
@@ -115,3 +120,41 @@ def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(private_red
     assert not redis.exists(keys.dispatch_state(QUEUE), keys.ready_messages(QUEUE))
     assert not list(redis.scan_iter(match=keys.ready_prefix(QUEUE) + "*"))
     assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
+
+
+@pytest.mark.slow
+def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given two workers on a queue of this test's own
+    client = create_app(isolated_settings).test_client()
+    queue = isolated_settings.default_queue
+    workers = [
+        WorkerProcess(settings_env(isolated_settings), tmp_path / f"w{n}.log", queues=[queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, DIAG_TYPES)
+        # when 2,000 jobs are submitted due at the same instant, 8 seconds on
+        run_at = (datetime.now(UTC) + timedelta(seconds=8)).isoformat().replace("+00:00", "Z")
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        ids: list[str] = []
+        while len(ids) < 2000:  # (within acme's rate limit of 1000/second)
+            answer = client.post("/v1/batches", json={"jobs": [body] * 250}, headers=auth("acme")).get_json()
+            ids += [item["job"]["jobId"] for item in answer["items"] if "job" in item]
+        # then until they are due they wait parked in Redis: no message on the queue, none
+        # reserved by a worker (kombu's unacked messages)
+        assert redis.zcard(keys.PARKED_UNTIL) >= 2000
+        assert waiting_messages(redis, queue) == 0
+        assert redis.hlen("unacked") == 0
+        # and once due every one of them starts (within 60 s of the due time)
+        due = datetime.fromisoformat(run_at.replace("Z", "+00:00"))
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=90) for job_id in ids]
+    finally:
+        for worker in workers:
+            worker.stop()
+    last_start = max(datetime.fromisoformat(d["startedAt"].replace("Z", "+00:00")) for d in docs)
+    print(f"2,000 jobs due at once: the last started {(last_start - due).total_seconds():.1f} s after due")
+    assert (last_start - due).total_seconds() <= 60
+    assert {d["attempts"] for d in docs} == {1}

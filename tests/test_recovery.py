@@ -351,7 +351,7 @@ def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
                     redis,
                     store,
                     publish,
-                    waiting_lists=lambda q, t, p: [keys.ready(q, t), lane_list],
+                    waiting_lists=lambda q, t, p: [keys.ready(q, t), keys.PARKED_MESSAGES, lane_list],
                     recheck=recheck,
                     budget_seconds=5,
                 )

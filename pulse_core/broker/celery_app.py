@@ -228,11 +228,11 @@ def waiting_lists(queue: str) -> list[str]:
 
 def queue_lists_checker(settings: Settings) -> Callable[[str, str, int], list[str]]:
     """For the recovery sweep: where a queued job of (queue, tenant, priority) waits, when
-    the broker is the job store's Redis: its ready set, then its queue's broker lists;
-    otherwise nothing can be read."""
+    the broker is the job store's Redis: its ready set, the parked messages, then its
+    queue's broker lists; otherwise nothing can be read."""
     if not publishes_inline(settings):
         return lambda queue, tenant, priority: []
-    return lambda queue, tenant, priority: [keys.ready(queue, tenant), *waiting_lists(queue)]
+    return lambda queue, tenant, priority: [keys.ready(queue, tenant), keys.PARKED_MESSAGES, *waiting_lists(queue)]
 
 
 def dispatcher(settings: Settings, redis: Redis) -> Dispatcher | None:

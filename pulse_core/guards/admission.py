@@ -86,6 +86,9 @@ class Submission:
     enqueue: bool = False
     #: The tenant's dispatch weight (the tenants file's ``weight``).
     weight: float = 1.0
+    #: A delayed job with a dispatcher: ``message`` is parked in Redis for this many seconds
+    #: (``keys.PARKED_UNTIL``), then pushed onto ``broker_list`` by the workers' tick.
+    park_seconds: float | None = None
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
     #: In how many seconds the workers' sweep should look at the job if nothing claimed
@@ -147,6 +150,8 @@ def _admit_reply(reply: list[Any]) -> AdmitReply:
 
 #: Idempotency, jobType, rate limit, backlog and the record in one step (``lua/admit.lua``).
 _ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
+#: Parks a delayed job's message until it is due (``lua/park_due.lua``), pipelined after admit.
+_PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
 #: Where the tenant stands against its limits, reading only (``lua/rate_status.lua``).
 _STATUS = LuaScript("pulse_core.guards", "rate_status", window_stats)
 
@@ -197,11 +202,12 @@ class Admission:
         self._admit = _ADMIT.register(redis)
         self._status = _STATUS.register(redis)
         self._readmit = _READMIT.register(redis)
+        self._park_due = _PARK_DUE.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
         keys_, args = self._call(tenant, submission)
-        if self._enqueues(submission):
+        if self._enqueues(submission) or self._parks(submission):
             with self._redis.pipeline(transaction=False) as pipe:
                 self._admit.queue(pipe, keys=keys_, args=args)
                 self._queue_enqueue(pipe, submission)
@@ -225,17 +231,29 @@ class Admission:
                 keys_, args = self._call(tenant, submission)
                 positions.append(len(pipe))
                 self._admit.queue(pipe, keys=keys_, args=args)
-                if self._enqueues(submission):
-                    self._queue_enqueue(pipe, submission)
+                self._queue_enqueue(pipe, submission)
             replies = pipe.execute()
         return [_decide(s, self._admit.read(replies[at])) for s, at in zip(submissions, positions, strict=True)]
 
     def _enqueues(self, submission: Submission) -> bool:
         return self.dispatcher is not None and submission.enqueue and bool(submission.message)
 
+    def _parks(self, submission: Submission) -> bool:
+        return self.dispatcher is not None and submission.park_seconds is not None and bool(submission.message)
+
     def _queue_enqueue(self, pipe: Any, submission: Submission) -> None:
-        assert self.dispatcher is not None
-        self.dispatcher.queue_enqueue(pipe, submission.job, submission.message, weight=submission.weight)
+        """After the admission script on ``pipe``: the job's message into its ready set, or,
+        delayed, parked until due; each does nothing unless the script created the job."""
+        if self._enqueues(submission):
+            assert self.dispatcher is not None
+            self.dispatcher.queue_enqueue(pipe, submission.job, submission.message, weight=submission.weight)
+        elif self._parks(submission):
+            job = submission.job
+            self._park_due.queue(
+                pipe,
+                keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES, keys.job(job.job_id)],
+                args=[job.job_id, repr(submission.park_seconds), submission.broker_list, submission.message],
+            )
 
     def readmit(self, tenant: Tenant, dead: Job, *, check_in: float) -> Readmitted:
         """Queue the dead letter ``dead`` (as read, at its cycle) again, as a submit would be
@@ -286,7 +304,7 @@ class Admission:
             "1" if submission.job_type_live else "0",
             tenant.max_pending,
             keys.job(""),
-            "" if self._enqueues(submission) else submission.message,
+            "" if self._enqueues(submission) or self._parks(submission) else submission.message,
             len(items),
             repr(max(0.0, submission.watch_in)),
             INDEX_HORIZON_MS,

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs
+from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs, waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.errors import (
     BrokerUnavailable,
@@ -159,10 +159,16 @@ class Submitter:
             priority=options.priority,
             ready_at=options.due_at or time.time(),
         )
-        # Due beyond the ETA window: no message now; the sweep publishes it when due.
-        deferred = options.due_at is not None and options.countdown is None
+        # With the dispatcher, a delayed job's message waits parked in Redis until due (however
+        # long), not as an ETA message in a worker's memory; the workers' tick releases it.
+        parks = self.inline_publish and options.due_at is not None and self.admission.dispatcher is not None
+        # Otherwise, due beyond the ETA window: no message now; the sweep publishes it when due.
+        deferred = options.due_at is not None and options.countdown is None and not parks
         inline = self.inline_publish and not deferred
-        message, broker_list = encode_message(self.celery, job, countdown=options.countdown) if inline else ("", "")
+        countdown = None if parks else options.countdown
+        message, broker_list = encode_message(self.celery, job, countdown=countdown) if inline else ("", "")
+        if parks:
+            broker_list = waiting_lists(job.queue)[0]
         return Submission(
             job=job,
             idempotency_key=key,
@@ -174,6 +180,7 @@ class Submitter:
             # Due now: it waits in its ready set for the fair dispatcher (pulse_core.store.dispatch).
             enqueue=inline and options.countdown is None and self.admission.dispatcher is not None,
             weight=tenant.weight,
+            park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if parks else None,
             watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
             deferred=deferred,
         )

@@ -1,7 +1,7 @@
 -- recover: the sweep's look at one overdue job (JobStore.recover_many).
 -- KEYS[1] the job hash   KEYS[2] the watch zset
--- KEYS[3] the job's ready set, KEYS[4..] the Redis lists its messages wait on (none of them
---         when the broker is not this Redis)
+-- KEYS[3] the job's ready set, KEYS[4] the parked messages (execution limits), KEYS[5..] the
+--         Redis lists its messages wait on (none of them when the broker is not this Redis)
 -- ARGV[1] job id
 -- ARGV[2] recheck base for a lapsed lease or a missed due time (s)
 -- ARGV[3] recheck base for a queued job (s)   ARGV[4] longest recheck (s)
@@ -31,7 +31,10 @@ end
 local n = tonumber(f[4] or '0')
 local base = tonumber(state == 'queued' and ARGV[3] or ARGV[2])
 -- Waiting in its ready set: not lost, its queue's dispatcher moves it on in fair order.
-if state == 'queued' and KEYS[3] and redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+-- Parked on an execution limit: not lost either, a freed slot or its due time releases it
+-- (a copy would be let through by the limit, then refused by the claim: a slot spent for nothing).
+if state == 'queued' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
+                                      or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1) then
   redis.call('ZADD', KEYS[2], now + base, ARGV[1])
   return {'waiting'}
 end
@@ -39,7 +42,7 @@ end
 -- earlier republished copy): give it more time, a bounded number of checks.
 if state == 'queued' or n > 0 then
   local waiting = 0
-  for i = 4, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+  for i = 5, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
   local waits = tonumber(f[5] or '0')
   if waiting > 0 and waits < tonumber(ARGV[5]) then
     redis.call('HSET', KEYS[1], 'laneWaits', waits + 1)

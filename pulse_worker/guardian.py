@@ -34,9 +34,11 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from pulse_core.broker.celery_app import RUN_JOB_TASK, publish_jobs, queue_lists_checker
+from pulse_core.broker.queue_depth import ready_messages
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect_impatient
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime, lease_owner
@@ -49,6 +51,10 @@ log = logging.getLogger("pulse.worker")
 FENCE_AFTER_LEASE_SHARE = 1 / 2
 #: How often a worker dispatches the queues with waiting jobs (one round trip).
 DISPATCH_TICK_SECONDS = 1.0
+#: With a broker other than the job store's Redis: how often a worker tops its queues up.
+PUMP_TICK_SECONDS = 0.2
+#: The broker priority the dispatcher publishes at there: one, so delivery keeps its order.
+DISPATCHED_PRIORITY = 0
 #: A renewal waits at most this share of a lease for Redis, and never retries.
 RENEWAL_TIMEOUT_LEASE_SHARE = 1 / 4
 
@@ -110,6 +116,26 @@ def _every(stop: threading.Event, seconds: float, step: Callable[[], None], name
     return thread
 
 
+def pump_queues(app: Any, store: JobStore, fair: Dispatcher) -> int:
+    """Top up each queue with waiting jobs to ``PULSE_DISPATCH_DEPTH`` ready messages on a
+    broker other than the job store's Redis: take them in fair order, publish them at one
+    priority. Returns how many went. A job taken but not published stays queued and
+    watched: the sweep republishes it."""
+    sent = 0
+    for queue in fair.queues():
+        room = fair.depth - ready_messages(app, queue)
+        if room <= 0:
+            continue
+        jobs = [job for job in store.get_many(fair.take(queue, room)) if job is not None]
+        count, error = publish_jobs(
+            app, ((job, None) for job in jobs), (KombuError, OSError, RedisError), priority=DISPATCHED_PRIORITY
+        )
+        sent += count
+        if error is not None:
+            log.warning("dispatch: %d of %d jobs of %s not published: %s", len(jobs) - count, len(jobs), queue, error)
+    return sent
+
+
 def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
     """A bootstep class bound to ``runtime`` (Celery instantiates steps itself)."""
 
@@ -162,14 +188,22 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     budget_seconds=max(1.0, settings.sweep_interval_seconds),
                 )
 
+            fair = runtime.store.dispatcher
+
             def dispatch() -> None:
-                if runtime.store.dispatcher is not None:
+                if fair is not None and fair.inline:
                     runtime.gate.release_parked()
-                    runtime.store.dispatcher.dispatch_all()
+                    fair.dispatch_all()
+
+            def pump() -> None:
+                if fair is not None and not fair.inline:
+                    pump_queues(worker.app, runtime.store, fair)
 
             _every(self._stop, settings.lease_seconds / 3, renew, "leases")
             _every(self._stop, settings.sweep_interval_seconds, sweep_once, "sweep")
             _every(self._stop, DISPATCH_TICK_SECONDS, dispatch, "dispatch")
+            if fair is not None and not fair.inline:
+                _every(self._stop, PUMP_TICK_SECONDS, pump, "pump")
 
         def stop(self, worker: Any) -> None:
             self._stop.set()

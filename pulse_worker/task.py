@@ -191,7 +191,8 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
         registration = runtime.http.registration(found[1], found[0]) if found else None
         if registration is not None and found is not None:
             declared, scope, tenant_id, config = registration.limits, f"http:{found[1]}:{found[0]}", None, None
-    park = _parker(runtime, task, job_id) if runtime.store.dispatcher is not None else None
+    fair = runtime.store.dispatcher
+    park = _parker(runtime, task, job_id) if fair is not None and fair.inline else None
     try:
         verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
@@ -350,7 +351,7 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
         return
     metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
-    if runtime.store.dispatcher is not None:
+    if runtime.store.dispatcher is not None and runtime.store.dispatcher.inline:
         # The next attempt's message waits in Redis, not in a worker: the tick puts it back when due.
         message, _ = encode_message(task.app, job)
         runtime.gate.park_until(job.job_id, delay, ParkedMessage(waiting_lists(job.queue)[0], message, 0))

@@ -209,3 +209,35 @@ def test_a_rate_limited_job_type_starts_no_more_than_its_limit_per_window_withou
     # and the waiting ones were parked until the window allowed, not sent back with a countdown
     assert " retry: " not in "".join(worker.log() for worker in workers)
     assert redis.zcard(keys.PARKED_UNTIL) == 0
+
+
+def test_a_tenants_max_running_holds_across_workers_and_parks_the_rest(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given acme may run one job at a time (max_running = 1), limited.slots two at a time,
+    # and two workers of two processes each
+    path = write_tenants_file(tmp_path / "tenants.toml", tenant_settings={"acme": "max_running = 1"})
+    settings = replace(
+        isolated_settings, tenants_file=path, handler_modules=("pulse_worker.diagnostics", "limited_handlers")
+    )
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    workers = [
+        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+        # when acme submits 12 jobs at once
+        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.1}}] * 12
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=90) for i in answer["items"]]
+    finally:
+        for worker in workers:
+            worker.stop()
+    # then each ran once, and never two at once
+    assert {d["attempts"] for d in docs} == {1}
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 12 and max(concurrent) == 1
+    assert redis.zcard(keys.tenant_running("acme")) == 0

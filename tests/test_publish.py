@@ -90,7 +90,9 @@ def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     # given an API whose broker is a Redis of its own (so publishing goes through kombu,
-    # after the admission script), and diag.sleep routed to a queue of its own
+    # after the admission script: jobs due now wait for the workers' dispatcher there, a
+    # delayed job's ETA message is published by the API), and diag.sleep routed to a queue
+    # of its own
     broker = EmbeddedRedis(tmp_path / "broker", persist=False).start()
     try:
         queue, other = "t-partial-publish", "t-partial-publish-b"
@@ -106,12 +108,14 @@ def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
         blocked = Job(job_id="x", tenant_id="acme", job_type="diag.sleep", queue=other, created_at=utc_now())
         _, blocked_list = encode_message(app, blocked)
         broker_redis.set(blocked_list.split("\x06")[0], "not a list")
-        # when a batch of 30 is submitted whose 11th job onwards alternate diag.sleep and diag.echo
+        # when a batch of 30 delayed jobs is submitted whose 11th job onwards alternate
+        # diag.sleep and diag.echo
         jobs = [
             {
                 "jobType": "diag.sleep" if n >= 10 and n % 2 == 0 else "diag.echo",
                 "payload": {"n": n},
                 "idempotencyKey": f"pp-{n}",
+                "options": {"delaySeconds": 60},
             }
             for n in range(30)
         ]
@@ -124,7 +128,7 @@ def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
         # and every accepted job has its record and exactly one message on the broker
         on_broker = [json.loads(raw)["headers"]["argsrepr"] for raw in _all_messages(broker_redis, queue)]
         assert sorted(on_broker) == sorted(repr((job_id,)) for job_id in accepted)
-        assert all(redis.hget(keys.job(job_id), "state") == "queued" for job_id in accepted)
+        assert all(redis.hget(keys.job(job_id), "state") == "scheduled" for job_id in accepted)
         # and every refused job left nothing behind: its idempotency key is free, the backlog uncounted
         assert not any(redis.exists(store_key("acme", f"pp-{n}")) for n in range(10, 30))
         assert JobStore(redis).pending("acme") == pending_before + 10

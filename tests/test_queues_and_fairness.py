@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -222,12 +222,13 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
         a_ids = [item["job"]["jobId"] for item in answer.get_json()["items"]]
         wait_for_state(client, "acme", a_ids[3], {"succeeded"}, timeout=60)
         # and, while it drains, tenant B submits one job at the default priority
-        b_doc = wait_for_state(client, "globex", submit(client, "globex", "diag.echo")["jobId"], {"succeeded"}, 60)
-        # then B's job started after at most 3 of A's jobs started after B was submitted:
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        b_queued = datetime.now(UTC)  # its admission answered: it waits in its ready set
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, 60)
+        # then B's job started after at most 3 of A's jobs started after B was queued:
         # the 2 already on the queue and the one running
-        b_created = datetime.fromisoformat(b_doc["createdAt"].replace("Z", "+00:00"))
         a_docs = [client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json() for j in a_ids]
-        ahead = [d for d in a_docs if d.get("startedAt") and b_created < started(d) < started(b_doc)]
+        ahead = [d for d in a_docs if d.get("startedAt") and b_queued < started(d) < started(b_doc)]
         assert len(ahead) <= 3, f"{len(ahead)} of A's jobs started before B's"
         # and most of A's flood still waits
         assert sum(d["state"] == "queued" for d in a_docs) > 200
@@ -235,3 +236,17 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         worker.stop()
+
+
+def test_weights_and_running_caps_are_read_and_bad_ones_refused_naming_them(tmp_path: Path) -> None:
+    # given a tenants file giving acme twice globex's share and a running cap
+    path = write_tenants_file(tmp_path / "t.toml", tenant_settings={"acme": "weight = 2\nmax_running = 3"})
+    config = TenantsConfig.load(path)
+    # then they are read, and the others keep the defaults
+    assert (config.tenants["acme"].weight, config.tenants["acme"].max_running) == (2.0, 3)
+    assert (config.tenants["globex"].weight, config.tenants["globex"].max_running) == (1.0, None)
+    # and a bad one stops the load, naming it
+    for line, message in (("weight = 0", "weight=0 must be above 0"), ("max_running = 0", "max_running=0 must be")):
+        bad = write_tenants_file(tmp_path / "bad.toml", tenant_settings={"acme": line})
+        with pytest.raises(Exception, match=rf"\[tenants.acme\] {message}"):
+            TenantsConfig.load(bad)

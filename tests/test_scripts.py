@@ -1665,6 +1665,26 @@ DISPATCH = [
         {"{p}ready:a": Z({"ja": 4e15 + 1})},
     ),
 ]
+DISPATCH_POP = [
+    Case(
+        "without broker lists, the next jobs in fair order are taken for the caller to publish",
+        "store/dispatch_pop",
+        {
+            "{p}active": Z({"a": 0, "b": 0}),
+            "{p}state": {"seq": "3"},
+            "{p}ready:a": Z({"ja1": 4e15 + 1, "ja2": 4e15 + 3}),
+            "{p}ready:b": Z({"jb": 4e15 + 2}),
+            "{p}job:ja1": QUEUED,
+            "{p}job:ja2": QUEUED,
+            "{p}job:jb": QUEUED,
+            "{p}queues": {"q"},
+        },
+        DISPATCH_KEYS[:4],
+        [*DISPATCH_ARGV[:3], 2],
+        ["ja1", "jb"],
+        {"{p}ready:a": Z({"ja2": 4e15 + 3}), "{p}ready:b": None, "{p}active": Z({"a": 1}), "{p}queues": {"q"}},
+    ),
+]
 # job, its ready set, then the dispatcher's keys; the dispatcher's args, job id, tenant, priority,
 # weight, message
 ENQUEUE_KEYS = ["{p}job:j1", "{p}ready:t1", *DISPATCH_KEYS]
@@ -1720,7 +1740,8 @@ ENQUEUE = [
 ]
 
 CASES = (
-    PARKING
+    DISPATCH_POP
+    + PARKING
     + DISPATCH
     + ENQUEUE
     + CLAIM

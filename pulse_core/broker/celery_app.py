@@ -227,20 +227,20 @@ def waiting_lists(queue: str) -> list[str]:
 
 
 def queue_lists_checker(settings: Settings) -> Callable[[str, str, int], list[str]]:
-    """For the recovery sweep: where a queued job of (queue, tenant, priority) waits, when
-    the broker is the job store's Redis: its ready set, the parked messages, then its
-    queue's broker lists; otherwise nothing can be read."""
+    """For the recovery sweep: where a queued job of (queue, tenant, priority) waits: its
+    ready set, the parked messages, then, when the broker is the job store's Redis, its
+    queue's broker lists (another broker's cannot be read)."""
     if not publishes_inline(settings):
-        return lambda queue, tenant, priority: []
+        return lambda queue, tenant, priority: [keys.ready(queue, tenant), keys.PARKED_MESSAGES]
     return lambda queue, tenant, priority: [keys.ready(queue, tenant), keys.PARKED_MESSAGES, *waiting_lists(queue)]
 
 
-def dispatcher(settings: Settings, redis: Redis) -> Dispatcher | None:
-    """The fair dispatcher (``pulse_core.store.dispatch``) when the broker is the job
-    store's Redis; ``None`` with another broker (jobs are published as they are admitted)."""
-    if not publishes_inline(settings):
-        return None
-    return Dispatcher(redis, depth=settings.dispatch_depth, broker_lists=waiting_lists)
+def dispatcher(settings: Settings, redis: Redis) -> Dispatcher:
+    """The fair dispatcher (``pulse_core.store.dispatch``): its scripts push onto the broker's
+    lists when the broker is the job store's Redis; with another broker the workers take
+    the jobs from it and publish them (``publish_jobs``)."""
+    lists = waiting_lists if publishes_inline(settings) else None
+    return Dispatcher(redis, depth=settings.dispatch_depth, broker_lists=lists)
 
 
 def destination(app: Celery, job: Job) -> tuple[str, int]:
@@ -374,9 +374,14 @@ def publish_job(app: Celery, job: Job, *, attempt: int | None = None, countdown:
 
 
 def publish_jobs(
-    app: Celery, jobs: Iterable[tuple[Job, float | None]], errors: tuple[type[Exception], ...]
+    app: Celery,
+    jobs: Iterable[tuple[Job, float | None]],
+    errors: tuple[type[Exception], ...],
+    *,
+    priority: int | None = None,
 ) -> tuple[int, Exception | None]:
-    """Publish ``(job, countdown)`` pairs in order over one producer.
+    """Publish ``(job, countdown)`` pairs in order over one producer (at the broker priority
+    ``priority`` when given: the dispatcher's, so its order is the order of delivery).
 
     Returns how many went and, when one of ``errors`` stopped it, that error: the
     first ``sent`` jobs are on the broker, the rest are not (the caller undoes those only).
@@ -386,11 +391,11 @@ def publish_jobs(
     try:
         with app.producer_or_acquire() as producer:
             for job, countdown in jobs:
-                queue, priority = destination(app, job)
+                queue, own = destination(app, job)
                 app.send_task(
                     RUN_JOB_TASK,
                     queue=queue,
-                    priority=priority,
+                    priority=own if priority is None else priority,
                     producer=producer,
                     **message_options(job, countdown=countdown),
                 )

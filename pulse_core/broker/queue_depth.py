@@ -110,6 +110,12 @@ class AmqpQueueDepthCollector(_QueueDepth):
             return [_ready(connection, queue) for queue in queues]
 
 
+def ready_messages(app: Celery, queue: str) -> int:
+    """Ready messages on the AMQP queue ``queue`` (the dispatcher's depth on RabbitMQ)."""
+    with app.connection_for_read() as connection:
+        return _ready(connection, queue)
+
+
 def _ready(connection: Connection, name: str) -> int:
     """Ready messages on the AMQP queue ``name`` (0 when it does not exist yet)."""
     channel = connection.channel()

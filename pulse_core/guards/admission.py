@@ -81,8 +81,8 @@ class Submission:
     message: str = ""
     #: The Redis list ``message`` goes onto (``celery_setup.encode_message``).
     broker_list: str = ""
-    #: ``message`` waits in the job's ready set for the fair dispatcher instead of being
-    #: pushed onto ``broker_list`` (a job due now, with a dispatcher).
+    #: The job waits in its ready set for the fair dispatcher (a job due now, with a
+    #: dispatcher), with ``message`` when the broker is this Redis (else the workers publish it).
     enqueue: bool = False
     #: The tenant's dispatch weight (the tenants file's ``weight``).
     weight: float = 1.0
@@ -236,10 +236,12 @@ class Admission:
         return [_decide(s, self._admit.read(replies[at])) for s, at in zip(submissions, positions, strict=True)]
 
     def _enqueues(self, submission: Submission) -> bool:
-        return self.dispatcher is not None and submission.enqueue and bool(submission.message)
+        fair = self.dispatcher
+        return fair is not None and submission.enqueue and (bool(submission.message) or not fair.inline)
 
     def _parks(self, submission: Submission) -> bool:
-        return self.dispatcher is not None and submission.park_seconds is not None and bool(submission.message)
+        fair = self.dispatcher
+        return fair is not None and fair.inline and submission.park_seconds is not None and bool(submission.message)
 
     def _queue_enqueue(self, pipe: Any, submission: Submission) -> None:
         """After the admission script on ``pipe``: the job's message into its ready set, or,
@@ -323,7 +325,7 @@ def _decide(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
 def _verdict(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
     job, status, outcome = submission.job, reply.windows.status, reply.outcome
     if outcome is AdmitOutcome.CREATED:
-        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message))
+        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message) or submission.enqueue)
     if outcome is AdmitOutcome.REPLAY and reply.stored is not None:
         return Admitted(job=reply.stored, replayed=True, limit=status)
     if outcome is AdmitOutcome.CONFLICT:

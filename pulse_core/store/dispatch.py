@@ -24,8 +24,10 @@ Priority orders a tenant's own jobs only; between tenants the order is the fair 
 tenant's flood delays another tenant's next job by at most ``PULSE_DISPATCH_DEPTH``
 jobs (those already on the queue) plus one. Each dispatch costs O(log tenants) in Redis.
 
-Only when the broker is the job store's Redis (the scripts push onto kombu's lists);
-with another broker Pulse publishes each job through kombu when it is admitted.
+With another broker (RabbitMQ) the scripts cannot push onto the broker: jobs wait in
+the same ready sets and the workers take them in the same order (``take``) and publish
+them through kombu while the broker queue holds fewer than ``PULSE_DISPATCH_DEPTH``
+ready messages (``pulse_worker.guardian``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pulse_core.lua_scripts import LuaScript
 
 _ENQUEUE = LuaScript("pulse_core.store", "enqueue", int)
 _DISPATCH = LuaScript("pulse_core.store", "dispatch", int)
+_DISPATCH_POP = LuaScript("pulse_core.store", "dispatch_pop", list)
 
 #: The broker lists of a queue, one per kombu priority step (0, 3, 6, 9), in that order.
 BrokerLists = Callable[[str], Sequence[str]]
@@ -50,17 +53,26 @@ BrokerLists = Callable[[str], Sequence[str]]
 class Dispatcher:
     """Moves waiting jobs from their ready sets onto their queue's broker lists, fairly."""
 
-    def __init__(self, redis: Redis, *, depth: int, broker_lists: BrokerLists) -> None:
+    def __init__(self, redis: Redis, *, depth: int, broker_lists: BrokerLists | None) -> None:
+        """``broker_lists``: the queue's kombu lists when the broker is this Redis (the
+        scripts push onto them); ``None`` for another broker (``take`` and publish)."""
         self._redis = redis
         self.depth = depth
         self._broker_lists = broker_lists
         self._enqueue = _ENQUEUE.register(redis)
         self._dispatch = _DISPATCH.register(redis)
+        self._dispatch_pop = _DISPATCH_POP.register(redis)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the scripts push messages onto the broker (the broker is this Redis)."""
+        return self._broker_lists is not None
 
     def spec(self, queue: str) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV a script with ``includes/dispatch.lua`` takes to dispatch ``queue``."""
-        lists = list(self._broker_lists(queue))
-        if len(lists) != 4:
+        """The KEYS and ARGV a script with ``includes/dispatch.lua`` takes to dispatch ``queue``
+        (without the broker lists when they are not this Redis's)."""
+        lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
+        if self._broker_lists is not None and len(lists) != 4:
             raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
         return (
             [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
@@ -77,6 +89,17 @@ class Dispatcher:
             args=[*args, job.job_id, job.tenant_id, job.priority, repr(float(weight)), message],
         )
 
+    def take(self, queue: str, n: int) -> list[str]:
+        """Up to ``n`` waiting jobs of ``queue`` in fair order, out of their ready sets: their
+        ids, for the caller to publish (a broker other than this Redis)."""
+        keys_, args = self.spec(queue)
+        found: list[str] = self._dispatch_pop(keys=keys_[:4], args=[*args[:3], n])
+        return found
+
+    def queues(self) -> list[str]:
+        """The queues with waiting jobs."""
+        return sorted(self._redis.smembers(keys.DISPATCH_QUEUES))  # type: ignore[arg-type]
+
     def dispatch(self, queue: str) -> int:
         """Fill ``queue``'s broker lists up to the depth; how many messages were pushed."""
         keys_, args = self.spec(queue)
@@ -84,8 +107,8 @@ class Dispatcher:
 
     def dispatch_all(self) -> int:
         """Dispatch every queue with active tenants (the sweep's tick), in one round trip."""
-        queues = sorted(self._redis.smembers(keys.DISPATCH_QUEUES))  # type: ignore[arg-type]
-        if not queues:
+        queues = self.queues()
+        if not self.inline or not queues:
             return 0
         with self._redis.pipeline(transaction=False) as pipe:
             for queue in queues:

@@ -313,7 +313,7 @@ class JobStore:
     def _dispatch_spec(self, job: Job) -> tuple[list[str], list[Any]]:
         """What a script that ends an attempt of ``job`` needs to dispatch its queue (nothing
         without a dispatcher)."""
-        if self.dispatcher is None or not job.queue:
+        if self.dispatcher is None or not self.dispatcher.inline or not job.queue:
             return [], []
         return self.dispatcher.spec(job.queue)
 

@@ -161,7 +161,8 @@ class Submitter:
         )
         # With the dispatcher, a delayed job's message waits parked in Redis until due (however
         # long), not as an ETA message in a worker's memory; the workers' tick releases it.
-        parks = self.inline_publish and options.due_at is not None and self.admission.dispatcher is not None
+        fair = self.admission.dispatcher
+        parks = fair is not None and fair.inline and options.due_at is not None
         # Otherwise, due beyond the ETA window: no message now; the sweep publishes it when due.
         deferred = options.due_at is not None and options.countdown is None and not parks
         inline = self.inline_publish and not deferred
@@ -178,7 +179,7 @@ class Submitter:
             broker_list=broker_list,
             countdown=options.countdown,
             # Due now: it waits in its ready set for the fair dispatcher (pulse_core.store.dispatch).
-            enqueue=inline and options.countdown is None and self.admission.dispatcher is not None,
+            enqueue=fair is not None and options.due_at is None,
             weight=tenant.weight,
             park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if parks else None,
             watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
@@ -206,7 +207,7 @@ def _admitted_after_all(recorded: Job, submission: Submission) -> Admitted:
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
     limit = LimitStatus(limit=0, remaining=0, reset=0.0)
-    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message))
+    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message) or submission.enqueue)
 
 
 def _needs_publish(submission: Submission, admitted: Admitted) -> bool:

@@ -8,6 +8,8 @@
 -- q.queues: the queues with active tenants   q.queue: the queue's name
 -- q.ready_prefix: a tenant's ready set is ready_prefix .. tenant id   q.job_prefix: likewise a job
 -- q.depth: the low-water mark
+-- Without q.lists (a broker other than this Redis), q.depth is how many to take: their ids are
+-- appended to q.out for the caller to publish, and no message is stored.
 -- The tenant with the lowest virtual time gives its best job (highest priority, then oldest);
 -- its virtual time then grows by 1 / its weight. A tenant whose ready set is empty leaves
 -- q.active, and an idle queue's state goes, so idle tenants cost nothing. A job that is no
@@ -17,7 +19,9 @@
 local DISPATCH_PRIORITY_SPAN = 1e15
 local function dispatch(q)
   local depth = 0
-  for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
+  if q.lists then
+    for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
+  end
   local sent, looked = 0, 0
   while depth < q.depth and looked < 64 do
     looked = looked + 1
@@ -34,8 +38,12 @@ local function dispatch(q)
       local id = popped[1]
       local message = redis.call('HGET', q.messages, id)
       if message then redis.call('HDEL', q.messages, id) end
-      if message and redis.call('HGET', q.job_prefix .. id, 'state') == 'queued' then
-        redis.call('LPUSH', q.lists[1], message)
+      if (message or not q.lists) and redis.call('HGET', q.job_prefix .. id, 'state') == 'queued' then
+        if q.lists then
+          redis.call('LPUSH', q.lists[1], message)
+        else
+          q.out[#q.out + 1] = id
+        end
         depth, sent = depth + 1, sent + 1
         redis.call('HSET', q.state, 'v', string.format('%.17g', vt))
         vt = vt + 1 / tonumber(redis.call('HGET', q.state, 'w:' .. tenant) or '1')
@@ -58,5 +66,12 @@ local function dispatch_spec(k, a)
   return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
           lists = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]},
           queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
+          depth = tonumber(ARGV[a + 3])}
+end
+
+-- The same without lists (KEYS[k..k+3]): ARGV[a + 3] is how many to take, into q.out.
+local function dispatch_pop_spec(k, a)
+  return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
+          out = {}, queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
           depth = tonumber(ARGV[a + 3])}
 end

@@ -6,7 +6,8 @@
 -- KEYS[6] the watch zset   KEYS[7] unused (KEYS[1])   KEYS[8..] the tenant's moving windows
 -- ARGV[1] tenant id   ARGV[2] job id   ARGV[3] created (epoch ms)   ARGV[4] fingerprint ('' = no key)
 -- ARGV[5] key TTL (s)   ARGV[6] jobType live '1'/'0'   ARGV[7] max pending   ARGV[8] job key prefix
--- ARGV[9] the broker message to push ('' = the caller publishes, or the dispatcher enqueues it)   ARGV[10] number of windows n
+-- ARGV[9] the broker message to push ('' = the caller publishes, or the dispatcher enqueues it)
+-- ARGV[10] number of windows n
 -- ARGV[11] in how many seconds (Redis' clock) the sweep looks at the job if nothing claimed it
 -- ARGV[12] the index horizon (ms): entries created longer ago than this are trimmed (their
 --          records have expired after their retention, or are dead letters listed there)

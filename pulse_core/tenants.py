@@ -74,7 +74,7 @@ DEFAULT_WEIGHT = 1.0
 _MAX_WEIGHT = 1000.0
 #: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
 _JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
-#: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
+#: Queue names: also Redis keys and AMQP queue names.
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MAX_CONCURRENCY_CEILING = 100_000
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from flask.testing import FlaskClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
 from pulse_api import create_app
 from pulse_api.observability import metrics_registry
 from pulse_cli.embedded_redis import free_port
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.conftest import OBSERVED_QUEUE
 from tests.support import ApiProcess, WorkerProcess, auth, job_state, settings_env, wait_for, wait_for_state
 
@@ -121,17 +123,25 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
         assert worker_delta("pulse_job_run_seconds_sum", **labels) >= 0
 
 
-def test_queue_depth_reads_the_jobs_waiting_in_tenant_lanes(settings: Settings) -> None:
-    # given a queue no worker consumes, and jobs of two tenants queued on it (each in its lane)
+def test_queue_depth_reads_the_jobs_waiting_on_the_broker_and_in_the_ready_sets(
+    settings: Settings, redis: Redis
+) -> None:
+    # given a queue no worker consumes, and jobs of two tenants queued on it (the first on
+    # the broker, the rest in their tenants' ready sets)
     queue = "t-depth-unconsumed"
-    client = create_app(replace(settings, default_queue=queue)).test_client()
+    announce(redis, ["diag.echo"], 60)
+    client = create_app(replace(settings, default_queue=queue, dispatch_depth=2)).test_client()
     before = value(api_metrics(client), "pulse_queue_depth", queue=queue)
     for tenant, count in (("acme", 5), ("globex", 3)):
         for n in range(count):
             response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": n}}, headers=auth(tenant))
             assert response.status_code == 202
     # when /metrics is scraped, then the depth is the 8 jobs waiting
-    assert value(api_metrics(client), "pulse_queue_depth", queue=queue) - before == 8
+    scraped = api_metrics(client)
+    assert value(scraped, "pulse_queue_depth", queue=queue) - before == 8
+    # and each tenant's jobs waiting in its ready set are shown (2 of acme's went on the broker)
+    assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="acme") == 3
+    assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="globex") == 3
 
 
 def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(

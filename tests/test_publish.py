@@ -103,7 +103,7 @@ def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
         client = create_app(api_settings).test_client()
         broker_redis = connect(broker.url)
         pending_before = JobStore(redis).pending("acme")
-        # and a broker that refuses every write to that queue's lane (WRONGTYPE)
+        # and a broker that refuses every write to that queue's list (WRONGTYPE)
         app = create_celery(api_settings)
         blocked = Job(job_id="x", tenant_id="acme", job_type="diag.sleep", queue=other, created_at=utc_now())
         _, blocked_list = encode_message(app, blocked)

@@ -172,7 +172,7 @@ class RecheckPolicy:
     lapsed: float
     queued: float
     longest: float = 3600.0
-    #: Checks a queued job waits while its lane still holds messages, before it is republished anyway.
+    #: Checks a queued job waits while its queue still holds messages, before it is republished anyway.
     lane_waits: int = 8
 
 

@@ -116,13 +116,20 @@ def _every(stop: threading.Event, seconds: float, step: Callable[[], None], name
     return thread
 
 
-def pump_queues(app: Any, store: JobStore, fair: Dispatcher) -> int:
-    """Top up each queue with waiting jobs to ``PULSE_DISPATCH_DEPTH`` ready messages on a
-    broker other than the job store's Redis: take them in fair order, publish them at one
-    priority. Returns how many went. A job taken but not published stays queued and
-    watched: the sweep republishes it."""
+def consumed_queues(worker: Any) -> set[str]:
+    """The queues this worker consumes (``-Q``, or the default queue)."""
+    return set(worker.app.amqp.queues.consume_from or {}) or {worker.app.conf.task_default_queue}
+
+
+def pump_queues(app: Any, store: JobStore, fair: Dispatcher, consumed: set[str]) -> int:
+    """Top up each of the worker's queues (``consumed``) with waiting jobs to
+    ``PULSE_DISPATCH_DEPTH`` ready messages on a broker other than the job store's Redis:
+    take them in fair order, publish them at one priority. Returns how many went. A job
+    taken but not published stays queued and watched: the sweep republishes it."""
     sent = 0
     for queue in fair.queues():
+        if queue not in consumed:
+            continue
         room = fair.depth - ready_messages(app, queue)
         if room <= 0:
             continue
@@ -193,11 +200,11 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             def dispatch() -> None:
                 if fair is not None and fair.inline:
                     runtime.gate.release_parked()
-                    fair.dispatch_all()
+                    fair.dispatch_all(consumed_queues(worker))
 
             def pump() -> None:
                 if fair is not None and not fair.inline:
-                    pump_queues(worker.app, runtime.store, fair)
+                    pump_queues(worker.app, runtime.store, fair, consumed_queues(worker))
 
             _every(self._stop, settings.lease_seconds / 3, renew, "leases")
             _every(self._stop, settings.sweep_interval_seconds, sweep_once, "sweep")

@@ -6,6 +6,7 @@ Counted in Redis commands, not time: the machine is shared, the count is not.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,17 +140,18 @@ def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
         # when 2,000 jobs are submitted due at the same instant, 8 seconds on
         run_at = (datetime.now(UTC) + timedelta(seconds=8)).isoformat().replace("+00:00", "Z")
         body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        due = datetime.fromisoformat(run_at.replace("Z", "+00:00"))
         ids: list[str] = []
         while len(ids) < 2000:  # (within acme's rate limit of 1000/second)
             answer = client.post("/v1/batches", json={"jobs": [body] * 250}, headers=auth("acme")).get_json()
             ids += [item["job"]["jobId"] for item in answer["items"] if "job" in item]
         # then until they are due they wait parked in Redis: no message on the queue, none
         # reserved by a worker (kombu's unacked messages)
-        assert redis.zcard(keys.PARKED_UNTIL) >= 2000
+        assert redis.zmscore(keys.PARKED_UNTIL, ids) == [pytest.approx(due.timestamp(), abs=1.0)] * len(ids)
         assert waiting_messages(redis, queue) == 0
-        assert redis.hlen("unacked") == 0
+        unacked = [json.loads(raw) for raw in redis.hvals("unacked")]
+        assert not [entry for entry in unacked if entry[2] == queue]
         # and once due every one of them starts (within 60 s of the due time)
-        due = datetime.fromisoformat(run_at.replace("Z", "+00:00"))
         docs = [wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=90) for job_id in ids]
     finally:
         for worker in workers:

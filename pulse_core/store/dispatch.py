@@ -32,7 +32,7 @@ ready messages (``pulse_worker.guardian``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from redis import Redis
@@ -105,9 +105,10 @@ class Dispatcher:
         keys_, args = self.spec(queue)
         return int(self._dispatch(keys=keys_, args=args))
 
-    def dispatch_all(self) -> int:
-        """Dispatch every queue with active tenants (the sweep's tick), in one round trip."""
-        queues = self.queues()
+    def dispatch_all(self, consumed: Collection[str] | None = None) -> int:
+        """Dispatch every queue with active tenants (of ``consumed`` only, when given: a
+        worker's queues), in one round trip (the workers' tick)."""
+        queues = [q for q in self.queues() if consumed is None or q in consumed]
         if not self.inline or not queues:
             return 0
         with self._redis.pipeline(transaction=False) as pipe:

@@ -15,8 +15,9 @@ import uuid
 from bench import wrk
 from bench.common import BenchEnv, Result, http_load, json_body, spawn, stop, wait_http
 from bench.plain_stack import echo
-from bench.redis_cost import client_commands, measured
+from bench.redis_cost import client_commands
 from bench.servers import pulse_api
+from bench.submit import measure_load
 from pulse_cli.embedded_redis import free_port
 from pulse_core.store.job_types import announce
 
@@ -24,6 +25,7 @@ BATCH = 500
 SECONDS = 5
 CONNECTIONS = 4
 PLAIN_JOBS = 5000
+SAMPLE_JOBS = 200
 PAYLOAD = {"n": 1, "text": "hello"}
 PULSE = f"pulse POST /v1/batches x{BATCH}"
 PLAIN = "plain loop of apply_async"
@@ -73,14 +75,13 @@ def run(env: BenchEnv) -> list[Result]:
         _pulse_load(env, port, 1)  # warm-up
         _plain_loop(200)
         for _ in range(env.rounds):
-            with measured(env.redis) as cost:
-                rate, jobs = _pulse_load(env, port, SECONDS)
-            pulse.values.append(rate)
-            pulse.costs.append(cost(jobs))
-            with measured(env.redis) as cost:
-                plain.values.append(_plain_loop(PLAIN_JOBS))
-            plain.costs.append(cost(PLAIN_JOBS))
-            env.redis.delete("plain")
+            for result, load in (
+                (pulse, lambda: _pulse_load(env, port, SECONDS)[0]),
+                (plain, lambda: _plain_loop(PLAIN_JOBS)),
+            ):
+                rate, cost = measure_load(env, load)
+                result.values.append(rate)
+                result.costs.append(cost)
 
         def one_batch() -> int:
             http_load(
@@ -89,7 +90,12 @@ def run(env: BenchEnv) -> list[Result]:
             return BATCH
 
         pulse.sample = client_commands(env.redis, one_batch)
-        plain.sample = client_commands(env.redis, lambda: _plain_loop(200) and 200)
+
+        def plain_sample() -> int:
+            _plain_loop(SAMPLE_JOBS)
+            return SAMPLE_JOBS
+
+        plain.sample = client_commands(env.redis, plain_sample)
         if not wrk.available():
             pulse.note = f"python client ({wrk.INSTALL_HINT})"
     finally:

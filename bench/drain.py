@@ -138,6 +138,10 @@ def run(env: BenchEnv) -> list[Result]:
             _cancel(pulse_app, consume, worker)
             return rate
 
+        def drain_count(worker: str, lists: tuple[str, str]) -> int:
+            drain(worker, lists, SAMPLE_JOBS)
+            return SAMPLE_JOBS
+
         for round_no in range(env.rounds):
             for kind, (worker, _process) in workers.items():
                 lists = fill(kind, f"bench-{kind}-{round_no}", JOBS)
@@ -147,9 +151,7 @@ def run(env: BenchEnv) -> list[Result]:
         for kind, (worker, _process) in workers.items():
             # Untimed: which commands a job's run sends from the worker, and which run in scripts.
             lists = fill(kind, f"bench-{kind}-sample", SAMPLE_JOBS)
-            results[kind].sample = client_commands(
-                env.redis, lambda w=worker, ls=lists: drain(w, ls, SAMPLE_JOBS) and SAMPLE_JOBS
-            )
+            results[kind].sample = client_commands(env.redis, functools.partial(drain_count, worker, lists))
     finally:
         for _name, process in workers.values():
             stop(process)

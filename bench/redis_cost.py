@@ -21,6 +21,7 @@ real cost of the stack, and it is small beside a measured phase's jobs.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+
+from pulse_core import keys
+
+#: The plain stack's queue (``bench.plain_stack``'s ``task_default_queue``).
+PLAIN_QUEUE = "plain"
 
 #: Commands the bench itself sends during a measured phase (drain polls the queue): left out.
 OWN_COMMANDS: Counter[str] = Counter()
@@ -112,6 +118,30 @@ def measured(redis: Redis) -> Iterator[Callable[[int], Cost]]:
     after: list[Snapshot] = []
     yield lambda jobs: between(before, after[0], jobs)
     after.append(Snapshot.take(redis))
+
+
+def settle(redis: Redis, *, quiet_commands: int = 100, interval: float = 0.25, timeout: float = 60) -> None:
+    """Wait until the servers have finished what was sent to them (requests still in
+    flight when the load generator stopped): Redis runs under ``quiet_commands`` commands
+    per ``interval``. Idle workers' polling stays under that."""
+    deadline = time.monotonic() + timeout
+    last = int(redis.info("stats")["total_commands_processed"])
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = int(redis.info("stats")["total_commands_processed"])
+        if now - last < quiet_commands:
+            return
+        last = now
+
+
+def jobs_enqueued(redis: Redis) -> int:
+    """Jobs waiting so far: Pulse's backlog (every tenant's ``pending``) plus the plain
+    stack's queue. Read before and after a submit phase, with no worker consuming."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.hvals(keys.PENDING)
+        pipe.llen(PLAIN_QUEUE)
+        pending, plain = pipe.execute()
+    return sum(int(v) for v in pending) + int(plain)
 
 
 @dataclass

@@ -11,11 +11,12 @@ grow with the number of tenants). Each row also says what a job cost Redis.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import wrk
 from bench.common import BenchEnv, Result, http_load, spawn, stop, wait_http
-from bench.redis_cost import client_commands, measured
+from bench.redis_cost import Cost, client_commands, jobs_enqueued, measured, settle
 from bench.servers import bare_api, pulse_api
 from pulse_cli.embedded_redis import free_port
 from pulse_core.store.job_types import announce
@@ -75,6 +76,17 @@ class Target:
         return SAMPLE_JOBS
 
 
+def measure_load(env: BenchEnv, load: Callable[[], float]) -> tuple[float, Cost]:
+    """Run ``load`` (it returns its rate), let the servers finish what is still in flight,
+    and read what the jobs cost Redis; the jobs are counted on Redis (``jobs_enqueued``),
+    not from the client."""
+    jobs_before = jobs_enqueued(env.redis)
+    with measured(env.redis) as cost:
+        rate = load()
+        settle(env.redis)
+    return rate, cost(jobs_enqueued(env.redis) - jobs_before)
+
+
 def measure_rounds(env: BenchEnv, targets: list[Target], seconds: float = SECONDS) -> None:
     """Start every target, warm each up, then ``env.rounds`` interleaved rounds; each round's
     rate and Redis cost go to its result; a MONITOR sample of each at the end."""
@@ -85,10 +97,9 @@ def measure_rounds(env: BenchEnv, targets: list[Target], seconds: float = SECOND
             target.load(env, WARM_UP_SECONDS, "warm-up")
         for _ in range(env.rounds):
             for target in targets:
-                with measured(env.redis) as cost:
-                    rate, jobs = target.load(env, seconds, "round")
+                rate, cost = measure_load(env, lambda t=target: t.load(env, seconds, "round")[0])
                 target.result.values.append(rate)
-                target.result.costs.append(cost(jobs))
+                target.result.costs.append(cost)
         for target in targets:
             target.result.sample = client_commands(env.redis, lambda t=target: t.sample(env))
             if not wrk.available():

@@ -14,7 +14,7 @@ from redis import Redis
 
 from bench import batch, drain, fairness, http, plain_stack, submit, telemetry, watch, wrk
 from bench.common import BenchEnv, Result
-from bench.redis_cost import CLIENT_NAME
+from bench.redis_cost import CLIENT_NAME, reset
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.tenants import hash_api_key
 
@@ -74,6 +74,7 @@ def main(argv: list[str]) -> int:
             for name in wanted:
                 started = time.perf_counter()
                 print(f"-- {name} ...", flush=True)
+                reset(redis)
                 results += SECTIONS[name].run(env)
                 print(f"   done in {time.perf_counter() - started:.0f} s", flush=True)
             print(f"-- all sections in {time.perf_counter() - started_all:.0f} s")

@@ -17,7 +17,7 @@ from bench.common import BenchEnv, Result, http_load, json_body, spawn, stop, wa
 from bench.plain_stack import echo
 from bench.redis_cost import client_commands
 from bench.servers import pulse_api
-from bench.submit import measure_load
+from bench.submit import check_plain, measure_load
 from pulse_cli.embedded_redis import free_port
 from pulse_core.store.job_types import announce
 
@@ -96,6 +96,7 @@ def run(env: BenchEnv) -> list[Result]:
             return SAMPLE_JOBS
 
         plain.sample = client_commands(env.redis, plain_sample)
+        check_plain(plain)
         if not wrk.available():
             pulse.note = f"python client ({wrk.INSTALL_HINT})"
     finally:

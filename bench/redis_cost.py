@@ -120,18 +120,31 @@ def measured(redis: Redis) -> Iterator[Callable[[int], Cost]]:
     after.append(Snapshot.take(redis))
 
 
-def settle(redis: Redis, *, quiet_commands: int = 100, interval: float = 0.25, timeout: float = 60) -> None:
+def settle(redis: Redis, *, quiet_commands: int = 100, interval: float = 0.25, quiet_for: int = 4) -> None:
     """Wait until the servers have finished what was sent to them (requests still in
     flight when the load generator stopped): Redis runs under ``quiet_commands`` commands
-    per ``interval``. Idle workers' polling stays under that."""
-    deadline = time.monotonic() + timeout
+    per ``interval`` for ``quiet_for`` intervals in a row (a batch being validated sends
+    nothing for a while). Idle workers' polling stays under that."""
+    deadline = time.monotonic() + 60
     last = int(redis.info("stats")["total_commands_processed"])
-    while time.monotonic() < deadline:
+    quiet = 0
+    while quiet < quiet_for and time.monotonic() < deadline:
         time.sleep(interval)
         now = int(redis.info("stats")["total_commands_processed"])
-        if now - last < quiet_commands:
-            return
+        quiet = quiet + 1 if now - last < quiet_commands else 0
         last = now
+
+
+def reset(redis: Redis) -> None:
+    """Start a section on an empty store: remove Pulse's keys (records, backlog, the watch
+    set: an earlier section's jobs left queued would fall due and keep the sweep busy)
+    and every queue's messages; kombu's bindings stay."""
+    doomed: list[str] = []
+    for key in redis.scan_iter(count=1000):
+        if key.startswith(f"{keys.PREFIX}:") or redis.type(key) == "list":
+            doomed.append(key)
+    for start in range(0, len(doomed), 1000):
+        redis.unlink(*doomed[start : start + 1000])
 
 
 def jobs_enqueued(redis: Redis) -> int:

@@ -12,6 +12,7 @@ Written by hand (a few lines of Lua and a regex) because wrk has no Python bindi
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ _DONE = "BENCH-WRK "
 
 
 def available() -> bool:
-    return shutil.which("wrk") is not None
+    """wrk is on PATH (and ``BENCH_NO_WRK=1`` does not ask for the Python client anyway)."""
+    return shutil.which("wrk") is not None and os.environ.get("BENCH_NO_WRK") != "1"
 
 
 @dataclass

@@ -104,6 +104,9 @@ def report(results: list[Result]) -> None:
                 f" {r.median_cost(lambda x: x.scripts_per_job):4.2f} scripts/job,"
                 f" Redis CPU {r.median_cost(lambda x: x.cpu_us_per_job):5.1f} µs/job"
             )
+            connections = r.median_cost(lambda x: x.connections_per_job)
+            if connections > 0.01:
+                line += f", {connections:.2f} new connections/job"
             if r.sample:
                 line += f"; {r.sample.summary()}"
             print(f"  {'':9}   redis: {line}")
@@ -138,6 +141,7 @@ def report(results: list[Result]) -> None:
                         "redis_commands_per_job": [c.commands_per_job for c in r.costs],
                         "redis_scripts_per_job": [c.scripts_per_job for c in r.costs],
                         "redis_cpu_us_per_job": [c.cpu_us_per_job for c in r.costs],
+                        "redis_new_connections_per_job": [c.connections_per_job for c in r.costs],
                         "client_commands_per_job": r.sample.client_commands_per_job if r.sample else None,
                     }
                     for r in results

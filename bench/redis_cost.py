@@ -11,6 +11,7 @@ after the phase (the bench's own ``INFO`` calls are left out):
   difference between ``total_commands_processed`` and the commands run inside
   scripts, which is only known from a ``MONITOR`` sample (``client_commands``), so
   it is measured on a short separate run, never on a timed one;
+- **new connections/job**: printed when above 0.01 (a client connecting per request);
 - **Redis CPU µs/job**: the server's main-thread CPU time (``used_cpu_*_main_thread``),
   which includes reading and writing the sockets, not only running commands.
 
@@ -49,11 +50,13 @@ class Snapshot:
     usec: Counter[str]
     cpu_seconds: float
     own: Counter[str]
+    connections: int
 
     @classmethod
     def take(cls, redis: Redis) -> Snapshot:
         stats: dict[str, Any] = redis.info("commandstats")
         cpu: dict[str, Any] = redis.info("cpu")
+        connections = int(redis.info("stats")["total_connections_received"])
         calls: Counter[str] = Counter()
         usec: Counter[str] = Counter()
         for name, value in stats.items():
@@ -62,7 +65,7 @@ class Snapshot:
             usec[command] = int(value["usec"])
         main = float(cpu.get("used_cpu_sys_main_thread", cpu["used_cpu_sys"]))
         main += float(cpu.get("used_cpu_user_main_thread", cpu["used_cpu_user"]))
-        return cls(calls, usec, main, Counter(OWN_COMMANDS))
+        return cls(calls, usec, main, Counter(OWN_COMMANDS), connections)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Cost:
     calls: Counter[str] = field(default_factory=Counter)
     usec: Counter[str] = field(default_factory=Counter)
     cpu_seconds: float = 0.0
+    connections: int = 0
 
     @property
     def commands_per_job(self) -> float:
@@ -97,18 +101,19 @@ class Cost:
         )
         return " ".join(f"{name.upper()} {v:.1f}" for v, name in per_job[:n] if v >= 0.05)
 
-    def summary(self) -> str:
-        return (
-            f"{self.commands_per_job:5.1f} cmds/job, {self.scripts_per_job:4.2f} scripts/job,"
-            f" Redis CPU {self.cpu_us_per_job:5.1f} µs/job"
-        )
+    @property
+    def connections_per_job(self) -> float:
+        """New connections Redis accepted per job (a client that connects per request shows here)."""
+        return self.connections / self.jobs
 
 
 def between(before: Snapshot, after: Snapshot, jobs: int) -> Cost:
     own = after.own - before.own
     calls = Counter({k: after.calls[k] - before.calls[k] - own[k] for k in after.calls if k not in _OWN})
     usec = Counter({k: after.usec[k] - before.usec[k] for k in after.usec if k not in _OWN})
-    return Cost(max(jobs, 1), +calls, +usec, after.cpu_seconds - before.cpu_seconds)
+    return Cost(
+        max(jobs, 1), +calls, +usec, after.cpu_seconds - before.cpu_seconds, after.connections - before.connections
+    )
 
 
 @contextmanager

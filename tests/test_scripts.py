@@ -560,15 +560,23 @@ MARK_DEAD_LETTER = [
     ),
 ]
 
-FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending"]
+FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending", "{p}held", "{p}retained"]
 
 
 def _finalize_argv(
-    state: str, from_: str, *, result: str = "", error: str = "", attempt: int = 1, cycle: int = 0, most: int = 100
+    state: str,
+    from_: str,
+    *,
+    result: str = "",
+    error: str = "",
+    attempt: int = 1,
+    cycle: int = 0,
+    most: int = 100,
+    budget: int = 0,
 ):
     # state, finished_at, result, error, retention, job_id, now_ms, from, attempt, cycle,
-    # max dead letters, dead letter retention (ms)
-    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle, most, 3000]
+    # max dead letters, dead letter retention (ms), result budget (bytes; 0 = no check)
+    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle, most, 3000, budget]
 
 
 _FINALIZE_GIVEN = {
@@ -591,6 +599,8 @@ FINALIZE = [
                 "tenantId": "t1",
                 "finishedAt": T,
                 "result": '{"ok":1}',
+                # the result's bytes now count (the record had none admitted)
+                "storedBytes": "8",
             },
             "{p}watch": None,
             "{p}dead": None,
@@ -606,7 +616,14 @@ FINALIZE = [
         _finalize_argv("dead", "attempt", error='{"e":3}'),
         1,
         {
-            "{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"e":3}'},
+            "{p}job:j1": {
+                "state": "dead",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "error": '{"e":3}',
+                "storedBytes": "7",
+            },
             "{p}watch": None,
             "{p}dead": Z({"j1": 5000}),
             "{p}pending": {"t1": "1"},
@@ -628,6 +645,7 @@ FINALIZE = [
                 "tenantId": "t1",
                 "finishedAt": T,
                 "error": '{"old":1}',
+                "storedBytes": "9",
             },
             "{p}pending": {"t1": "1"},
         },
@@ -657,7 +675,16 @@ FINALIZE = [
         FINAL_KEYS,
         _finalize_argv("dead", "orphan"),
         1,
-        {"{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"old":1}'}},
+        {
+            "{p}job:j1": {
+                "state": "dead",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "error": '{"old":1}',
+                "storedBytes": "9",
+            }
+        },
     ),
     Case(
         "an orphan whose lease is alive is not",
@@ -814,7 +841,7 @@ CANCEL = [
     ],
 ]
 
-DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch"]
+DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch", "{p}held"]
 DISCARD = [
     Case(
         "an unpublished queued job is removed, uncounted and its key released",
@@ -850,7 +877,7 @@ DISCARD = [
         "a job already running is removed but not uncounted (its final transition counts it)",
         "store/discard",
         {"{p}job:j1": {"state": "running"}, "{p}pending": {"t1": "1"}},
-        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch"],
+        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch", "{p}held"],
         ["t1", "j1"],
         1,
         {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
@@ -1021,8 +1048,8 @@ FORGET = [
         "the tenant's dead letter is dropped and its record starts to expire",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j1": 1, "j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1"],
-        ["j1", "600"],
+        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
+        ["j1", "600", "t1"],
         1,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "expires"},
@@ -1031,8 +1058,8 @@ FORGET = [
         "another tenant's dead job is left exactly as it was: no expiry set",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1"],
-        ["j1", "600"],
+        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
+        ["j1", "600", "t1"],
         0,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "persists"},
@@ -1169,43 +1196,42 @@ RELEASE = [
     ),
 ]
 
-# KEYS: job, index, pending, idempotency key, broker list, watch, lanes, one window.
-ADMIT_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}list", "{p}watch", "{p}lanes", "{p}window"]
-ADMIT_NO_IDEM_KEYS = [
-    "{p}job:j1",
-    "{p}index",
-    "{p}pending",
-    "{p}job:j1",
-    "{p}job:j1",
-    "{p}watch",
-    "{p}lanes",
-    "{p}window",
-]
+# KEYS: the tenant's index, pending, watch, held bytes, retained bytes, one window; then the
+# job's own: its hash, its idempotency key, its broker list, its queue's lane set.
+_ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
+ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}lanes"]
+ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}lanes"]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
-_RECORD = {"state": "queued", "tenantId": "t1", "jobType": "a.b"}
+#: The bytes of _FIELDS' fields and values, as the budget counts them.
+_BYTES = sum(len(text) for text in _FIELDS)
+_RECORD = {"state": "queued", "tenantId": "t1", "jobType": "a.b", "recordBytes": str(_BYTES), "storedBytes": str(_BYTES)}
+
+
+def _admit_header(*, max_pending: int = 5, budget: int = 10_000, jobs: int = 1) -> list[Any]:
+    # tenant, key TTL, max pending, job key prefix, n windows, index horizon (ms), storage budget,
+    # retention (s), number of jobs, then (limit, expiry) of the one window
+    return ["t1", 600, max_pending, "{p}job:", 1, 1000, budget, 3600, jobs, 2, 60]
+
+
+def _admit_job(
+    job_id: str = "j1", *, fingerprint: str = "fp", live: str = "1", message: str = "msg", watch_in: str = "60"
+) -> list[Any]:
+    # job id, created ms, fingerprint, live, message, watch in (seconds), number of field entries, fields...
+    return [job_id, 1234, fingerprint, live, message, watch_in, len(_FIELDS), *_FIELDS]
 
 
 def _admit_argv(
-    *, fingerprint: str = "fp", live: str = "1", max_pending: int = 5, message: str = "msg", watch_in: str = "60"
+    *,
+    fingerprint: str = "fp",
+    live: str = "1",
+    max_pending: int = 5,
+    message: str = "msg",
+    watch_in: str = "60",
+    budget: int = 10_000,
 ) -> list[Any]:
-    # tenant, job id, created ms, fingerprint, key TTL, live, max_pending, job key prefix, message,
-    # n windows, watch in (seconds), index horizon (ms), (limit, expiry), fields...
     return [
-        "t1",
-        "j1",
-        1234,
-        fingerprint,
-        600,
-        live,
-        max_pending,
-        "{p}job:",
-        message,
-        1,
-        watch_in,
-        1000,
-        2,
-        60,
-        *_FIELDS,
+        *_admit_header(max_pending=max_pending, budget=budget),
+        *_admit_job(fingerprint=fingerprint, live=live, message=message, watch_in=watch_in),
     ]
 
 

@@ -11,20 +11,34 @@
 local STORED_BUCKET_SECONDS = 3600
 
 -- The retained bytes still counted at now (epoch s), dropping the buckets whose records
--- have all expired (retention s after the bucket's end).
+-- have all expired (bucket b's last record expires before (b + 1) * length + retention).
+-- Steps bucket by bucket from the oldest: a bucket's worth of work per bucket that leaves;
+-- far behind (a tenant idle for long, a skewed clock), it prunes by the fields present.
 local function retained_bytes(retained_key, now, retention)
   local f = redis.call('HMGET', retained_key, 'total', 'oldest')
   local total, oldest = tonumber(f[1] or '0'), tonumber(f[2] or '')
-  if not oldest then return total end
-  local moved = false
-  while (oldest + 1) * STORED_BUCKET_SECONDS + retention <= now do
-    total = total - tonumber(redis.call('HGET', retained_key, 'b' .. oldest) or '0')
-    redis.call('HDEL', retained_key, 'b' .. oldest)
-    oldest, moved = oldest + 1, true
+  local stale = math.floor((now - retention) / STORED_BUCKET_SECONDS) - 1  -- newest bucket all expired
+  if not oldest or oldest > stale then return total end
+  if stale - oldest > 256 then
+    local fields, left = redis.call('HGETALL', retained_key), nil
+    for i = 1, #fields, 2 do
+      local bucket = tonumber(string.match(fields[i], '^b(%-?%d+)$') or '')
+      if bucket and bucket <= stale then
+        total = total - tonumber(fields[i + 1])
+        redis.call('HDEL', retained_key, fields[i])
+      elseif bucket and (not left or bucket < left) then
+        left = bucket
+      end
+    end
+    oldest = left or stale + 1
+  else
+    while oldest <= stale do
+      total = total - tonumber(redis.call('HGET', retained_key, 'b' .. oldest) or '0')
+      redis.call('HDEL', retained_key, 'b' .. oldest)
+      oldest = oldest + 1
+    end
   end
-  if moved then
-    redis.call('HSET', retained_key, 'total', string.format('%d', total), 'oldest', oldest)
-  end
+  redis.call('HSET', retained_key, 'total', string.format('%d', total), 'oldest', oldest)
   return total
 end
 
@@ -41,7 +55,8 @@ local function stored_bytes_retain(held_key, retained_key, tenant, now, retentio
   local bucket = math.floor(now / STORED_BUCKET_SECONDS)
   redis.call('HINCRBY', retained_key, 'b' .. bucket, string.format('%d', bytes))
   redis.call('HINCRBY', retained_key, 'total', string.format('%d', bytes))
-  if not redis.call('HGET', retained_key, 'oldest') then redis.call('HSET', retained_key, 'oldest', bucket) end
+  local oldest = tonumber(redis.call('HGET', retained_key, 'oldest') or '')
+  if not oldest or bucket < oldest then redis.call('HSET', retained_key, 'oldest', bucket) end
   -- the hash ends with the last record counted in it
   redis.call('EXPIRE', retained_key, retention + 2 * STORED_BUCKET_SECONDS)
 end

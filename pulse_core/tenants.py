@@ -16,6 +16,7 @@ Routing and execution limits (``pulse_core.broker.routing``, ``pulse_core.guards
 
     [tenants.acme]
     api_key_sha256 = ["..."]
+    max_stored_bytes = 1073741824        # storage budget (default 256 MiB; docs/guarding-the-door.md)
     queue = "acme"                       # a dedicated queue
     [tenants.acme.job_types."crm.sync"]
     queue = "acme-crm"                   # tenant x jobType beats everything

@@ -60,7 +60,9 @@ def test_a_tenant_that_fills_its_budget_is_refused_and_another_is_not(settings: 
     assert admission.status(tenant).remaining == remaining
     # and a job already accepted is still answered by its idempotency key
     replay = client.post(
-        "/v1/jobs", json={"jobType": "diag.echo", "payload": BIG, "idempotencyKey": "budget-a-0"}, headers=auth("budget-a")
+        "/v1/jobs",
+        json={"jobType": "diag.echo", "payload": BIG, "idempotencyKey": "budget-a-0"},
+        headers=auth("budget-a"),
     )
     assert replay.status_code == 200 and replay.get_json()["jobId"] == accepted[0]
     # and in a batch the big job is refused on its own while a small one still fits

@@ -36,7 +36,7 @@ def test_a_500_job_batch_is_five_script_runs_each_job_answered_on_its_own(settin
         announce(redis, ["diag.echo"], 600)
         client = create_app(api_settings).test_client()
         client.post("/v1/batches", json={"jobs": [{"jobType": "diag.echo", "payload": {}}]}, headers=auth("acme"))
-        before = {name: _calls(redis, name) for name in ("evalsha", "eval", "fcall")}
+        before = {name: _calls(redis, name) for name in ("evalsha", "eval", "fcall", "script|exists", "script|load")}
         # when a batch of 500 is submitted: every 50th job reuses the previous job's key with another
         # body (a conflict), the others are new
         jobs = [
@@ -49,10 +49,11 @@ def test_a_500_job_batch_is_five_script_runs_each_job_answered_on_its_own(settin
             for n in range(500)
         ]
         response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
-        # then Redis ran the admission script once per 100 jobs, and no other script
+        # then Redis ran the admission script once per 100 jobs, and no other script: one
+        # pipelined round trip, with no SCRIPT EXISTS before it
         after = {name: _calls(redis, name) for name in before}
         assert after["evalsha"] - before["evalsha"] == 500 // BATCH_CHUNK == 5
-        assert after["eval"] == before["eval"] and after["fcall"] == before["fcall"]
+        assert all(after[name] == before[name] for name in ("eval", "fcall", "script|exists", "script|load"))
         # and each job was answered on its own, in request order
         items = response.get_json()["items"]
         assert [item["status"] for item in items] == [422 if n % 50 == 49 else 202 for n in range(500)]
@@ -64,5 +65,12 @@ def test_a_500_job_batch_is_five_script_runs_each_job_answered_on_its_own(settin
         assert JobStore(redis).pending("acme") == 491
         assert backlog_mismatches(redis) == {}
         assert stored_bytes_mismatches(redis, ["acme"]) == {}
+        # and when Redis forgot its scripts (a restart, SCRIPT FLUSH), a batch still runs each chunk once
+        redis.script_flush()
+        again = client.post("/v1/batches", json={"jobs": jobs[:150]}, headers=auth("acme"))
+        assert [item["status"] for item in again.get_json()["items"]] == [
+            422 if n % 50 == 49 else 200 for n in range(150)
+        ]
+        assert JobStore(redis).pending("acme") == 491
     finally:
         server.stop()

@@ -234,14 +234,9 @@ class Admission:
         chunks = [submissions[at : at + BATCH_CHUNK] for at in range(0, len(submissions), BATCH_CHUNK)]
         if not chunks:
             return []
-        with self._redis.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                keys_, args = self._call(tenant, chunk)
-                self._admit_batch.queue(pipe, keys=keys_, args=args)
-            replies = pipe.execute()
+        replies = self._admit_batch.call_many(self._redis, [self._call(tenant, chunk) for chunk in chunks])
         verdicts: list[Admitted | PulseError] = []
-        for chunk, raw in zip(chunks, replies, strict=True):
-            read = self._admit_batch.read(raw)
+        for chunk, read in zip(chunks, replies, strict=True):
             verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
         return verdicts
 

@@ -89,8 +89,7 @@ local function admit_one(ctx, k, a)
 
   window_acquire(ctx.now, 6, 10, ctx.n)
   stats[2] = stats[2] - 1
-  redis.call('HSET', job_key, unpack(ARGV, fields, next_arg - 1))
-  redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes)
+  redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
   redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
   listing_add(ctx.index, created_ms, job_id)

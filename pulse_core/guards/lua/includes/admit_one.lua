@@ -82,15 +82,17 @@ local function admit_one(ctx, k, a)
   -- the record's bytes as stored: every field and value
   local bytes = 0
   for i = fields, next_arg - 1 do bytes = bytes + #ARGV[i] end
-  local used = stored_bytes_used(ctx.held, ctx.retained, ctx.tenant, ctx.now, ctx.retention)
-  if used + bytes > ctx.budget then
-    return {'storage', stats, used, bytes, stored_bytes_release_in(ctx)}, next_arg
+  -- read once per run: nothing else writes it while the script runs, so each job admitted adds to it
+  ctx.used = ctx.used or stored_bytes_used(ctx.held, ctx.retained, ctx.tenant, ctx.now, ctx.retention)
+  if ctx.used + bytes > ctx.budget then
+    return {'storage', stats, ctx.used, bytes, stored_bytes_release_in(ctx)}, next_arg
   end
 
   window_acquire(ctx.now, 6, 10, ctx.n)
   stats[2] = stats[2] - 1
   redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
   redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
+  ctx.used = ctx.used + bytes
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
   listing_add(ctx.index, created_ms, job_id)
   redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))

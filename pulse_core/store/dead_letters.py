@@ -53,7 +53,7 @@ class DeadLetters:
             keys.tenant_dead_letters(tenant_id),
             limit=limit,
             cursor=cursor,
-            load=self._store.get_many,
+            load=self._store.get_listed,
             keep=lambda job: job_type is None or job.job_type == job_type,
             budget=10 * limit + listing.BATCH,
         )
@@ -74,5 +74,5 @@ class DeadLetters:
             chunk = [member for _, member in islice(entries, listing.BATCH)]
             if not chunk:
                 break
-            found += [j for j in self._store.get_many(chunk) if j and (job_type is None or j.job_type == job_type)]
+            found += [j for j in self._store.get_listed(chunk) if j and (job_type is None or j.job_type == job_type)]
         return found[:limit]

@@ -37,6 +37,20 @@ class PulseParser(FlaskParser):
         except RecursionError:
             raise json.JSONDecodeError("JSON nesting is too deep", "[", 0) from None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: One instance per schema class: webargs would build one per request (costly in
+        #: marshmallow), and a schema instance keeps no state between loads.
+        self._schemas: dict[type[ma.Schema], ma.Schema] = {}
+
+    def _get_schema(self, argmap: Any, req: flask.Request) -> ma.Schema:
+        if isinstance(argmap, type) and issubclass(argmap, ma.Schema):
+            schema = self._schemas.get(argmap)
+            if schema is None:
+                schema = self._schemas[argmap] = argmap()
+            return schema
+        return super()._get_schema(argmap, req)
+
     def _process_location_data(
         self,
         location_data: Any,

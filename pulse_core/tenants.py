@@ -162,7 +162,7 @@ class TenantsConfig:
         owner_of: dict[str, str] = {}
         for tenant_id, body in tenants_raw.items():
             where = f"{source}: [tenants.{tenant_id}]"
-            if not _TENANT_ID_RE.match(tenant_id):
+            if not _TENANT_ID_RE.fullmatch(tenant_id):
                 raise ConfigError(f"{where}: a tenant id is 1-63 of a-z, 0-9, '_' or '-'")
             table = _table(body, where)
             unknown = set(table) - _SETTINGS - {"api_key_sha256", "queue", "job_types"}
@@ -174,7 +174,7 @@ class TenantsConfig:
             if not isinstance(hashes, list) or not hashes:
                 raise ConfigError(f"{where}: api_key_sha256 must list at least one key digest")
             for digest in hashes:
-                if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+                if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
                     raise ConfigError(f"{where}: api_key_sha256 entry {digest!r} is not 64 lowercase hex digits")
                 if digest in owner_of:
                     raise ConfigError(f"{where}: key digest already belongs to {owner_of[digest]}")
@@ -305,7 +305,7 @@ def _job_type_rules(value: Any, where: str) -> dict[str, JobTypeRule]:
 
 
 def _queue(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
+    if not isinstance(value, str) or not QUEUE_NAME_RE.fullmatch(value):
         raise ConfigError(f"{where}={value!r}: a queue name is 1-100 of letters, digits, '_.-'")
     return value
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,45 @@ class Length:
         return f"Length({self.n})"
 
 
+#: How long a case may take between writing its given state and reading what it left.
+_SLACK = 5.0
+
+
+class FromNow:
+    """A GCRA window's key: its theoretical arrival time, ``seconds`` from now (epoch
+    microseconds, as a string). Given, it is written as of the moment it is put; then,
+    it matches a time that many seconds from now, less the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def micros(self) -> str:
+        return str(int((time.time() + self.seconds) * 1_000_000))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str):
+            return False
+        ahead = int(other) / 1_000_000 - time.time()
+        return self.seconds - _SLACK <= ahead <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"FromNow({self.seconds})"
+
+
+class About:
+    """A reply's seconds (a string) that were ``seconds`` when the case wrote its given
+    state: as much, or less by the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.seconds - _SLACK <= float(other) <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"About({self.seconds})"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -144,6 +184,8 @@ def _put(redis: Redis, key: str, value: Any) -> None:
         redis.hset(key, mapping=value)
     elif isinstance(value, str):
         redis.set(key, value)
+    elif isinstance(value, FromNow):
+        redis.set(key, value.micros())
     elif isinstance(value, list):
         redis.rpush(key, *value)
     elif isinstance(value, set):
@@ -1186,10 +1228,16 @@ _RECORD = {"state": "queued", "tenantId": "t1", "jobType": "a.b"}
 
 
 def _admit_argv(
-    *, fingerprint: str = "fp", live: str = "1", max_pending: int = 5, message: str = "msg", watch_in: str = "60"
+    *,
+    fingerprint: str = "fp",
+    live: str = "1",
+    max_pending: int = 5,
+    message: str = "msg",
+    watch_in: str = "60",
+    windows: tuple[int, ...] = (2, 60),
 ) -> list[Any]:
     # tenant, job id, created ms, fingerprint, key TTL, live, max_pending, job key prefix, message,
-    # n windows, watch in (seconds), index horizon (ms), (limit, expiry), fields...
+    # n windows, watch in (seconds), index horizon (ms), (limit, expiry) per window, fields...
     return [
         "t1",
         "j1",
@@ -1200,17 +1248,19 @@ def _admit_argv(
         max_pending,
         "{p}job:",
         message,
-        1,
+        len(windows) // 2,
         watch_in,
         1000,
-        2,
-        60,
+        *windows,
         *_FIELDS,
     ]
 
 
-#: A window with room for both of its 2 slots: limit 2, remaining 2, reset 60 s, no retry, not full.
-EMPTY_WINDOW = [2, 2, "60", "0", "0"]
+#: A window of 2 a minute with room for both slots: limit 2, remaining 2, reset 30 s (a slot
+#: taken now comes back after 60 / 2 s: GCRA), no retry, not full.
+EMPTY_WINDOW = [2, 2, "30", "0", "0"]
+#: The same window with one slot just taken, back in 30 s.
+TAKEN_ONE = [2, 1, "30", "0", "0"]
 ADMIT = [
     Case(
         "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
@@ -1218,7 +1268,7 @@ ADMIT = [
         {"{p}pending": {"t1": "1"}},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}index": Z({"j1": 1234}),
@@ -1228,7 +1278,7 @@ ADMIT = [
             # watched: the sweep looks at it if nothing claims it in time
             "{p}watch": Z({"j1": ANY}),
             "{p}lanes": {"t1"},
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
         ttl={"{p}idem": "expires", "{p}window": "expires", "{p}job:j1": "persists"},
     ),
@@ -1238,14 +1288,14 @@ ADMIT = [
         {},
         ADMIT_NO_IDEM_KEYS,
         _admit_argv(fingerprint="", message="", watch_in="1500.5"),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}pending": {"t1": "1"},
             "{p}watch": Z({"j1": ANY}),
             "{p}list": None,
             "{p}idem": None,
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1254,7 +1304,7 @@ ADMIT = [
         {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}index": Z({"edge": 234, "recent": 900, "j1": 1234})},
     ),
     Case(
@@ -1290,7 +1340,7 @@ ADMIT = [
         {"{p}idem": "fp j0"},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}job:j1": _RECORD, "{p}idem": "fp j1"},
     ),
     Case(
@@ -1305,11 +1355,41 @@ ADMIT = [
     Case(
         "a full window refuses and consumes nothing",
         "guards/admit",
-        {"{p}window": ["9999999999", "9999999999"]},
+        # both slots taken just now: the first comes back in 30 s
+        {"{p}window": FromNow(60)},
         ADMIT_KEYS,
         _admit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": ["9999999999", "9999999999"], "{p}pending": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": FromNow(60), "{p}pending": None},
+    ),
+    Case(
+        "a slot comes back a tau after it was taken: both taken 40 s ago, one is free again",
+        "guards/admit",
+        {"{p}window": FromNow(20)},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 0, About(20), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}window": FromNow(50)},
+    ),
+    Case(
+        "with two windows, a full one refuses and the other is not consumed",
+        "guards/admit",
+        {"{p}w2": FromNow(3600)},
+        [*ADMIT_KEYS[:7], "{p}w1", "{p}w2"],
+        _admit_argv(windows=(100, 60, 1, 3600)),
+        ["rate-limited", [1, 0, About(3600), About(3600), "1"]],
+        {"{p}job:j1": None, "{p}w1": None, "{p}w2": FromNow(3600), "{p}pending": None},
+    ),
+    Case(
+        "with two windows with room, one submission is counted in each",
+        "guards/admit",
+        {"{p}w2": FromNow(1800)},
+        [*ADMIT_KEYS[:7], "{p}w1", "{p}w2"],
+        _admit_argv(windows=(100, 60, 2, 3600)),
+        # the tighter window is reported (its last slot just taken); it frees one in 1800 s
+        ["created", [2, 0, About(1800), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}w1": FromNow(0.6), "{p}w2": FromNow(3600)},
+        ttl={"{p}w1": "expires", "{p}w2": "expires"},
     ),
     Case(
         "a full backlog refuses with the pending count and consumes nothing",
@@ -1350,14 +1430,14 @@ READMIT = [
         {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
         READMIT_KEYS,
         _readmit_argv(),
-        ["replayed", [2, 1, "60", "0", "0"], Record(_QUEUED_AGAIN)],
+        ["replayed", TAKEN_ONE, Record(_QUEUED_AGAIN)],
         {
             "{p}job:j1": _QUEUED_AGAIN,
             "{p}dead": Z({"j0": 1}),
             "{p}pending": {"t1": "1"},
             # watched like any queued job: checked a minute from now (Redis' clock)
             "{p}watch": Z({"j1": ANY}),
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1391,11 +1471,17 @@ READMIT = [
     Case(
         "a full rate window refuses; nothing changes",
         "guards/readmit",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": ["9999999999", "9999999999"]},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": FromNow(60)},
         READMIT_KEYS,
         _readmit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": None, "{p}watch": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {
+            "{p}job:j1": _DEAD,
+            "{p}dead": Z({"j1": 1}),
+            "{p}pending": None,
+            "{p}watch": None,
+            "{p}window": FromNow(60),
+        },
     ),
     Case(
         "a full backlog refuses with the pending count; nothing changes",
@@ -1421,20 +1507,29 @@ RATE_STATUS = [
     Case(
         "a half-used window reports what is left and consumes nothing",
         "guards/rate_status",
-        {"{p}window": ["9999999999"]},
+        {"{p}window": FromNow(20)},
         ["{p}window"],
         [1, 2, 60],
-        [2, 1, ANY, "0", "0"],
-        {"{p}window": ["9999999999"]},
+        [2, 1, About(20), "0", "0"],
+        {"{p}window": FromNow(20)},
+    ),
+    Case(
+        "used slots are the debt in taus, rounded up: 31 s of 30 s taus fill 2 slots for 1 s more",
+        "guards/rate_status",
+        {"{p}window": FromNow(31)},
+        ["{p}window"],
+        [1, 2, 60],
+        [2, 0, About(1), About(1), "1"],
+        {"{p}window": FromNow(31)},
     ),
     Case(
         "the tightest of two windows is reported; a full one gives its retry-after",
         "guards/rate_status",
-        {"{p}w2": ["9999999999"]},
+        {"{p}w2": FromNow(3000)},
         ["{p}w1", "{p}w2"],
         [2, 5, 60, 1, 3600],
-        [1, 0, ANY, ANY, "1"],
-        {"{p}w1": None, "{p}w2": ["9999999999"]},
+        [1, 0, About(3000), About(3000), "1"],
+        {"{p}w1": None, "{p}w2": FromNow(3000)},
     ),
 ]
 
@@ -1576,7 +1671,8 @@ def test_includes_are_resolved_once_and_every_include_is_used() -> None:
     assert not any("--@include" in text for text in sources.values())
     for name in ("store/finalize", "store/cancel"):
         assert sources[name].count("local function final_transition(") == 1
-    assert sources["guards/admit"].count("local function limits_window(") == 1
+    for name in ("guards/admit", "guards/readmit", "guards/rate_status"):
+        assert sources[name].count("local function window_stats(") == 1
     # and every include file is part of some script
     for room in lua_scripts.ROOMS:
         includes = resources.files(room) / "lua" / "includes"

@@ -50,6 +50,7 @@ from typing import Any
 from limits import RateLimitItem
 
 from pulse_core import keys
+from pulse_core.errors import RateLimited
 
 
 def window_keys(tenant_id: str, items: tuple[RateLimitItem, ...]) -> list[str]:
@@ -86,6 +87,16 @@ class WindowStats:
     retry_after: float
     #: Whether some window is full.
     full: bool
+
+
+class LimitReached(RateLimited):
+    """A submission the rate limit refused, with where the tenant stood as the same script
+    refused it: the answer's ``RateLimit-*`` headers describe that refusal, where a second
+    read could already see a slot come back (one does every ``tau``)."""
+
+    def __init__(self, message: str, *, retry_after: int, limit: LimitStatus) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.limit = limit
 
 
 def window_stats(reply: list[Any]) -> WindowStats:

@@ -62,8 +62,7 @@ def race(settings: Settings, tenant: str, queue: str, processes: int, per_proces
     start_line = (f"pulse:test:race-start:{tenant}", processes)
     with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
         futures = [
-            pool.submit(post_from_new_process, env, tenant, [BODY] * per_process, start_line)
-            for _ in range(processes)
+            pool.submit(post_from_new_process, env, tenant, [BODY] * per_process, start_line) for _ in range(processes)
         ]
         return [answer for future in futures for answer in future.result(timeout=180)]
 

@@ -55,6 +55,7 @@ from pulse_core.http_handlers.registrations import (
 from pulse_core.jobs import JobState
 from pulse_core.policy import ExecutionLimits, RetryPolicy, plan_delay
 from pulse_core.telemetry import metrics
+from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
 blp = PulseBlueprint(
     "handlers",
@@ -382,7 +383,9 @@ class Complete(MethodView):
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
                 raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
-            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text)
+            tenant = svc.tenants.config.tenants.get(job.tenant_id)
+            budget = tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES
+            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
             outcome = metrics.Outcome.SUCCEEDED
         else:
             reported = body["error"]

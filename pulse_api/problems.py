@@ -35,6 +35,7 @@ from pulse_core.errors import (
     RateLimited,
     Refused,
     SecretKeyMissing,
+    StorageBudgetFull,
     TenantMismatch,
     UnknownJobType,
     UnsupportedMediaType,
@@ -70,6 +71,9 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     BatchTooLarge: (422, "batch-too-large", "Too many jobs in one batch"),
     RateLimited: (429, "rate-limited", "Too many submissions; retry after Retry-After seconds"),
     BacklogFull: (429, "backlog-full", "Too many jobs not yet finished; retry later"),
+    # 429, not 507: the budget is the tenant's own quota (the tenants file's max_stored_bytes),
+    # not the server failing; every refusal is a 4xx, and 5xx stays for Redis itself refusing.
+    StorageBudgetFull: (429, "storage-budget-full", "The tenant's storage budget is full; retry later"),
     BrokerUnavailable: (503, "unavailable", "The job could not be queued; nothing was enqueued"),
 }
 

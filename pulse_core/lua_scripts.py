@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, JobState
 
@@ -138,6 +139,27 @@ class BoundScript(Generic[T]):
 
     def read(self, raw: Any) -> T:
         return self.script.reply(raw)
+
+    def call_many(self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[T]:
+        """Run the script once per ``(keys, args)``, in order, in one pipelined round trip.
+
+        Plain EVALSHA: redis-py's own pipelined scripts ask ``SCRIPT EXISTS`` first, a
+        second round trip every time. A call answered NOSCRIPT (Redis restarted or its
+        scripts were flushed) did not run; it is run again on its own, which loads the script.
+        """
+        sha = self.registered.sha
+        with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            raw = pipe.execute(raise_on_error=False)
+        replies = []
+        for (keys, args), reply in zip(calls, raw, strict=True):
+            if isinstance(reply, NoScriptError):
+                reply = self.registered(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+            replies.append(self.script.reply(reply))
+        return replies
 
 
 def write_all(folder: Path) -> list[Path]:

@@ -16,6 +16,7 @@ Routing and execution limits (``pulse_core.broker.routing``, ``pulse_core.guards
 
     [tenants.acme]
     api_key_sha256 = ["..."]
+    max_stored_bytes = 1073741824        # storage budget (default 256 MiB; docs/guarding-the-door.md)
     queue = "acme"                       # a dedicated queue
     [tenants.acme.job_types."crm.sync"]
     queue = "acme-crm"                   # tenant x jobType beats everything
@@ -52,13 +53,19 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_DEAD_LETTERS = 10_000
 #: Days a dead letter is kept; older ones leave the dead letters (their records then expire).
 DEFAULT_DEAD_LETTER_DAYS = 30
+#: Bytes a tenant's records may hold in Redis (payloads, results, errors of its jobs not yet
+#: final, its dead letters and its finished jobs within their retention); past it, submissions
+#: are refused (429) and a result that does not fit is not kept (the job still succeeds).
+DEFAULT_MAX_STORED_BYTES = 256 * 1024 * 1024
 #: Sanity bounds for the per-tenant numbers, so a typo cannot disable a guard.
 _MAX_PENDING_CEILING = 100_000_000
 _MAX_PAYLOAD_CEILING = 64 * 1024 * 1024
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
-_SETTINGS = frozenset({"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days"})
+_SETTINGS = frozenset(
+    {"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days", "max_stored_bytes"}
+)
 #: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
 _JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
 #: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
@@ -91,6 +98,8 @@ class Tenant:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS
+    #: The storage budget in bytes (``DEFAULT_MAX_STORED_BYTES``).
+    max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
     #: The tenant's own queue; ``None``: the shared queue.
     queue: str | None = None
     #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
@@ -328,6 +337,7 @@ _BOUNDED = {
     "max_payload_bytes": (DEFAULT_MAX_PAYLOAD_BYTES, _MAX_PAYLOAD_CEILING),
     "max_dead_letters": (DEFAULT_MAX_DEAD_LETTERS, 10_000_000),
     "dead_letter_days": (DEFAULT_DEAD_LETTER_DAYS, 3650),
+    "max_stored_bytes": (DEFAULT_MAX_STORED_BYTES, 1024**4),
 }
 _BOUNDED_DEFAULTS = {name: default for name, (default, _) in _BOUNDED.items()}
 

@@ -283,7 +283,8 @@ def record(
         log.info("job %s (%s) attempt %d handed off: %s", job.job_id, job.job_type, job.attempts, exc)
         return
     if exc is None:
-        if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null"):
+        budget = runtime.stored_bytes_budget(job.tenant_id)
+        if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null", result_budget=budget):
             metrics.job_finished(job, Outcome.SUCCEEDED)
             log.info("job succeeded")
         return

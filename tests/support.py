@@ -51,6 +51,12 @@ TENANT_KEYS = {
     # Replays go through the door: a backlog cap and a rate limit of their own.
     "replay-cap": "replay-cap-secret-key",
     "replay-rate": "replay-rate-secret-key",
+    # The storage budget's tenants: one that fills a small budget, one beside it, one whose
+    # counters are reconciled, one whose results do not fit.
+    "budget-a": "budget-a-secret-key",
+    "budget-b": "budget-b-secret-key",
+    "budget-flow": "budget-flow-secret-key",
+    "budget-result": "budget-result-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
@@ -66,6 +72,9 @@ TENANT_SETTINGS = {
     "idem": 'rate_limit = "3/minute"',
     "replay-cap": "max_pending = 2",
     "replay-rate": 'rate_limit = "2/minute"',
+    "budget-a": 'rate_limit = "1000/hour"\nmax_stored_bytes = 20000',
+    "budget-b": 'rate_limit = "1000/hour"',
+    "budget-result": "max_stored_bytes = 4000",
 }
 
 

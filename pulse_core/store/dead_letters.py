@@ -43,7 +43,13 @@ class DeadLetters:
         One script: the record's expiry is set only if the letter was ``tenant_id``'s.
         """
         return _FORGET.register(self._redis)(
-            keys=[keys.tenant_dead_letters(tenant_id), keys.job(job_id)], args=[job_id, self._retention]
+            keys=[
+                keys.tenant_dead_letters(tenant_id),
+                keys.job(job_id),
+                keys.STORED_BYTES,
+                keys.retained_bytes(tenant_id),
+            ],
+            args=[job_id, self._retention, tenant_id],
         )
 
     def page(self, tenant_id: str, *, limit: int, cursor: str | None = None, job_type: str | None = None) -> Page[Job]:

@@ -99,7 +99,8 @@ class Submitter:
     ) -> list[Admitted | Exception]:
         """Each raw body checked for size, loaded (``load`` validates it; what it raises
         out of ``load_errors`` becomes that item's answer), admitted in one pipelined
-        round trip and published, answered in order."""
+        round trip (``Admission.admit_many``: a script run per 100 jobs) and published,
+        answered in order."""
         verdicts: list[Admitted | Exception] = []
         ready: list[tuple[int, Submission]] = []
         refusals: tuple[type[Exception], ...] = (PulseError, *load_errors)

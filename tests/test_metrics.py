@@ -19,10 +19,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse_api import create_app
 from pulse_api.observability import metrics_registry
-from pulse_cli.embedded_redis import free_port
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
+from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.conftest import OBSERVED_QUEUE
-from tests.support import ApiProcess, WorkerProcess, auth, job_state, settings_env, wait_for, wait_for_state
+from tests.support import (
+    ApiProcess,
+    WorkerProcess,
+    auth,
+    job_state,
+    settings_env,
+    wait_for,
+    wait_for_state,
+    waiting_messages,
+    write_tenants_file,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -132,6 +144,45 @@ def test_queue_depth_reads_the_jobs_waiting_in_tenant_lanes(settings: Settings) 
             assert response.status_code == 202
     # when /metrics is scraped, then the depth is the 8 jobs waiting
     assert value(api_metrics(client), "pulse_queue_depth", queue=queue) - before == 8
+
+
+def test_queue_depth_reads_the_broker_when_it_is_another_redis_than_the_job_store(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # given a job store and a broker on two Redis servers of their own, and an API using both
+    job_store = EmbeddedRedis(tmp_path / "store", persist=False).start()
+    broker = EmbeddedRedis(tmp_path / "broker", persist=False).start()
+    try:
+        queue = "t-depth-broker"
+        tenants = write_tenants_file(tmp_path / "tenants.toml")
+        api_settings = replace(
+            settings, redis_url=job_store.url, broker_url=broker.url, default_queue=queue, tenants_file=tenants
+        )
+        store, broker_redis = connect(job_store.url), connect(broker.url)
+        announce(store, ["diag.echo"], 60)
+        client = create_app(api_settings).test_client()
+        # when acme submits 5 jobs (two of them urgent) and globex 3, with no worker to take them
+        for tenant, count in (("acme", 5), ("globex", 3)):
+            for n in range(count):
+                body = {"jobType": "diag.echo", "payload": {"n": n}, "options": {"priority": 9 if n < 2 else 5}}
+                assert client.post("/v1/jobs", json=body, headers=auth(tenant)).status_code == 202
+        # then their messages wait on the broker, not in the job store, and the depth counts all 8
+        assert waiting_messages(broker_redis, queue) == 8 and waiting_messages(store, queue) == 0
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 8
+        # when a worker would take three of acme's off the broker's lists
+        acme_lists = [
+            name for name in broker_redis.scan_iter(match=f"{queue}/acme*") if broker_redis.type(name) == "list"
+        ]
+        taken = 0
+        for name in acme_lists:
+            while taken < 3 and broker_redis.rpop(name) is not None:
+                taken += 1
+        # then the depth follows the broker: 5 wait
+        assert taken == 3
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 5
+    finally:
+        broker.stop()
+        job_store.stop()
 
 
 def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(

@@ -48,7 +48,7 @@ from typing import Any
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.jobs import DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_now
+from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store import listing
 from pulse_core.store.listing import Page
@@ -455,7 +455,7 @@ class JobStore:
             index,
             limit=limit,
             cursor=cursor,
-            load=self.get_many,
+            load=self.get_listed,
             keep=lambda job: (state is None or job.state == state) and (job_type is None or job.job_type == job_type),
             budget=10 * limit + listing.BATCH,
             gone=gone,
@@ -464,10 +464,13 @@ class JobStore:
             self._redis.zrem(index, *gone)
         return found
 
-    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        """The jobs, in order, in one round trip (``None`` for a missing record)."""
+    def get_listed(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """The jobs as a listing shows them, in order, in one round trip (``None`` for a
+        missing record): only the fields of their documents (``DOCUMENT_FIELDS``) are
+        read, so a job's payload never leaves Redis for a listing (it is left empty)."""
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(keys.job(job_id))
-            records: list[dict[str, str]] = pipe.execute()
-        return [Job.from_redis(raw) if raw else None for raw in records]
+                pipe.hmget(keys.job(job_id), list(DOCUMENT_FIELDS))
+            rows: list[list[str | None]] = pipe.execute()
+        records = [{k: v for k, v in zip(DOCUMENT_FIELDS, row, strict=True) if v is not None} for row in rows]
+        return [Job.from_redis(raw) if raw.get("jobId") else None for raw in records]

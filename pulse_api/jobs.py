@@ -60,10 +60,14 @@ def rate_limit_headers(status: LimitStatus) -> dict[str, str]:
 
 
 def add_rate_limit_headers(response: Response) -> Response:
-    """Give a submit answer refused before admission (400, 413, 415, 422) the headers too."""
+    """Give a refused submit answer the headers too: a rate-limit refusal those of the step
+    that refused it, one refused before admission (400, 413, 415, 422) the tenant's standing."""
     tenant = g.get("tenant")
     missing = "RateLimit-Limit" not in response.headers
-    if request.method == "POST" and tenant is not None and missing:
+    refused_at: LimitStatus | None = g.get("refusal_limit")
+    if request.method == "POST" and refused_at is not None and missing:
+        response.headers.update(rate_limit_headers(refused_at))
+    elif request.method == "POST" and tenant is not None and missing:
         # The answer matters more than its headers (e.g. Redis is down).
         with contextlib.suppress(Exception):
             response.headers.update(rate_limit_headers(services().admission.status(tenant)))

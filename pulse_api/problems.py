@@ -40,6 +40,7 @@ from pulse_core.errors import (
     UnknownJobType,
     UnsupportedMediaType,
 )
+from pulse_core.guards.rate_limits import LimitReached
 from pulse_core.redis_client import refuses_for_now
 
 log = logging.getLogger("pulse.api")
@@ -139,6 +140,8 @@ def problem_for(error: PulseError) -> tuple[int, dict[str, Any], dict[str, str]]
 def from_pulse_error(error: PulseError) -> Response:
     """The problem response for a deliberate Pulse error (its refusal reason noted for metrics)."""
     g.refusal_reason = error.reason
+    if isinstance(error, LimitReached):  # its RateLimit-* headers: pulse_api.jobs.add_rate_limit_headers
+        g.refusal_limit = error.limit
     status, body, headers = problem_for(error)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(headers)

@@ -65,14 +65,17 @@ def retained_bytes(tenant_id: str) -> str:
     return f"{PREFIX}:tenant:{part(tenant_id)}:retained-bytes"
 
 
-#: Prefix under which the ``limits`` library keeps its moving windows
-#: (``RedisStorage(key_prefix=...)``), so rate-limit state is Pulse's too.
-RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
+#: Prefix of the rate-limit keys (GCRA, ``pulse_core.guards.rate_limits``). Not the
+#: ``pulse:ratelimit`` of the moving-window lists kept before: a process of the old
+#: version never reads a string of the new as its list, nor the reverse.
+RATE_LIMIT_PREFIX = f"{PREFIX}:gcra"
 
 
 def rate_limit(limits_key: str) -> str:
-    """The moving-window list for one ``limits`` key (``RateLimitItem.key_for(...)``)."""
-    return f"{RATE_LIMIT_PREFIX}:{limits_key}"
+    """String holding one tenant limit's theoretical arrival time (epoch microseconds,
+    Redis' clock), for one ``limits`` key (``RateLimitItem.key_for(...)``); it expires when
+    the limit is wholly unused again."""
+    return f"{RATE_LIMIT_PREFIX}:{part(limits_key)}"
 
 
 def idempotency(tenant_id: str, key_digest: str) -> str:

@@ -9,9 +9,7 @@ Shared pieces are included, not pasted: a line ``--@include NAME`` is replaced b
 - ``lua/includes/NAME.lua`` of the same room (``final_transition``, ``rate_windows``),
   whose own includes are resolved in turn; or
 - a piece generated here: ``job_states`` (``FINAL_STATES`` and ``WAITING_STATES``, Lua
-  sets built from ``pulse_core.jobs.JobState`` so they cannot drift from Python) and
-  ``limits_moving_window`` (the ``limits`` library's own moving-window scripts, read
-  from the installed package, as the functions ``limits_window`` and ``limits_acquire``).
+  sets built from ``pulse_core.jobs.JobState`` so they cannot drift from Python).
 
 Each piece is included at most once per script. A script is registered with redis-py's
 ``register_script`` (EVALSHA, loading it on ``NOSCRIPT``); :class:`LuaScript` pairs
@@ -60,21 +58,9 @@ def _job_states() -> str:
     )
 
 
-def _limits_moving_window() -> str:
-    folder = resources.files("limits") / "resources" / "redis" / "lua_scripts"
-    window = (folder / "moving_window.lua").read_text(encoding="utf-8")
-    acquire = (folder / "acquire_moving_window.lua").read_text(encoding="utf-8")
-    return (
-        "-- the limits library's moving_window.lua and acquire_moving_window.lua, as functions\n"
-        f"local function limits_window(KEYS, ARGV)\n{window}\nend\n"
-        f"local function limits_acquire(KEYS, ARGV)\n{acquire}\nend\n"
-    )
-
-
 #: Pieces generated at load time rather than read from a file.
 GENERATED: dict[str, Callable[[], str]] = {
     "job_states": _job_states,
-    "limits_moving_window": _limits_moving_window,
 }
 
 

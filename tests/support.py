@@ -31,6 +31,7 @@ TENANT_KEYS = {
     "globex": "globex-secret-key",
     # Tenants of their own for the tests that exhaust a limit (one test each).
     "racer": "racer-secret-key",
+    "sprinter": "sprinter-secret-key",
     "tight-a": "tight-a-secret-key",
     "tight-b": "tight-b-secret-key",
     "multi": "multi-secret-key",
@@ -60,9 +61,10 @@ TENANT_KEYS = {
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
     "racer": 'rate_limit = "100/minute"',
+    "sprinter": 'rate_limit = "10/second"',
     "tight-a": 'rate_limit = "5/minute"',
     "tight-b": 'rate_limit = "5/minute"',
-    "multi": 'rate_limit = "100/minute;3/hour"',
+    "multi": 'rate_limit = "100/hour;3/day"',
     "batcher": 'rate_limit = "5/minute"',
     "backlog": "max_pending = 3",
     "refusals": "max_pending = 1",

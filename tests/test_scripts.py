@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,45 @@ class Length:
         return f"Length({self.n})"
 
 
+#: How long a case may take between writing its given state and reading what it left.
+_SLACK = 5.0
+
+
+class FromNow:
+    """A GCRA window's key: its theoretical arrival time, ``seconds`` from now (epoch
+    microseconds, as a string). Given, it is written as of the moment it is put; then,
+    it matches a time that many seconds from now, less the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def micros(self) -> str:
+        return str(int((time.time() + self.seconds) * 1_000_000))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str):
+            return False
+        ahead = int(other) / 1_000_000 - time.time()
+        return self.seconds - _SLACK <= ahead <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"FromNow({self.seconds})"
+
+
+class About:
+    """A reply's seconds (a string) that were ``seconds`` when the case wrote its given
+    state: as much, or less by the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.seconds - _SLACK <= float(other) <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"About({self.seconds})"
+
+
 class Having:
     """A hash holding at least these fields (others, such as a time bucket's, are not compared)."""
 
@@ -159,6 +199,8 @@ def _put(redis: Redis, key: str, value: Any) -> None:
         redis.hset(key, mapping=value)
     elif isinstance(value, str):
         redis.set(key, value)
+    elif isinstance(value, FromNow):
+        redis.set(key, value.micros())
     elif isinstance(value, list):
         redis.rpush(key, *value)
     elif isinstance(value, set):
@@ -1309,6 +1351,8 @@ RELEASE = [
 _ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
 ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}lanes"]
 ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}lanes"]
+#: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
+_TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:5], "{p}w1", "{p}w2", *ADMIT_KEYS[6:]]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
 #: The bytes of _FIELDS' fields and values, as the budget counts them.
 _BYTES = sum(len(text) for text in _FIELDS)
@@ -1321,10 +1365,12 @@ _RECORD = {
 }
 
 
-def _admit_header(*, max_pending: int = 5, budget: int = 10_000, jobs: int = 1) -> list[Any]:
+def _admit_header(
+    *, max_pending: int = 5, budget: int = 10_000, jobs: int = 1, windows: tuple[int, ...] = (2, 60)
+) -> list[Any]:
     # tenant, key TTL, max pending, job key prefix, n windows, index horizon (ms), storage budget,
-    # retention (s), number of jobs, then (limit, expiry) of the one window
-    return ["t1", 600, max_pending, "{p}job:", 1, 1000, budget, 3600, jobs, 2, 60]
+    # retention (s), number of jobs, then (limit, expiry) of each window (one by default)
+    return ["t1", 600, max_pending, "{p}job:", len(windows) // 2, 1000, budget, 3600, jobs, *windows]
 
 
 def _admit_job(
@@ -1348,15 +1394,19 @@ def _admit_argv(
     message: str = "msg",
     watch_in: str = "60",
     budget: int = 10_000,
+    windows: tuple[int, ...] = (2, 60),
 ) -> list[Any]:
     return [
-        *_admit_header(max_pending=max_pending, budget=budget),
+        *_admit_header(max_pending=max_pending, budget=budget, windows=windows),
         *_admit_job(fingerprint=fingerprint, live=live, message=message, watch_in=watch_in),
     ]
 
 
-#: A window with room for both of its 2 slots: limit 2, remaining 2, reset 60 s, no retry, not full.
-EMPTY_WINDOW = [2, 2, "60", "0", "0"]
+#: A window of 2 a minute with room for both slots: limit 2, remaining 2, reset 30 s (a slot
+#: taken now comes back after 60 / 2 s: GCRA), no retry, not full.
+EMPTY_WINDOW = [2, 2, "30", "0", "0"]
+#: The same window with one slot just taken, back in 30 s.
+TAKEN_ONE = [2, 1, "30", "0", "0"]
 ADMIT = [
     Case(
         "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
@@ -1364,7 +1414,7 @@ ADMIT = [
         {"{p}pending": {"t1": "1"}},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}index": Z({"j1": 1234}),
@@ -1375,7 +1425,7 @@ ADMIT = [
             # watched: the sweep looks at it if nothing claims it in time
             "{p}watch": Z({"j1": ANY}),
             "{p}lanes": {"t1"},
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
         ttl={"{p}idem": "expires", "{p}window": "expires", "{p}job:j1": "persists"},
     ),
@@ -1385,14 +1435,14 @@ ADMIT = [
         {},
         ADMIT_NO_IDEM_KEYS,
         _admit_argv(fingerprint="", message="", watch_in="1500.5"),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}pending": {"t1": "1"},
             "{p}watch": Z({"j1": ANY}),
             "{p}list": None,
             "{p}idem": None,
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1401,7 +1451,7 @@ ADMIT = [
         {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}index": Z({"edge": 234, "recent": 900, "j1": 1234})},
     ),
     Case(
@@ -1437,7 +1487,7 @@ ADMIT = [
         {"{p}idem": "fp j0"},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}job:j1": _RECORD, "{p}idem": "fp j1"},
     ),
     Case(
@@ -1452,11 +1502,41 @@ ADMIT = [
     Case(
         "a full window refuses and consumes nothing",
         "guards/admit",
-        {"{p}window": ["9999999999", "9999999999"]},
+        # both slots taken just now: the first comes back in 30 s
+        {"{p}window": FromNow(60)},
         ADMIT_KEYS,
         _admit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": ["9999999999", "9999999999"], "{p}pending": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": FromNow(60), "{p}pending": None},
+    ),
+    Case(
+        "a slot comes back a tau after it was taken: both taken 40 s ago, one is free again",
+        "guards/admit",
+        {"{p}window": FromNow(20)},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 0, About(20), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}window": FromNow(50)},
+    ),
+    Case(
+        "with two windows, a full one refuses and the other is not consumed",
+        "guards/admit",
+        {"{p}w2": FromNow(3600)},
+        _TWO_WINDOW_KEYS,
+        _admit_argv(windows=(100, 60, 1, 3600)),
+        ["rate-limited", [1, 0, About(3600), About(3600), "1"]],
+        {"{p}job:j1": None, "{p}w1": None, "{p}w2": FromNow(3600), "{p}pending": None},
+    ),
+    Case(
+        "with two windows with room, one submission is counted in each",
+        "guards/admit",
+        {"{p}w2": FromNow(1800)},
+        _TWO_WINDOW_KEYS,
+        _admit_argv(windows=(100, 60, 2, 3600)),
+        # the tighter window is reported (its last slot just taken); it frees one in 1800 s
+        ["created", [2, 0, About(1800), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}w1": FromNow(0.6), "{p}w2": FromNow(3600)},
+        ttl={"{p}w1": "expires", "{p}w2": "expires"},
     ),
     Case(
         "a full backlog refuses with the pending count and consumes nothing",
@@ -1496,7 +1576,7 @@ ADMIT += [
         {"{p}retained": {"total": "9990", "oldest": str(_PAST), f"b{_PAST}": "9990"}},
         ADMIT_KEYS,
         _admit_argv(budget=10_000),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}retained": Having({"total": "0", f"b{_PAST}": None}), "{p}held": {"t1": str(_BYTES)}},
     ),
 ]
@@ -1533,10 +1613,11 @@ ADMIT_BATCH = [
             *_admit_job("j2", fingerprint="f2", message="m2"),
             *_admit_job("j3", fingerprint="f3", message="m3"),
         ],
+        # one run, one clock: the second sees the first's slot (back in 30 s), the third both
         [
-            ["created", [2, 1, "60", "0", "0"]],
-            ["created", [2, 0, ANY, "0", "0"]],
-            ["rate-limited", [2, 0, ANY, ANY, "1"]],
+            ["created", TAKEN_ONE],
+            ["created", [2, 0, "30", "0", "0"]],
+            ["rate-limited", [2, 0, "30", "30", "1"]],
         ],
         {
             "{p}job:j1": _RECORD,
@@ -1546,7 +1627,7 @@ ADMIT_BATCH = [
             "{p}list": ["m2", "m1"],
             "{p}pending": {"t1": "2"},
             "{p}held": {"t1": str(2 * _BYTES)},
-            "{p}window": Length(2),
+            "{p}window": FromNow(60),
         },
     ),
     Case(
@@ -1560,8 +1641,8 @@ ADMIT_BATCH = [
             *_admit_job("j2", fingerprint="fp", fields=_J2_FIELDS),
             *_admit_job("j3", fingerprint="fp", fields=_J2_FIELDS),
         ],
-        [["unknown-type", EMPTY_WINDOW], ["created", [2, 1, "60", "0", "0"]], ["replay", ANY, Record(_J2_RECORD)]],
-        {"{p}job:j1": None, "{p}job:j3": None, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": Length(1)},
+        [["unknown-type", EMPTY_WINDOW], ["created", TAKEN_ONE], ["replay", ANY, Record(_J2_RECORD)]],
+        {"{p}job:j1": None, "{p}job:j3": None, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": FromNow(30)},
     ),
     Case(
         "run again (a retried timeout): stored jobs answer created, nothing is counted twice",
@@ -1569,7 +1650,7 @@ ADMIT_BATCH = [
         {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}held": {"t1": str(_BYTES)}, "{p}list": ["msg"]},
         _batch_keys("", ""),
         [*_admit_header(jobs=2), *_admit_job("j1", fingerprint=""), *_admit_job("j2", fingerprint="")],
-        [["created", EMPTY_WINDOW], ["created", [2, 1, "60", "0", "0"]]],
+        [["created", EMPTY_WINDOW], ["created", TAKEN_ONE]],
         {"{p}pending": {"t1": "2"}, "{p}held": {"t1": str(2 * _BYTES)}, "{p}list": ["msg", "msg"]},
     ),
     Case(
@@ -1590,7 +1671,7 @@ ADMIT_BATCH = [
             "state",
             "queued",
         ],
-        [["storage", EMPTY_WINDOW, 9980, _BYTES, 0], ["created", [2, 1, "60", "0", "0"]]],
+        [["storage", EMPTY_WINDOW, 9980, _BYTES, 0], ["created", TAKEN_ONE]],
         {"{p}job:j1": None, "{p}job:j2": {"state": "queued", "recordBytes": "11", "storedBytes": "11"}},
     ),
 ]
@@ -1623,14 +1704,14 @@ READMIT = [
         {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
         READMIT_KEYS,
         _readmit_argv(),
-        ["replayed", [2, 1, "60", "0", "0"], Record(_QUEUED_AGAIN)],
+        ["replayed", TAKEN_ONE, Record(_QUEUED_AGAIN)],
         {
             "{p}job:j1": _QUEUED_AGAIN,
             "{p}dead": Z({"j0": 1}),
             "{p}pending": {"t1": "1"},
             # watched like any queued job: checked a minute from now (Redis' clock)
             "{p}watch": Z({"j1": ANY}),
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1664,11 +1745,17 @@ READMIT = [
     Case(
         "a full rate window refuses; nothing changes",
         "guards/readmit",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": ["9999999999", "9999999999"]},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": FromNow(60)},
         READMIT_KEYS,
         _readmit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": None, "{p}watch": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {
+            "{p}job:j1": _DEAD,
+            "{p}dead": Z({"j1": 1}),
+            "{p}pending": None,
+            "{p}watch": None,
+            "{p}window": FromNow(60),
+        },
     ),
     Case(
         "a full backlog refuses with the pending count; nothing changes",
@@ -1694,20 +1781,29 @@ RATE_STATUS = [
     Case(
         "a half-used window reports what is left and consumes nothing",
         "guards/rate_status",
-        {"{p}window": ["9999999999"]},
+        {"{p}window": FromNow(20)},
         ["{p}window"],
         [1, 2, 60],
-        [2, 1, ANY, "0", "0"],
-        {"{p}window": ["9999999999"]},
+        [2, 1, About(20), "0", "0"],
+        {"{p}window": FromNow(20)},
+    ),
+    Case(
+        "used slots are the debt in taus, rounded up: 31 s of 30 s taus fill 2 slots for 1 s more",
+        "guards/rate_status",
+        {"{p}window": FromNow(31)},
+        ["{p}window"],
+        [1, 2, 60],
+        [2, 0, About(1), About(1), "1"],
+        {"{p}window": FromNow(31)},
     ),
     Case(
         "the tightest of two windows is reported; a full one gives its retry-after",
         "guards/rate_status",
-        {"{p}w2": ["9999999999"]},
+        {"{p}w2": FromNow(3000)},
         ["{p}w1", "{p}w2"],
         [2, 5, 60, 1, 3600],
-        [1, 0, ANY, ANY, "1"],
-        {"{p}w1": None, "{p}w2": ["9999999999"]},
+        [1, 0, About(3000), About(3000), "1"],
+        {"{p}w1": None, "{p}w2": FromNow(3000)},
     ),
 ]
 
@@ -1850,7 +1946,8 @@ def test_includes_are_resolved_once_and_every_include_is_used() -> None:
     assert not any("--@include" in text for text in sources.values())
     for name in ("store/finalize", "store/cancel"):
         assert sources[name].count("local function final_transition(") == 1
-    assert sources["guards/admit"].count("local function limits_window(") == 1
+    for name in ("guards/admit", "guards/readmit", "guards/rate_status"):
+        assert sources[name].count("local function window_stats(") == 1
     # and every include file is part of some script
     for room in lua_scripts.ROOMS:
         includes = resources.files(room) / "lua" / "includes"

@@ -49,13 +49,12 @@ from pulse_core.errors import (
     BacklogFull,
     IdempotencyConflict,
     PulseError,
-    RateLimited,
     StorageBudgetFull,
     UnknownJobType,
 )
 from pulse_core.guards import rate_limits
 from pulse_core.guards.idempotency import store_key
-from pulse_core.guards.rate_limits import LimitStatus, WindowStats, whole_seconds, window_stats
+from pulse_core.guards.rate_limits import LimitReached, LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS
@@ -188,7 +187,8 @@ def _readmit_reply(reply: list[Any]) -> Readmitted:
     if outcome == "rate-limited":
         retry = whole_seconds(windows.retry_after)
         limit = windows.status.limit
-        return Readmitted(None, RateLimited(f"rate limit of {limit} reached; retry in {retry} s", retry_after=retry))
+        message = f"rate limit of {limit} reached; retry in {retry} s"
+        return Readmitted(None, LimitReached(message, retry_after=retry, limit=windows.status))
     if outcome == "backlog":
         return Readmitted(
             None,
@@ -332,9 +332,10 @@ def _verdict(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admit
         return UnknownJobType(job.job_type)
     if outcome is AdmitOutcome.RATE_LIMITED:
         retry = whole_seconds(reply.windows.retry_after)
-        return RateLimited(
+        return LimitReached(
             f"rate limit of {status.limit} reached; retry in {retry} s",
             retry_after=retry,
+            limit=status,
         )
     if outcome is AdmitOutcome.BACKLOG:
         return BacklogFull(

@@ -3,7 +3,7 @@
 -- KEYS and ARGV are laid out alike for both (admission_context reads the shared part):
 -- KEYS[1] the tenant index   KEYS[2] the pending hash   KEYS[3] the watch zset
 -- KEYS[4] the held bytes hash   KEYS[5] the tenant's retained bytes   KEYS[6..5+n] the tenant's
--- moving windows; then 4 keys per job: the job hash, the idempotency key (or the job hash
+-- rate windows (GCRA); then 4 keys per job: the job hash, the idempotency key (or the job hash
 -- when there is none), the Redis list of the job's lane and priority (or the job hash when
 -- the caller publishes), the queue's lane set.
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending

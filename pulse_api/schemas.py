@@ -41,7 +41,7 @@ class WholeMatch(validate.Regexp):
     """``validate.Regexp`` that must match the whole value: Python's ``$`` also matches before a
     trailing newline (``"echo\\n"``), where the OpenAPI document's (ECMA) pattern does not."""
 
-    def __call__(self, value: str) -> str:
+    def __call__(self, value: Any) -> Any:
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value

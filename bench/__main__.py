@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         tenants = work / "tenants.toml"
         tenants.write_text(
-            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n'
+            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n'
             f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(API_KEY)}"]\n'
         )
         redis_server = EmbeddedRedis(work / "redis", persist=False).start()

@@ -36,7 +36,7 @@ MANY = f"pulse POST /v1/jobs, {MANY_TENANTS:,} tenants"
 def many_tenants_file(work_dir: Path, n: int = MANY_TENANTS) -> tuple[Path, list[str]]:
     """A tenants file of ``n`` tenants (the bench's defaults), and their API keys."""
     keys = [f"bench-key-{i:05d}" for i in range(n)]
-    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000']
+    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776']
     lines += [f'[tenants.t{i:05d}]\napi_key_sha256 = ["{hash_api_key(k)}"]' for i, k in enumerate(keys)]
     path = work_dir / f"tenants-{n}.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -1,18 +1,21 @@
-"""Run every bench section against one private Redis and print medians and ratios."""
+"""Run every bench section against one private Redis and print medians, ratios and Redis costs."""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, drain, fairness, http, submit, telemetry
+from redis import Redis
+
+from bench import batch, drain, fairness, http, plain_stack, submit, telemetry, watch, wrk
 from bench.common import BenchEnv, Result
+from bench.redis_cost import CLIENT_NAME, reset
 from pulse_cli.embedded_redis import EmbeddedRedis
-from pulse_core.redis_client import connect
 from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
@@ -20,22 +23,21 @@ SECTIONS = {
     "submit": submit,
     "batch": batch,
     "drain": drain,
+    "watch": watch,
     "fairness": fairness,
     "telemetry": telemetry,
     "http": http,
 }
+DRAIN_PULSE = "pulse worker, diag.echo"
 #: (numerator, denominator, label) pairs printed as ratios.
 RATIOS = [
-    ("pulse POST /v1/jobs", "flask + apply_async", "submit: pulse / bare flask"),
-    (f"pulse POST /v1/batches x{batch.BATCH}", "plain loop of apply_async", "batch: pulse / plain apply_async loop"),
-    ("pulse worker, diag.echo", "plain celery task, no result backend", "drain: pulse / plain celery (no results)"),
-    (
-        "pulse worker, diag.echo",
-        "plain celery task, redis result backend",
-        "drain: pulse / plain celery (redis results)",
-    ),
-    ("submit, telemetry on", "submit, telemetry off", "submit: telemetry on / off"),
-    ("drain, telemetry on", "drain, telemetry off", "drain: telemetry on / off"),
+    (submit.PULSE, submit.BARE, "submit: pulse / bare flask (aim >= 1.3)"),
+    (submit.MANY, submit.PULSE, "submit: 5,000 tenants / 1 tenant (aim >= 0.95)"),
+    (batch.PULSE, batch.PLAIN, "batch: pulse / plain apply_async loop (aim >= 7)"),
+    (DRAIN_PULSE, "plain celery task, no result backend", "drain: pulse / plain celery (no results)"),
+    (DRAIN_PULSE, "plain celery task, redis result backend", "drain: pulse / plain celery (redis results)"),
+    ("submit, telemetry on", "submit, telemetry off", "submit: tracing 100% + metrics / off (aim >= 0.85)"),
+    ("drain, telemetry on", "drain, telemetry off", "drain: tracing 100% + metrics / off"),
     ("submit, telemetry on, 10% sampled", "submit, telemetry off", "submit: telemetry on (10% sampled) / off"),
     ("drain, telemetry on, 10% sampled", "drain, telemetry off", "drain: telemetry on (10% sampled) / off"),
     ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
@@ -49,46 +51,86 @@ RATIOS = [
 
 def main(argv: list[str]) -> int:
     wanted = argv or list(SECTIONS)
+    unknown = [name for name in wanted if name not in SECTIONS]
+    if unknown:
+        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if not wrk.available():
+        print(f"!! wrk not found: HTTP load falls back to a Python client, which caps both sides; {wrk.INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
         work = Path(tmp)
         tenants = work / "tenants.toml"
         tenants.write_text(
-            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n'
+            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n'
             f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(API_KEY)}"]\n'
         )
         redis_server = EmbeddedRedis(work / "redis", persist=False).start()
         try:
-            env = BenchEnv(redis_server.url, connect(redis_server.url), work, tenants, API_KEY)
+            redis = Redis.from_url(redis_server.url, decode_responses=True, client_name=CLIENT_NAME)
+            plain_stack.use_broker(redis_server.url)
+            env = BenchEnv(redis_server.url, redis, work, tenants, API_KEY)
             results: list[Result] = []
+            started_all = time.perf_counter()
             for name in wanted:
                 started = time.perf_counter()
                 print(f"-- {name} ...", flush=True)
+                reset(redis)
                 results += SECTIONS[name].run(env)
                 print(f"   done in {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"-- all sections in {time.perf_counter() - started_all:.0f} s")
         finally:
             redis_server.stop()
     report(results)
     return 0
 
 
+def _value(v: float, unit: str) -> str:
+    return f"{v:.1f}" if unit in ("ms", "µs") else f"{v:.0f}"
+
+
 def report(results: list[Result]) -> None:
     by_name = {r.name: r for r in results}
     print(f"\nPulse bench on {platform.node()} ({platform.machine()}), medians of each round")
+    print(
+        "  (under a row: what one job cost the private Redis, median of the rounds; client cmds from a MONITOR sample)"
+    )
     for r in results:
-        runs = ", ".join(f"{v:.1f}" if r.unit == "ms" else f"{v:.0f}" for v in r.values)
-        print(f"  {r.section:8} {r.name:42} {r.median:9.1f} {r.unit}   [{runs}]")
+        runs = ", ".join(_value(v, r.unit) for v in r.values)
+        print(f"  {r.section:9} {r.name:44} {_value(r.median, r.unit):>8} {r.unit:6} [{runs}]")
+        if r.costs:
+            c = min(r.costs, key=lambda cost: abs(cost.cpu_us_per_job - r.median_cost(lambda x: x.cpu_us_per_job)))
+            line = (
+                f"{r.median_cost(lambda x: x.commands_per_job):5.1f} cmds/job,"
+                f" {r.median_cost(lambda x: x.scripts_per_job):4.2f} scripts/job,"
+                f" Redis CPU {r.median_cost(lambda x: x.cpu_us_per_job):5.1f} µs/job"
+            )
+            connections = r.median_cost(lambda x: x.connections_per_job)
+            if connections > 0.01:
+                line += f", {connections:.2f} new connections/job"
+            if r.sample:
+                line += f"; {r.sample.summary()}"
+            print(f"  {'':9}   redis: {line}")
+            print(f"  {'':9}   most run: {c.top()}")
+        if r.note:
+            print(f"  {'':9}   ({r.note})")
     print("Ratios (>1: Pulse is faster; telemetry on/off: 1 is free; fairness: lower is better):")
     ratios = {}
     for top, bottom, label in RATIOS:
         if top in by_name and bottom in by_name:
             ratios[label] = by_name[top].median / by_name[bottom].median
-            print(f"  {label:48} {ratios[label]:6.2f}")
+            print(f"  {label:52} {ratios[label]:6.2f}")
+    shares = watch_shares(by_name)
+    if shares:
+        print("Watch of queued jobs (issue 10: at most 10% of submit and of drain):")
+        for line in shares:
+            print(f"  {line}")
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(
         json.dumps(
             {
                 "ratios": ratios,
+                "watch": shares,
                 "results": [
                     {
                         "section": r.section,
@@ -96,6 +138,11 @@ def report(results: list[Result]) -> None:
                         "unit": r.unit,
                         "values": r.values,
                         "median": r.median,
+                        "redis_commands_per_job": [c.commands_per_job for c in r.costs],
+                        "redis_scripts_per_job": [c.scripts_per_job for c in r.costs],
+                        "redis_cpu_us_per_job": [c.cpu_us_per_job for c in r.costs],
+                        "redis_new_connections_per_job": [c.connections_per_job for c in r.costs],
+                        "client_commands_per_job": r.sample.client_commands_per_job if r.sample else None,
                     }
                     for r in results
                 ],
@@ -103,6 +150,28 @@ def report(results: list[Result]) -> None:
             indent=2,
         )
     )
+
+
+def watch_shares(by_name: dict[str, Result]) -> list[str]:
+    """The watch's Redis µs per job beside each path's Redis CPU and wall time per job."""
+    if watch.ZADD not in by_name or watch.ZREM not in by_name:
+        return []
+    add, rem = by_name[watch.ZADD].median, by_name[watch.ZREM].median
+    lines = [f"ZADD at admission {add:.2f} µs + ZREM at claim {rem:.2f} µs = {add + rem:.2f} µs of Redis per job"]
+    for label, name in (("submit", submit.PULSE), ("batch", batch.PULSE), ("drain", DRAIN_PULSE)):
+        r = by_name.get(name)
+        if r is None or not r.costs:
+            continue
+        us = add if label != "drain" else rem
+        cpu = r.median_cost(lambda c: c.cpu_us_per_job)
+        wall = 1e6 / r.median
+        if math.isnan(cpu):
+            continue
+        lines.append(
+            f"{label:6}: {us:.2f} µs = {100 * us / cpu:4.1f}% of its Redis CPU ({cpu:.1f} µs/job),"
+            f" {100 * us / wall:4.2f}% of its wall time per job ({wall:.0f} µs)"
+        )
+    return lines
 
 
 if __name__ == "__main__":

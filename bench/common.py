@@ -18,6 +18,8 @@ from pathlib import Path
 
 from redis import Redis
 
+from bench.redis_cost import OWN_COMMANDS, ClientSample, Cost
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,12 +33,14 @@ class BenchEnv:
     rounds: int = 3
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+        # Nothing from the caller's shell decides a mode: no PULSE_*, no OTEL_* variables.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "OTEL_", "BENCH_", "PROMETHEUS_"))}
         env.update(
             PULSE_REDIS_URL=self.redis_url,
             PULSE_TENANTS_FILE=str(self.tenants_file),
             PULSE_HANDLER_MODULES="pulse_worker.diagnostics",
             PYTHONPATH=str(ROOT),
+            BENCH_BROKER_URL=self.redis_url,  # the bare endpoint and plain workers: the same Redis
         )
         env.update(extra)
         return env
@@ -48,10 +52,19 @@ class Result:
     name: str
     values: list[float] = field(default_factory=list)
     unit: str = "jobs/s"
+    #: What each round cost the private Redis, per job (bench.redis_cost).
+    costs: list[Cost] = field(default_factory=list)
+    #: Commands per job by origin, from an untimed MONITOR sample (bench.redis_cost).
+    sample: ClientSample | None = None
+    #: Printed under the row (how it was measured, when that differs from the section's rule).
+    note: str = ""
 
     @property
     def median(self) -> float:
         return statistics.median(self.values) if self.values else float("nan")
+
+    def median_cost(self, read: Callable[[Cost], float]) -> float:
+        return statistics.median(read(c) for c in self.costs) if self.costs else float("nan")
 
 
 def spawn(command: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -173,6 +186,7 @@ def drained(redis: Redis, queue: str) -> bool:
         pipe.llen(queue)
         pipe.hlen("unacked")
         waiting, unacked = pipe.execute()
+    OWN_COMMANDS.update(("llen", "hlen"))
     return waiting == 0 and unacked == 0
 
 

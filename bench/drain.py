@@ -20,12 +20,14 @@ from celery import Celery
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
 from bench.plain_stack import echo
+from bench.redis_cost import client_commands, measured
 from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list
 from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 
 JOBS = 2000
+SAMPLE_JOBS = 100
 CONCURRENCY = 2
 PAYLOAD = {"n": 1, "text": "hello"}
 
@@ -60,7 +62,7 @@ def fill_pulse_queue(
             max_retries=3,
             timeout_seconds=60,
         )
-        store.create(job)
+        store.create(job, watch_at=time.time() + 600)  # watched, as an admitted job is
         publish_job(app, job)
 
 
@@ -82,9 +84,7 @@ def run(env: BenchEnv) -> list[Result]:
     settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url)
     pulse_app = create_celery(settings)
     store = JobStore(env.redis)
-    plain_env = env.env(PULSE_BROKER_URL=env.redis_url)
-    plain_app = echo.app
-    plain_app.conf.broker_url = env.redis_url
+    plain_env = env.env()
 
     results = {
         "pulse": Result("drain", "pulse worker, diag.echo"),
@@ -120,22 +120,36 @@ def run(env: BenchEnv) -> list[Result]:
     try:
         for name, _process in workers.values():
             _wait_worker(pulse_app, name)
+
+        def fill(kind: str, queue: str, n: int) -> tuple[str, str]:
+            """Fill ``queue`` while nobody consumes it; return (what to consume, the list to watch)."""
+            if kind == "pulse":
+                fill_pulse_queue(store, pulse_app, queue, n)
+                return pulse_lane(pulse_app, queue)
+            for _ in range(n):
+                echo.apply_async(args=(PAYLOAD,), queue=queue)
+            return queue, queue
+
+        def drain(worker: str, lists: tuple[str, str], n: int) -> float:
+            consume, waiting = lists
+            rate = time_drain(env.redis, waiting, functools.partial(_consume, pulse_app, consume, worker), n)
+            _cancel(pulse_app, consume, worker)
+            return rate
+
+        def drain_count(worker: str, lists: tuple[str, str]) -> int:
+            drain(worker, lists, SAMPLE_JOBS)
+            return SAMPLE_JOBS
+
         for round_no in range(env.rounds):
             for kind, (worker, _process) in workers.items():
-                queue = f"bench-{kind}-{round_no}"
-                if kind == "pulse":
-                    fill_pulse_queue(store, pulse_app, queue, JOBS)
-                else:
-                    for _ in range(JOBS):
-                        echo.apply_async(args=(PAYLOAD,), queue=queue)
-                if kind == "pulse":
-                    consume, waiting = pulse_lane(pulse_app, queue)
-                else:
-                    consume = waiting = queue
-                start = functools.partial(_consume, pulse_app, consume, worker)
-                rate = time_drain(env.redis, waiting, start, JOBS)
-                results[kind].values.append(rate)
-                _cancel(pulse_app, consume, worker)
+                lists = fill(kind, f"bench-{kind}-{round_no}", JOBS)
+                with measured(env.redis) as cost:
+                    results[kind].values.append(drain(worker, lists, JOBS))
+                results[kind].costs.append(cost(JOBS))
+        for kind, (worker, _process) in workers.items():
+            # Untimed: which commands a job's run sends from the worker, and which run in scripts.
+            lists = fill(kind, f"bench-{kind}-sample", SAMPLE_JOBS)
+            results[kind].sample = client_commands(env.redis, functools.partial(drain_count, worker, lists))
     finally:
         for _name, process in workers.values():
             stop(process)

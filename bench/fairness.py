@@ -82,7 +82,7 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 def run(env: BenchEnv) -> list[Result]:
     tenants = env.work_dir / "fair-tenants.toml"
-    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\n']
+    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n']
     lines += [f'[tenants.{t}]\napi_key_sha256 = ["{hash_api_key(k)}"]\n' for t, k in KEYS.items()]
     tenants.write_text("\n".join(lines))
     settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url, tenants_file=tenants, default_queue=QUEUE)

@@ -12,7 +12,7 @@ from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
-from pulse_api import batches, dead_letters, docs, handlers_http, health, jobs, observability
+from pulse_api import batches, dead_letters, docs, fast_load, handlers_http, health, jobs, observability
 from pulse_api.openapi import DeadLetterIdConverter, StableOperations
 from pulse_api.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, tenants: TenantsConfig | None =
     api.register_blueprint(dead_letters.blp)
     api.register_blueprint(handlers_http.blp)
     api.register_blueprint(handlers_http.callbacks)
+    fast_load.install(app, api.spec.to_dict())  # the submit bodies, checked by the document
     observability.install(app, svc)
     docs.install(app)
     app.register_error_handler(PulseError, from_pulse_error)

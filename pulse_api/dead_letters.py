@@ -123,15 +123,15 @@ class BulkReplay(MethodView):
         )
         replayed: list[str] = []
         if not body["dryRun"]:
-            for dead in matched:
+            for job_id in matched:
                 try:
-                    if replay(svc, g.tenant, dead.job_id):
-                        replayed.append(dead.job_id)
+                    if replay(svc, g.tenant, job_id):
+                        replayed.append(job_id)
                 except (Refused, BrokerUnavailable):
                     if not replayed:
                         raise  # nothing replayed: the refusal is the answer
                     break  # the ones replayed so far are the answer (jobIds); call again for the rest
-        ids = [j.job_id for j in matched] if body["dryRun"] else replayed
+        ids = matched if body["dryRun"] else replayed
         return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"], "jobIds": ids}
 
 

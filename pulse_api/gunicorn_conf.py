@@ -40,6 +40,9 @@ preload_app = True
 #: after ``keepalive`` seconds idle. In production put a buffering proxy in front
 #: (docs/operations.md). Measured: sync workers stopped answering with 2 slow clients,
 #: gthread (32 threads) with 500; gevent answered every submit with 500 open.
+#: Keep-alive works with gevent workers: a client reusing its connection sends every
+#: submit on one socket, never told ``Connection: close`` (checked with http.client and
+#: wrk, docs/operations.md).
 worker_class = "gevent"
 worker_connections = 1000
 keepalive = 5

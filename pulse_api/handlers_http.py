@@ -29,7 +29,7 @@ from pulse_api import door
 from pulse_api.openapi import problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
-from pulse_api.schemas import JobSchema, ProblemSchema
+from pulse_api.schemas import JobSchema, ProblemSchema, WholeMatch
 from pulse_api.services import services
 from pulse_core.broker.celery_app import publish_job
 from pulse_core.errors import (
@@ -55,6 +55,7 @@ from pulse_core.http_handlers.registrations import (
 from pulse_core.jobs import JobState
 from pulse_core.policy import ExecutionLimits, RetryPolicy, plan_delay
 from pulse_core.telemetry import metrics
+from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
 blp = PulseBlueprint(
     "handlers",
@@ -102,7 +103,7 @@ class HttpHandlerSchema(Schema):
     maxConcurrency = fields.Integer(validate=validate.Range(min=1, max=100_000))
     rateLimit = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "50/second"})
     headers = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(HEADER_NAME_RE, error="not a valid header name")),
+        keys=fields.String(validate=WholeMatch(HEADER_NAME_RE, error="not a valid header name")),
         values=fields.String(validate=validate.Length(max=4096)),
         validate=validate.Length(max=MAX_STATIC_HEADERS),
         metadata={"description": "Static headers sent with every delivery (values never shown again)"},
@@ -148,7 +149,7 @@ def _guard() -> None:
     if request.method == "PUT" and (request.content_length or 0) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
     job_type = (request.view_args or {}).get("job_type")
-    if job_type is not None and not JOB_TYPE_RE.match(job_type):
+    if job_type is not None and not JOB_TYPE_RE.fullmatch(job_type):
         raise InvalidParameter("jobType", "not a valid jobType: use 1-128 of letters, digits, '_.:-'")
 
 
@@ -382,7 +383,9 @@ class Complete(MethodView):
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
                 raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
-            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text)
+            tenant = svc.tenants.config.tenants.get(job.tenant_id)
+            budget = tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES
+            done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
             outcome = metrics.Outcome.SUCCEEDED
         else:
             reported = body["error"]

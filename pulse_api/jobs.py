@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, g, jsonify, request
 from flask.views import MethodView
 
 from pulse_api import door
@@ -15,7 +15,7 @@ from pulse_api.schemas import JobListArgsSchema, JobListSchema, JobSchema, JobSu
 from pulse_api.services import services
 from pulse_core.errors import JobNotCancellable, JobNotFound
 from pulse_core.guards.rate_limits import LimitStatus, whole_seconds
-from pulse_core.jobs import JobState
+from pulse_core.jobs import Job, JobState
 from pulse_core.telemetry import metrics, tracing
 
 blp = PulseBlueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs, read status")
@@ -39,6 +39,17 @@ def _rate_limit_headers(response: Response) -> Response:
     return add_rate_limit_headers(response)
 
 
+_JOB_SCHEMA = JobSchema()
+
+
+def job_body(job: Job) -> dict[str, Any]:
+    """The job document as ``JobSchema`` dumps it, without the dump on the hot path:
+    ``Job.document()`` has exactly the schema's fields and types, except that a recorded
+    ``error`` may hold more than the schema documents (the dump leaves those out)."""
+    document = job.document()
+    return document if document["error"] is None else _JOB_SCHEMA.dump(document)
+
+
 def rate_limit_headers(status: LimitStatus) -> dict[str, str]:
     """The ``RateLimit-*`` headers of a submit answer."""
     return {
@@ -49,10 +60,14 @@ def rate_limit_headers(status: LimitStatus) -> dict[str, str]:
 
 
 def add_rate_limit_headers(response: Response) -> Response:
-    """Give a submit answer refused before admission (400, 413, 415, 422) the headers too."""
+    """Give a refused submit answer the headers too: a rate-limit refusal those of the step
+    that refused it, one refused before admission (400, 413, 415, 422) the tenant's standing."""
     tenant = g.get("tenant")
     missing = "RateLimit-Limit" not in response.headers
-    if request.method == "POST" and tenant is not None and missing:
+    refused_at: LimitStatus | None = g.get("refusal_limit")
+    if request.method == "POST" and refused_at is not None and missing:
+        response.headers.update(rate_limit_headers(refused_at))
+    elif request.method == "POST" and tenant is not None and missing:
         # The answer matters more than its headers (e.g. Redis is down).
         with contextlib.suppress(Exception):
             response.headers.update(rate_limit_headers(services().admission.status(tenant)))
@@ -88,7 +103,7 @@ class Jobs(MethodView):
         ]
     )
     @blp.doc(security=[{"bearer": []}])
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def post(self, body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
         """Submit a job."""
         svc = services()
         trace_id = (body.get("metadata") or {}).get("traceId")
@@ -97,8 +112,8 @@ class Jobs(MethodView):
         headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **rate_limit_headers(admitted.limit)}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"
-            return admitted.job.document(), 200, headers
-        return admitted.job.document(), 202, headers
+        # Serialized once, here: flask-smorest passes a response through without its dump.
+        return jsonify(job_body(admitted.job)), 200 if admitted.replayed else 202, headers
 
     @blp.arguments(JobListArgsSchema, location="query")
     @blp.response(200, JobListSchema)

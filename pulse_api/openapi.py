@@ -40,7 +40,8 @@ DESCRIPTIONS = {
     415: "The body is not application/json",
     422: "Invalid request, named per field (unknown jobType, idempotency key reused "
     "with another body, bad cursor, ...)",
-    429: "Rate limit reached (problem type rate-limited) or too many jobs not yet final (problem type backlog-full)",
+    429: "Rate limit reached (problem type rate-limited), too many jobs not yet final (problem type "
+    "backlog-full) or the tenant's storage budget full (problem type storage-budget-full)",
     503: "Redis or the broker is unavailable; nothing was enqueued",
 }
 HEADERS: dict[int, dict[str, Any]] = {

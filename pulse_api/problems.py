@@ -35,10 +35,12 @@ from pulse_core.errors import (
     RateLimited,
     Refused,
     SecretKeyMissing,
+    StorageBudgetFull,
     TenantMismatch,
     UnknownJobType,
     UnsupportedMediaType,
 )
+from pulse_core.guards.rate_limits import LimitReached
 from pulse_core.redis_client import refuses_for_now
 
 log = logging.getLogger("pulse.api")
@@ -69,6 +71,9 @@ PROBLEMS: dict[type[PulseError], tuple[int, str, str]] = {
     BatchTooLarge: (422, "batch-too-large", "Too many jobs in one batch"),
     RateLimited: (429, "rate-limited", "Too many submissions; retry after Retry-After seconds"),
     BacklogFull: (429, "backlog-full", "Too many jobs not yet finished; retry later"),
+    # 429, not 507: the budget is the tenant's own quota (the tenants file's max_stored_bytes),
+    # not the server failing; every refusal is a 4xx, and 5xx stays for Redis itself refusing.
+    StorageBudgetFull: (429, "storage-budget-full", "The tenant's storage budget is full; retry later"),
     BrokerUnavailable: (503, "unavailable", "The job could not be queued; nothing was enqueued"),
 }
 
@@ -135,6 +140,8 @@ def problem_for(error: PulseError) -> tuple[int, dict[str, Any], dict[str, str]]
 def from_pulse_error(error: PulseError) -> Response:
     """The problem response for a deliberate Pulse error (its refusal reason noted for metrics)."""
     g.refusal_reason = error.reason
+    if isinstance(error, LimitReached):  # its RateLimit-* headers: pulse_api.jobs.add_rate_limit_headers
+        g.refusal_limit = error.limit
     status, body, headers = problem_for(error)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(headers)

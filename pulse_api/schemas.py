@@ -37,6 +37,16 @@ DEFAULT_PAGE_SIZE = 20
 _SCALAR_TYPES = ["string", "number", "boolean", "null"]
 
 
+class WholeMatch(validate.Regexp):
+    """``validate.Regexp`` that must match the whole value: Python's ``$`` also matches before a
+    trailing newline (``"echo\\n"``), where the OpenAPI document's (ECMA) pattern does not."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def check_json_bounds(value: Any) -> None:
     """Raise ``ValidationError`` when ``value`` nests deeper or has more keys than allowed."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -156,7 +166,7 @@ class JobSubmitSchema(Schema):
 
     jobType = fields.String(
         required=True,
-        validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"),
+        validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"),
         metadata={"description": "Which registered handler runs the job", "example": "diag.echo"},
     )
     payload = fields.Dict(
@@ -217,7 +227,7 @@ class JobSubmitSchema(Schema):
             if isinstance(item, dict | list):
                 raise ValidationError({key: ["must be a string, number, boolean or null"]})
         trace = value.get("traceId")
-        if "traceId" in value and not (isinstance(trace, str) and TRACE_ID_RE.match(trace)):
+        if "traceId" in value and not (isinstance(trace, str) and TRACE_ID_RE.fullmatch(trace)):
             raise ValidationError({"traceId": ["traceId must be 32 lowercase hex digits"]})
         size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
         if size > MAX_METADATA_BYTES:
@@ -249,7 +259,7 @@ class BatchSubmitSchema(Schema):
 def _cursor() -> fields.String:
     """The ``cursor`` query parameter: the opaque ``nextCursor`` of a previous page."""
     return fields.String(
-        validate=validate.Regexp(CURSOR_PATTERN, error="not a cursor this API returned"),
+        validate=WholeMatch(CURSOR_PATTERN, error="not a cursor this API returned"),
         metadata={"description": "nextCursor of the previous page (opaque)"},
     )
 
@@ -261,7 +271,7 @@ class JobListArgsSchema(Schema):
         unknown = RAISE
 
     state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
-    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    jobType = fields.String(validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"))
     limit = fields.Integer(
         load_default=DEFAULT_PAGE_SIZE,
         validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
@@ -318,7 +328,7 @@ class JobSchema(Schema):
 class DeadLetterQuerySchema(Schema):
     limit = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
     cursor = _cursor()
-    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    jobType = fields.String(validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"))
 
 
 class JobPageSchema(Schema):
@@ -338,7 +348,7 @@ class BulkReplaySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    jobType = fields.String(validate=validate.Regexp(JOB_TYPE_RE, error="not a valid jobType"))
+    jobType = fields.String(validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"))
     deadAfter = fields.AwareDateTime(metadata={"description": "Died at or after this time"})
     deadBefore = fields.AwareDateTime(metadata={"description": "Died at or before this time"})
     dryRun = JsonBoolean(load_default=False)

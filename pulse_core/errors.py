@@ -99,6 +99,12 @@ class BacklogFull(Refused):
     reason = "backlog"
 
 
+class StorageBudgetFull(Refused):
+    """The tenant's records hold its ``max_stored_bytes``: no new record fits until some expire."""
+
+    reason = "storage_budget"
+
+
 class BrokerUnavailable(PulseError):
     """The job could not be published; nothing was enqueued."""
 

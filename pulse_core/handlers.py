@@ -71,7 +71,7 @@ class HandlerRegistry:
         ``rate_limit`` ("10/second") and ``max_concurrency`` limit its runs across
         every worker (the tenants file may override them).
         """
-        if not JOB_TYPE_RE.match(job_type):
+        if not JOB_TYPE_RE.fullmatch(job_type):
             raise ConfigError(f"jobType {job_type!r} is not valid: use 1-128 of letters, digits, '_.:-'")
         given: dict[str, Any] = {
             "max_retries": max_retries,

@@ -36,6 +36,30 @@ CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETR
 
 # Fields stored as JSON text inside the hash; the rest are plain strings.
 _JSON_FIELDS = ("payload", "result", "error", "metadata")
+#: The stored fields ``Job.document`` reads (``Job.from_redis`` of only these gives the same
+#: document): a listing reads just these, never a record's payload.
+DOCUMENT_FIELDS = (
+    "jobId",
+    "tenantId",
+    "jobType",
+    "queue",
+    "state",
+    "attempts",
+    "traceId",
+    "createdAt",
+    "startedAt",
+    "finishedAt",
+    "result",
+    "error",
+    "metadata",
+    "maxRetries",
+    "timeoutSeconds",
+    "priority",
+    "dueAt",
+    "cycle",
+    "cancelRequested",
+    "handlerVersion",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,14 +52,30 @@ def tenant_jobs(tenant_id: str) -> str:
 #: a record from a non-final to a final state (or discards it).
 PENDING = f"{PREFIX}:pending"
 
-#: Prefix under which the ``limits`` library keeps its moving windows
-#: (``RedisStorage(key_prefix=...)``), so rate-limit state is Pulse's too.
-RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
+#: Hash of tenant id -> bytes held by its records that do not expire (jobs not yet final and
+#: dead letters): the "held" part of the storage budget (``max_stored_bytes``,
+#: ``pulse_core/store/lua/includes/stored_bytes.lua``). Bounded by the tenants, like PENDING.
+STORED_BYTES = f"{PREFIX}:stored-bytes"
+
+
+def retained_bytes(tenant_id: str) -> str:
+    """Hash of the bytes a tenant's expiring records (finished jobs in their retention) hold,
+    by hour bucket (``b<n>``), with their ``total`` and the ``oldest`` bucket still counted;
+    buckets leave as their records expire, and the hash expires after the last of them."""
+    return f"{PREFIX}:tenant:{part(tenant_id)}:retained-bytes"
+
+
+#: Prefix of the rate-limit keys (GCRA, ``pulse_core.guards.rate_limits``). Not the
+#: ``pulse:ratelimit`` of the moving-window lists kept before: a process of the old
+#: version never reads a string of the new as its list, nor the reverse.
+RATE_LIMIT_PREFIX = f"{PREFIX}:gcra"
 
 
 def rate_limit(limits_key: str) -> str:
-    """The moving-window list for one ``limits`` key (``RateLimitItem.key_for(...)``)."""
-    return f"{RATE_LIMIT_PREFIX}:{limits_key}"
+    """String holding one tenant limit's theoretical arrival time (epoch microseconds,
+    Redis' clock), for one ``limits`` key (``RateLimitItem.key_for(...)``); it expires when
+    the limit is wholly unused again."""
+    return f"{RATE_LIMIT_PREFIX}:{part(limits_key)}"
 
 
 def idempotency(tenant_id: str, key_digest: str) -> str:

@@ -9,9 +9,7 @@ Shared pieces are included, not pasted: a line ``--@include NAME`` is replaced b
 - ``lua/includes/NAME.lua`` of the same room (``final_transition``, ``rate_windows``),
   whose own includes are resolved in turn; or
 - a piece generated here: ``job_states`` (``FINAL_STATES`` and ``WAITING_STATES``, Lua
-  sets built from ``pulse_core.jobs.JobState`` so they cannot drift from Python) and
-  ``limits_moving_window`` (the ``limits`` library's own moving-window scripts, read
-  from the installed package, as the functions ``limits_window`` and ``limits_acquire``).
+  sets built from ``pulse_core.jobs.JobState`` so they cannot drift from Python).
 
 Each piece is included at most once per script. A script is registered with redis-py's
 ``register_script`` (EVALSHA, loading it on ``NOSCRIPT``); :class:`LuaScript` pairs
@@ -34,6 +32,7 @@ from typing import Any, Generic, TypeVar
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, JobState
 
@@ -59,21 +58,9 @@ def _job_states() -> str:
     )
 
 
-def _limits_moving_window() -> str:
-    folder = resources.files("limits") / "resources" / "redis" / "lua_scripts"
-    window = (folder / "moving_window.lua").read_text(encoding="utf-8")
-    acquire = (folder / "acquire_moving_window.lua").read_text(encoding="utf-8")
-    return (
-        "-- the limits library's moving_window.lua and acquire_moving_window.lua, as functions\n"
-        f"local function limits_window(KEYS, ARGV)\n{window}\nend\n"
-        f"local function limits_acquire(KEYS, ARGV)\n{acquire}\nend\n"
-    )
-
-
 #: Pieces generated at load time rather than read from a file.
 GENERATED: dict[str, Callable[[], str]] = {
     "job_states": _job_states,
-    "limits_moving_window": _limits_moving_window,
 }
 
 
@@ -152,6 +139,27 @@ class BoundScript(Generic[T]):
 
     def read(self, raw: Any) -> T:
         return self.script.reply(raw)
+
+    def call_many(self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[T]:
+        """Run the script once per ``(keys, args)``, in order, in one pipelined round trip.
+
+        Plain EVALSHA: redis-py's own pipelined scripts ask ``SCRIPT EXISTS`` first, a
+        second round trip every time. A call answered NOSCRIPT (Redis restarted or its
+        scripts were flushed) did not run; it is run again on its own, which loads the script.
+        """
+        sha = self.registered.sha
+        with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            raw = pipe.execute(raise_on_error=False)
+        replies = []
+        for (keys, args), reply in zip(calls, raw, strict=True):
+            if isinstance(reply, NoScriptError):
+                reply = self.registered(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+            replies.append(self.script.reply(reply))
+        return replies
 
 
 def write_all(folder: Path) -> list[Path]:

@@ -127,7 +127,7 @@ def _url(schemes: frozenset[str]) -> Kind:
 def _modules(name: str, value: str) -> tuple[str, ...]:
     modules = tuple(part.strip() for part in value.split(",") if part.strip())
     for module in modules:
-        if not _MODULE_RE.match(module):
+        if not _MODULE_RE.fullmatch(module):
             raise ConfigError(f"{name}: {module!r} is not a Python module path")
     return modules
 
@@ -168,7 +168,7 @@ def _host(name: str, value: str) -> str:
 
 
 def _basic_auth(name: str, value: str) -> str:
-    if not _BASIC_AUTH_RE.match(value):
+    if not _BASIC_AUTH_RE.fullmatch(value):
         raise ConfigError(f"{name}: expected user:password[,user:password...]")
     return value
 

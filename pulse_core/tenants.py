@@ -16,6 +16,7 @@ Routing and execution limits (``pulse_core.broker.routing``, ``pulse_core.guards
 
     [tenants.acme]
     api_key_sha256 = ["..."]
+    max_stored_bytes = 1073741824        # storage budget (default 256 MiB; docs/guarding-the-door.md)
     queue = "acme"                       # a dedicated queue
     [tenants.acme.job_types."crm.sync"]
     queue = "acme-crm"                   # tenant x jobType beats everything
@@ -52,6 +53,10 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_DEAD_LETTERS = 10_000
 #: Days a dead letter is kept; older ones leave the dead letters (their records then expire).
 DEFAULT_DEAD_LETTER_DAYS = 30
+#: Bytes a tenant's records may hold in Redis (payloads, results, errors of its jobs not yet
+#: final, its dead letters and its finished jobs within their retention); past it, submissions
+#: are refused (429) and a result that does not fit is not kept (the job still succeeds).
+DEFAULT_MAX_STORED_BYTES = 256 * 1024 * 1024
 #: Sanity bounds for the per-tenant numbers, so a typo cannot disable a guard.
 _MAX_PENDING_CEILING = 100_000_000
 _MAX_PAYLOAD_CEILING = 64 * 1024 * 1024
@@ -65,6 +70,7 @@ _SETTINGS = frozenset(
         "max_payload_bytes",
         "max_dead_letters",
         "dead_letter_days",
+        "max_stored_bytes",
         "weight",
         "max_running",
     }
@@ -104,6 +110,8 @@ class Tenant:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS
+    #: The storage budget in bytes (``DEFAULT_MAX_STORED_BYTES``).
+    max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
     #: The tenant's own queue; ``None``: the shared queue.
     queue: str | None = None
     #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
@@ -176,7 +184,7 @@ class TenantsConfig:
         owner_of: dict[str, str] = {}
         for tenant_id, body in tenants_raw.items():
             where = f"{source}: [tenants.{tenant_id}]"
-            if not _TENANT_ID_RE.match(tenant_id):
+            if not _TENANT_ID_RE.fullmatch(tenant_id):
                 raise ConfigError(f"{where}: a tenant id is 1-63 of a-z, 0-9, '_' or '-'")
             table = _table(body, where)
             unknown = set(table) - _SETTINGS - {"api_key_sha256", "queue", "job_types"}
@@ -188,7 +196,7 @@ class TenantsConfig:
             if not isinstance(hashes, list) or not hashes:
                 raise ConfigError(f"{where}: api_key_sha256 must list at least one key digest")
             for digest in hashes:
-                if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+                if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
                     raise ConfigError(f"{where}: api_key_sha256 entry {digest!r} is not 64 lowercase hex digits")
                 if digest in owner_of:
                     raise ConfigError(f"{where}: key digest already belongs to {owner_of[digest]}")
@@ -325,7 +333,7 @@ def _job_type_rules(value: Any, where: str) -> dict[str, JobTypeRule]:
 
 
 def _queue(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
+    if not isinstance(value, str) or not QUEUE_NAME_RE.fullmatch(value):
         raise ConfigError(f"{where}={value!r}: a queue name is 1-100 of letters, digits, '_.-'")
     return value
 
@@ -357,6 +365,7 @@ _BOUNDED = {
     "max_payload_bytes": (DEFAULT_MAX_PAYLOAD_BYTES, _MAX_PAYLOAD_CEILING),
     "max_dead_letters": (DEFAULT_MAX_DEAD_LETTERS, 10_000_000),
     "dead_letter_days": (DEFAULT_DEAD_LETTER_DAYS, 3650),
+    "max_stored_bytes": (DEFAULT_MAX_STORED_BYTES, 1024**4),
 }
 _BOUNDED_DEFAULTS = {name: default for name, (default, _) in _BOUNDED.items()}
 

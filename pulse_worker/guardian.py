@@ -133,7 +133,7 @@ def pump_queues(app: Any, store: JobStore, fair: Dispatcher, consumed: set[str])
         room = fair.depth - ready_messages(app, queue)
         if room <= 0:
             continue
-        jobs = [job for job in store.get_many(fair.take(queue, room)) if job is not None]
+        jobs = [job for job in store.get_listed(fair.take(queue, room)) if job is not None]  # no payload
         count, error = publish_jobs(
             app, ((job, None) for job in jobs), (KombuError, OSError, RedisError), priority=DISPATCHED_PRIORITY
         )

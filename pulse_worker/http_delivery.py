@@ -202,11 +202,8 @@ class HttpDelivery:
         self._cache[(tenant_id, job_type)] = (now + REGISTRATION_CACHE_SECONDS, registration)
         return registration
 
-    def spec_for(self, job: Job) -> HandlerSpec | None:
-        """The job's tenant's HTTP handler of its jobType, as a handler delivering ``job``."""
-        registration = self.registration(job.tenant_id, job.job_type)
-        if registration is None:
-            return None
+    def handler(self, job: Job, registration: Registration) -> HandlerSpec:
+        """``registration`` (the job's tenant's, of its jobType) as a handler delivering ``job``."""
 
         def deliver(payload: Mapping[str, Any], ctx: JobContext) -> Any:
             return self.deliver(job, registration)

@@ -16,7 +16,7 @@ from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import DeadLetterBounds, JobStore
-from pulse_core.tenants import TenantsConfig, TenantsSource
+from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES, TenantsConfig, TenantsSource
 from pulse_worker.http_delivery import HttpDelivery
 
 
@@ -79,3 +79,10 @@ class WorkerRuntime:
         if tenant is None:
             return DeadLetterBounds()
         return DeadLetterBounds(most=tenant.max_dead_letters, days=tenant.dead_letter_days)
+
+    def stored_bytes_budget(self, tenant_id: str) -> int:
+        """The tenant's ``max_stored_bytes``, which its results must fit in (the default
+        without a tenants file)."""
+        config = self.tenants_config()
+        tenant = config.tenants.get(tenant_id) if config is not None else None
+        return tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES

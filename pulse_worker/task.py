@@ -1,7 +1,9 @@
 """The one generic task, as a short pipeline: place -> gate -> claim -> route -> execute -> record.
 
-``place`` gives back a message whose jobType has no handler on this worker, for a
-worker that has one; it goes on (and ``route`` dead-letters it) only once no live
+Before ``place``, one lookup per message finds who runs its jobType here (``look_up``:
+a Python handler, else the tenant's HTTP registration); ``place``, ``gate`` and
+``route`` all use it. ``place`` gives back a message whose jobType has no handler on
+this worker, for a worker that has one; it goes on (and ``route`` dead-letters it) only once no live
 worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
@@ -30,6 +32,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +55,7 @@ from pulse_core.errors import (
 )
 from pulse_core.guards.execution_limits import ExecutionLimits, ParkedMessage, Parker, Verdict, needs_tenant
 from pulse_core.handlers import HandlerSpec
+from pulse_core.http_handlers.registrations import Registration
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.store.job_store import ClaimRefusal
@@ -86,8 +90,9 @@ def run_job(
 ) -> None:
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
     with before_claim(task, job_id):
-        place(runtime, task, job_id, homeless_since)
-        verdict = gate(runtime, task, job_id)
+        handling = look_up(runtime, task, job_id)
+        place(runtime, task, job_id, handling, homeless_since)
+        verdict = gate(runtime, task, job_id, handling)
     if verdict.parked:
         return  # it waits in Redis; its message is acked
     try:
@@ -96,7 +101,7 @@ def run_job(
         if job is None:
             return
         with observe.attempt(job):
-            spec = route(runtime, task, job)
+            spec = route(runtime, task, job, handling)
             if spec is None:
                 return
             record(runtime, task, job, spec, *execute(runtime, job, spec))
@@ -128,7 +133,40 @@ def before_claim(task: Task, job_id: str) -> Iterator[None]:
         raise Reject(exc, requeue=True) from None
 
 
-def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float | None) -> None:
+@dataclass(frozen=True)
+class Handling:
+    """Who runs a message's jobType on this worker, looked up once per message."""
+
+    job_type: str
+    #: The job's tenant, when the record was read (no shadow name, or no Python handler).
+    tenant_id: str | None = None
+    #: The Python handler registered here for the jobType.
+    spec: HandlerSpec | None = None
+    #: Else the tenant's HTTP handler of the jobType (any worker can deliver it).
+    registration: Registration | None = None
+    #: No job record: nothing to do, the claim drops the message.
+    missing: bool = False
+
+
+def look_up(runtime: WorkerRuntime, task: Task, job_id: str) -> Handling:
+    """Step 0: the message's jobType (its shadow name, else the record) and its handler
+    here: a Python handler, else the tenant's HTTP registration. The record's jobType
+    and tenant are read at most once, and only when the shadow name does not settle it."""
+    job_type: str = getattr(task.request, "shadow", None) or ""
+    spec = runtime.registry.get(job_type) if job_type else None
+    if job_type and (spec is not None or runtime.http is None):
+        return Handling(job_type, spec=spec)
+    found = runtime.store.type_and_tenant(job_id)
+    if found is None:
+        return Handling(job_type, missing=True)
+    job_type, tenant_id = found
+    spec = runtime.registry.get(job_type)
+    if spec is not None or runtime.http is None:
+        return Handling(job_type, tenant_id, spec=spec)
+    return Handling(job_type, tenant_id, registration=runtime.http.registration(tenant_id, job_type))
+
+
+def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> None:
     """Step 0: a job whose jobType has no handler here goes back for a worker that has one.
 
     While a live worker announces the jobType, the message is re-published after
@@ -137,19 +175,9 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float
     have passed since this message first found no live worker for it; then it goes on,
     and ``route`` dead-letters it as ``UnknownJobTypeAtWorker``.
     """
-    job_type: str = getattr(task.request, "shadow", None) or ""
-    if not job_type:
-        found = runtime.store.type_and_tenant(job_id)
-        if found is None:
-            return  # no record: the claim drops the message
-        job_type = found[0]
-    if runtime.registry.get(job_type) is not None:
-        return
-    if runtime.http is not None:
-        # A tenant's HTTP jobType: any worker can deliver it (the registration is in Redis).
-        found = runtime.store.type_and_tenant(job_id)
-        if found is None or runtime.http.registration(found[1], found[0]) is not None:
-            return
+    if handling.missing or handling.spec is not None or handling.registration is not None:
+        return  # no record (the claim drops the message), or this worker can run it
+    job_type = handling.job_type
     now = time.time()
     grace = runtime.settings.unknown_job_type_grace_seconds
     if job_type in live_job_types(runtime.redis):
@@ -173,24 +201,23 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, homeless_since: float
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
 
 
-def gate(runtime: WorkerRuntime, task: Task, job_id: str) -> Verdict:
+def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) -> Verdict:
     """Step 0: take the jobType's run slot and rate-window hit, or defer the message."""
+    if handling.missing:
+        return Verdict()  # no record: the claim drops the message
     config = runtime.tenants_config()
-    job_type: str = getattr(task.request, "shadow", None) or ""
-    tenant_id: str | None = None
-    if not job_type or needs_tenant(config, job_type):
-        found = runtime.store.type_and_tenant(job_id)
-        if found is None:
-            return Verdict()  # no record: the claim drops the message
-        job_type, tenant_id = found
-    spec = runtime.registry.get(job_type)
-    declared = spec.limits if spec is not None else ExecutionLimits()
-    scope = job_type
-    if spec is None and runtime.http is not None:  # maybe a tenant's HTTP jobType: its limits are its own
-        found = runtime.store.type_and_tenant(job_id) if tenant_id is None else (job_type, tenant_id)
-        registration = runtime.http.registration(found[1], found[0]) if found else None
-        if registration is not None and found is not None:
-            declared, scope, tenant_id, config = registration.limits, f"http:{found[1]}:{found[0]}", None, None
+    job_type, tenant_id = handling.job_type, handling.tenant_id
+    if handling.registration is not None:  # a tenant's HTTP jobType: its limits are its own
+        declared, scope = handling.registration.limits, f"http:{tenant_id}:{job_type}"
+        tenant_id, config = None, None
+    else:
+        declared = handling.spec.limits if handling.spec is not None else ExecutionLimits()
+        scope = job_type
+        if tenant_id is None and needs_tenant(config, job_type):
+            found = runtime.store.type_and_tenant(job_id)
+            if found is None:
+                return Verdict()  # no record: the claim drops the message
+            tenant_id = found[1]
     fair = runtime.store.dispatcher
     park = _parker(runtime, task, job_id) if fair is not None and fair.inline else None
     try:
@@ -268,12 +295,12 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
     return None
 
 
-def route(runtime: WorkerRuntime, task: Task, job: Job) -> HandlerSpec | None:
-    """Step 2: find the handler registered for the job's jobType (a Python handler, else
-    the tenant's own HTTP handler); dead-letter it if none."""
-    spec = runtime.registry.get(job.job_type)
-    if spec is None and runtime.http is not None:
-        spec = runtime.http.spec_for(job)
+def route(runtime: WorkerRuntime, task: Task, job: Job, handling: Handling) -> HandlerSpec | None:
+    """Step 2: the handler ``look_up`` found for the job's jobType (a Python handler, else
+    the tenant's own HTTP handler, delivering this claimed job); dead-letter it if none."""
+    spec = handling.spec
+    if spec is None and handling.registration is not None and runtime.http is not None:
+        spec = runtime.http.handler(job, handling.registration)
     if spec is None and dead_letter(runtime, task, job, UnknownJobTypeAtWorker(job.job_type)):
         raise _dead(job, UnknownJobTypeAtWorker.__name__)
     return spec
@@ -311,7 +338,8 @@ def record(
         log.info("job %s (%s) attempt %d handed off: %s", job.job_id, job.job_type, job.attempts, exc)
         return
     if exc is None:
-        if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null"):
+        budget = runtime.stored_bytes_budget(job.tenant_id)
+        if runtime.store.finalize(job, JobState.SUCCEEDED, result_json=result_json or "null", result_budget=budget):
             metrics.job_finished(job, Outcome.SUCCEEDED)
             log.info("job succeeded")
         return

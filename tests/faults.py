@@ -1,12 +1,15 @@
-"""Shared by the Redis fault tests: a private Redis of a test module's own, and the invariants
-every fault test checks afterwards."""
+"""Shared by the Redis fault tests: a private Redis of a test module's own, a TCP proxy that
+breaks the link to it for real, and the invariants every fault test checks afterwards."""
 
 from __future__ import annotations
 
-from collections import Counter
+import contextlib
+import socket
+import threading
+from collections import Counter, deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flask.testing import FlaskClient
 from redis import Redis
@@ -56,3 +59,130 @@ def assert_invariants(redis: Redis, client: FlaskClient, accepted: Iterable[str]
         assert all(n == 1 for n in starts.values()), (job_id, witness_starts(redis, job_id))
     assert backlog_mismatches(redis) == {}
     assert unowned_keys(redis) == []
+
+
+#: What the proxy does to one command: "request" drops it (it never reaches Redis, so it
+#: never runs); "reply" forwards it and drops Redis' answer (it runs, the answer is lost).
+Loss = Literal["request", "reply"]
+
+
+class _Link:
+    """One client connection through the proxy; once cut, nothing more crosses that way."""
+
+    def __init__(self) -> None:
+        self.requests_cut = False
+        self.replies_cut = False
+
+
+class RedisProxy:
+    """A TCP proxy on loopback to the Redis on port ``target``, for faults of the link itself.
+
+    - ``stall()`` stops forwarding both ways, connections left open (a network partition);
+      ``resume()`` lets everything through again.
+    - ``forwarded(text)``: how many times ``text`` (a script's SHA, say) went to Redis.
+    - ``lose(command, losses)``: the next ``len(losses)`` times a client sends ``command``,
+      its request or its reply is lost as each says (``Loss``), and that connection goes
+      silent from then on, as a broken link does: the client times out, reconnects and
+      (redis-py) retries on a new connection, which the next loss applies to.
+
+    Written by hand: no well-kept library injects faults per command on a live TCP link
+    (toxiproxy needs a server of its own and cuts by bytes and time, not by command).
+    """
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._losses: deque[tuple[bytes, Loss]] = deque()
+        self._sent: list[bytes] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def lose(self, command: str, losses: Iterable[Loss]) -> None:
+        with self._lock:
+            self._losses.extend((command.upper().encode(), loss) for loss in losses)
+
+    def forwarded(self, text: str) -> int:
+        with self._lock:
+            return sum(chunk.count(text.encode()) for chunk in self._sent)
+
+    def losses_left(self) -> int:
+        with self._lock:
+            return len(self._losses)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, upstream]
+            link = _Link()
+            threading.Thread(target=self._requests, args=(client, upstream, link), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client, link), daemon=True).start()
+
+    def _next_loss(self, data: bytes) -> Loss | None:
+        """The loss armed for the command ``data`` starts (RESP: ``$<len>\r\nNAME\r\n``), if any."""
+        with self._lock:
+            if self._losses and f"\r\n{self._losses[0][0].decode()}\r\n".encode() in data.upper():
+                return self._losses.popleft()[1]
+        return None
+
+    def _requests(self, src: socket.socket, dst: socket.socket, link: _Link) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not link.requests_cut:
+                    loss = self._next_loss(data)
+                    link.requests_cut = loss == "request"
+                    link.replies_cut = loss is not None
+                if not link.requests_cut:
+                    with self._lock:
+                        self._sent.append(data)
+                if not self._pass(dst, data, link.requests_cut):
+                    return
+        self._hang_up(src, dst)
+
+    def _replies(self, src: socket.socket, dst: socket.socket, link: _Link) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not self._pass(dst, data, link.replies_cut):
+                    return
+        self._hang_up(src, dst)
+
+    def _pass(self, dst: socket.socket, data: bytes, cut: bool) -> bool:
+        self._flowing.wait()
+        if self._closed.is_set():
+            return False
+        if not cut:
+            dst.sendall(data)
+        return True
+
+    @staticmethod
+    def _hang_up(*ends: socket.socket) -> None:
+        """One side closed: close the other, as a proxy does (the client sees the close)."""
+        for end in ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)

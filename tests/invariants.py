@@ -4,12 +4,15 @@
 - ``pending`` (the backlog count) equals the non-final records of each tenant;
 - no ``pulse:`` key is left without an owner or an expiry: a record with no TTL is
   non-final or a dead letter; every other key without a TTL is one of the long-lived
-  structures Pulse trims itself.
+  structures Pulse trims itself;
+- the storage budget's counters equal the bytes the records say they hold (``storedBytes``):
+  held for records without a TTL, retained for expiring ones (``stored_bytes_mismatches``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from redis import Redis
 
@@ -20,6 +23,7 @@ from pulse_core.jobs import FINAL_STATES, JobState
 _LONG_LIVED = (
     keys.WATCH,
     keys.PENDING,
+    keys.STORED_BYTES,
     keys.JOB_TYPES,
     keys.JOB_TYPE_POLICIES,
     keys.DISPATCH_QUEUES,
@@ -59,6 +63,26 @@ def backlog_mismatches(redis: Redis) -> dict[str, tuple[int, int]]:
         for tenant in sorted(tenants)
         if counted.get(tenant, 0) != actual.get(tenant, 0)
     }
+
+
+def stored_bytes_mismatches(redis: Redis, tenants: Iterable[str]) -> dict[str, tuple[int, int, int, int]]:
+    """Tenant -> (held counted, held in records, retained counted, retained in records) wherever
+    a count differs from the records' ``storedBytes`` (held: records without a TTL, retained:
+    expiring ones). Only ``tenants``: another test may remove records by hand."""
+    wanted = set(tenants)
+    held: Counter[str] = Counter()
+    retained: Counter[str] = Counter()
+    for key in redis.scan_iter(match=keys.job("*"), count=1000):
+        tenant, stored = redis.hmget(key, ["tenantId", "storedBytes"])
+        if tenant in wanted and stored:
+            (held if redis.ttl(key) == -1 else retained)[str(tenant)] += int(stored)
+    found = {}
+    for tenant in sorted(wanted):
+        counted_held = int(redis.hget(keys.STORED_BYTES, tenant) or 0)
+        counted_retained = int(redis.hget(keys.retained_bytes(tenant), "total") or 0)
+        if (counted_held, counted_retained) != (held[tenant], retained[tenant]):
+            found[tenant] = (counted_held, held[tenant], counted_retained, retained[tenant])
+    return found
 
 
 def unowned_keys(redis: Redis) -> list[str]:

@@ -32,6 +32,7 @@ TENANT_KEYS = {
     "globex": "globex-secret-key",
     # Tenants of their own for the tests that exhaust a limit (one test each).
     "racer": "racer-secret-key",
+    "sprinter": "sprinter-secret-key",
     "tight-a": "tight-a-secret-key",
     "tight-b": "tight-b-secret-key",
     "multi": "multi-secret-key",
@@ -51,13 +52,20 @@ TENANT_KEYS = {
     # Replays go through the door: a backlog cap and a rate limit of their own.
     "replay-cap": "replay-cap-secret-key",
     "replay-rate": "replay-rate-secret-key",
+    # The storage budget's tenants: one that fills a small budget, one beside it, one whose
+    # counters are reconciled, one whose results do not fit.
+    "budget-a": "budget-a-secret-key",
+    "budget-b": "budget-b-secret-key",
+    "budget-flow": "budget-flow-secret-key",
+    "budget-result": "budget-result-secret-key",
 }
 #: Per-tenant settings that differ from [defaults].
 TENANT_SETTINGS = {
     "racer": 'rate_limit = "100/minute"',
+    "sprinter": 'rate_limit = "10/second"',
     "tight-a": 'rate_limit = "5/minute"',
     "tight-b": 'rate_limit = "5/minute"',
-    "multi": 'rate_limit = "100/minute;3/hour"',
+    "multi": 'rate_limit = "100/hour;3/day"',
     "batcher": 'rate_limit = "5/minute"',
     "backlog": "max_pending = 3",
     "refusals": "max_pending = 1",
@@ -65,6 +73,9 @@ TENANT_SETTINGS = {
     "idem": 'rate_limit = "3/minute"',
     "replay-cap": "max_pending = 2",
     "replay-rate": 'rate_limit = "2/minute"',
+    "budget-a": 'rate_limit = "1000/hour"\nmax_stored_bytes = 20000',
+    "budget-b": 'rate_limit = "1000/hour"',
+    "budget-result": "max_stored_bytes = 4000",
 }
 
 

@@ -159,6 +159,11 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n', r"\[tenants.a\] max_payload_bytes"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
+        (
+            f'[defaults]\nmax_stored_bytes = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
+            r"\[defaults\] max_stored_bytes=0 must be between 1 and",
+        ),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_stored_bytes = "1GB"\n', r"\[tenants.a\] max_stored_bytes"),
     ],
 )
 def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:
@@ -216,6 +221,21 @@ def test_tenant_limits_default_and_override(tmp_path: Path) -> None:
     assert (a.max_pending, a.max_payload_bytes) == (50, 2048)
     assert (b.max_pending, b.max_payload_bytes) == (7, 100)
     assert [str(item) for item in a.rate_limits] == ["100 per 1 second"]
+
+
+def test_the_storage_budget_defaults_and_is_overridden(tmp_path: Path) -> None:
+    # given a storage budget in [defaults] and one tenant overriding it
+    path = tmp_path / "t.toml"
+    path.write_text(
+        "[defaults]\nmax_stored_bytes = 1000000\n"
+        f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n'
+        f'[tenants.b]\napi_key_sha256 = ["{hash_api_key("k2")}"]\nmax_stored_bytes = 5000\n'
+    )
+    config = TenantsConfig.load(path)
+    # then each tenant has its budget, and a file without one has the default 256 MiB
+    assert (config.tenants["a"].max_stored_bytes, config.tenants["b"].max_stored_bytes) == (1_000_000, 5000)
+    path.write_text(f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n')
+    assert TenantsConfig.load(path).tenants["a"].max_stored_bytes == 256 * 1024 * 1024
 
 
 def test_registering_one_job_type_twice_fails_with_both_names() -> None:

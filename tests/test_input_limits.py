@@ -148,6 +148,14 @@ CASES = [
         "validation-error",
         "metadata.tags",
     ),
+    # Python's ``$`` also matches before a trailing newline; the document's pattern does not
+    (
+        "jobType with a trailing newline",
+        lambda c: c.post("/v1/jobs", json={**JOB, "jobType": "diag.echo\n"}, headers=auth("acme")),
+        422,
+        "validation-error",
+        "jobType",
+    ),
     (
         "unknown jobType",
         lambda c: c.post("/v1/jobs", json={**JOB, "jobType": "no.such.type"}, headers=auth("acme")),

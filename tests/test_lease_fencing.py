@@ -5,9 +5,6 @@ forwarding (its connections stay open, as in a network partition)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,55 +16,8 @@ from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.broker.celery_app import WORKER_ENV
 from pulse_core.redis_client import connect
-from tests.faults import assert_invariants, private_settings, submit
+from tests.faults import RedisProxy, assert_invariants, private_settings, submit
 from tests.support import WorkerProcess, settings_env, wait_for, witness_starts, write_tenants_file
-
-
-class StallingProxy:
-    """A TCP proxy on loopback to ``target``; ``stall()`` stops forwarding both ways."""
-
-    def __init__(self, target: int) -> None:
-        self._target = target
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        self._flowing.set()
-        for sock in [self._listener, *self._sockets]:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                self._flowing.wait()
-                if self._closed.is_set():
-                    return
-                dst.sendall(data)
 
 
 @pytest.fixture
@@ -96,7 +46,7 @@ def test_a_worker_cut_off_from_redis_stops_its_attempt_before_another_takes_over
     # given worker A, which reaches Redis only through a proxy, running a long job
     tenants = write_tenants_file(tmp_path / "tenants.toml")
     direct = private_settings(private_redis.url, tenants, default_queue="fence")
-    proxy = StallingProxy(int(private_redis.url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = RedisProxy(int(private_redis.url.rsplit(":", 1)[1].split("/")[0]))
     through_proxy = replace(
         direct, redis_url=f"redis://127.0.0.1:{proxy.port}/0", broker_url=f"redis://127.0.0.1:{proxy.port}/0"
     )

@@ -20,11 +20,25 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_api.observability import metrics_registry
-from pulse_cli.embedded_redis import free_port
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
+from pulse_core.broker.celery_app import create_celery, publish_jobs, waiting_lists
+from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.dispatch import Dispatcher
+from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from tests.conftest import OBSERVED_QUEUE
-from tests.support import ApiProcess, WorkerProcess, auth, job_state, settings_env, wait_for, wait_for_state
+from tests.support import (
+    ApiProcess,
+    WorkerProcess,
+    auth,
+    job_state,
+    settings_env,
+    wait_for,
+    wait_for_state,
+    waiting_messages,
+    write_tenants_file,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -142,6 +156,49 @@ def test_queue_depth_reads_the_jobs_waiting_on_the_broker_and_in_the_ready_sets(
     # and each tenant's jobs waiting in its ready set are shown (2 of acme's went on the broker)
     assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="acme") == 3
     assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="globex") == 3
+
+
+def test_queue_depth_reads_the_broker_when_it_is_another_redis_than_the_job_store(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # given a job store and a broker on two Redis servers of their own, and an API using both
+    job_store = EmbeddedRedis(tmp_path / "store", persist=False).start()
+    broker = EmbeddedRedis(tmp_path / "broker", persist=False).start()
+    try:
+        queue = "t-depth-broker"
+        tenants = write_tenants_file(tmp_path / "tenants.toml")
+        api_settings = replace(
+            settings, redis_url=job_store.url, broker_url=broker.url, default_queue=queue, tenants_file=tenants
+        )
+        store, broker_redis = connect(job_store.url), connect(broker.url)
+        announce(store, ["diag.echo"], 60)
+        client = create_app(api_settings).test_client()
+        # when acme submits 5 jobs (two of them urgent) and globex 3, with no worker to take them
+        for tenant, count in (("acme", 5), ("globex", 3)):
+            for n in range(count):
+                body = {"jobType": "diag.echo", "payload": {"n": n}, "options": {"priority": 9 if n < 2 else 5}}
+                assert client.post("/v1/jobs", json=body, headers=auth(tenant)).status_code == 202
+        # then they wait in the job store's ready sets for the workers' dispatcher (a broker
+        # that is not the job store's cannot be pushed onto by a script), and the depth counts all 8
+        assert waiting_messages(broker_redis, queue) == 0 and waiting_messages(store, queue) == 8
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 8
+        # when a worker's dispatcher publishes four of them onto the broker
+        app = create_celery(api_settings)
+        ids = Dispatcher(store, depth=4, broker_lists=None).take(queue, 4)
+        jobs = [job for job in JobStore(store).get_listed(ids) if job is not None]
+        assert publish_jobs(app, [(job, None) for job in jobs], (Exception,))[0] == 4
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 8
+        # and a worker takes three off the broker's list
+        taken = 0
+        for name in waiting_lists(queue):
+            while taken < 3 and broker_redis.rpop(name) is not None:
+                taken += 1
+        # then the depth follows the broker and the ready sets: 5 wait
+        assert taken == 3
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 5
+    finally:
+        broker.stop()
+        job_store.stop()
 
 
 def test_queue_wait_leaves_out_a_deliberate_delay_and_the_time_dead(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,6 +105,58 @@ class Length:
         return f"Length({self.n})"
 
 
+#: How long a case may take between writing its given state and reading what it left.
+_SLACK = 5.0
+
+
+class FromNow:
+    """A GCRA window's key: its theoretical arrival time, ``seconds`` from now (epoch
+    microseconds, as a string). Given, it is written as of the moment it is put; then,
+    it matches a time that many seconds from now, less the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def micros(self) -> str:
+        return str(int((time.time() + self.seconds) * 1_000_000))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str):
+            return False
+        ahead = int(other) / 1_000_000 - time.time()
+        return self.seconds - _SLACK <= ahead <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"FromNow({self.seconds})"
+
+
+class About:
+    """A reply's seconds (a string) that were ``seconds`` when the case wrote its given
+    state: as much, or less by the time the case took."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.seconds - _SLACK <= float(other) <= self.seconds + 0.001
+
+    def __repr__(self) -> str:
+        return f"About({self.seconds})"
+
+
+class Having:
+    """A hash holding at least these fields (others, such as a time bucket's, are not compared)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and all(other.get(k) == v for k, v in self.fields.items())
+
+    def __repr__(self) -> str:
+        return f"Having({self.fields!r})"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -135,6 +188,8 @@ def _sub(value: Any, prefix: str) -> Any:
         return {_sub(v, prefix) for v in value}
     if isinstance(value, Record):
         return Record(_sub(value.fields, prefix))
+    if isinstance(value, Having):
+        return Having(_sub(value.fields, prefix))
     return value
 
 
@@ -145,6 +200,8 @@ def _put(redis: Redis, key: str, value: Any) -> None:
         redis.hset(key, mapping=value)
     elif isinstance(value, str):
         redis.set(key, value)
+    elif isinstance(value, FromNow):
+        redis.set(key, value.micros())
     elif isinstance(value, list):
         redis.rpush(key, *value)
     elif isinstance(value, set):
@@ -561,15 +618,23 @@ MARK_DEAD_LETTER = [
     ),
 ]
 
-FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending"]
+FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending", "{p}held", "{p}retained"]
 
 
 def _finalize_argv(
-    state: str, from_: str, *, result: str = "", error: str = "", attempt: int = 1, cycle: int = 0, most: int = 100
+    state: str,
+    from_: str,
+    *,
+    result: str = "",
+    error: str = "",
+    attempt: int = 1,
+    cycle: int = 0,
+    most: int = 100,
+    budget: int = 0,
 ):
     # state, finished_at, result, error, retention, job_id, now_ms, from, attempt, cycle,
-    # max dead letters, dead letter retention (ms)
-    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle, most, 3000]
+    # max dead letters, dead letter retention (ms), result budget (bytes; 0 = no check)
+    return [state, T, result, error, 3600, "j1", 5000, from_, attempt, cycle, most, 3000, budget]
 
 
 _FINALIZE_GIVEN = {
@@ -592,6 +657,8 @@ FINALIZE = [
                 "tenantId": "t1",
                 "finishedAt": T,
                 "result": '{"ok":1}',
+                # the result's bytes now count (the record had none admitted)
+                "storedBytes": "8",
             },
             "{p}watch": None,
             "{p}dead": None,
@@ -607,7 +674,14 @@ FINALIZE = [
         _finalize_argv("dead", "attempt", error='{"e":3}'),
         1,
         {
-            "{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"e":3}'},
+            "{p}job:j1": {
+                "state": "dead",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "error": '{"e":3}',
+                "storedBytes": "7",
+            },
             "{p}watch": None,
             "{p}dead": Z({"j1": 5000}),
             "{p}pending": {"t1": "1"},
@@ -629,6 +703,7 @@ FINALIZE = [
                 "tenantId": "t1",
                 "finishedAt": T,
                 "error": '{"old":1}',
+                "storedBytes": "9",
             },
             "{p}pending": {"t1": "1"},
         },
@@ -658,7 +733,16 @@ FINALIZE = [
         FINAL_KEYS,
         _finalize_argv("dead", "orphan"),
         1,
-        {"{p}job:j1": {"state": "dead", "attempts": "1", "tenantId": "t1", "finishedAt": T, "error": '{"old":1}'}},
+        {
+            "{p}job:j1": {
+                "state": "dead",
+                "attempts": "1",
+                "tenantId": "t1",
+                "finishedAt": T,
+                "error": '{"old":1}',
+                "storedBytes": "9",
+            }
+        },
     ),
     Case(
         "an orphan whose lease is alive is not",
@@ -757,6 +841,80 @@ FINALIZE = [
     ),
 ]
 
+#: The marker a result past the budget leaves (final_transition), for a 8-byte result and a budget of 40.
+_NOT_KEPT = (
+    '{"type":"ResultNotKept","message":"the result (8 bytes) was not kept: '
+    "the tenant's storage budget of 40 bytes (max_stored_bytes) is full\"}"
+)
+_HOLDING = {**_RUNNING, "recordBytes": "30", "storedBytes": "30"}
+#: What finalize leaves of _HOLDING's fields (the lease goes).
+_HELD_DONE = {k: v for k, v in _HOLDING.items() if k not in ("leaseUntil", "owner")}
+FINALIZE += [
+    Case(
+        "a finished job's bytes, its result's too, leave held for the retained bucket of now",
+        "store/finalize",
+        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "50"}},
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt", result='{"ok":1}', budget=1000),
+        1,
+        {
+            "{p}job:j1": {
+                **_HELD_DONE,
+                "state": "succeeded",
+                "finishedAt": T,
+                "result": '{"ok":1}',
+                "storedBytes": "38",
+            },
+            "{p}held": {"t1": "20"},
+            "{p}retained": Having({"total": "38", "oldest": "0", "b0": "38"}),  # now: 5 s, bucket 0
+        },
+        ttl={"{p}job:j1": "expires", "{p}retained": "expires"},
+    ),
+    Case(
+        "a result past the storage budget is not kept: the job succeeds with ResultNotKept",
+        "store/finalize",
+        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "35"}},
+        FINAL_KEYS,
+        _finalize_argv("succeeded", "attempt", result='{"ok":1}', budget=40),
+        1,
+        {
+            "{p}job:j1": {
+                **_HELD_DONE,
+                "state": "succeeded",
+                "finishedAt": T,
+                "error": _NOT_KEPT,
+                "storedBytes": str(30 + len(_NOT_KEPT)),
+            },
+            "{p}held": {"t1": "5"},
+            "{p}retained": Having({"total": str(30 + len(_NOT_KEPT))}),
+        },
+    ),
+    Case(
+        "a death keeps the bytes held (a dead letter persists), its error's added",
+        "store/finalize",
+        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "30"}},
+        FINAL_KEYS,
+        _finalize_argv("dead", "attempt", error='{"e":3}'),
+        1,
+        {"{p}held": {"t1": "37"}, "{p}retained": None, "{p}job:j1": Having({"storedBytes": "37"})},
+    ),
+    Case(
+        "a letter leaving the dead letters moves its bytes from held to retained",
+        "store/finalize",
+        {
+            "{p}job:j1": _HOLDING,
+            "{p}job:old": {"state": "dead", "storedBytes": "12"},
+            "{p}dead": Z({"old": 4000}),
+            "{p}pending": {"t1": "1"},
+            "{p}held": {"t1": "42"},
+        },
+        FINAL_KEYS,
+        _finalize_argv("dead", "attempt", most=1),
+        1,
+        {"{p}dead": Z({"j1": 5000}), "{p}held": {"t1": "30"}, "{p}retained": Having({"total": "12"})},
+    ),
+]
+
 # tenant_id, finished_at, retention, job_id, now_ms
 CANCEL_ARGV = ["t1", T, 3600, "j1", 5000]
 CANCEL = [
@@ -815,7 +973,7 @@ CANCEL = [
     ],
 ]
 
-DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch"]
+DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch", "{p}held"]
 DISCARD = [
     Case(
         "an unpublished queued job is removed, uncounted and its key released",
@@ -848,10 +1006,19 @@ DISCARD = [
         {"{p}job:j1": None, "{p}pending": {"t1": "0"}, "{p}idem": "fp xj1"},
     ),
     Case(
+        "a record with no expiry takes its held bytes with it",
+        "store/discard",
+        {"{p}job:j1": {"state": "queued", "storedBytes": "31"}, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "40"}},
+        DISCARD_KEYS,
+        ["t1", "j1"],
+        1,
+        {"{p}job:j1": None, "{p}held": {"t1": "9"}},
+    ),
+    Case(
         "a job already running is removed but not uncounted (its final transition counts it)",
         "store/discard",
         {"{p}job:j1": {"state": "running"}, "{p}pending": {"t1": "1"}},
-        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch"],
+        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch", "{p}held"],
         ["t1", "j1"],
         1,
         {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
@@ -1037,11 +1204,21 @@ LISTING_ADD = [
 
 FORGET = [
     Case(
+        "a forgotten dead letter's bytes leave held for the retained bucket of now",
+        "store/forget_dead_letter",
+        {"{p}dead": Z({"j1": 1}), "{p}job:j1": {"state": "dead", "storedBytes": "20"}, "{p}held": {"t1": "50"}},
+        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
+        ["j1", "600", "t1"],
+        1,
+        {"{p}held": {"t1": "30"}, "{p}retained": Having({"total": "20"})},
+        ttl={"{p}retained": "expires"},
+    ),
+    Case(
         "the tenant's dead letter is dropped and its record starts to expire",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j1": 1, "j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1"],
-        ["j1", "600"],
+        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
+        ["j1", "600", "t1"],
         1,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "expires"},
@@ -1050,8 +1227,8 @@ FORGET = [
         "another tenant's dead job is left exactly as it was: no expiry set",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1"],
-        ["j1", "600"],
+        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
+        ["j1", "600", "t1"],
         0,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "persists"},
@@ -1188,48 +1365,67 @@ RELEASE = [
     ),
 ]
 
-# KEYS: job, index, pending, idempotency key, broker list, watch, unused, one window.
-ADMIT_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}list", "{p}watch", "{p}job:j1", "{p}window"]
-ADMIT_NO_IDEM_KEYS = [
-    "{p}job:j1",
-    "{p}index",
-    "{p}pending",
-    "{p}job:j1",
-    "{p}job:j1",
-    "{p}watch",
-    "{p}job:j1",
-    "{p}window",
-]
+# KEYS: the tenant's index, pending, watch, held bytes, retained bytes, one window; then the
+# job's own: its hash, its idempotency key, its broker list, unused (its hash).
+_ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
+ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}job:j1"]
+ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}job:j1"]
+#: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
+_TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:5], "{p}w1", "{p}w2", *ADMIT_KEYS[6:]]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
-_RECORD = {"state": "queued", "tenantId": "t1", "jobType": "a.b"}
+#: The bytes of _FIELDS' fields and values, as the budget counts them.
+_BYTES = sum(len(text) for text in _FIELDS)
+_RECORD = {
+    "state": "queued",
+    "tenantId": "t1",
+    "jobType": "a.b",
+    "recordBytes": str(_BYTES),
+    "storedBytes": str(_BYTES),
+}
+
+
+def _admit_header(
+    *, max_pending: int = 5, budget: int = 10_000, jobs: int = 1, windows: tuple[int, ...] = (2, 60)
+) -> list[Any]:
+    # tenant, key TTL, max pending, job key prefix, n windows, index horizon (ms), storage budget,
+    # retention (s), number of jobs, then (limit, expiry) of each window (one by default)
+    return ["t1", 600, max_pending, "{p}job:", len(windows) // 2, 1000, budget, 3600, jobs, *windows]
+
+
+def _admit_job(
+    job_id: str = "j1",
+    *,
+    fingerprint: str = "fp",
+    live: str = "1",
+    message: str = "msg",
+    watch_in: str = "60",
+    fields: list[str] = _FIELDS,
+) -> list[Any]:
+    # job id, created ms, fingerprint, live, message, watch in (seconds), number of field entries, fields...
+    return [job_id, 1234, fingerprint, live, message, watch_in, len(fields), *fields]
 
 
 def _admit_argv(
-    *, fingerprint: str = "fp", live: str = "1", max_pending: int = 5, message: str = "msg", watch_in: str = "60"
+    *,
+    fingerprint: str = "fp",
+    live: str = "1",
+    max_pending: int = 5,
+    message: str = "msg",
+    watch_in: str = "60",
+    budget: int = 10_000,
+    windows: tuple[int, ...] = (2, 60),
 ) -> list[Any]:
-    # tenant, job id, created ms, fingerprint, key TTL, live, max_pending, job key prefix, message,
-    # n windows, watch in (seconds), index horizon (ms), (limit, expiry), fields...
     return [
-        "t1",
-        "j1",
-        1234,
-        fingerprint,
-        600,
-        live,
-        max_pending,
-        "{p}job:",
-        message,
-        1,
-        watch_in,
-        1000,
-        2,
-        60,
-        *_FIELDS,
+        *_admit_header(max_pending=max_pending, budget=budget, windows=windows),
+        *_admit_job(fingerprint=fingerprint, live=live, message=message, watch_in=watch_in),
     ]
 
 
-#: A window with room for both of its 2 slots: limit 2, remaining 2, reset 60 s, no retry, not full.
-EMPTY_WINDOW = [2, 2, "60", "0", "0"]
+#: A window of 2 a minute with room for both slots: limit 2, remaining 2, reset 30 s (a slot
+#: taken now comes back after 60 / 2 s: GCRA), no retry, not full.
+EMPTY_WINDOW = [2, 2, "30", "0", "0"]
+#: The same window with one slot just taken, back in 30 s.
+TAKEN_ONE = [2, 1, "30", "0", "0"]
 ADMIT = [
     Case(
         "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
@@ -1237,16 +1433,17 @@ ADMIT = [
         {"{p}pending": {"t1": "1"}},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}index": Z({"j1": 1234}),
             "{p}pending": {"t1": "2"},
+            "{p}held": {"t1": str(_BYTES)},
             "{p}idem": "fp j1",
             "{p}list": ["msg"],
             # watched: the sweep looks at it if nothing claims it in time
             "{p}watch": Z({"j1": ANY}),
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
         ttl={"{p}idem": "expires", "{p}window": "expires", "{p}job:j1": "persists"},
     ),
@@ -1256,14 +1453,14 @@ ADMIT = [
         {},
         ADMIT_NO_IDEM_KEYS,
         _admit_argv(fingerprint="", message="", watch_in="1500.5"),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}pending": {"t1": "1"},
             "{p}watch": Z({"j1": ANY}),
             "{p}list": None,
             "{p}idem": None,
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1272,7 +1469,7 @@ ADMIT = [
         {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}index": Z({"edge": 234, "recent": 900, "j1": 1234})},
     ),
     Case(
@@ -1308,7 +1505,7 @@ ADMIT = [
         {"{p}idem": "fp j0"},
         ADMIT_KEYS,
         _admit_argv(),
-        ["created", [2, 1, "60", "0", "0"]],
+        ["created", TAKEN_ONE],
         {"{p}job:j1": _RECORD, "{p}idem": "fp j1"},
     ),
     Case(
@@ -1323,11 +1520,41 @@ ADMIT = [
     Case(
         "a full window refuses and consumes nothing",
         "guards/admit",
-        {"{p}window": ["9999999999", "9999999999"]},
+        # both slots taken just now: the first comes back in 30 s
+        {"{p}window": FromNow(60)},
         ADMIT_KEYS,
         _admit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": ["9999999999", "9999999999"], "{p}pending": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": FromNow(60), "{p}pending": None},
+    ),
+    Case(
+        "a slot comes back a tau after it was taken: both taken 40 s ago, one is free again",
+        "guards/admit",
+        {"{p}window": FromNow(20)},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", [2, 0, About(20), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}window": FromNow(50)},
+    ),
+    Case(
+        "with two windows, a full one refuses and the other is not consumed",
+        "guards/admit",
+        {"{p}w2": FromNow(3600)},
+        _TWO_WINDOW_KEYS,
+        _admit_argv(windows=(100, 60, 1, 3600)),
+        ["rate-limited", [1, 0, About(3600), About(3600), "1"]],
+        {"{p}job:j1": None, "{p}w1": None, "{p}w2": FromNow(3600), "{p}pending": None},
+    ),
+    Case(
+        "with two windows with room, one submission is counted in each",
+        "guards/admit",
+        {"{p}w2": FromNow(1800)},
+        _TWO_WINDOW_KEYS,
+        _admit_argv(windows=(100, 60, 2, 3600)),
+        # the tighter window is reported (its last slot just taken); it frees one in 1800 s
+        ["created", [2, 0, About(1800), "0", "0"]],
+        {"{p}job:j1": _RECORD, "{p}w1": FromNow(0.6), "{p}w2": FromNow(3600)},
+        ttl={"{p}w1": "expires", "{p}w2": "expires"},
     ),
     Case(
         "a full backlog refuses with the pending count and consumes nothing",
@@ -1337,6 +1564,133 @@ ADMIT = [
         _admit_argv(max_pending=5),
         ["backlog", EMPTY_WINDOW, 5],
         {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": {"t1": "5"}},
+    ),
+]
+
+#: A retained bucket long past (its records all expired) and one far ahead of any clock.
+_PAST, _AHEAD = 1, 99_999_999
+ADMIT += [
+    Case(
+        "a record past the storage budget is refused with the bytes held and consumes nothing",
+        "guards/admit",
+        {"{p}held": {"t1": "9980"}},
+        ADMIT_KEYS,
+        _admit_argv(budget=10_000),
+        ["storage", EMPTY_WINDOW, 9980, _BYTES, 0],
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None, "{p}held": {"t1": "9980"}},
+    ),
+    Case(
+        "retained bytes count too, and the refusal says when some are released",
+        "guards/admit",
+        {"{p}held": {"t1": "5000"}, "{p}retained": {"total": "4980", "oldest": str(_AHEAD), f"b{_AHEAD}": "4980"}},
+        ADMIT_KEYS,
+        _admit_argv(budget=10_000),
+        ["storage", EMPTY_WINDOW, 9980, _BYTES, ANY],
+        {"{p}job:j1": None, "{p}window": None},
+    ),
+    Case(
+        "a bucket whose records have all expired leaves the count, and the job fits",
+        "guards/admit",
+        {"{p}retained": {"total": "9990", "oldest": str(_PAST), f"b{_PAST}": "9990"}},
+        ADMIT_KEYS,
+        _admit_argv(budget=10_000),
+        ["created", TAKEN_ONE],
+        {"{p}retained": Having({"total": "0", f"b{_PAST}": None}), "{p}held": {"t1": str(_BYTES)}},
+    ),
+]
+
+
+def _batch_keys(*idem: str) -> list[str]:
+    """KEYS of a batch of jobs j1, j2, ... whose idempotency keys are ``idem`` ('' = none)."""
+    found = list(_ADMIT_SHARED_KEYS)
+    for n, key in enumerate(idem, start=1):
+        job = f"{{p}}job:j{n}"
+        found += [job, key or job, "{p}list", job]
+    return found
+
+
+#: j2's record as stored, with the fields a replay's reply needs (Job.from_redis).
+_J2_FIELDS = [*_FIELDS, "jobId", "j2"]
+_J2_RECORD = {
+    "state": "queued",
+    "tenantId": "t1",
+    "jobType": "a.b",
+    "jobId": "j2",
+    "recordBytes": str(_BYTES + 7),
+    "storedBytes": str(_BYTES + 7),
+}
+ADMIT_BATCH = [
+    Case(
+        "jobs in order: each takes a slot, the one past the window is refused and consumes nothing",
+        "guards/admit_batch",
+        {},
+        _batch_keys("", "{p}idem", "{p}idem3"),
+        [
+            *_admit_header(jobs=3),
+            *_admit_job("j1", fingerprint="", message="m1"),
+            *_admit_job("j2", fingerprint="f2", message="m2"),
+            *_admit_job("j3", fingerprint="f3", message="m3"),
+        ],
+        # one run, one clock: the second sees the first's slot (back in 30 s), the third both
+        [
+            ["created", TAKEN_ONE],
+            ["created", [2, 0, "30", "0", "0"]],
+            ["rate-limited", [2, 0, "30", "30", "1"]],
+        ],
+        {
+            "{p}job:j1": _RECORD,
+            "{p}job:j2": _RECORD,
+            "{p}job:j3": None,
+            "{p}idem": "f2 j2",
+            "{p}list": ["m2", "m1"],
+            "{p}pending": {"t1": "2"},
+            "{p}held": {"t1": str(2 * _BYTES)},
+            "{p}window": FromNow(60),
+        },
+    ),
+    Case(
+        "two jobs with one key: the second replays the first; a refused job between changes nothing",
+        "guards/admit_batch",
+        {},
+        _batch_keys("", "{p}idem", "{p}idem"),
+        [
+            *_admit_header(jobs=3),
+            *_admit_job("j1", fingerprint="", live="0"),
+            *_admit_job("j2", fingerprint="fp", fields=_J2_FIELDS),
+            *_admit_job("j3", fingerprint="fp", fields=_J2_FIELDS),
+        ],
+        [["unknown-type", EMPTY_WINDOW], ["created", TAKEN_ONE], ["replay", ANY, Record(_J2_RECORD)]],
+        {"{p}job:j1": None, "{p}job:j3": None, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": FromNow(30)},
+    ),
+    Case(
+        "run again (a retried timeout): stored jobs answer created, nothing is counted twice",
+        "guards/admit_batch",
+        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}held": {"t1": str(_BYTES)}, "{p}list": ["msg"]},
+        _batch_keys("", ""),
+        [*_admit_header(jobs=2), *_admit_job("j1", fingerprint=""), *_admit_job("j2", fingerprint="")],
+        [["created", EMPTY_WINDOW], ["created", TAKEN_ONE]],
+        {"{p}pending": {"t1": "2"}, "{p}held": {"t1": str(2 * _BYTES)}, "{p}list": ["msg", "msg"]},
+    ),
+    Case(
+        "a job past the storage budget is refused on its own; a smaller one after it fits",
+        "guards/admit_batch",
+        {"{p}held": {"t1": "9980"}},
+        _batch_keys("", ""),
+        [
+            *_admit_header(jobs=2, budget=10_000),
+            *_admit_job("j1", fingerprint=""),
+            "j2",
+            1234,
+            "",
+            "1",
+            "msg",
+            "60",
+            2,
+            "state",
+            "queued",
+        ],
+        [["storage", EMPTY_WINDOW, 9980, _BYTES, 0], ["created", TAKEN_ONE]],
+        {"{p}job:j1": None, "{p}job:j2": {"state": "queued", "recordBytes": "11", "storedBytes": "11"}},
     ),
 ]
 
@@ -1368,14 +1722,14 @@ READMIT = [
         {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
         READMIT_KEYS,
         _readmit_argv(),
-        ["replayed", [2, 1, "60", "0", "0"], Record(_QUEUED_AGAIN)],
+        ["replayed", TAKEN_ONE, Record(_QUEUED_AGAIN)],
         {
             "{p}job:j1": _QUEUED_AGAIN,
             "{p}dead": Z({"j0": 1}),
             "{p}pending": {"t1": "1"},
             # watched like any queued job: checked a minute from now (Redis' clock)
             "{p}watch": Z({"j1": ANY}),
-            "{p}window": Length(1),
+            "{p}window": FromNow(30),
         },
     ),
     Case(
@@ -1409,11 +1763,17 @@ READMIT = [
     Case(
         "a full rate window refuses; nothing changes",
         "guards/readmit",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": ["9999999999", "9999999999"]},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}window": FromNow(60)},
         READMIT_KEYS,
         _readmit_argv(),
-        ["rate-limited", [2, 0, ANY, ANY, "1"]],
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": None, "{p}watch": None},
+        ["rate-limited", [2, 0, About(30), About(30), "1"]],
+        {
+            "{p}job:j1": _DEAD,
+            "{p}dead": Z({"j1": 1}),
+            "{p}pending": None,
+            "{p}watch": None,
+            "{p}window": FromNow(60),
+        },
     ),
     Case(
         "a full backlog refuses with the pending count; nothing changes",
@@ -1439,20 +1799,29 @@ RATE_STATUS = [
     Case(
         "a half-used window reports what is left and consumes nothing",
         "guards/rate_status",
-        {"{p}window": ["9999999999"]},
+        {"{p}window": FromNow(20)},
         ["{p}window"],
         [1, 2, 60],
-        [2, 1, ANY, "0", "0"],
-        {"{p}window": ["9999999999"]},
+        [2, 1, About(20), "0", "0"],
+        {"{p}window": FromNow(20)},
+    ),
+    Case(
+        "used slots are the debt in taus, rounded up: 31 s of 30 s taus fill 2 slots for 1 s more",
+        "guards/rate_status",
+        {"{p}window": FromNow(31)},
+        ["{p}window"],
+        [1, 2, 60],
+        [2, 0, About(1), About(1), "1"],
+        {"{p}window": FromNow(31)},
     ),
     Case(
         "the tightest of two windows is reported; a full one gives its retry-after",
         "guards/rate_status",
-        {"{p}w2": ["9999999999"]},
+        {"{p}w2": FromNow(3000)},
         ["{p}w1", "{p}w2"],
         [2, 5, 60, 1, 3600],
-        [1, 0, ANY, ANY, "1"],
-        {"{p}w1": None, "{p}w2": ["9999999999"]},
+        [1, 0, About(3000), About(3000), "1"],
+        {"{p}w1": None, "{p}w2": FromNow(3000)},
     ),
 ]
 
@@ -1762,6 +2131,7 @@ CASES = (
     + FORGET_LAPSED
     + RELEASE
     + ADMIT
+    + ADMIT_BATCH
     + RATE_STATUS
     + ACQUIRE
 )
@@ -1823,7 +2193,8 @@ def test_includes_are_resolved_once_and_every_include_is_used() -> None:
     assert not any("--@include" in text for text in sources.values())
     for name in ("store/finalize", "store/cancel"):
         assert sources[name].count("local function final_transition(") == 1
-    assert sources["guards/admit"].count("local function limits_window(") == 1
+    for name in ("guards/admit", "guards/readmit", "guards/rate_status"):
+        assert sources[name].count("local function window_stats(") == 1
     # and every include file is part of some script
     for room in lua_scripts.ROOMS:
         includes = resources.files(room) / "lua" / "includes"

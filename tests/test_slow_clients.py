@@ -97,3 +97,31 @@ def test_requests_gunicorn_refuses_itself_are_problem_documents(api: ApiProcess)
         got, media_type, problem = raw(request)
         assert (got, media_type) == (status, "application/problem+json"), (got, media_type, problem)
         assert problem["status"] == status and str(problem["type"]).startswith("/problems/")
+
+
+@pytest.mark.timeout(120)
+def test_a_client_reusing_its_connection_sends_every_submit_on_it(api: ApiProcess) -> None:
+    # given one HTTP/1.1 connection to `pulse api`
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=ANSWER_WITHIN_SECONDS)
+    sockets, statuses, closing = set(), [], []
+    try:
+        # when it sends 50 submits one after another
+        for _ in range(50):
+            conn.request(
+                "POST",
+                "/v1/jobs",
+                body=json.dumps({"jobType": "diag.echo", "payload": {}}),
+                headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}", "Content-Type": "application/json"},
+            )
+            assert conn.sock is not None
+            sockets.add(conn.sock.getsockname())
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            closing.append((response.getheader("Connection") or "").lower() == "close")
+    finally:
+        conn.close()
+    # then every submit was answered on the one connection, kept alive throughout
+    assert statuses == [202] * 50
+    assert len(sockets) == 1
+    assert not any(closing)

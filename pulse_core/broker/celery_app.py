@@ -28,9 +28,9 @@ a queue (a plain ``send_task``) to the same place, by reading the job record.
 
 from __future__ import annotations
 
-import base64
 import logging
-import uuid
+import os
+import weakref
 from bisect import bisect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -40,12 +40,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.transport.virtual import base as virtual_base
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 from redis import Redis
 from redis.exceptions import RedisError
 
 from pulse_core import keys
+from pulse_core.broker.message_template import MessageTemplate, render_message
 from pulse_core.errors import ConfigError
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
@@ -207,9 +207,16 @@ def broker_priority(app: Celery, priority: int) -> int:
     serves higher numbers first, all ten (queues declared with ``x-max-priority``).
     """
     priority = min(MAX_PRIORITY, max(0, priority))
-    if is_redis_url(str(app.conf.broker_url)):
+    on_redis = _on_redis.get(app)
+    if on_redis is None:  # read once per app: Celery's conf lookup costs more than the rest
+        on_redis = _on_redis[app] = is_redis_url(str(app.conf.broker_url))
+    if on_redis:
         return MAX_PRIORITY - priority
     return priority
+
+
+#: Whether each Celery app's broker is Redis (``broker_priority``); dropped with the app.
+_on_redis: weakref.WeakKeyDictionary[Celery, bool] = weakref.WeakKeyDictionary()
 
 
 def redis_list(queue: str, broker_pri: int) -> str:
@@ -414,36 +421,37 @@ def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> 
     """The ``pulse.run_job`` message for ``job`` exactly as kombu's Redis transport stores
     it, and the Redis list kombu would push it onto (its queue's list for its priority).
 
-    Celery builds the task message (protocol 2); the envelope is kombu's
-    (``Channel.prepare_message`` + ``basic_publish`` on the anonymous exchange,
-    body base64-encoded), so workers, Flower and redelivery treat it like any other.
+    Celery's task message (protocol 2) in kombu's envelope (``Channel.prepare_message``
+    + ``basic_publish`` on the anonymous exchange, body base64-encoded), so workers,
+    Flower and redelivery treat it like any other; rendered from a template built once
+    per app and process through that same machinery (``message_template``).
     """
     queue, priority = destination(app, job)
-    options = message_options(job, countdown=countdown)
-    argsrepr = options["argsrepr"]
-    message = app.amqp.as_task_v2(str(uuid.uuid4()), RUN_JOB_TASK, **options)
+    template = _templates.get(app)
+    if template is None or template.pid != os.getpid():
+        template = _templates[app] = MessageTemplate.build(app, RUN_JOB_TASK)
+    limits = time_limits(job.timeout_seconds)
     # No publish signal fires for a message pushed by a script: carry the trace here.
-    tracing.publish_context(message.headers, RUN_JOB_TASK, job)
-    body = base64.b64encode(kombu_dumps(message.body).encode("utf-8")).decode("ascii")
-    properties = {
-        **message.properties,
-        # send_task passes these as publish options too; kombu keeps them as properties.
-        "argsrepr": argsrepr,
-        "kwargsrepr": "{}",
-        "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": queue},
-        "priority": priority,
-        "body_encoding": "base64",
-        "delivery_tag": str(uuid.uuid4()),
-    }
-    envelope = {
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": message.headers,
-        "properties": properties,
-    }
-    return str(kombu_dumps(envelope)), redis_list(queue, priority)
+    trace_headers: dict[str, str] = {}
+    tracing.publish_context(trace_headers, RUN_JOB_TASK, job)
+    message = render_message(
+        template,
+        job_id=job.job_id,
+        job_type=job.job_type,
+        attempt=job.attempts + 1,
+        cycle=job.cycle,
+        lane=queue,
+        priority=priority,
+        countdown=countdown,
+        time_limit=limits.get("time_limit"),
+        soft_time_limit=limits.get("soft_time_limit"),
+        extra_headers=trace_headers,
+    )
+    return message, redis_list(queue, priority)
+
+
+#: Each Celery app's message template (``encode_message``); dropped with the app.
+_templates: weakref.WeakKeyDictionary[Celery, MessageTemplate] = weakref.WeakKeyDictionary()
 
 
 def check_visibility_timeout(settings: Settings, longest_timeout: int) -> None:

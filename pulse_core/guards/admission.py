@@ -1,6 +1,6 @@
-"""Admission: idempotency, rate limit, backlog cap and the job record in one Lua script.
+"""Admission: idempotency, rate limit, backlog cap, storage budget and the job record in one Lua script.
 
-One round trip that cannot race decides a submission, in this order:
+One script run that cannot race decides a submission, in this order:
 
 1. **idempotency** — a known key with the same fingerprint gives back the stored
    job (whatever its state) and consumes no rate limit; with another
@@ -12,16 +12,26 @@ One round trip that cannot race decides a submission, in this order:
    (``pulse_core.guards.rate_limits``); otherwise ``RateLimited``, nothing consumed;
 4. **backlog** — fewer than ``max_pending`` of the tenant's jobs not yet final;
    otherwise ``BacklogFull``, nothing consumed;
-5. **record** — consume one slot in every window, write the job hash, index it
-   under the tenant, count it pending, watch it (``keys.WATCH``: the sweep looks at
-   it if nothing claims it in time), remember the idempotency key and, when the
-   broker is this Redis, push a delayed job's ETA message onto its queue.
+5. **storage budget** — the bytes the tenant's records hold (``max_stored_bytes``,
+   counted by ``store/lua/includes/stored_bytes.lua``) plus this record's stay
+   within the budget; otherwise ``StorageBudgetFull``, nothing consumed;
+6. **record** — consume one slot in every window, write the job hash, count its
+   bytes, index it under the tenant, count it pending, watch it (``keys.WATCH``: the
+   sweep looks at it if nothing claims it in time), remember the idempotency key
+   and, when the broker is this Redis, push the job's message onto its queue.
 
 When the broker is this Redis, a job due now then waits in its tenant's ready set and its
 queue is dispatched (``pulse_core.store.dispatch``): a second script, pipelined after the
-first in the same round trip, that does nothing unless the first created the job.
+first in the same round trip (for a batch, one more round trip for all its jobs), that
+does nothing unless the first created the job; a delayed job's message is parked in
+Redis until due instead of pushed.
 
-The script is safe to run twice with the same arguments (redis-py retries a call
+A batch is admitted by ``admit_batch`` with the same per-job step
+(``lua/includes/admit_one.lua``), in request order, ``BATCH_CHUNK`` jobs per script
+run (all chunks in one pipelined round trip): each job is decided exactly as a
+single submission is, all or nothing for that job.
+
+The scripts are safe to run twice with the same arguments (redis-py retries a call
 that timed out): a job id already stored answers ``created`` and changes nothing.
 
 With another broker, publishing happens after (``pulse_core.broker.celery_app``); if
@@ -45,12 +55,12 @@ from pulse_core.errors import (
     BacklogFull,
     IdempotencyConflict,
     PulseError,
-    RateLimited,
+    StorageBudgetFull,
     UnknownJobType,
 )
 from pulse_core.guards import rate_limits
 from pulse_core.guards.idempotency import store_key
-from pulse_core.guards.rate_limits import LimitStatus, WindowStats, whole_seconds, window_stats
+from pulse_core.guards.rate_limits import LimitReached, LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store.dispatch import Dispatcher
@@ -59,10 +69,16 @@ from pulse_core.tenants import Tenant
 
 #: Retry-After (seconds) suggested when the backlog is full; jobs finish at their own pace.
 BACKLOG_RETRY_AFTER_SECONDS = 1
+#: Retry-After (seconds) when the storage budget is full and no finished record is due to
+#: expire (the bytes are held by jobs not yet final and dead letters): the length of a bucket.
+STORAGE_RETRY_AFTER_SECONDS = 3600
 #: A tenant's job index keeps the jobs created within a finished job's retention: each
 #: admission trims what is older, so the index ends as its records do (GET /v1/jobs lists
 #: the last 7 days; an older job is read by its id, a dead one among the dead letters).
 INDEX_HORIZON_MS = DEFAULT_RETENTION_SECONDS * 1000
+#: Jobs of a batch admitted per script run: a run blocks Redis while it lasts, so a 500-job
+#: batch is 5 short runs (sent in one pipelined round trip) rather than one long one.
+BATCH_CHUNK = 100
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,8 @@ class AdmitOutcome(StrEnum):
     UNKNOWN_TYPE = "unknown-type"
     RATE_LIMITED = "rate-limited"
     BACKLOG = "backlog"
+    #: The record would take the tenant past its storage budget.
+    STORAGE = "storage"
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,9 @@ class AdmitReply:
     other_job_id: str | None = None
     #: BACKLOG: the tenant's jobs not yet final.
     pending: int | None = None
+    #: STORAGE: the bytes the tenant's records hold, this record's bytes, and the seconds
+    #: until some are released (0: none will be by time alone).
+    budget: tuple[int, int, int] | None = None
 
 
 def _admit_reply(reply: list[Any]) -> AdmitReply:
@@ -145,13 +166,21 @@ def _admit_reply(reply: list[Any]) -> AdmitReply:
         return AdmitReply(outcome, windows, other_job_id=str(reply[2]))
     if outcome is AdmitOutcome.BACKLOG:
         return AdmitReply(outcome, windows, pending=int(reply[2]))
+    if outcome is AdmitOutcome.STORAGE:
+        return AdmitReply(outcome, windows, budget=(int(reply[2]), int(reply[3]), int(reply[4])))
     return AdmitReply(outcome, windows)
 
 
-#: Idempotency, jobType, rate limit, backlog and the record in one step (``lua/admit.lua``).
+def _admit_batch_reply(reply: list[Any]) -> list[AdmitReply]:
+    return [_admit_reply(one) for one in reply]
+
+
+#: Idempotency, jobType, rate limit, backlog, budget and the record in one step (``lua/admit.lua``).
 _ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
 #: Parks a delayed job's message until it is due (``lua/park_due.lua``), pipelined after admit.
 _PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
+#: The same for many jobs of one tenant, in order, in one run (``lua/admit_batch.lua``).
+_ADMIT_BATCH = LuaScript("pulse_core.guards", "admit_batch", _admit_batch_reply)
 #: Where the tenant stands against its limits, reading only (``lua/rate_status.lua``).
 _STATUS = LuaScript("pulse_core.guards", "rate_status", window_stats)
 
@@ -175,7 +204,8 @@ def _readmit_reply(reply: list[Any]) -> Readmitted:
     if outcome == "rate-limited":
         retry = whole_seconds(windows.retry_after)
         limit = windows.status.limit
-        return Readmitted(None, RateLimited(f"rate limit of {limit} reached; retry in {retry} s", retry_after=retry))
+        message = f"rate limit of {limit} reached; retry in {retry} s"
+        return Readmitted(None, LimitReached(message, retry_after=retry, limit=windows.status))
     if outcome == "backlog":
         return Readmitted(
             None,
@@ -200,13 +230,14 @@ class Admission:
         #: Enqueues the jobs whose submission says so (``Submission.enqueue``).
         self.dispatcher = dispatcher
         self._admit = _ADMIT.register(redis)
+        self._admit_batch = _ADMIT_BATCH.register(redis)
         self._status = _STATUS.register(redis)
         self._readmit = _READMIT.register(redis)
         self._park_due = _PARK_DUE.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
-        keys_, args = self._call(tenant, submission)
+        keys_, args = self._call(tenant, [submission])
         if self._enqueues(submission) or self._parks(submission):
             with self._redis.pipeline(transaction=False) as pipe:
                 self._admit.queue(pipe, keys=keys_, args=args)
@@ -214,26 +245,37 @@ class Admission:
                 reply = self._admit.read(pipe.execute()[0])
         else:
             reply = self._admit(keys=keys_, args=args)
-        verdict = _decide(submission, reply)
+        verdict = _decide(tenant, submission, reply)
         if isinstance(verdict, PulseError):
             raise verdict
         return verdict
 
     def admit_many(self, tenant: Tenant, submissions: Sequence[Submission]) -> list[Admitted | PulseError]:
-        """Admit each job in order, in one pipelined round trip; one verdict per job.
+        """Admit each job in order, ``BATCH_CHUNK`` per script run, every run in one pipelined
+        round trip; one verdict per job.
 
-        Each script runs atomically on its own, so limits and idempotency hold per job
-        (two items with the same key in one batch: the second replays the first).
+        Each job is decided as ``admit`` decides it, and the jobs of a run one after the
+        other, so limits and idempotency hold per job (two items with the same key in one
+        batch: the second replays the first).
         """
-        positions: list[int] = []
-        with self._redis.pipeline(transaction=False) as pipe:
-            for submission in submissions:
-                keys_, args = self._call(tenant, submission)
-                positions.append(len(pipe))
-                self._admit.queue(pipe, keys=keys_, args=args)
-                self._queue_enqueue(pipe, submission)
-            replies = pipe.execute()
-        return [_decide(s, self._admit.read(replies[at])) for s, at in zip(submissions, positions, strict=True)]
+        chunks = [submissions[at : at + BATCH_CHUNK] for at in range(0, len(submissions), BATCH_CHUNK)]
+        if not chunks:
+            return []
+        replies = self._admit_batch.call_many(self._redis, [self._call(tenant, chunk) for chunk in chunks])
+        verdicts: list[Admitted | PulseError] = []
+        for chunk, read in zip(chunks, replies, strict=True):
+            verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
+        fresh = [
+            s
+            for s, v in zip(submissions, verdicts, strict=True)
+            if isinstance(v, Admitted) and not v.replayed and (self._enqueues(s) or self._parks(s))
+        ]
+        if fresh:  # one more round trip: each into its ready set (or parked until due)
+            with self._redis.pipeline(transaction=False) as pipe:
+                for submission in fresh:
+                    self._queue_enqueue(pipe, submission)
+                pipe.execute()
+        return verdicts
 
     def _enqueues(self, submission: Submission) -> bool:
         fair = self.dispatcher
@@ -281,48 +323,60 @@ class Admission:
         )
         return windows.status
 
-    def _call(self, tenant: Tenant, submission: Submission) -> tuple[list[str], list[Any]]:
-        job = submission.job
+    def _call(self, tenant: Tenant, submissions: Sequence[Submission]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``admit``/``admit_batch`` for ``submissions`` (``lua/includes/admit_one.lua``)."""
         items = tenant.rate_limits
-        job_key = keys.job(job.job_id)
-        idem_key = store_key(tenant.tenant_id, submission.idempotency_key) if submission.idempotency_key else job_key
         keys_ = [
-            job_key,
             keys.tenant_jobs(tenant.tenant_id),
             keys.PENDING,
-            idem_key,
-            submission.broker_list or job_key,
             keys.WATCH,
-            job_key,  # unused
+            keys.STORED_BYTES,
+            keys.retained_bytes(tenant.tenant_id),
             *rate_limits.window_keys(tenant.tenant_id, items),
         ]
-        created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
         args: list[Any] = [
             tenant.tenant_id,
-            job.job_id,
-            created_ms,
-            submission.fingerprint if submission.idempotency_key else "",
             self._ttl,
-            "1" if submission.job_type_live else "0",
             tenant.max_pending,
             keys.job(""),
-            "" if self._enqueues(submission) or self._parks(submission) else submission.message,
             len(items),
-            repr(max(0.0, submission.watch_in)),
             INDEX_HORIZON_MS,
+            tenant.max_stored_bytes,
+            DEFAULT_RETENTION_SECONDS,
+            len(submissions),
             *rate_limits.window_args(items),
         ]
-        for field, value in job.to_redis().items():
-            args += [field, value]
+        for submission in submissions:
+            job = submission.job
+            job_key = keys.job(job.job_id)
+            key = submission.idempotency_key
+            keys_ += [
+                job_key,
+                store_key(tenant.tenant_id, key) if key else job_key,
+                submission.broker_list or job_key,
+                job_key,  # unused
+            ]
+            fields = job.to_redis()
+            args += [
+                job.job_id,
+                int(datetime.fromisoformat(job.created_at).timestamp() * 1000),
+                submission.fingerprint if key else "",
+                "1" if submission.job_type_live else "0",
+                "" if self._enqueues(submission) or self._parks(submission) else submission.message,
+                repr(max(0.0, submission.watch_in)),
+                2 * len(fields),
+            ]
+            for field, value in fields.items():
+                args += [field, value]
         return keys_, args
 
 
-def _decide(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
+def _decide(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
     # A refusal's RateLimit-* headers are the API's to add (pulse_api.jobs.rate_limit_headers).
-    return _verdict(submission, reply)
+    return _verdict(tenant, submission, reply)
 
 
-def _verdict(submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
+def _verdict(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
     job, status, outcome = submission.job, reply.windows.status, reply.outcome
     if outcome is AdmitOutcome.CREATED:
         return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message) or submission.enqueue)
@@ -337,13 +391,22 @@ def _verdict(submission: Submission, reply: AdmitReply) -> Admitted | PulseError
         return UnknownJobType(job.job_type)
     if outcome is AdmitOutcome.RATE_LIMITED:
         retry = whole_seconds(reply.windows.retry_after)
-        return RateLimited(
+        return LimitReached(
             f"rate limit of {status.limit} reached; retry in {retry} s",
             retry_after=retry,
+            limit=status,
         )
     if outcome is AdmitOutcome.BACKLOG:
         return BacklogFull(
             f"{reply.pending} jobs are not yet final, the most this tenant may have pending; wait for some to finish",
             retry_after=BACKLOG_RETRY_AFTER_SECONDS,
+        )
+    if outcome is AdmitOutcome.STORAGE and reply.budget is not None:
+        used, size, release_in = reply.budget
+        return StorageBudgetFull(
+            f"the job's record ({size} bytes) does not fit the tenant's storage budget: {used} of "
+            f"{tenant.max_stored_bytes} bytes (max_stored_bytes) are held by its jobs, results and "
+            "dead letters; they are released as finished records expire",
+            retry_after=whole_seconds(release_in or STORAGE_RETRY_AFTER_SECONDS),
         )
     raise RuntimeError(f"admission script answered {reply!r}")  # a bug, not bad input

@@ -43,7 +43,13 @@ class DeadLetters:
         One script: the record's expiry is set only if the letter was ``tenant_id``'s.
         """
         return _FORGET.register(self._redis)(
-            keys=[keys.tenant_dead_letters(tenant_id), keys.job(job_id)], args=[job_id, self._retention]
+            keys=[
+                keys.tenant_dead_letters(tenant_id),
+                keys.job(job_id),
+                keys.STORED_BYTES,
+                keys.retained_bytes(tenant_id),
+            ],
+            args=[job_id, self._retention, tenant_id],
         )
 
     def page(self, tenant_id: str, *, limit: int, cursor: str | None = None, job_type: str | None = None) -> Page[Job]:
@@ -53,7 +59,7 @@ class DeadLetters:
             keys.tenant_dead_letters(tenant_id),
             limit=limit,
             cursor=cursor,
-            load=self._store.get_many,
+            load=self._store.get_listed,
             keep=lambda job: job_type is None or job.job_type == job_type,
             budget=10 * limit + listing.BATCH,
         )
@@ -66,13 +72,26 @@ class DeadLetters:
         since_ms: float | None = None,
         until_ms: float | None = None,
         limit: int,
-    ) -> list[Job]:
-        """Dead letters matching a filter (time of death in epoch ms), newest first."""
+    ) -> list[str]:
+        """Ids of the dead letters matching a filter (time of death in epoch ms), newest first.
+
+        Reads only each examined letter's ``jobType`` (one field, pipelined a batch at a
+        time), never its record; the scan ends at ``limit`` matches or the end of the
+        window, so it is bounded by the tenant's ``max_dead_letters``.
+        """
         entries = listing.scan(self._redis, keys.tenant_dead_letters(tenant_id), ceiling=until_ms, floor=since_ms)
-        found: list[Job] = []
+        found: list[str] = []
         while len(found) < limit:
             chunk = [member for _, member in islice(entries, listing.BATCH)]
             if not chunk:
                 break
-            found += [j for j in self._store.get_many(chunk) if j and (job_type is None or j.job_type == job_type)]
+            with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hget(keys.job(job_id), "jobType")
+                types: list[str | None] = pipe.execute()
+            found += [
+                job_id
+                for job_id, found_type in zip(chunk, types, strict=True)
+                if found_type is not None and (job_type is None or found_type == job_type)
+            ]
         return found[:limit]

@@ -26,6 +26,12 @@ The backlog rule (``keys.PENDING``, tenant -> jobs not yet final): creation does
 +1 in the same step as the record; ``final_transition`` does -1, so every move
 into a final state counts exactly once; a replay (dead -> queued) does +1 again,
 and discarding an unpublished record does -1.
+
+The storage budget rule (``max_stored_bytes``; ``lua/includes/stored_bytes.lua``): a
+record's bytes (its field ``storedBytes``) count in ``keys.STORED_BYTES`` while it does not
+expire (not final, or a dead letter) and in the tenant's ``keys.retained_bytes`` buckets
+once it does; admission adds them, ``final_transition`` adds the result and error and moves
+them, a dead letter leaving moves them, discarding removes them.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.jobs import DEFAULT_PRIORITY, FINAL_STATES, Job, JobState, utc_now
+from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store import listing
 from pulse_core.store.dispatch import Dispatcher
@@ -228,7 +234,14 @@ class JobStore:
         """
         job_key = keys.job(job.job_id)
         self._discard(
-            keys=[job_key, keys.tenant_jobs(job.tenant_id), keys.PENDING, idempotency_key or job_key, keys.WATCH],
+            keys=[
+                job_key,
+                keys.tenant_jobs(job.tenant_id),
+                keys.PENDING,
+                idempotency_key or job_key,
+                keys.WATCH,
+                keys.STORED_BYTES,
+            ],
             args=[job.tenant_id, job.job_id],
         )
 
@@ -335,6 +348,7 @@ class JobStore:
         error: Mapping[str, Any] | None = None,
         from_: str = "attempt",
         dead_letters: DeadLetterBounds | None = None,
+        result_budget: int = 0,
     ) -> bool:
         """Move ``job`` to a final state; ``False`` if it is no longer where ``from_`` says.
 
@@ -343,11 +357,14 @@ class JobStore:
         scheduled or retrying) or "replayed" (queued by a replay, not yet claimed).
         A dead job joins its tenant's dead letters and is kept until it leaves them:
         ``dead_letters`` (the tenant's, from the tenants file) bounds how many and how long.
+        ``result_budget``: the tenant's ``max_stored_bytes``; a result that would take its
+        records past it is not kept (the job still succeeds, with a ``ResultNotKept`` error
+        saying why); 0 keeps any result.
         """
         bounds = dead_letters or DeadLetterBounds()
         more_keys, more_args = self._dispatch_spec(job)
         return self._finalize(
-            keys=[keys.job(job.job_id), keys.WATCH, keys.tenant_dead_letters(job.tenant_id), keys.PENDING, *more_keys],
+            keys=[*self._final_keys(job.job_id, job.tenant_id), *more_keys],
             args=[
                 state.value,
                 utc_now(),
@@ -361,9 +378,22 @@ class JobStore:
                 job.cycle,
                 bounds.most,
                 bounds.days * 86_400_000,
+                result_budget,
                 *more_args,
             ],
         )
+
+    @staticmethod
+    def _final_keys(job_id: str, tenant_id: str) -> list[str]:
+        """KEYS of the scripts that include ``final_transition`` (finalize, cancel)."""
+        return [
+            keys.job(job_id),
+            keys.WATCH,
+            keys.tenant_dead_letters(tenant_id),
+            keys.PENDING,
+            keys.STORED_BYTES,
+            keys.retained_bytes(tenant_id),
+        ]
 
     def cancel(self, tenant_id: str, job_id: str) -> CancelOutcome:
         """Cancel a waiting job, or flag a running one; return what happened.
@@ -373,7 +403,7 @@ class JobStore:
         finished, "missing" when ``tenant_id`` has no such job.
         """
         return self._cancel(
-            keys=[keys.job(job_id), keys.WATCH, keys.tenant_dead_letters(tenant_id), keys.PENDING],
+            keys=self._final_keys(job_id, tenant_id),
             args=[tenant_id, utc_now(), self._retention, job_id, int(time.time() * 1000)],
         )
 
@@ -445,7 +475,7 @@ class JobStore:
             index,
             limit=limit,
             cursor=cursor,
-            load=self.get_many,
+            load=self.get_listed,
             keep=lambda job: (state is None or job.state == state) and (job_type is None or job.job_type == job_type),
             budget=10 * limit + listing.BATCH,
             gone=gone,
@@ -454,10 +484,13 @@ class JobStore:
             self._redis.zrem(index, *gone)
         return found
 
-    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        """The jobs, in order, in one round trip (``None`` for a missing record)."""
+    def get_listed(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """The jobs as a listing shows them, in order, in one round trip (``None`` for a
+        missing record): only the fields of their documents (``DOCUMENT_FIELDS``) are
+        read, so a job's payload never leaves Redis for a listing (it is left empty)."""
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(keys.job(job_id))
-            records: list[dict[str, str]] = pipe.execute()
-        return [Job.from_redis(raw) if raw else None for raw in records]
+                pipe.hmget(keys.job(job_id), list(DOCUMENT_FIELDS))
+            rows: list[list[str | None]] = pipe.execute()
+        records = [{k: v for k, v in zip(DOCUMENT_FIELDS, row, strict=True) if v is not None} for row in rows]
+        return [Job.from_redis(raw) if raw.get("jobId") else None for raw in records]

@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 #: Steps per millisecond: a tie is broken by scoring the later write 1/TICKS ms higher.
 TICKS = 1024
-#: Entries read from Redis per round trip.
+#: The most entries read from Redis per round trip (a scan starts smaller, at what its page
+#: needs, and doubles up to this).
 BATCH = 200
 #: What a cursor looks like (hex: 8 bytes of position, then 1 to 192 bytes of member).
 CURSOR_PATTERN = r"^([0-9a-f]{2}){9,200}$"
@@ -91,18 +92,21 @@ def scan(
     after: Position | None = None,
     ceiling: float | None = None,
     floor: float | None = None,
+    first: int = BATCH,
 ) -> Iterator[tuple[Position, str]]:
     """Entries of ``key`` newest first, strictly after ``after`` (or at most ``ceiling``), down to ``floor``.
 
-    Reads ``BATCH`` entries per round trip; a run of equal scores longer than a
-    batch is walked with an offset, so it never ends the scan early.
+    Reads ``first`` entries in its first round trip, then twice as many each time up to
+    ``BATCH``; a run of equal scores longer than a batch is walked with an offset, so it
+    never ends the scan early.
     """
     top: float | None = after.score if after is not None else ceiling
     offset = 0  # entries scored ``top`` already read
     bottom: float | str = floor if floor is not None else "-inf"
+    size = max(1, min(first, BATCH))
     while True:
         rows: list[tuple[str, float]] = redis.zrevrangebyscore(
-            key, "+inf" if top is None else repr(top), bottom, start=offset, num=BATCH, withscores=True
+            key, "+inf" if top is None else repr(top), bottom, start=offset, num=size, withscores=True
         )
         for member, score in rows:
             position = Position(score, member.encode())
@@ -110,12 +114,13 @@ def scan(
                 continue  # at or before the cursor (or seen already, if the index moved)
             after = position
             yield position, member
-        if len(rows) < BATCH:
+        if len(rows) < size:
             return
         last = rows[-1][1]
         same = sum(1 for _, score in rows if score == last)
         offset = offset + same if last == top else same
         top = last
+        size = min(BATCH, 2 * size)
 
 
 def page(
@@ -132,17 +137,22 @@ def page(
     """Up to ``limit`` loaded entries after ``cursor`` that ``keep`` accepts.
 
     ``load`` reads the items of a run of members (``None`` for one whose record is
-    gone; such members are appended to ``gone``). With ``budget``, at most that many
-    entries are examined: a filtered page may then be short while ``next_cursor``
-    is set. The cursor names the last entry examined, so nothing is skipped.
+    gone; such members are appended to ``gone``). It is asked for only as many as the
+    page still needs, then (when a filter or gone records left the page short) twice as
+    many each time, up to ``BATCH``: ``limit=1`` reads one record. With ``budget``, at
+    most that many entries are examined: a filtered page may then be short while
+    ``next_cursor`` is set. The cursor names the last entry examined, so nothing is skipped.
     """
-    entries = scan(redis, key, after=decode_cursor(cursor) if cursor else None)
+    # One index entry beyond the page's tells whether there is more, in the same round trip.
+    entries = scan(redis, key, after=decode_cursor(cursor) if cursor else None, first=limit + 1)
     found: list[T] = []
     last: Position | None = None
     left = budget if budget is not None else -1
     more = False
+    size = 0
     while left != 0:
-        chunk = list(islice(entries, BATCH if left < 0 else min(BATCH, left)))
+        size = min(BATCH, max(limit - len(found), 2 * size))
+        chunk = list(islice(entries, size if left < 0 else min(size, left)))
         if not chunk:
             break
         items = load([member for _, member in chunk])

@@ -82,7 +82,7 @@ class Submitter:
             recorded = self.store.get(submission.job.job_id)
             if recorded is None:
                 raise  # nothing was enqueued
-            admitted = _admitted_after_all(recorded, submission)
+            admitted = _admitted_after_all(recorded, submission, self._limit_status(tenant))
         if _needs_publish(submission, admitted):
             try:
                 publish_job(self.celery, admitted.job, countdown=submission.countdown)
@@ -100,7 +100,8 @@ class Submitter:
     ) -> list[Admitted | Exception]:
         """Each raw body checked for size, loaded (``load`` validates it; what it raises
         out of ``load_errors`` becomes that item's answer), admitted in one pipelined
-        round trip and published, answered in order."""
+        round trip (``Admission.admit_many``: a script run per 100 jobs) and published,
+        answered in order."""
         verdicts: list[Admitted | Exception] = []
         ready: list[tuple[int, Submission]] = []
         refusals: tuple[type[Exception], ...] = (PulseError, *load_errors)
@@ -186,6 +187,14 @@ class Submitter:
             deferred=deferred,
         )
 
+    def _limit_status(self, tenant: Tenant) -> LimitStatus:
+        """Where ``tenant`` stands against its rate limit, for the headers of an answer the
+        admission script could not give; a placeholder (limit 0) if Redis cannot say either."""
+        try:
+            return self.admission.status(tenant)
+        except RedisError:
+            return LimitStatus(limit=0, remaining=0, reset=0.0)
+
     def _undo(self, tenant: Tenant, submission: Submission, exc: Exception) -> PulseError:
         job = submission.job
         log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
@@ -203,10 +212,9 @@ def _accepted(admitted: Admitted) -> None:
         log.info("job accepted")
 
 
-def _admitted_after_all(recorded: Job, submission: Submission) -> Admitted:
+def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatus) -> Admitted:
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
-    limit = LimitStatus(limit=0, remaining=0, reset=0.0)
     return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message) or submission.enqueue)
 
 

@@ -43,6 +43,7 @@ class RejectReason(enum.StrEnum):
 
     RATE_LIMIT = "rate_limit"
     BACKLOG = "backlog"
+    STORAGE_BUDGET = "storage_budget"
     VALIDATION = "validation"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNAUTHENTICATED = "unauthenticated"

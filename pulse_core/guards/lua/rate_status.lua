@@ -1,5 +1,5 @@
 -- rate_status: where a tenant stands against its limits; reads only.
--- KEYS[1..n] the tenant's moving windows
+-- KEYS[1..n] the tenant's rate windows (GCRA)
 -- ARGV[1] n   ARGV[2..] n (limit, expiry) pairs
 -- Reply: stats as window_stats returns it.
 --@include rate_windows

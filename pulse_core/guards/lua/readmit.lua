@@ -2,7 +2,7 @@
 -- tenant's rate limit and backlog cap hold, and it is watched like any queued job, so a
 -- process that dies before publishing loses nothing (Admission.readmit).
 -- KEYS[1] the job hash   KEYS[2] the tenant's dead letters   KEYS[3] the pending hash
--- KEYS[4] the watch zset   KEYS[5..] the tenant's moving windows
+-- KEYS[4] the watch zset   KEYS[5..] the tenant's rate windows (GCRA)
 -- ARGV[1] job id   ARGV[2] the cycle the caller read it at   ARGV[3] seconds (Redis' clock)
 -- until the sweep checks it was claimed   ARGV[4] max pending   ARGV[5] number of windows n
 -- ARGV[6..] n (limit, expiry) pairs

@@ -1,0 +1,107 @@
+-- admit_one: the admission of one job (idempotency, jobType, rate limit, backlog, storage
+-- budget, then the record), shared by admit (one job) and admit_batch (many, in order).
+-- KEYS and ARGV are laid out alike for both (admission_context reads the shared part):
+-- KEYS[1] the tenant index   KEYS[2] the pending hash   KEYS[3] the watch zset
+-- KEYS[4] the held bytes hash   KEYS[5] the tenant's retained bytes   KEYS[6..5+n] the tenant's
+-- rate windows (GCRA); then 4 keys per job: the job hash, the idempotency key (or the job hash
+-- when there is none), the Redis list of the job's queue and priority (or the job hash when
+-- the caller publishes or the dispatcher enqueues: pulse_core.store.dispatch), unused (the
+-- job hash).
+-- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
+-- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
+-- entries created longer ago are trimmed (their records have expired after their retention,
+-- or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
+-- ARGV[8] retention (s)   ARGV[9] number of jobs m   ARGV[10..9+2n] n (limit, expiry) pairs;
+-- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
+-- the broker message to push ('' = the caller publishes or the dispatcher enqueues), in how
+-- many seconds (Redis' clock)
+-- the sweep looks at the job if nothing claimed it, the number f of field/value entries, then
+-- the record's f field/value entries.
+-- A job's reply: {outcome, stats, ...} with stats as window_stats returns it:
+--   {'created', stats} | {'replay', stats, record} | {'conflict', stats, job id}
+--   | {'unknown-type', stats} | {'rate-limited', stats} | {'backlog', stats, pending}
+--   | {'storage', stats, bytes used, the job's bytes, seconds until some bytes are released}
+-- Safe to run twice (redis-py retries a call that timed out): a job id already stored
+-- answers 'created' and changes nothing.
+--@include rate_windows
+--@include listing_add
+--@include stored_bytes
+
+local function admission_context()
+  local time = redis.call('TIME')
+  local n = tonumber(ARGV[5])
+  return {
+    now = tonumber(time[1]) + tonumber(time[2]) / 1000000,
+    tenant = ARGV[1], ttl = ARGV[2], max_pending = tonumber(ARGV[3]), prefix = ARGV[4],
+    n = n, horizon = tonumber(ARGV[6]), budget = tonumber(ARGV[7]), retention = tonumber(ARGV[8]),
+    count = tonumber(ARGV[9]),
+    index = KEYS[1], pending = KEYS[2], watch = KEYS[3], held = KEYS[4], retained = KEYS[5],
+    -- where the first job's KEYS and ARGV start
+    first_key = 6 + n, first_arg = 10 + 2 * n,
+  }
+end
+
+-- The job's message onto its lane's list: the one place admission pushes a message.
+local function push_message(list_key, message)
+  if message ~= '' then redis.call('LPUSH', list_key, message) end
+end
+
+-- Seconds until the oldest retained bucket of the tenant leaves (0: none is counted).
+local function stored_bytes_release_in(ctx)
+  local oldest = tonumber(redis.call('HGET', ctx.retained, 'oldest') or '')
+  if not oldest then return 0 end
+  return math.max(1, math.ceil((oldest + 1) * STORED_BUCKET_SECONDS + ctx.retention - ctx.now))
+end
+
+-- Admit the job whose keys start at KEYS[k] and whose arguments start at ARGV[a]:
+-- its reply and where the next job's arguments start.
+local function admit_one(ctx, k, a)
+  local job_key, idem_key, list_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local job_id, created_ms, fp, live = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local message, watch_in, f = ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local fields, next_arg = a + 7, a + 7 + f
+  local stats = window_stats(ctx.now, 6, 10, ctx.n)
+
+  -- The same call again (redis-py retries a call that timed out): it was done already.
+  if redis.call('EXISTS', job_key) == 1 then return {'created', stats}, next_arg end
+
+  if fp ~= '' then
+    local seen = redis.call('GET', idem_key)
+    if seen then
+      local seen_fp, seen_id = string.match(seen, '^(%S+) (%S+)$')
+      local record = redis.call('HGETALL', ctx.prefix .. seen_id)
+      if #record > 0 then
+        if seen_fp ~= fp then return {'conflict', stats, seen_id}, next_arg end
+        return {'replay', stats, record}, next_arg
+      end
+      redis.call('DEL', idem_key)  -- the job's record is gone: the key is stale
+    end
+  end
+  if live ~= '1' then return {'unknown-type', stats}, next_arg end
+  if stats[5] == '1' then return {'rate-limited', stats}, next_arg end
+  local pending = tonumber(redis.call('HGET', ctx.pending, ctx.tenant) or '0')
+  if pending >= ctx.max_pending then return {'backlog', stats, pending}, next_arg end
+  -- the record's bytes as stored: every field and value
+  local bytes = 0
+  for i = fields, next_arg - 1 do bytes = bytes + #ARGV[i] end
+  -- read once per run: nothing else writes it while the script runs, so each job admitted adds to it
+  ctx.used = ctx.used or stored_bytes_used(ctx.held, ctx.retained, ctx.tenant, ctx.now, ctx.retention)
+  if ctx.used + bytes > ctx.budget then
+    return {'storage', stats, ctx.used, bytes, stored_bytes_release_in(ctx)}, next_arg
+  end
+
+  window_acquire(ctx.now, 6, 10, ctx.n)
+  stats[2] = stats[2] - 1
+  redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
+  redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
+  ctx.used = ctx.used + bytes
+  redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
+  listing_add(ctx.index, created_ms, job_id)
+  redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
+  redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)
+  if fp ~= '' then
+    redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)
+  end
+  push_message(list_key, message)
+  return {'created', stats}, next_arg
+end

@@ -1,0 +1,191 @@
+"""A lost admission answer (issue 10, point 3): the API's link to Redis loses the admission
+script's request or its reply, for real, through a TCP proxy (``tests.faults.RedisProxy``).
+redis-py times out and retries the call once on a new connection; if that answer is lost
+too, the submit asks the record whether the script ran.
+
+Whatever the interleaving: a 202 names one job, counted once in the backlog, with one
+message, whose handler runs once, and a resend with the same idempotency key answers that
+job; a 503 is true: nothing of the job exists, and the resend is admitted afresh."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_api.services import EXTENSION_KEY
+from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_core import keys
+from pulse_core.guards.idempotency import store_key
+from pulse_core.lua_scripts import source
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
+from tests.faults import Loss, RedisProxy, assert_invariants, private_settings
+from tests.support import WorkerProcess, auth, settings_env, waiting_messages, witness_starts, write_tenants_file
+
+QUEUE = "lost-answer"
+TENANT = "acme"
+#: How long the API's Redis client waits for an answer here (10 s in production): a lost
+#: reply times out this fast, so each case costs seconds, not tens of seconds.
+SOCKET_TIMEOUT_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("lost-answer-redis"), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def direct(private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tenants = write_tenants_file(tmp_path_factory.mktemp("lost-answer-config") / "tenants.toml")
+    return private_settings(private_redis.url, tenants, default_queue=QUEUE)
+
+
+@pytest.fixture(scope="module")
+def store(direct: Settings) -> Redis:
+    return connect(direct.redis_url)
+
+
+@pytest.fixture(scope="module")
+def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
+    link = RedisProxy(private_redis.port)
+    yield link
+    link.close()
+
+
+@pytest.fixture(scope="module")
+def api(direct: Settings, proxy: RedisProxy, store: Redis) -> Flask:
+    """The API, reaching Redis (its job store and broker) only through the proxy."""
+    announce(store, ["witness.sleep"], 3600)  # as a live worker would
+    app = create_app(replace(direct, redis_url=proxy.url, broker_url=proxy.url))
+    pool = app.extensions[EXTENSION_KEY].redis.connection_pool
+    pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
+    pool.disconnect()  # connections made from now on wait as long as set above
+    client = app.test_client()
+    warm = _post(client, {"jobType": "witness.sleep", "payload": {"seconds": 0}})
+    assert warm.status_code == 202  # the admission script is loaded: a call is one EVALSHA
+    return app
+
+
+@pytest.fixture
+def client(api: Flask) -> FlaskClient:
+    return api.test_client()
+
+
+def _post(client: FlaskClient, body: dict[str, Any]) -> Any:
+    return client.post("/v1/jobs", json=body, headers=auth(TENANT))
+
+
+#: The admission script's SHA: each request carrying it that reaches Redis runs it once.
+ADMIT_SHA = hashlib.sha1(source("pulse_core.guards", "admit").encode()).hexdigest()
+
+
+def _pending(store: Redis) -> int:
+    return int(store.hget(keys.PENDING, TENANT) or 0)
+
+
+def _records(store: Redis) -> set[str]:
+    return set(store.scan_iter(match=keys.job("*"), count=1000))
+
+
+def _run_queue(direct: Settings, store: Redis, client: FlaskClient, log: Path, accepted: list[str]) -> None:
+    """A worker runs what waits on the queue; then the invariants hold for ``accepted``."""
+    worker = WorkerProcess(settings_env(direct), log, queues=[QUEUE], concurrency=1).start()
+    try:
+        worker.wait_ready(store, ["witness.sleep"])
+        assert_invariants(store, client, accepted, timeout=60)
+    finally:
+        worker.stop()
+
+
+#: name -> what happens to each call of the admission script (redis-py makes two), and how
+#: many times the script ran in Redis.
+RAN: dict[str, tuple[list[Loss], int]] = {
+    "reply lost, the retry answers": (["reply"], 2),
+    "reply lost twice, the record decides": (["reply", "reply"], 2),
+    "reply lost then retry dropped, the record decides": (["reply", "request"], 1),
+    "request dropped, the retry runs": (["request"], 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("losses", "runs"), list(RAN.values()), ids=list(RAN))
+def test_an_admission_that_ran_is_answered_202_once_with_one_job(
+    client: FlaskClient,
+    proxy: RedisProxy,
+    store: Redis,
+    direct: Settings,
+    tmp_path: Path,
+    losses: list[Loss],
+    runs: int,
+) -> None:
+    # given an API whose link to Redis loses the admission script's answers as ``losses`` say
+    body = {"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": uuid.uuid4().hex}
+    calls, pending, waiting = proxy.forwarded(ADMIT_SHA), _pending(store), waiting_messages(store, QUEUE)
+    proxy.lose("EVALSHA", losses)
+    # when a job is submitted
+    response = _post(client, body)
+    # then the script ran in Redis (once or twice), and the answer is one 202
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_SHA) - calls == runs
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.headers["RateLimit-Limit"] == "1000"  # the tenant's true limit, whichever answered
+    job_id = response.get_json()["jobId"]
+    # and the job is counted once in the backlog, with one message on its queue
+    assert store.hget(keys.job(job_id), "state") == "queued"
+    assert _pending(store) - pending == 1
+    assert waiting_messages(store, QUEUE) - waiting == 1
+    # and a resend with the same idempotency key answers that job
+    again = _post(client, body)
+    assert again.status_code == 200 and again.get_json()["jobId"] == job_id
+    # and once a worker runs, the job succeeds, its handler started once, the backlog exact
+    _run_queue(direct, store, client, tmp_path / "worker.log", [job_id])
+    assert store.hget(keys.job(job_id), "state") == "succeeded"
+    assert len(witness_starts(store, job_id)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_admission_that_never_ran_is_answered_503_and_nothing_exists(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given an API whose link to Redis drops both requests of the admission script
+    key = uuid.uuid4().hex
+    body = {"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": key}
+    calls, pending, waiting = proxy.forwarded(ADMIT_SHA), _pending(store), waiting_messages(store, QUEUE)
+    records, index = _records(store), store.zcard(keys.tenant_jobs(TENANT))
+    proxy.lose("EVALSHA", ["request", "request"])
+    # when a job is submitted
+    response = _post(client, body)
+    # then the script never ran, and the answer is a 503 problem document
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_SHA) == calls
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.content_type.startswith("application/problem+json")
+    # and it is true: no record, index entry, backlog count, message or idempotency key
+    assert _records(store) == records
+    assert store.zcard(keys.tenant_jobs(TENANT)) == index
+    assert _pending(store) == pending
+    assert waiting_messages(store, QUEUE) == waiting
+    assert not store.exists(store_key(TENANT, key))
+    # when the client resends with the same key over a healthy link
+    again = _post(client, body)
+    # then it is admitted as a new job, which runs once
+    assert again.status_code == 202, again.get_data(as_text=True)
+    job_id = again.get_json()["jobId"]
+    assert _records(store) - records == {keys.job(job_id)}
+    _run_queue(direct, store, client, tmp_path / "worker.log", [job_id])
+    assert len(witness_starts(store, job_id)) == 1

@@ -181,13 +181,19 @@ def test_an_api_killed_between_the_record_and_the_publish_loses_nothing(
 ) -> None:
     # given an API process whose broker (not the job store's Redis) hangs
     with stalled_server() as stalled, api_process(fast, f"redis://127.0.0.1:{stalled}/0", tmp_path) as port:
-        # when a job is submitted and the API is SIGKILLed after the record is written,
-        # while it waits on the broker
+        # when a delayed job is submitted (with such a broker the API publishes a delayed job's
+        # ETA message itself; a job due now waits in Redis for the workers to publish it) and
+        # the API is SIGKILLed after the record is written, while it waits on the broker
         key = store_key(TENANT, "killed-api-1")
-        body = {"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": "killed-api-1"}
+        body = {
+            "jobType": "witness.sleep",
+            "payload": {"seconds": 0},
+            "idempotencyKey": "killed-api-1",
+            "options": {"delaySeconds": 1},
+        }
         kill_while_publishing(port, "/v1/jobs", body, lambda: redis.exists(key))
     job_id = str(redis.get(key)).split(" ")[1]
-    assert redis.hget(keys.job(job_id), "state") == "queued"
+    assert redis.hget(keys.job(job_id), "state") == "scheduled"
     # then a worker on the real broker runs it: the sweep published what the API could not
     worker = start_worker(fast, tmp_path, "w", redis)
     try:

@@ -22,7 +22,6 @@ from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drai
 from bench.plain_stack import echo
 from bench.redis_cost import client_commands, measured
 from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list
-from pulse_core.broker.routing import lane
 from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
@@ -68,10 +67,9 @@ def fill_pulse_queue(
 
 
 def pulse_lane(app: Celery, queue: str) -> tuple[str, str]:
-    """The bench tenant's lane of ``queue`` (what a worker consumes) and the Redis list
-    its default-priority messages wait in (what the clock watches)."""
-    consume = lane(queue, "bench")
-    return consume, redis_list(consume, broker_priority(app, DEFAULT_PRIORITY))
+    """``queue`` (what a worker consumes) and the Redis list its default-priority messages
+    wait in (what the clock watches)."""
+    return queue, redis_list(queue, broker_priority(app, DEFAULT_PRIORITY))
 
 
 def _consume(app: Celery, queue: str, worker: str) -> None:

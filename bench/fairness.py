@@ -2,9 +2,10 @@
 
 One Pulse worker (2 processes) on a shared queue. B submits a job every 20 ms,
 first with nothing else queued (idle), then right after A has queued 5,000 jobs
-(flood). Latency is the job record's ``startedAt - createdAt``. Tenant lanes
-(``pulse_core.broker.routing``) are what keeps B's figures near its idle ones: without
-them B's jobs would wait behind all of A's.
+(flood), at the default priority and at priority 9. Latency is the job record's
+``startedAt - createdAt``. Pulse's fair dispatcher (``pulse_core.store.dispatch``) is what
+keeps B's figures near its idle ones whatever A's priority: without it B's jobs would
+wait behind all of A's.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def _submit_b(client: FlaskClient) -> list[str]:
     return ids
 
 
-def _flood(client: FlaskClient) -> list[str]:
+def _flood(client: FlaskClient, priority: int = 5) -> list[str]:
     ids: list[str] = []
     for _ in range(FLOOD // BATCH):
-        jobs = [{"jobType": "diag.echo", "payload": {}}] * BATCH
+        jobs = [{"jobType": "diag.echo", "payload": {}, "options": {"priority": priority}}] * BATCH
         answer = client.post("/v1/batches", json={"jobs": jobs}, headers=_headers("flood"))
         ids += [item["job"]["jobId"] for item in answer.get_json()["items"]]
     return ids
@@ -88,7 +89,14 @@ def run(env: BenchEnv) -> list[Result]:
     client = create_app(settings).test_client()
     results = {
         name: Result("fairness", name, unit="ms")
-        for name in ("B p50 idle", "B p99 idle", "B p50 under A's flood", "B p99 under A's flood")
+        for name in (
+            "B p50 idle",
+            "B p99 idle",
+            "B p50 under A's flood",
+            "B p99 under A's flood",
+            "B p50 under A's priority-9 flood",
+            "B p99 under A's priority-9 flood",
+        )
     }
     worker_env = env.env(PULSE_TENANTS_FILE=str(tenants), PULSE_DEFAULT_QUEUE=QUEUE)
     worker = spawn(
@@ -96,21 +104,25 @@ def run(env: BenchEnv) -> list[Result]:
     )
     try:
         _wait_worker(create_celery(settings), "fair@bench")
-        # Warm up: both tenants' lanes exist and the worker consumes them.
+        # Warm up: the worker runs both tenants' jobs.
         for tenant in KEYS:
             answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=_headers(tenant))
             _wait_done(client, tenant, [answer.get_json()["jobId"]], timeout=60)
         for _ in range(env.rounds):
             idle = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
-            flood_ids = _flood(client)
-            under = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
-            left = sum(
-                client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"] == "queued"
-                for j in flood_ids[-1000:]
-            )
-            print(f"   B done with {left} of A's last 1000 jobs still queued", flush=True)
-            _wait_done(client, "flood", flood_ids)
-            for label, values in (("idle", idle), ("under A's flood", under)):
+            measured = [("idle", idle)]
+            # A floods at the default priority, then at priority 9 (priority orders A's own jobs only).
+            for label, priority in (("under A's flood", 5), ("under A's priority-9 flood", 9)):
+                flood_ids = _flood(client, priority)
+                under = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
+                left = sum(
+                    client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"] == "queued"
+                    for j in flood_ids[-1000:]
+                )
+                print(f"   B done with {left} of A's last 1000 jobs still queued ({label})", flush=True)
+                _wait_done(client, "flood", flood_ids)
+                measured.append((label, under))
+            for label, values in measured:
                 p50, p99 = _percentiles(values)
                 results[f"B p50 {label}"].values.append(p50)
                 results[f"B p99 {label}"].values.append(p99)

@@ -61,7 +61,7 @@ def install(app: Flask, svc: Services) -> None:
     queues = lambda: known_queues(svc.settings, svc.tenants)  # noqa: E731
     if broker is not None:
         extra.append(QueueDepthCollector(svc.redis, broker, queues))
-    else:  # RabbitMQ: passive declares on the broker, lanes listed in the job store
+    else:  # RabbitMQ: passive declares on the broker
         extra.append(AmqpQueueDepthCollector(svc.redis, svc.celery, queues))
     app.extensions[REGISTRY_KEY] = metrics.exposition_registry(*extra)
     app.after_request(_count_refusal)

@@ -8,7 +8,7 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
-from pulse_core.broker.celery_app import create_celery, declare_run_job, publishes_inline
+from pulse_core.broker.celery_app import create_celery, declare_run_job, dispatcher, publishes_inline
 from pulse_core.guards.admission import Admission
 from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
@@ -58,11 +58,12 @@ class Services:
             found = registrations.get(tenant_id, job_type)
             return found.policy if found is not None else None
 
-        store = JobStore(redis)
+        fair = dispatcher(settings, redis)
+        store = JobStore(redis, dispatcher=fair)
         celery = create_celery(settings, main="pulse-api")
         declare_run_job(celery)
         job_types = JobTypeDirectory(redis)
-        admission = Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
+        admission = Admission(redis, idempotency_ttl_seconds=settings.idempotency_ttl_seconds, dispatcher=fair)
         inline_publish = publishes_inline(settings)
         return cls(
             settings=settings,

@@ -22,7 +22,7 @@ import click
 
 from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core.broker.celery_app import WORKER_ENV
-from pulse_core.broker.routing import lane, tenant_queues
+from pulse_core.broker.routing import tenant_queues
 from pulse_core.errors import ConfigError
 from pulse_core.redis_client import connect
 from pulse_core.settings import DEV_ENV_FILE, Settings
@@ -162,25 +162,26 @@ def api(host: str, port: int, workers: int, metrics_dir: str | None, metrics_por
     _exec(api_command(host, port, workers), env)
 
 
-def tenant_lanes(config: TenantsConfig, tenants: str, fallback_queue: str) -> list[str]:
-    """The lanes a ``--tenants a,b`` worker consumes: each tenant's lane of every queue its
-    own settings name (``pulse_core.broker.routing.tenant_queues``)."""
+def tenant_worker_queues(config: TenantsConfig, tenants: str, fallback_queue: str) -> list[str]:
+    """The queues a ``--tenants a,b`` worker consumes: every queue each tenant's own settings
+    name (``pulse_core.broker.routing.tenant_queues``): its queue, else the shared one (whose
+    jobs of every tenant it then runs, in fair order), and its tenant x jobType queues."""
     found: list[str] = []
     for tenant_id in (t.strip() for t in tenants.split(",") if t.strip()):
         if tenant_id not in config.tenants:
             raise click.ClickException(f"--tenants: no tenant {tenant_id!r} in the tenants file")
-        found += [lane(q, tenant_id) for q in tenant_queues(config, tenant_id, fallback_queue)]
+        found += tenant_queues(config, tenant_id, fallback_queue)
     return list(dict.fromkeys(found))
 
 
 @main.command()
 @click.option(
     "--queues",
-    help="comma-separated queues to consume, each with all its tenant lanes (default: the shared queue)",
+    help="comma-separated queues to consume (default: the shared queue)",
 )
 @click.option(
     "--tenants",
-    help="comma-separated tenants whose jobs to run: their lanes of the queues the tenants file routes them to",
+    help="comma-separated tenants: consume the queues their own settings name (their queue, else the shared one)",
 )
 @click.option(
     "--concurrency", type=int, help="processes (prefork) or threads (--pool threads) in the pool (default: CPU count)"
@@ -208,7 +209,7 @@ def worker(
     names = [q.strip() for q in (queues or "").split(",") if q.strip()]
     if tenants:
         config = TenantsConfig.load(settings.require_tenants_file())
-        names += tenant_lanes(config, tenants, settings.default_queue)
+        names += tenant_worker_queues(config, tenants, settings.default_queue)
     env = dict(os.environ)
     env.update(WORKER_ENV)
     use_metrics_dir(env, metrics_dir, "worker")

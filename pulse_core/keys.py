@@ -89,13 +89,41 @@ def tenant_dead_letters(tenant_id: str) -> str:
     return f"{PREFIX}:tenant:{part(tenant_id)}:dead"
 
 
-def lanes(queue: str) -> str:
-    """Set of the tenant ids with a lane on ``queue`` (``pulse_core.broker.routing``).
+def ready(queue: str, tenant_id: str) -> str:
+    """Sorted set of ``tenant_id``'s jobs waiting on ``queue`` for the dispatcher
+    (``pulse_core.store.dispatch``): job id -> ``(9 - priority) * 1e15 + arrival``, so
+    its highest priority comes first, then first come first served. Gone when empty."""
+    return f"{ready_prefix(queue)}{part(tenant_id)}"
 
-    A tenant joins it in the same step that creates a job record for that queue;
-    workers consuming the queue read it to consume every lane.
-    """
-    return f"{PREFIX}:lanes:{part(queue)}"
+
+def ready_prefix(queue: str) -> str:
+    """What ``ready`` puts before the tenant id (the dispatch scripts build the key from it)."""
+    return f"{PREFIX}:ready:{part(queue)}:"
+
+
+def active(queue: str) -> str:
+    """Sorted set of the tenants with jobs in a ready set of ``queue``, scored by their
+    virtual time (the next job's place in the weighted fair order). A tenant leaves it
+    when its ready set is empty."""
+    return f"{PREFIX}:active:{part(queue)}"
+
+
+def dispatch_state(queue: str) -> str:
+    """Hash of ``queue``'s dispatcher: ``seq`` (arrival counter), ``v`` (the virtual time
+    of the last job dispatched) and ``w:<tenant>`` (an active tenant's weight). Deleted
+    when no tenant is active on the queue."""
+    return f"{PREFIX}:dispatch:{part(queue)}"
+
+
+def ready_messages(queue: str) -> str:
+    """Hash of job id -> the broker message of a job waiting in a ready set of ``queue``;
+    an entry leaves when its job is dispatched (or found final by the dispatcher)."""
+    return f"{PREFIX}:messages:{part(queue)}"
+
+
+#: Set of the queues with at least one active tenant: the sweep dispatches each (a queue
+#: leaves it when its last tenant goes idle). Bounded by the queues the config names.
+DISPATCH_QUEUES = f"{PREFIX}:dispatch-queues"
 
 
 def concurrency(job_type: str, tenant_id: str | None = None) -> str:
@@ -103,6 +131,31 @@ def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     of all): member -> when its grace before the claim ends (epoch seconds)."""
     scope = f":tenant:{part(tenant_id)}" if tenant_id is not None else ""
     return f"{PREFIX}:slots:{part(job_type)}{scope}"
+
+
+def tenant_running(tenant_id: str) -> str:
+    """Sorted set of the job ids holding one of a tenant's run slots (its ``max_running``
+    from the tenants file, across every jobType), as ``concurrency``."""
+    return f"{PREFIX}:running:{part(tenant_id)}"
+
+
+def parked(slot_key: str) -> str:
+    """Sorted set of the jobs parked on the full run-slot set ``slot_key`` (job id -> arrival,
+    epoch ms), handed a slot in that order as slots free up; gone when empty."""
+    return f"{PREFIX}:parked:{slot_key}"
+
+
+#: Hash of job id -> ``<broker list>\n<message>`` of a parked job (on a full run-slot set, or
+#: until a rate window allows): pushed back onto its queue when it is released, then removed.
+PARKED_MESSAGES = f"{PREFIX}:parked-messages"
+
+#: Hash of the run-slot sets with parked jobs -> their most holders (the workers' tick hands
+#: on slots freed by a holder that died); a set leaves it when its parked set empties.
+PARKED_SLOTS = f"{PREFIX}:parked-slots"
+
+#: Sorted set of the jobs parked until a time (a full execution-rate window): job id -> when
+#: (epoch s). The workers' tick releases the due ones in bulk.
+PARKED_UNTIL = f"{PREFIX}:parked-until"
 
 
 #: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).

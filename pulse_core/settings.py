@@ -45,6 +45,8 @@ DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
 #: A queued job not claimed this long after it was queued is looked at by the sweep: its
 #: message is republished if it was lost (then after twice as long, and so on, up to an hour).
 DEFAULT_QUEUED_CHECK_SECONDS = 60.0
+#: Messages a queue holds on the broker before the dispatcher keeps the rest in ready sets.
+DEFAULT_DISPATCH_DEPTH = 16
 #: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
 DEFAULT_MAX_RETRIES_CAP = 20
 DEFAULT_TIMEOUT_CAP_SECONDS = 900
@@ -311,6 +313,15 @@ class Settings:
         DEFAULT_QUEUED_CHECK_SECONDS,
         POSITIVE_FLOAT,
         "a queued job not claimed this long after it was queued has its message republished by the sweep",
+        group="execution",
+    )
+    dispatch_depth: int = setting(
+        "PULSE_DISPATCH_DEPTH",
+        DEFAULT_DISPATCH_DEPTH,
+        POSITIVE_INT,
+        "messages a queue holds on a Redis broker; the rest wait in Pulse's ready sets, dispatched "
+        "in fair order (about twice the queue's total worker concurrency; a tenant's flood delays "
+        "another tenant's next job by at most this many jobs)",
         group="execution",
     )
     max_retries_cap: int = setting(

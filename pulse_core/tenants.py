@@ -64,11 +64,23 @@ _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Per-tenant settings, allowed in [defaults] and overridable in [tenants.<id>].
 _SETTINGS = frozenset(
-    {"rate_limit", "max_pending", "max_payload_bytes", "max_dead_letters", "dead_letter_days", "max_stored_bytes"}
+    {
+        "rate_limit",
+        "max_pending",
+        "max_payload_bytes",
+        "max_dead_letters",
+        "dead_letter_days",
+        "max_stored_bytes",
+        "weight",
+        "max_running",
+    }
 )
+#: A tenant's share of a shared queue against the others' (``pulse_core.store.dispatch``).
+DEFAULT_WEIGHT = 1.0
+_MAX_WEIGHT = 1000.0
 #: Settings of a ``[job_types."x"]`` or ``[tenants.<id>.job_types."x"]`` table.
 _JOB_TYPE_SETTINGS = frozenset({"queue", "rate_limit", "max_concurrency"})
-#: Queue names: also Redis keys and AMQP queue names; '/' is kept for tenant lanes.
+#: Queue names: also Redis keys and AMQP queue names.
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MAX_CONCURRENCY_CEILING = 100_000
 
@@ -104,6 +116,11 @@ class Tenant:
     queue: str | None = None
     #: Per tenant x jobType routing and limits (``[tenants.<id>.job_types."x"]``).
     job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
+    #: Its share of a shared queue: served ``weight`` jobs for another's one when both wait.
+    weight: float = DEFAULT_WEIGHT
+    #: The most of its jobs running at once across every worker (``None``: no cap); the
+    #: others wait parked in Redis (``pulse_core.guards.execution_limits``).
+    max_running: int | None = None
 
     @property
     def rate_limits(self) -> tuple[RateLimitItem, ...]:
@@ -155,6 +172,11 @@ class TenantsConfig:
             raise ConfigError(f"{source}: [defaults]: unknown setting(s) {sorted(unknown)}")
         default_rate = _rate_limit(defaults.get("rate_limit", DEFAULT_RATE_LIMIT), f"{source}: [defaults] rate_limit")
         bounded_defaults = _bounded_settings(defaults, _BOUNDED_DEFAULTS, f"{source}: [defaults]")
+        default_weight = _weight(defaults.get("weight", DEFAULT_WEIGHT), f"{source}: [defaults] weight")
+        default_running = defaults.get("max_running")
+        if default_running is not None:
+            where_running = f"{source}: [defaults] max_running"
+            default_running = _bounded_int(default_running, where_running, _MAX_CONCURRENCY_CEILING)
         default_queue = _queue(defaults["queue"], f"{source}: [defaults] queue") if "queue" in defaults else None
         job_types = _job_type_rules(raw.get("job_types", {}), f"{source}: [job_types")
         tenants_raw = _table(raw.get("tenants", {}), f"{source}: [tenants]")
@@ -187,6 +209,12 @@ class TenantsConfig:
                 **_bounded_settings(table, bounded_defaults, where),
                 queue=_queue(table["queue"], f"{where} queue") if "queue" in table else None,
                 job_types=_job_type_rules(table.get("job_types", {}), f"{source}: [tenants.{tenant_id}.job_types"),
+                weight=_weight(table.get("weight", default_weight), f"{where} weight"),
+                max_running=(
+                    _bounded_int(table["max_running"], f"{where} max_running", _MAX_CONCURRENCY_CEILING)
+                    if "max_running" in table
+                    else default_running
+                ),
             )
         return cls(
             tenants=tenants,
@@ -348,6 +376,14 @@ def _bounded_settings(table: Mapping[str, Any], fallback: Mapping[str, int], whe
         name: _bounded_int(table.get(name, fallback[name]), f"{where} {name}", ceiling)
         for name, (_, ceiling) in _BOUNDED.items()
     }
+
+
+def _weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number")
+    if not 0 < value <= _MAX_WEIGHT:
+        raise ConfigError(f"{where}={value} must be above 0 and at most {_MAX_WEIGHT:g}")
+    return float(value)
 
 
 def _bounded_int(value: Any, where: str, ceiling: int) -> int:

@@ -30,7 +30,6 @@ from pulse_core.tenants import TenantsSource
 from pulse_worker import observe
 from pulse_worker.announcer import announcer_step
 from pulse_worker.guardian import guardian_step
-from pulse_worker.lanes import add_lanes_at_setup, lane_watcher_step
 from pulse_worker.runtime import WorkerRuntime, unique_worker_name
 from pulse_worker.task import install
 
@@ -50,19 +49,13 @@ def _settings() -> tuple[Settings, TenantsSource | None, HttpHandlerSettings]:
 settings, tenants, http_settings = _settings()
 app = create_celery(settings)
 if tenants is not None:
-    # A worker given no queue consumes the shared queue (and its tenant lanes).
+    # A worker given no queue consumes the shared queue.
     app.conf.task_default_queue = shared_queue(tenants.config, settings.default_queue)
 runtime = WorkerRuntime.build(settings, registry, tenants, http_settings)
 run_job_task, dead_letter_task = install(app, runtime)
 app.steps["worker"].add(announcer_step(runtime))
 app.steps["worker"].add(guardian_step(runtime))
 observe.install_signals(settings)
-app.steps["consumer"].add(lane_watcher_step(runtime.redis))
-
-
-@signals.celeryd_after_setup.connect
-def _add_lanes(sender: Any, instance: Any, **_: Any) -> None:
-    add_lanes_at_setup(instance.app, runtime.redis)
 
 
 @signals.celeryd_init.connect

@@ -1,6 +1,6 @@
 """Worker bootsteps, in the main process: keep running attempts' leases alive, and sweep.
 
-Two threads, so a slow sweep never delays a renewal:
+Three threads, so a slow sweep never delays a renewal:
 
 - **leases** (every third of ``PULSE_LEASE_SECONDS``): renews the lease of each attempt
   this worker's pool runs, from the main process, not the pool child, so a handler that
@@ -13,6 +13,11 @@ Two threads, so a slow sweep never delays a renewal:
   running attempts before their leases lapse (a prefork pool kills their processes), so the
   attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
+- **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due or
+  whose run slot was freed without a release (``pulse_core.guards.execution_limits``), and
+  fills every queue with waiting jobs up to ``PULSE_DISPATCH_DEPTH``
+  (``pulse_core.store.dispatch``), so a queue refills even when no attempt ends (its
+  workers restarted, its messages were stale copies).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from celery.worker import state as worker_state
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from pulse_core.broker.celery_app import RUN_JOB_TASK, lane_lists_checker, publish_jobs
+from pulse_core.broker.celery_app import RUN_JOB_TASK, publish_jobs, queue_lists_checker
+from pulse_core.broker.queue_depth import ready_messages
 from pulse_core.jobs import Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect_impatient
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
 from pulse_worker.runtime import WorkerRuntime, lease_owner
@@ -42,6 +49,12 @@ log = logging.getLogger("pulse.worker")
 #: A renewal runs every third of a lease and gives up after a quarter of one, so the first
 #: failure past this share comes at about 0.6 of a lease: before the lease lapses.
 FENCE_AFTER_LEASE_SHARE = 1 / 2
+#: How often a worker dispatches the queues with waiting jobs (one round trip).
+DISPATCH_TICK_SECONDS = 1.0
+#: With a broker other than the job store's Redis: how often a worker tops its queues up.
+PUMP_TICK_SECONDS = 0.2
+#: The broker priority the dispatcher publishes at there: one, so delivery keeps its order.
+DISPATCHED_PRIORITY = 0
 #: A renewal waits at most this share of a lease for Redis, and never retries.
 RENEWAL_TIMEOUT_LEASE_SHARE = 1 / 4
 
@@ -103,6 +116,33 @@ def _every(stop: threading.Event, seconds: float, step: Callable[[], None], name
     return thread
 
 
+def consumed_queues(worker: Any) -> set[str]:
+    """The queues this worker consumes (``-Q``, or the default queue)."""
+    return set(worker.app.amqp.queues.consume_from or {}) or {worker.app.conf.task_default_queue}
+
+
+def pump_queues(app: Any, store: JobStore, fair: Dispatcher, consumed: set[str]) -> int:
+    """Top up each of the worker's queues (``consumed``) with waiting jobs to
+    ``PULSE_DISPATCH_DEPTH`` ready messages on a broker other than the job store's Redis:
+    take them in fair order, publish them at one priority. Returns how many went. A job
+    taken but not published stays queued and watched: the sweep republishes it."""
+    sent = 0
+    for queue in fair.queues():
+        if queue not in consumed:
+            continue
+        room = fair.depth - ready_messages(app, queue)
+        if room <= 0:
+            continue
+        jobs = [job for job in store.get_listed(fair.take(queue, room)) if job is not None]  # no payload
+        count, error = publish_jobs(
+            app, ((job, None) for job in jobs), (KombuError, OSError, RedisError), priority=DISPATCHED_PRIORITY
+        )
+        sent += count
+        if error is not None:
+            log.warning("dispatch: %d of %d jobs of %s not published: %s", len(jobs) - count, len(jobs), queue, error)
+    return sent
+
+
 def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
     """A bootstep class bound to ``runtime`` (Celery instantiates steps itself)."""
 
@@ -143,7 +183,7 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                 return sent
 
             recheck = RecheckPolicy(lapsed=settings.lease_seconds, queued=settings.queued_check_seconds)
-            waiting_lists = lane_lists_checker(settings, worker.app)
+            waiting_lists = queue_lists_checker(settings)
 
             def sweep_once() -> None:
                 sweep(
@@ -155,8 +195,22 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     budget_seconds=max(1.0, settings.sweep_interval_seconds),
                 )
 
+            fair = runtime.store.dispatcher
+
+            def dispatch() -> None:
+                if fair is not None and fair.inline:
+                    runtime.gate.release_parked()
+                    fair.dispatch_all(consumed_queues(worker))
+
+            def pump() -> None:
+                if fair is not None and not fair.inline:
+                    pump_queues(worker.app, runtime.store, fair, consumed_queues(worker))
+
             _every(self._stop, settings.lease_seconds / 3, renew, "leases")
             _every(self._stop, settings.sweep_interval_seconds, sweep_once, "sweep")
+            _every(self._stop, DISPATCH_TICK_SECONDS, dispatch, "dispatch")
+            if fair is not None and not fair.inline:
+                _every(self._stop, PUMP_TICK_SECONDS, pump, "pump")
 
         def stop(self, worker: Any) -> None:
             self._stop.set()

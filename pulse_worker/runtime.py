@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from pulse_core.broker.celery_app import dispatcher
 from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.http_handlers.config import HttpHandlerSettings
@@ -59,7 +60,7 @@ class WorkerRuntime:
         return cls(
             settings=settings,
             redis=redis,
-            store=JobStore(redis),
+            store=JobStore(redis, dispatcher=dispatcher(settings, redis)),
             registry=registry,
             gate=ExecutionGate(redis, grace_seconds=settings.lease_seconds),
             tenants=tenants,

@@ -7,8 +7,10 @@ this worker, for a worker that has one; it goes on (and ``route`` dead-letters i
 worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
-before anything else: over a limit, the same attempt's message goes back with a
-short countdown and nothing is claimed, so a deferral never counts as an attempt.
+before anything else: over a limit, nothing is claimed (so waiting never counts as an
+attempt) and the job is parked in Redis (its message acked; released when a slot frees
+or the rate window allows), or, with a broker other than the job store's Redis, the same
+attempt's message goes back with a short countdown.
 
 ``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
 handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying`` and a
@@ -31,6 +33,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -38,7 +41,7 @@ from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
+from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination, encode_message, waiting_lists
 from pulse_core.context import JobContext
 from pulse_core.errors import (
     AttemptHandedOff,
@@ -50,7 +53,7 @@ from pulse_core.errors import (
     UnknownJobTypeAtWorker,
     WorkerLost,
 )
-from pulse_core.guards.execution_limits import ExecutionLimits, Verdict, needs_tenant
+from pulse_core.guards.execution_limits import ExecutionLimits, ParkedMessage, Parker, Verdict, needs_tenant
 from pulse_core.handlers import HandlerSpec
 from pulse_core.http_handlers.registrations import Registration
 from pulse_core.jobs import Job, JobState
@@ -90,6 +93,8 @@ def run_job(
         handling = look_up(runtime, task, job_id)
         place(runtime, task, job_id, handling, homeless_since)
         verdict = gate(runtime, task, job_id, handling)
+    if verdict.parked:
+        return  # it waits in Redis; its message is acked
     try:
         with before_claim(task, job_id):
             job = claim(runtime, task, job_id, attempt, cycle)
@@ -213,11 +218,19 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             if found is None:
                 return Verdict()  # no record: the claim drops the message
             tenant_id = found[1]
+    fair = runtime.store.dispatcher
+    park = _parker(runtime, task, job_id) if fair is not None and fair.inline else None
     try:
-        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config)
+        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
+    if verdict.parked:
+        metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
+        log.debug("job %s (%s) parked: %s limit", job_id, job_type, verdict.reason)
+        with contextlib.suppress(RedisError):  # parked, not lost: the sweep need not republish it yet
+            runtime.store.postpone_check(job_id, runtime.settings.queued_check_seconds)
+        return verdict
     if verdict.defer_seconds is not None:
         if verdict.reason in ("concurrency", "rate"):
             metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
@@ -226,6 +239,21 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             runtime.store.postpone_check(job_id, verdict.defer_seconds + runtime.settings.queued_check_seconds)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
+
+
+def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:
+    """How a job over a limit is parked: the message that starts this attempt again, pushed
+    onto its queue's dispatch list when it is released (built only when it must wait)."""
+
+    def park() -> ParkedMessage | None:
+        job = runtime.store.get(job_id)
+        if job is None:
+            return None
+        message, _ = encode_message(task.app, job)
+        arrival = int(datetime.fromisoformat(job.created_at).timestamp() * 1000) if job.created_at else 0
+        return ParkedMessage(waiting_lists(job.queue)[0], message, arrival)
+
+    return park
 
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
@@ -335,10 +363,12 @@ def record(
 
 
 def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, delay: float) -> None:
-    """Mark the job ``retrying`` and send the next attempt's message with Celery's retry.
+    """Mark the job ``retrying`` and send the next attempt's message when it is due.
 
-    A delay longer than the ETA window sends nothing: the recovery sweep publishes
-    the job when it is due, so no message waits unacked for long.
+    With a Redis broker (the job store's) the message waits parked in Redis until due
+    (``ExecutionGate.park_until``); otherwise it is Celery's retry (an ETA message). A
+    delay longer than the ETA window sends nothing: the recovery sweep publishes the
+    job when it is due, so no message waits unacked for long.
     """
     settings = runtime.settings
     plan = plan_delay(
@@ -349,6 +379,11 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
         return
     metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
+    if runtime.store.dispatcher is not None and runtime.store.dispatcher.inline:
+        # The next attempt's message waits in Redis, not in a worker: the tick puts it back when due.
+        message, _ = encode_message(task.app, job)
+        runtime.gate.park_until(job.job_id, delay, ParkedMessage(waiting_lists(job.queue)[0], message, 0))
+        raise Retry(f"retry in {delay:.1f} s, parked in Redis", exc=exc if isinstance(exc, Exception) else None)
     if plan.eta_message:
         raise task.retry(
             kwargs={"attempt": job.attempts + 1, "cycle": job.cycle},

@@ -26,8 +26,17 @@ _LONG_LIVED = (
     keys.STORED_BYTES,
     keys.JOB_TYPES,
     keys.JOB_TYPE_POLICIES,
-    f"{keys.PREFIX}:lanes:",
+    keys.DISPATCH_QUEUES,
+    f"{keys.PREFIX}:active:",
+    f"{keys.PREFIX}:ready:",
+    f"{keys.PREFIX}:dispatch:",
+    f"{keys.PREFIX}:messages:",
     f"{keys.PREFIX}:slots:",
+    f"{keys.PREFIX}:running:",
+    f"{keys.PREFIX}:parked:",
+    keys.PARKED_MESSAGES,
+    keys.PARKED_SLOTS,
+    keys.PARKED_UNTIL,
 )
 _FINAL = {state.value for state in FINAL_STATES}
 #: Scratch keys the tests write for themselves (not Pulse's).

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from redis import Redis
 
 from pulse_core import keys
+from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import live_job_types
@@ -88,9 +89,10 @@ def witness_starts(redis: Redis, job_id: str) -> list[dict[str, Any]]:
 
 
 def waiting_messages(redis: Redis, queue: str) -> int:
-    """Messages waiting on ``queue``: its own lists and every tenant lane's, all priorities."""
-    lists = [queue, *redis.scan_iter(match=f"{queue}/*", count=1000)]
-    return sum(int(redis.llen(name)) for name in lists)
+    """Jobs waiting on ``queue``: its broker lists (all priorities) and its ready sets."""
+    on_broker = sum(int(redis.llen(name)) for name in waiting_lists(queue))
+    ready = sum(int(redis.zcard(keys.ready(queue, t))) for t in redis.zrange(keys.active(queue), 0, -1))
+    return on_broker + ready
 
 
 def auth(tenant: str) -> dict[str, str]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from pulse_api import create_app
+from pulse_core import keys
 from pulse_core.settings import Settings
-from tests.support import WorkerProcess, auth, settings_env, wait_for_state, write_tenants_file
+from tests.support import WorkerProcess, auth, settings_env, wait_for, wait_for_state, write_tenants_file
 
 LIMITED = ("limited.slots", "limited.rate")
 
@@ -71,3 +75,169 @@ def test_rate_limit_and_max_concurrency_hold_across_two_workers(
     assert starts[-1] - starts[0] >= 2.0  # 10 starts at 4/second take over 2 seconds
     # and no run slot is left held
     assert redis.zcard("pulse:slots:limited.slots") == 0
+
+
+def _limited(isolated_settings: Settings, tmp_path: Path, extra: str) -> Settings:
+    path = write_tenants_file(tmp_path / "tenants.toml", extra=extra)
+    return replace(
+        isolated_settings, tenants_file=path, handler_modules=("pulse_worker.diagnostics", "limited_handlers")
+    )
+
+
+def _clear(redis: Redis, job_type: str) -> None:
+    for what in ("running", "starts", "concurrent"):
+        redis.delete(f"limited:{job_type}:{what}")
+
+
+def _node(worker: WorkerProcess) -> str:
+    """The worker's node name as given (``--hostname``), without its host part."""
+    return worker.command[worker.command.index("--hostname") + 1].split("@")[0]
+
+
+def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_messages(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, and two workers of two processes each
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    workers = [
+        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+        # when 200 short jobs are submitted at once
+        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 200
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        ids = [item["job"]["jobId"] for item in answer["items"]]
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=180) for job_id in ids]
+    finally:
+        for worker in workers:
+            worker.stop()
+    # then none was lost, each ran once at its first attempt, never two at once
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 200 and max(concurrent) == 1
+    # and the jobs that waited were parked, not deferred: no message was sent back with a countdown
+    logs = "".join(worker.log() for worker in workers)
+    assert " retry: " not in logs
+    # and nothing is left parked or held
+    slots = keys.concurrency("limited.slots")
+    assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
+    assert not redis.hexists(keys.PARKED_SLOTS, slots)
+
+
+@pytest.mark.slow
+def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worker_is_killed(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, two workers, a long job running and
+    # three short ones parked behind it
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    workers = [
+        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=1)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+
+        def post(seconds: float, **options: int) -> str:
+            body = {"jobType": "limited.slots", "payload": {"seconds": seconds}, "options": options}
+            return str(client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"])
+
+        # (the long job is not retried: its recovery ends it dead and frees the slot)
+        long_job = post(600, maxRetries=0)
+        running = wait_for_state(client, "acme", long_job, {"running"}, timeout=30)
+        short = [post(0.01) for _ in range(3)]
+        wait_for(lambda: redis.zcard(keys.parked(keys.concurrency("limited.slots"))) == 3, timeout=30)
+        # when the worker running the long job is SIGKILLed
+        owner = str(redis.hget(keys.job(long_job), "owner"))
+        holder = next(w for w in workers if owner.startswith(_node(w) + "@"))
+        killed_at = time.time()
+        holder.kill_group()
+        # then the next parked job starts on the other worker within the lease (plus a tick)
+        first = wait_for_state(client, "acme", short[0], {"succeeded"}, timeout=60)
+        started = datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00")).timestamp()
+        assert started - killed_at <= settings.lease_seconds + 3.0, started - killed_at
+        for job_id in short[1:]:
+            wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=60)
+        assert running["attempts"] == 1
+        assert wait_for_state(client, "acme", long_job, {"dead"})["error"]["type"] == "WorkerLost"
+    finally:
+        client.post(f"/v1/jobs/{long_job}/cancel", headers=auth("acme"))
+        for worker in workers:
+            worker.stop()
+    # and the short ones ran one at a time (the killed run never counted itself out: 1 + 1)
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert concurrent == [1, 2, 2, 2]
+
+
+def test_a_rate_limited_job_type_starts_no_more_than_its_limit_per_window_without_copies(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.rate held to 5 starts in any 2 seconds, and two workers
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.rate"]\nrate_limit = "5/2second"\n')
+    _clear(redis, "limited.rate")
+    client = create_app(settings).test_client()
+    workers = [
+        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.rate"])
+        # when 20 jobs are submitted at once
+        batch = [{"jobType": "limited.rate", "payload": {}}] * 20
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        ids = [item["job"]["jobId"] for item in answer["items"]]
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
+    finally:
+        for worker in workers:
+            worker.stop()
+    # then each ran exactly once, at its first attempt
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    starts = sorted(float(x) for x in redis.lrange("limited:limited.rate:starts", 0, -1))
+    assert len(starts) == 20
+    # and never more than 5 started in any 2-second window
+    for i, t in enumerate(starts):
+        assert sum(1 for u in starts[i:] if u < t + 2.0) <= 5, starts
+    # and the waiting ones were parked until the window allowed, not sent back with a countdown
+    assert " retry: " not in "".join(worker.log() for worker in workers)
+    assert redis.zmscore(keys.PARKED_UNTIL, ids) == [None] * len(ids)
+
+
+def test_a_tenants_max_running_holds_across_workers_and_parks_the_rest(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given acme may run one job at a time (max_running = 1), limited.slots two at a time,
+    # and two workers of two processes each
+    path = write_tenants_file(tmp_path / "tenants.toml", tenant_settings={"acme": "max_running = 1"})
+    settings = replace(
+        isolated_settings, tenants_file=path, handler_modules=("pulse_worker.diagnostics", "limited_handlers")
+    )
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    workers = [
+        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+        # when acme submits 12 jobs at once
+        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.1}}] * 12
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=90) for i in answer["items"]]
+    finally:
+        for worker in workers:
+            worker.stop()
+    # then each ran once, and never two at once
+    assert {d["attempts"] for d in docs} == {1}
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 12 and max(concurrent) == 1
+    assert redis.zcard(keys.tenant_running("acme")) == 0

@@ -159,13 +159,18 @@ def test_a_failed_publish_releases_the_key_and_leaves_nothing(settings: Settings
     broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0")).test_client()
     key = new_key()
     before = (redis.zcard(keys.tenant_jobs("globex")), redis.hget(keys.PENDING, "globex"))
-    # when a keyed job is submitted, then it is refused with 503 and nothing stays behind
-    response = broken.post("/v1/jobs", json=body(key), headers=auth("globex"))
+    # when a keyed delayed job is submitted (its ETA message is published by the API; a job
+    # due now would wait in Redis for the workers to publish it), then it is refused with
+    # 503 and nothing stays behind
+    delayed = {"options": {"delaySeconds": 30}}
+    response = broken.post("/v1/jobs", json=body(key, **delayed), headers=auth("globex"))
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     assert (redis.zcard(keys.tenant_jobs("globex")), redis.hget(keys.PENDING, "globex")) == before
     # and once the broker is back, the same key makes a new job (not a replay of a ghost)
     working = create_app(replace(settings, default_queue="t-idem-release")).test_client()
-    retried = working.post("/v1/jobs", json=body(key), headers=auth("globex"))
+    retried = working.post("/v1/jobs", json=body(key, **delayed), headers=auth("globex"))
     assert retried.status_code == 202
+    job_id = retried.get_json()["jobId"]
+    assert working.post(f"/v1/jobs/{job_id}/cancel", headers=auth("globex")).status_code == 200
     redis.delete("t-idem-release")

@@ -33,7 +33,8 @@ def test_every_family_escapes_its_parts() -> None:
     assert keys.tenant_jobs(sly) != keys.tenant_jobs("x")
     assert keys.tenant_dead_letters("x:dead") != keys.tenant_dead_letters("x")
     assert keys.idempotency("x:idem:y", "d") != keys.idempotency("x", "y:idem:d")
-    assert keys.lanes("q:x") != keys.lanes("q")
+    assert keys.active("q:x") != keys.active("q")
+    assert keys.ready("q:x", "t") != keys.ready("q", "x:t")
     assert keys.job("a:b") != keys.job("a") and keys.job("a:b").count(":") == 2
 
 

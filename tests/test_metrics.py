@@ -16,12 +16,16 @@ from pathlib import Path
 from flask.testing import FlaskClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
 from pulse_api import create_app
 from pulse_api.observability import metrics_registry
 from pulse_cli.embedded_redis import EmbeddedRedis, free_port
+from pulse_core.broker.celery_app import create_celery, publish_jobs, waiting_lists
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.dispatch import Dispatcher
+from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from tests.conftest import OBSERVED_QUEUE
 from tests.support import (
@@ -133,17 +137,25 @@ def test_counters_move_by_exactly_the_jobs_submitted_succeeded_and_dead(
         assert worker_delta("pulse_job_run_seconds_sum", **labels) >= 0
 
 
-def test_queue_depth_reads_the_jobs_waiting_in_tenant_lanes(settings: Settings) -> None:
-    # given a queue no worker consumes, and jobs of two tenants queued on it (each in its lane)
+def test_queue_depth_reads_the_jobs_waiting_on_the_broker_and_in_the_ready_sets(
+    settings: Settings, redis: Redis
+) -> None:
+    # given a queue no worker consumes, and jobs of two tenants queued on it (the first on
+    # the broker, the rest in their tenants' ready sets)
     queue = "t-depth-unconsumed"
-    client = create_app(replace(settings, default_queue=queue)).test_client()
+    announce(redis, ["diag.echo"], 60)
+    client = create_app(replace(settings, default_queue=queue, dispatch_depth=2)).test_client()
     before = value(api_metrics(client), "pulse_queue_depth", queue=queue)
     for tenant, count in (("acme", 5), ("globex", 3)):
         for n in range(count):
             response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {"n": n}}, headers=auth(tenant))
             assert response.status_code == 202
     # when /metrics is scraped, then the depth is the 8 jobs waiting
-    assert value(api_metrics(client), "pulse_queue_depth", queue=queue) - before == 8
+    scraped = api_metrics(client)
+    assert value(scraped, "pulse_queue_depth", queue=queue) - before == 8
+    # and each tenant's jobs waiting in its ready set are shown (2 of acme's went on the broker)
+    assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="acme") == 3
+    assert value(scraped, "pulse_tenant_waiting", queue=queue, tenant="globex") == 3
 
 
 def test_queue_depth_reads_the_broker_when_it_is_another_redis_than_the_job_store(
@@ -166,18 +178,22 @@ def test_queue_depth_reads_the_broker_when_it_is_another_redis_than_the_job_stor
             for n in range(count):
                 body = {"jobType": "diag.echo", "payload": {"n": n}, "options": {"priority": 9 if n < 2 else 5}}
                 assert client.post("/v1/jobs", json=body, headers=auth(tenant)).status_code == 202
-        # then their messages wait on the broker, not in the job store, and the depth counts all 8
-        assert waiting_messages(broker_redis, queue) == 8 and waiting_messages(store, queue) == 0
+        # then they wait in the job store's ready sets for the workers' dispatcher (a broker
+        # that is not the job store's cannot be pushed onto by a script), and the depth counts all 8
+        assert waiting_messages(broker_redis, queue) == 0 and waiting_messages(store, queue) == 8
         assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 8
-        # when a worker would take three of acme's off the broker's lists
-        acme_lists = [
-            name for name in broker_redis.scan_iter(match=f"{queue}/acme*") if broker_redis.type(name) == "list"
-        ]
+        # when a worker's dispatcher publishes four of them onto the broker
+        app = create_celery(api_settings)
+        ids = Dispatcher(store, depth=4, broker_lists=None).take(queue, 4)
+        jobs = [job for job in JobStore(store).get_listed(ids) if job is not None]
+        assert publish_jobs(app, [(job, None) for job in jobs], (Exception,))[0] == 4
+        assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 8
+        # and a worker takes three off the broker's list
         taken = 0
-        for name in acme_lists:
+        for name in waiting_lists(queue):
             while taken < 3 and broker_redis.rpop(name) is not None:
                 taken += 1
-        # then the depth follows the broker: 5 wait
+        # then the depth follows the broker and the ready sets: 5 wait
         assert taken == 3
         assert value(api_metrics(client), "pulse_queue_depth", queue=queue) == 5
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,9 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.cli import tenant_lanes
-from pulse_core.broker.celery_app import broker_priority, create_celery, redis_list
-from pulse_core.broker.routing import lane, resolve_queue
+from pulse_cli.cli import tenant_worker_queues
+from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.broker.routing import resolve_queue
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.tenants import TenantsConfig
@@ -67,12 +67,12 @@ def test_precedence_tenant_x_job_type_then_job_type_then_tenant_then_shared(sett
     assert resolve_queue(config, "acme", "diag.echo", "fallback") == "p-acme"
     assert resolve_queue(config, "globex", "diag.echo", "fallback") == "p-globex-echo"
     assert resolve_queue(config, "globex", "diag.fail", "fallback") == "fallback"
-    # and a --tenants worker takes the tenant's lanes of its own queues
-    assert tenant_lanes(config, "acme,globex", "fallback") == [
-        "p-acme/acme",
-        "p-acme-sleep/acme",
-        "fallback/globex",
-        "p-globex-echo/globex",
+    # and a --tenants worker takes the queues the tenants' own settings name
+    assert tenant_worker_queues(config, "acme,globex", "fallback") == [
+        "p-acme",
+        "p-acme-sleep",
+        "fallback",
+        "p-globex-echo",
     ]
 
 
@@ -95,7 +95,6 @@ def test_jobs_land_on_their_routed_queue_and_a_worker_runs_only_its_queue(
     routed_settings = routed(settings, tmp_path, "t-route")
     client = create_app(routed_settings).test_client()
     announce(redis, DIAG_TYPES, 600)
-    app = create_celery(routed_settings)
     expected = {
         ("acme", "diag.sleep"): "t-route-acme-sleep",
         ("globex", "diag.sleep"): "t-route-heavy",
@@ -108,11 +107,11 @@ def test_jobs_land_on_their_routed_queue_and_a_worker_runs_only_its_queue(
     for (tenant, job_type), queue in expected.items():
         payload = {"seconds": 0} if job_type == "diag.sleep" else {}
         docs[tenant, job_type] = submit(client, tenant, job_type, payload=payload)
-        # then the job document shows the queue, and its message waits in the tenant's
-        # lane of that queue, in the list for the default priority (kombu's step 3)
+        # then the job document shows the queue, and its message (dispatched at once: the
+        # queue is short) waits on that queue, in the one list the dispatcher fills (kombu's step 0)
         assert docs[tenant, job_type]["queue"] == queue
-        name = redis_list(lane(queue, tenant), broker_priority(app, 5))
-        assert name == f"{queue}/{tenant}\x06\x163"
+        name = waiting_lists(queue)[0]
+        assert name == queue
         assert redis.llen(name) == 1
         assert waiting_messages(redis, queue) == 1
     # when a worker consumes only acme's queue
@@ -142,9 +141,12 @@ def test_jobs_land_on_their_routed_queue_and_a_worker_runs_only_its_queue(
 def test_higher_priority_runs_first_on_a_single_process_worker(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    # given jobs queued lowest priority first, one from each of Redis's four bands
-    client = create_app(isolated_settings).test_client()
+    # given a queue kept one message deep, that message already dispatched (a first job)
+    local = replace(isolated_settings, dispatch_depth=1)
+    client = create_app(local).test_client()
     announce(redis, DIAG_TYPES, 600)
+    first = submit(client, "acme", "diag.echo", options={"priority": 0})["jobId"]
+    # and jobs waiting behind it lowest priority first, one from each of Redis's four bands
     ids = {p: submit(client, "acme", "diag.echo", options={"priority": p})["jobId"] for p in (0, 2, 5, 9)}
     assert submit(client, "acme", "diag.echo")["options"]["priority"] == 5  # the default
     bad = client.post(
@@ -155,25 +157,27 @@ def test_higher_priority_runs_first_on_a_single_process_worker(
     assert bad.status_code == 422 and "priority" in bad.get_data(as_text=True)
     # when a one-process worker starts on the queue
     worker = WorkerProcess(
-        settings_env(isolated_settings),
+        settings_env(local),
         tmp_path / "w.log",
-        queues=[isolated_settings.default_queue],
+        queues=[local.default_queue],
         concurrency=1,
     ).start()
     try:
         docs = {p: wait_for_state(client, "acme", job_id, {"succeeded"}) for p, job_id in ids.items()}
+        first_doc = wait_for_state(client, "acme", first, {"succeeded"})
     finally:
         worker.stop()
-    # then they started highest priority first
+    # then the waiting ones started highest priority first, after the one already dispatched
     order = sorted(docs, key=lambda p: started(docs[p]))
     assert order == [9, 5, 2, 0]
+    assert started(first_doc) < started(docs[9])
     assert docs[9]["options"]["priority"] == 9
 
 
 def test_a_flood_from_one_tenant_does_not_hold_back_another_on_a_shared_queue(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    # given a worker on a fresh shared queue (it knows no tenant lane yet)
+    # given a worker on a fresh shared queue
     client = create_app(isolated_settings).test_client()
     worker = WorkerProcess(
         settings_env(isolated_settings),
@@ -199,3 +203,50 @@ def test_a_flood_from_one_tenant_does_not_hold_back_another_on_a_shared_queue(
         worker.stop()
     a_starts = sorted(started(d) for d in a_docs)
     assert max(started(d) for d in b_docs) < a_starts[200]
+
+
+def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a shared queue kept 2 messages deep
+    local = replace(isolated_settings, dispatch_depth=2)
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1).start()
+    a_ids: list[str] = []
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        # when tenant A floods 300 jobs at priority 9
+        flood = [{"jobType": "diag.sleep", "payload": {"seconds": 0.05}, "options": {"priority": 9}}] * 300
+        answer = client.post("/v1/batches", json={"jobs": flood}, headers=auth("acme"))
+        assert answer.get_json()["accepted"] == 300
+        a_ids = [item["job"]["jobId"] for item in answer.get_json()["items"]]
+        wait_for_state(client, "acme", a_ids[3], {"succeeded"}, timeout=60)
+        # and, while it drains, tenant B submits one job at the default priority
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        b_queued = datetime.now(UTC)  # its admission answered: it waits in its ready set
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, 60)
+        # then B's job started after at most 3 of A's jobs started after B was queued:
+        # the 2 already on the queue and the one running
+        a_docs = [client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json() for j in a_ids]
+        ahead = [d for d in a_docs if d.get("startedAt") and b_queued < started(d) < started(b_doc)]
+        assert len(ahead) <= 3, f"{len(ahead)} of A's jobs started before B's"
+        # and most of A's flood still waits
+        assert sum(d["state"] == "queued" for d in a_docs) > 200
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+
+
+def test_weights_and_running_caps_are_read_and_bad_ones_refused_naming_them(tmp_path: Path) -> None:
+    # given a tenants file giving acme twice globex's share and a running cap
+    path = write_tenants_file(tmp_path / "t.toml", tenant_settings={"acme": "weight = 2\nmax_running = 3"})
+    config = TenantsConfig.load(path)
+    # then they are read, and the others keep the defaults
+    assert (config.tenants["acme"].weight, config.tenants["acme"].max_running) == (2.0, 3)
+    assert (config.tenants["globex"].weight, config.tenants["globex"].max_running) == (1.0, None)
+    # and a bad one stops the load, naming it
+    for line, message in (("weight = 0", "weight=0 must be above 0"), ("max_running = 0", "max_running=0 must be")):
+        bad = write_tenants_file(tmp_path / "bad.toml", tenant_settings={"acme": line})
+        with pytest.raises(Exception, match=rf"\[tenants.acme\] {message}"):
+            TenantsConfig.load(bad)

@@ -6,21 +6,25 @@ where none answers they skip and say so. CI's machine runs one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from celery import Celery
 from redis import Redis
 
 from pulse_api import create_app
 from pulse_core.broker.celery_app import create_celery
-from pulse_core.broker.routing import lane
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
-from tests.support import auth, scrape_api
+from tests.conftest import DIAG_TYPES
+from tests.support import WorkerProcess, auth, scrape_api, settings_env, wait_for_state, write_tenants_file
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -52,13 +56,87 @@ def test_jobs_queued_on_rabbitmq_are_counted_in_the_queue_depth(settings: Settin
             for _ in range(n):
                 response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth(tenant))
                 assert response.status_code == 202, response.get_data(as_text=True)
-        # then the queue depth the API exports counts all 8, waiting in the tenants' lanes
+        # then the queue depth the API exports counts all 8, waiting on the one queue
         assert f'pulse_queue_depth{{queue="{queue}"}} 8.0' in scrape_api(client)
     finally:
         with app.connection_for_write() as connection:
             channel = connection.channel()
-            for name in (queue, lane(queue, "acme"), lane(queue, "globex")):
+            for name in (queue,):
                 try:
                     channel.queue_delete(name)
                 except Exception:  # never declared: nothing to delete
                     channel = connection.channel()
+
+
+def _delete_queue(app: Celery, queue: str) -> None:
+    with app.connection_for_write() as connection, contextlib.suppress(Exception):  # never declared
+        connection.channel().queue_delete(queue)
+
+
+def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_rabbitmq(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a RabbitMQ queue of this test's own, kept 2 ready messages deep
+    queue = f"t-amqp-fair-{uuid.uuid4().hex[:8]}"
+    local = replace(settings, broker_url=AMQP_URL, default_queue=queue, dispatch_depth=2)
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[queue], concurrency=1).start()
+    a_ids: list[str] = []
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        # when tenant A floods 300 jobs at priority 9
+        flood = [{"jobType": "diag.sleep", "payload": {"seconds": 0.05}, "options": {"priority": 9}}] * 300
+        answer = client.post("/v1/batches", json={"jobs": flood}, headers=auth("acme"))
+        a_ids = [item["job"]["jobId"] for item in answer.get_json()["items"]]
+        assert len(a_ids) == 300
+        wait_for_state(client, "acme", a_ids[3], {"succeeded"}, timeout=60)
+        # and, while it drains, tenant B submits one job at the default priority
+        response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
+        b_queued = datetime.now(UTC)  # its admission answered: it waits in its ready set
+        b_doc = wait_for_state(client, "globex", response.get_json()["jobId"], {"succeeded"}, timeout=60)
+        # then B's job started after a few of A's only (the ready ones, the one running and
+        # one the dispatcher may have published as B arrived), most of A's flood still waiting
+        at = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
+        a_docs = [client.get(f"/v1/jobs/{j}", headers=auth("acme")).get_json() for j in a_ids]
+        ahead = [d for d in a_docs if d.get("startedAt") and b_queued < at(d["startedAt"]) < at(b_doc["startedAt"])]
+        assert len(ahead) <= 4, f"{len(ahead)} of A's jobs started before B's"
+        assert sum(d["state"] == "queued" for d in a_docs) > 200
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+        _delete_queue(create_celery(local), queue)
+
+
+def test_max_concurrency_holds_across_two_workers_on_rabbitmq(settings: Settings, redis: Redis, tmp_path: Path) -> None:
+    # given limited.slots held to one run at a time, two workers on a RabbitMQ queue
+    queue = f"t-amqp-slots-{uuid.uuid4().hex[:8]}"
+    path = write_tenants_file(tmp_path / "tenants.toml", extra='[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    local = replace(
+        settings,
+        broker_url=AMQP_URL,
+        default_queue=queue,
+        tenants_file=path,
+        handler_modules=("pulse_worker.diagnostics", "limited_handlers"),
+    )
+    for what in ("running", "starts", "concurrent"):
+        redis.delete(f"limited:limited.slots:{what}")
+    client = create_app(local).test_client()
+    workers = [
+        WorkerProcess(settings_env(local), tmp_path / f"w{n}.log", queues=[queue], concurrency=2) for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+        # when 30 short jobs are submitted at once
+        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 30
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=120) for i in answer["items"]]
+    finally:
+        for worker in workers:
+            worker.stop()
+        _delete_queue(create_celery(local), queue)
+    # then each ran once, at its first attempt, never two at once
+    assert {d["attempts"] for d in docs} == {1}
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 30 and max(concurrent) == 1

@@ -181,13 +181,19 @@ def test_an_api_killed_between_the_record_and_the_publish_loses_nothing(
 ) -> None:
     # given an API process whose broker (not the job store's Redis) hangs
     with stalled_server() as stalled, api_process(fast, f"redis://127.0.0.1:{stalled}/0", tmp_path) as port:
-        # when a job is submitted and the API is SIGKILLed after the record is written,
-        # while it waits on the broker
+        # when a delayed job is submitted (with such a broker the API publishes a delayed job's
+        # ETA message itself; a job due now waits in Redis for the workers to publish it) and
+        # the API is SIGKILLed after the record is written, while it waits on the broker
         key = store_key(TENANT, "killed-api-1")
-        body = {"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": "killed-api-1"}
+        body = {
+            "jobType": "witness.sleep",
+            "payload": {"seconds": 0},
+            "idempotencyKey": "killed-api-1",
+            "options": {"delaySeconds": 1},
+        }
         kill_while_publishing(port, "/v1/jobs", body, lambda: redis.exists(key))
     job_id = str(redis.get(key)).split(" ")[1]
-    assert redis.hget(keys.job(job_id), "state") == "queued"
+    assert redis.hget(keys.job(job_id), "state") == "scheduled"
     # then a worker on the real broker runs it: the sweep published what the API could not
     worker = start_worker(fast, tmp_path, "w", redis)
     try:
@@ -323,10 +329,10 @@ def test_one_sweep_republishes_every_overdue_job_then_backs_off(private_redis: R
     assert unowned_keys(redis) == []
 
 
-def test_a_queued_job_behind_others_in_its_lane_waits_before_it_is_republished(
+def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
     settings: Settings, private_redis: Redis
 ) -> None:
-    # given a queued job overdue while its lane still holds a message (its own may be behind it)
+    # given a queued job overdue while its queue still holds a message (its own may be behind it)
     redis = private_redis
     store = JobStore(redis)
     queue = "t-sweep-lane"
@@ -348,10 +354,15 @@ def test_a_queued_job_behind_others_in_its_lane_waits_before_it_is_republished(
         for _ in range(3):
             outcomes.append(
                 sweep(
-                    redis, store, publish, waiting_lists=lambda q, t, p: [lane_list], recheck=recheck, budget_seconds=5
+                    redis,
+                    store,
+                    publish,
+                    waiting_lists=lambda q, t, p: [keys.ready(q, t), keys.PARKED_MESSAGES, lane_list],
+                    recheck=recheck,
+                    budget_seconds=5,
                 )
             )
-        # then it waits two checks (the lane is busy), and is republished on the third
+        # then it waits two checks (the queue is busy), and is republished on the third
         assert outcomes == [0, 0, 1] and sent == [job.job_id]
     finally:
         redis.delete(lane_list)

@@ -29,7 +29,7 @@ from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
 from pulse_core.http_handlers import attempts
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
-from pulse_core.store import dead_letters, job_store, job_types, listing, recovery
+from pulse_core.store import dead_letters, dispatch, job_store, job_types, listing, recovery
 from pulse_core.store.job_store import CancelOutcome
 from pulse_worker import http_delivery
 
@@ -40,6 +40,7 @@ _DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
     f"{value.room.rpartition('.')[2]}/{value.name}": value
     for module in (
         job_store,
+        dispatch,
         listing,
         dead_letters,
         recovery,
@@ -1095,27 +1096,45 @@ RECOVER = [
         ["republish", Record({**ID, "state": "retrying", "dueAt": "999", "recoveries": "1", "laneWaits": "0"})],
     ),
     Case(
-        "a queued job nothing claimed, its lane empty, is republished",
+        "a queued job waiting in its ready set waits for its queue's dispatcher, uncounted",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900}), "{p}ready": Z({"j1": 5e15})},
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+        RECOVER_ARGV,
+        ["waiting"],
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "a queued job parked on an execution limit waits for its release, uncounted",
+        "store/recover",
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900}), "{p}pmsg": {"j1": "q\nm"}},
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+        RECOVER_ARGV,
+        ["waiting"],
+        {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
+        "a queued job nothing claimed, out of its ready set, its queue empty, is republished",
         "store/recover",
         {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900})},
-        [*RECOVER_KEYS, "{p}lane"],
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
         RECOVER_ARGV,
         ["republish", Record({**ID, "state": "queued", "recoveries": "1", "laneWaits": "0"})],
     ),
     Case(
-        "a queued job whose lane still holds messages waits a check",
+        "a queued job whose queue still holds messages waits a check",
         "store/recover",
         {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": 900}), "{p}lane": ["m1"]},
-        [*RECOVER_KEYS, "{p}lane"],
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
         RECOVER_ARGV,
         ["waiting"],
         {"{p}job:j1": {**ID, "state": "queued", "laneWaits": "1"}},
     ),
     Case(
-        "a queued job that waited its checks is republished though its lane is busy",
+        "a queued job that waited its checks is republished though its queue is busy",
         "store/recover",
         {"{p}job:j1": {**ID, "state": "queued", "laneWaits": "2"}, "{p}watch": Z({"j1": 900}), "{p}lane": ["m1"]},
-        [*RECOVER_KEYS, "{p}lane"],
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
         RECOVER_ARGV,
         ["republish", Record({**ID, "state": "queued", "recoveries": "1", "laneWaits": "0"})],
     ),
@@ -1347,10 +1366,10 @@ RELEASE = [
 ]
 
 # KEYS: the tenant's index, pending, watch, held bytes, retained bytes, one window; then the
-# job's own: its hash, its idempotency key, its broker list, its queue's lane set.
+# job's own: its hash, its idempotency key, its broker list, unused (its hash).
 _ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
-ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}lanes"]
-ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}lanes"]
+ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}job:j1"]
+ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}job:j1"]
 #: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
 _TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:5], "{p}w1", "{p}w2", *ADMIT_KEYS[6:]]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
@@ -1424,7 +1443,6 @@ ADMIT = [
             "{p}list": ["msg"],
             # watched: the sweep looks at it if nothing claims it in time
             "{p}watch": Z({"j1": ANY}),
-            "{p}lanes": {"t1"},
             "{p}window": FromNow(30),
         },
         ttl={"{p}idem": "expires", "{p}window": "expires", "{p}job:j1": "persists"},
@@ -1497,7 +1515,7 @@ ADMIT = [
         ADMIT_KEYS,
         _admit_argv(live="0"),
         ["unknown-type", EMPTY_WINDOW],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None, "{p}lanes": None},
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None},
     ),
     Case(
         "a full window refuses and consumes nothing",
@@ -1587,7 +1605,7 @@ def _batch_keys(*idem: str) -> list[str]:
     found = list(_ADMIT_SHARED_KEYS)
     for n, key in enumerate(idem, start=1):
         job = f"{{p}}job:j{n}"
-        found += [job, key or job, "{p}list", "{p}lanes"]
+        found += [job, key or job, "{p}list", job]
     return found
 
 
@@ -1865,8 +1883,237 @@ ACQUIRE = [
     ),
 ]
 
+# slot set, its parked set, the parked messages, the slot sets with parked jobs
+PARK_KEYS = ["{p}s1", "{p}parked:s1", "{p}pmsg", "{p}plimits"]
+PARKING = [
+    Case(
+        "a full set parks the job in order of arrival, with the message that starts it again",
+        "guards/park_slots",
+        {"{p}s1": Z({"j0|a": 2000}), "{p}parked:s1": Z({"j9": 5})},
+        PARK_KEYS,
+        ["j1|b", "1000", "1010", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        1,
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j1": 3, "j9": 5}),
+            "{p}pmsg": {"j1": "{p}q\nmsg"},
+            "{p}plimits": {"{p}s1": "1"},
+        },
+    ),
+    Case(
+        "a slot freed since acquire_slots looked is taken, nothing parked",
+        "guards/park_slots",
+        {"{p}s1": Z({"j0|a": 500}), "{p}job:j0": {"state": "succeeded"}},
+        PARK_KEYS,
+        ["j1|b", "1000", "1010", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        0,
+        {"{p}s1": Z({"j1|b": 1010}), "{p}parked:s1": None, "{p}pmsg": None},
+    ),
+    Case(
+        "a release hands the freed slot to the first parked job and pushes its message",
+        "guards/release_slots",
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+        },
+        PARK_KEYS,
+        ["j0|a", "1000", "1010", "{p}job:", 1, 1],
+        1,
+        {
+            "{p}s1": Z({"j1|h": 1010}),
+            "{p}parked:s1": Z({"j2": 4}),
+            "{p}pmsg": {"j2": "{p}q\nm2"},
+            "{p}q": ["m1"],
+            "{p}plimits": {"{p}s1": "1"},
+        },
+    ),
+    Case(
+        "a cancelled parked job is dropped; an empty parked set leaves the registry",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3}),
+            "{p}pmsg": {"j1": "{p}q\nm1"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "cancelled"},
+        },
+        PARK_KEYS,
+        ["", "1000", "1010", "{p}job:", 1, 1],
+        0,
+        {"{p}s1": None, "{p}parked:s1": None, "{p}pmsg": None, "{p}q": None, "{p}plimits": None},
+    ),
+    Case(
+        "a slot handed over is the job's own when its message comes back",
+        "guards/acquire_slots",
+        {"{p}s1": Z({"j1|h": 1010})},
+        ["{p}s1"],
+        ["j1|b", "1000", "1010", "{p}job:", 1],
+        0,
+        {"{p}s1": Z({"j1|b": 1010})},
+    ),
+    Case(
+        "a job parked until a rate window allows",
+        "guards/park_due",
+        {},
+        ["{p}due", "{p}pmsg"],
+        ["j1", "30", "{p}q", "msg"],
+        ANY,
+        {"{p}due": Z({"j1": ANY}), "{p}pmsg": {"j1": "{p}q\nmsg"}},
+    ),
+    Case(
+        "the due parked jobs go back on their queues, the others wait",
+        "guards/release_due",
+        {"{p}due": Z({"j1": 5, "j2": float(LATER)}), "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"}},
+        ["{p}due", "{p}pmsg"],
+        [100],
+        1,
+        {"{p}due": Z({"j2": float(LATER)}), "{p}pmsg": {"j2": "{p}q\nm2"}, "{p}q": ["m1"]},
+    ),
+]
+
+# The dispatcher of queue q: active, state, messages, queues, its 4 lists (kombu steps 0, 3, 6, 9).
+DISPATCH_KEYS = ["{p}active", "{p}state", "{p}msgs", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
+# queue, ready prefix, job prefix, depth
+DISPATCH_ARGV = ["q", "{p}ready:", "{p}job:", "2"]
+QUEUED = {"state": "queued"}
+DISPATCH = [
+    Case(
+        "the tenant with the lowest virtual time gives its best job; weights advance it",
+        "store/dispatch",
+        {
+            "{p}active": Z({"a": 3, "b": 1}),
+            "{p}state": {"w:a": "1", "w:b": "0.5", "seq": "9"},
+            "{p}ready:a": Z({"ja": 4e15 + 1}),
+            "{p}ready:b": Z({"jb1": 4e15 + 2, "jb2": 0 * 1e15 + 3}),
+            "{p}msgs": {"ja": "ma", "jb1": "mb1", "jb2": "mb2"},
+            "{p}job:ja": QUEUED,
+            "{p}job:jb1": QUEUED,
+            "{p}job:jb2": QUEUED,
+            "{p}queues": {"q"},
+        },
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        2,
+        {
+            # b's priority-9 job first, then a (b's 1 + 1/0.5 = 3 ties a's 3: 'a' < 'b'), in that
+            # order onto one list (LPUSH; workers take from the right)
+            "{p}l0": ["ma", "mb2"],
+            "{p}active": Z({"b": 3}),
+            "{p}ready:a": None,
+            "{p}ready:b": Z({"jb1": 4e15 + 2}),
+            "{p}msgs": {"jb1": "mb1"},
+            "{p}state": {"w:b": "0.5", "seq": "9", "v": "3"},
+        },
+    ),
+    Case(
+        "a cancelled job is dropped with its message; an idle queue leaves nothing behind",
+        "store/dispatch",
+        {
+            "{p}active": Z({"a": 0}),
+            "{p}state": {"w:a": "1", "seq": "1"},
+            "{p}ready:a": Z({"ja": 4e15 + 1}),
+            "{p}msgs": {"ja": "ma"},
+            "{p}job:ja": {"state": "cancelled"},
+            "{p}queues": {"q"},
+        },
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        0,
+        {"{p}active": None, "{p}state": None, "{p}msgs": None, "{p}queues": None, "{p}l0": None},
+    ),
+    Case(
+        "a full queue is left alone",
+        "store/dispatch",
+        {"{p}active": Z({"a": 0}), "{p}ready:a": Z({"ja": 4e15 + 1}), "{p}l3": ["m1", "m2"]},
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        0,
+        {"{p}ready:a": Z({"ja": 4e15 + 1})},
+    ),
+]
+DISPATCH_POP = [
+    Case(
+        "without broker lists, the next jobs in fair order are taken for the caller to publish",
+        "store/dispatch_pop",
+        {
+            "{p}active": Z({"a": 0, "b": 0}),
+            "{p}state": {"seq": "3"},
+            "{p}ready:a": Z({"ja1": 4e15 + 1, "ja2": 4e15 + 3}),
+            "{p}ready:b": Z({"jb": 4e15 + 2}),
+            "{p}job:ja1": QUEUED,
+            "{p}job:ja2": QUEUED,
+            "{p}job:jb": QUEUED,
+            "{p}queues": {"q"},
+        },
+        DISPATCH_KEYS[:4],
+        [*DISPATCH_ARGV[:3], 2],
+        ["ja1", "jb"],
+        {"{p}ready:a": Z({"ja2": 4e15 + 3}), "{p}ready:b": None, "{p}active": Z({"a": 1}), "{p}queues": {"q"}},
+    ),
+]
+# job, its ready set, then the dispatcher's keys; the dispatcher's args, job id, tenant, priority,
+# weight, message
+ENQUEUE_KEYS = ["{p}job:j1", "{p}ready:t1", *DISPATCH_KEYS]
+ENQUEUE = [
+    Case(
+        "a job joins its ready set; a newly active tenant starts at the last virtual time; dispatched",
+        "store/enqueue",
+        {"{p}job:j1": QUEUED, "{p}state": {"v": "7", "seq": "4"}, "{p}l3": ["m0", "m00"]},
+        ENQUEUE_KEYS,
+        [*DISPATCH_ARGV, "j1", "t1", "5", "2.0", "msg"],
+        0,
+        {
+            "{p}ready:t1": Z({"j1": 4e15 + 5}),
+            "{p}active": Z({"t1": 7}),
+            "{p}state": {"v": "7", "seq": "5", "w:t1": "2.0"},
+            "{p}msgs": {"j1": "msg"},
+            "{p}queues": {"q"},
+            "{p}job:j1": {"state": "queued", "enqueued": "1"},
+        },
+    ),
+    Case(
+        "on a short queue it goes straight on",
+        "store/enqueue",
+        {"{p}job:j1": QUEUED},
+        ENQUEUE_KEYS,
+        [*DISPATCH_ARGV, "j1", "t1", "7", "1.0", "msg"],
+        1,
+        # and the queue, idle again, leaves nothing behind
+        {
+            "{p}l0": ["msg"],
+            "{p}ready:t1": None,
+            "{p}active": None,
+            "{p}msgs": None,
+            "{p}state": None,
+            "{p}queues": None,
+        },
+    ),
+    *[
+        Case(
+            f"{what}: nothing is enqueued",
+            "store/enqueue",
+            given,
+            ENQUEUE_KEYS,
+            [*DISPATCH_ARGV, "j1", "t1", "5", "1.0", "msg"],
+            -1,
+            {"{p}ready:t1": None, "{p}msgs": None},
+        )
+        for what, given in (
+            ("admission did not create the job", {}),
+            ("the same call again", {"{p}job:j1": {"state": "queued", "enqueued": "1"}}),
+        )
+    ],
+]
+
 CASES = (
-    CLAIM
+    DISPATCH_POP
+    + PARKING
+    + DISPATCH
+    + ENQUEUE
+    + CLAIM
     + REFRESH
     + SCHEDULE_RETRY
     + MARK_DEAD_LETTER

@@ -22,7 +22,6 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core.broker.celery_app import create_celery
-from pulse_core.broker.routing import lane
 from pulse_core.handlers import load_handler_modules, registry
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
@@ -48,10 +47,7 @@ def traced(settings: Settings, redis: Redis) -> Iterator[tuple[FlaskClient, InMe
     install(worker_app, WorkerRuntime.build(local, registry))
     client = create_app(local).test_client()
     try:
-        # the in-process worker has no lane watcher: it consumes acme's lane by name
-        with start_worker(
-            worker_app, pool="solo", perform_ping_check=False, queues=[QUEUE, lane(QUEUE, "acme")], shutdown_timeout=30
-        ):
+        with start_worker(worker_app, pool="solo", perform_ping_check=False, queues=[QUEUE], shutdown_timeout=30):
             yield client, exporter
     finally:
         tracing.shutdown_tracing()

@@ -64,7 +64,7 @@ def test_message_carries_job_type_as_display_name_and_no_payload(settings: Setti
         created_at=utc_now(),
     )
     app = create_celery(settings)
-    _, broker_list = encode_message(app, job)  # the tenant's lane, at the job's priority
+    _, broker_list = encode_message(app, job)  # the job's queue, at its priority
     redis.delete(broker_list)
     # when it is published
     publish_job(app, job)
@@ -141,8 +141,10 @@ def test_broker_down_at_submit_is_503_and_leaves_no_record(
     app = create_app(replace(settings, broker_url=bad_url))
     client = app.test_client()
     before = redis.zcard("pulse:tenant:globex:jobs")
-    # when a job is submitted
-    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
+    # when a delayed job is submitted (its ETA message is published by the API; a job due
+    # now would wait in Redis for the workers to publish it)
+    job = {"jobType": "diag.echo", "payload": {}, "options": {"delaySeconds": 30}}
+    response = client.post("/v1/jobs", json=job, headers=auth("globex"))
     # then it is refused with 503 and no half-enqueued record remains
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"

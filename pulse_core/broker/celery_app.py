@@ -19,8 +19,9 @@ Delivery settings, and why:
 - ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
   sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
 
-Routing (``pulse_core.broker.routing``): every message of a job goes to its tenant's lane
-of the job's queue, at the job's priority. Pulse's own publishes name the lane;
+Routing (``pulse_core.broker.routing``): every message of a job goes to the job's queue,
+at the job's priority; with a Redis broker, jobs reach it through the fair dispatcher
+(``pulse_core.store.dispatch``). Pulse's own publishes name the queue;
 ``JobRouter`` (the app's ``task_routes``) sends a ``pulse.run_job`` published without
 a queue (a plain ``send_task``) to the same place, by reading the job record.
 """
@@ -45,12 +46,12 @@ from redis.exceptions import RedisError
 
 from pulse_core import keys
 from pulse_core.broker.message_template import MessageTemplate, render_message
-from pulse_core.broker.routing import lane
 from pulse_core.errors import ConfigError
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, Job
 from pulse_core.policy import DEFAULT_HARD_TIMEOUT_GRACE_SECONDS
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings, is_redis_url
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.telemetry import tracing
 
 log = logging.getLogger("pulse.broker")
@@ -225,30 +226,39 @@ def redis_list(queue: str, broker_pri: int) -> str:
     return f"{queue}{kombu_redis.Channel.sep}{step}" if step else queue
 
 
-def waiting_lists(queue: str, lanes: Iterable[str]) -> list[str]:
-    """Every Redis list that holds waiting messages of ``queue``: its own and its tenant
-    lanes', at every priority step."""
+def waiting_lists(queue: str) -> list[str]:
+    """Every Redis list that holds waiting messages of ``queue``: one per priority step,
+    in the order of the steps (0, 3, 6, 9), as the dispatcher takes them."""
     steps = sorted(set(kombu_redis.Channel.priority_steps))
-    return [redis_list(name, step) for name in (queue, *lanes) for step in steps]
+    return [redis_list(queue, step) for step in steps]
 
 
-def lane_lists_checker(settings: Settings, app: Celery) -> Callable[[str, str, int], list[str]]:
-    """For the recovery sweep: the Redis list a job's message of (queue, tenant, priority)
-    waits on, when the broker is the job store's Redis; otherwise nothing can be read."""
+def queue_lists_checker(settings: Settings) -> Callable[[str, str, int], list[str]]:
+    """For the recovery sweep: where a queued job of (queue, tenant, priority) waits: its
+    ready set, the parked messages, then, when the broker is the job store's Redis, its
+    queue's broker lists (another broker's cannot be read)."""
     if not publishes_inline(settings):
-        return lambda queue, tenant, priority: []
-    return lambda queue, tenant, priority: [redis_list(lane(queue, tenant), broker_priority(app, priority))]
+        return lambda queue, tenant, priority: [keys.ready(queue, tenant), keys.PARKED_MESSAGES]
+    return lambda queue, tenant, priority: [keys.ready(queue, tenant), keys.PARKED_MESSAGES, *waiting_lists(queue)]
+
+
+def dispatcher(settings: Settings, redis: Redis) -> Dispatcher:
+    """The fair dispatcher (``pulse_core.store.dispatch``): its scripts push onto the broker's
+    lists when the broker is the job store's Redis; with another broker the workers take
+    the jobs from it and publish them (``publish_jobs``)."""
+    lists = waiting_lists if publishes_inline(settings) else None
+    return Dispatcher(redis, depth=settings.dispatch_depth, broker_lists=lists)
 
 
 def destination(app: Celery, job: Job) -> tuple[str, int]:
-    """(broker queue, broker priority) of ``job``'s messages: its lane, its priority."""
-    return lane(job.queue, job.tenant_id), broker_priority(app, job.priority)
+    """(broker queue, broker priority) of ``job``'s messages: its queue, its priority."""
+    return job.queue, broker_priority(app, job.priority)
 
 
 class JobRouter:
-    """Celery router: a ``pulse.run_job`` sent without a queue goes to its job's lane.
+    """Celery router: a ``pulse.run_job`` sent without a queue goes to its job's queue.
 
-    Pulse's own publishes name the lane, and Celery's retries keep the lane they came
+    Pulse's own publishes name the queue, and Celery's retries keep the queue they came
     from, so this only costs a Redis read for a bare ``send_task(RUN_JOB_TASK, (id,))``.
     """
 
@@ -267,13 +277,13 @@ class JobRouter:
     ) -> dict[str, Any] | None:
         if name != RUN_JOB_TASK or options.get("queue") or not args:
             return None
-        fields = ["queue", "tenantId", "priority"]
+        fields = ["queue", "priority"]
         found: list[str | None] = self._redis.hmget(keys.job(str(args[0])), fields)  # type: ignore[assignment]
-        queue, tenant, priority = found
-        if not queue or not tenant:
+        queue, priority = found
+        if not queue:
             return None  # no such job: Celery's default queue (the claim drops it there)
         pri = int(priority) if priority else DEFAULT_PRIORITY
-        return {"queue": lane(queue, tenant), "priority": broker_priority(self._app, pri)}
+        return {"queue": queue, "priority": broker_priority(self._app, pri)}
 
 
 def create_celery(settings: Settings, *, main: str = "pulse", poison_safe: bool = True) -> Celery:
@@ -358,7 +368,7 @@ def message_options(job: Job, *, attempt: int | None = None, countdown: float | 
 
 
 def publish_job(app: Celery, job: Job, *, attempt: int | None = None, countdown: float | None = None) -> None:
-    """Put one ``pulse.run_job`` message for ``job`` on its lane, at its priority."""
+    """Put one ``pulse.run_job`` message for ``job`` on its queue, at its priority."""
     # The current app (a thread-local) is where publish signal receivers look the task up.
     app.set_current()
     queue, priority = destination(app, job)
@@ -371,9 +381,14 @@ def publish_job(app: Celery, job: Job, *, attempt: int | None = None, countdown:
 
 
 def publish_jobs(
-    app: Celery, jobs: Iterable[tuple[Job, float | None]], errors: tuple[type[Exception], ...]
+    app: Celery,
+    jobs: Iterable[tuple[Job, float | None]],
+    errors: tuple[type[Exception], ...],
+    *,
+    priority: int | None = None,
 ) -> tuple[int, Exception | None]:
-    """Publish ``(job, countdown)`` pairs in order over one producer.
+    """Publish ``(job, countdown)`` pairs in order over one producer (at the broker priority
+    ``priority`` when given: the dispatcher's, so its order is the order of delivery).
 
     Returns how many went and, when one of ``errors`` stopped it, that error: the
     first ``sent`` jobs are on the broker, the rest are not (the caller undoes those only).
@@ -383,11 +398,11 @@ def publish_jobs(
     try:
         with app.producer_or_acquire() as producer:
             for job, countdown in jobs:
-                queue, priority = destination(app, job)
+                queue, own = destination(app, job)
                 app.send_task(
                     RUN_JOB_TASK,
                     queue=queue,
-                    priority=priority,
+                    priority=own if priority is None else priority,
                     producer=producer,
                     **message_options(job, countdown=countdown),
                 )
@@ -404,7 +419,7 @@ def publishes_inline(settings: Settings) -> bool:
 
 def encode_message(app: Celery, job: Job, *, countdown: float | None = None) -> tuple[str, str]:
     """The ``pulse.run_job`` message for ``job`` exactly as kombu's Redis transport stores
-    it, and the Redis list kombu would push it onto (its lane's list for its priority).
+    it, and the Redis list kombu would push it onto (its queue's list for its priority).
 
     Celery's task message (protocol 2) in kombu's envelope (``Channel.prepare_message``
     + ``basic_publish`` on the anonymous exchange, body base64-encoded), so workers,

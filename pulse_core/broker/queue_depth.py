@@ -1,8 +1,10 @@
-"""``pulse_queue_depth``: how many messages wait on each queue, read from the broker at scrape time
-(Redis lists, or RabbitMQ queues).
+"""``pulse_queue_depth`` and ``pulse_tenant_waiting``: how many jobs wait on each queue, read at
+scrape time from the broker (Redis lists, or RabbitMQ queues) and from the dispatcher's ready
+sets (``pulse_core.store.dispatch``).
 
 It lives with the broker because it reads the broker's own lists; the metrics room
-(``pulse_core.telemetry``) never imports the Celery setup.
+(``pulse_core.telemetry``) never imports the Celery setup. A scrape reads the active tenants
+of each queue only, so idle tenants cost it nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +22,28 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
-from pulse_core.broker.routing import lane
 
 log = logging.getLogger("pulse.metrics")
 
 
+def _ready_counts(store: Redis, queues: list[str]) -> list[dict[str, int]]:
+    """Per queue: active tenant -> jobs in its ready set (two pipelined round trips)."""
+    with store.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.zrange(keys.active(queue), 0, -1)
+        tenants: list[list[str]] = pipe.execute()
+    with store.pipeline(transaction=False) as pipe:
+        for queue, names in zip(queues, tenants, strict=True):
+            for tenant in names:
+                pipe.zcard(keys.ready(queue, tenant))
+        counts = iter(pipe.execute())
+    return [{tenant: int(next(counts)) for tenant in names} for names in tenants]
+
+
 class _QueueDepth(Collector):
-    """``pulse_queue_depth{queue}``: messages waiting on each known queue and its tenant lanes,
-    read at scrape time. Which tenants have a lane on a queue is the job store's to say
-    (``keys.lanes``, written by admission); how deep a queue is, the broker's."""
+    """``pulse_queue_depth{queue}``: jobs waiting on each known queue (on the broker and in
+    the ready sets); ``pulse_tenant_waiting{queue,tenant}``: each active tenant's jobs in
+    its ready set of the queue."""
 
     def __init__(self, store: Redis, queues: Callable[[], Iterable[str]]) -> None:
         self._store = store
@@ -37,44 +52,43 @@ class _QueueDepth(Collector):
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "pulse_queue_depth",
-            "Messages waiting on a queue (not yet taken by a worker).",
+            "Jobs waiting on a queue (not yet taken by a worker): on the broker and in the ready sets.",
             labels=["queue"],
+        )
+        tenants = GaugeMetricFamily(
+            "pulse_tenant_waiting",
+            "A tenant's jobs waiting for the fair dispatcher on a queue (tenants with none are left out).",
+            labels=["queue", "tenant"],
         )
         queues = sorted(set(self._queues()))
         try:
-            with self._store.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.smembers(keys.lanes(queue))
-                found = pipe.execute()
-            # keys.lanes holds tenant ids; the lanes' own names are lane(queue, tenant).
-            lanes = [
-                [lane(queue, tenant) for tenant in sorted(tenants)]
-                for queue, tenants in zip(queues, found, strict=True)
-            ]
-            depths = self.depths(queues, lanes)
+            ready = _ready_counts(self._store, queues)
+            depths = self.depths(queues)
         except Exception as exc:  # a scrape must answer even when Redis or the broker is down
             log.warning("queue depth not read: %s", exc)
             return
-        for queue, depth in zip(queues, depths, strict=True):
-            family.add_metric([queue], float(depth))
+        for queue, depth, waiting in zip(queues, depths, ready, strict=True):
+            family.add_metric([queue], float(depth + sum(waiting.values())))
+            for tenant, count in sorted(waiting.items()):
+                tenants.add_metric([queue, tenant], float(count))
         yield family
+        yield tenants
 
-    def depths(self, queues: list[str], lanes: list[list[str]]) -> list[int]:
-        """Messages waiting on each queue and its lanes (``lanes[i]`` are ``queues[i]``'s)."""
+    def depths(self, queues: list[str]) -> list[int]:
+        """Messages waiting on each queue on the broker."""
         raise NotImplementedError
 
 
 class QueueDepthCollector(_QueueDepth):
-    """On a Redis broker: a queue's messages wait in its own lists and its tenant lanes',
-    one list per priority step (``celery_app.waiting_lists``); two pipelined round trips
-    per scrape (lanes from the job store, then ``LLEN`` on the broker)."""
+    """On a Redis broker: a queue's messages wait in its lists, one per priority step
+    (``celery_app.waiting_lists``); one more pipelined round trip (``LLEN``)."""
 
     def __init__(self, store: Redis, broker: Redis, queues: Callable[[], Iterable[str]]) -> None:
         super().__init__(store, queues)
         self._broker = broker
 
-    def depths(self, queues: list[str], lanes: list[list[str]]) -> list[int]:
-        lists = [waiting_lists(queue, names) for queue, names in zip(queues, lanes, strict=True)]
+    def depths(self, queues: list[str]) -> list[int]:
+        lists = [waiting_lists(queue) for queue in queues]
         with self._broker.pipeline(transaction=False) as pipe:
             for names in lists:
                 for name in names:
@@ -84,19 +98,22 @@ class QueueDepthCollector(_QueueDepth):
 
 
 class AmqpQueueDepthCollector(_QueueDepth):
-    """On RabbitMQ: each queue's and lane's ready messages, read with a passive
-    ``queue.declare`` at scrape time. A queue not declared yet holds nothing."""
+    """On RabbitMQ: each queue's ready messages, read with a passive ``queue.declare`` at
+    scrape time. A queue not declared yet holds nothing."""
 
     def __init__(self, store: Redis, app: Celery, queues: Callable[[], Iterable[str]]) -> None:
         super().__init__(store, queues)
         self._app = app
 
-    def depths(self, queues: list[str], lanes: list[list[str]]) -> list[int]:
+    def depths(self, queues: list[str]) -> list[int]:
         with self._app.connection_for_read() as connection:
-            return [
-                sum(_ready(connection, name) for name in (queue, *names))
-                for queue, names in zip(queues, lanes, strict=True)
-            ]
+            return [_ready(connection, queue) for queue in queues]
+
+
+def ready_messages(app: Celery, queue: str) -> int:
+    """Ready messages on the AMQP queue ``queue`` (the dispatcher's depth on RabbitMQ)."""
+    with app.connection_for_read() as connection:
+        return _ready(connection, queue)
 
 
 def _ready(connection: Connection, name: str) -> int:

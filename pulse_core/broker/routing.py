@@ -1,4 +1,4 @@
-"""Where a job goes: its queue (by tenant and jobType), its tenant lane, its priority.
+"""Where a job goes: its queue (by tenant and jobType) and its priority.
 
 **Queue.** Resolved once, when the job is accepted, and stored in the job (its
 document shows it). Precedence, first match wins:
@@ -8,28 +8,18 @@ document shows it). Precedence, first match wins:
 3. ``[tenants.<id>] queue`` — the tenant's dedicated queue;
 4. ``[defaults] queue`` — the shared queue (default ``PULSE_DEFAULT_QUEUE``, "pulse").
 
-**Lane.** On the broker every queue is split per tenant: a job of tenant ``acme``
-on queue ``pulse`` waits in the list ``pulse/acme``. A worker consuming ``pulse``
-consumes every lane of ``pulse``, and kombu's Redis transport serves the lanes it
-consumes round robin (it rotates the lane it just took from to the end of its
-BRPOP list), so one tenant's flood waits in its own lane while another tenant's
-next job is taken within a turn. '/' is not allowed in queue names or tenant ids,
-so a lane never collides with a queue. Lanes are registered in Redis
-(``keys.lanes``) in the same step that creates a job record; workers pick up new
-lanes of their queues within ``LANE_POLL_SECONDS``.
+**Fair order.** Every queue is one broker queue. On a shared queue, tenants take turns
+(weighted fair order) through the dispatcher (``pulse_core.store.dispatch``), not the
+broker: jobs wait in Pulse's ready sets and the broker queue is kept short.
 
-**Priority.** ``options.priority`` 0-9, higher runs sooner, default 5 (see
-``pulse_core.broker.celery_app.broker_priority`` for how each broker honours it).
+**Priority.** ``options.priority`` 0-9, higher runs sooner, default 5: it orders a
+tenant's own waiting jobs (see ``pulse_core.broker.celery_app.broker_priority`` for how
+each broker honours it among the messages already on a queue).
 """
 
 from __future__ import annotations
 
 from pulse_core.tenants import TenantsConfig
-
-#: Separates a queue from the tenant in a lane's name ("pulse/acme").
-LANE_SEP = "/"
-#: How often a worker looks for new lanes of the queues it consumes.
-LANE_POLL_SECONDS = 1.0
 
 
 def shared_queue(config: TenantsConfig, fallback: str) -> str:
@@ -70,17 +60,3 @@ def configured_queues(config: TenantsConfig, fallback: str) -> list[str]:
         found += [tenant.queue] if tenant.queue else []
         found += [rule.queue for rule in tenant.job_types.values() if rule.queue]
     return list(dict.fromkeys(found))
-
-
-def lane(queue: str, tenant_id: str) -> str:
-    """The broker queue (Redis list family) holding ``tenant_id``'s jobs on ``queue``."""
-    return f"{queue}{LANE_SEP}{tenant_id}"
-
-
-def is_lane(name: str) -> bool:
-    return LANE_SEP in name
-
-
-def lane_queue(name: str) -> str:
-    """The queue a lane belongs to (a queue's own name for a queue)."""
-    return name.split(LANE_SEP, 1)[0]

@@ -20,6 +20,12 @@ One script run that cannot race decides a submission, in this order:
    sweep looks at it if nothing claims it in time), remember the idempotency key
    and, when the broker is this Redis, push the job's message onto its queue.
 
+When the broker is this Redis, a job due now then waits in its tenant's ready set and its
+queue is dispatched (``pulse_core.store.dispatch``): a second script, pipelined after the
+first in the same round trip (for a batch, one more round trip for all its jobs), that
+does nothing unless the first created the job; a delayed job's message is parked in
+Redis until due instead of pushed.
+
 A batch is admitted by ``admit_batch`` with the same per-job step
 (``lua/includes/admit_one.lua``), in request order, ``BATCH_CHUNK`` jobs per script
 run (all chunks in one pipelined round trip): each job is decided exactly as a
@@ -57,6 +63,7 @@ from pulse_core.guards.idempotency import store_key
 from pulse_core.guards.rate_limits import LimitReached, LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS
 from pulse_core.tenants import Tenant
 
@@ -90,6 +97,14 @@ class Submission:
     message: str = ""
     #: The Redis list ``message`` goes onto (``celery_setup.encode_message``).
     broker_list: str = ""
+    #: The job waits in its ready set for the fair dispatcher (a job due now, with a
+    #: dispatcher), with ``message`` when the broker is this Redis (else the workers publish it).
+    enqueue: bool = False
+    #: The tenant's dispatch weight (the tenants file's ``weight``).
+    weight: float = 1.0
+    #: A delayed job with a dispatcher: ``message`` is parked in Redis for this many seconds
+    #: (``keys.PARKED_UNTIL``), then pushed onto ``broker_list`` by the workers' tick.
+    park_seconds: float | None = None
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
     #: In how many seconds the workers' sweep should look at the job if nothing claimed
@@ -162,6 +177,8 @@ def _admit_batch_reply(reply: list[Any]) -> list[AdmitReply]:
 
 #: Idempotency, jobType, rate limit, backlog, budget and the record in one step (``lua/admit.lua``).
 _ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
+#: Parks a delayed job's message until it is due (``lua/park_due.lua``), pipelined after admit.
+_PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
 #: The same for many jobs of one tenant, in order, in one run (``lua/admit_batch.lua``).
 _ADMIT_BATCH = LuaScript("pulse_core.guards", "admit_batch", _admit_batch_reply)
 #: Where the tenant stands against its limits, reading only (``lua/rate_status.lua``).
@@ -207,18 +224,28 @@ _READMIT = LuaScript("pulse_core.guards", "readmit", _readmit_reply)
 class Admission:
     """The door: decides submissions with one script per job (pipelined for batches)."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int, dispatcher: Dispatcher | None = None) -> None:
         self._redis = redis
         self._ttl = idempotency_ttl_seconds
+        #: Enqueues the jobs whose submission says so (``Submission.enqueue``).
+        self.dispatcher = dispatcher
         self._admit = _ADMIT.register(redis)
         self._admit_batch = _ADMIT_BATCH.register(redis)
         self._status = _STATUS.register(redis)
         self._readmit = _READMIT.register(redis)
+        self._park_due = _PARK_DUE.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
         keys_, args = self._call(tenant, [submission])
-        verdict = _decide(tenant, submission, self._admit(keys=keys_, args=args))
+        if self._enqueues(submission) or self._parks(submission):
+            with self._redis.pipeline(transaction=False) as pipe:
+                self._admit.queue(pipe, keys=keys_, args=args)
+                self._queue_enqueue(pipe, submission)
+                reply = self._admit.read(pipe.execute()[0])
+        else:
+            reply = self._admit(keys=keys_, args=args)
+        verdict = _decide(tenant, submission, reply)
         if isinstance(verdict, PulseError):
             raise verdict
         return verdict
@@ -238,7 +265,39 @@ class Admission:
         verdicts: list[Admitted | PulseError] = []
         for chunk, read in zip(chunks, replies, strict=True):
             verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
+        fresh = [
+            s
+            for s, v in zip(submissions, verdicts, strict=True)
+            if isinstance(v, Admitted) and not v.replayed and (self._enqueues(s) or self._parks(s))
+        ]
+        if fresh:  # one more round trip: each into its ready set (or parked until due)
+            with self._redis.pipeline(transaction=False) as pipe:
+                for submission in fresh:
+                    self._queue_enqueue(pipe, submission)
+                pipe.execute()
         return verdicts
+
+    def _enqueues(self, submission: Submission) -> bool:
+        fair = self.dispatcher
+        return fair is not None and submission.enqueue and (bool(submission.message) or not fair.inline)
+
+    def _parks(self, submission: Submission) -> bool:
+        fair = self.dispatcher
+        return fair is not None and fair.inline and submission.park_seconds is not None and bool(submission.message)
+
+    def _queue_enqueue(self, pipe: Any, submission: Submission) -> None:
+        """After the admission script on ``pipe``: the job's message into its ready set, or,
+        delayed, parked until due; each does nothing unless the script created the job."""
+        if self._enqueues(submission):
+            assert self.dispatcher is not None
+            self.dispatcher.queue_enqueue(pipe, submission.job, submission.message, weight=submission.weight)
+        elif self._parks(submission):
+            job = submission.job
+            self._park_due.queue(
+                pipe,
+                keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES, keys.job(job.job_id)],
+                args=[job.job_id, repr(submission.park_seconds), submission.broker_list, submission.message],
+            )
 
     def readmit(self, tenant: Tenant, dead: Job, *, check_in: float) -> Readmitted:
         """Queue the dead letter ``dead`` (as read, at its cycle) again, as a submit would be
@@ -295,7 +354,7 @@ class Admission:
                 job_key,
                 store_key(tenant.tenant_id, key) if key else job_key,
                 submission.broker_list or job_key,
-                keys.lanes(job.queue),
+                job_key,  # unused
             ]
             fields = job.to_redis()
             args += [
@@ -303,7 +362,7 @@ class Admission:
                 int(datetime.fromisoformat(job.created_at).timestamp() * 1000),
                 submission.fingerprint if key else "",
                 "1" if submission.job_type_live else "0",
-                submission.message,
+                "" if self._enqueues(submission) or self._parks(submission) else submission.message,
                 repr(max(0.0, submission.watch_in)),
                 2 * len(fields),
             ]
@@ -320,7 +379,7 @@ def _decide(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitt
 def _verdict(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
     job, status, outcome = submission.job, reply.windows.status, reply.outcome
     if outcome is AdmitOutcome.CREATED:
-        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message))
+        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message) or submission.enqueue)
     if outcome is AdmitOutcome.REPLAY and reply.stored is not None:
         return Admitted(job=reply.stored, replayed=True, limit=status)
     if outcome is AdmitOutcome.CONFLICT:

@@ -7,10 +7,20 @@ give one tenant a limit of its own on top (``[tenants.acme.job_types."crm.sync"]
 Celery's ``rate_limit`` is per worker; these are counted in Redis, so they hold
 however many workers and hosts run the jobType.
 
-A job over a limit is **deferred**, not failed: its message goes back with a short
-countdown (the same attempt, so the deferral never counts as an attempt), which
-happens before the claim. A crash between the two only leaves a duplicate copy of
-the same attempt, which the claim refuses.
+A job over a limit waits, it does not fail, and never counts an attempt (all of this
+happens before the claim):
+
+- **parked** (when the broker is the job store's Redis and the worker gives ``enter``
+  a way to build the job's message): over ``max_concurrency`` (or its tenant's
+  ``max_running``), it joins the full set's parked jobs in order of arrival and its
+  message is acked; when a slot frees (``leave``, or the workers' tick for a holder
+  that died) the first parked job is handed the slot and its message goes back onto its
+  queue, in the same script. Over a rate window, it is parked until the window allows
+  (``keys.PARKED_UNTIL``) and the workers' tick puts the due ones back in bulk. No
+  message waits in a worker, nothing is re-published on a timer;
+- **deferred** otherwise (another broker): its message goes back with a short
+  countdown (the same attempt). A crash between the two only leaves a duplicate copy
+  of the same attempt, which the claim refuses.
 
 - ``max_concurrency``: a semaphore, the sorted set ``keys.concurrency``. Each
   holder is ``<jobId>|<token>``; it counts while its grace (until the claim takes
@@ -31,6 +41,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -60,6 +71,30 @@ def _acquire_reply(reply: int) -> int | None:
 _ACQUIRE = LuaScript("pulse_core.guards", "acquire_slots", _acquire_reply)
 #: Counts a start in every rate window, or none; the reply is the seconds to wait (0: counted).
 _RATE_ACQUIRE = LuaScript("pulse_core.guards", "rate_acquire", float)
+#: Takes a run slot in every set, or parks the job on the first full one (``park_slots.lua``).
+_PARK_SLOTS = LuaScript("pulse_core.guards", "park_slots", _acquire_reply)
+#: Gives back run slots and hands freed ones to parked jobs (``release_slots.lua``).
+_RELEASE_SLOTS = LuaScript("pulse_core.guards", "release_slots", int)
+#: Parks a job until a rate window allows (``park_due.lua``).
+_PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
+#: Puts the parked jobs that are due back on their queues (``release_due.lua``).
+_RELEASE_DUE = LuaScript("pulse_core.guards", "release_due", int)
+#: Due jobs put back per round trip by the tick.
+RELEASE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    """What starts a parked job again: the broker list to push onto, the message, and the
+    job's arrival (epoch ms: parked jobs are handed slots in this order)."""
+
+    broker_list: str
+    message: str
+    arrival_ms: int
+
+
+#: Builds a job's ``ParkedMessage`` when it must wait (``None``: no such job any more).
+Parker = Callable[[], ParkedMessage | None]
 
 
 __all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant"]
@@ -74,9 +109,11 @@ def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) 
 
 
 def needs_tenant(config: TenantsConfig | None, job_type: str) -> bool:
-    """Whether some tenant has limits of its own for ``job_type``."""
+    """Whether some tenant has limits of its own for ``job_type`` (or a ``max_running``)."""
     if config is None:
         return False
+    if any(tenant.max_running for tenant in config.tenants.values()):
+        return True
     return any(
         rule.rate_limit or rule.max_concurrency
         for tenant in config.tenants.values()
@@ -86,13 +123,17 @@ def needs_tenant(config: TenantsConfig | None, job_type: str) -> bool:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Run now (holding ``holder``'s slots), or defer by ``defer_seconds``."""
+    """Run now (holding ``holder``'s slots), defer by ``defer_seconds``, or ``parked``."""
 
     holder: str | None = None
     slot_keys: tuple[str, ...] = ()
     defer_seconds: float | None = None
-    #: "concurrency" or "rate" when deferred.
+    #: "concurrency" or "rate" when deferred or parked.
     reason: str | None = None
+    #: The most holders of each of ``slot_keys`` (to hand freed slots on).
+    slot_limits: tuple[int, ...] = ()
+    #: The job waits in Redis (its message can be acked): released when a slot frees or due.
+    parked: bool = False
 
 
 class ExecutionGate:
@@ -103,6 +144,10 @@ class ExecutionGate:
         self._grace = grace_seconds
         self._acquire = _ACQUIRE.register(redis)
         self._rate_acquire = _RATE_ACQUIRE.register(redis)
+        self._park_slots = _PARK_SLOTS.register(redis)
+        self._release_slots = _RELEASE_SLOTS.register(redis)
+        self._park_due = _PARK_DUE.register(redis)
+        self._release_due = _RELEASE_DUE.register(redis)
 
     def enter(
         self,
@@ -111,28 +156,50 @@ class ExecutionGate:
         tenant_id: str | None,
         declared: ExecutionLimits,
         config: TenantsConfig | None,
+        park: Parker | None = None,
     ) -> Verdict:
-        """Take a slot and a rate-window hit in every scope, or say how long to defer."""
+        """Take a slot and a rate-window hit in every scope; else park the job (with
+        ``park``) or say how long to defer."""
         scopes: list[tuple[str | None, ExecutionLimits]] = [
             (None, declared.overridden_by(config.job_types.get(job_type) if config else None))
         ]
         if tenant_id is not None:
             scopes.append((tenant_id, _tenant_limits(config, job_type, tenant_id)))
         scopes = [(scope, limits) for scope, limits in scopes if not limits.empty]
-        if not scopes:
+        slots = [(keys.concurrency(job_type, s), lim.max_concurrency) for s, lim in scopes if lim.max_concurrency]
+        tenant = config.tenants.get(tenant_id) if config is not None and tenant_id is not None else None
+        if tenant is not None and tenant_id is not None and tenant.max_running:
+            slots.append((keys.tenant_running(tenant_id), tenant.max_running))
+        if not scopes and not slots:
             return Verdict()
         holder = f"{job_id}|{uuid.uuid4().hex}"
-        slots = [(keys.concurrency(job_type, s), lim.max_concurrency) for s, lim in scopes if lim.max_concurrency]
+        slot_keys = tuple(key for key, _ in slots)
+        slot_limits = tuple(most for _, most in slots)
         if slots:
             now = time.time()
-            full = self._acquire(
-                keys=[key for key, _ in slots],
-                args=[holder, repr(now), repr(now + self._grace), keys.job(""), *(most for _, most in slots)],
-            )
-            if full is not None:
+            head = [holder, repr(now), repr(now + self._grace), keys.job("")]
+            full = self._acquire(keys=list(slot_keys), args=[*head, *slot_limits])
+            if full is not None and park is not None:
+                parked = park()
+                if parked is None:
+                    return Verdict()  # no such job: the claim drops the message
+                full = self._park_slots(
+                    keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
+                    args=[
+                        *head,
+                        len(slots),
+                        *slot_limits,
+                        job_id,
+                        parked.arrival_ms,
+                        parked.broker_list,
+                        parked.message,
+                    ],
+                )
+                if full is not None:
+                    return Verdict(reason="concurrency", parked=True)
+            elif full is not None:
                 delay = CONCURRENCY_DEFERRAL_SECONDS * (1 + random.random())
                 return Verdict(defer_seconds=delay, reason="concurrency")
-        slot_keys = tuple(key for key, _ in slots)
         windows = [
             (keys.execution_rate(job_type, scope, item.amount, item.get_expiry()), item.amount, item.get_expiry())
             for scope, limits in scopes
@@ -145,15 +212,53 @@ class ExecutionGate:
                 args += [amount, seconds]
             wait = self._rate_acquire(keys=[key for key, _, _ in windows], args=args)
             if wait > 0:
-                self.leave(Verdict(holder=holder, slot_keys=slot_keys))
+                self.leave(Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits))
                 delay = max(MIN_RATE_DEFERRAL_SECONDS, wait)
+                parked = park() if park is not None else None
+                if parked is not None:
+                    self._park_due(
+                        keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
+                        args=[job_id, repr(delay), parked.broker_list, parked.message],
+                    )
+                    return Verdict(reason="rate", parked=True)
                 return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
-        return Verdict(holder=holder, slot_keys=slot_keys)
+        return Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits)
+
+    def park_until(self, job_id: str, seconds: float, parked: ParkedMessage) -> None:
+        """Park ``job_id``'s message for ``seconds`` (a retry's backoff): the workers' tick
+        puts it back on its queue when due, so no message waits in a worker meanwhile."""
+        self._park_due(
+            keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
+            args=[job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message],
+        )
 
     def leave(self, verdict: Verdict) -> None:
-        """Give back the run slots ``verdict`` holds."""
+        """Give back the run slots ``verdict`` holds, handing each to the first job parked
+        on it (one round trip)."""
         if verdict.holder and verdict.slot_keys:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for key in verdict.slot_keys:
-                    pipe.zrem(key, verdict.holder)
-                pipe.execute()
+            self._release(verdict.slot_keys, verdict.slot_limits, verdict.holder)
+
+    def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> int:
+        now = time.time()
+        return self._release_slots(
+            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
+            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits],
+        )
+
+    def release_parked(self) -> int:
+        """The workers' tick: hand on the slots freed without a ``leave`` (a holder that died,
+        a handover that lapsed), and put the parked jobs that are due back on their queues.
+        Returns how many jobs went back."""
+        found: dict[str, str] = self._redis.hgetall(keys.PARKED_SLOTS)  # type: ignore[assignment]
+        released = 0
+        for key, most in found.items():
+            released += self._release((key,), (int(most),), "")
+        while True:
+            pushed = self._release_due(keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[RELEASE_BATCH])
+            released += pushed
+            if pushed < RELEASE_BATCH:
+                return released
+
+
+#: The keys every parking script takes after its slot and parked sets.
+_PARKING = (keys.PARKED_MESSAGES, keys.PARKED_SLOTS)

@@ -51,6 +51,7 @@ from pulse_core import keys
 from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.store import listing
+from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.listing import Page
 from pulse_core.tenants import DEFAULT_DEAD_LETTER_DAYS, DEFAULT_MAX_DEAD_LETTERS
 
@@ -177,16 +178,25 @@ class RecheckPolicy:
     lapsed: float
     queued: float
     longest: float = 3600.0
-    #: Checks a queued job waits while its lane still holds messages, before it is republished anyway.
+    #: Checks a queued job waits while its queue still holds messages, before it is republished anyway.
     lane_waits: int = 8
 
 
 class JobStore:
     """Reads and writes job records."""
 
-    def __init__(self, redis: Redis, *, retention_seconds: int = DEFAULT_RETENTION_SECONDS):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+        dispatcher: Dispatcher | None = None,
+    ):
         self._redis = redis
         self._retention = retention_seconds
+        #: When set, the scripts that end an attempt dispatch its queue's next job
+        #: (``pulse_core.store.dispatch``).
+        self.dispatcher = dispatcher
         self._claim = _CLAIM.register(redis)
         self._refresh = _REFRESH.register(redis)
         self._schedule_retry = _SCHEDULE_RETRY.register(redis)
@@ -200,8 +210,7 @@ class JobStore:
         self._index_add = listing.ADD.register(redis)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
-        """Store a new job record, index it under its tenant, count it pending and register
-        its lane (``pulse_core.broker.routing``), atomically.
+        """Store a new job record, index it under its tenant and count it pending, atomically.
 
         The API creates records through ``pulse_core.guards.admission`` (with its guards);
         this is the bare write, for tools and benchmarks. ``watch_at``: for a
@@ -212,7 +221,6 @@ class JobStore:
             pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
             self._index_add.queue(pipe, keys=[keys.tenant_jobs(job.tenant_id)], args=[created_ms, job.job_id])
             pipe.hincrby(keys.PENDING, job.tenant_id, 1)
-            pipe.sadd(keys.lanes(job.queue), job.tenant_id)
             if watch_at is not None:
                 pipe.zadd(keys.WATCH, {job.job_id: watch_at})
             pipe.execute()
@@ -309,10 +317,18 @@ class JobStore:
 
     def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
         """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""
+        more_keys, more_args = self._dispatch_spec(job)
         return self._schedule_retry(
-            keys=[keys.job(job.job_id), keys.WATCH],
-            args=[job.attempts, job.cycle, repr(due_at), repr(watch_at), _json(error), job.job_id],
+            keys=[keys.job(job.job_id), keys.WATCH, *more_keys],
+            args=[job.attempts, job.cycle, repr(due_at), repr(watch_at), _json(error), job.job_id, *more_args],
         )
+
+    def _dispatch_spec(self, job: Job) -> tuple[list[str], list[Any]]:
+        """What a script that ends an attempt of ``job`` needs to dispatch its queue (nothing
+        without a dispatcher)."""
+        if self.dispatcher is None or not self.dispatcher.inline or not job.queue:
+            return [], []
+        return self.dispatcher.spec(job.queue)
 
     def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> bool:
         """Record the last error of the running attempt that is about to be dead-lettered.
@@ -346,8 +362,9 @@ class JobStore:
         saying why); 0 keeps any result.
         """
         bounds = dead_letters or DeadLetterBounds()
+        more_keys, more_args = self._dispatch_spec(job)
         return self._finalize(
-            keys=self._final_keys(job.job_id, job.tenant_id),
+            keys=[*self._final_keys(job.job_id, job.tenant_id), *more_keys],
             args=[
                 state.value,
                 utc_now(),
@@ -362,6 +379,7 @@ class JobStore:
                 bounds.most,
                 bounds.days * 86_400_000,
                 result_budget,
+                *more_args,
             ],
         )
 
@@ -409,8 +427,10 @@ class JobStore:
         Overdue is a running attempt whose lease lapsed, a scheduled or retrying job past
         its due time, or a queued job nothing claimed in time. Each is republished and
         re-armed with back-off (``recheck``), so another copy goes out only if that one
-        is lost too; a queued job whose lane still holds messages (``waiting_lists(queue,
-        tenant, priority)``: empty when they cannot be read) gets a few more checks first.
+        is lost too. ``waiting_lists(queue, tenant, priority)`` names the job's ready set and
+        its queue's broker lists (empty when the broker is not this Redis): a queued job in
+        its ready set waits for the dispatcher, and one whose queue still holds messages
+        gets a few more checks first.
         Two round trips for the whole batch.
         """
         with self._redis.pipeline(transaction=False) as pipe:

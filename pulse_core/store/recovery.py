@@ -8,8 +8,10 @@ overdue when
 - it is ``queued`` and nothing claimed it within ``PULSE_QUEUED_CHECK_SECONDS``:
   its message may be lost (a Redis error failed it before the claim, a worker died
   between taking it off the list and recording it, the API died before publishing
-  it). While its lane still holds messages it gets a few more checks (its message
-  is probably behind them); then it is republished;
+  it). One waiting in its ready set (``pulse_core.store.dispatch``) or parked on an
+  execution limit is not lost: its check is re-armed. While its queue still holds
+  messages it gets a few more checks (its message is probably behind them); then it
+  is republished;
 - it is ``running`` and its lease lapsed (its worker was SIGKILLed, lost its host,
   or hit the hard time limit): the new message starts the next attempt, and the
   crashed one counts, so a job that always kills its worker ends ``dead``;

@@ -2,9 +2,10 @@
 
 prepare (tenant, idempotency key, fingerprint, jobType, options, queue, message) ->
 admit (one Lua script: idempotency, rate limit, backlog, record and, when the broker
-is the job store's Redis, the message itself) -> otherwise publish through kombu, or
-undo. A job delayed beyond the ETA window gets no message yet: the workers' sweep
-publishes it when it is due (``pulse_core.policy.plan_delay``).
+is the job store's Redis, the message itself: into the tenant's ready set for the fair
+dispatcher, or, delayed, onto its queue) -> otherwise publish through kombu, or undo.
+A job delayed beyond the ETA window gets no message yet: the workers' sweep publishes
+it when it is due (``pulse_core.policy.plan_delay``).
 
 The HTTP view validates the body against its schema and calls ``Submitter.submit``
 (or ``submit_many``) once; everything after the schema lives here.
@@ -25,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs
+from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs, waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.errors import (
     BrokerUnavailable,
@@ -159,10 +160,17 @@ class Submitter:
             priority=options.priority,
             ready_at=options.due_at or time.time(),
         )
-        # Due beyond the ETA window: no message now; the sweep publishes it when due.
-        deferred = options.due_at is not None and options.countdown is None
+        # With the dispatcher, a delayed job's message waits parked in Redis until due (however
+        # long), not as an ETA message in a worker's memory; the workers' tick releases it.
+        fair = self.admission.dispatcher
+        parks = fair is not None and fair.inline and options.due_at is not None
+        # Otherwise, due beyond the ETA window: no message now; the sweep publishes it when due.
+        deferred = options.due_at is not None and options.countdown is None and not parks
         inline = self.inline_publish and not deferred
-        message, broker_list = encode_message(self.celery, job, countdown=options.countdown) if inline else ("", "")
+        countdown = None if parks else options.countdown
+        message, broker_list = encode_message(self.celery, job, countdown=countdown) if inline else ("", "")
+        if parks:
+            broker_list = waiting_lists(job.queue)[0]
         return Submission(
             job=job,
             idempotency_key=key,
@@ -171,6 +179,10 @@ class Submitter:
             message=message,
             broker_list=broker_list,
             countdown=options.countdown,
+            # Due now: it waits in its ready set for the fair dispatcher (pulse_core.store.dispatch).
+            enqueue=fair is not None and options.due_at is None,
+            weight=tenant.weight,
+            park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if parks else None,
             watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
             deferred=deferred,
         )
@@ -203,7 +215,7 @@ def _accepted(admitted: Admitted) -> None:
 def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatus) -> Admitted:
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
-    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message))
+    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message) or submission.enqueue)
 
 
 def _needs_publish(submission: Submission, admitted: Admitted) -> bool:

@@ -52,6 +52,6 @@ else
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
            'leaseUntil', string.format('%.6f', lease_until), 'owner', ARGV[3], 'claimToken', ARGV[10])
-redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits')
+redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits', 'enqueued')
 redis.call('ZADD', KEYS[2], string.format('%.6f', lease_until), ARGV[7])
 return {'claimed', redis.call('HGETALL', KEYS[1]), crashed}

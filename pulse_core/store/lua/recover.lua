@@ -1,12 +1,14 @@
 -- recover: the sweep's look at one overdue job (JobStore.recover_many).
 -- KEYS[1] the job hash   KEYS[2] the watch zset
--- KEYS[3..] the Redis lists the job's messages wait on (none when the broker is not this Redis)
+-- KEYS[3] the job's ready set, KEYS[4] the parked messages (execution limits), KEYS[5..] the
+--         Redis lists its messages wait on (none of them when the broker is not this Redis)
 -- ARGV[1] job id
 -- ARGV[2] recheck base for a lapsed lease or a missed due time (s)
 -- ARGV[3] recheck base for a queued job (s)   ARGV[4] longest recheck (s)
 -- ARGV[5] checks a queued job waits while its lane holds messages before it is republished anyway
 -- Reply: {'republish', record} (re-armed after back-off: base * 2^n, capped)
---      | {'waiting'} (its lane still holds messages: re-armed a base later)
+--      | {'waiting'} (it waits in its ready set for the dispatcher, or its queue still holds
+--        messages: re-armed a base later)
 --      | {'alive'} (re-armed at its deadline) | {'gone'} (unwatched: missing or final)
 -- Times are Redis' own (TIME), so a host whose clock runs ahead cannot call live jobs lost.
 --@include job_states
@@ -28,11 +30,19 @@ if state ~= 'queued' and live_until > now then
 end
 local n = tonumber(f[4] or '0')
 local base = tonumber(state == 'queued' and ARGV[3] or ARGV[2])
--- A copy may still wait behind others in its lane (a queued job's first message, or an
+-- Waiting in its ready set: not lost, its queue's dispatcher moves it on in fair order.
+-- Parked on an execution limit: not lost either, a freed slot or its due time releases it
+-- (a copy would be let through by the limit, then refused by the claim: a slot spent for nothing).
+if state == 'queued' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
+                                      or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1) then
+  redis.call('ZADD', KEYS[2], now + base, ARGV[1])
+  return {'waiting'}
+end
+-- A copy may still wait behind others on its queue (a queued job's first message, or an
 -- earlier republished copy): give it more time, a bounded number of checks.
 if state == 'queued' or n > 0 then
   local waiting = 0
-  for i = 3, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+  for i = 5, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
   local waits = tonumber(f[5] or '0')
   if waiting > 0 and waits < tonumber(ARGV[5]) then
     redis.call('HSET', KEYS[1], 'laneWaits', waits + 1)

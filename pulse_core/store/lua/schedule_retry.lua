@@ -2,12 +2,16 @@
 -- KEYS[1] the job hash   KEYS[2] the watch zset
 -- ARGV[1] attempt   ARGV[2] cycle   ARGV[3] dueAt (epoch s)   ARGV[4] when the sweep looks (epoch s)
 -- ARGV[5] the error (JSON)   ARGV[6] job id
+-- KEYS[3..10], ARGV[7..10] (optional): the job's queue to dispatch (includes/dispatch.lua)
+--@include dispatch
 -- Reply: 1, or 0 when that attempt of that cycle is not the running one.
 
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle')
 if f[1] ~= 'running' or tonumber(f[2]) ~= tonumber(ARGV[1])
    or tonumber(f[3] or '0') ~= tonumber(ARGV[2]) then return 0 end
+local spec = dispatch_spec(3, 7)
 redis.call('HSET', KEYS[1], 'state', 'retrying', 'dueAt', ARGV[3], 'error', ARGV[5])
 redis.call('HDEL', KEYS[1], 'leaseUntil', 'owner')
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
+if spec then dispatch(spec) end
 return 1

@@ -4,15 +4,17 @@
 -- KEYS[1] the tenant index   KEYS[2] the pending hash   KEYS[3] the watch zset
 -- KEYS[4] the held bytes hash   KEYS[5] the tenant's retained bytes   KEYS[6..5+n] the tenant's
 -- rate windows (GCRA); then 4 keys per job: the job hash, the idempotency key (or the job hash
--- when there is none), the Redis list of the job's lane and priority (or the job hash when
--- the caller publishes), the queue's lane set.
+-- when there is none), the Redis list of the job's queue and priority (or the job hash when
+-- the caller publishes or the dispatcher enqueues: pulse_core.store.dispatch), unused (the
+-- job hash).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
 -- entries created longer ago are trimmed (their records have expired after their retention,
 -- or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
 -- ARGV[8] retention (s)   ARGV[9] number of jobs m   ARGV[10..9+2n] n (limit, expiry) pairs;
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
--- the broker message to push ('' = the caller publishes), in how many seconds (Redis' clock)
+-- the broker message to push ('' = the caller publishes or the dispatcher enqueues), in how
+-- many seconds (Redis' clock)
 -- the sweep looks at the job if nothing claimed it, the number f of field/value entries, then
 -- the record's f field/value entries.
 -- A job's reply: {outcome, stats, ...} with stats as window_stats returns it:
@@ -54,7 +56,7 @@ end
 -- Admit the job whose keys start at KEYS[k] and whose arguments start at ARGV[a]:
 -- its reply and where the next job's arguments start.
 local function admit_one(ctx, k, a)
-  local job_key, idem_key, list_key, lanes_key = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local job_key, idem_key, list_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local job_id, created_ms, fp, live = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local message, watch_in, f = ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local fields, next_arg = a + 7, a + 7 + f
@@ -97,7 +99,6 @@ local function admit_one(ctx, k, a)
   listing_add(ctx.index, created_ms, job_id)
   redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
   redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)
-  redis.call('SADD', lanes_key, ctx.tenant)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)
   end

@@ -1,0 +1,27 @@
+-- slots: the live holders of a run-slot set (execution limits' max_concurrency); included by
+-- acquire_slots, park_slots and release_slots.
+-- A holder ('<jobId>|<token>') counts while its grace runs (its score) or while its job is
+-- running under a live lease; one that does neither is dropped. `mine` ('<jobId>|h', a slot
+-- handed over to the job now asking: release_slots) is not counted: it is the asker's own.
+local function live_holders(key, now, job_prefix, mine)
+  local live = 0
+  local held = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  for j = 1, #held, 2 do
+    local member, grace = held[j], tonumber(held[j + 1])
+    if member ~= mine then
+      local alive = grace > now
+      if not alive then
+        local job_id = string.match(member, '^(.*)|')
+        local f = redis.call('HMGET', job_prefix .. job_id, 'state', 'leaseUntil')
+        alive = f[1] == 'running' and tonumber(f[2] or '0') > now
+      end
+      if alive then live = live + 1 else redis.call('ZREM', key, member) end
+    end
+  end
+  return live
+end
+
+-- The handover member of the job a holder belongs to.
+local function handover_of(holder)
+  return string.match(holder, '^(.*)|') .. '|h'
+end

@@ -1,0 +1,37 @@
+-- release_slots: give back a holder's run slots and hand each freed slot to the first job
+-- parked on it (ExecutionGate.leave; with no holder, the workers' tick: slots whose holder
+-- died, or a handover that lapsed, are handed on too).
+-- KEYS[1..n] the slot sets   KEYS[n+1..2n] their parked sets   KEYS[2n+1] the parked messages
+-- KEYS[2n+2] the slot sets with parked jobs: slot set -> its most holders
+-- ARGV[1] holder ('' = none)   ARGV[2] now (epoch s)   ARGV[3] a handover's grace until (epoch s)
+-- ARGV[4] job key prefix   ARGV[5] n   ARGV[6..5+n] the most holders of each set
+-- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
+-- queue, reaches a worker (acquire_slots takes it as its own) or the grace ends. A parked job
+-- no longer queued (cancelled meanwhile) is dropped with its message.
+-- Reply: how many parked jobs were handed a slot.
+--@include slots
+
+local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
+local handed = 0
+for i = 1, n do
+  if ARGV[1] ~= '' then redis.call('ZREM', KEYS[i], ARGV[1]) end
+  local live = live_holders(KEYS[i], now, ARGV[4], '')
+  local most = tonumber(ARGV[5 + i])
+  while live < most do
+    local popped = redis.call('ZPOPMIN', KEYS[n + i])
+    if #popped == 0 then break end
+    local job_id = popped[1]
+    local stored = redis.call('HGET', KEYS[2 * n + 1], job_id)
+    redis.call('HDEL', KEYS[2 * n + 1], job_id)
+    if stored and redis.call('HGET', ARGV[4] .. job_id, 'state') == 'queued' then
+      local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
+      redis.call('ZADD', KEYS[i], ARGV[3], job_id .. '|h')
+      redis.call('LPUSH', list, message)
+      live, handed = live + 1, handed + 1
+    end
+  end
+  if redis.call('EXISTS', KEYS[n + i]) == 0 then
+    redis.call('HDEL', KEYS[2 * n + 2], KEYS[i])
+  end
+end
+return handed

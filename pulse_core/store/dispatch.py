@@ -1,0 +1,129 @@
+"""Fair dispatch: jobs wait in Pulse's own structures; the broker queue stays short.
+
+Each queue has, in Redis (``pulse_core.keys``):
+
+- per tenant, a **ready set** of its waiting jobs, highest priority first, then first
+  come first served (``keys.ready``);
+- the **active tenants**, ordered by virtual time (``keys.active``): the tenant with the
+  lowest goes next, and its virtual time grows by ``1 / weight`` per job dispatched
+  (``weight`` from the tenants file, default 1). A tenant that becomes active starts at
+  the virtual time of the last job dispatched, so it is served next and idle time earns
+  it no credit. A tenant whose ready set empties leaves, with its weight: idle tenants
+  cost nothing;
+- the messages of waiting jobs (``keys.ready_messages``), pushed as they are.
+
+The Celery queue itself is kept short: a **dispatch** moves jobs onto it, in that order,
+while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once
+(``enqueue``, pipelined after the admission script: no added round trip, no added
+latency when the queue is short); the scripts that end an attempt (``finalize``,
+``schedule_retry``) dispatch the next job in the same call; and the workers' sweep
+dispatches every queue with active tenants (``dispatch_all``), so a queue refills even
+if no attempt ends (a worker restarted, messages taken by stale copies).
+
+Priority orders a tenant's own jobs only; between tenants the order is the fair one. A
+tenant's flood delays another tenant's next job by at most ``PULSE_DISPATCH_DEPTH``
+jobs (those already on the queue) plus one. Each dispatch costs O(log tenants) in Redis.
+
+With another broker (RabbitMQ) the scripts cannot push onto the broker: jobs wait in
+the same ready sets and the workers take them in the same order (``take``) and publish
+them through kombu while the broker queue holds fewer than ``PULSE_DISPATCH_DEPTH``
+ready messages (``pulse_worker.guardian``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+from pulse_core import keys
+from pulse_core.jobs import Job
+from pulse_core.lua_scripts import LuaScript
+
+_ENQUEUE = LuaScript("pulse_core.store", "enqueue", int)
+_DISPATCH = LuaScript("pulse_core.store", "dispatch", int)
+_DISPATCH_POP = LuaScript("pulse_core.store", "dispatch_pop", list)
+
+#: The broker lists of a queue, one per kombu priority step (0, 3, 6, 9), in that order.
+BrokerLists = Callable[[str], Sequence[str]]
+
+
+class Dispatcher:
+    """Moves waiting jobs from their ready sets onto their queue's broker lists, fairly."""
+
+    def __init__(self, redis: Redis, *, depth: int, broker_lists: BrokerLists | None) -> None:
+        """``broker_lists``: the queue's kombu lists when the broker is this Redis (the
+        scripts push onto them); ``None`` for another broker (``take`` and publish)."""
+        self._redis = redis
+        self.depth = depth
+        self._broker_lists = broker_lists
+        self._enqueue = _ENQUEUE.register(redis)
+        self._dispatch = _DISPATCH.register(redis)
+        self._dispatch_pop = _DISPATCH_POP.register(redis)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the scripts push messages onto the broker (the broker is this Redis)."""
+        return self._broker_lists is not None
+
+    def spec(self, queue: str) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV a script with ``includes/dispatch.lua`` takes to dispatch ``queue``
+        (without the broker lists when they are not this Redis's)."""
+        lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
+        if self._broker_lists is not None and len(lists) != 4:
+            raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
+        return (
+            [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
+            [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
+        )
+
+    def queue_enqueue(self, pipe: Pipeline, job: Job, message: str, *, weight: float = 1.0) -> None:
+        """Queue on ``pipe``: ``job`` (just admitted, ``queued``) waits in its ready set with
+        ``message``, then its queue is dispatched. Does nothing if the job was not created."""
+        keys_, args = self.spec(job.queue)
+        self._enqueue.queue(
+            pipe,
+            keys=[keys.job(job.job_id), keys.ready(job.queue, job.tenant_id), *keys_],
+            args=[*args, job.job_id, job.tenant_id, job.priority, repr(float(weight)), message],
+        )
+
+    def take(self, queue: str, n: int) -> list[str]:
+        """Up to ``n`` waiting jobs of ``queue`` in fair order, out of their ready sets: their
+        ids, for the caller to publish (a broker other than this Redis)."""
+        keys_, args = self.spec(queue)
+        found: list[str] = self._dispatch_pop(keys=keys_[:4], args=[*args[:3], n])
+        return found
+
+    def queues(self) -> list[str]:
+        """The queues with waiting jobs."""
+        return sorted(self._redis.smembers(keys.DISPATCH_QUEUES))  # type: ignore[arg-type]
+
+    def dispatch(self, queue: str) -> int:
+        """Fill ``queue``'s broker lists up to the depth; how many messages were pushed."""
+        keys_, args = self.spec(queue)
+        return int(self._dispatch(keys=keys_, args=args))
+
+    def dispatch_all(self, consumed: Collection[str] | None = None) -> int:
+        """Dispatch every queue with active tenants (of ``consumed`` only, when given: a
+        worker's queues), in one round trip (the workers' tick)."""
+        queues = [q for q in self.queues() if consumed is None or q in consumed]
+        if not self.inline or not queues:
+            return 0
+        with self._redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                keys_, args = self.spec(queue)
+                self._dispatch.queue(pipe, keys=keys_, args=args)
+            return sum(int(n) for n in pipe.execute())
+
+    def waiting(self, queue: str) -> dict[str, int]:
+        """Tenant -> jobs in its ready set of ``queue`` (active tenants only)."""
+        tenants: list[str] = self._redis.zrange(keys.active(queue), 0, -1)  # type: ignore[assignment]
+        if not tenants:
+            return {}
+        with self._redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.zcard(keys.ready(queue, tenant))
+            counts = pipe.execute()
+        return {tenant: int(n) for tenant, n in zip(tenants, counts, strict=True) if n}

@@ -1,0 +1,77 @@
+-- dispatch: move a queue's waiting jobs onto its broker lists in weighted fair order while
+-- the lists hold fewer than `depth` messages (pulse_core.store.dispatch).
+-- q.lists: the queue's broker lists, one per kombu priority step (0, 3, 6, 9) in that order: all
+--   count towards the depth; dispatched messages all go onto the first, first in first out, so
+--   the order of dispatch is the order workers take them (a broker priority band would let a
+--   tenant's priority-9 message overtake another tenant's dispatched earlier, again and again)
+-- q.active: tenants by virtual time   q.state: the dispatcher's hash   q.messages: id -> message
+-- q.queues: the queues with active tenants   q.queue: the queue's name
+-- q.ready_prefix: a tenant's ready set is ready_prefix .. tenant id   q.job_prefix: likewise a job
+-- q.depth: the low-water mark
+-- Without q.lists (a broker other than this Redis), q.depth is how many to take: their ids are
+-- appended to q.out for the caller to publish, and no message is stored.
+-- The tenant with the lowest virtual time gives its best job (highest priority, then oldest);
+-- its virtual time then grows by 1 / its weight. A tenant whose ready set is empty leaves
+-- q.active, and an idle queue's state goes, so idle tenants cost nothing. A job that is no
+-- longer queued (cancelled while it waited) is dropped with its message. At most 64 entries
+-- are looked at per call; what is left is dispatched by the next call.
+-- Returns how many messages were pushed.
+local DISPATCH_PRIORITY_SPAN = 1e15
+local function dispatch(q)
+  local depth = 0
+  if q.lists then
+    for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
+  end
+  local sent, looked = 0, 0
+  while depth < q.depth and looked < 64 do
+    looked = looked + 1
+    local head = redis.call('ZRANGE', q.active, 0, 0, 'WITHSCORES')
+    if #head == 0 then
+      redis.call('DEL', q.state)
+      redis.call('SREM', q.queues, q.queue)
+      break
+    end
+    local tenant, vt = head[1], tonumber(head[2])
+    local ready = q.ready_prefix .. tenant
+    local popped = redis.call('ZPOPMIN', ready)
+    if #popped > 0 then
+      local id = popped[1]
+      local message = redis.call('HGET', q.messages, id)
+      if message then redis.call('HDEL', q.messages, id) end
+      if (message or not q.lists) and redis.call('HGET', q.job_prefix .. id, 'state') == 'queued' then
+        if q.lists then
+          redis.call('LPUSH', q.lists[1], message)
+        else
+          q.out[#q.out + 1] = id
+        end
+        depth, sent = depth + 1, sent + 1
+        redis.call('HSET', q.state, 'v', string.format('%.17g', vt))
+        vt = vt + 1 / tonumber(redis.call('HGET', q.state, 'w:' .. tenant) or '1')
+      end
+    end
+    if redis.call('EXISTS', ready) == 0 then
+      redis.call('ZREM', q.active, tenant)
+      redis.call('HDEL', q.state, 'w:' .. tenant)
+    else
+      redis.call('ZADD', q.active, string.format('%.17g', vt), tenant)
+    end
+  end
+  return sent
+end
+
+-- The dispatch spec from KEYS[k..k+7] (active, state, messages, queues, the four lists) and
+-- ARGV[a..a+3] (queue, ready prefix, job prefix, depth); nil when KEYS has none.
+local function dispatch_spec(k, a)
+  if #KEYS < k + 7 then return nil end
+  return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
+          lists = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]},
+          queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
+          depth = tonumber(ARGV[a + 3])}
+end
+
+-- The same without lists (KEYS[k..k+3]): ARGV[a + 3] is how many to take, into q.out.
+local function dispatch_pop_spec(k, a)
+  return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
+          out = {}, queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
+          depth = tonumber(ARGV[a + 3])}
+end

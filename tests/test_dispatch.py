@@ -1,0 +1,162 @@
+"""The fair dispatcher at scale (``pulse_core.store.dispatch``), driven as workers drive it:
+take a message off the queue's list, finish its job (the finalize script dispatches the next).
+
+Counted in Redis commands, not time: the machine is shared, the count is not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from pulse_api import create_app
+from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_core import keys
+from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.jobs import Job, JobState, utc_now
+from pulse_core.redis_client import connect
+from pulse_core.settings import Settings
+from pulse_core.store.dispatch import Dispatcher
+from pulse_core.store.job_store import JobStore
+from tests.conftest import DIAG_TYPES
+from tests.support import WorkerProcess, auth, settings_env, wait_for_state, waiting_messages
+
+QUEUE = "t-dispatch"
+DEPTH = 16
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Redis]:
+    """A Redis of this test's own: its command counts are the dispatcher's alone."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        yield connect(server.url)
+    finally:
+        server.stop()
+
+
+def _enqueue(redis: Redis, dispatcher: Dispatcher, tenants: list[str], per_tenant: int) -> None:
+    """Each tenant's jobs, admitted round by round (every tenant's first, then every second...)
+    as admission enqueues them: record, then the enqueue script."""
+    created = utc_now()
+    for round_no in range(per_tenant):
+        with redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                job = Job(
+                    job_id=f"{tenant}.{round_no}",
+                    tenant_id=tenant,
+                    job_type="diag.echo",
+                    queue=QUEUE,
+                    created_at=created,
+                )
+                pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
+                pipe.hincrby(keys.PENDING, tenant, 1)
+                dispatcher.queue_enqueue(pipe, job, f"m|{job.job_id}")
+            pipe.execute()
+
+
+def _drain(redis: Redis, store: JobStore, limit: int | None = None) -> list[str]:
+    """Take messages as a worker would and finish their jobs (each finalize dispatches the
+    next); the job ids in the order they were taken."""
+    taken: list[str] = []
+    queue_list = waiting_lists(QUEUE)[0]
+    while limit is None or len(taken) < limit:
+        batch = redis.rpop(queue_list, DEPTH) or []
+        if not batch:
+            break
+        ids = [message.split("|", 1)[1] for message in batch]
+        taken += ids
+        for job_id in ids:
+            tenant = job_id.rsplit(".", 1)[0]
+            job = Job(job_id=job_id, tenant_id=tenant, job_type="diag.echo", queue=QUEUE, created_at="")
+            assert store.finalize(job, JobState.SUCCEEDED, result_json="null", from_="waiting")
+    return taken
+
+
+def _commands(redis: Redis) -> int:
+    stats = redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
+
+
+def _commands_per_dispatch(redis: Redis, store: JobStore, n: int) -> tuple[float, list[str]]:
+    """Redis commands per job taken over the next ``n`` jobs (RPOP, finalize and what it calls),
+    and those jobs."""
+    redis.config_resetstat()
+    taken = _drain(redis, store, limit=n)
+    return _commands(redis) / len(taken), taken
+
+
+def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(private_redis: Redis) -> None:
+    redis = private_redis
+    dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=waiting_lists)
+    store = JobStore(redis, dispatcher=dispatcher)
+    # given 10 tenants with 100 jobs each: the cost of a dispatch while none runs dry
+    _enqueue(redis, dispatcher, [f"few-{i:02d}" for i in range(10)], 100)
+    few, _ = _commands_per_dispatch(redis, store, 320)
+    _drain(redis, store)
+    # and 10,000 tenants with 2 jobs each
+    many_tenants = [f"t{i:05d}" for i in range(10_000)]
+    _enqueue(redis, dispatcher, many_tenants, 2)
+    # when workers take their jobs (the cost read over the first jobs, as for 10 tenants)
+    many, first = _commands_per_dispatch(redis, store, 320)
+    taken = [*first, *_drain(redis, store)]
+    print(f"Redis commands per job taken: {few:.2f} with 10 tenants, {many:.2f} with 10,000")
+    # then a dispatch costs the same Redis commands with 10,000 tenants as with 10
+    assert many <= few + 0.5, (few, many)
+    # and every job ran once, in fair order: every tenant's first job within the first 10,000
+    # taken, but for the few dispatched at once while the queue was short (their tenants went
+    # idle and came back with their second job, at the virtual time of the moment)
+    assert len(taken) == 20_000 and len(set(taken)) == 20_000
+    firsts = {job_id for job_id in taken[: 10_000 + DEPTH] if job_id.endswith(".0")}
+    assert len(firsts) == 10_000
+    tenants_in_first_half = {job_id.rsplit(".", 1)[0] for job_id in taken[:10_000]}
+    assert len(tenants_in_first_half) >= 10_000 - DEPTH
+    # and nothing is left: idle tenants cost nothing
+    assert redis.zcard(keys.active(QUEUE)) == 0
+    assert not redis.exists(keys.dispatch_state(QUEUE), keys.ready_messages(QUEUE))
+    assert not list(redis.scan_iter(match=keys.ready_prefix(QUEUE) + "*"))
+    assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
+
+
+@pytest.mark.slow
+def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given two workers on a queue of this test's own
+    client = create_app(isolated_settings).test_client()
+    queue = isolated_settings.default_queue
+    workers = [
+        WorkerProcess(settings_env(isolated_settings), tmp_path / f"w{n}.log", queues=[queue], concurrency=2)
+        for n in range(2)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, DIAG_TYPES)
+        # when 2,000 jobs are submitted due at the same instant, 8 seconds on
+        run_at = (datetime.now(UTC) + timedelta(seconds=8)).isoformat().replace("+00:00", "Z")
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        due = datetime.fromisoformat(run_at.replace("Z", "+00:00"))
+        ids: list[str] = []
+        while len(ids) < 2000:  # (within acme's rate limit of 1000/second)
+            answer = client.post("/v1/batches", json={"jobs": [body] * 250}, headers=auth("acme")).get_json()
+            ids += [item["job"]["jobId"] for item in answer["items"] if "job" in item]
+        # then until they are due they wait parked in Redis: no message on the queue, none
+        # reserved by a worker (kombu's unacked messages)
+        assert redis.zmscore(keys.PARKED_UNTIL, ids) == [pytest.approx(due.timestamp(), abs=1.0)] * len(ids)
+        assert waiting_messages(redis, queue) == 0
+        unacked = [json.loads(raw) for raw in redis.hvals("unacked")]
+        assert not [entry for entry in unacked if entry[2] == queue]
+        # and once due every one of them starts (within 60 s of the due time)
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=90) for job_id in ids]
+    finally:
+        for worker in workers:
+            worker.stop()
+    last_start = max(datetime.fromisoformat(d["startedAt"].replace("Z", "+00:00")) for d in docs)
+    print(f"2,000 jobs due at once: the last started {(last_start - due).total_seconds():.1f} s after due")
+    assert (last_start - due).total_seconds() <= 60
+    assert {d["attempts"] for d in docs} == {1}

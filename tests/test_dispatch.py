@@ -41,8 +41,8 @@ def private_redis(tmp_path: Path) -> Iterator[Redis]:
 
 
 def _enqueue(redis: Redis, dispatcher: Dispatcher, tenants: list[str], per_tenant: int) -> None:
-    """Each tenant's jobs, admitted round by round (every tenant's first, then every second...)
-    as admission enqueues them: record, then the enqueue script."""
+    """Each tenant's jobs, recorded round by round (every tenant's first, then every second...),
+    each placed in its ready set by the enqueue script (the step admission runs inside admit)."""
     created = utc_now()
     for round_no in range(per_tenant):
         with redis.pipeline(transaction=False) as pipe:

@@ -1368,8 +1368,11 @@ RELEASE = [
 # KEYS: the tenant's index, pending, watch, held bytes, retained bytes, one window; then the
 # job's own: its hash, its idempotency key, its broker list, unused (its hash).
 _ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
-ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", "{p}job:j1"]
-ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", "{p}job:j1"]
+#: A job's keys past its hash, idempotency key and broker list (ready set, dispatch keys, due
+#: set, parked messages): unused by a job whose message is pushed, so its hash stands in.
+_UNUSED = ["{p}job:j1"] * 11
+ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", *_UNUSED]
+ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", *_UNUSED]
 #: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
 _TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:5], "{p}w1", "{p}w2", *ADMIT_KEYS[6:]]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
@@ -1401,8 +1404,12 @@ def _admit_job(
     watch_in: str = "60",
     fields: list[str] = _FIELDS,
 ) -> list[Any]:
-    # job id, created ms, fingerprint, live, message, watch in (seconds), number of field entries, fields...
-    return [job_id, 1234, fingerprint, live, message, watch_in, len(fields), *fields]
+    # job id, created ms, fingerprint, live, message, watch in (seconds), mode (pushed as it is, or
+    # nothing), queue, ready prefix, job prefix, depth, priority, weight, park in (s): unused when
+    # pushed; number of field entries, fields...
+    mode = "push" if message else ""
+    unused = ["", "", "", 0, 0, "1.0", "0.0"]
+    return [job_id, 1234, fingerprint, live, message, watch_in, mode, *unused, len(fields), *fields]
 
 
 def _admit_argv(
@@ -1605,7 +1612,7 @@ def _batch_keys(*idem: str) -> list[str]:
     found = list(_ADMIT_SHARED_KEYS)
     for n, key in enumerate(idem, start=1):
         job = f"{{p}}job:j{n}"
-        found += [job, key or job, "{p}list", job]
+        found += [job, key or job, "{p}list", *[job] * 11]
     return found
 
 
@@ -1685,6 +1692,14 @@ ADMIT_BATCH = [
             "1",
             "msg",
             "60",
+            "push",
+            "",
+            "",
+            "",
+            0,
+            0,
+            "1.0",
+            "0.0",
             2,
             "state",
             "queued",
@@ -2108,6 +2123,88 @@ ENQUEUE = [
     ],
 ]
 
+# admit with the job's message placed: its hash, no idempotency key, its broker list, its ready
+# set, the queue's dispatch keys, the due set and the parked messages
+PLACED_KEYS = [
+    *_ADMIT_SHARED_KEYS,
+    *["{p}job:j1", "{p}job:j1", "{p}l0", "{p}ready:t1"],
+    *DISPATCH_KEYS,
+    *["{p}due", "{p}parked"],
+]
+
+
+def _placed_argv(mode: str, *, message: str = "msg", park_in: str = "0.0") -> list[Any]:
+    job = _admit_job(fingerprint="", message=message)
+    # mode, queue, ready prefix, job prefix, depth, priority 5, weight 2, park in (s)
+    job[6:14] = [mode, *DISPATCH_ARGV, "5", "2.0", park_in]
+    return [*_admit_header(), *job]
+
+
+ADMIT_PLACES = [
+    Case(
+        "a job due now on a short queue is dispatched in the same run: onto the list, nothing left waiting",
+        "guards/admit",
+        {},
+        PLACED_KEYS,
+        _placed_argv("enqueue"),
+        ["created", TAKEN_ONE],
+        {
+            "{p}job:j1": _RECORD,
+            "{p}l0": ["msg"],
+            "{p}ready:t1": None,
+            "{p}active": None,
+            "{p}msgs": None,
+            "{p}state": None,
+            "{p}queues": None,
+            "{p}due": None,
+        },
+    ),
+    Case(
+        "a job due now behind a full queue waits in its ready set, its tenant active at the last virtual time",
+        "guards/admit",
+        {"{p}l3": ["m1", "m2"], "{p}state": {"v": "7", "seq": "4"}},
+        PLACED_KEYS,
+        _placed_argv("enqueue"),
+        ["created", TAKEN_ONE],
+        {
+            "{p}l0": None,
+            "{p}l3": ["m1", "m2"],
+            "{p}ready:t1": Z({"j1": 4e15 + 5}),
+            "{p}active": Z({"t1": 7}),
+            "{p}state": {"v": "7", "seq": "5", "w:t1": "2.0"},
+            "{p}msgs": {"j1": "msg"},
+            "{p}queues": {"q"},
+        },
+    ),
+    Case(
+        "with another broker the job waits in its ready set without a message, for the workers to take",
+        "guards/admit",
+        {},
+        [*PLACED_KEYS[:14], *["{p}job:j1"] * 4, "{p}due", "{p}parked"],
+        _placed_argv("wait", message=""),
+        ["created", TAKEN_ONE],
+        {"{p}ready:t1": Z({"j1": 4e15 + 1}), "{p}active": Z({"t1": 0}), "{p}msgs": None, "{p}queues": {"q"}},
+    ),
+    Case(
+        "a delayed job's message is parked until due, on its broker list; nothing is dispatched",
+        "guards/admit",
+        {},
+        PLACED_KEYS,
+        _placed_argv("park", park_in="30"),
+        ["created", TAKEN_ONE],
+        {"{p}due": Z({"j1": ANY}), "{p}parked": {"j1": "{p}l0\nmsg"}, "{p}l0": None, "{p}ready:t1": None},
+    ),
+    Case(
+        "a job refused at the door is placed nowhere",
+        "guards/admit",
+        {"{p}pending": {"t1": "5"}},
+        PLACED_KEYS,
+        _placed_argv("enqueue"),
+        ["backlog", EMPTY_WINDOW, 5],
+        {"{p}job:j1": None, "{p}l0": None, "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+    ),
+]
+
 CASES = (
     DISPATCH_POP
     + PARKING
@@ -2131,6 +2228,7 @@ CASES = (
     + FORGET_LAPSED
     + RELEASE
     + ADMIT
+    + ADMIT_PLACES
     + ADMIT_BATCH
     + RATE_STATUS
     + ACQUIRE

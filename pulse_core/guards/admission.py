@@ -18,13 +18,13 @@ One script run that cannot race decides a submission, in this order:
 6. **record** — consume one slot in every window, write the job hash, count its
    bytes, index it under the tenant, count it pending, watch it (``keys.WATCH``: the
    sweep looks at it if nothing claims it in time), remember the idempotency key
-   and, when the broker is this Redis, push the job's message onto its queue.
+   and place the job's message:
 
-When the broker is this Redis, a job due now then waits in its tenant's ready set and its
-queue is dispatched (``pulse_core.store.dispatch``): a second script, pipelined after the
-first in the same round trip (for a batch, one more round trip for all its jobs), that
-does nothing unless the first created the job; a delayed job's message is parked in
-Redis until due instead of pushed.
+   - a job due now waits in its tenant's ready set of its queue (with its message when
+     the broker is this Redis) and, at the end of the run, each queue a job was placed
+     on is dispatched (``pulse_core.store.dispatch``): fair order, no added round trip;
+   - a delayed job's message is parked in Redis until due (the workers' tick releases it);
+   - otherwise the message is pushed as it is, or the caller publishes it.
 
 A batch is admitted by ``admit_batch`` with the same per-job step
 (``lua/includes/admit_one.lua``), in request order, ``BATCH_CHUNK`` jobs per script
@@ -177,8 +177,6 @@ def _admit_batch_reply(reply: list[Any]) -> list[AdmitReply]:
 
 #: Idempotency, jobType, rate limit, backlog, budget and the record in one step (``lua/admit.lua``).
 _ADMIT = LuaScript("pulse_core.guards", "admit", _admit_reply)
-#: Parks a delayed job's message until it is due (``lua/park_due.lua``), pipelined after admit.
-_PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
 #: The same for many jobs of one tenant, in order, in one run (``lua/admit_batch.lua``).
 _ADMIT_BATCH = LuaScript("pulse_core.guards", "admit_batch", _admit_batch_reply)
 #: Where the tenant stands against its limits, reading only (``lua/rate_status.lua``).
@@ -233,18 +231,11 @@ class Admission:
         self._admit_batch = _ADMIT_BATCH.register(redis)
         self._status = _STATUS.register(redis)
         self._readmit = _READMIT.register(redis)
-        self._park_due = _PARK_DUE.register(redis)
 
     def admit(self, tenant: Tenant, submission: Submission) -> Admitted:
         """Admit one job or raise the ``PulseError`` that refuses it."""
         keys_, args = self._call(tenant, [submission])
-        if self._enqueues(submission) or self._parks(submission):
-            with self._redis.pipeline(transaction=False) as pipe:
-                self._admit.queue(pipe, keys=keys_, args=args)
-                self._queue_enqueue(pipe, submission)
-                reply = self._admit.read(pipe.execute()[0])
-        else:
-            reply = self._admit(keys=keys_, args=args)
+        reply = self._admit(keys=keys_, args=args)
         verdict = _decide(tenant, submission, reply)
         if isinstance(verdict, PulseError):
             raise verdict
@@ -265,16 +256,6 @@ class Admission:
         verdicts: list[Admitted | PulseError] = []
         for chunk, read in zip(chunks, replies, strict=True):
             verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
-        fresh = [
-            s
-            for s, v in zip(submissions, verdicts, strict=True)
-            if isinstance(v, Admitted) and not v.replayed and (self._enqueues(s) or self._parks(s))
-        ]
-        if fresh:  # one more round trip: each into its ready set (or parked until due)
-            with self._redis.pipeline(transaction=False) as pipe:
-                for submission in fresh:
-                    self._queue_enqueue(pipe, submission)
-                pipe.execute()
         return verdicts
 
     def _enqueues(self, submission: Submission) -> bool:
@@ -285,19 +266,17 @@ class Admission:
         fair = self.dispatcher
         return fair is not None and fair.inline and submission.park_seconds is not None and bool(submission.message)
 
-    def _queue_enqueue(self, pipe: Any, submission: Submission) -> None:
-        """After the admission script on ``pipe``: the job's message into its ready set, or,
-        delayed, parked until due; each does nothing unless the script created the job."""
-        if self._enqueues(submission):
-            assert self.dispatcher is not None
-            self.dispatcher.queue_enqueue(pipe, submission.job, submission.message, weight=submission.weight)
-        elif self._parks(submission):
-            job = submission.job
-            self._park_due.queue(
-                pipe,
-                keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES, keys.job(job.job_id)],
-                args=[job.job_id, repr(submission.park_seconds), submission.broker_list, submission.message],
-            )
+    def _placement(self, submission: Submission) -> tuple[str, list[str], list[Any]]:
+        """What becomes of the job's message in ``admit_one.lua`` (its mode), with the queue's
+        dispatch keys (8, padded) and arguments (queue, ready prefix, job prefix, depth)."""
+        fair = self.dispatcher
+        job = submission.job
+        if fair is not None and self._enqueues(submission):
+            dispatch_keys, dispatch_args = fair.spec(job.queue)
+            return ("enqueue" if fair.inline else "wait"), dispatch_keys, dispatch_args
+        if self._parks(submission):
+            return "park", [], ["", "", "", 0]
+        return ("push" if submission.message else ""), [], ["", "", "", 0]
 
     def readmit(self, tenant: Tenant, dead: Job, *, check_in: float) -> Readmitted:
         """Queue the dead letter ``dead`` (as read, at its cycle) again, as a submit would be
@@ -350,11 +329,16 @@ class Admission:
             job = submission.job
             job_key = keys.job(job.job_id)
             key = submission.idempotency_key
+            mode, dispatch_keys, dispatch_args = self._placement(submission)
             keys_ += [
                 job_key,
                 store_key(tenant.tenant_id, key) if key else job_key,
                 submission.broker_list or job_key,
-                job_key,  # unused
+                keys.ready(job.queue, job.tenant_id) if mode in ("enqueue", "wait") else job_key,
+                *dispatch_keys,
+                *[job_key] * (8 - len(dispatch_keys)),
+                keys.PARKED_UNTIL,
+                keys.PARKED_MESSAGES,
             ]
             fields = job.to_redis()
             args += [
@@ -362,8 +346,13 @@ class Admission:
                 int(datetime.fromisoformat(job.created_at).timestamp() * 1000),
                 submission.fingerprint if key else "",
                 "1" if submission.job_type_live else "0",
-                "" if self._enqueues(submission) or self._parks(submission) else submission.message,
+                submission.message if mode != "wait" else "",
                 repr(max(0.0, submission.watch_in)),
+                mode,
+                *dispatch_args,
+                job.priority,
+                repr(float(submission.weight)),
+                repr(submission.park_seconds or 0.0),
                 2 * len(fields),
             ]
             for field, value in fields.items():

@@ -13,9 +13,10 @@ Each queue has, in Redis (``pulse_core.keys``):
 - the messages of waiting jobs (``keys.ready_messages``), pushed as they are.
 
 The Celery queue itself is kept short: a **dispatch** moves jobs onto it, in that order,
-while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once
-(``enqueue``, pipelined after the admission script: no added round trip, no added
-latency when the queue is short); the scripts that end an attempt (``finalize``,
+while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once,
+in the admission script itself (``guards/lua/includes/admit_one.lua`` places the job with
+``includes/enqueue_job.lua`` and the run dispatches each queue it placed jobs on: no added
+call, no added latency when the queue is short); the scripts that end an attempt (``finalize``,
 ``schedule_retry``) dispatch the next job in the same call; and the workers' sweep
 dispatches every queue with active tenants (``dispatch_all``), so a queue refills even
 if no attempt ends (a worker restarted, messages taken by stale copies).
@@ -80,8 +81,10 @@ class Dispatcher:
         )
 
     def queue_enqueue(self, pipe: Pipeline, job: Job, message: str, *, weight: float = 1.0) -> None:
-        """Queue on ``pipe``: ``job`` (just admitted, ``queued``) waits in its ready set with
-        ``message``, then its queue is dispatched. Does nothing if the job was not created."""
+        """Queue on ``pipe``: ``job`` (recorded, ``queued``) waits in its ready set with
+        ``message``, then its queue is dispatched. Does nothing if the job is not queued or was
+        enqueued already. Admission does the same step inside its own script (``enqueue_job``);
+        this is that step alone, for a job recorded some other way."""
         keys_, args = self.spec(job.queue)
         self._enqueue.queue(
             pipe,

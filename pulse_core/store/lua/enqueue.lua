@@ -8,20 +8,11 @@
 --         and the job waits for Dispatcher.take)
 -- Reply: how many messages were pushed onto the lists, or -1 when the job was not enqueued
 -- (not created, no longer queued, or enqueued already: the same call run again).
---@include dispatch
+--@include enqueue_job
 
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return -1 end
 if redis.call('HSETNX', KEYS[1], 'enqueued', '1') == 0 then return -1 end
-local seq = redis.call('HINCRBY', KEYS[4], 'seq', 1)
-redis.call('ZADD', KEYS[2], (9 - tonumber(ARGV[7])) * DISPATCH_PRIORITY_SPAN + seq, ARGV[5])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[5], ARGV[5], ARGV[9]) end
-redis.call('HSET', KEYS[4], 'w:' .. ARGV[6], ARGV[8])
-if not redis.call('ZSCORE', KEYS[3], ARGV[6]) then
-  -- A tenant that becomes active starts at the virtual time of the last job dispatched:
-  -- it is served next, and its idle time earns it no credit.
-  redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[4], 'v') or '0', ARGV[6])
-end
-redis.call('SADD', KEYS[6], ARGV[1])
-local spec = dispatch_spec(3, 1)
-if not spec then return 0 end
+local spec = dispatch_spec(3, 1) or dispatch_pop_spec(3, 1)
+enqueue_job(spec, KEYS[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if not spec.lists then return 0 end
 return dispatch(spec)

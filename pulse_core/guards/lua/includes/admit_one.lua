@@ -3,20 +3,25 @@
 -- KEYS and ARGV are laid out alike for both (admission_context reads the shared part):
 -- KEYS[1] the tenant index   KEYS[2] the pending hash   KEYS[3] the watch zset
 -- KEYS[4] the held bytes hash   KEYS[5] the tenant's retained bytes   KEYS[6..5+n] the tenant's
--- rate windows (GCRA); then 4 keys per job: the job hash, the idempotency key (or the job hash
--- when there is none), the Redis list of the job's queue and priority (or the job hash when
--- the caller publishes or the dispatcher enqueues: pulse_core.store.dispatch), unused (the
--- job hash).
+-- rate windows (GCRA); then 14 keys per job (a key a job does not use is its job hash): the job
+-- hash, the idempotency key, the broker list of the job's queue and priority, the tenant's
+-- ready set of the queue, the queue's dispatch keys (active tenants, dispatch state, waiting
+-- messages, queues with waiting jobs, its four broker lists: includes/dispatch.lua), the due
+-- set and the parked messages (a delayed job's message waits there: release_due).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
 -- entries created longer ago are trimmed (their records have expired after their retention,
 -- or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
 -- ARGV[8] retention (s)   ARGV[9] number of jobs m   ARGV[10..9+2n] n (limit, expiry) pairs;
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
--- the broker message to push ('' = the caller publishes or the dispatcher enqueues), in how
--- many seconds (Redis' clock)
--- the sweep looks at the job if nothing claimed it, the number f of field/value entries, then
--- the record's f field/value entries.
+-- the broker message, in how many seconds (Redis' clock) the sweep looks at the job if
+-- nothing claimed it, what becomes of the message (the mode: 'push' onto the broker list;
+-- 'enqueue' into the ready set, then the queue is dispatched; 'wait' into the ready set
+-- without a message, for the workers to take and publish (a broker other than this Redis);
+-- 'park' until due; '' nothing: the caller publishes), the queue, its ready prefix, the job
+-- key prefix, the dispatch depth, the job's priority, the tenant's weight, in how many
+-- seconds a parked job is due, the number f of field/value entries, then the record's f
+-- field/value entries.
 -- A job's reply: {outcome, stats, ...} with stats as window_stats returns it:
 --   {'created', stats} | {'replay', stats, record} | {'conflict', stats, job id}
 --   | {'unknown-type', stats} | {'rate-limited', stats} | {'backlog', stats, pending}
@@ -26,6 +31,7 @@
 --@include rate_windows
 --@include listing_add
 --@include stored_bytes
+--@include enqueue_job
 
 local function admission_context()
   local time = redis.call('TIME')
@@ -35,15 +41,35 @@ local function admission_context()
     tenant = ARGV[1], ttl = ARGV[2], max_pending = tonumber(ARGV[3]), prefix = ARGV[4],
     n = n, horizon = tonumber(ARGV[6]), budget = tonumber(ARGV[7]), retention = tonumber(ARGV[8]),
     count = tonumber(ARGV[9]),
+    -- the queues that jobs of this run wait for (dispatched once each, at the end of the run)
+    to_dispatch = {}, dispatch_order = {},
     index = KEYS[1], pending = KEYS[2], watch = KEYS[3], held = KEYS[4], retained = KEYS[5],
     -- where the first job's KEYS and ARGV start
     first_key = 6 + n, first_arg = 10 + 2 * n,
   }
 end
 
--- The job's message onto its lane's list: the one place admission pushes a message.
-local function push_message(list_key, message)
-  if message ~= '' then redis.call('LPUSH', list_key, message) end
+-- Where the job's message goes (the mode, above): the one place admission sends a message.
+local function place_message(ctx, k, a, job_id, message, mode)
+  if mode == 'push' then
+    redis.call('LPUSH', KEYS[k + 2], message)
+  elseif mode == 'enqueue' or mode == 'wait' then
+    local q
+    if mode == 'enqueue' then q = dispatch_spec(k + 4, a + 7) else q = dispatch_pop_spec(k + 4, a + 7) end
+    enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
+    if mode == 'enqueue' and not ctx.to_dispatch[q.queue] then
+      ctx.to_dispatch[q.queue] = q
+      ctx.dispatch_order[#ctx.dispatch_order + 1] = q.queue
+    end
+  elseif mode == 'park' then
+    redis.call('ZADD', KEYS[k + 12], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
+    redis.call('HSET', KEYS[k + 13], job_id, KEYS[k + 2] .. '\n' .. message)
+  end
+end
+
+-- Dispatch each queue a job of this run waits for, once, in the order they came.
+local function dispatch_admitted(ctx)
+  for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue]) end
 end
 
 -- Seconds until the oldest retained bucket of the tenant leaves (0: none is counted).
@@ -56,10 +82,11 @@ end
 -- Admit the job whose keys start at KEYS[k] and whose arguments start at ARGV[a]:
 -- its reply and where the next job's arguments start.
 local function admit_one(ctx, k, a)
-  local job_key, idem_key, list_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local job_key, idem_key = KEYS[k], KEYS[k + 1]
   local job_id, created_ms, fp, live = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local message, watch_in, f = ARGV[a + 4], tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local fields, next_arg = a + 7, a + 7 + f
+  local message, watch_in, mode = ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6]
+  local f = tonumber(ARGV[a + 14])
+  local fields, next_arg = a + 15, a + 15 + f
   local stats = window_stats(ctx.now, 6, 10, ctx.n)
 
   -- The same call again (redis-py retries a call that timed out): it was done already.
@@ -102,6 +129,6 @@ local function admit_one(ctx, k, a)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)
   end
-  push_message(list_key, message)
+  place_message(ctx, k, a, job_id, message, mode)
   return {'created', stats}, next_arg
 end

@@ -10,15 +10,16 @@
 -- Included by admit_one (the check), final_transition, forget_dead_letter (the moves).
 local STORED_BUCKET_SECONDS = 3600
 
--- The retained bytes still counted at now (epoch s), dropping the buckets whose records
--- have all expired (bucket b's last record expires before (b + 1) * length + retention).
+-- The retained bytes still counted at now (epoch s) and the oldest bucket still counted (nil:
+-- none), dropping the buckets whose records have all expired (bucket b's last record
+-- expires before (b + 1) * length + retention).
 -- Steps bucket by bucket from the oldest: a bucket's worth of work per bucket that leaves;
 -- far behind (a tenant idle for long, a skewed clock), it prunes by the fields present.
 local function retained_bytes(retained_key, now, retention)
   local f = redis.call('HMGET', retained_key, 'total', 'oldest')
   local total, oldest = tonumber(f[1] or '0'), tonumber(f[2] or '')
   local stale = math.floor((now - retention) / STORED_BUCKET_SECONDS) - 1  -- newest bucket all expired
-  if not oldest or oldest > stale then return total end
+  if not oldest or oldest > stale then return total, oldest end
   if stale - oldest > 256 then
     local fields, left = redis.call('HGETALL', retained_key), nil
     for i = 1, #fields, 2 do
@@ -39,7 +40,7 @@ local function retained_bytes(retained_key, now, retention)
     end
   end
   redis.call('HSET', retained_key, 'total', string.format('%d', total), 'oldest', oldest)
-  return total
+  return total, oldest
 end
 
 -- Everything the tenant's records count now: held plus retained.
@@ -51,12 +52,14 @@ end
 local function stored_bytes_retain(held_key, retained_key, tenant, now, retention, bytes)
   if bytes == 0 then return end
   redis.call('HINCRBY', held_key, tenant, string.format('%d', -bytes))
-  retained_bytes(retained_key, now, retention)  -- drop what left first, so 'oldest' is live
+  -- drop what left first, so 'oldest' is live; then the total and the oldest in one write
+  -- (the same commands for a tenant's first retained record as for its next ones)
+  local total, oldest = retained_bytes(retained_key, now, retention)
   local bucket = math.floor(now / STORED_BUCKET_SECONDS)
   redis.call('HINCRBY', retained_key, 'b' .. bucket, string.format('%d', bytes))
-  redis.call('HINCRBY', retained_key, 'total', string.format('%d', bytes))
-  local oldest = tonumber(redis.call('HGET', retained_key, 'oldest') or '')
-  if not oldest or bucket < oldest then redis.call('HSET', retained_key, 'oldest', bucket) end
+  if not oldest or bucket < oldest then oldest = bucket end
+  local new_total = string.format('%d', total + bytes)
+  redis.call('HSET', retained_key, 'total', new_total, 'oldest', oldest)
   -- the hash ends with the last record counted in it
   redis.call('EXPIRE', retained_key, retention + 2 * STORED_BUCKET_SECONDS)
 end

@@ -8,4 +8,5 @@ max_line_length = 120
 ignore = {
   "211/FINAL_STATES", "211/WAITING_STATES", "211/window_acquire", "211/stored_bytes_used", "211/stored_bytes_retain",
   "211/dispatch_spec", "211/dispatch_pop_spec", "211/DISPATCH_PRIORITY_SPAN", "211/handover_of",
+  "211/dispatch_straight",
 }

@@ -56,6 +56,7 @@ local function place_message(ctx, k, a, job_id, message, mode)
   elseif mode == 'enqueue' or mode == 'wait' then
     local q
     if mode == 'enqueue' then q = dispatch_spec(k + 4, a + 7) else q = dispatch_pop_spec(k + 4, a + 7) end
+    if mode == 'enqueue' and dispatch_straight(q, message) then return end
     enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
     if mode == 'enqueue' and not ctx.to_dispatch[q.queue] then
       ctx.to_dispatch[q.queue] = q

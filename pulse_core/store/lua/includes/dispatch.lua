@@ -18,6 +18,12 @@
 -- Returns how many messages were pushed.
 local DISPATCH_PRIORITY_SPAN = 1e15
 local function dispatch(q)
+  -- no tenant waits: nothing to move, and nothing of the queue's to keep
+  if redis.call('EXISTS', q.active) == 0 then
+    redis.call('DEL', q.state)
+    redis.call('SREM', q.queues, q.queue)
+    return 0
+  end
   local depth = 0
   if q.lists then
     for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
@@ -74,4 +80,17 @@ local function dispatch_pop_spec(k, a)
   return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
           out = {}, queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
           depth = tonumber(ARGV[a + 3])}
+end
+
+-- The short way for a job that arrives while no tenant of its queue waits (q.active is empty)
+-- and the lists hold fewer than q.depth messages: fair order has nothing to decide, so its
+-- message goes straight onto the first list (6 commands instead of a round through the ready
+-- set). True when it did; otherwise the job waits in its ready set as usual.
+local function dispatch_straight(q, message)
+  if redis.call('EXISTS', q.active) == 1 then return false end
+  local depth = 0
+  for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
+  if depth >= q.depth then return false end
+  redis.call('LPUSH', q.lists[1], message)
+  return true
 end

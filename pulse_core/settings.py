@@ -46,7 +46,7 @@ DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
 #: message is republished if it was lost (then after twice as long, and so on, up to an hour).
 DEFAULT_QUEUED_CHECK_SECONDS = 60.0
 #: Messages a queue holds on the broker before the dispatcher keeps the rest in ready sets.
-DEFAULT_DISPATCH_DEPTH = 16
+DEFAULT_DISPATCH_DEPTH = 4
 #: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
 DEFAULT_MAX_RETRIES_CAP = 20
 DEFAULT_TIMEOUT_CAP_SECONDS = 900

@@ -31,6 +31,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Redis]:
+    """A Redis server of this test's own, not persisted: no session worker sweeps it and
+    nothing else talks to it, so its command counts are the test's alone."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    try:
+        yield connect(server.url)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def tenants_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tenants_file(tmp_path_factory.mktemp("config") / "tenants.toml")

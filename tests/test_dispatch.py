@@ -7,7 +7,6 @@ Counted in Redis commands, not time: the machine is shared, the count is not.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import pytest
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.jobs import Job, JobState, utc_now
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore
@@ -28,16 +25,6 @@ from tests.support import WorkerProcess, auth, settings_env, wait_for_state, wai
 
 QUEUE = "t-dispatch"
 DEPTH = 16
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Redis]:
-    """A Redis of this test's own: its command counts are the dispatcher's alone."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
-    try:
-        yield connect(server.url)
-    finally:
-        server.stop()
 
 
 def _enqueue(redis: Redis, dispatcher: Dispatcher, tenants: list[str], per_tenant: int) -> None:
@@ -91,8 +78,8 @@ def _commands_per_dispatch(redis: Redis, store: JobStore, n: int) -> tuple[float
     return _commands(redis) / len(taken), taken
 
 
-def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(private_redis: Redis) -> None:
-    redis = private_redis
+def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: Redis) -> None:
+    redis = own_redis
     dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=waiting_lists)
     store = JobStore(redis, dispatcher=dispatcher)
     # given 10 tenants with 100 jobs each: the cost of a dispatch while none runs dry

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +15,11 @@ from limits import parse
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.errors import RateLimited
 from pulse_core.guards import rate_limits
 from pulse_core.guards.admission import Admission, Submission
 from pulse_core.jobs import Job, new_job_id, utc_now
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.tenants import Tenant
@@ -212,16 +208,6 @@ def test_backlog_cap_refuses_until_jobs_finish(
         worker.stop()
 
 
-@pytest.fixture
-def quiet_redis(tmp_path: Path) -> Iterator[Redis]:
-    """A Redis of this test's own that nothing else talks to: its command counts are the test's."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
-    try:
-        yield connect(server.url)
-    finally:
-        server.stop()
-
-
 def command_calls(redis: Redis) -> Counter[str]:
     """Commands Redis ran so far, by name (``INFO commandstats``), scripts' own calls included."""
     stats = redis.info("commandstats")
@@ -248,10 +234,10 @@ def one_check(admission: Admission, tenant: Tenant, redis: Redis) -> tuple[str, 
     return outcome, +cost
 
 
-def test_a_check_costs_the_same_commands_whatever_the_window_and_rate(quiet_redis: Redis) -> None:
+def test_a_check_costs_the_same_commands_whatever_the_window_and_rate(own_redis: Redis) -> None:
     # given a 1/second limit and a 5000/hour one with 4,999 of its slots in use (the moving
     # window searched a list as long as that)
-    admission = Admission(quiet_redis, idempotency_ttl_seconds=60)
+    admission = Admission(own_redis, idempotency_ttl_seconds=60)
     second = Tenant(tenant_id="per-second", api_key_sha256=(), rate_limit="1/second")
     hour = Tenant(tenant_id="per-hour", api_key_sha256=(), rate_limit="5000/hour")
     fill = [new_submission(hour) for _ in range(4999)]
@@ -265,7 +251,7 @@ def test_a_check_costs_the_same_commands_whatever_the_window_and_rate(quiet_redi
     for tenant in (hour, second):
         seen = costs.setdefault(tenant.rate_limit, {})
         for _ in range(100):
-            outcome, cost = one_check(admission, tenant, quiet_redis)
+            outcome, cost = one_check(admission, tenant, own_redis)
             seen.setdefault(outcome, cost)
             if len(seen) == 2:
                 break

@@ -23,12 +23,11 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import EmbeddedRedis, free_port
+from pulse_cli.embedded_redis import free_port
 from pulse_core import keys
 from pulse_core.broker.celery_app import WORKER_ENV, create_celery, encode_message
 from pulse_core.guards.idempotency import store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.job_types import announce
@@ -284,19 +283,9 @@ def finish(redis: Redis, store: JobStore, ids: list[str]) -> None:
         store.finalize(store.get(job_id), JobState.CANCELLED, from_="waiting")  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Redis]:
-    """A Redis of this test's own: no session worker sweeps it."""
-    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
-    try:
-        yield connect(server.url)
-    finally:
-        server.stop()
-
-
-def test_one_sweep_republishes_every_overdue_job_then_backs_off(private_redis: Redis) -> None:
+def test_one_sweep_republishes_every_overdue_job_then_backs_off(own_redis: Redis) -> None:
     # given 1,000 jobs overdue at once (a dead host's, or due at the same instant)
-    redis = private_redis
+    redis = own_redis
     store = JobStore(redis)
     queue = "t-sweep-scale"
     ids = overdue_jobs(redis, store, queue, 1000)
@@ -330,10 +319,10 @@ def test_one_sweep_republishes_every_overdue_job_then_backs_off(private_redis: R
 
 
 def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
-    settings: Settings, private_redis: Redis
+    settings: Settings, own_redis: Redis
 ) -> None:
     # given a queued job overdue while its queue still holds a message (its own may be behind it)
-    redis = private_redis
+    redis = own_redis
     store = JobStore(redis)
     queue = "t-sweep-lane"
     app = create_celery(settings)

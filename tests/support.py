@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -284,6 +284,37 @@ def wait_for_state(
         return doc if doc["state"] in wanted else None
 
     return wait_for(reached, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_workers(
+    redis: Redis,
+    settings: Settings,
+    tmp_path: Path,
+    job_types: Iterable[str],
+    *,
+    concurrency: int,
+    queues: list[str] | None = None,
+    count: int = 2,
+) -> Iterator[list[WorkerProcess]]:
+    """``count`` worker processes on ``queues`` (the settings' default queue), each announcing
+    ``job_types`` before the block runs; stopped when it ends, however it ends."""
+    workers = [
+        WorkerProcess(
+            settings_env(settings),
+            tmp_path / f"w{n}.log",
+            queues=queues or [settings.default_queue],
+            concurrency=concurrency,
+        )
+        for n in range(count)
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, job_types)
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 class ApiProcess:

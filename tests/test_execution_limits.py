@@ -13,7 +13,15 @@ from redis import Redis
 from pulse_api import create_app
 from pulse_core import keys
 from pulse_core.settings import Settings
-from tests.support import WorkerProcess, auth, settings_env, wait_for, wait_for_state, write_tenants_file
+from tests.support import (
+    WorkerProcess,
+    auth,
+    running_workers,
+    settings_env,
+    wait_for,
+    wait_for_state,
+    write_tenants_file,
+)
 
 LIMITED = ("limited.slots", "limited.rate")
 
@@ -101,21 +109,12 @@ def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_message
     settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
     _clear(redis, "limited.slots")
     client = create_app(settings).test_client()
-    workers = [
-        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
-        for n in range(2)
-    ]
-    try:
-        for worker in workers:
-            worker.start().wait_ready(redis, ["limited.slots"])
+    with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=2) as workers:
         # when 200 short jobs are submitted at once
         batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 200
         answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
         ids = [item["job"]["jobId"] for item in answer["items"]]
         docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=180) for job_id in ids]
-    finally:
-        for worker in workers:
-            worker.stop()
     # then none was lost, each ran once at its first attempt, never two at once
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
@@ -184,21 +183,12 @@ def test_a_rate_limited_job_type_starts_no_more_than_its_limit_per_window_withou
     settings = _limited(isolated_settings, tmp_path, '[job_types."limited.rate"]\nrate_limit = "5/2second"\n')
     _clear(redis, "limited.rate")
     client = create_app(settings).test_client()
-    workers = [
-        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
-        for n in range(2)
-    ]
-    try:
-        for worker in workers:
-            worker.start().wait_ready(redis, ["limited.rate"])
+    with running_workers(redis, settings, tmp_path, ["limited.rate"], concurrency=2) as workers:
         # when 20 jobs are submitted at once
         batch = [{"jobType": "limited.rate", "payload": {}}] * 20
         answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
         ids = [item["job"]["jobId"] for item in answer["items"]]
         docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
-    finally:
-        for worker in workers:
-            worker.stop()
     # then each ran exactly once, at its first attempt
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     starts = sorted(float(x) for x in redis.lrange("limited:limited.rate:starts", 0, -1))
@@ -222,20 +212,11 @@ def test_a_tenants_max_running_holds_across_workers_and_parks_the_rest(
     )
     _clear(redis, "limited.slots")
     client = create_app(settings).test_client()
-    workers = [
-        WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=2)
-        for n in range(2)
-    ]
-    try:
-        for worker in workers:
-            worker.start().wait_ready(redis, ["limited.slots"])
+    with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=2):
         # when acme submits 12 jobs at once
         batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.1}}] * 12
         answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
         docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=90) for i in answer["items"]]
-    finally:
-        for worker in workers:
-            worker.stop()
     # then each ran once, and never two at once
     assert {d["attempts"] for d in docs} == {1}
     concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]

@@ -24,7 +24,15 @@ from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from tests.conftest import DIAG_TYPES
-from tests.support import WorkerProcess, auth, scrape_api, settings_env, wait_for_state, write_tenants_file
+from tests.support import (
+    WorkerProcess,
+    auth,
+    running_workers,
+    scrape_api,
+    settings_env,
+    wait_for_state,
+    write_tenants_file,
+)
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -122,19 +130,14 @@ def test_max_concurrency_holds_across_two_workers_on_rabbitmq(settings: Settings
     for what in ("running", "starts", "concurrent"):
         redis.delete(f"limited:limited.slots:{what}")
     client = create_app(local).test_client()
-    workers = [
-        WorkerProcess(settings_env(local), tmp_path / f"w{n}.log", queues=[queue], concurrency=2) for n in range(2)
-    ]
     try:
-        for worker in workers:
-            worker.start().wait_ready(redis, ["limited.slots"])
-        # when 30 short jobs are submitted at once
-        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 30
-        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
-        docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=120) for i in answer["items"]]
+        with running_workers(redis, local, tmp_path, ["limited.slots"], concurrency=2, queues=[queue]):
+            # when 30 short jobs are submitted at once
+            batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 30
+            answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+            items = answer["items"]
+            docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=120) for i in items]
     finally:
-        for worker in workers:
-            worker.stop()
         _delete_queue(create_celery(local), queue)
     # then each ran once, at its first attempt, never two at once
     assert {d["attempts"] for d in docs} == {1}

@@ -42,6 +42,7 @@ from kombu.transport.virtual import base as virtual_base
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads as kombu_loads
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pulse_core import keys
@@ -72,7 +73,9 @@ class _OutageSafeQoS(kombu_redis.QoS):
     or is gone never raises out of an ack, a reject or the requeue on close.
 
     Stock kombu raises those into the consumer loop, where Celery reports an
-    "Unrecoverable error" and the worker exits for good. Here the failure is logged:
+    "Unrecoverable error" and the worker exits for good; so does an ack that comes in
+    after the connection was lost, when a job that ran through the outage ends on a
+    channel kombu has already closed. Here the failure is logged:
     a message not acked stays in kombu's unacked set in Redis and is redelivered after
     the visibility timeout (a copy the job store refuses once its job moved on); a
     message whose unacked record could not be written is kept in memory, and a requeue
@@ -85,8 +88,15 @@ class _OutageSafeQoS(kombu_redis.QoS):
         #: delivery tag -> (message, leftmost): requeues Redis refused, to try again.
         self._requeue_later: dict[Any, tuple[Any, bool]] = {}
 
+    def _check_open(self) -> None:
+        """Raise a broker fault if this QoS's channel is closed: kombu closes it when the
+        connection is lost, and its Redis client is gone with it."""
+        if self.channel.connection is None:
+            raise RedisConnectionError("channel closed: its connection to Redis was lost")
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         try:
+            self._check_open()
             super().append(message, delivery_tag)
         except _BROKER_FAULTS as exc:
             log.error("could not record message %s as unacked (%s); keeping it in memory", delivery_tag, exc)
@@ -94,6 +104,7 @@ class _OutageSafeQoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: Any) -> None:
         try:
+            self._check_open()
             self._remove_from_indices(delivery_tag).execute()
         except _BROKER_FAULTS as exc:
             log.warning("could not ack message %s (%s); Redis redelivers it later", delivery_tag, exc)
@@ -103,6 +114,7 @@ class _OutageSafeQoS(kombu_redis.QoS):
         delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
         local = delivered.get(delivery_tag)
         try:
+            self._check_open()
             if requeue:
                 self._restore(delivery_tag, local, None, True)
             else:

@@ -49,12 +49,22 @@ def assert_invariants(redis: Redis, client: FlaskClient, accepted: Iterable[str]
     started twice (the witness handlers' record); each tenant's backlog count ``pending``
     equals its records that are not final; no ``pulse:`` key is left without an owner or
     an expiry (tests/invariants.py)."""
+    accepted = list(accepted)
+
+    def not_final() -> dict[str, dict[str, str]]:
+        """The jobs not final yet, each with its whole record (empty: the record is gone)."""
+        return {
+            job_id: redis.hgetall(keys.job(job_id))
+            for job_id in accepted
+            if redis.hget(keys.job(job_id), "state") not in FINAL
+        }
+
+    try:
+        wait_for(lambda: not not_final(), timeout=timeout, interval=0.2)
+    except AssertionError:
+        late = not_final()
+        raise AssertionError(f"{len(late)} of {len(accepted)} jobs not final within {timeout} s: {late}") from None
     for job_id in accepted:
-
-        def final(job_id: str = job_id) -> bool:
-            return redis.hget(keys.job(job_id), "state") in FINAL
-
-        wait_for(final, timeout=timeout, interval=0.2)
         starts = Counter(entry["attempt"] for entry in witness_starts(redis, job_id))
         assert all(n == 1 for n in starts.values()), (job_id, witness_starts(redis, job_id))
     assert backlog_mismatches(redis) == {}

@@ -202,10 +202,16 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                 if fair is None:
                     return
                 released = runtime.gate.release_parked()
-                if fair.inline:
-                    fair.dispatch_all(consumed_queues(worker))
-                else:  # parked without a message: this worker publishes what it released
+                if not fair.inline:  # parked without a message: this worker publishes what it released
                     publish_released(worker.app, runtime.store, released.to_publish)
+                    return
+                if released.to_publish:  # parked by a process whose broker is not this Redis
+                    log.warning(
+                        "%d released job(s) were parked by a worker or API on another broker; "
+                        "every process on one Redis must use the same broker (the sweep publishes them)",
+                        len(released.to_publish),
+                    )
+                fair.dispatch_all(consumed_queues(worker))
 
             def pump() -> None:
                 if fair is not None and not fair.inline:

@@ -203,7 +203,9 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     return
                 released = runtime.gate.release_parked()
                 if not fair.inline:  # parked without a message: this worker publishes what it released
-                    publish_released(worker.app, runtime.store, released.to_publish)
+                    publish_released(
+                        worker.app, runtime.store, released.to_publish, check_in=settings.queued_check_seconds
+                    )
                     return
                 if released.to_publish:  # parked by a process whose broker is not this Redis
                     log.warning(

@@ -7,7 +7,9 @@ another broker (RabbitMQ) a script cannot publish: the job is parked without a m
 the script gives its id back, and the worker that released it publishes it here, at the
 dispatcher's one priority (so released and dispatched jobs are delivered in the order
 they were sent). A worker killed between the release and the publish leaves the job
-non-final with no message: the recovery sweep publishes it at its deadline.
+non-final with no message: the recovery sweep publishes it at its deadline. A job published
+has its deadline pushed ``PULSE_QUEUED_CHECK_SECONDS`` on: the sweep cannot see RabbitMQ's
+queue, and a job released with many others may wait there a while before a worker takes it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ log = logging.getLogger("pulse.worker")
 DISPATCHED_PRIORITY = 0
 
 
-def publish_released(app: Celery, store: JobStore, job_ids: Sequence[str]) -> int:
-    """Publish the jobs ``job_ids`` (released from parking) to their queues; how many went.
-    A job gone or final meanwhile (cancelled while it waited) is left out. Never raises for
-    a Redis or broker failure: what was not published is the sweep's to publish."""
+def publish_released(app: Celery, store: JobStore, job_ids: Sequence[str], *, check_in: float) -> int:
+    """Publish the jobs ``job_ids`` (released from parking) to their queues and push their
+    deadlines ``check_in`` seconds on; how many went. A job gone or final meanwhile (cancelled
+    while it waited) is left out. Never raises for a Redis or broker failure: what was not
+    published is the sweep's to publish."""
     if not job_ids:
         return 0
     errors = (KombuError, OSError, RedisError)
@@ -47,4 +50,8 @@ def publish_released(app: Celery, store: JobStore, job_ids: Sequence[str]) -> in
         log.warning(
             "%d of %d released job(s) not published (%s); the sweep publishes them", len(jobs) - sent, len(jobs), error
         )
+    try:
+        store.postpone_checks([job.job_id for job in jobs[:sent]], check_in)
+    except RedisError as exc:  # their deadlines stand: at worst the sweep sends a copy the claim refuses
+        log.warning("released jobs' checks not postponed: %s", exc)
     return sent

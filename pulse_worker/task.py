@@ -110,7 +110,8 @@ def run_job(
                 return
             record(runtime, task, job, spec, *execute(runtime, job, spec))
     finally:
-        publish_released(task.app, runtime.store, runtime.gate.leave(verdict).to_publish)
+        released = runtime.gate.leave(verdict).to_publish
+        publish_released(task.app, runtime.store, released, check_in=runtime.settings.queued_check_seconds)
 
 
 @contextmanager
@@ -229,7 +230,7 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
     # the jobs handed the slots it gave back (its rate window was full), on another broker
-    publish_released(task.app, runtime.store, verdict.released)
+    publish_released(task.app, runtime.store, verdict.released, check_in=runtime.settings.queued_check_seconds)
     if verdict.parked:
         metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) parked: %s limit", job_id, job_type, verdict.reason)

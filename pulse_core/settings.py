@@ -350,7 +350,8 @@ class Settings:
         "PULSE_ETA_WINDOW_SECONDS",
         DEFAULT_ETA_WINDOW_SECONDS,
         POSITIVE_INT,
-        "delays up to this travel as Celery ETA messages; longer ones wait in Redis for the sweep",
+        "without the fair dispatcher, delays up to this travel as Celery ETA messages (with it they wait "
+        "parked in Redis); a delay within it is also watched a lease past its due time",
         group="execution",
     )
     visibility_timeout_seconds: int = setting(

@@ -14,10 +14,12 @@ Three threads, so a slow sweep never delays a renewal:
   attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
 - **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due or
-  whose run slot was freed without a release (``pulse_core.guards.execution_limits``), and
-  fills every queue with waiting jobs up to ``PULSE_DISPATCH_DEPTH``
+  whose run slot was freed without a release (``pulse_core.guards.execution_limits``; on a
+  broker other than the job store's Redis it publishes them itself: ``pulse_worker.release``),
+  and, with a Redis broker, fills every queue with waiting jobs up to ``PULSE_DISPATCH_DEPTH``
   (``pulse_core.store.dispatch``), so a queue refills even when no attempt ends (its
-  workers restarted, its messages were stale copies).
+  workers restarted, its messages were stale copies). With another broker the **pump**
+  (every ``PUMP_TICK_SECONDS``) tops the worker's queues up instead.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pulse_core.redis_client import connect_impatient
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
+from pulse_worker.release import DISPATCHED_PRIORITY, publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
@@ -53,8 +56,6 @@ FENCE_AFTER_LEASE_SHARE = 1 / 2
 DISPATCH_TICK_SECONDS = 1.0
 #: With a broker other than the job store's Redis: how often a worker tops its queues up.
 PUMP_TICK_SECONDS = 0.2
-#: The broker priority the dispatcher publishes at there: one, so delivery keeps its order.
-DISPATCHED_PRIORITY = 0
 #: A renewal waits at most this share of a lease for Redis, and never retries.
 RENEWAL_TIMEOUT_LEASE_SHARE = 1 / 4
 
@@ -198,9 +199,21 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             fair = runtime.store.dispatcher
 
             def dispatch() -> None:
-                if fair is not None and fair.inline:
-                    runtime.gate.release_parked()
-                    fair.dispatch_all(consumed_queues(worker))
+                if fair is None:
+                    return
+                released = runtime.gate.release_parked()
+                if not fair.inline:  # parked without a message: this worker publishes what it released
+                    publish_released(
+                        worker.app, runtime.store, released.to_publish, check_in=settings.queued_check_seconds
+                    )
+                    return
+                if released.to_publish:  # parked by a process whose broker is not this Redis
+                    log.warning(
+                        "%d released job(s) were parked by a worker or API on another broker; "
+                        "every process on one Redis must use the same broker (the sweep publishes them)",
+                        len(released.to_publish),
+                    )
+                fair.dispatch_all(consumed_queues(worker))
 
             def pump() -> None:
                 if fair is not None and not fair.inline:

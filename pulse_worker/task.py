@@ -8,15 +8,18 @@ worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
 before anything else: over a limit, nothing is claimed (so waiting never counts as an
-attempt) and the job is parked in Redis (its message acked; released when a slot frees
-or the rate window allows), or, with a broker other than the job store's Redis, the same
-attempt's message goes back with a short countdown.
+attempt) and the job is parked in Redis, its message acked, with either broker; it is
+released in order when a slot frees, or when the rate window allows. With the job store's
+Redis as broker the releasing script pushes the parked message back onto its queue; with
+another broker (RabbitMQ) the job is parked without a message and the worker that releases
+it publishes it (``pulse_worker.release``). No deferral message is re-published on a timer.
 
 ``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
-handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying`` and a
-Celery retry (an ETA message, exponential backoff with full jitter); a permanent
-failure or the last attempt -> the dead-letter task, which sets ``dead`` and files
-the job in its tenant's dead letters.
+handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying``, the next
+attempt parked in Redis until its backoff (exponential with full jitter) has passed and
+then released like a parked job (with either broker: no ETA message waits in a worker); a
+permanent failure or the last attempt -> the dead-letter task, which sets ``dead`` and
+files the job in its tenant's dead letters.
 
 Until the claim, a Redis or broker failure rejects the message with requeue
 (``before_claim``): nothing is recorded yet, so nothing may be acked away.
@@ -64,6 +67,7 @@ from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
+from pulse_worker.release import publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
@@ -106,7 +110,8 @@ def run_job(
                 return
             record(runtime, task, job, spec, *execute(runtime, job, spec))
     finally:
-        runtime.gate.leave(verdict)
+        released = runtime.gate.leave(verdict).to_publish
+        publish_released(task.app, runtime.store, released, check_in=runtime.settings.queued_check_seconds)
 
 
 @contextmanager
@@ -202,7 +207,7 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
 
 
 def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) -> Verdict:
-    """Step 0: take the jobType's run slot and rate-window hit, or defer the message."""
+    """Step 0: take the jobType's run slot and rate-window hit, or park the job in Redis."""
     if handling.missing:
         return Verdict()  # no record: the claim drops the message
     config = runtime.tenants_config()
@@ -218,13 +223,14 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             if found is None:
                 return Verdict()  # no record: the claim drops the message
             tenant_id = found[1]
-    fair = runtime.store.dispatcher
-    park = _parker(runtime, task, job_id) if fair is not None and fair.inline else None
+    park = _parker(runtime, task, job_id) if runtime.store.dispatcher is not None else None
     try:
         verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         verdict = Verdict(defer_seconds=1.0, reason="error")
+    # the jobs handed the slots it gave back (its rate window was full), on another broker
+    publish_released(task.app, runtime.store, verdict.released, check_in=runtime.settings.queued_check_seconds)
     if verdict.parked:
         metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) parked: %s limit", job_id, job_type, verdict.reason)
@@ -242,18 +248,27 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
 
 
 def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:
-    """How a job over a limit is parked: the message that starts this attempt again, pushed
-    onto its queue's dispatch list when it is released (built only when it must wait)."""
+    """How a job over a limit is parked (built only when it must wait): with a Redis broker,
+    the message that starts this attempt again, pushed onto its queue's dispatch list when it
+    is released; with another broker, no message: the releasing worker publishes the job."""
 
     def park() -> ParkedMessage | None:
         job = runtime.store.get(job_id)
         if job is None:
             return None
-        message, _ = encode_message(task.app, job)
         arrival = int(datetime.fromisoformat(job.created_at).timestamp() * 1000) if job.created_at else 0
-        return ParkedMessage(waiting_lists(job.queue)[0], message, arrival)
+        return _parked_message(runtime, task, job, arrival)
 
     return park
+
+
+def _parked_message(runtime: WorkerRuntime, task: Task, job: Job, arrival_ms: int = 0) -> ParkedMessage:
+    """What starts ``job``'s next attempt when it is released from parking (``ParkedMessage``)."""
+    fair = runtime.store.dispatcher
+    if fair is None or not fair.inline:
+        return ParkedMessage(arrival_ms=arrival_ms)  # published by the releasing worker
+    message, _ = encode_message(task.app, job)
+    return ParkedMessage(waiting_lists(job.queue)[0], message, arrival_ms)
 
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
@@ -365,10 +380,11 @@ def record(
 def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, delay: float) -> None:
     """Mark the job ``retrying`` and send the next attempt's message when it is due.
 
-    With a Redis broker (the job store's) the message waits parked in Redis until due
-    (``ExecutionGate.park_until``); otherwise it is Celery's retry (an ETA message). A
-    delay longer than the ETA window sends nothing: the recovery sweep publishes the
-    job when it is due, so no message waits unacked for long.
+    With the fair dispatcher (either broker) the job waits parked in Redis until due
+    (``ExecutionGate.park_until``): the workers' tick releases it, pushing its message with
+    a Redis broker, publishing it with another. Without one it is Celery's retry (an ETA
+    message); a delay longer than the ETA window then sends nothing: the recovery sweep
+    publishes the job when it is due, so no message waits unacked for long.
     """
     settings = runtime.settings
     plan = plan_delay(
@@ -379,10 +395,9 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
         return
     metrics.job_finished(job, Outcome.RETRIED)
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
-    if runtime.store.dispatcher is not None and runtime.store.dispatcher.inline:
-        # The next attempt's message waits in Redis, not in a worker: the tick puts it back when due.
-        message, _ = encode_message(task.app, job)
-        runtime.gate.park_until(job.job_id, delay, ParkedMessage(waiting_lists(job.queue)[0], message, 0))
+    if runtime.store.dispatcher is not None:
+        # The next attempt waits in Redis, not in a worker: the tick releases it when due.
+        runtime.gate.park_until(job.job_id, delay, _parked_message(runtime, task, job))
         raise Retry(f"retry in {delay:.1f} s, parked in Redis", exc=exc if isinstance(exc, Exception) else None)
     if plan.eta_message:
         raise task.retry(

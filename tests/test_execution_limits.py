@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import publish_counter
 import pytest
 from redis import Redis
 
@@ -88,11 +89,14 @@ def test_rate_limit_and_max_concurrency_hold_across_two_workers(
 def _limited(isolated_settings: Settings, tmp_path: Path, extra: str) -> Settings:
     path = write_tenants_file(tmp_path / "tenants.toml", extra=extra)
     return replace(
-        isolated_settings, tenants_file=path, handler_modules=("pulse_worker.diagnostics", "limited_handlers")
+        isolated_settings,
+        tenants_file=path,
+        handler_modules=("pulse_worker.diagnostics", "limited_handlers", "publish_counter"),
     )
 
 
 def _clear(redis: Redis, job_type: str) -> None:
+    redis.delete(publish_counter.ETA, publish_counter.RETRIES)
     for what in ("running", "starts", "concurrent"):
         redis.delete(f"limited:{job_type}:{what}")
 
@@ -122,6 +126,7 @@ def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_message
     # and the jobs that waited were parked, not deferred: no message was sent back with a countdown
     logs = "".join(worker.log() for worker in workers)
     assert " retry: " not in logs
+    assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
     # and nothing is left parked or held
     slots = keys.concurrency("limited.slots")
     assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
@@ -198,6 +203,7 @@ def test_a_rate_limited_job_type_starts_no_more_than_its_limit_per_window_withou
         assert sum(1 for u in starts[i:] if u < t + 2.0) <= 5, starts
     # and the waiting ones were parked until the window allowed, not sent back with a countdown
     assert " retry: " not in "".join(worker.log() for worker in workers)
+    assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
     assert redis.zmscore(keys.PARKED_UNTIL, ids) == [None] * len(ids)
 
 

@@ -19,7 +19,6 @@ from pulse_core.broker.celery_app import (
     publish_job,
     publishes_inline,
 )
-from pulse_core.guards.idempotency import store_key
 from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
@@ -86,13 +85,12 @@ def test_inline_publishing_only_when_the_broker_is_the_job_store(settings: Setti
     assert not publishes_inline(replace(settings, broker_url=settings.redis_url + "1"))
 
 
-def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
+def test_a_batch_of_delayed_jobs_waits_parked_in_redis_whatever_another_broker_does(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    # given an API whose broker is a Redis of its own (so publishing goes through kombu,
-    # after the admission script: jobs due now wait for the workers' dispatcher there, a
-    # delayed job's ETA message is published by the API), and diag.sleep routed to a queue
-    # of its own
+    # given an API whose broker is a Redis of its own (another broker: jobs due now wait in
+    # their ready sets and delayed jobs are parked in the job store's Redis, both for the
+    # workers to publish), and diag.sleep routed to a queue of its own
     broker = EmbeddedRedis(tmp_path / "broker", persist=False).start()
     try:
         queue, other = "t-partial-publish", "t-partial-publish-b"
@@ -120,23 +118,23 @@ def test_a_batch_whose_broker_fails_midway_answers_each_job_truthfully(
             for n in range(30)
         ]
         response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
-        # then the first ten were published and answered 202; the broker's refusal
-        # stopped the rest, each answered 503
+        # then every job was accepted: none needed the broker at submit
         items = response.get_json()["items"]
-        assert [item["status"] for item in items] == [202] * 10 + [503] * 20
-        accepted = [item["job"]["jobId"] for item in items[:10]]
-        # and every accepted job has its record and exactly one message on the broker
-        on_broker = [json.loads(raw)["headers"]["argsrepr"] for raw in _all_messages(broker_redis, queue)]
-        assert sorted(on_broker) == sorted(repr((job_id,)) for job_id in accepted)
+        assert [item["status"] for item in items] == [202] * 30
+        accepted = [item["job"]["jobId"] for item in items]
+        # and each is scheduled, parked once in the job store's Redis without a message, and
+        # nothing is on the broker (the workers' tick publishes each when it is due)
         assert all(redis.hget(keys.job(job_id), "state") == "scheduled" for job_id in accepted)
-        # and every refused job left nothing behind: its idempotency key is free, the backlog uncounted
-        assert not any(redis.exists(store_key("acme", f"pp-{n}")) for n in range(10, 30))
-        assert JobStore(redis).pending("acme") == pending_before + 10
-        # and a refused job sent again once the broker is well is accepted
-        broker_redis.delete(blocked_list.split("\x06")[0])
-        again = client.post("/v1/jobs", json=jobs[10], headers=auth("acme"))
-        assert again.status_code == 202
-        for job_id in [*accepted, again.get_json()["jobId"]]:  # no worker reads this queue
+        assert all(score is not None for score in redis.zmscore(keys.PARKED_UNTIL, accepted))
+        assert redis.hmget(keys.PARKED_MESSAGES, accepted) == ["\n"] * 30
+        assert _all_messages(broker_redis, queue) == [] and _all_messages(broker_redis, other) == []
+        # and the backlog counts each once
+        assert JobStore(redis).pending("acme") == pending_before + 30
+        # and the same batch sent again replays each job, adding nothing
+        again = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme")).get_json()["items"]
+        assert [item["job"]["jobId"] for item in again] == accepted
+        assert JobStore(redis).pending("acme") == pending_before + 30
+        for job_id in accepted:  # no worker reads these queues
             assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme")).status_code == 200
         assert JobStore(redis).pending("acme") == pending_before
     finally:

@@ -9,17 +9,23 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import publish_counter
 import pytest
 from celery import Celery
 from redis import Redis
 
 from pulse_api import create_app
+from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
@@ -76,6 +82,14 @@ def test_jobs_queued_on_rabbitmq_are_counted_in_the_queue_depth(settings: Settin
                     channel = connection.channel()
 
 
+@pytest.fixture
+def amqp_settings(settings: Settings, own_redis: Redis) -> Settings:
+    """Settings whose broker is RabbitMQ and whose job store is a Redis of the test's own, so
+    no session worker (whose broker is the session's Redis) releases or sweeps its jobs."""
+    found = own_redis.connection_pool.connection_kwargs
+    return replace(settings, redis_url=f"redis://{found['host']}:{found['port']}/0", broker_url=AMQP_URL)
+
+
 def _delete_queue(app: Celery, queue: str) -> None:
     with app.connection_for_write() as connection, contextlib.suppress(Exception):  # never declared
         connection.channel().queue_delete(queue)
@@ -116,22 +130,24 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_ra
         _delete_queue(create_celery(local), queue)
 
 
-def test_max_concurrency_holds_across_two_workers_on_rabbitmq(settings: Settings, redis: Redis, tmp_path: Path) -> None:
+def test_max_concurrency_holds_across_two_workers_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
     # given limited.slots held to one run at a time, two workers on a RabbitMQ queue
     queue = f"t-amqp-slots-{uuid.uuid4().hex[:8]}"
     path = write_tenants_file(tmp_path / "tenants.toml", extra='[job_types."limited.slots"]\nmax_concurrency = 1\n')
     local = replace(
-        settings,
+        amqp_settings,
         broker_url=AMQP_URL,
         default_queue=queue,
         tenants_file=path,
         handler_modules=("pulse_worker.diagnostics", "limited_handlers"),
     )
     for what in ("running", "starts", "concurrent"):
-        redis.delete(f"limited:limited.slots:{what}")
+        own_redis.delete(f"limited:limited.slots:{what}")
     client = create_app(local).test_client()
     try:
-        with running_workers(redis, local, tmp_path, ["limited.slots"], concurrency=2, queues=[queue]):
+        with running_workers(own_redis, local, tmp_path, ["limited.slots"], concurrency=2, queues=[queue]):
             # when 30 short jobs are submitted at once
             batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 30
             answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
@@ -141,5 +157,203 @@ def test_max_concurrency_holds_across_two_workers_on_rabbitmq(settings: Settings
         _delete_queue(create_celery(local), queue)
     # then each ran once, at its first attempt, never two at once
     assert {d["attempts"] for d in docs} == {1}
-    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
     assert len(concurrent) == 30 and max(concurrent) == 1
+
+
+def _limited_on_rabbitmq(settings: Settings, tmp_path: Path, name: str, extra: str) -> Settings:
+    """Settings on a RabbitMQ queue of the test's own, with the limited handlers and ``extra``
+    in the tenants file."""
+    path = write_tenants_file(tmp_path / "tenants.toml", extra=extra)
+    return replace(
+        settings,
+        broker_url=AMQP_URL,
+        default_queue=f"t-amqp-{name}-{uuid.uuid4().hex[:8]}",
+        tenants_file=path,
+        handler_modules=("pulse_worker.diagnostics", "limited_handlers", "publish_counter"),
+    )
+
+
+def _counted_publishes(redis: Redis) -> dict[str, int]:
+    """What the workers published with an ETA or as a Celery retry (``publish_counter``)."""
+    return {key: int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)}
+
+
+NONE_COUNTED = {publish_counter.ETA: 0, publish_counter.RETRIES: 0}
+
+
+@contextlib.contextmanager
+def _sampled(read: Callable[[], int], every: float = 0.005) -> Iterator[list[int]]:
+    """``read()`` sampled in a thread while the block runs (the list fills as it goes)."""
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            samples.append(read())
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _clear_limited(redis: Redis, job_type: str) -> None:
+    redis.delete(publish_counter.ETA, publish_counter.RETRIES)
+    for what in ("running", "starts", "concurrent"):
+        redis.delete(f"limited:{job_type}:{what}")
+
+
+def test_jobs_over_max_concurrency_are_parked_not_deferred_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, two workers of two processes on RabbitMQ
+    local = _limited_on_rabbitmq(amqp_settings, tmp_path, "park", '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear_limited(own_redis, "limited.slots")
+    slots = keys.concurrency("limited.slots")
+    client = create_app(local).test_client()
+    queues = [local.default_queue]
+    try:
+        with (
+            running_workers(own_redis, local, tmp_path, ["limited.slots"], concurrency=2, queues=queues),
+            _sampled(lambda: own_redis.zcard(keys.parked(slots))) as parked,
+        ):
+            # when 60 short jobs are submitted at once
+            batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.02}}] * 60
+            answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+            ids = [item["job"]["jobId"] for item in answer["items"]]
+            docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=180) for job_id in ids]
+    finally:
+        _delete_queue(create_celery(local), local.default_queue)
+    # then none was lost, each ran once at its first attempt, never two at once
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 60 and max(concurrent) == 1
+    # and the jobs that waited were parked in Redis, not sent back with a countdown: no
+    # deferral (ETA) message and no Celery retry was published
+    assert max(parked) > 0
+    assert _counted_publishes(own_redis) == NONE_COUNTED
+    # and nothing is left parked or held
+    assert own_redis.zcard(slots) == 0 and own_redis.zcard(keys.parked(slots)) == 0
+    assert not own_redis.hexists(keys.PARKED_SLOTS, slots)
+    assert own_redis.hmget(keys.PARKED_MESSAGES, ids) == [None] * len(ids)
+
+
+def test_a_rate_limited_job_type_parks_until_its_window_allows_without_copies_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.rate held to 5 starts in any 2 seconds, two workers on RabbitMQ
+    local = _limited_on_rabbitmq(
+        amqp_settings, tmp_path, "rate", '[job_types."limited.rate"]\nrate_limit = "5/2second"\n'
+    )
+    _clear_limited(own_redis, "limited.rate")
+    client = create_app(local).test_client()
+    queues = [local.default_queue]
+    try:
+        with (
+            running_workers(own_redis, local, tmp_path, ["limited.rate"], concurrency=2, queues=queues),
+            _sampled(lambda: own_redis.zcard(keys.PARKED_UNTIL)) as parked,
+        ):
+            # when 15 jobs are submitted at once
+            batch = [{"jobType": "limited.rate", "payload": {}}] * 15
+            answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+            ids = [item["job"]["jobId"] for item in answer["items"]]
+            docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
+    finally:
+        _delete_queue(create_celery(local), local.default_queue)
+    # then each ran exactly once, at its first attempt (no copy ran, none was lost)
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    starts = sorted(float(x) for x in own_redis.lrange("limited:limited.rate:starts", 0, -1))
+    assert len(starts) == 15
+    # and never more than 5 started in any 2-second window
+    for i, t in enumerate(starts):
+        assert sum(1 for u in starts[i:] if u < t + 2.0) <= 5, starts
+    # and the waiting ones were parked in Redis until the window allowed, not sent back with a countdown
+    assert max(parked) > 0
+    assert _counted_publishes(own_redis) == NONE_COUNTED
+    assert own_redis.zmscore(keys.PARKED_UNTIL, ids) == [None] * len(ids)
+
+
+def _held_by_workers(app: Celery, *, tries: int = 5) -> list[Any]:
+    """The task messages the workers hold without running them: ETA messages (scheduled)
+    and prefetched ones (reserved), as the workers answer a broadcast inspect (asked again
+    when no answer came in time: the machine is shared and slow at times)."""
+    for _ in range(tries):
+        inspect = app.control.inspect(timeout=2.0)
+        scheduled, reserved = inspect.scheduled(), inspect.reserved()
+        if scheduled and reserved:
+            return [request for held in (scheduled, reserved) for requests in held.values() for request in requests]
+    raise AssertionError(f"no worker answered the inspect in {tries} tries")
+
+
+def test_a_delayed_job_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker on a RabbitMQ queue of this test's own
+    local = _counting_on_rabbitmq(amqp_settings, "delay")
+    own_redis.delete(publish_counter.ETA, publish_counter.RETRIES)
+    client = create_app(local).test_client()
+    app = create_celery(local)
+    try:
+        with running_workers(
+            own_redis, local, tmp_path, DIAG_TYPES, concurrency=1, queues=[local.default_queue], count=1
+        ):
+            # when a job is submitted with a 10-second delay
+            body = {"jobType": "diag.echo", "payload": {}, "options": {"delaySeconds": 10}}
+            job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
+            submitted = time.time()
+            # then, while it waits, it is parked in Redis and no worker holds a message for it
+            assert own_redis.zscore(keys.PARKED_UNTIL, job_id) is not None
+            assert _held_by_workers(app) == []
+            assert client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()["state"] == "scheduled"
+            # and it starts when due, once
+            doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
+    finally:
+        _delete_queue(app, local.default_queue)
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 1)
+    started = datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
+    assert submitted + 9.9 <= started <= submitted + 10.0 + 3.0
+    assert own_redis.zscore(keys.PARKED_UNTIL, job_id) is None
+    assert _counted_publishes(own_redis) == NONE_COUNTED
+
+
+def _counting_on_rabbitmq(settings: Settings, name: str) -> Settings:
+    """Settings on a RabbitMQ queue of the test's own, the diagnostic handlers and ``publish_counter``."""
+    return replace(
+        settings,
+        broker_url=AMQP_URL,
+        default_queue=f"t-amqp-{name}-{uuid.uuid4().hex[:8]}",
+        handler_modules=("pulse_worker.diagnostics", "publish_counter"),
+    )
+
+
+def test_a_retry_backoff_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker on a RabbitMQ queue of this test's own
+    local = _counting_on_rabbitmq(amqp_settings, "retry")
+    own_redis.delete(publish_counter.ETA, publish_counter.RETRIES)
+    client = create_app(local).test_client()
+    app = create_celery(local)
+    try:
+        with (
+            running_workers(
+                own_redis, local, tmp_path, DIAG_TYPES, concurrency=1, queues=[local.default_queue], count=1
+            ),
+            _sampled(lambda: own_redis.zcard(keys.PARKED_UNTIL)) as parked,
+        ):
+            # when a job fails twice before it succeeds (diag.flaky: backoff 0.5 s, at most 2 s)
+            body = {"jobType": "diag.flaky", "payload": {"failTimes": 2}}
+            job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
+            doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
+    finally:
+        _delete_queue(app, local.default_queue)
+    # then it succeeded at its third attempt
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 3)
+    # and its backoffs waited parked in Redis: no Celery retry (an ETA message) was published
+    assert max(parked) > 0
+    assert _counted_publishes(own_redis) == NONE_COUNTED
+    assert own_redis.zscore(keys.PARKED_UNTIL, job_id) is None

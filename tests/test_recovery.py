@@ -180,9 +180,9 @@ def test_an_api_killed_between_the_record_and_the_publish_loses_nothing(
 ) -> None:
     # given an API process whose broker (not the job store's Redis) hangs
     with stalled_server() as stalled, api_process(fast, f"redis://127.0.0.1:{stalled}/0", tmp_path) as port:
-        # when a delayed job is submitted (with such a broker the API publishes a delayed job's
-        # ETA message itself; a job due now waits in Redis for the workers to publish it) and
-        # the API is SIGKILLed after the record is written, while it waits on the broker
+        # when a delayed job is submitted (with such a broker the API publishes nothing: the job
+        # is parked in Redis without a message, for a worker to publish when due) and the API
+        # is SIGKILLed once the record is written
         key = store_key(TENANT, "killed-api-1")
         body = {
             "jobType": "witness.sleep",
@@ -193,7 +193,8 @@ def test_an_api_killed_between_the_record_and_the_publish_loses_nothing(
         kill_while_publishing(port, "/v1/jobs", body, lambda: redis.exists(key))
     job_id = str(redis.get(key)).split(" ")[1]
     assert redis.hget(keys.job(job_id), "state") == "scheduled"
-    # then a worker on the real broker runs it: the sweep published what the API could not
+    # then a worker on the real broker runs it, once (a worker on the job store's Redis cannot
+    # publish a job parked in another broker's form: the sweep publishes it when due)
     worker = start_worker(fast, tmp_path, "w", redis)
     try:
         doc = wait_for_state(create_app(fast).test_client(), TENANT, job_id, {"succeeded", "dead"}, timeout=30)

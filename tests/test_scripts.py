@@ -1937,7 +1937,7 @@ PARKING = [
         },
         PARK_KEYS,
         ["j0|a", "1000", "1010", "{p}job:", 1, 1],
-        1,
+        [1],
         {
             "{p}s1": Z({"j1|h": 1010}),
             "{p}parked:s1": Z({"j2": 4}),
@@ -1957,8 +1957,23 @@ PARKING = [
         },
         PARK_KEYS,
         ["", "1000", "1010", "{p}job:", 1, 1],
-        0,
+        [0],
         {"{p}s1": None, "{p}parked:s1": None, "{p}pmsg": None, "{p}q": None, "{p}plimits": None},
+    ),
+    Case(
+        "a job parked with no broker list is handed the slot and given back for the caller to publish",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+            "{p}pmsg": {"j1": "\n", "j2": "\n"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+        },
+        PARK_KEYS,
+        ["", "1000", "1010", "{p}job:", 1, 1],
+        [1, "j1"],
+        {"{p}s1": Z({"j1|h": 1010}), "{p}parked:s1": Z({"j2": 4}), "{p}pmsg": {"j2": "\n"}},
     ),
     Case(
         "a slot handed over is the job's own when its message comes back",
@@ -1984,8 +1999,17 @@ PARKING = [
         {"{p}due": Z({"j1": 5, "j2": float(LATER)}), "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"}},
         ["{p}due", "{p}pmsg"],
         [100],
-        1,
+        [1],
         {"{p}due": Z({"j2": float(LATER)}), "{p}pmsg": {"j2": "{p}q\nm2"}, "{p}q": ["m1"]},
+    ),
+    Case(
+        "a due job parked with no broker list is given back for the caller to publish",
+        "guards/release_due",
+        {"{p}due": Z({"j1": 5, "j2": 6}), "{p}pmsg": {"j1": "\n", "j2": "{p}q\nm2"}},
+        ["{p}due", "{p}pmsg"],
+        [100],
+        [2, "j1"],
+        {"{p}due": None, "{p}pmsg": None, "{p}q": ["m2"]},
     ),
 ]
 
@@ -2193,6 +2217,15 @@ ADMIT_PLACES = [
         _placed_argv("park", park_in="30"),
         ["created", TAKEN_ONE],
         {"{p}due": Z({"j1": ANY}), "{p}parked": {"j1": "{p}l0\nmsg"}, "{p}l0": None, "{p}ready:t1": None},
+    ),
+    Case(
+        "with another broker a delayed job is parked until due without a message, for its releaser to publish",
+        "guards/admit",
+        {},
+        [*_ADMIT_SHARED_KEYS, *["{p}job:j1"] * 12, "{p}due", "{p}parked"],
+        _placed_argv("park", message="", park_in="30"),
+        ["created", TAKEN_ONE],
+        {"{p}due": Z({"j1": ANY}), "{p}parked": {"j1": "\n"}, "{p}ready:t1": None},
     ),
     Case(
         "a job refused at the door is placed nowhere",

@@ -13,9 +13,11 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
+from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery, encode_message, publish_job
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
+from pulse_core.store.job_types import announce
 from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for_state
 
 
@@ -133,20 +135,28 @@ def test_plain_celery_cli_can_ping_the_worker(worker: WorkerProcess, settings: S
     assert "pong" in out.stdout
 
 
-@pytest.mark.parametrize("bad_url", ["redis://127.0.0.1:1/0"])
-def test_broker_down_at_submit_is_503_and_leaves_no_record(
-    live_client: FlaskClient, settings: Settings, redis: Redis, bad_url: str
+@pytest.mark.parametrize("options", [{}, {"delaySeconds": 30}], ids=["due now", "delayed"])
+def test_a_submit_needs_no_broker_other_than_the_job_stores_redis(
+    settings: Settings, redis: Redis, options: dict[str, int]
 ) -> None:
-    # given an API whose broker is unreachable (its job store is fine)
-    app = create_app(replace(settings, broker_url=bad_url))
-    client = app.test_client()
-    before = redis.zcard("pulse:tenant:globex:jobs")
-    # when a delayed job is submitted (its ETA message is published by the API; a job due
-    # now would wait in Redis for the workers to publish it)
-    job = {"jobType": "diag.echo", "payload": {}, "options": {"delaySeconds": 30}}
+    # given an API whose broker is another one, unreachable (its job store is fine)
+    queue = "t-broker-down"
+    announce(redis, ["diag.echo"], 60)
+    client = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0", default_queue=queue)).test_client()
+    # when a job due now, or delayed, is submitted
+    job = {"jobType": "diag.echo", "payload": {}, "options": options}
     response = client.post("/v1/jobs", json=job, headers=auth("globex"))
-    # then it is refused with 503 and no half-enqueued record remains
-    assert response.status_code == 503
-    assert response.mimetype == "application/problem+json"
-    assert response.headers["Retry-After"]
-    assert redis.zcard("pulse:tenant:globex:jobs") == before
+    # then it is accepted: it waits in Redis for the workers to publish it (due now: in its
+    # ready set; delayed: parked until due, without a message), so the API never needed the broker
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id = response.get_json()["jobId"]
+    try:
+        if options:
+            assert redis.hget(keys.job(job_id), "state") == "scheduled"
+            assert redis.zscore(keys.PARKED_UNTIL, job_id) is not None
+            assert redis.hget(keys.PARKED_MESSAGES, job_id) == "\n"
+        else:
+            assert redis.hget(keys.job(job_id), "state") == "queued"
+            assert redis.zscore(keys.ready(queue, "globex"), job_id) is not None
+    finally:
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("globex")).status_code == 200

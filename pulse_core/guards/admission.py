@@ -103,7 +103,8 @@ class Submission:
     #: The tenant's dispatch weight (the tenants file's ``weight``).
     weight: float = 1.0
     #: A delayed job with a dispatcher: ``message`` is parked in Redis for this many seconds
-    #: (``keys.PARKED_UNTIL``), then pushed onto ``broker_list`` by the workers' tick.
+    #: (``keys.PARKED_UNTIL``), then pushed onto ``broker_list`` by the workers' tick; with
+    #: another broker it is parked without a message and the tick's worker publishes it.
     park_seconds: float | None = None
     #: For a delayed job: the ETA message's countdown (seconds).
     countdown: float | None = None
@@ -112,6 +113,12 @@ class Submission:
     watch_in: float = 60.0
     #: Due beyond the ETA window: no message now, the sweep publishes it when due.
     deferred: bool = False
+
+    @property
+    def placed(self) -> bool:
+        """Whether admission itself sends the job on its way (its message pushed or parked, or
+        the job waiting in its ready set or parked for the workers): nothing left to publish."""
+        return bool(self.message) or self.enqueue or self.park_seconds is not None
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,11 @@ class Admission:
 
     def _parks(self, submission: Submission) -> bool:
         fair = self.dispatcher
-        return fair is not None and fair.inline and submission.park_seconds is not None and bool(submission.message)
+        return (
+            fair is not None
+            and submission.park_seconds is not None
+            and (bool(submission.message) or not fair.inline)  # another broker: parked without one
+        )
 
     def _placement(self, submission: Submission) -> tuple[str, list[str], list[Any]]:
         """What becomes of the job's message in ``admit_one.lua`` (its mode), with the queue's
@@ -368,7 +379,7 @@ def _decide(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitt
 def _verdict(tenant: Tenant, submission: Submission, reply: AdmitReply) -> Admitted | PulseError:
     job, status, outcome = submission.job, reply.windows.status, reply.outcome
     if outcome is AdmitOutcome.CREATED:
-        return Admitted(job=job, replayed=False, limit=status, published=bool(submission.message) or submission.enqueue)
+        return Admitted(job=job, replayed=False, limit=status, published=submission.placed)
     if outcome is AdmitOutcome.REPLAY and reply.stored is not None:
         return Admitted(job=reply.stored, replayed=True, limit=status)
     if outcome is AdmitOutcome.CONFLICT:

@@ -10,17 +10,22 @@ however many workers and hosts run the jobType.
 A job over a limit waits, it does not fail, and never counts an attempt (all of this
 happens before the claim):
 
-- **parked** (when the broker is the job store's Redis and the worker gives ``enter``
-  a way to build the job's message): over ``max_concurrency`` (or its tenant's
-  ``max_running``), it joins the full set's parked jobs in order of arrival and its
-  message is acked; when a slot frees (``leave``, or the workers' tick for a holder
-  that died) the first parked job is handed the slot and its message goes back onto its
-  queue, in the same script. Over a rate window, it is parked until the window allows
-  (``keys.PARKED_UNTIL``) and the workers' tick puts the due ones back in bulk. No
-  message waits in a worker, nothing is re-published on a timer;
-- **deferred** otherwise (another broker): its message goes back with a short
-  countdown (the same attempt). A crash between the two only leaves a duplicate copy
-  of the same attempt, which the claim refuses.
+- **parked** (whenever the worker gives ``enter`` a way to build the job's
+  ``ParkedMessage``: it does with either broker): over ``max_concurrency`` (or its
+  tenant's ``max_running``), it joins the full set's parked jobs in order of arrival and
+  its message is acked; when a slot frees (``leave``, or the workers' tick for a holder
+  that died) the first parked job is handed the slot, in the same script. Over a rate
+  window, it is parked until the window allows (``keys.PARKED_UNTIL``) and the workers'
+  tick releases the due ones in bulk. No message waits in a worker, nothing is
+  re-published on a timer. How a released job goes back depends on the broker: with the
+  job store's Redis its stored message is pushed onto its queue by the releasing script
+  itself; with another broker (RabbitMQ) it is parked without a message and the script
+  gives its id back (``Released.to_publish``) for the releasing worker to publish. A
+  worker killed between the two leaves the job ``queued`` (or ``retrying``/``scheduled``)
+  with no message: the recovery sweep publishes it at its deadline in ``keys.WATCH``;
+- **deferred** only when ``enter`` is given no way to park: its message goes back with
+  a short countdown (the same attempt). A crash between the two only leaves a duplicate
+  copy of the same attempt, which the claim refuses.
 
 - ``max_concurrency``: a semaphore, the sorted set ``keys.concurrency``. Each
   holder is ``<jobId>|<token>``; it counts while its grace (until the claim takes
@@ -73,12 +78,30 @@ _ACQUIRE = LuaScript("pulse_core.guards", "acquire_slots", _acquire_reply)
 _RATE_ACQUIRE = LuaScript("pulse_core.guards", "rate_acquire", float)
 #: Takes a run slot in every set, or parks the job on the first full one (``park_slots.lua``).
 _PARK_SLOTS = LuaScript("pulse_core.guards", "park_slots", _acquire_reply)
+
+
+@dataclass(frozen=True)
+class Released:
+    """What a release did: how many parked jobs went back (or were due), and the ids of those
+    the caller must publish (parked without a message: a broker other than this Redis)."""
+
+    count: int = 0
+    to_publish: tuple[str, ...] = ()
+
+    def __add__(self, other: Released) -> Released:
+        return Released(self.count + other.count, self.to_publish + other.to_publish)
+
+
+def _released_reply(reply: list[int | str]) -> Released:
+    return Released(int(reply[0]), tuple(str(job_id) for job_id in reply[1:]))
+
+
 #: Gives back run slots and hands freed ones to parked jobs (``release_slots.lua``).
-_RELEASE_SLOTS = LuaScript("pulse_core.guards", "release_slots", int)
+_RELEASE_SLOTS = LuaScript("pulse_core.guards", "release_slots", _released_reply)
 #: Parks a job until a rate window allows (``park_due.lua``).
 _PARK_DUE = LuaScript("pulse_core.guards", "park_due", float)
 #: Puts the parked jobs that are due back on their queues (``release_due.lua``).
-_RELEASE_DUE = LuaScript("pulse_core.guards", "release_due", int)
+_RELEASE_DUE = LuaScript("pulse_core.guards", "release_due", _released_reply)
 #: Due jobs put back per round trip by the tick.
 RELEASE_BATCH = 1000
 
@@ -86,18 +109,19 @@ RELEASE_BATCH = 1000
 @dataclass(frozen=True)
 class ParkedMessage:
     """What starts a parked job again: the broker list to push onto, the message, and the
-    job's arrival (epoch ms: parked jobs are handed slots in this order)."""
+    job's arrival (epoch ms: parked jobs are handed slots in this order). With a broker
+    other than this Redis, no list and no message: the releasing worker publishes the job."""
 
-    broker_list: str
-    message: str
-    arrival_ms: int
+    broker_list: str = ""
+    message: str = ""
+    arrival_ms: int = 0
 
 
 #: Builds a job's ``ParkedMessage`` when it must wait (``None``: no such job any more).
 Parker = Callable[[], ParkedMessage | None]
 
 
-__all__ = ["ExecutionGate", "ExecutionLimits", "Verdict", "needs_tenant"]
+__all__ = ["ExecutionGate", "ExecutionLimits", "ParkedMessage", "Released", "Verdict", "needs_tenant"]
 
 
 def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) -> ExecutionLimits:
@@ -134,6 +158,9 @@ class Verdict:
     slot_limits: tuple[int, ...] = ()
     #: The job waits in Redis (its message can be acked): released when a slot frees or due.
     parked: bool = False
+    #: Jobs handed the run slots this job took and gave back (its rate window was full), for
+    #: the caller to publish (parked without a message: a broker other than this Redis).
+    released: tuple[str, ...] = ()
 
 
 class ExecutionGate:
@@ -212,7 +239,7 @@ class ExecutionGate:
                 args += [amount, seconds]
             wait = self._rate_acquire(keys=[key for key, _, _ in windows], args=args)
             if wait > 0:
-                self.leave(Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits))
+                handed = self.leave(Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits)).to_publish
                 delay = max(MIN_RATE_DEFERRAL_SECONDS, wait)
                 parked = park() if park is not None else None
                 if parked is not None:
@@ -220,8 +247,8 @@ class ExecutionGate:
                         keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
                         args=[job_id, repr(delay), parked.broker_list, parked.message],
                     )
-                    return Verdict(reason="rate", parked=True)
-                return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate")
+                    return Verdict(reason="rate", parked=True, released=handed)
+                return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate", released=handed)
         return Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits)
 
     def park_until(self, job_id: str, seconds: float, parked: ParkedMessage) -> None:
@@ -232,31 +259,32 @@ class ExecutionGate:
             args=[job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message],
         )
 
-    def leave(self, verdict: Verdict) -> None:
+    def leave(self, verdict: Verdict) -> Released:
         """Give back the run slots ``verdict`` holds, handing each to the first job parked
-        on it (one round trip)."""
+        on it (one round trip); the caller publishes the jobs in ``to_publish``."""
         if verdict.holder and verdict.slot_keys:
-            self._release(verdict.slot_keys, verdict.slot_limits, verdict.holder)
+            return self._release(verdict.slot_keys, verdict.slot_limits, verdict.holder)
+        return Released()
 
-    def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> int:
+    def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> Released:
         now = time.time()
         return self._release_slots(
             keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
             args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits],
         )
 
-    def release_parked(self) -> int:
+    def release_parked(self) -> Released:
         """The workers' tick: hand on the slots freed without a ``leave`` (a holder that died,
-        a handover that lapsed), and put the parked jobs that are due back on their queues.
-        Returns how many jobs went back."""
+        a handover that lapsed), and put the parked jobs that are due back on their queues
+        (the caller publishes those in ``to_publish``)."""
         found: dict[str, str] = self._redis.hgetall(keys.PARKED_SLOTS)  # type: ignore[assignment]
-        released = 0
+        released = Released()
         for key, most in found.items():
             released += self._release((key,), (int(most),), "")
         while True:
-            pushed = self._release_due(keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[RELEASE_BATCH])
-            released += pushed
-            if pushed < RELEASE_BATCH:
+            due = self._release_due(keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[RELEASE_BATCH])
+            released += due
+            if due.count < RELEASE_BATCH:
                 return released
 
 

@@ -415,6 +415,15 @@ class JobStore:
         """A waiting job's message is alive (an execution limit deferred it): check it later."""
         self._postpone_check(keys=[keys.WATCH], args=[job_id, seconds])
 
+    def postpone_checks(self, job_ids: Sequence[str], seconds: float) -> None:
+        """``postpone_check`` for each of ``job_ids`` (messages just published), in one round trip."""
+        if not job_ids:
+            return
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                self._postpone_check.queue(pipe, keys=[keys.WATCH], args=[job_id, seconds])
+            pipe.execute()
+
     def recover_many(
         self,
         job_ids: list[str],

@@ -160,16 +160,17 @@ class Submitter:
             priority=options.priority,
             ready_at=options.due_at or time.time(),
         )
-        # With the dispatcher, a delayed job's message waits parked in Redis until due (however
-        # long), not as an ETA message in a worker's memory; the workers' tick releases it.
+        # With the dispatcher, a delayed job waits parked in Redis until due (however long), not
+        # as an ETA message in a worker's memory; the workers' tick releases it (pushing its
+        # message with a Redis broker, publishing the job with another: pulse_worker.release).
         fair = self.admission.dispatcher
-        parks = fair is not None and fair.inline and options.due_at is not None
+        parks = fair is not None and options.due_at is not None
         # Otherwise, due beyond the ETA window: no message now; the sweep publishes it when due.
         deferred = options.due_at is not None and options.countdown is None and not parks
         inline = self.inline_publish and not deferred
         countdown = None if parks else options.countdown
         message, broker_list = encode_message(self.celery, job, countdown=countdown) if inline else ("", "")
-        if parks:
+        if parks and inline:
             broker_list = waiting_lists(job.queue)[0]
         return Submission(
             job=job,
@@ -215,7 +216,7 @@ def _accepted(admitted: Admitted) -> None:
 def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatus) -> Admitted:
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
-    return Admitted(job=recorded, replayed=False, limit=limit, published=bool(submission.message) or submission.enqueue)
+    return Admitted(job=recorded, replayed=False, limit=limit, published=submission.placed)
 
 
 def _needs_publish(submission: Submission, admitted: Admitted) -> bool:

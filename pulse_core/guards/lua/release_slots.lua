@@ -7,12 +7,14 @@
 -- ARGV[4] job key prefix   ARGV[5] n   ARGV[6..5+n] the most holders of each set
 -- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
 -- queue, reaches a worker (acquire_slots takes it as its own) or the grace ends. A parked job
--- no longer queued (cancelled meanwhile) is dropped with its message.
--- Reply: how many parked jobs were handed a slot.
+-- no longer queued (cancelled meanwhile) is dropped with its message. A job parked with no
+-- broker list (a broker other than this Redis) is handed its slot all the same, and its id is
+-- given back for the caller to publish.
+-- Reply: {how many parked jobs were handed a slot, the ids of those the caller publishes...}.
 --@include slots
 
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
-local handed = 0
+local handed, out = 0, {0}
 for i = 1, n do
   if ARGV[1] ~= '' then redis.call('ZREM', KEYS[i], ARGV[1]) end
   local live = live_holders(KEYS[i], now, ARGV[4], '')
@@ -26,7 +28,7 @@ for i = 1, n do
     if stored and redis.call('HGET', ARGV[4] .. job_id, 'state') == 'queued' then
       local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
       redis.call('ZADD', KEYS[i], ARGV[3], job_id .. '|h')
-      redis.call('LPUSH', list, message)
+      if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end
       live, handed = live + 1, handed + 1
     end
   end
@@ -34,4 +36,5 @@ for i = 1, n do
     redis.call('HDEL', KEYS[2 * n + 2], KEYS[i])
   end
 end
-return handed
+out[1] = handed
+return out

@@ -18,7 +18,8 @@
 -- nothing claimed it, what becomes of the message (the mode: 'push' onto the broker list;
 -- 'enqueue' into the ready set, then the queue is dispatched; 'wait' into the ready set
 -- without a message, for the workers to take and publish (a broker other than this Redis);
--- 'park' until due; '' nothing: the caller publishes), the queue, its ready prefix, the job
+-- 'park' until due, without a message for the worker that releases it to publish (a broker
+-- other than this Redis); '' nothing: the caller publishes), the queue, its ready prefix, the job
 -- key prefix, the dispatch depth, the job's priority, the tenant's weight, in how many
 -- seconds a parked job is due, the number f of field/value entries, then the record's f
 -- field/value entries.
@@ -64,7 +65,8 @@ local function place_message(ctx, k, a, job_id, message, mode)
     end
   elseif mode == 'park' then
     redis.call('ZADD', KEYS[k + 12], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
-    redis.call('HSET', KEYS[k + 13], job_id, KEYS[k + 2] .. '\n' .. message)
+    -- no message (a broker other than this Redis): no list either, the releasing worker publishes it
+    redis.call('HSET', KEYS[k + 13], job_id, (message == '' and '' or KEYS[k + 2]) .. '\n' .. message)
   end
 end
 

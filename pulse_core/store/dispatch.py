@@ -37,13 +37,10 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 
 from pulse_core import keys
-from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
 
-_ENQUEUE = LuaScript("pulse_core.store", "enqueue", int)
 _DISPATCH = LuaScript("pulse_core.store", "dispatch", int)
 _DISPATCH_POP = LuaScript("pulse_core.store", "dispatch_pop", list)
 
@@ -60,7 +57,6 @@ class Dispatcher:
         self._redis = redis
         self.depth = depth
         self._broker_lists = broker_lists
-        self._enqueue = _ENQUEUE.register(redis)
         self._dispatch = _DISPATCH.register(redis)
         self._dispatch_pop = _DISPATCH_POP.register(redis)
 
@@ -78,18 +74,6 @@ class Dispatcher:
         return (
             [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
             [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
-        )
-
-    def queue_enqueue(self, pipe: Pipeline, job: Job, message: str, *, weight: float = 1.0) -> None:
-        """Queue on ``pipe``: ``job`` (recorded, ``queued``) waits in its ready set with
-        ``message``, then its queue is dispatched. Does nothing if the job is not queued or was
-        enqueued already. Admission does the same step inside its own script (``enqueue_job``);
-        this is that step alone, for a job recorded some other way."""
-        keys_, args = self.spec(job.queue)
-        self._enqueue.queue(
-            pipe,
-            keys=[keys.job(job.job_id), keys.ready(job.queue, job.tenant_id), *keys_],
-            args=[*args, job.job_id, job.tenant_id, job.priority, repr(float(weight)), message],
         )
 
     def take(self, queue: str, n: int) -> list[str]:

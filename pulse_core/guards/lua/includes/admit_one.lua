@@ -55,7 +55,12 @@ local function place_message(ctx, k, a, job_id, message, mode)
     redis.call('LPUSH', KEYS[k + 2], message)
   elseif mode == 'enqueue' or mode == 'wait' then
     local q
-    if mode == 'enqueue' then q = dispatch_spec(k + 4, a + 7) else q = dispatch_pop_spec(k + 4, a + 7) end
+    if mode == 'enqueue' then
+      q = dispatch_spec(k + 4, a + 7)
+      q.counted = 1  -- the first list only (includes/dispatch.lua says why)
+    else
+      q = dispatch_pop_spec(k + 4, a + 7)
+    end
     if mode == 'enqueue' and dispatch_straight(q, message) then return end
     enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
     if mode == 'enqueue' and not ctx.to_dispatch[q.queue] then
@@ -68,9 +73,10 @@ local function place_message(ctx, k, a, job_id, message, mode)
   end
 end
 
--- Dispatch each queue a job of this run waits for, once, in the order they came.
+-- Dispatch each queue a job of this run waits for, once, in the order they came (each has an
+-- active tenant: the job's own, just placed in its ready set).
 local function dispatch_admitted(ctx)
-  for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue]) end
+  for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue], true) end
 end
 
 -- Seconds until the oldest retained bucket of the tenant leaves (0: none is counted).
@@ -124,8 +130,14 @@ local function admit_one(ctx, k, a)
   redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
   ctx.used = ctx.used + bytes
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
-  listing_add(ctx.index, created_ms, job_id)
-  redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
+  -- the index is trimmed by the first admission of each step of creation time (a thousandth
+  -- of the horizon: 10 minutes for 7 days), not by every one: at each admission it holds
+  -- nothing older than the horizon plus one step
+  local newest = listing_add(ctx.index, created_ms, job_id)
+  local step = math.max(1, math.floor(ctx.horizon / 1000))
+  if not newest or math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then
+    redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
+  end
   redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)

@@ -10,8 +10,8 @@
 -- set and the parked messages (a delayed job's message waits there: release_due).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
--- entries created longer ago are trimmed (their records have expired after their retention,
--- or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
+-- entries created longer ago are trimmed, once per hundredth of it (their records have
+-- expired after their retention, or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
 -- ARGV[8] retention (s)   ARGV[9] number of jobs m   ARGV[10..9+2n] n (limit, expiry) pairs;
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
 -- the broker message, in how many seconds (Redis' clock) the sweep looks at the job if
@@ -130,12 +130,12 @@ local function admit_one(ctx, k, a)
   redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
   ctx.used = ctx.used + bytes
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
-  -- the index is trimmed by the first admission of each step of creation time (a thousandth
-  -- of the horizon: 10 minutes for 7 days), not by every one: at each admission it holds
-  -- nothing older than the horizon plus one step
+  -- the index is trimmed by the first admission of each step of creation time (a hundredth
+  -- of the horizon: 1 h 41 min for 7 days), not by every one (an empty index has nothing to
+  -- trim): after an admission it holds nothing older than the horizon plus one step
   local newest = listing_add(ctx.index, created_ms, job_id)
-  local step = math.max(1, math.floor(ctx.horizon / 1000))
-  if not newest or math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then
+  local step = math.max(1, math.floor(ctx.horizon / 100))
+  if newest and math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then
     redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
   end
   redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)

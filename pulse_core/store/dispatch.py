@@ -44,6 +44,8 @@ from pulse_core.lua_scripts import LuaScript
 _DISPATCH = LuaScript("pulse_core.store", "dispatch", int)
 _DISPATCH_POP = LuaScript("pulse_core.store", "dispatch_pop", list)
 
+#: The most queues whose dispatch keys ``Dispatcher.spec`` keeps made (queues come from configuration).
+_SPECS_KEPT = 1024
 #: The broker lists of a queue, one per kombu priority step (0, 3, 6, 9), in that order.
 BrokerLists = Callable[[str], Sequence[str]]
 
@@ -58,6 +60,7 @@ class Dispatcher:
         self.depth = depth
         self._broker_lists = broker_lists
         self._dispatch = _DISPATCH.register(redis)
+        self._specs: dict[str, tuple[list[str], list[Any]]] = {}
         self._dispatch_pop = _DISPATCH_POP.register(redis)
 
     @property
@@ -67,14 +70,20 @@ class Dispatcher:
 
     def spec(self, queue: str) -> tuple[list[str], list[Any]]:
         """The KEYS and ARGV a script with ``includes/dispatch.lua`` takes to dispatch ``queue``
-        (without the broker lists when they are not this Redis's)."""
-        lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
-        if self._broker_lists is not None and len(lists) != 4:
-            raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
-        return (
-            [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
-            [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
-        )
+        (without the broker lists when they are not this Redis's); made once per queue (every
+        submit asks), each caller gets its own copy."""
+        found = self._specs.get(queue)
+        if found is None:
+            lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
+            if self._broker_lists is not None and len(lists) != 4:
+                raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
+            if len(self._specs) >= _SPECS_KEPT:
+                self._specs.clear()
+            found = self._specs[queue] = (
+                [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
+                [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
+            )
+        return list(found[0]), list(found[1])
 
     def take(self, queue: str, n: int) -> list[str]:
         """Up to ``n`` waiting jobs of ``queue`` in fair order, out of their ready sets: their

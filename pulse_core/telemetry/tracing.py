@@ -142,6 +142,8 @@ def current_trace_id() -> str | None:
 
 def incoming_trace_id(headers: Any) -> str | None:
     """The trace id of a W3C ``traceparent`` header (in a dict-like ``headers``), when valid."""
+    if "traceparent" not in headers:
+        return None
     context = trace.get_current_span(_W3C.extract(headers)).get_span_context()
     return trace.format_trace_id(context.trace_id) if context.is_valid else None
 

@@ -79,10 +79,8 @@ class Dispatcher:
                 raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
             if len(self._specs) >= _SPECS_KEPT:
                 self._specs.clear()
-            found = self._specs[queue] = (
-                [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
-                [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
-            )
+            made = [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES]
+            found = self._specs[queue] = ([*made, *lists], [queue, keys.ready_prefix(queue), keys.job(""), self.depth])
         return list(found[0]), list(found[1])
 
     def take(self, queue: str, n: int) -> list[str]:

@@ -194,15 +194,25 @@ def publish_context(carrier: dict[str, Any], task_name: str, job: Job) -> None:
         return
     current = trace.get_current_span()
     if current.get_span_context().is_valid and not current.is_recording():
-        _W3C.inject(carrier)
+        _inject(carrier, current.get_span_context())
         return
     span = tracer.start_span(
         f"apply_async/{task_name}",
         kind=SpanKind.PRODUCER,
         attributes={"pulse.job_id": job.job_id, "messaging.destination.name": job.queue},
     )
-    _W3C.inject(carrier, context=trace.set_span_in_context(span))
+    _inject(carrier, span.get_span_context())
     span.end()
+
+
+def _inject(carrier: dict[str, Any], context: SpanContext) -> None:
+    """``context`` as W3C trace context headers (what ``TraceContextTextMapPropagator.inject``
+    writes, without its context lookups)."""
+    if not context.is_valid:
+        return
+    carrier["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
 
 
 class ServerSpan:

@@ -15,7 +15,7 @@ Each queue has, in Redis (``pulse_core.keys``):
 The Celery queue itself is kept short: a **dispatch** moves jobs onto it, in that order,
 while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once,
 in the admission script itself (``guards/lua/includes/admit_one.lua`` places the job with
-``includes/enqueue_job.lua`` and the run dispatches each queue it placed jobs on: no added
+``includes/enqueue_job.lua`` and the run dispatches each queue it found short and placed jobs on: no added
 call, no added latency when the queue is short); the scripts that end an attempt (``finalize``,
 ``schedule_retry``) dispatch the next job in the same call; and the workers' sweep
 dispatches every queue with active tenants (``dispatch_all``), so a queue refills even

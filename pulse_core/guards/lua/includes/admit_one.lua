@@ -54,16 +54,17 @@ local function place_message(ctx, k, a, job_id, message, mode)
   if mode == 'push' then
     redis.call('LPUSH', KEYS[k + 2], message)
   elseif mode == 'enqueue' or mode == 'wait' then
-    local q
+    local q, placed
     if mode == 'enqueue' then
       q = dispatch_spec(k + 4, a + 7)
       q.counted = 1  -- the first list only (includes/dispatch.lua says why)
+      placed = dispatch_straight(q, message)
+      if placed == 'pushed' then return end
     else
       q = dispatch_pop_spec(k + 4, a + 7)
     end
-    if mode == 'enqueue' and dispatch_straight(q, message) then return end
     enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
-    if mode == 'enqueue' and not ctx.to_dispatch[q.queue] then
+    if placed == 'behind' and not ctx.to_dispatch[q.queue] then
       ctx.to_dispatch[q.queue] = q
       ctx.dispatch_order[#ctx.dispatch_order + 1] = q.queue
     end

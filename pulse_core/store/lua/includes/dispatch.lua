@@ -93,14 +93,16 @@ local function dispatch_pop_spec(k, a)
           depth = tonumber(ARGV[a + 3])}
 end
 
--- The short way for a job that arrives while no tenant of its queue waits (q.active is empty)
--- and the (counted) lists hold fewer than q.depth messages: fair order has nothing to decide,
--- so its message goes straight onto the first list (3 commands with one list counted, instead
--- of a round through the ready set). True when it did; otherwise the job waits in its ready
--- set as usual.
+-- Admission's first look at a queue for a job due now: 'full' when the (counted) lists hold
+-- q.depth messages or more (the job waits in its ready set, and nothing can be dispatched
+-- before the run ends: no one takes from the lists meanwhile); 'pushed' when no tenant of the
+-- queue waits and the lists are short: fair order has nothing to decide, so its message went
+-- straight onto the first list (3 commands with one list counted, instead of a round through
+-- the ready set); 'behind' when the lists are short but tenants wait: the job joins them and
+-- the queue is dispatched.
 local function dispatch_straight(q, message)
-  if redis.call('EXISTS', q.active) == 1 then return false end
-  if dispatch_depth(q) >= q.depth then return false end
+  if dispatch_depth(q) >= q.depth then return 'full' end
+  if redis.call('EXISTS', q.active) == 1 then return 'behind' end
   redis.call('LPUSH', q.lists[1], message)
-  return true
+  return 'pushed'
 end

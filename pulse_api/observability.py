@@ -35,6 +35,7 @@ REASON_BY_STATUS = {
     503: RejectReason.UNAVAILABLE,
 }
 
+_UNTRACED = frozenset(UNTRACED.split(","))
 TRACED_KEY = "pulse.traced"
 
 
@@ -78,11 +79,35 @@ def instrument_tracing(app: Flask) -> None:
     provider = tracing.tracer_provider()
     if provider is None or app.extensions.get(TRACED_KEY):
         return
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-    FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED)
+    app.before_request(_start_span)
+    app.after_request(_span_status)
+    app.teardown_request(_end_span)
     tracing.instrument_celery()  # the publish span, and the context into the message
     app.extensions[TRACED_KEY] = True
+
+
+def _start_span() -> None:
+    """``before_request``: the request's server span (``tracing.start_server_span``), but for
+    scrapes and probes (``UNTRACED``)."""
+    path = request.path
+    if path.rsplit("/", 1)[-1] in _UNTRACED:
+        return
+    rule = request.url_rule
+    g.pulse_span = tracing.start_server_span(
+        request.method, rule.rule if rule is not None else None, path, request.headers
+    )
+
+
+def _span_status(response: Response) -> Response:
+    """``after_request``: the status code the span ends with."""
+    g.pulse_span_status = response.status_code
+    return response
+
+
+def _end_span(exc: BaseException | None) -> None:
+    handle = g.pop("pulse_span", None)
+    if handle is not None:
+        tracing.end_server_span(handle, g.pop("pulse_span_status", None), exc)
 
 
 def known_queues(settings: Settings, tenants: TenantsSource) -> Iterable[str]:

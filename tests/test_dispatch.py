@@ -16,10 +16,12 @@ from redis import Redis
 from pulse_api import create_app
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.guards.admission import Admission, Submission
 from pulse_core.jobs import Job, JobState, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore
+from pulse_core.tenants import Tenant
 from tests.conftest import DIAG_TYPES
 from tests.support import WorkerProcess, auth, settings_env, wait_for_state, waiting_messages
 
@@ -28,23 +30,23 @@ DEPTH = 16
 
 
 def _enqueue(redis: Redis, dispatcher: Dispatcher, tenants: list[str], per_tenant: int) -> None:
-    """Each tenant's jobs, recorded round by round (every tenant's first, then every second...),
-    each placed in its ready set by the enqueue script (the step admission runs inside admit)."""
+    """Each tenant's jobs, let in round by round (every tenant's first, then every second...)
+    through the admission script, which records each and places it (its ready set, or straight
+    onto the queue while no tenant waits), as ``POST /v1/jobs`` does."""
+    admission = Admission(redis, idempotency_ttl_seconds=60, dispatcher=dispatcher)
     created = utc_now()
     for round_no in range(per_tenant):
-        with redis.pipeline(transaction=False) as pipe:
-            for tenant in tenants:
-                job = Job(
-                    job_id=f"{tenant}.{round_no}",
-                    tenant_id=tenant,
-                    job_type="diag.echo",
-                    queue=QUEUE,
-                    created_at=created,
-                )
-                pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
-                pipe.hincrby(keys.PENDING, tenant, 1)
-                dispatcher.queue_enqueue(pipe, job, f"m|{job.job_id}")
-            pipe.execute()
+        for tenant_id in tenants:
+            tenant = Tenant(tenant_id=tenant_id, api_key_sha256=(), rate_limit="1000000/second")
+            job = Job(
+                job_id=f"{tenant_id}.{round_no}",
+                tenant_id=tenant_id,
+                job_type="diag.echo",
+                queue=QUEUE,
+                created_at=created,
+            )
+            admitted = admission.admit(tenant, Submission(job=job, message=f"m|{job.job_id}", enqueue=True))
+            assert admitted.published and not admitted.replayed
 
 
 def _drain(redis: Redis, store: JobStore, limit: int | None = None) -> list[str]:

@@ -2093,60 +2093,6 @@ DISPATCH_POP = [
         {"{p}ready:a": Z({"ja2": 4e15 + 3}), "{p}ready:b": None, "{p}active": Z({"a": 1}), "{p}queues": {"q"}},
     ),
 ]
-# job, its ready set, then the dispatcher's keys; the dispatcher's args, job id, tenant, priority,
-# weight, message
-ENQUEUE_KEYS = ["{p}job:j1", "{p}ready:t1", *DISPATCH_KEYS]
-ENQUEUE = [
-    Case(
-        "a job joins its ready set; a newly active tenant starts at the last virtual time; dispatched",
-        "store/enqueue",
-        {"{p}job:j1": QUEUED, "{p}state": {"v": "7", "seq": "4"}, "{p}l3": ["m0", "m00"]},
-        ENQUEUE_KEYS,
-        [*DISPATCH_ARGV, "j1", "t1", "5", "2.0", "msg"],
-        0,
-        {
-            "{p}ready:t1": Z({"j1": 4e15 + 5}),
-            "{p}active": Z({"t1": 7}),
-            "{p}state": {"v": "7", "seq": "5", "w:t1": "2.0"},
-            "{p}msgs": {"j1": "msg"},
-            "{p}queues": {"q"},
-            "{p}job:j1": {"state": "queued", "enqueued": "1"},
-        },
-    ),
-    Case(
-        "on a short queue it goes straight on",
-        "store/enqueue",
-        {"{p}job:j1": QUEUED},
-        ENQUEUE_KEYS,
-        [*DISPATCH_ARGV, "j1", "t1", "7", "1.0", "msg"],
-        1,
-        # and the queue, idle again, leaves nothing behind
-        {
-            "{p}l0": ["msg"],
-            "{p}ready:t1": None,
-            "{p}active": None,
-            "{p}msgs": None,
-            "{p}state": None,
-            "{p}queues": None,
-        },
-    ),
-    *[
-        Case(
-            f"{what}: nothing is enqueued",
-            "store/enqueue",
-            given,
-            ENQUEUE_KEYS,
-            [*DISPATCH_ARGV, "j1", "t1", "5", "1.0", "msg"],
-            -1,
-            {"{p}ready:t1": None, "{p}msgs": None},
-        )
-        for what, given in (
-            ("admission did not create the job", {}),
-            ("the same call again", {"{p}job:j1": {"state": "queued", "enqueued": "1"}}),
-        )
-    ],
-]
-
 # admit with the job's message placed: its hash, no idempotency key, its broker list, its ready
 # set, the queue's dispatch keys, the due set and the parked messages
 PLACED_KEYS = [
@@ -2186,16 +2132,45 @@ ADMIT_PLACES = [
     Case(
         "a job due now behind a full queue waits in its ready set, its tenant active at the last virtual time",
         "guards/admit",
-        {"{p}l3": ["m1", "m2"], "{p}state": {"v": "7", "seq": "4"}},
+        {"{p}l0": ["m1", "m2"], "{p}state": {"v": "7", "seq": "4"}},
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["created", TAKEN_ONE],
         {
-            "{p}l0": None,
-            "{p}l3": ["m1", "m2"],
+            "{p}l0": ["m1", "m2"],
             "{p}ready:t1": Z({"j1": 4e15 + 5}),
             "{p}active": Z({"t1": 7}),
             "{p}state": {"v": "7", "seq": "5", "w:t1": "2.0"},
+            "{p}msgs": {"j1": "msg"},
+            "{p}queues": {"q"},
+        },
+    ),
+    Case(
+        "messages on the later priority lists (taken after the first) do not hold a job due now back",
+        "guards/admit",
+        {"{p}l3": ["m1", "m2"], "{p}l9": ["m3"]},
+        PLACED_KEYS,
+        _placed_argv("enqueue"),
+        ["created", TAKEN_ONE],
+        {"{p}l0": ["msg"], "{p}l3": ["m1", "m2"], "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+    ),
+    Case(
+        "a tenant already waiting keeps its place and weight; its job joins its ready set",
+        "guards/admit",
+        {
+            "{p}l0": ["m1", "m2"],
+            "{p}active": Z({"t1": 3, "t2": 5}),
+            "{p}state": {"v": "7", "seq": "4", "w:t1": "3.0"},
+            "{p}queues": {"q"},
+        },
+        PLACED_KEYS,
+        _placed_argv("enqueue"),
+        ["created", TAKEN_ONE],
+        {
+            "{p}l0": ["m1", "m2"],
+            "{p}ready:t1": Z({"j1": 4e15 + 5}),
+            "{p}active": Z({"t1": 3, "t2": 5}),
+            "{p}state": {"v": "7", "seq": "5", "w:t1": "3.0"},
             "{p}msgs": {"j1": "msg"},
             "{p}queues": {"q"},
         },
@@ -2242,7 +2217,6 @@ CASES = (
     DISPATCH_POP
     + PARKING
     + DISPATCH
-    + ENQUEUE
     + CLAIM
     + REFRESH
     + SCHEDULE_RETRY

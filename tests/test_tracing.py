@@ -166,3 +166,31 @@ def test_metadata_trace_id_is_honoured_without_a_traceparent(
     for span in [submit, *rest]:
         assert format_trace_id(span.context.trace_id) == wanted, span.name
     assert [link.context.span_id for link in submit.links] == [http.context.span_id]
+
+
+def test_an_unsampled_request_records_no_span_and_its_job_stays_unsampled(
+    traced: tuple[FlaskClient, InMemorySpanExporter],
+) -> None:
+    client, exporter = traced
+    exporter.clear()
+    # given a caller's trace that is not sampled (flags 00: the parent-based sampler follows it)
+    headers = {**auth("acme"), "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"}
+    # when it submits a job, which runs
+    response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["traceId"] == CALLER_TRACE
+    assert wait_for_state(client, "acme", response.get_json()["jobId"], {"succeeded", "dead"})["state"] == "succeeded"
+    # (then a sampled job through the same one-at-a-time worker: once its run's span has
+    # ended, the first job's would have too)
+    second = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("acme")).get_json()
+
+    def second_run_ended() -> list[ReadableSpan] | None:
+        spans = list(exporter.get_finished_spans())
+        ran = [s for s in spans if s.kind is SpanKind.CONSUMER]
+        return spans if any(format_trace_id(s.context.trace_id) == second["traceId"] for s in ran) else None
+
+    spans = wait_for(second_run_ended)
+    # then no span of the caller's trace was recorded, in the API or in the worker: the
+    # message carried the trace unsampled (without it the worker would start a sampled trace)
+    assert not [s.name for s in spans if format_trace_id(s.context.trace_id) == CALLER_TRACE]
+    assert len([s for s in spans if s.kind is SpanKind.CONSUMER]) == 1

@@ -72,8 +72,9 @@ BACKLOG_RETRY_AFTER_SECONDS = 1
 #: Retry-After (seconds) when the storage budget is full and no finished record is due to
 #: expire (the bytes are held by jobs not yet final and dead letters): the length of a bucket.
 STORAGE_RETRY_AFTER_SECONDS = 3600
-#: A tenant's job index keeps the jobs created within a finished job's retention: each
-#: admission trims what is older, so the index ends as its records do (GET /v1/jobs lists
+#: A tenant's job index keeps the jobs created within a finished job's retention: admissions
+#: trim what is older (the first in each hundredth of the horizon, so at most that much late:
+#: ``lua/includes/admit_one.lua``), so the index ends as its records do (GET /v1/jobs lists
 #: the last 7 days; an older job is read by its id, a dead one among the dead letters).
 INDEX_HORIZON_MS = DEFAULT_RETENTION_SECONDS * 1000
 #: Jobs of a batch admitted per script run: a run blocks Redis while it lasts, so a 500-job

@@ -15,7 +15,7 @@ Each queue has, in Redis (``pulse_core.keys``):
 The Celery queue itself is kept short: a **dispatch** moves jobs onto it, in that order,
 while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once,
 in the admission script itself (``guards/lua/includes/admit_one.lua`` places the job with
-``includes/enqueue_job.lua`` and the run dispatches each queue it placed jobs on: no added
+``includes/enqueue_job.lua`` and the run dispatches each queue it found short and placed jobs on: no added
 call, no added latency when the queue is short); the scripts that end an attempt (``finalize``,
 ``schedule_retry``) dispatch the next job in the same call; and the workers' sweep
 dispatches every queue with active tenants (``dispatch_all``), so a queue refills even
@@ -37,16 +37,15 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 
 from pulse_core import keys
-from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
 
-_ENQUEUE = LuaScript("pulse_core.store", "enqueue", int)
 _DISPATCH = LuaScript("pulse_core.store", "dispatch", int)
 _DISPATCH_POP = LuaScript("pulse_core.store", "dispatch_pop", list)
 
+#: The most queues whose dispatch keys ``Dispatcher.spec`` keeps made (queues come from configuration).
+_SPECS_KEPT = 1024
 #: The broker lists of a queue, one per kombu priority step (0, 3, 6, 9), in that order.
 BrokerLists = Callable[[str], Sequence[str]]
 
@@ -60,8 +59,8 @@ class Dispatcher:
         self._redis = redis
         self.depth = depth
         self._broker_lists = broker_lists
-        self._enqueue = _ENQUEUE.register(redis)
         self._dispatch = _DISPATCH.register(redis)
+        self._specs: dict[str, tuple[list[str], list[Any]]] = {}
         self._dispatch_pop = _DISPATCH_POP.register(redis)
 
     @property
@@ -71,26 +70,18 @@ class Dispatcher:
 
     def spec(self, queue: str) -> tuple[list[str], list[Any]]:
         """The KEYS and ARGV a script with ``includes/dispatch.lua`` takes to dispatch ``queue``
-        (without the broker lists when they are not this Redis's)."""
-        lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
-        if self._broker_lists is not None and len(lists) != 4:
-            raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
-        return (
-            [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES, *lists],
-            [queue, keys.ready_prefix(queue), keys.job(""), self.depth],
-        )
-
-    def queue_enqueue(self, pipe: Pipeline, job: Job, message: str, *, weight: float = 1.0) -> None:
-        """Queue on ``pipe``: ``job`` (recorded, ``queued``) waits in its ready set with
-        ``message``, then its queue is dispatched. Does nothing if the job is not queued or was
-        enqueued already. Admission does the same step inside its own script (``enqueue_job``);
-        this is that step alone, for a job recorded some other way."""
-        keys_, args = self.spec(job.queue)
-        self._enqueue.queue(
-            pipe,
-            keys=[keys.job(job.job_id), keys.ready(job.queue, job.tenant_id), *keys_],
-            args=[*args, job.job_id, job.tenant_id, job.priority, repr(float(weight)), message],
-        )
+        (without the broker lists when they are not this Redis's); made once per queue (every
+        submit asks), each caller gets its own copy."""
+        found = self._specs.get(queue)
+        if found is None:
+            lists = list(self._broker_lists(queue)) if self._broker_lists is not None else []
+            if self._broker_lists is not None and len(lists) != 4:
+                raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
+            if len(self._specs) >= _SPECS_KEPT:
+                self._specs.clear()
+            made = [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES]
+            found = self._specs[queue] = ([*made, *lists], [queue, keys.ready_prefix(queue), keys.job(""), self.depth])
+        return list(found[0]), list(found[1])
 
     def take(self, queue: str, n: int) -> list[str]:
         """Up to ``n`` waiting jobs of ``queue`` in fair order, out of their ready sets: their

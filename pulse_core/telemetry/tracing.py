@@ -6,11 +6,18 @@ neither ``OTEL_SDK_DISABLED=true`` nor ``OTEL_TRACES_EXPORTER=none``); off
 otherwise, and then every span helper here is a shared no-op. The exporter reads
 the rest of its settings (headers, protocol, timeout) from the same variables.
 
-The Flask and Celery instrumentations make the spans and carry the context
-across the broker (a ``traceparent`` header on the message); Pulse adds a
-``submit`` span in the API, a ``job`` span around each attempt and the
-handler's own spans (``ctx.span``). Providers hold threads, so each process
-calls ``configure_tracing`` after it forked (gunicorn worker, prefork child).
+The API makes one server span per request itself (``start_server_span``: the
+W3C context read from ``traceparent``, a few attributes, nothing else; the
+generic Flask/WSGI instrumentation spent more per request than the submission's
+Redis round trip), a producer span whose ``traceparent`` rides in the message
+(``publish_context``) and, for ``metadata.traceId``, a ``submit`` span. The
+Celery instrumentation carries the context across the broker for messages kombu
+publishes, and makes the worker's spans; Pulse adds a ``job`` span around each
+attempt and the handler's own spans (``ctx.span``). An unsampled request (a
+ratio sampler said no) builds no span beyond the SDK's non-recording one: its
+message carries the decision (``traceparent`` flags 00), so the worker does not
+sample it either. Providers hold threads, so each process calls
+``configure_tracing`` after it forked (gunicorn worker, prefork child).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -134,6 +142,8 @@ def current_trace_id() -> str | None:
 
 def incoming_trace_id(headers: Any) -> str | None:
     """The trace id of a W3C ``traceparent`` header (in a dict-like ``headers``), when valid."""
+    if "traceparent" not in headers:
+        return None
     context = trace.get_current_span(_W3C.extract(headers)).get_span_context()
     return trace.format_trace_id(context.trace_id) if context.is_valid else None
 
@@ -147,15 +157,15 @@ def submit_span(headers: Any, requested_trace_id: str | None) -> Iterator[str | 
     so of the publish and the worker's run, linked to the HTTP request's span.
     Otherwise no span of its own: the HTTP span is the submission's.
     """
-    incoming = incoming_trace_id(headers)
     if _state.tracer is None:
-        token = _submit_trace.set(incoming or requested_trace_id)
+        token = _submit_trace.set(incoming_trace_id(headers) or requested_trace_id)
         try:
             yield _submit_trace.get()
         finally:
             _submit_trace.reset(token)
         return
-    if not requested_trace_id or incoming or requested_trace_id == current_trace_id():
+    # the server span continued a traceparent already: no second parse of it
+    if not requested_trace_id or "traceparent" in headers or requested_trace_id == current_trace_id():
         yield current_trace_id()
         return
     remote = SpanContext(
@@ -176,15 +186,74 @@ def submit_span(headers: Any, requested_trace_id: str | None) -> Iterator[str | 
 
 def publish_context(carrier: dict[str, Any], task_name: str, job: Job) -> None:
     """For a message no Celery publish signal sees (pushed by a Redis script): a producer
-    span, as the Celery instrumentation makes, and its W3C ``traceparent`` in ``carrier``."""
-    if _state.tracer is None:
+    span, as the Celery instrumentation makes, and its W3C ``traceparent`` in ``carrier``.
+    Inside a trace that is not sampled, no span: the current context's ``traceparent``
+    (flags 00) carries the decision to the worker."""
+    tracer = _state.tracer
+    if tracer is None:
         return
-    with _state.tracer.start_as_current_span(
+    current = trace.get_current_span()
+    if current.get_span_context().is_valid and not current.is_recording():
+        _inject(carrier, current.get_span_context())
+        return
+    span = tracer.start_span(
         f"apply_async/{task_name}",
         kind=SpanKind.PRODUCER,
         attributes={"pulse.job_id": job.job_id, "messaging.destination.name": job.queue},
-    ):
-        _W3C.inject(carrier)
+    )
+    _inject(carrier, span.get_span_context())
+    span.end()
+
+
+def _inject(carrier: dict[str, Any], context: SpanContext) -> None:
+    """``context`` as W3C trace context headers (what ``TraceContextTextMapPropagator.inject``
+    writes, without its context lookups)."""
+    if not context.is_valid:
+        return
+    carrier["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
+
+
+class ServerSpan:
+    """A request's span while it is current (``start_server_span``)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: trace.Span, token: object) -> None:
+        self.span, self.token = span, token
+
+
+def start_server_span(method: str, route: str | None, path: str, headers: Any) -> ServerSpan | None:
+    """Start the span of one HTTP request (named ``METHOD route``, as OpenTelemetry's HTTP
+    conventions name it) and make it current; it continues the request's ``traceparent``.
+    ``None`` when tracing is off. End it with ``end_server_span``, in the same context."""
+    tracer = _state.tracer
+    if tracer is None:
+        return None
+    parent = _W3C.extract(headers) if "traceparent" in headers else None
+    attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+    if route:
+        attributes["http.route"] = route
+    span = tracer.start_span(
+        f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+    )
+    return ServerSpan(span, otel_context.attach(trace.set_span_in_context(span)))
+
+
+def end_server_span(handle: ServerSpan, status_code: int | None, exc: BaseException | None) -> None:
+    """End a request's span with its status (an error from 500 up, or an exception that escaped)."""
+    span = handle.span
+    if span.is_recording():
+        if status_code is not None:
+            span.set_attribute("http.response.status_code", status_code)
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        elif status_code is not None and status_code >= 500:
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+    span.end()
+    otel_context.detach(handle.token)  # type: ignore[arg-type]
 
 
 def job_trace_id(requested_trace_id: str | None) -> str:

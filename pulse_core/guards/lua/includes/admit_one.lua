@@ -10,8 +10,8 @@
 -- set and the parked messages (a delayed job's message waits there: release_due).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
--- entries created longer ago are trimmed (their records have expired after their retention,
--- or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
+-- entries created longer ago are trimmed, once per hundredth of it (their records have
+-- expired after their retention, or are dead letters listed there)   ARGV[7] the tenant's storage budget (bytes)
 -- ARGV[8] retention (s)   ARGV[9] number of jobs m   ARGV[10..9+2n] n (limit, expiry) pairs;
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
 -- the broker message, in how many seconds (Redis' clock) the sweep looks at the job if
@@ -55,11 +55,17 @@ local function place_message(ctx, k, a, job_id, message, mode)
   if mode == 'push' then
     redis.call('LPUSH', KEYS[k + 2], message)
   elseif mode == 'enqueue' or mode == 'wait' then
-    local q
-    if mode == 'enqueue' then q = dispatch_spec(k + 4, a + 7) else q = dispatch_pop_spec(k + 4, a + 7) end
-    if mode == 'enqueue' and dispatch_straight(q, message) then return end
+    local q, placed
+    if mode == 'enqueue' then
+      q = dispatch_spec(k + 4, a + 7)
+      q.counted = 1  -- the first list only (includes/dispatch.lua says why)
+      placed = dispatch_straight(q, message)
+      if placed == 'pushed' then return end
+    else
+      q = dispatch_pop_spec(k + 4, a + 7)
+    end
     enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
-    if mode == 'enqueue' and not ctx.to_dispatch[q.queue] then
+    if placed == 'behind' and not ctx.to_dispatch[q.queue] then
       ctx.to_dispatch[q.queue] = q
       ctx.dispatch_order[#ctx.dispatch_order + 1] = q.queue
     end
@@ -70,9 +76,10 @@ local function place_message(ctx, k, a, job_id, message, mode)
   end
 end
 
--- Dispatch each queue a job of this run waits for, once, in the order they came.
+-- Dispatch each queue a job of this run waits for, once, in the order they came (each has an
+-- active tenant: the job's own, just placed in its ready set).
 local function dispatch_admitted(ctx)
-  for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue]) end
+  for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue], true) end
 end
 
 -- Seconds until the oldest retained bucket of the tenant leaves (0: none is counted).
@@ -126,8 +133,14 @@ local function admit_one(ctx, k, a)
   redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
   ctx.used = ctx.used + bytes
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
-  listing_add(ctx.index, created_ms, job_id)
-  redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
+  -- the index is trimmed by the first admission of each step of creation time (a hundredth
+  -- of the horizon: 1 h 41 min for 7 days), not by every one (an empty index has nothing to
+  -- trim): after an admission it holds nothing older than the horizon plus one step
+  local newest = listing_add(ctx.index, created_ms, job_id)
+  local step = math.max(1, math.floor(ctx.horizon / 100))
+  if newest and math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then
+    redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
+  end
   redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)

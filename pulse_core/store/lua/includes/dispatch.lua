@@ -15,19 +15,30 @@
 -- q.active, and an idle queue's state goes, so idle tenants cost nothing. A job that is no
 -- longer queued (cancelled while it waited) is dropped with its message. At most 64 entries
 -- are looked at per call; what is left is dispatched by the next call.
+-- q.counted (optional): how many of q.lists count towards the depth, from the first (all when
+--   nil). Admission counts the first only: kombu takes from the lists in order, so a message
+--   pushed onto the first waits behind that list alone; the others hold messages kombu put back
+--   (restored on a worker's loss, at their priority) and retries published through kombu.
+-- active_known: the caller knows q.active is not empty (it just added a tenant to it).
 -- Returns how many messages were pushed.
 local DISPATCH_PRIORITY_SPAN = 1e15
-local function dispatch(q)
+
+-- How many messages q's (counted) broker lists hold.
+local function dispatch_depth(q)
+  local depth = 0
+  for i = 1, q.counted or #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
+  return depth
+end
+
+local function dispatch(q, active_known)
   -- no tenant waits: nothing to move, and nothing of the queue's to keep
-  if redis.call('EXISTS', q.active) == 0 then
+  if not active_known and redis.call('EXISTS', q.active) == 0 then
     redis.call('DEL', q.state)
     redis.call('SREM', q.queues, q.queue)
     return 0
   end
   local depth = 0
-  if q.lists then
-    for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
-  end
+  if q.lists then depth = dispatch_depth(q) end
   local sent, looked = 0, 0
   while depth < q.depth and looked < 64 do
     looked = looked + 1
@@ -82,15 +93,16 @@ local function dispatch_pop_spec(k, a)
           depth = tonumber(ARGV[a + 3])}
 end
 
--- The short way for a job that arrives while no tenant of its queue waits (q.active is empty)
--- and the lists hold fewer than q.depth messages: fair order has nothing to decide, so its
--- message goes straight onto the first list (6 commands instead of a round through the ready
--- set). True when it did; otherwise the job waits in its ready set as usual.
+-- Admission's first look at a queue for a job due now: 'full' when the (counted) lists hold
+-- q.depth messages or more (the job waits in its ready set, and nothing can be dispatched
+-- before the run ends: no one takes from the lists meanwhile); 'pushed' when no tenant of the
+-- queue waits and the lists are short: fair order has nothing to decide, so its message went
+-- straight onto the first list (3 commands with one list counted, instead of a round through
+-- the ready set); 'behind' when the lists are short but tenants wait: the job joins them and
+-- the queue is dispatched.
 local function dispatch_straight(q, message)
-  if redis.call('EXISTS', q.active) == 1 then return false end
-  local depth = 0
-  for i = 1, #q.lists do depth = depth + redis.call('LLEN', q.lists[i]) end
-  if depth >= q.depth then return false end
+  if dispatch_depth(q) >= q.depth then return 'full' end
+  if redis.call('EXISTS', q.active) == 1 then return 'behind' end
   redis.call('LPUSH', q.lists[1], message)
-  return true
+  return 'pushed'
 end

@@ -9,11 +9,14 @@ local function enqueue_job(q, ready_key, job_id, tenant, priority, weight, messa
   local seq = redis.call('HINCRBY', q.state, 'seq', 1)
   redis.call('ZADD', ready_key, (9 - tonumber(priority)) * DISPATCH_PRIORITY_SPAN + seq, job_id)
   if message ~= '' then redis.call('HSET', q.messages, job_id, message) end
-  redis.call('HSET', q.state, 'w:' .. tenant, weight)
   if not redis.call('ZSCORE', q.active, tenant) then
     -- A tenant that becomes active starts at the virtual time of the last job dispatched:
-    -- it is served next, and its idle time earns it no credit.
+    -- it is served next, and its idle time earns it no credit. Its weight is read as it
+    -- becomes active and kept until it leaves (a changed weight applies from its next
+    -- activation); the queue is listed while any tenant is active (dispatch unlists it only
+    -- once none is), so both are written here alone.
+    redis.call('HSET', q.state, 'w:' .. tenant, weight)
     redis.call('ZADD', q.active, redis.call('HGET', q.state, 'v') or '0', tenant)
+    redis.call('SADD', q.queues, q.queue)
   end
-  redis.call('SADD', q.queues, q.queue)
 end

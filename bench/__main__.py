@@ -44,6 +44,7 @@ RATIOS = [
     ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
     ("B p99 under A's priority-9 flood", "B p99 idle", "fairness: B p99 priority-9 flood / idle (aim <= 2)"),
     (drain.MANY, drain.ONE_TENANT, f"drain: {drain.MANY_TENANTS:,} tenants / 1 tenant (aim >= 0.9)"),
+    (drain.ONE_TENANT_CPU, drain.MANY_CPU, f"drain: worker CPU/job 1 tenant / {drain.MANY_TENANTS:,} (aim >= 0.9)"),
     (delayed.RSS_WAITING, delayed.RSS_BEFORE, "delayed: worker RSS jobs waiting / none (aim ~1)"),
     (
         f"1 worker (threads x{http.CONCURRENCY}), HTTP 50 ms",
@@ -89,6 +90,8 @@ def main(argv: list[str]) -> int:
 
 
 def _value(v: float, unit: str) -> str:
+    if unit == "ms" and v < 10:
+        return f"{v:.2f}"
     return f"{v:.1f}" if unit in ("ms", "µs", "s", "MB") else f"{v:.0f}"
 
 

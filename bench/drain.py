@@ -29,7 +29,7 @@ from celery import Celery
 from flask.testing import FlaskClient
 from redis import Redis
 
-from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
+from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain, tree_cpu_seconds
 from bench.plain_stack import echo
 from bench.redis_cost import OWN_COMMANDS, client_commands, measured
 from bench.submit import many_tenants_file
@@ -57,6 +57,8 @@ MANY_ROUNDS = 1
 BATCH = 500
 ONE_TENANT = f"pulse, 1 tenant x {MANY_TENANTS * PER_TENANT:,}, dispatched"
 MANY = f"pulse, {MANY_TENANTS:,} tenants x {PER_TENANT}, dispatched"
+ONE_TENANT_CPU = f"1 tenant x {MANY_TENANTS * PER_TENANT:,}: worker CPU per job"
+MANY_CPU = f"{MANY_TENANTS:,} tenants x {PER_TENANT}: worker CPU per job"
 
 
 def _wait_worker(app: Celery, name: str) -> None:
@@ -230,17 +232,26 @@ def run(env: BenchEnv) -> list[Result]:
             # Untimed: which commands a job's run sends from the worker, and which run in scripts.
             lists = fill(kind, f"bench-{kind}-sample", SAMPLE_JOBS)
             results[kind].sample = client_commands(env.redis, functools.partial(drain_count, worker, lists))
-        results.update(_many_tenants(env, pulse_app, many_file, many_keys))
+        results.update(_many_tenants(env, pulse_app, workers["pulse"][1].pid, many_file, many_keys))
     finally:
         for _name, process in workers.values():
             stop(process)
     return list(results.values())
 
 
-def _many_tenants(env: BenchEnv, pulse_app: Celery, many_file: Path, many_keys: list[str]) -> dict[str, Result]:
+def _many_tenants(
+    env: BenchEnv, pulse_app: Celery, worker_pid: int, many_file: Path, many_keys: list[str]
+) -> dict[str, Result]:
     """One tenant's jobs, then as many spread over ``MANY_TENANTS`` tenants, admitted while
-    nobody consumes their queue, drained by the same Pulse worker."""
-    results = {"one": Result("drain", ONE_TENANT), "many": Result("drain", MANY)}
+    nobody consumes their queue, drained by the same Pulse worker: jobs/s, and the CPU time
+    the worker (main process and pool) spent per job, which other load on a shared machine
+    moves far less than the rate."""
+    results = {
+        "one": Result("drain", ONE_TENANT),
+        "many": Result("drain", MANY),
+        "one-cpu": Result("drain", ONE_TENANT_CPU, unit="ms"),
+        "many-cpu": Result("drain", MANY_CPU, unit="ms"),
+    }
     n = MANY_TENANTS * PER_TENANT
     for round_no in range(MANY_ROUNDS):
         for kind, api_keys, per_key in (("one", [env.api_key], n), ("many", many_keys, PER_TENANT)):
@@ -254,10 +265,12 @@ def _many_tenants(env: BenchEnv, pulse_app: Celery, many_file: Path, many_keys: 
                 f"   {kind} tenant(s): {admitted:,} jobs admitted by batches in {time.perf_counter() - started:.0f} s",
                 flush=True,
             )
+            cpu = tree_cpu_seconds(worker_pid)
             with measured(env.redis) as cost:
                 rate = time_dispatch_drain(
                     env.redis, queue, functools.partial(_consume, pulse_app, queue, "pulse@bench"), admitted
                 )
+            cpu = tree_cpu_seconds(worker_pid) - cpu
             _cancel(pulse_app, queue, "pulse@bench")
             pending: list[str] = env.redis.hvals(keys.PENDING)  # type: ignore[assignment]
             left = sum(int(v) for v in pending)
@@ -265,5 +278,9 @@ def _many_tenants(env: BenchEnv, pulse_app: Celery, many_file: Path, many_keys: 
                 raise RuntimeError(f"{left} jobs of {kind} tenant(s) still pending after the drain")
             results[kind].values.append(rate)
             results[kind].costs.append(cost(admitted))
-            print(f"   {kind} tenant(s): drained at {rate:.0f} jobs/s", flush=True)
+            results[f"{kind}-cpu"].values.append(cpu * 1000 / admitted)
+            print(
+                f"   {kind} tenant(s): drained at {rate:.0f} jobs/s, worker CPU {cpu * 1000 / admitted:.2f} ms/job",
+                flush=True,
+            )
     return results

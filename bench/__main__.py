@@ -90,8 +90,6 @@ def main(argv: list[str]) -> int:
 
 
 def _value(v: float, unit: str) -> str:
-    if unit == "ms" and v < 10:
-        return f"{v:.2f}"
     return f"{v:.1f}" if unit in ("ms", "µs", "s", "MB") else f"{v:.0f}"
 
 

@@ -149,7 +149,7 @@ def run(env: BenchEnv) -> list[Result]:
             f" {listed} on the queue, {reserved} reserved by a worker",
             flush=True,
         )
-        waiting: list[float] = []
+        waiting = [max(rss_mb(pid) for pid in pids)]
         while time.time() < due.timestamp() - RSS_EVERY:
             waiting.append(max(rss_mb(pid) for pid in pids))
             time.sleep(RSS_EVERY)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench import batch, drain, fairness, http, plain_stack, submit, telemetry, watch, wrk
+from bench import batch, delayed, drain, fairness, http, plain_stack, submit, telemetry, watch, wrk
 from bench.common import BenchEnv, Result
 from bench.redis_cost import CLIENT_NAME, reset
 from pulse_cli.embedded_redis import EmbeddedRedis
@@ -25,6 +25,7 @@ SECTIONS = {
     "drain": drain,
     "watch": watch,
     "fairness": fairness,
+    "delayed": delayed,
     "telemetry": telemetry,
     "http": http,
 }
@@ -41,6 +42,10 @@ RATIOS = [
     ("submit, telemetry on, 10% sampled", "submit, telemetry off", "submit: telemetry on (10% sampled) / off"),
     ("drain, telemetry on, 10% sampled", "drain, telemetry off", "drain: telemetry on (10% sampled) / off"),
     ("B p99 under A's flood", "B p99 idle", "fairness: B p99 flood / idle (aim <= 2)"),
+    ("B p99 under A's priority-9 flood", "B p99 idle", "fairness: B p99 priority-9 flood / idle (aim <= 2)"),
+    (drain.MANY, drain.ONE_TENANT, f"drain: {drain.MANY_TENANTS:,} tenants / 1 tenant (aim >= 0.9)"),
+    (drain.ONE_TENANT_CPU, drain.MANY_CPU, f"drain: worker CPU/job 1 tenant / {drain.MANY_TENANTS:,} (aim >= 0.9)"),
+    (delayed.RSS_WAITING, delayed.RSS_BEFORE, "delayed: worker RSS jobs waiting / none (aim ~1)"),
     (
         f"1 worker (threads x{http.CONCURRENCY}), HTTP 50 ms",
         f"1 worker (threads x{http.CONCURRENCY}), python sleep 50 ms",
@@ -85,7 +90,7 @@ def main(argv: list[str]) -> int:
 
 
 def _value(v: float, unit: str) -> str:
-    return f"{v:.1f}" if unit in ("ms", "µs") else f"{v:.0f}"
+    return f"{v:.1f}" if unit in ("ms", "µs", "s", "MB") else f"{v:.0f}"
 
 
 def report(results: list[Result]) -> None:

@@ -88,6 +88,29 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
     process.wait()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live children
+    (a prefork worker's pool), from ``/proc``; NaN where there is no ``/proc``. Robust to
+    other load on a shared machine where a rate is not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return float("nan")
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def gunicorn(app: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,

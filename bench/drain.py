@@ -8,28 +8,57 @@ shares its pool, concurrency, prefetch and ack settings.
 Each worker starts on an idle queue; a queue is filled while nobody consumes it,
 then the worker is told to consume it (``add_consumer``) and the clock runs until
 no message is waiting or unacknowledged.
+
+The same Pulse worker then drains jobs admitted through ``POST /v1/batches``, so that
+they wait in the fair dispatcher's structures (``pulse_core.store.dispatch``) and reach
+the queue as the dispatcher moves them: first one tenant's ``MANY_TENANTS x PER_TENANT``
+jobs, then ``MANY_TENANTS`` tenants' ``PER_TENANT`` jobs each (issue 11: the drain rate
+must not fall with the number of tenants). The clock runs until no tenant is active on
+the queue and no message is waiting or unacknowledged.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from flask.testing import FlaskClient
+from redis import Redis
 
-from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain
+from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain, tree_cpu_seconds
 from bench.plain_stack import echo
-from bench.redis_cost import client_commands, measured
-from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list
+from bench.redis_cost import OWN_COMMANDS, client_commands, measured
+from bench.submit import many_tenants_file
+from pulse_api import create_app
+from pulse_core import keys
+from pulse_core.broker.celery_app import broker_priority, create_celery, publish_job, redis_list, waiting_lists
 from pulse_core.jobs import DEFAULT_PRIORITY, Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
+from pulse_core.tenants import hash_api_key
 
 JOBS = 2000
 SAMPLE_JOBS = 100
 CONCURRENCY = 2
 PAYLOAD = {"n": 1, "text": "hello"}
+#: The many-tenants case: this many tenants, each with ``PER_TENANT`` jobs, admitted by batches.
+#: Issue 11 names 2 jobs a tenant; at about 240 jobs/s on a busy 2-core machine the pair of
+#: rows then takes near 3 minutes, so the default is 1 (each job's tenant enters the active
+#: set and leaves it: the dispatcher's busiest path).
+MANY_TENANTS = 10_000
+PER_TENANT = 1
+#: Rounds of the one-tenant / many-tenants pair (one is long enough: each drains
+#: ``MANY_TENANTS x PER_TENANT`` jobs).
+MANY_ROUNDS = 1
+BATCH = 500
+ONE_TENANT = f"pulse, 1 tenant x {MANY_TENANTS * PER_TENANT:,}, dispatched"
+MANY = f"pulse, {MANY_TENANTS:,} tenants x {PER_TENANT}, dispatched"
+ONE_TENANT_CPU = f"1 tenant x {MANY_TENANTS * PER_TENANT:,}: worker CPU per job"
+MANY_CPU = f"{MANY_TENANTS:,} tenants x {PER_TENANT}: worker CPU per job"
 
 
 def _wait_worker(app: Celery, name: str) -> None:
@@ -80,11 +109,64 @@ def _cancel(app: Celery, queue: str, worker: str) -> None:
     app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)
 
 
+def tenants_file(env: BenchEnv) -> tuple[Path, list[str]]:
+    """The bench tenant and ``MANY_TENANTS`` more in one tenants file; the many tenants' keys."""
+    path, many_keys = many_tenants_file(env.work_dir, MANY_TENANTS)
+    path.write_text(path.read_text() + f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(env.api_key)}"]\n')
+    return path, many_keys
+
+
+def submit_batches(client: FlaskClient, api_keys: list[str], per_key: int) -> int:
+    """Admit ``per_key`` diag.echo jobs for each key's tenant through ``POST /v1/batches``."""
+    body = {"jobType": "diag.echo", "payload": PAYLOAD}
+    admitted = 0
+    for api_key in api_keys:
+        left = per_key
+        while left:
+            size = min(left, BATCH)
+            answer = client.post(
+                "/v1/batches", json={"jobs": [body] * size}, headers={"Authorization": f"Bearer {api_key}"}
+            )
+            took = sum("job" in item for item in (answer.get_json() or {}).get("items", []))
+            if answer.status_code != 200 or took != size:
+                raise RuntimeError(f"batch not admitted: {answer.status_code} {answer.get_data()[:300]!r}")
+            admitted += size
+            left -= size
+    return admitted
+
+
+def dispatch_drained(redis: Redis, queue: str) -> bool:
+    """No tenant active on ``queue`` (nothing in a ready set), no message on its lists and
+    none delivered but unacknowledged."""
+    lists = waiting_lists(queue)
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.active(queue))
+        for name in lists:
+            pipe.llen(name)
+        pipe.hlen("unacked")
+        counts = pipe.execute()
+    OWN_COMMANDS.update({"zcard": 1, "llen": len(lists), "hlen": 1})
+    return not any(counts)
+
+
+def time_dispatch_drain(redis: Redis, queue: str, start_consuming: Callable[[], None], n: int) -> float:
+    """Start consuming ``queue`` with its jobs waiting in the dispatcher; jobs/s until drained."""
+    start = time.perf_counter()
+    start_consuming()
+    deadline = start + 900
+    while not dispatch_drained(redis, queue):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"queue {queue} did not drain")
+        time.sleep(0.01)
+    return n / (time.perf_counter() - start)
+
+
 def run(env: BenchEnv) -> list[Result]:
     settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url)
     pulse_app = create_celery(settings)
     store = JobStore(env.redis)
     plain_env = env.env()
+    many_file, many_keys = tenants_file(env)
 
     results = {
         "pulse": Result("drain", "pulse worker, diag.echo"),
@@ -96,7 +178,7 @@ def run(env: BenchEnv) -> list[Result]:
             "pulse@bench",
             spawn(
                 celery_worker("pulse_worker.app", "idle-pulse", CONCURRENCY, "-n", "pulse@bench"),
-                env.env(),
+                env.env(PULSE_TENANTS_FILE=str(many_file)),  # the tenants of the many-tenants case too
                 env.work_dir / "pulse-worker.log",
             ),
         ),
@@ -150,7 +232,55 @@ def run(env: BenchEnv) -> list[Result]:
             # Untimed: which commands a job's run sends from the worker, and which run in scripts.
             lists = fill(kind, f"bench-{kind}-sample", SAMPLE_JOBS)
             results[kind].sample = client_commands(env.redis, functools.partial(drain_count, worker, lists))
+        results.update(_many_tenants(env, pulse_app, workers["pulse"][1].pid, many_file, many_keys))
     finally:
         for _name, process in workers.values():
             stop(process)
     return list(results.values())
+
+
+def _many_tenants(
+    env: BenchEnv, pulse_app: Celery, worker_pid: int, many_file: Path, many_keys: list[str]
+) -> dict[str, Result]:
+    """One tenant's jobs, then as many spread over ``MANY_TENANTS`` tenants, admitted while
+    nobody consumes their queue, drained by the same Pulse worker: jobs/s, and the CPU time
+    the worker (main process and pool) spent per job, which other load on a shared machine
+    moves far less than the rate."""
+    results = {
+        "one": Result("drain", ONE_TENANT),
+        "many": Result("drain", MANY),
+        "one-cpu": Result("drain", ONE_TENANT_CPU, unit="ms"),
+        "many-cpu": Result("drain", MANY_CPU, unit="ms"),
+    }
+    n = MANY_TENANTS * PER_TENANT
+    for round_no in range(MANY_ROUNDS):
+        for kind, api_keys, per_key in (("one", [env.api_key], n), ("many", many_keys, PER_TENANT)):
+            queue = f"bench-{kind}-tenants-{round_no}"
+            settings = Settings(
+                redis_url=env.redis_url, broker_url=env.redis_url, tenants_file=many_file, default_queue=queue
+            )
+            started = time.perf_counter()
+            admitted = submit_batches(create_app(settings).test_client(), api_keys, per_key)
+            print(
+                f"   {kind} tenant(s): {admitted:,} jobs admitted by batches in {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+            cpu = tree_cpu_seconds(worker_pid)
+            with measured(env.redis) as cost:
+                rate = time_dispatch_drain(
+                    env.redis, queue, functools.partial(_consume, pulse_app, queue, "pulse@bench"), admitted
+                )
+            cpu = tree_cpu_seconds(worker_pid) - cpu
+            _cancel(pulse_app, queue, "pulse@bench")
+            pending: list[str] = env.redis.hvals(keys.PENDING)  # type: ignore[assignment]
+            left = sum(int(v) for v in pending)
+            if left:
+                raise RuntimeError(f"{left} jobs of {kind} tenant(s) still pending after the drain")
+            results[kind].values.append(rate)
+            results[kind].costs.append(cost(admitted))
+            results[f"{kind}-cpu"].values.append(cpu * 1000 / admitted)
+            print(
+                f"   {kind} tenant(s): drained at {rate:.0f} jobs/s, worker CPU {cpu * 1000 / admitted:.2f} ms/job",
+                flush=True,
+            )
+    return results

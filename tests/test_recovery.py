@@ -360,6 +360,57 @@ def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
     assert backlog_mismatches(redis) == {}
 
 
+def test_a_delayed_job_released_behind_others_on_its_queue_waits_before_it_is_republished(
+    settings: Settings, own_redis: Redis
+) -> None:
+    # given a delayed job whose due time passed more than a lease ago, its message released from
+    # parking onto its queue, still behind others (50,000 jobs due at one instant, say)
+    redis = own_redis
+    store = JobStore(redis)
+    queue = "t-sweep-released"
+    app = create_celery(settings)
+    due = time.time() - 60
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id=TENANT,
+        job_type="witness.sleep",
+        queue=queue,
+        created_at=utc_now(),
+        state=JobState.SCHEDULED,
+        due_at=due,
+    )
+    store.create(job, watch_at=due + 30)
+    message, lane_list = encode_message(app, job)
+    redis.lpush(lane_list, message)
+    sent: list[str] = []
+
+    def publish(jobs: list[Job]) -> int:
+        sent.extend(j.job_id for j in jobs)
+        return len(jobs)
+
+    recheck = RecheckPolicy(lapsed=0.0, queued=0.0, lane_waits=2)
+    try:
+        # when the sweep looks at it three times
+        outcomes = [
+            sweep(
+                redis,
+                store,
+                publish,
+                waiting_lists=lambda q, t, p: [keys.ready(q, t), keys.PARKED_MESSAGES, lane_list],
+                recheck=recheck,
+                budget_seconds=5,
+            )
+            for _ in range(3)
+        ]
+        # then it waits two checks (the queue is busy: no copy of every such job), and is
+        # republished on the third
+        assert outcomes == [0, 0, 1] and sent == [job.job_id]
+    finally:
+        redis.delete(lane_list)
+        finish(redis, store, [job.job_id])
+    assert backlog_mismatches(redis) == {}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_pool_without_time_limits_cannot_keep_a_hung_job_running(

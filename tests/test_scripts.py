@@ -1130,6 +1130,35 @@ RECOVER = [
         ["waiting"],
         {"{p}job:j1": {**ID, "state": "queued", "laneWaits": "1"}},
     ),
+    *[
+        Case(
+            f"a {state} job past its due time whose queue still holds messages (released from parking) waits a check",
+            "store/recover",
+            {"{p}job:j1": {**ID, "state": state, "dueAt": "999"}, "{p}watch": Z({"j1": 999}), "{p}lane": ["m1"]},
+            [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+            RECOVER_ARGV,
+            ["waiting"],
+            {"{p}job:j1": {**ID, "state": state, "dueAt": "999", "laneWaits": "1"}},
+        )
+        for state in ("scheduled", "retrying")
+    ],
+    Case(
+        "a running job whose lease lapsed is republished at once though its queue is busy",
+        "store/recover",
+        {
+            "{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "attempts": "1"},
+            "{p}watch": Z({"j1": 900}),
+            "{p}lane": ["m1"],
+        },
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+        RECOVER_ARGV,
+        [
+            "republish",
+            Record(
+                {**ID, "state": "running", "leaseUntil": "900", "attempts": "1", "recoveries": "1", "laneWaits": "0"}
+            ),
+        ],
+    ),
     Case(
         "a queued job that waited its checks is republished though its queue is busy",
         "store/recover",

@@ -17,7 +17,9 @@ overdue when
   crashed one counts, so a job that always kills its worker ends ``dead``;
 - it is ``scheduled`` or ``retrying`` and its due time passed by more than a lease
   (its ETA message was held by a worker that died), or its delay was too long for
-  an ETA message at all (it is published when due).
+  an ETA message at all (it is published when due). Released from parking when due,
+  its message may still wait behind others: it gets the same few more checks while its
+  queue holds messages.
 
 A republished job is looked at again after back-off (the base, then twice, four
 times... up to an hour), so another copy goes out only if that one is lost too.

@@ -38,9 +38,10 @@ if state == 'queued' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
   redis.call('ZADD', KEYS[2], now + base, ARGV[1])
   return {'waiting'}
 end
--- A copy may still wait behind others on its queue (a queued job's first message, or an
--- earlier republished copy): give it more time, a bounded number of checks.
-if state == 'queued' or n > 0 then
+-- A copy may still wait behind others on its queue (a queued job's first message, a delayed
+-- job's or a retry's released from parking when due, or an earlier republished copy): give it
+-- more time, a bounded number of checks. Only a lapsed lease is republished at once.
+if state ~= 'running' or n > 0 then
   local waiting = 0
   for i = 5, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
   local waits = tonumber(f[5] or '0')

@@ -214,7 +214,8 @@ def run(env: BenchEnv) -> list[Result]:
 
         def drain(worker: str, lists: tuple[str, str], n: int) -> float:
             consume, waiting = lists
-            rate = time_drain(env.redis, waiting, functools.partial(_consume, pulse_app, consume, worker), n)
+            start = functools.partial(_consume, pulse_app, consume, worker)
+            rate = time_drain(env.redis, waiting, start, n, watched=worker == workers["pulse"][0])
             _cancel(pulse_app, consume, worker)
             return rate
 

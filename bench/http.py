@@ -84,7 +84,7 @@ def run(env: BenchEnv) -> list[Result]:
                 fill_pulse_queue(store, app, queue, JOBS, job_type=job_type, payload=payload)
                 consume, waiting = pulse_lane(app, queue)
                 start = functools.partial(_consume, app, consume, worker)
-                results[kind].values.append(time_drain(env.redis, waiting, start, JOBS))
+                results[kind].values.append(time_drain(env.redis, waiting, start, JOBS, watched=True))
                 _cancel(app, consume, worker)
     finally:
         stop(process)

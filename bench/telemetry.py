@@ -159,7 +159,7 @@ def _drain(env: BenchEnv, modes: dict[str, dict[str, str]]) -> list[Result]:
                 consume, waiting = pulse_lane(app, queue)
                 start = functools.partial(_consume, app, consume, worker)
                 with measured(env.redis) as cost:
-                    results[mode].values.append(time_drain(env.redis, waiting, start, JOBS))
+                    results[mode].values.append(time_drain(env.redis, waiting, start, JOBS, watched=True))
                 results[mode].costs.append(cost(JOBS))
                 _cancel(app, consume, worker)
     finally:

@@ -164,6 +164,76 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_the_rest_queued(
             second.stop()
 
 
+def held_homeless_job(settings: Settings, redis: Redis, tmp_path: Path, name: str) -> tuple[WorkerProcess, Job]:
+    """A worker holding a message it reserved and has not started: the job's jobType has no
+    handler on any live worker, so the worker keeps its message as an ETA message (5 s)."""
+    worker = worker_on(settings, tmp_path, name, concurrency=1).start()
+    worker.wait_ready(redis, WITNESS)
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="nobody.runs.this",
+        queue=settings.default_queue,
+        payload={},
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
+    JobStore(redis).create(job, watch_at=time.time() + settings.queued_check_seconds)
+    publish_job(create_celery(settings), job)
+    wait_for(lambda: "no live worker has its handler" in worker.log(), timeout=20)
+    wait_for(lambda: waiting_messages(redis, settings.default_queue) == 0, timeout=10)
+    return worker, job
+
+
+@pytest.mark.slow
+def test_sigterm_puts_a_reserved_unstarted_message_back_from_the_workers_memory(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker holding a reserved, unstarted message (Pulse's transport keeps it in
+    # memory only: nothing in kombu's unacked hash)
+    settings = replace(isolated_settings, soft_shutdown_seconds=2.0, unknown_job_type_grace_seconds=60.0)
+    worker, job = held_homeless_job(settings, redis, tmp_path, "w")
+    try:
+        assert not [raw for raw in redis.hvals("unacked") if job.job_id in raw]
+        # when the worker gets SIGTERM
+        worker.signal(signal.SIGTERM)
+        assert worker.process is not None
+        # then it exits, and the message is back on its queue, its job still queued
+        assert worker.process.wait(30) == 0
+        assert waiting_messages(redis, settings.default_queue) == 1
+        assert redis.hget(keys.job(job.job_id), "state") == "queued"
+    finally:
+        worker.stop()
+        JobStore(redis).cancel("acme", job.job_id)
+
+
+@pytest.mark.slow
+def test_a_reserved_message_that_dies_with_its_worker_is_republished_by_the_sweep(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker holding a reserved, unstarted message, and a short queued check
+    settings = replace(isolated_settings, queued_check_seconds=1.0, unknown_job_type_grace_seconds=60.0)
+    first, job = held_homeless_job(settings, redis, tmp_path, "first")
+    second: WorkerProcess | None = None
+    try:
+        # when the worker is SIGKILLed: the message is gone with it (no copy in Redis)
+        first.kill_group()
+        killed_at = time.monotonic()
+        assert waiting_messages(redis, settings.default_queue) == 0
+        assert not [raw for raw in redis.hvals("unacked") if job.job_id in raw]
+        second = worker_on(settings, tmp_path, "second", concurrency=1).start()
+        # then the sweep republishes it once its check is due (the worker pushed it back 5 s
+        # + the queued check later), the job still queued
+        wait_for(lambda: redis.hget(keys.job(job.job_id), "recoveries") is not None, timeout=30)
+        assert time.monotonic() - killed_at < 5 + settings.queued_check_seconds + 10
+        assert redis.hget(keys.job(job.job_id), "state") == "queued"
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+        JobStore(redis).cancel("acme", job.job_id)
+
+
 def test_the_same_message_published_twice_runs_the_handler_once(
     live_client: FlaskClient, settings: Settings, redis: Redis
 ) -> None:

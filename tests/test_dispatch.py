@@ -15,7 +15,7 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_core import keys
-from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.broker.celery_app import create_celery, waiting_lists
 from pulse_core.guards.admission import Admission, Submission
 from pulse_core.jobs import Job, JobState, utc_now
 from pulse_core.settings import Settings
@@ -112,6 +112,14 @@ def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: 
     assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
 
 
+def held_by_workers(settings: Settings, queue: str) -> list[dict]:
+    """The messages of ``queue`` the live workers have reserved or hold as ETA messages."""
+    inspector = create_celery(settings).control.inspect(timeout=2.0)
+    held = [request for requests in (inspector.reserved() or {}).values() for request in requests]
+    held += [entry["request"] for entries in (inspector.scheduled() or {}).values() for entry in entries]
+    return [request for request in held if (request.get("delivery_info") or {}).get("routing_key") == queue]
+
+
 @pytest.mark.slow
 def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
@@ -140,6 +148,8 @@ def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
         assert waiting_messages(redis, queue) == 0
         unacked = [json.loads(raw) for raw in redis.hvals("unacked")]
         assert not [entry for entry in unacked if entry[2] == queue]
+        # (Pulse's transport keeps what a worker reserved in its memory: ask the workers too)
+        assert not held_by_workers(isolated_settings, queue)
         # and once due every one of them starts (within 60 s of the due time)
         docs = [wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=90) for job_id in ids]
     finally:

@@ -14,8 +14,14 @@ Delivery settings, and why:
 - ``worker_prefetch_multiplier=1``: with late acks a busy pool reserves nothing
   beyond what it runs, so a worker that dies strands nothing that is not running
   (and running attempts are recovered through their lease).
-- ``visibility_timeout``: the broker's own redelivery, a backstop only; it must
-  exceed the longest time a message may stay unacked (``check_visibility_timeout``).
+- The Redis transport (``PulseRedisTransport``) keeps no unacked record in Redis: the
+  ``BRPOP`` that takes a message reserves it, an ack writes nothing, and the job record,
+  lease and watch deadline are the reservation (a message lost with its worker is
+  republished by the recovery sweep). One ``BRPOP`` to fetch, the claim and the finalize
+  scripts: three round trips a job.
+- ``visibility_timeout``: kombu's redelivery of its unacked hash, which only a stock kombu
+  consumer writes now; still checked against the longest time limit
+  (``check_visibility_timeout``).
 - ``worker_soft_shutdown_timeout``: with ``REMAP_SIGTERM=SIGQUIT`` (``pulse worker``
   sets it), SIGTERM gives running jobs this long, then cancels and requeues them.
 
@@ -39,8 +45,6 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.transport.virtual import base as virtual_base
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads as kombu_loads
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -68,93 +72,85 @@ WORKER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 _BROKER_FAULTS = (RedisError, OSError)
 
 
-class _OutageSafeQoS(kombu_redis.QoS):
-    """kombu's Redis QoS, except that a Redis that refuses writes (``OOM``, ``READONLY``)
-    or is gone never raises out of an ack, a reject or the requeue on close.
+class _LeaseBackedQoS(kombu_redis.QoS):
+    """kombu's Redis QoS without its unacked hash: a delivered message is held in the
+    worker's memory only, and an ack or a reject writes nothing to Redis.
 
-    Stock kombu raises those into the consumer loop, where Celery reports an
-    "Unrecoverable error" and the worker exits for good; so does an ack that comes in
-    after the connection was lost, when a job that ran through the outage ends on a
-    channel kombu has already closed. Here the failure is logged:
-    a message not acked stays in kombu's unacked set in Redis and is redelivered after
-    the visibility timeout (a copy the job store refuses once its job moved on); a
-    message whose unacked record could not be written is kept in memory, and a requeue
-    that could not be written is tried again on the poller's restore tick (every 10 s)
-    until Redis takes it. Written by hand: kombu has no hook for this.
+    Why this is safe: the message a BRPOP takes is already reserved by that one atomic pop,
+    and the job record is the truth (every non-final job sits in the watch set with a
+    deadline, ``docs/execution-guarantees.md``). A queued job whose message dies with its
+    worker is republished by the recovery sweep at its queued check; a running one by its
+    lapsed lease. kombu's bookkeeping (ZADD + HSET after the pop, ZREM + HDEL on the ack,
+    each in MULTI/EXEC: 8 commands and 2 round trips a job) only re-delivered such a message
+    after the one-hour visibility timeout, long after the sweep had, and a Redis crash
+    between the pop and that second write lost it anyway.
+
+    What still goes back to Redis, from memory (the message as it was delivered, marked
+    redelivered): a message rejected with requeue (a killed pool child, a failure before the
+    claim) at the back of its list; on close (warm shutdown) every message reserved and not
+    acked, at the front. A push Redis refuses (down, ``OOM``, ``READONLY``) is never raised
+    into Celery's consumer (stock kombu would stop the worker): it is kept and tried again on
+    the poller's restore tick (every 10 s) until Redis takes it; on close it is logged and
+    left to the sweep (the job is still ``queued`` in its record, so within
+    ``PULSE_QUEUED_CHECK_SECONDS`` + a sweep interval). Entries an older worker left in
+    kombu's unacked hash are still restored after the visibility timeout (``restore_visible``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: delivery tag -> (message, leftmost): requeues Redis refused, to try again.
+        #: delivery tag -> (message, leftmost): pushes Redis refused, to try again.
         self._requeue_later: dict[Any, tuple[Any, bool]] = {}
 
-    def _check_open(self) -> None:
-        """Raise a broker fault if this QoS's channel is closed: kombu closes it when the
-        connection is lost, and its Redis client is gone with it."""
-        if self.channel.connection is None:
-            raise RedisConnectionError("channel closed: its connection to Redis was lost")
-
     def append(self, message: Any, delivery_tag: Any) -> None:
-        try:
-            self._check_open()
-            super().append(message, delivery_tag)
-        except _BROKER_FAULTS as exc:
-            log.error("could not record message %s as unacked (%s); keeping it in memory", delivery_tag, exc)
-            virtual_base.QoS.append(self, message, delivery_tag)
+        virtual_base.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
-        try:
-            self._check_open()
-            self._remove_from_indices(delivery_tag).execute()
-        except _BROKER_FAULTS as exc:
-            log.warning("could not ack message %s (%s); Redis redelivers it later", delivery_tag, exc)
         virtual_base.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
-        local = delivered.get(delivery_tag)
-        try:
-            self._check_open()
-            if requeue:
-                self._restore(delivery_tag, local, None, True)
-            else:
-                self._remove_from_indices(delivery_tag).execute()
-        except _BROKER_FAULTS as exc:
-            log.warning(
-                "could not %s message %s (%s); will try again", "requeue" if requeue else "reject", delivery_tag, exc
-            )
-            if requeue and local is not None:
-                self._requeue_later[delivery_tag] = (local, True)
+        if requeue:
+            delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
+            local = delivered.get(delivery_tag)
+            if local is not None:
+                self._push_or_keep({delivery_tag: local}, leftmost=True)
         virtual_base.QoS.ack(self, delivery_tag)
+
+    def _check_open(self) -> None:
+        """Raise a broker fault if this QoS's channel is closed: kombu closes it when the
+        connection is lost, and its Redis client is gone with it (an AttributeError that
+        would end the worker as an "Unrecoverable error")."""
+        if self.channel.connection is None:
+            raise RedisConnectionError("channel closed: its connection to Redis was lost")
+
+    def _push(self, messages: Iterable[Any], leftmost: bool, client: Any = None) -> None:
+        """Put ``messages`` back on their lists, in one round trip (kombu's restore, from memory)."""
+        self._check_open()
+        with self.channel.conn_or_acquire(client) as conn, conn.pipeline(transaction=False) as pipe:
+            for message in messages:
+                info = message.delivery_info
+                self.channel._do_restore_message(message._raw, info["exchange"], info["routing_key"], pipe, leftmost)
+            pipe.execute()
+
+    def _push_or_keep(self, messages: Mapping[Any, Any], leftmost: bool) -> None:
+        try:
+            self._push(messages.values(), leftmost)
+        except _BROKER_FAULTS as exc:
+            log.warning("could not requeue message(s) %s (%s); will try again", list(messages), exc)
+            for tag, message in messages.items():
+                self._requeue_later[tag] = (message, leftmost)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
-        self._restore(tag, delivered.get(tag), client, leftmost)
-
-    def _restore(self, tag: Any, local: Any, client: Any, leftmost: bool) -> None:
-        """Put message ``tag`` back on its queue and out of the unacked set, in one
-        transaction; from its unacked record, else from ``local`` (the message in memory)."""
-
-        def restore_transaction(pipe: Any) -> None:
-            stored = pipe.hget(self.unacked_key, tag)
-            pipe.multi()
-            self._remove_from_indices(tag, pipe)
-            if stored:
-                payload, exchange, routing_key = kombu_loads(bytes_to_str(stored))
-            elif local is not None:  # its unacked record could not be written
-                info = local.delivery_info
-                payload, exchange, routing_key = local._raw, info["exchange"], info["routing_key"]
-            else:
-                return
-            self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-
-        with self.channel.conn_or_acquire(client) as conn:
-            conn.transaction(restore_transaction, self.unacked_key)
+        local = delivered.get(tag)
+        if local is not None and tag not in self._dirty:  # type: ignore[operator]
+            self._push([local], leftmost, client)
+        else:  # an entry of kombu's unacked hash (restore_visible: left by an older worker)
+            super().restore_by_tag(tag, client, leftmost)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         for tag, (local, leftmost) in list(self._requeue_later.items()):
             try:
-                self._restore(tag, local, None, leftmost)
+                self._push([local], leftmost)
             except _BROKER_FAULTS as exc:
                 log.warning("message %s still not requeued (%s); will try again", tag, exc)
                 return
@@ -166,15 +162,24 @@ class _OutageSafeQoS(kombu_redis.QoS):
             log.warning("could not restore messages past the visibility timeout (%s); will try again", exc)
 
     def restore_unacked(self, client: Any = None) -> None:
+        """On close: every message reserved and not acked goes back to the front of its list."""
+        self._flush()  # acked messages stay in _delivered until the next append: not those
         delivered: dict[Any, Any] = self._delivered  # type: ignore[assignment]
         pending = {tag: local for tag, (local, _) in self._requeue_later.items()}
         self._requeue_later.clear()
-        for tag, local in [*pending.items(), *delivered.items()]:
-            try:
-                self._restore(tag, local, client, False)
-            except Exception as exc:  # the close path must never stop the worker
-                log.error("could not requeue message %s on close (%r); Redis redelivers it later", tag, exc)
+        back = [*pending.values(), *delivered.values()]
         delivered.clear()
+        if not back:
+            return
+        try:
+            self._push(back, False, client)
+        except Exception as exc:  # the close path must never stop the worker
+            log.error(
+                "could not requeue %d reserved message(s) on close (%r); the recovery sweep republishes "
+                "their jobs (PULSE_QUEUED_CHECK_SECONDS after they were queued)",
+                len(back),
+                exc,
+            )
 
 
 class _PoisonSafeRedisChannel(kombu_redis.Channel):
@@ -183,10 +188,11 @@ class _PoisonSafeRedisChannel(kombu_redis.Channel):
     Stock kombu raises the decode error out of the consumer loop, which stops the
     worker ("Unrecoverable error"), and a restarted worker is free of it only
     because BRPOP already removed the message. Written by hand: kombu has no hook.
-    Its QoS survives Redis outages (``_OutageSafeQoS``).
+    Its QoS keeps delivered messages in memory only and survives Redis outages
+    (``_LeaseBackedQoS``).
     """
 
-    QoS = _OutageSafeQoS
+    QoS = _LeaseBackedQoS
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -203,11 +209,14 @@ class _PoisonSafeRedisChannel(kombu_redis.Channel):
             raise Empty() from None
 
 
-class PoisonSafeRedisTransport(kombu_redis.Transport):
+class PulseRedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport for Pulse's workers: poison-safe, outage-safe, and without
+    kombu's unacked bookkeeping (``_LeaseBackedQoS``)."""
+
     Channel = _PoisonSafeRedisChannel
 
 
-_REDIS_TRANSPORT = f"{__name__}:{PoisonSafeRedisTransport.__name__}"
+_REDIS_TRANSPORT = f"{__name__}:{PulseRedisTransport.__name__}"
 
 
 def broker_priority(app: Celery, priority: int) -> int:

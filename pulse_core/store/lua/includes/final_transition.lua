@@ -12,35 +12,45 @@
 -- with an error of type ResultNotKept saying why.
 --@include listing_add
 --@include stored_bytes
+-- pre (optional): {tenant, storedBytes, recordBytes} of the record, when the including script
+-- read them already (finalize reads them with its own fields: one HMGET, not two). The record
+-- is written with one HSET and one HDEL; the lengths of a result or an error written here are
+-- known, so only one kept from before is measured (HSTRLEN).
 local function final_transition(job_key, watch_key, dead_key, pending_key, job_id, state,
                                 finished_at, result, err, retention, now_ms, dead_max, dead_ms,
-                                held_key, retained_key, result_budget)
-  local tenant = redis.call('HGET', job_key, 'tenantId')
+                                held_key, retained_key, result_budget, pre)
+  pre = pre or redis.call('HMGET', job_key, 'tenantId', 'storedBytes', 'recordBytes')
+  local tenant = pre[1]
+  local held, record_bytes = tonumber(pre[2] or '0'), tonumber(pre[3] or '0')
   local now = tonumber(now_ms) / 1000
   redis.call('HINCRBY', pending_key, tenant, -1)
+  local set = {'state', state, 'finishedAt', finished_at}
+  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter'}
   local budget = tonumber(result_budget)
+  local result_bytes, err_bytes
   if result ~= '' and budget > 0 then
     local used = stored_bytes_used(held_key, retained_key, tenant, now, tonumber(retention))
     if used + #result > budget then
       err = '{"type":"ResultNotKept","message":"the result (' .. #result .. ' bytes) was not kept: '
             .. 'the tenant\'s storage budget of ' .. budget .. ' bytes (max_stored_bytes) is full"}'
-      result = ''
-      redis.call('HDEL', job_key, 'result')
+      result, result_bytes = '', 0
+      del[#del + 1] = 'result'
     end
   end
-  redis.call('HSET', job_key, 'state', state, 'finishedAt', finished_at)
-  redis.call('HDEL', job_key, 'leaseUntil', 'owner', 'dueAt', 'deadLetter')
-  if result ~= '' then redis.call('HSET', job_key, 'result', result) end
-  if err ~= '' then
-    redis.call('HSET', job_key, 'error', err)
-  elseif state == 'succeeded' then
-    redis.call('HDEL', job_key, 'error')
+  if result ~= '' then
+    set[#set + 1], set[#set + 2], result_bytes = 'result', result, #result
   end
+  if err ~= '' then
+    set[#set + 1], set[#set + 2], err_bytes = 'error', err, #err
+  elseif state == 'succeeded' then
+    del[#del + 1], err_bytes = 'error', 0
+  end
+  local bytes = record_bytes + (result_bytes or redis.call('HSTRLEN', job_key, 'result'))
+                + (err_bytes or redis.call('HSTRLEN', job_key, 'error'))
+  if bytes ~= held then set[#set + 1], set[#set + 2] = 'storedBytes', string.format('%d', bytes) end
+  redis.call('HSET', job_key, unpack(set))
+  redis.call('HDEL', job_key, unpack(del))
   redis.call('ZREM', watch_key, job_id)
-  local held = tonumber(redis.call('HGET', job_key, 'storedBytes') or '0')
-  local bytes = tonumber(redis.call('HGET', job_key, 'recordBytes') or '0')
-                + redis.call('HSTRLEN', job_key, 'result') + redis.call('HSTRLEN', job_key, 'error')
-  if bytes ~= held then redis.call('HSET', job_key, 'storedBytes', string.format('%d', bytes)) end
   if state == 'dead' then
     redis.call('HINCRBY', held_key, tenant, string.format('%d', bytes - held))
     listing_add(dead_key, now_ms, job_id)

@@ -144,6 +144,22 @@ class About:
         return f"About({self.seconds})"
 
 
+class Soon:
+    """A sorted-set score ``seconds`` from when the case ran (epoch s, from the Redis clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, float | int):
+            return False
+        ahead = float(other) - time.time()
+        return self.seconds - _SLACK <= ahead <= self.seconds + 1.0
+
+    def __repr__(self) -> str:
+        return f"Soon({self.seconds})"
+
+
 class Having:
     """A hash holding at least these fields (others, such as a time bucket's, are not compared)."""
 
@@ -2039,6 +2055,22 @@ PARKING = [
         [100],
         [2, "j1"],
         {"{p}due": None, "{p}pmsg": None, "{p}q": ["m2"]},
+    ),
+    Case(
+        "a released job is next checked a queued check after its release, never earlier",
+        "guards/release_due",
+        {
+            "{p}due": Z({"j1": 5, "j2": 6, "j3": 7, "j4": float(LATER)}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "\n", "j3": "{p}q\nm3", "j4": "{p}q\nm4"},
+            "{p}watch": Z({"j1": 5, "j2": 6, "j3": float(LATER), "j4": 8}),
+        },
+        ["{p}due", "{p}pmsg", "{p}watch"],
+        [100, "60"],
+        [3, "j2"],
+        {
+            "{p}watch": Z({"j1": Soon(60), "j2": Soon(60), "j3": float(LATER), "j4": 8}),
+            "{p}q": ["m3", "m1"],
+        },
     ),
 ]
 

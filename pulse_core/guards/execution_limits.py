@@ -166,9 +166,13 @@ class Verdict:
 class ExecutionGate:
     """Checks and takes a job's execution limits before its attempt is claimed."""
 
-    def __init__(self, redis: Redis, *, grace_seconds: float) -> None:
+    def __init__(self, redis: Redis, *, grace_seconds: float, check_seconds: float | None = None) -> None:
+        """``check_seconds``: a job released when due is next checked by the recovery sweep
+        this long after its release (``PULSE_QUEUED_CHECK_SECONDS``); ``None`` leaves its
+        deadline as it was."""
         self._redis = redis
         self._grace = grace_seconds
+        self._check = check_seconds
         self._acquire = _ACQUIRE.register(redis)
         self._rate_acquire = _RATE_ACQUIRE.register(redis)
         self._park_slots = _PARK_SLOTS.register(redis)
@@ -281,8 +285,11 @@ class ExecutionGate:
         released = Released()
         for key, most in found.items():
             released += self._release((key,), (int(most),), "")
+        due_keys, due_args = [keys.PARKED_UNTIL, keys.PARKED_MESSAGES], [RELEASE_BATCH]
+        if self._check is not None:  # released jobs are checked a queued check after their release
+            due_keys, due_args = [*due_keys, keys.WATCH], [RELEASE_BATCH, repr(self._check)]
         while True:
-            due = self._release_due(keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[RELEASE_BATCH])
+            due = self._release_due(keys=due_keys, args=due_args)
             released += due
             if due.count < RELEASE_BATCH:
                 return released

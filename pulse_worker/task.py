@@ -95,7 +95,8 @@ def run_job(
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
     with before_claim(task, job_id):
         handling = look_up(runtime, task, job_id)
-        place(runtime, task, job_id, handling, homeless_since)
+        if place(runtime, task, job_id, handling, homeless_since):
+            return  # it waits in Redis for a worker that has its handler; its message is acked
         verdict = gate(runtime, task, job_id, handling)
     if verdict.parked:
         return  # it waits in Redis; its message is acked
@@ -171,17 +172,19 @@ def look_up(runtime: WorkerRuntime, task: Task, job_id: str) -> Handling:
     return Handling(job_type, tenant_id, registration=runtime.http.registration(tenant_id, job_type))
 
 
-def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> None:
+def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> bool:
     """Step 0: a job whose jobType has no handler here goes back for a worker that has one.
 
-    While a live worker announces the jobType, the message is re-published after
-    ``WRONG_WORKER_DELAY_SECONDS`` (any worker on the queue may take it). While none
-    does, it is re-published every few seconds until ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``
-    have passed since this message first found no live worker for it; then it goes on,
+    While a live worker announces the jobType, the job is parked in Redis for
+    ``WRONG_WORKER_DELAY_SECONDS`` and its message acked (``True``): the workers' tick puts
+    it back on its queue (any worker on the queue may take it), as a delayed job, so no
+    message waits in this worker. While none does, the message is re-published every few
+    seconds (a short ETA message: it carries when it first found no live worker) until
+    ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since; then it goes on (``False``),
     and ``route`` dead-letters it as ``UnknownJobTypeAtWorker``.
     """
     if handling.missing or handling.spec is not None or handling.registration is not None:
-        return  # no record (the claim drops the message), or this worker can run it
+        return False  # no record (the claim drops the message), or this worker can run it
     job_type = handling.job_type
     now = time.time()
     grace = runtime.settings.unknown_job_type_grace_seconds
@@ -192,7 +195,7 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
         since = homeless_since if homeless_since is not None else now
         left = grace - (now - since)
         if left <= 0:
-            return
+            return False
         delay = min(left, HOMELESS_RECHECK_SECONDS)
         log.warning(
             "job %s (%s): no live worker has its handler; dead-lettered in %.0f s unless one starts",
@@ -202,6 +205,11 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
         )
     with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
         runtime.store.postpone_check(job_id, delay + runtime.settings.queued_check_seconds)
+    if since is None and runtime.store.dispatcher is not None:
+        parked = _parker(runtime, task, job_id)()
+        if parked is not None:  # else no record: the claim drops the message
+            runtime.gate.park_until(job_id, delay, parked)
+        return True
     kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
 

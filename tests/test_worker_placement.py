@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import publish_counter
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
@@ -156,8 +157,9 @@ def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
 ) -> None:
     # given a worker with the diag/witness handlers and one with only extra.reverse,
     # on the same queue, and the first paused so that the second takes what comes
+    store.delete(publish_counter.ETA, publish_counter.RETRIES)
     full = start(workers, placement_settings, tmp_path / "full.log")
-    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers")
+    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers,publish_counter")
     full.wait_ready(store, FULL)
     extra.wait_ready(store, ("extra.reverse",))
     pause(full, signal.SIGSTOP)
@@ -172,6 +174,10 @@ def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
     states = {job_id: store.hget(keys.job(job_id), "state") for job_id in [*echoes, *reversed_]}
     assert set(states.values()) == {"succeeded"}, states
     assert store.zcard(keys.tenant_dead_letters("acme")) == 0
+    # and they waited parked in Redis, not as ETA messages in a worker: none was re-published
+    # with a countdown or as a Celery retry
+    assert [int(store.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
+    assert store.zmscore(keys.PARKED_UNTIL, echoes) == [None] * len(echoes)
 
 
 def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(

@@ -309,13 +309,28 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
             metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
         log.warning("job %s is cancelled: its worker died after the cancel was asked", job_id)
     elif outcome.refused is ClaimRefusal.EARLY and outcome.due_at is not None:
-        # A copy that arrived before the job is due goes back, as an ETA message.
-        raise task.retry(countdown=max(0.0, outcome.due_at - time.time()), max_retries=None)
+        early(runtime, task, job_id, max(0.0, outcome.due_at - time.time()))
     elif outcome.refused is ClaimRefusal.MISSING:
         log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
     else:
         log.info("job %s not claimed: %s", job_id, outcome.refused)
     return None
+
+
+def early(runtime: WorkerRuntime, task: Task, job_id: str, wait: float) -> None:
+    """A copy that arrived ``wait`` seconds before its job is due (a clock ahead of Redis',
+    a stray copy). A job parked until due already is released then (and watched meanwhile):
+    the copy is dropped. Else the job is parked until due, as a delayed job, with no ETA
+    message in this worker (an ETA message only without the dispatcher)."""
+    if runtime.store.dispatcher is None:
+        raise task.retry(countdown=wait, max_retries=None)
+    parked = _parker(runtime, task, job_id)()
+    if parked is None:
+        log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
+    elif runtime.gate.park_until(job_id, wait, parked, unless_parked=True):
+        log.info("job %s arrived %.1f s before it is due: parked until then", job_id, wait)
+    else:
+        log.info("job %s arrived %.1f s before it is due, parked already: copy dropped", job_id, wait)
 
 
 def route(runtime: WorkerRuntime, task: Task, job: Job, handling: Handling) -> HandlerSpec | None:

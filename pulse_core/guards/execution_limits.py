@@ -255,13 +255,16 @@ class ExecutionGate:
                 return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate", released=handed)
         return Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits)
 
-    def park_until(self, job_id: str, seconds: float, parked: ParkedMessage) -> None:
-        """Park ``job_id``'s message for ``seconds`` (a retry's backoff): the workers' tick
-        puts it back on its queue when due, so no message waits in a worker meanwhile."""
-        self._park_due(
-            keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
-            args=[job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message],
+    def park_until(self, job_id: str, seconds: float, parked: ParkedMessage, *, unless_parked: bool = False) -> bool:
+        """Park ``job_id``'s message for ``seconds`` (a retry's backoff, a wrong worker's wait,
+        a copy that arrived early): the workers' tick puts it back on its queue when due, so
+        no message waits in a worker meanwhile. ``unless_parked``: a job parked already is
+        left as it is (``False``: its release covers this copy)."""
+        args = [job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message]
+        due = self._park_due(
+            keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[*args, "nx"] if unless_parked else args
         )
+        return due > 0
 
     def leave(self, verdict: Verdict) -> Released:
         """Give back the run slots ``verdict`` holds, handing each to the first job parked

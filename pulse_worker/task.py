@@ -80,6 +80,8 @@ HOMELESS_RECHECK_SECONDS = 5.0
 #: A message given back after a Redis or broker failure before its claim waits this long
 #: first, so that a worker does not spin on a Redis that refuses it.
 GIVE_BACK_PAUSE_SECONDS = 1.0
+#: A job whose execution limits Redis failed to check is looked at again this much later.
+UNCHECKED_DEFER_SECONDS = 1.0
 
 _LOST = {"type": WorkerLost.__name__, "message": "the attempt's worker died before it finished"}
 
@@ -236,11 +238,14 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
         verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
-        verdict = Verdict(defer_seconds=1.0, reason="error")
+        verdict = _park_unchecked(runtime, job_id, park)
+        if verdict is None:
+            return Verdict()  # no record: the claim drops the message
     # the jobs handed the slots it gave back (its rate window was full), on another broker
     publish_released(task.app, runtime.store, verdict.released, check_in=runtime.settings.queued_check_seconds)
     if verdict.parked:
-        metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
+        if verdict.reason in ("concurrency", "rate"):
+            metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) parked: %s limit", job_id, job_type, verdict.reason)
         with contextlib.suppress(RedisError):  # parked, not lost: the sweep need not republish it yet
             runtime.store.postpone_check(job_id, runtime.settings.queued_check_seconds)
@@ -253,6 +258,23 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             runtime.store.postpone_check(job_id, verdict.defer_seconds + runtime.settings.queued_check_seconds)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
+
+
+def _park_unchecked(runtime: WorkerRuntime, job_id: str, park: Parker | None) -> Verdict | None:
+    """A job whose limits Redis failed to check waits ``UNCHECKED_DEFER_SECONDS`` and is
+    looked at again: parked in Redis like a delayed job when Redis takes that (a passing
+    error); when it cannot (Redis is down), deferred as a short ETA message, the only place
+    left to wait (``None``: no such job)."""
+    if park is not None:
+        try:
+            parked = park()
+            if parked is None:
+                return None
+            runtime.gate.park_until(job_id, UNCHECKED_DEFER_SECONDS, parked)
+            return Verdict(reason="error", parked=True)
+        except RedisError as exc:
+            log.warning("job %s: not parked either (%s); deferred as an ETA message", job_id, exc)
+    return Verdict(defer_seconds=UNCHECKED_DEFER_SECONDS, reason="error")
 
 
 def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:

@@ -238,9 +238,10 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
         verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
-        verdict = _park_unchecked(runtime, job_id, park)
-        if verdict is None:
+        unchecked = _park_unchecked(runtime, job_id, park)
+        if unchecked is None:
             return Verdict()  # no record: the claim drops the message
+        verdict = unchecked
     # the jobs handed the slots it gave back (its rate window was full), on another broker
     publish_released(task.app, runtime.store, verdict.released, check_in=runtime.settings.queued_check_seconds)
     if verdict.parked:

@@ -288,7 +288,8 @@ class ExecutionGate:
         released = Released()
         for key, most in found.items():
             released += self._release((key,), (int(most),), "")
-        due_keys, due_args = [keys.PARKED_UNTIL, keys.PARKED_MESSAGES], [RELEASE_BATCH]
+        due_keys: list[str] = [keys.PARKED_UNTIL, keys.PARKED_MESSAGES]
+        due_args: list[int | str] = [RELEASE_BATCH]
         if self._check is not None:  # released jobs are checked a queued check after their release
             due_keys, due_args = [*due_keys, keys.WATCH], [RELEASE_BATCH, repr(self._check)]
         while True:

@@ -2,9 +2,9 @@
 
 Before ``place``, one lookup per message finds who runs its jobType here (``look_up``:
 a Python handler, else the tenant's HTTP registration); ``place``, ``gate`` and
-``route`` all use it. ``place`` gives back a message whose jobType has no handler on
-this worker, for a worker that has one; it goes on (and ``route`` dead-letters it) only once no live
-worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
+``route`` all use it. ``place`` parks a job whose jobType has no handler on this worker in
+Redis for a moment, for a worker that has one; it goes on (and ``route`` dead-letters it)
+only once no live worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
 before anything else: over a limit, nothing is claimed (so waiting never counts as an
@@ -12,7 +12,9 @@ attempt) and the job is parked in Redis, its message acked, with either broker; 
 released in order when a slot frees, or when the rate window allows. With the job store's
 Redis as broker the releasing script pushes the parked message back onto its queue; with
 another broker (RabbitMQ) the job is parked without a message and the worker that releases
-it publishes it (``pulse_worker.release``). No deferral message is re-published on a timer.
+it publishes it (``pulse_worker.release``). No deferral message is re-published on a timer
+(only when Redis fails the check and refuses the parking too: a one-second ETA message).
+A copy that reaches the claim before its job is due is dropped, or parks the job until due.
 
 ``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
 handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying``, the next
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +47,7 @@ from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from pulse_core import keys
 from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination, encode_message, waiting_lists
 from pulse_core.context import JobContext
 from pulse_core.errors import (
@@ -77,6 +81,8 @@ log = logging.getLogger("pulse.worker")
 WRONG_WORKER_DELAY_SECONDS = 0.25
 #: While no live worker announces a message's jobType, it is looked at again this often.
 HOMELESS_RECHECK_SECONDS = 5.0
+#: How long after its grace period a job's ``keys.homeless_since`` is kept.
+HOMELESS_KEPT_SECONDS = 60
 #: A message given back after a Redis or broker failure before its claim waits this long
 #: first, so that a worker does not spin on a Redis that refuses it.
 GIVE_BACK_PAUSE_SECONDS = 1.0
@@ -177,24 +183,31 @@ def look_up(runtime: WorkerRuntime, task: Task, job_id: str) -> Handling:
 def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> bool:
     """Step 0: a job whose jobType has no handler here goes back for a worker that has one.
 
-    While a live worker announces the jobType, the job is parked in Redis for
-    ``WRONG_WORKER_DELAY_SECONDS`` and its message acked (``True``): the workers' tick puts
-    it back on its queue (any worker on the queue may take it), as a delayed job, so no
-    message waits in this worker. While none does, the message is re-published every few
-    seconds (a short ETA message: it carries when it first found no live worker) until
-    ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since; then it goes on (``False``),
-    and ``route`` dead-letters it as ``UnknownJobTypeAtWorker``.
+    It is parked in Redis and its message acked (``True``): the workers' tick puts it back
+    on its queue (any worker on the queue may take it), as a delayed job, so no message
+    waits in this worker. While a live worker announces the jobType it waits
+    ``WRONG_WORKER_DELAY_SECONDS``. While none does, it waits a few seconds at a time until
+    ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since a message of it first found no
+    live worker (``keys.homeless_since``); then it goes on (``False``), and ``route``
+    dead-letters it as ``UnknownJobTypeAtWorker``. (Without the fair dispatcher it goes back
+    as a short ETA message that carries that time.)
     """
     if handling.missing or handling.spec is not None or handling.registration is not None:
         return False  # no record (the claim drops the message), or this worker can run it
     job_type = handling.job_type
     now = time.time()
     grace = runtime.settings.unknown_job_type_grace_seconds
+    parks = runtime.store.dispatcher is not None
     if job_type in live_job_types(runtime.redis):
         since, delay = None, WRONG_WORKER_DELAY_SECONDS
+        if parks:  # its grace starts afresh should no live worker announce it again
+            runtime.redis.delete(keys.homeless_since(job_id))
         log.info("job %s (%s): no handler on this worker; back to its queue for one that has it", job_id, job_type)
     else:
-        since = homeless_since if homeless_since is not None else now
+        if homeless_since is not None:  # a message that carries it (sent without the dispatcher)
+            since = homeless_since
+        else:
+            since = _homeless_since(runtime, job_id, now, grace) if parks else now
         left = grace - (now - since)
         if left <= 0:
             return False
@@ -205,15 +218,26 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
             job_type,
             left,
         )
-    with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+    with contextlib.suppress(RedisError):  # it lives on: the sweep need not republish it yet
         runtime.store.postpone_check(job_id, delay + runtime.settings.queued_check_seconds)
-    if since is None and runtime.store.dispatcher is not None:
+    if parks:
         parked = _parker(runtime, task, job_id)()
         if parked is not None:  # else no record: the claim drops the message
             runtime.gate.park_until(job_id, delay, parked)
         return True
     kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
+
+
+def _homeless_since(runtime: WorkerRuntime, job_id: str, now: float, grace: float) -> float:
+    """When a message of ``job_id`` first found no live worker for its jobType (``now`` if
+    this is the first), kept in Redis while the grace period lasts and a while after."""
+    key = keys.homeless_since(job_id)
+    with runtime.redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, repr(now), nx=True, ex=math.ceil(grace) + HOMELESS_KEPT_SECONDS)
+        pipe.get(key)
+        _, found = pipe.execute()
+    return float(found) if found else now
 
 
 def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) -> Verdict:

@@ -1992,6 +1992,23 @@ PARKING = [
         },
     ),
     Case(
+        "a job handed a freed slot is next checked a queued check later, never earlier",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3, "j2": 4, "j3": 5}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2", "j3": "{p}q\nm3"},
+            "{p}plimits": {"{p}s1": "3"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+            "{p}job:j3": {"state": "queued"},
+            "{p}watch": Z({"j1": 5, "j2": float(LATER)}),
+        },
+        [*PARK_KEYS, "{p}watch"],
+        ["", "1000", "1010", "{p}job:", 1, 3, "60"],
+        [3],
+        {"{p}watch": Z({"j1": Soon(60), "j2": float(LATER)}), "{p}q": ["m3", "m2", "m1"]},
+    ),
+    Case(
         "a cancelled parked job is dropped; an empty parked set leaves the registry",
         "guards/release_slots",
         {

@@ -275,9 +275,10 @@ class ExecutionGate:
 
     def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> Released:
         now = time.time()
+        more_keys, more_args = ([keys.WATCH], [repr(self._check)]) if self._check is not None else ([], [])
         return self._release_slots(
-            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
-            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits],
+            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING, *more_keys],
+            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
         )
 
     def release_parked(self) -> Released:

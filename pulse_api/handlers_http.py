@@ -31,7 +31,7 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
 from pulse_api.schemas import JobSchema, ProblemSchema, WholeMatch
 from pulse_api.services import services
-from pulse_core.broker.celery_app import encode_message, publish_job, waiting_lists
+from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.errors import (
     AttemptOver,
     AuthenticationFailed,
@@ -422,18 +422,14 @@ class Complete(MethodView):
 
 
 def _send_retry(job: Job, plan: DelayPlan) -> None:
-    """Send the next attempt of ``job`` (now ``retrying``) when it is due, as the worker does
-    (``pulse_worker.task.retry``): with the fair dispatcher (either broker) parked in Redis
-    until due, for the workers' tick to release (pushing its message with a Redis broker,
-    publishing the job with another), so no ETA message waits in a worker; without one, a
-    Celery ETA message within the ETA window (beyond it, the recovery sweep publishes it when due)."""
+    """Send the next attempt of ``job`` (now ``retrying``) when it is due, as a worker does
+    (``pulse_worker.task.retry``): parked in Redis until due, for the workers' tick to release
+    (pushing its message with a Redis broker, publishing the job with another), so no ETA
+    message waits in a worker. The API always has the fair dispatcher (``Services.build``)."""
     svc = services()
     fair = svc.store.dispatcher
-    if fair is not None:
-        parked = ParkedMessage()  # another broker: the releasing worker publishes the job
-        if fair.inline:
-            message, _ = encode_message(svc.celery, job)
-            parked = ParkedMessage(waiting_lists(job.queue)[0], message)
-        svc.parking.park_until(job.job_id, max(0.0, plan.due_at - time.time()), parked)
-    elif plan.countdown is not None:
-        publish_job(svc.celery, job, attempt=job.attempts + 1, countdown=plan.countdown)
+    parked = ParkedMessage()  # another broker: the releasing worker publishes the job
+    if fair is not None and fair.inline:
+        message, _ = encode_message(svc.celery, job)
+        parked = ParkedMessage(waiting_lists(job.queue)[0], message)
+    svc.parking.park_until(job.job_id, max(0.0, plan.due_at - time.time()), parked)

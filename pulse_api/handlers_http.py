@@ -31,7 +31,7 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
 from pulse_api.schemas import JobSchema, ProblemSchema, WholeMatch
 from pulse_api.services import services
-from pulse_core.broker.celery_app import publish_job
+from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.errors import (
     AttemptOver,
     AuthenticationFailed,
@@ -41,6 +41,7 @@ from pulse_core.errors import (
     PayloadTooLarge,
     SecretKeyMissing,
 )
+from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS
 from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
@@ -52,8 +53,8 @@ from pulse_core.http_handlers.registrations import (
     RESERVED_HEADERS,
     Registration,
 )
-from pulse_core.jobs import JobState
-from pulse_core.policy import ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.jobs import Job, JobState
+from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -378,7 +379,7 @@ class Complete(MethodView):
         job = _current_attempt(job_id, None)
         registration = svc.registrations.get(job.tenant_id, job.job_type)
         policy = registration.policy if registration is not None else RetryPolicy()
-        publish_at: float | None = None
+        retry: DelayPlan | None = None
         if "result" in body:
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
@@ -404,7 +405,7 @@ class Complete(MethodView):
                     lease_seconds=settings.lease_seconds,
                 )
                 done = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
-                publish_at = plan.countdown
+                retry = plan
                 outcome = metrics.Outcome.RETRIED
             else:
                 done = svc.store.finalize(job, JobState.DEAD, error=error)
@@ -414,7 +415,21 @@ class Complete(MethodView):
         svc.attempt_tokens.forget(job_id)
         metrics.job_finished(job, outcome)
         final = svc.store.get(job_id)  # before the next attempt's message can start it
-        if publish_at is not None:
+        if retry is not None:
             with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
-                publish_job(svc.celery, job, attempt=job.attempts + 1, countdown=publish_at)
+                _send_retry(job, retry)
         return final.document() if final is not None else job.document()
+
+
+def _send_retry(job: Job, plan: DelayPlan) -> None:
+    """Send the next attempt of ``job`` (now ``retrying``) when it is due, as a worker does
+    (``pulse_worker.task.retry``): parked in Redis until due, for the workers' tick to release
+    (pushing its message with a Redis broker, publishing the job with another), so no ETA
+    message waits in a worker. The API always has the fair dispatcher (``Services.build``)."""
+    svc = services()
+    fair = svc.store.dispatcher
+    parked = ParkedMessage()  # another broker: the releasing worker publishes the job
+    if fair is not None and fair.inline:
+        message, _ = encode_message(svc.celery, job)
+        parked = ParkedMessage(waiting_lists(job.queue)[0], message)
+    svc.parking.park_until(job.job_id, max(0.0, plan.due_at - time.time()), parked)

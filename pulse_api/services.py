@@ -10,6 +10,7 @@ from redis import Redis
 
 from pulse_core.broker.celery_app import create_celery, declare_run_job, dispatcher, publishes_inline
 from pulse_core.guards.admission import Admission
+from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.http_handlers.config import HttpHandlerSettings
 from pulse_core.http_handlers.registrations import Registrations
@@ -44,6 +45,9 @@ class Services:
     http_settings: HttpHandlerSettings
     registrations: Registrations
     attempt_tokens: AttemptTokens
+    #: Parks the next attempt of an HTTP handler's job that reported a retryable error until
+    #: it is due (``pulse_core.guards.execution_limits``), as a worker parks its retries.
+    parking: ExecutionGate
 
     @classmethod
     def build(
@@ -88,6 +92,9 @@ class Services:
             http_settings=http_settings,
             registrations=registrations,
             attempt_tokens=AttemptTokens(redis),
+            parking=ExecutionGate(
+                redis, grace_seconds=settings.lease_seconds, check_seconds=settings.queued_check_seconds
+            ),
         )
 
 

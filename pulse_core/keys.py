@@ -158,6 +158,13 @@ PARKED_SLOTS = f"{PREFIX}:parked-slots"
 PARKED_UNTIL = f"{PREFIX}:parked-until"
 
 
+def homeless_since(job_id: str) -> str:
+    """String: when (epoch s) a message of the job first found no live worker announcing its
+    jobType (``pulse_worker.task.place``), so that its grace period counts across the times
+    it is parked and released; expires a while after the grace period."""
+    return f"{PREFIX}:homeless:{part(job_id)}"
+
+
 #: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
 

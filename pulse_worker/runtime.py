@@ -62,7 +62,9 @@ class WorkerRuntime:
             redis=redis,
             store=JobStore(redis, dispatcher=dispatcher(settings, redis)),
             registry=registry,
-            gate=ExecutionGate(redis, grace_seconds=settings.lease_seconds),
+            gate=ExecutionGate(
+                redis, grace_seconds=settings.lease_seconds, check_seconds=settings.queued_check_seconds
+            ),
             tenants=tenants,
             http=HttpDelivery(
                 redis, http_settings or HttpHandlerSettings(), result_max_bytes=settings.result_max_bytes

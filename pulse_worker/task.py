@@ -2,9 +2,9 @@
 
 Before ``place``, one lookup per message finds who runs its jobType here (``look_up``:
 a Python handler, else the tenant's HTTP registration); ``place``, ``gate`` and
-``route`` all use it. ``place`` gives back a message whose jobType has no handler on
-this worker, for a worker that has one; it goes on (and ``route`` dead-letters it) only once no live
-worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
+``route`` all use it. ``place`` parks a job whose jobType has no handler on this worker in
+Redis for a moment, for a worker that has one; it goes on (and ``route`` dead-letters it)
+only once no live worker has announced the jobType for ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``.
 
 ``gate`` holds the jobType's execution limits (``pulse_core.guards.execution_limits``)
 before anything else: over a limit, nothing is claimed (so waiting never counts as an
@@ -12,7 +12,9 @@ attempt) and the job is parked in Redis, its message acked, with either broker; 
 released in order when a slot frees, or when the rate window allows. With the job store's
 Redis as broker the releasing script pushes the parked message back onto its queue; with
 another broker (RabbitMQ) the job is parked without a message and the worker that releases
-it publishes it (``pulse_worker.release``). No deferral message is re-published on a timer.
+it publishes it (``pulse_worker.release``). No deferral message is re-published on a timer
+(only when Redis fails the check and refuses the parking too: a one-second ETA message).
+A copy that reaches the claim before its job is due is dropped, or parks the job until due.
 
 ``record`` sends each outcome one way: success -> ``succeeded``; a cancel the
 handler honoured -> ``cancelled``; a failure with attempts left -> ``retrying``, the next
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +47,7 @@ from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from pulse_core import keys
 from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination, encode_message, waiting_lists
 from pulse_core.context import JobContext
 from pulse_core.errors import (
@@ -77,9 +81,13 @@ log = logging.getLogger("pulse.worker")
 WRONG_WORKER_DELAY_SECONDS = 0.25
 #: While no live worker announces a message's jobType, it is looked at again this often.
 HOMELESS_RECHECK_SECONDS = 5.0
+#: How long after its grace period a job's ``keys.homeless_since`` is kept.
+HOMELESS_KEPT_SECONDS = 60
 #: A message given back after a Redis or broker failure before its claim waits this long
 #: first, so that a worker does not spin on a Redis that refuses it.
 GIVE_BACK_PAUSE_SECONDS = 1.0
+#: A job whose execution limits Redis failed to check is looked at again this much later.
+UNCHECKED_DEFER_SECONDS = 1.0
 
 _LOST = {"type": WorkerLost.__name__, "message": "the attempt's worker died before it finished"}
 
@@ -95,7 +103,8 @@ def run_job(
     """Run one attempt of ``job_id``: the whole pipeline, step by step."""
     with before_claim(task, job_id):
         handling = look_up(runtime, task, job_id)
-        place(runtime, task, job_id, handling, homeless_since)
+        if place(runtime, task, job_id, handling, homeless_since):
+            return  # it waits in Redis for a worker that has its handler; its message is acked
         verdict = gate(runtime, task, job_id, handling)
     if verdict.parked:
         return  # it waits in Redis; its message is acked
@@ -171,28 +180,37 @@ def look_up(runtime: WorkerRuntime, task: Task, job_id: str) -> Handling:
     return Handling(job_type, tenant_id, registration=runtime.http.registration(tenant_id, job_type))
 
 
-def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> None:
+def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, homeless_since: float | None) -> bool:
     """Step 0: a job whose jobType has no handler here goes back for a worker that has one.
 
-    While a live worker announces the jobType, the message is re-published after
-    ``WRONG_WORKER_DELAY_SECONDS`` (any worker on the queue may take it). While none
-    does, it is re-published every few seconds until ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS``
-    have passed since this message first found no live worker for it; then it goes on,
-    and ``route`` dead-letters it as ``UnknownJobTypeAtWorker``.
+    It is parked in Redis and its message acked (``True``): the workers' tick puts it back
+    on its queue (any worker on the queue may take it), as a delayed job, so no message
+    waits in this worker. While a live worker announces the jobType it waits
+    ``WRONG_WORKER_DELAY_SECONDS``. While none does, it waits a few seconds at a time until
+    ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since a message of it first found no
+    live worker (``keys.homeless_since``); then it goes on (``False``), and ``route``
+    dead-letters it as ``UnknownJobTypeAtWorker``. (Without the fair dispatcher it goes back
+    as a short ETA message that carries that time.)
     """
     if handling.missing or handling.spec is not None or handling.registration is not None:
-        return  # no record (the claim drops the message), or this worker can run it
+        return False  # no record (the claim drops the message), or this worker can run it
     job_type = handling.job_type
     now = time.time()
     grace = runtime.settings.unknown_job_type_grace_seconds
+    parks = runtime.store.dispatcher is not None
     if job_type in live_job_types(runtime.redis):
         since, delay = None, WRONG_WORKER_DELAY_SECONDS
+        if parks:  # its grace starts afresh should no live worker announce it again
+            runtime.redis.delete(keys.homeless_since(job_id))
         log.info("job %s (%s): no handler on this worker; back to its queue for one that has it", job_id, job_type)
     else:
-        since = homeless_since if homeless_since is not None else now
+        if homeless_since is not None:  # a message that carries it (sent without the dispatcher)
+            since = homeless_since
+        else:
+            since = _homeless_since(runtime, job_id, now, grace) if parks else now
         left = grace - (now - since)
         if left <= 0:
-            return
+            return False
         delay = min(left, HOMELESS_RECHECK_SECONDS)
         log.warning(
             "job %s (%s): no live worker has its handler; dead-lettered in %.0f s unless one starts",
@@ -200,10 +218,26 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
             job_type,
             left,
         )
-    with contextlib.suppress(RedisError):  # its message lives on: the sweep need not republish it yet
+    with contextlib.suppress(RedisError):  # it lives on: the sweep need not republish it yet
         runtime.store.postpone_check(job_id, delay + runtime.settings.queued_check_seconds)
+    if parks:
+        parked = _parker(runtime, task, job_id)()
+        if parked is not None:  # else no record: the claim drops the message
+            runtime.gate.park_until(job_id, delay, parked)
+        return True
     kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
+
+
+def _homeless_since(runtime: WorkerRuntime, job_id: str, now: float, grace: float) -> float:
+    """When a message of ``job_id`` first found no live worker for its jobType (``now`` if
+    this is the first), kept in Redis while the grace period lasts and a while after."""
+    key = keys.homeless_since(job_id)
+    with runtime.redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, repr(now), nx=True, ex=math.ceil(grace) + HOMELESS_KEPT_SECONDS)
+        pipe.get(key)
+        _, found = pipe.execute()
+    return float(found) if found else now
 
 
 def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) -> Verdict:
@@ -228,11 +262,15 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
         verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
-        verdict = Verdict(defer_seconds=1.0, reason="error")
+        unchecked = _park_unchecked(runtime, job_id, park)
+        if unchecked is None:
+            return Verdict()  # no record: the claim drops the message
+        verdict = unchecked
     # the jobs handed the slots it gave back (its rate window was full), on another broker
     publish_released(task.app, runtime.store, verdict.released, check_in=runtime.settings.queued_check_seconds)
     if verdict.parked:
-        metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
+        if verdict.reason in ("concurrency", "rate"):
+            metrics.execution_deferred(tenant_id or metrics.UNKNOWN, job_type)
         log.debug("job %s (%s) parked: %s limit", job_id, job_type, verdict.reason)
         with contextlib.suppress(RedisError):  # parked, not lost: the sweep need not republish it yet
             runtime.store.postpone_check(job_id, runtime.settings.queued_check_seconds)
@@ -245,6 +283,23 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             runtime.store.postpone_check(job_id, verdict.defer_seconds + runtime.settings.queued_check_seconds)
         raise task.retry(countdown=verdict.defer_seconds, max_retries=None)
     return verdict
+
+
+def _park_unchecked(runtime: WorkerRuntime, job_id: str, park: Parker | None) -> Verdict | None:
+    """A job whose limits Redis failed to check waits ``UNCHECKED_DEFER_SECONDS`` and is
+    looked at again: parked in Redis like a delayed job when Redis takes that (a passing
+    error); when it cannot (Redis is down), deferred as a short ETA message, the only place
+    left to wait (``None``: no such job)."""
+    if park is not None:
+        try:
+            parked = park()
+            if parked is None:
+                return None
+            runtime.gate.park_until(job_id, UNCHECKED_DEFER_SECONDS, parked)
+            return Verdict(reason="error", parked=True)
+        except RedisError as exc:
+            log.warning("job %s: not parked either (%s); deferred as an ETA message", job_id, exc)
+    return Verdict(defer_seconds=UNCHECKED_DEFER_SECONDS, reason="error")
 
 
 def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:
@@ -301,13 +356,28 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
             metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
         log.warning("job %s is cancelled: its worker died after the cancel was asked", job_id)
     elif outcome.refused is ClaimRefusal.EARLY and outcome.due_at is not None:
-        # A copy that arrived before the job is due goes back, as an ETA message.
-        raise task.retry(countdown=max(0.0, outcome.due_at - time.time()), max_retries=None)
+        early(runtime, task, job_id, max(0.0, outcome.due_at - time.time()))
     elif outcome.refused is ClaimRefusal.MISSING:
         log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
     else:
         log.info("job %s not claimed: %s", job_id, outcome.refused)
     return None
+
+
+def early(runtime: WorkerRuntime, task: Task, job_id: str, wait: float) -> None:
+    """A copy that arrived ``wait`` seconds before its job is due (a clock ahead of Redis',
+    a stray copy). A job parked until due already is released then (and watched meanwhile):
+    the copy is dropped. Else the job is parked until due, as a delayed job, with no ETA
+    message in this worker (an ETA message only without the dispatcher)."""
+    if runtime.store.dispatcher is None:
+        raise task.retry(countdown=wait, max_retries=None)
+    parked = _parker(runtime, task, job_id)()
+    if parked is None:
+        log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
+    elif runtime.gate.park_until(job_id, wait, parked, unless_parked=True):
+        log.info("job %s arrived %.1f s before it is due: parked until then", job_id, wait)
+    else:
+        log.info("job %s arrived %.1f s before it is due, parked already: copy dropped", job_id, wait)
 
 
 def route(runtime: WorkerRuntime, task: Task, job: Job, handling: Handling) -> HandlerSpec | None:

@@ -228,3 +228,32 @@ def test_a_tenants_max_running_holds_across_workers_and_parks_the_rest(
     concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
     assert len(concurrent) == 12 and max(concurrent) == 1
     assert redis.zcard(keys.tenant_running("acme")) == 0
+
+
+def test_a_job_whose_limits_redis_fails_to_check_waits_parked_then_runs_once(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, whose slot set Redis refuses to read for a
+    # while (a key of the wrong type: every check of the limit fails with a Redis error)
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear(redis, "limited.slots")
+    slots = keys.concurrency("limited.slots")
+    redis.set(slots, "not a sorted set")
+    client = create_app(settings).test_client()
+    try:
+        with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=1, count=1) as workers:
+            # when a job is submitted, and Redis fails its check a few times
+            body = {"jobType": "limited.slots", "payload": {"seconds": 0.01}}
+            job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
+            wait_for(lambda: workers[0].log().count("execution limits not checked") >= 2, timeout=30)
+            # then it waited parked in Redis between checks, never running
+            assert redis.hget(keys.job(job_id), "state") == "queued"
+            # and once Redis checks the limit again, it runs once
+            redis.delete(slots)
+            doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
+    finally:
+        redis.delete(slots)
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 1)
+    # and no deferral message was sent back with a countdown
+    assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
+    assert redis.zscore(keys.PARKED_UNTIL, job_id) is None

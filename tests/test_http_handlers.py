@@ -581,6 +581,32 @@ def test_a_202_job_reporting_a_retryable_error_is_delivered_again(
     assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
 
 
+def test_a_202_jobs_retry_waits_parked_in_redis_not_as_an_eta_message(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess, redis: Redis
+) -> None:
+    # given a 202 receiver allowed one retry, up to ten minutes after a failure (full jitter)
+    register(client, "acme", "hooks.later", url=receiver.url("/accept"), timeoutSeconds=30, maxRetries=1, backoff=600)
+    job_id = submit(client, "acme", "hooks.later")
+    first = _token_of(receiver, job_id, 1)
+    # when its first attempt reports a retryable error
+    reported = time.time()
+    answer = client.post(f"/v1/jobs/{job_id}/complete", json={"error": "busy"}, headers=_bearer(first))
+    assert answer.status_code == 200 and answer.get_json()["state"] == "retrying"
+    # then its next attempt waits parked in Redis until due, as a worker's retry does (no ETA message)
+    due = redis.zscore(keys.PARKED_UNTIL, job_id)
+    assert due is not None and due == pytest.approx(float(str(redis.hget(keys.job(job_id), "dueAt"))), abs=1.0)
+    assert due > reported
+    # when its backoff has passed (made to pass now)
+    now = time.time()
+    redis.hset(keys.job(job_id), "dueAt", repr(now))
+    redis.zadd(keys.PARKED_UNTIL, {job_id: now}, xx=True)
+    # then it is released and delivered again, as attempt 2
+    second = _token_of(receiver, job_id, 2)
+    assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+    done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": 2}, headers=_bearer(second))
+    assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
+
+
 def test_pulse_worker_with_a_threads_pool_lets_deliveries_in_flight_finish_on_sigterm(
     http_settings: Settings, redis: Redis, receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -153,24 +153,27 @@ def test_concurrent_identical_submissions_from_many_processes_make_one_job(setti
     redis.delete(queue)
 
 
-def test_a_failed_publish_releases_the_key_and_leaves_nothing(settings: Settings, redis: Redis) -> None:
+def test_a_keyed_submit_needs_no_broker_and_its_key_keeps_the_job(settings: Settings, redis: Redis) -> None:
     # given an API whose broker is unreachable (Redis, the job store, is fine)
     announce(redis, ["diag.echo"], 600)
     broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0")).test_client()
     key = new_key()
-    before = (redis.zcard(keys.tenant_jobs("globex")), redis.hget(keys.PENDING, "globex"))
-    # when a keyed delayed job is submitted (its ETA message is published by the API; a job
-    # due now would wait in Redis for the workers to publish it), then it is refused with
-    # 503 and nothing stays behind
+    before = redis.zcard(keys.tenant_jobs("globex"))
+    # when a keyed delayed job is submitted, then it is accepted: the admission script parks it
+    # in Redis until due (the workers publish it), so the API never needs the broker and no
+    # publish can fail after the key is taken
     delayed = {"options": {"delaySeconds": 30}}
     response = broken.post("/v1/jobs", json=body(key, **delayed), headers=auth("globex"))
-    assert response.status_code == 503
-    assert response.mimetype == "application/problem+json"
-    assert (redis.zcard(keys.tenant_jobs("globex")), redis.hget(keys.PENDING, "globex")) == before
-    # and once the broker is back, the same key makes a new job (not a replay of a ghost)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id = response.get_json()["jobId"]
+    assert redis.zscore(keys.PARKED_UNTIL, job_id) is not None
+    assert redis.zcard(keys.tenant_jobs("globex")) == before + 1
     working = create_app(replace(settings, default_queue="t-idem-release")).test_client()
-    retried = working.post("/v1/jobs", json=body(key, **delayed), headers=auth("globex"))
-    assert retried.status_code == 202
-    job_id = retried.get_json()["jobId"]
-    assert working.post(f"/v1/jobs/{job_id}/cancel", headers=auth("globex")).status_code == 200
-    redis.delete("t-idem-release")
+    try:
+        # and the same key gives back that job, with the broker down or back
+        for client in (broken, working):
+            again = client.post("/v1/jobs", json=body(key, **delayed), headers=auth("globex"))
+            assert again.status_code == 200 and again.get_json()["jobId"] == job_id, again.get_data(as_text=True)
+        assert redis.zcard(keys.tenant_jobs("globex")) == before + 1
+    finally:
+        assert working.post(f"/v1/jobs/{job_id}/cancel", headers=auth("globex")).status_code == 200

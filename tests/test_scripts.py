@@ -144,6 +144,22 @@ class About:
         return f"About({self.seconds})"
 
 
+class Soon:
+    """A sorted-set score ``seconds`` from when the case ran (epoch s, from the Redis clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, float | int):
+            return False
+        ahead = float(other) - time.time()
+        return self.seconds - _SLACK <= ahead <= self.seconds + 1.0
+
+    def __repr__(self) -> str:
+        return f"Soon({self.seconds})"
+
+
 class Having:
     """A hash holding at least these fields (others, such as a time bucket's, are not compared)."""
 
@@ -1976,6 +1992,23 @@ PARKING = [
         },
     ),
     Case(
+        "a job handed a freed slot is next checked a queued check later, never earlier",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3, "j2": 4, "j3": 5}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2", "j3": "{p}q\nm3"},
+            "{p}plimits": {"{p}s1": "3"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+            "{p}job:j3": {"state": "queued"},
+            "{p}watch": Z({"j1": 5, "j2": float(LATER)}),
+        },
+        [*PARK_KEYS, "{p}watch"],
+        ["", "1000", "1010", "{p}job:", 1, 3, "60"],
+        [3],
+        {"{p}watch": Z({"j1": Soon(60), "j2": float(LATER)}), "{p}q": ["m3", "m2", "m1"]},
+    ),
+    Case(
         "a cancelled parked job is dropped; an empty parked set leaves the registry",
         "guards/release_slots",
         {
@@ -2023,6 +2056,24 @@ PARKING = [
         {"{p}due": Z({"j1": ANY}), "{p}pmsg": {"j1": "{p}q\nmsg"}},
     ),
     Case(
+        "a copy of a job parked already leaves it as it is ('nx')",
+        "guards/park_due",
+        {"{p}due": Z({"j1": 5}), "{p}pmsg": {"j1": "{p}q\nmsg"}},
+        ["{p}due", "{p}pmsg"],
+        ["j1", "30", "{p}q", "copy", "nx"],
+        "0",
+        {"{p}due": Z({"j1": 5}), "{p}pmsg": {"j1": "{p}q\nmsg"}},
+    ),
+    Case(
+        "a copy of a job not parked parks it ('nx')",
+        "guards/park_due",
+        {},
+        ["{p}due", "{p}pmsg"],
+        ["j1", "30", "{p}q", "copy", "nx"],
+        ANY,
+        {"{p}due": Z({"j1": ANY}), "{p}pmsg": {"j1": "{p}q\ncopy"}},
+    ),
+    Case(
         "the due parked jobs go back on their queues, the others wait",
         "guards/release_due",
         {"{p}due": Z({"j1": 5, "j2": float(LATER)}), "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"}},
@@ -2039,6 +2090,22 @@ PARKING = [
         [100],
         [2, "j1"],
         {"{p}due": None, "{p}pmsg": None, "{p}q": ["m2"]},
+    ),
+    Case(
+        "a released job is next checked a queued check after its release, never earlier",
+        "guards/release_due",
+        {
+            "{p}due": Z({"j1": 5, "j2": 6, "j3": 7, "j4": float(LATER)}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "\n", "j3": "{p}q\nm3", "j4": "{p}q\nm4"},
+            "{p}watch": Z({"j1": 5, "j2": 6, "j3": float(LATER), "j4": 8}),
+        },
+        ["{p}due", "{p}pmsg", "{p}watch"],
+        [100, "60"],
+        [3, "j2"],
+        {
+            "{p}watch": Z({"j1": Soon(60), "j2": Soon(60), "j3": float(LATER), "j4": 8}),
+            "{p}q": ["m3", "m1"],
+        },
     ),
 ]
 

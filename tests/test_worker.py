@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
+import publish_counter
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
@@ -18,7 +21,15 @@ from pulse_core.broker.celery_app import create_celery, encode_message, publish_
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
-from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for_state
+from tests.support import (
+    WorkerProcess,
+    auth,
+    child_env,
+    running_workers,
+    settings_env,
+    wait_for,
+    wait_for_state,
+)
 
 
 def test_a_failing_handler_leaves_the_job_dead_with_its_error(live_client: FlaskClient) -> None:
@@ -160,3 +171,39 @@ def test_a_submit_needs_no_broker_other_than_the_job_stores_redis(
             assert redis.zscore(keys.ready(queue, "globex"), job_id) is not None
     finally:
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("globex")).status_code == 200
+
+
+def test_a_copy_that_arrives_before_its_job_is_due_waits_parked_not_as_an_eta_message(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a worker that counts the messages it publishes with a countdown or as a retry
+    settings = replace(isolated_settings, handler_modules=("pulse_worker.diagnostics", "publish_counter"))
+    redis.delete(publish_counter.ETA, publish_counter.RETRIES)
+    client = create_app(settings).test_client()
+    celery = create_celery(settings)
+    with running_workers(redis, settings, tmp_path, ["diag.echo"], concurrency=1, count=1):
+        # and two jobs delayed 4 s: the first parked until due as usual, the second taken out of
+        # parking early (as a clock ahead of Redis' would)
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"delaySeconds": 4}}
+        submitted = time.time()
+        parked, released = (
+            client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"] for _ in range(2)
+        )
+        redis.zrem(keys.PARKED_UNTIL, released)
+        redis.hdel(keys.PARKED_MESSAGES, released)
+        # when a copy of each reaches the worker at once
+        for job_id in (parked, released):
+            publish_job(celery, Job.from_redis(redis.hgetall(keys.job(job_id))))
+        # then the copy of the parked one is dropped, and the other one is parked until due
+        wait_for(lambda: redis.zscore(keys.PARKED_UNTIL, released) is not None, timeout=30)
+        docs = [
+            wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=60) for job_id in (parked, released)
+        ]
+    # and each runs once, when due
+    assert [(doc["state"], doc["attempts"]) for doc in docs] == [("succeeded", 1)] * 2
+    for doc in docs:
+        started = datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
+        assert started >= submitted + 3.5, started - submitted
+    # and no message waited in the worker: none was sent back with a countdown
+    assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
+    assert redis.zmscore(keys.PARKED_UNTIL, [parked, released]) == [None, None]

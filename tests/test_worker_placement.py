@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import publish_counter
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
@@ -156,8 +157,9 @@ def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
 ) -> None:
     # given a worker with the diag/witness handlers and one with only extra.reverse,
     # on the same queue, and the first paused so that the second takes what comes
+    store.delete(publish_counter.ETA, publish_counter.RETRIES)
     full = start(workers, placement_settings, tmp_path / "full.log")
-    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers")
+    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers,publish_counter")
     full.wait_ready(store, FULL)
     extra.wait_ready(store, ("extra.reverse",))
     pause(full, signal.SIGSTOP)
@@ -172,13 +174,19 @@ def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
     states = {job_id: store.hget(keys.job(job_id), "state") for job_id in [*echoes, *reversed_]}
     assert set(states.values()) == {"succeeded"}, states
     assert store.zcard(keys.tenant_dead_letters("acme")) == 0
+    # and they waited parked in Redis, not as ETA messages in a worker: none was re-published
+    # with a countdown or as a Celery retry
+    assert [int(store.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
+    assert store.zmscore(keys.PARKED_UNTIL, echoes) == [None] * len(echoes)
 
 
 def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     # given a live worker, and a queued job of a jobType that no live worker announces
-    worker = start(workers, placement_settings, tmp_path / "w.log")
+    store.delete(publish_counter.ETA, publish_counter.RETRIES)
+    modules = ",".join([*placement_settings.handler_modules, "publish_counter"])
+    worker = start(workers, placement_settings, tmp_path / "w.log", modules=modules)
     worker.wait_ready(store, FULL)
     job = Job(
         job_id=new_job_id(),
@@ -195,6 +203,9 @@ def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     wait_for(lambda: "no live worker has its handler" in worker.log(), timeout=30)
     time.sleep(placement_settings.unknown_job_type_grace_seconds / 2)
     assert store.hget(keys.job(job.job_id), "state") == "queued"
+    # parked in Redis between looks, its grace counted from its first look (kept in Redis)
+    assert store.zscore(keys.PARKED_UNTIL, job.job_id) is not None
+    assert float(str(store.get(keys.homeless_since(job.job_id)))) >= sent
     # and only after the grace period does it die as unknown, filed in the dead letters
     wait_for(lambda: store.hget(keys.job(job.job_id), "state") == "dead", timeout=30, interval=0.1)
     died = time.time()
@@ -202,6 +213,8 @@ def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     assert '"UnknownJobTypeAtWorker"' in str(store.hget(keys.job(job.job_id), "error"))
     assert store.zscore(keys.tenant_dead_letters("acme"), job.job_id) is not None
     assert_invariants(store, client, [job.job_id])
+    # and no message waited in the worker meanwhile: none was re-published with a countdown
+    assert [int(store.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
 
 
 def test_a_worker_with_no_handlers_refuses_to_start(

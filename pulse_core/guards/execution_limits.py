@@ -166,9 +166,13 @@ class Verdict:
 class ExecutionGate:
     """Checks and takes a job's execution limits before its attempt is claimed."""
 
-    def __init__(self, redis: Redis, *, grace_seconds: float) -> None:
+    def __init__(self, redis: Redis, *, grace_seconds: float, check_seconds: float | None = None) -> None:
+        """``check_seconds``: a job released when due is next checked by the recovery sweep
+        this long after its release (``PULSE_QUEUED_CHECK_SECONDS``); ``None`` leaves its
+        deadline as it was."""
         self._redis = redis
         self._grace = grace_seconds
+        self._check = check_seconds
         self._acquire = _ACQUIRE.register(redis)
         self._rate_acquire = _RATE_ACQUIRE.register(redis)
         self._park_slots = _PARK_SLOTS.register(redis)
@@ -251,13 +255,16 @@ class ExecutionGate:
                 return Verdict(defer_seconds=delay * (1 + 0.2 * random.random()), reason="rate", released=handed)
         return Verdict(holder=holder, slot_keys=slot_keys, slot_limits=slot_limits)
 
-    def park_until(self, job_id: str, seconds: float, parked: ParkedMessage) -> None:
-        """Park ``job_id``'s message for ``seconds`` (a retry's backoff): the workers' tick
-        puts it back on its queue when due, so no message waits in a worker meanwhile."""
-        self._park_due(
-            keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
-            args=[job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message],
+    def park_until(self, job_id: str, seconds: float, parked: ParkedMessage, *, unless_parked: bool = False) -> bool:
+        """Park ``job_id``'s message for ``seconds`` (a retry's backoff, a wrong worker's wait,
+        a copy that arrived early): the workers' tick puts it back on its queue when due, so
+        no message waits in a worker meanwhile. ``unless_parked``: a job parked already is
+        left as it is (``False``: its release covers this copy)."""
+        args = [job_id, repr(max(0.0, seconds)), parked.broker_list, parked.message]
+        due = self._park_due(
+            keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[*args, "nx"] if unless_parked else args
         )
+        return due > 0
 
     def leave(self, verdict: Verdict) -> Released:
         """Give back the run slots ``verdict`` holds, handing each to the first job parked
@@ -268,9 +275,10 @@ class ExecutionGate:
 
     def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> Released:
         now = time.time()
+        more_keys, more_args = ([keys.WATCH], [repr(self._check)]) if self._check is not None else ([], [])
         return self._release_slots(
-            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
-            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits],
+            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING, *more_keys],
+            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
         )
 
     def release_parked(self) -> Released:
@@ -281,8 +289,12 @@ class ExecutionGate:
         released = Released()
         for key, most in found.items():
             released += self._release((key,), (int(most),), "")
+        due_keys: list[str] = [keys.PARKED_UNTIL, keys.PARKED_MESSAGES]
+        due_args: list[int | str] = [RELEASE_BATCH]
+        if self._check is not None:  # released jobs are checked a queued check after their release
+            due_keys, due_args = [*due_keys, keys.WATCH], [RELEASE_BATCH, repr(self._check)]
         while True:
-            due = self._release_due(keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[RELEASE_BATCH])
+            due = self._release_due(keys=due_keys, args=due_args)
             released += due
             if due.count < RELEASE_BATCH:
                 return released

@@ -1,11 +1,12 @@
 """The submit use case: one job or a batch, from a validated body to an admitted job.
 
 prepare (tenant, idempotency key, fingerprint, jobType, options, queue, message) ->
-admit (one Lua script: idempotency, rate limit, backlog, record and, when the broker
-is the job store's Redis, the message itself: into the tenant's ready set for the fair
-dispatcher, or, delayed, onto its queue) -> otherwise publish through kombu, or undo.
-A job delayed beyond the ETA window gets no message yet: the workers' sweep publishes
-it when it is due (``pulse_core.policy.plan_delay``).
+admit (one Lua script: idempotency, rate limit, backlog, record and the job's place:
+due now, into the tenant's ready set for the fair dispatcher; delayed, parked in Redis
+until due, whatever the delay). The admission script places every job itself, so a
+submit never publishes through kombu and never needs the broker: with the job store's
+Redis as broker the script holds the job's message, with another broker (RabbitMQ) the
+workers publish the job when they dispatch or release it (``pulse_worker.release``).
 
 The HTTP view validates the body against its schema and calls ``Submitter.submit``
 (or ``submit_many``) once; everything after the schema lives here.
@@ -21,22 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import KombuError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pulse_core.broker.celery_app import encode_message, publish_job, publish_jobs, waiting_lists
+from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.broker.routing import resolve_queue
-from pulse_core.errors import (
-    BrokerUnavailable,
-    InvalidIdempotencyKey,
-    PayloadTooLarge,
-    PulseError,
-    TenantMismatch,
-)
+from pulse_core.errors import InvalidIdempotencyKey, PayloadTooLarge, PulseError, TenantMismatch
 from pulse_core.guards.admission import Admission, Admitted, Submission
-from pulse_core.guards.idempotency import fingerprint, store_key
+from pulse_core.guards.idempotency import fingerprint
 from pulse_core.guards.rate_limits import LimitStatus
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.policy import RetryPolicy
@@ -49,7 +43,6 @@ from pulse_core.tenants import Tenant, TenantsSource
 
 log = logging.getLogger("pulse.api")
 
-PUBLISH_ERRORS = (KombuError, OSError, RedisError)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
@@ -62,6 +55,7 @@ class Submitter:
     store: JobStore
     celery: Celery
     job_types: JobTypeDirectory
+    #: With its fair dispatcher (``pulse_core.store.dispatch``): it places every job.
     admission: Admission
     #: Jobs are pushed by the admission script (the broker is the job store's Redis).
     inline_publish: bool
@@ -69,8 +63,12 @@ class Submitter:
     #: policy of the tenant's registered HTTP handler of that jobType, or ``None``.
     http_job_type: Callable[[str, str], RetryPolicy | None] | None = None
 
+    def __post_init__(self) -> None:
+        if self.admission.dispatcher is None:
+            raise ValueError("the submitter's admission needs the fair dispatcher: it places every job")
+
     def submit(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Admitted:
-        """Admit and publish one validated job body, or raise the error that refuses it."""
+        """Admit one validated job body, or raise the error that refuses it."""
         submission = self.prepare(tenant, body, header_key=header_key)
         logs.bind_job(submission.job)
         try:
@@ -83,11 +81,6 @@ class Submitter:
             if recorded is None:
                 raise  # nothing was enqueued
             admitted = _admitted_after_all(recorded, submission, self._limit_status(tenant))
-        if _needs_publish(submission, admitted):
-            try:
-                publish_job(self.celery, admitted.job, countdown=submission.countdown)
-            except PUBLISH_ERRORS as exc:
-                raise self._undo(tenant, submission, exc) from exc
         _accepted(admitted)
         return admitted
 
@@ -100,8 +93,7 @@ class Submitter:
     ) -> list[Admitted | Exception]:
         """Each raw body checked for size, loaded (``load`` validates it; what it raises
         out of ``load_errors`` becomes that item's answer), admitted in one pipelined
-        round trip (``Admission.admit_many``: a script run per 100 jobs) and published,
-        answered in order."""
+        round trip (``Admission.admit_many``: a script run per 100 jobs), answered in order."""
         verdicts: list[Admitted | Exception] = []
         ready: list[tuple[int, Submission]] = []
         refusals: tuple[type[Exception], ...] = (PulseError, *load_errors)
@@ -113,17 +105,8 @@ class Submitter:
             except refusals as exc:
                 verdicts.append(exc)
         admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
-        fresh: list[tuple[int, Submission, Admitted]] = []
-        for (position, submission), verdict in zip(ready, admitted, strict=True):
+        for (position, _), verdict in zip(ready, admitted, strict=True):
             verdicts[position] = verdict
-            if isinstance(verdict, Admitted) and _needs_publish(submission, verdict):
-                fresh.append((position, submission, verdict))
-        if fresh:
-            pairs = ((verdict.job, item.countdown) for _, item, verdict in fresh)
-            sent, error = publish_jobs(self.celery, pairs, PUBLISH_ERRORS)
-            if error is not None:  # the first ``sent`` are on the broker: undo only the rest
-                for position, submission, _ in fresh[sent:]:
-                    verdicts[position] = self._undo(tenant, submission, error)
         for answer in verdicts:
             if isinstance(answer, Admitted):
                 _accepted(answer)
@@ -160,17 +143,13 @@ class Submitter:
             priority=options.priority,
             ready_at=options.due_at or time.time(),
         )
-        # With the dispatcher, a delayed job waits parked in Redis until due (however long), not
-        # as an ETA message in a worker's memory; the workers' tick releases it (pushing its
-        # message with a Redis broker, publishing the job with another: pulse_worker.release).
-        fair = self.admission.dispatcher
-        parks = fair is not None and options.due_at is not None
-        # Otherwise, due beyond the ETA window: no message now; the sweep publishes it when due.
-        deferred = options.due_at is not None and options.countdown is None and not parks
-        inline = self.inline_publish and not deferred
-        countdown = None if parks else options.countdown
-        message, broker_list = encode_message(self.celery, job, countdown=countdown) if inline else ("", "")
-        if parks and inline:
+        # A delayed job waits parked in Redis until due (however long), not as an ETA message in
+        # a worker's memory; the workers' tick releases it (pushing its message with a Redis
+        # broker, publishing the job with another: pulse_worker.release). A job due now waits
+        # in its ready set for the fair dispatcher (pulse_core.store.dispatch).
+        delayed = options.due_at is not None
+        message, broker_list = encode_message(self.celery, job) if self.inline_publish else ("", "")
+        if delayed and self.inline_publish:
             broker_list = waiting_lists(job.queue)[0]
         return Submission(
             job=job,
@@ -179,13 +158,10 @@ class Submitter:
             job_type_live=live,
             message=message,
             broker_list=broker_list,
-            countdown=options.countdown,
-            # Due now: it waits in its ready set for the fair dispatcher (pulse_core.store.dispatch).
-            enqueue=fair is not None and options.due_at is None,
+            enqueue=not delayed,
             weight=tenant.weight,
-            park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if parks else None,
+            park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if delayed else None,
             watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
-            deferred=deferred,
         )
 
     def _limit_status(self, tenant: Tenant) -> LimitStatus:
@@ -195,13 +171,6 @@ class Submitter:
             return self.admission.status(tenant)
         except RedisError:
             return LimitStatus(limit=0, remaining=0, reset=0.0)
-
-    def _undo(self, tenant: Tenant, submission: Submission, exc: Exception) -> PulseError:
-        job = submission.job
-        log.warning("publish of job %s failed, record discarded: %s", job.job_id, exc)
-        key = submission.idempotency_key
-        self.store.discard(job, idempotency_key=store_key(tenant.tenant_id, key) if key else None)
-        return BrokerUnavailable("the broker did not take the job; retry later")
 
 
 def _accepted(admitted: Admitted) -> None:
@@ -217,11 +186,6 @@ def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatu
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
     return Admitted(job=recorded, replayed=False, limit=limit, published=submission.placed)
-
-
-def _needs_publish(submission: Submission, admitted: Admitted) -> bool:
-    """Whether the caller still has to send the job's message through kombu."""
-    return not (admitted.replayed or admitted.published or submission.deferred)
 
 
 def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:

@@ -3,6 +3,8 @@
 -- died, or a handover that lapsed, are handed on too).
 -- KEYS[1..n] the slot sets   KEYS[n+1..2n] their parked sets   KEYS[2n+1] the parked messages
 -- KEYS[2n+2] the slot sets with parked jobs: slot set -> its most holders
+-- KEYS[2n+3] (optional) the watch zset: a job handed a slot is next checked ARGV[6+n] seconds
+--            after (Redis' clock; never earlier than it was), as a job released when due
 -- ARGV[1] holder ('' = none)   ARGV[2] now (epoch s)   ARGV[3] a handover's grace until (epoch s)
 -- ARGV[4] job key prefix   ARGV[5] n   ARGV[6..5+n] the most holders of each set
 -- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
@@ -15,6 +17,11 @@
 
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
 local handed, out = 0, {0}
+local watch, check_at = KEYS[2 * n + 3], nil
+if watch then
+  local t = redis.call('TIME')
+  check_at = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[6 + n])
+end
 for i = 1, n do
   if ARGV[1] ~= '' then redis.call('ZREM', KEYS[i], ARGV[1]) end
   local live = live_holders(KEYS[i], now, ARGV[4], '')
@@ -29,6 +36,7 @@ for i = 1, n do
       local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
       redis.call('ZADD', KEYS[i], ARGV[3], job_id .. '|h')
       if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end
+      if watch then redis.call('ZADD', watch, 'XX', 'GT', check_at, job_id) end
       live, handed = live + 1, handed + 1
     end
   end

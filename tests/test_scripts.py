@@ -1129,6 +1129,22 @@ RECOVER = [
         ["waiting"],
         {"{p}job:j1": {**ID, "state": "queued"}, "{p}watch": Z({"j1": ANY})},
     ),
+    *[
+        Case(
+            f"a {state} job past due, parked on an execution limit, waits for its release: no copy",
+            "store/recover",
+            {
+                "{p}job:j1": {**ID, "state": state, "dueAt": "999"},
+                "{p}watch": Z({"j1": 999}),
+                "{p}pmsg": {"j1": "q\nm"},
+            },
+            [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+            RECOVER_ARGV,
+            ["waiting"],
+            {"{p}job:j1": {**ID, "state": state, "dueAt": "999"}, "{p}watch": Z({"j1": ANY})},
+        )
+        for state in ("retrying", "scheduled")
+    ],
     Case(
         "a queued job nothing claimed, out of its ready set, its queue empty, is republished",
         "store/recover",
@@ -2008,6 +2024,25 @@ PARKING = [
         [3],
         {"{p}watch": Z({"j1": Soon(60), "j2": float(LATER)}), "{p}q": ["m3", "m2", "m1"]},
     ),
+    *[
+        Case(
+            f"a {state} job released when due and parked on the limit is handed the freed slot like a queued one",
+            "guards/release_slots",
+            {
+                "{p}s1": Z({"j0|a": 2000}),
+                "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+                "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+                "{p}plimits": {"{p}s1": "1"},
+                "{p}job:j1": {"state": state},
+                "{p}job:j2": {"state": "queued"},
+            },
+            PARK_KEYS,
+            ["j0|a", "1000", "1010", "{p}job:", 1, 1],
+            [1],
+            {"{p}s1": Z({"j1|h": 1010}), "{p}parked:s1": Z({"j2": 4}), "{p}q": ["m1"]},
+        )
+        for state in ("retrying", "scheduled")
+    ],
     Case(
         "a cancelled parked job is dropped; an empty parked set leaves the registry",
         "guards/release_slots",

@@ -9,11 +9,15 @@
 -- ARGV[4] job key prefix   ARGV[5] n   ARGV[6..5+n] the most holders of each set
 -- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
 -- queue, reaches a worker (acquire_slots takes it as its own) or the grace ends. A parked job
--- no longer queued (cancelled meanwhile) is dropped with its message. A job parked with no
+-- is handed a slot while it waits to start (queued, or a retry or delayed job released when
+-- due: the gate runs before the claim); one no longer waiting (cancelled meanwhile) is
+-- dropped with its message. A job parked with no
 -- broker list (a broker other than this Redis) is handed its slot all the same, and its id is
 -- given back for the caller to publish.
 -- Reply: {how many parked jobs were handed a slot, the ids of those the caller publishes...}.
 --@include slots
+
+local WAITING_STATES = {queued = true, retrying = true, scheduled = true}
 
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
 local handed, out = 0, {0}
@@ -32,7 +36,7 @@ for i = 1, n do
     local job_id = popped[1]
     local stored = redis.call('HGET', KEYS[2 * n + 1], job_id)
     redis.call('HDEL', KEYS[2 * n + 1], job_id)
-    if stored and redis.call('HGET', ARGV[4] .. job_id, 'state') == 'queued' then
+    if stored and WAITING_STATES[redis.call('HGET', ARGV[4] .. job_id, 'state')] then
       local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
       redis.call('ZADD', KEYS[i], ARGV[3], job_id .. '|h')
       if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end

@@ -32,9 +32,10 @@ local n = tonumber(f[4] or '0')
 local base = tonumber(state == 'queued' and ARGV[3] or ARGV[2])
 -- Waiting in its ready set: not lost, its queue's dispatcher moves it on in fair order.
 -- Parked on an execution limit: not lost either, a freed slot or its due time releases it
--- (a copy would be let through by the limit, then refused by the claim: a slot spent for nothing).
-if state == 'queued' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
-                                      or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1) then
+-- (a copy would be let through by the limit, then refused by the claim: a slot spent for
+-- nothing). So too a retry or a delayed job parked on a limit after its due time.
+if state ~= 'running' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
+                                       or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1) then
   redis.call('ZADD', KEYS[2], now + base, ARGV[1])
   return {'waiting'}
 end

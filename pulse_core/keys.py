@@ -161,7 +161,8 @@ PARKED_UNTIL = f"{PREFIX}:parked-until"
 def homeless_since(job_id: str) -> str:
     """String: when (epoch s) a message of the job first found no live worker announcing its
     jobType (``pulse_worker.task.place``), so that its grace period counts across the times
-    it is parked and released; expires a while after the grace period."""
+    it is parked and released; each such message renews it, and it expires an hour past the
+    grace period after the last."""
     return f"{PREFIX}:homeless:{part(job_id)}"
 
 

@@ -81,8 +81,10 @@ log = logging.getLogger("pulse.worker")
 WRONG_WORKER_DELAY_SECONDS = 0.25
 #: While no live worker announces a message's jobType, it is looked at again this often.
 HOMELESS_RECHECK_SECONDS = 5.0
-#: How long after its grace period a job's ``keys.homeless_since`` is kept.
-HOMELESS_KEPT_SECONDS = 60
+#: How long past its grace period a job's ``keys.homeless_since`` outlives the last message of
+#: it that found no live worker (each such message renews it: on a busy queue one round trip
+#: through parking and the queue can take minutes, and the grace must not start again).
+HOMELESS_KEPT_SECONDS = 3600
 #: A message given back after a Redis or broker failure before its claim waits this long
 #: first, so that a worker does not spin on a Redis that refuses it.
 GIVE_BACK_PAUSE_SECONDS = 1.0
@@ -231,12 +233,14 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
 
 def _homeless_since(runtime: WorkerRuntime, job_id: str, now: float, grace: float) -> float:
     """When a message of ``job_id`` first found no live worker for its jobType (``now`` if
-    this is the first), kept in Redis while the grace period lasts and a while after."""
+    this is the first), kept in Redis while such messages keep coming, and a while after."""
     key = keys.homeless_since(job_id)
+    kept = math.ceil(grace) + HOMELESS_KEPT_SECONDS
     with runtime.redis.pipeline(transaction=False) as pipe:
-        pipe.set(key, repr(now), nx=True, ex=math.ceil(grace) + HOMELESS_KEPT_SECONDS)
+        pipe.set(key, repr(now), nx=True, ex=kept)
+        pipe.expire(key, kept)
         pipe.get(key)
-        _, found = pipe.execute()
+        _, _, found = pipe.execute()
     return float(found) if found else now
 
 

@@ -133,7 +133,8 @@ def before_claim(task: Task, job_id: str) -> Iterator[None]:
     message of a retry it could not publish; before the claim nothing was recorded, so
     either would lose the job. Instead the message is rejected with requeue, after a
     pause so a broken Redis is not hammered; if even the requeue cannot be written, the
-    message stays unacked in the broker and comes back at the visibility timeout.
+    job is still watched (queued, with a deadline) and the recovery sweep republishes it
+    (RabbitMQ redelivers an unacked message itself).
     """
     try:
         yield

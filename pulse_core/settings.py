@@ -358,7 +358,8 @@ class Settings:
         "PULSE_VISIBILITY_TIMEOUT_SECONDS",
         DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
         POSITIVE_INT,
-        "the Redis broker redelivers a message not acked within this",
+        "kombu's visibility timeout: Pulse's Redis transport keeps no unacked record, so it only "
+        "governs records a stock kombu consumer left in kombu's unacked hash (restored once this old)",
         group="execution",
     )
     soft_shutdown_seconds: float = setting(

@@ -164,24 +164,26 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_the_rest_queued(
             second.stop()
 
 
-def held_homeless_job(settings: Settings, redis: Redis, tmp_path: Path, name: str) -> tuple[WorkerProcess, Job]:
-    """A worker holding a message it reserved and has not started: the job's jobType has no
-    handler on any live worker, so the worker keeps its message as an ETA message (5 s)."""
+def held_reserved_job(
+    settings: Settings, redis: Redis, tmp_path: Path, name: str, *, check_in: float
+) -> tuple[WorkerProcess, Job]:
+    """A worker holding a message it reserved and has not started: an ETA message two minutes
+    out (as a stock Celery client sends one), which the worker keeps until due. The job's
+    watch deadline is ``check_in`` seconds away."""
     worker = worker_on(settings, tmp_path, name, concurrency=1).start()
     worker.wait_ready(redis, WITNESS)
     job = Job(
         job_id=new_job_id(),
         tenant_id="acme",
-        job_type="nobody.runs.this",
+        job_type="diag.echo",
         queue=settings.default_queue,
         payload={},
         trace_id=new_trace_id(),
         created_at=utc_now(),
     )
-    JobStore(redis).create(job, watch_at=time.time() + settings.queued_check_seconds)
-    publish_job(create_celery(settings), job)
-    wait_for(lambda: "no live worker has its handler" in worker.log(), timeout=20)
-    wait_for(lambda: waiting_messages(redis, settings.default_queue) == 0, timeout=10)
+    JobStore(redis).create(job, watch_at=time.time() + check_in)
+    publish_job(create_celery(settings), job, countdown=120)
+    wait_for(lambda: waiting_messages(redis, settings.default_queue) == 0, timeout=20)
     return worker, job
 
 
@@ -191,8 +193,8 @@ def test_sigterm_puts_a_reserved_unstarted_message_back_from_the_workers_memory(
 ) -> None:
     # given a worker holding a reserved, unstarted message (Pulse's transport keeps it in
     # memory only: nothing in kombu's unacked hash)
-    settings = replace(isolated_settings, soft_shutdown_seconds=2.0, unknown_job_type_grace_seconds=60.0)
-    worker, job = held_homeless_job(settings, redis, tmp_path, "w")
+    settings = replace(isolated_settings, soft_shutdown_seconds=2.0)
+    worker, job = held_reserved_job(settings, redis, tmp_path, "w", check_in=3600)
     try:
         assert not [raw for raw in redis.hvals("unacked") if job.job_id in raw]
         # when the worker gets SIGTERM
@@ -212,8 +214,9 @@ def test_a_reserved_message_that_dies_with_its_worker_is_republished_by_the_swee
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     # given a worker holding a reserved, unstarted message, and a short queued check
-    settings = replace(isolated_settings, queued_check_seconds=1.0, unknown_job_type_grace_seconds=60.0)
-    first, job = held_homeless_job(settings, redis, tmp_path, "first")
+    settings = replace(isolated_settings, queued_check_seconds=1.0)
+    check_in = 6.0
+    first, job = held_reserved_job(settings, redis, tmp_path, "first", check_in=check_in)
     second: WorkerProcess | None = None
     try:
         # when the worker is SIGKILLed: the message is gone with it (no copy in Redis)
@@ -222,11 +225,11 @@ def test_a_reserved_message_that_dies_with_its_worker_is_republished_by_the_swee
         assert waiting_messages(redis, settings.default_queue) == 0
         assert not [raw for raw in redis.hvals("unacked") if job.job_id in raw]
         second = worker_on(settings, tmp_path, "second", concurrency=1).start()
-        # then the sweep republishes it once its check is due (the worker pushed it back 5 s
-        # + the queued check later), the job still queued
-        wait_for(lambda: redis.hget(keys.job(job.job_id), "recoveries") is not None, timeout=30)
-        assert time.monotonic() - killed_at < 5 + settings.queued_check_seconds + 10
-        assert redis.hget(keys.job(job.job_id), "state") == "queued"
+        # then the sweep republishes it once its check is due, and it runs, once
+        wait_for(lambda: f"recovered job {job.job_id}" in second.log(), timeout=30, interval=0.1)
+        assert time.monotonic() - killed_at < check_in + 10
+        wait_for(lambda: redis.hget(keys.job(job.job_id), "state") == "succeeded", timeout=30)
+        assert redis.hget(keys.job(job.job_id), "attempts") == "1"
     finally:
         first.stop()
         if second:

@@ -210,8 +210,13 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                 if released.to_publish:  # parked by a process whose broker is not this Redis
                     log.warning(
                         "%d released job(s) were parked by a worker or API on another broker; "
-                        "every process on one Redis must use the same broker (the sweep publishes them)",
+                        "every process on one Redis must use the same broker (published to this one)",
                         len(released.to_publish),
+                    )
+                    # Their release pushed their checks on: left to the sweep, they would wait a
+                    # queued check or more. This worker's broker is one their workers consume.
+                    publish_released(
+                        worker.app, runtime.store, released.to_publish, check_in=settings.queued_check_seconds
                     )
                 fair.dispatch_all(consumed_queues(worker))
 

@@ -319,67 +319,37 @@ def test_one_sweep_republishes_every_overdue_job_then_backs_off(own_redis: Redis
     assert unowned_keys(redis) == []
 
 
-def test_a_queued_job_behind_others_on_its_queue_waits_before_it_is_republished(
-    settings: Settings, own_redis: Redis
+@pytest.mark.parametrize(
+    "state, overdue_by, recheck",
+    [
+        # a queued job overdue while its queue still holds a message (its own may be behind it)
+        (JobState.QUEUED, 1, RecheckPolicy(lapsed=10.0, queued=0.0, lane_waits=2)),
+        # a delayed job whose due time passed more than a lease ago, its message released from
+        # parking onto its queue, still behind others (50,000 jobs due at one instant, say)
+        (JobState.SCHEDULED, 60, RecheckPolicy(lapsed=0.0, queued=0.0, lane_waits=2)),
+    ],
+    ids=["queued", "released-delayed"],
+)
+def test_a_job_behind_others_on_its_queue_waits_before_it_is_republished(
+    settings: Settings, own_redis: Redis, state: JobState, overdue_by: float, recheck: RecheckPolicy
 ) -> None:
-    # given a queued job overdue while its queue still holds a message (its own may be behind it)
+    # given a job overdue while its queue's list still holds a message, its own pushed there
     redis = own_redis
     store = JobStore(redis)
-    queue = "t-sweep-lane"
+    queue = f"t-sweep-behind-{state.value}"
     app = create_celery(settings)
-    job = Job(job_id=new_job_id(), tenant_id=TENANT, job_type="witness.sleep", queue=queue, created_at=utc_now())
-    store.create(job, watch_at=time.time() - 1)
-    message, lane_list = encode_message(app, job)
-    redis.lpush(lane_list, message)
-    sent: list[str] = []
-
-    def publish(jobs: list[Job]) -> int:
-        sent.extend(j.job_id for j in jobs)
-        return len(jobs)
-
-    recheck = RecheckPolicy(lapsed=10.0, queued=0.0, lane_waits=2)
-    try:
-        # when the sweep looks at it three times
-        outcomes = []
-        for _ in range(3):
-            outcomes.append(
-                sweep(
-                    redis,
-                    store,
-                    publish,
-                    waiting_lists=lambda q, t, p: [keys.ready(q, t), keys.PARKED_MESSAGES, lane_list],
-                    recheck=recheck,
-                    budget_seconds=5,
-                )
-            )
-        # then it waits two checks (the queue is busy), and is republished on the third
-        assert outcomes == [0, 0, 1] and sent == [job.job_id]
-    finally:
-        redis.delete(lane_list)
-        finish(redis, store, [job.job_id])
-    assert backlog_mismatches(redis) == {}
-
-
-def test_a_delayed_job_released_behind_others_on_its_queue_waits_before_it_is_republished(
-    settings: Settings, own_redis: Redis
-) -> None:
-    # given a delayed job whose due time passed more than a lease ago, its message released from
-    # parking onto its queue, still behind others (50,000 jobs due at one instant, say)
-    redis = own_redis
-    store = JobStore(redis)
-    queue = "t-sweep-released"
-    app = create_celery(settings)
-    due = time.time() - 60
+    due = time.time() - overdue_by
+    delayed = state is JobState.SCHEDULED
     job = Job(
         job_id=new_job_id(),
         tenant_id=TENANT,
         job_type="witness.sleep",
         queue=queue,
         created_at=utc_now(),
-        state=JobState.SCHEDULED,
-        due_at=due,
+        state=state,
+        due_at=due if delayed else None,
     )
-    store.create(job, watch_at=due + 30)
+    store.create(job, watch_at=due + 30 if delayed else due)
     message, lane_list = encode_message(app, job)
     redis.lpush(lane_list, message)
     sent: list[str] = []
@@ -388,7 +358,6 @@ def test_a_delayed_job_released_behind_others_on_its_queue_waits_before_it_is_re
         sent.extend(j.job_id for j in jobs)
         return len(jobs)
 
-    recheck = RecheckPolicy(lapsed=0.0, queued=0.0, lane_waits=2)
     try:
         # when the sweep looks at it three times
         outcomes = [

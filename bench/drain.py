@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ def submit_batches(client: FlaskClient, api_keys: list[str], per_key: int) -> in
     return admitted
 
 
-def dispatch_drained(redis: Redis, queue: str, unfinished_at_most: int) -> bool:
+def dispatch_drained(redis: Redis, queue: str, unfinished_at_most: int | None) -> bool:
     """No tenant active on ``queue`` (nothing in a ready set), no message on its lists, none
     delivered but unacknowledged, and at most ``unfinished_at_most`` jobs in the watch set
     (Pulse's transport keeps a delivered message in the worker's memory, not in Redis)."""
@@ -148,20 +147,7 @@ def dispatch_drained(redis: Redis, queue: str, unfinished_at_most: int) -> bool:
         pipe.zcard(keys.WATCH)
         *counts, unfinished = pipe.execute()
     OWN_COMMANDS.update({"zcard": 2, "llen": len(lists), "hlen": 1})
-    return not any(counts) and unfinished <= unfinished_at_most
-
-
-def time_dispatch_drain(redis: Redis, queue: str, start_consuming: Callable[[], None], n: int) -> float:
-    """Start consuming ``queue`` with its jobs waiting in the dispatcher; jobs/s until drained."""
-    most = int(redis.zcard(keys.WATCH)) - n  # type: ignore[arg-type]
-    start = time.perf_counter()
-    start_consuming()
-    deadline = start + 900
-    while not dispatch_drained(redis, queue, most):
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"queue {queue} did not drain")
-        time.sleep(0.01)
-    return n / (time.perf_counter() - start)
+    return not any(counts) and (unfinished_at_most is None or unfinished <= unfinished_at_most)
 
 
 def run(env: BenchEnv) -> list[Result]:
@@ -271,8 +257,14 @@ def _many_tenants(
             )
             cpu = tree_cpu_seconds(worker_pid)
             with measured(env.redis) as cost:
-                rate = time_dispatch_drain(
-                    env.redis, queue, functools.partial(_consume, pulse_app, queue, "pulse@bench"), admitted
+                rate = time_drain(
+                    env.redis,
+                    queue,
+                    functools.partial(_consume, pulse_app, queue, "pulse@bench"),
+                    admitted,
+                    watched=True,
+                    is_drained=functools.partial(dispatch_drained, env.redis, queue),
+                    timeout=900,
                 )
             cpu = tree_cpu_seconds(worker_pid) - cpu
             _cancel(pulse_app, queue, "pulse@bench")

@@ -257,3 +257,39 @@ def test_a_job_whose_limits_redis_fails_to_check_waits_parked_then_runs_once(
     # and no deferral message was sent back with a countdown
     assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
     assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+
+
+def test_a_retry_due_behind_a_full_concurrency_limit_waits_parked_then_gets_a_slot(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.flaky held to one run at a time, and two workers of two processes each
+    settings = _limited(isolated_settings, tmp_path, "")
+    _clear(redis, "limited.flaky")
+    slots = keys.concurrency("limited.flaky")
+    client = create_app(settings).test_client()
+    with running_workers(redis, settings, tmp_path, ["limited.flaky"], concurrency=2) as workers:
+        # when a job whose first attempt asks for a retry 2 s later is submitted, then, once it
+        # is retrying, a job that holds the one slot for 5 s and 5 short ones
+        first = {"jobType": "limited.flaky", "payload": {"seconds": 0.05, "fail_first": True, "retry_in": 2.0}}
+        rest = [{"jobType": "limited.flaky", "payload": {"seconds": 5.0}}]
+        rest += [{"jobType": "limited.flaky", "payload": {"seconds": 0.1}}] * 5
+        flaky_id = client.post("/v1/jobs", json=first, headers=auth("acme")).get_json()["jobId"]
+        wait_for(lambda: redis.hget(keys.job(flaky_id), "state") == "retrying", timeout=30)
+        answer = client.post("/v1/batches", json={"jobs": rest}, headers=auth("acme")).get_json()
+        ids = [item["job"]["jobId"] for item in answer["items"]]
+        # then its retry, due while the long job holds the slot, waits parked behind the limit
+        wait_for(lambda: redis.zscore(keys.parked(slots), flaky_id) is not None, timeout=30, interval=0.01)
+        docs = {job_id: wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=90) for job_id in ids}
+        flaky = wait_for_state(client, "acme", flaky_id, {"succeeded", "dead"}, timeout=30)
+        logs = "".join(worker.log() for worker in workers)
+    # and is handed the slot when it frees: it succeeds at its second attempt, the others at their first
+    assert (flaky["state"], flaky["attempts"]) == ("succeeded", 2)
+    assert {(d["state"], d["attempts"]) for d in docs.values()} == {("succeeded", 1)}
+    # and never two ran at once, every attempt once
+    concurrent = [int(x) for x in redis.lrange("limited:limited.flaky:concurrent", 0, -1)]
+    assert len(concurrent) == 8 and max(concurrent) == 1
+    # and nothing waited as a message sent back with a countdown, nothing is left parked or held
+    assert " retry: " not in logs
+    assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
+    assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
+    assert redis.zscore(keys.PARKED_UNTIL, flaky_id) is None

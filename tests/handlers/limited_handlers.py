@@ -11,6 +11,7 @@ from typing import Any
 from redis import Redis
 
 from pulse_core.context import JobContext
+from pulse_core.errors import RetryLater
 from pulse_core.handlers import handler
 
 _redis: Redis | None = None
@@ -39,3 +40,12 @@ def slots(payload: Mapping[str, Any], ctx: JobContext) -> None:
 @handler("limited.rate", rate_limit="100/second")
 def rate(payload: Mapping[str, Any], ctx: JobContext) -> None:
     _record("limited.rate", 0.0)
+
+
+@handler("limited.flaky", max_concurrency=1)
+def flaky(payload: Mapping[str, Any], ctx: JobContext) -> None:
+    """Runs like limited.slots; with ``fail_first``, its first attempt then asks for a retry
+    ``retry_in`` seconds later."""
+    _record("limited.flaky", float(payload.get("seconds", 0.1)))
+    if payload.get("fail_first") and ctx.attempt == 1:
+        raise RetryLater(float(payload.get("retry_in", 0.3)))

@@ -298,7 +298,7 @@ class Admission:
             keys=[
                 keys.job(dead.job_id),
                 keys.tenant_dead_letters(tenant.tenant_id),
-                keys.PENDING,
+                keys.tenant_counts(tenant.tenant_id),
                 keys.WATCH,
                 *rate_limits.window_keys(tenant.tenant_id, items),
             ],
@@ -319,10 +319,8 @@ class Admission:
         items = tenant.rate_limits
         keys_ = [
             keys.tenant_jobs(tenant.tenant_id),
-            keys.PENDING,
+            keys.tenant_counts(tenant.tenant_id),
             keys.WATCH,
-            keys.STORED_BYTES,
-            keys.retained_bytes(tenant.tenant_id),
             *rate_limits.window_keys(tenant.tenant_id, items),
         ]
         args: list[Any] = [

@@ -119,12 +119,6 @@ def dispatch_state(queue: str) -> str:
     return f"{PREFIX}:dispatch:{part(queue)}"
 
 
-def ready_messages(queue: str) -> str:
-    """Hash of job id -> the broker message of a job waiting in a ready set of ``queue``;
-    an entry leaves when its job is dispatched (or found final by the dispatcher)."""
-    return f"{PREFIX}:messages:{part(queue)}"
-
-
 #: Set of the queues with at least one active tenant: the sweep dispatches each (a queue
 #: leaves it when its last tenant goes idle). Bounded by the queues the config names.
 DISPATCH_QUEUES = f"{PREFIX}:dispatch-queues"

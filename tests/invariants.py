@@ -28,7 +28,6 @@ _LONG_LIVED = (
     f"{keys.PREFIX}:active:",
     f"{keys.PREFIX}:ready:",
     f"{keys.PREFIX}:dispatch:",
-    f"{keys.PREFIX}:messages:",
     f"{keys.PREFIX}:slots:",
     f"{keys.PREFIX}:running:",
     f"{keys.PREFIX}:parked:",

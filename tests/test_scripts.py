@@ -1263,6 +1263,24 @@ LISTING_ADD = [
         1,
         {"{p}index": Z({"a": 2000, "b": 2000 + 1 / 1024})},
     ),
+    Case(
+        "with the tenant's counts, the newest score kept there places the entry, and moves on",
+        "store/listing_add",
+        {"{p}index": Z({"a": 1000}), "{p}counts": {"newest": "2000"}},
+        ["{p}index", "{p}counts"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 1000, "b": 2000 + 1 / 1024}), "{p}counts": {"newest": repr(2000 + 1 / 1024)}},
+    ),
+    Case(
+        "with the tenant's counts not knowing the newest yet, the index's is read",
+        "store/listing_add",
+        {"{p}index": Z({"a": 3000})},
+        ["{p}index", "{p}counts"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 3000, "b": 3000 + 1 / 1024}), "{p}counts": {"newest": repr(3000 + 1 / 1024)}},
+    ),
 ]
 
 FORGET = [
@@ -1433,7 +1451,7 @@ RELEASE = [
 _ADMIT_SHARED_KEYS = ["{p}index", "{p}counts", "{p}watch", "{p}window"]
 #: A job's keys past its hash, idempotency key and broker list (ready set, dispatch keys, due
 #: set, parked messages): unused by a job whose message is pushed, so its hash stands in.
-_UNUSED = ["{p}job:j1"] * 11
+_UNUSED = ["{p}job:j1"] * 10
 ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", *_UNUSED]
 ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", *_UNUSED]
 #: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
@@ -1496,6 +1514,8 @@ def _admit_argv(
 EMPTY_WINDOW = [2, 2, "30", "0", "0"]
 #: The same window with one slot just taken, back in 30 s.
 TAKEN_ONE = [2, 1, "30", "0", "0"]
+#: A retained bucket long past (its records all expired) and one far ahead of any clock.
+_PAST, _AHEAD = 1, 99_999_999
 ADMIT = [
     Case(
         "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
@@ -1531,6 +1551,25 @@ ADMIT = [
             "{p}idem": None,
             "{p}window": FromNow(30),
         },
+    ),
+    Case(
+        "the index's newest score is the one the tenant's counts keep: the job is placed after it",
+        "guards/admit",
+        # (an entry that left the index, such as a discarded job's, leaves its score there)
+        {"{p}index": Z({"a": 1000}), "{p}counts": {"newest": "1500"}},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", TAKEN_ONE],
+        {"{p}index": Z({"a": 1000, "j1": 1500 + 1 / 1024}), "{p}counts": Having({"newest": repr(1500 + 1 / 1024)})},
+    ),
+    Case(
+        "a refusal that finds retained buckets whose records all expired writes their drop back",
+        "guards/admit",
+        {"{p}counts": {"pending": "5", "total": "70", "oldest": str(_PAST), f"b{_PAST}": "70"}},
+        ADMIT_KEYS,
+        _admit_argv(max_pending=5),
+        ["backlog", EMPTY_WINDOW, 5],
+        {"{p}counts": Having({"pending": "5", "total": "0", f"b{_PAST}": None}), "{p}job:j1": None},
     ),
     Case(
         "index entries older than the horizon are trimmed as a job is created",
@@ -1636,8 +1675,6 @@ ADMIT = [
     ),
 ]
 
-#: A retained bucket long past (its records all expired) and one far ahead of any clock.
-_PAST, _AHEAD = 1, 99_999_999
 ADMIT += [
     Case(
         "a record past the storage budget is refused with the bytes held and consumes nothing",
@@ -1674,7 +1711,7 @@ def _batch_keys(*idem: str) -> list[str]:
     found = list(_ADMIT_SHARED_KEYS)
     for n, key in enumerate(idem, start=1):
         job = f"{{p}}job:j{n}"
-        found += [job, key or job, "{p}list", *[job] * 11]
+        found += [job, key or job, "{p}list", *[job] * 10]
     return found
 
 
@@ -2150,8 +2187,8 @@ PARKING = [
     ),
 ]
 
-# The dispatcher of queue q: active, state, messages, queues, its 4 lists (kombu steps 0, 3, 6, 9).
-DISPATCH_KEYS = ["{p}active", "{p}state", "{p}msgs", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
+# The dispatcher of queue q: active, state, queues, its 4 lists (kombu steps 0, 3, 6, 9).
+DISPATCH_KEYS = ["{p}active", "{p}state", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
 # queue, ready prefix, job prefix, depth
 DISPATCH_ARGV = ["q", "{p}ready:", "{p}job:", "2"]
 QUEUED = {"state": "queued"}
@@ -2164,10 +2201,10 @@ DISPATCH = [
             "{p}state": {"w:a": "1", "w:b": "0.5"},
             "{p}ready:a": Z({"ja": 4e15 + 1}),
             "{p}ready:b": Z({"jb1": 4e15 + 2, "jb2": 0 * 1e15 + 3}),
-            "{p}msgs": {"ja": "ma", "jb1": "mb1", "jb2": "mb2"},
-            "{p}job:ja": QUEUED,
-            "{p}job:jb1": QUEUED,
-            "{p}job:jb2": QUEUED,
+            # a waiting job's message is kept in its record
+            "{p}job:ja": {**QUEUED, "message": "ma"},
+            "{p}job:jb1": {**QUEUED, "message": "mb1"},
+            "{p}job:jb2": {**QUEUED, "message": "mb2"},
             "{p}queues": {"q"},
         },
         DISPATCH_KEYS,
@@ -2180,7 +2217,10 @@ DISPATCH = [
             "{p}active": Z({"b": 3}),
             "{p}ready:a": None,
             "{p}ready:b": Z({"jb1": 4e15 + 2}),
-            "{p}msgs": {"jb1": "mb1"},
+            # the dispatched jobs' messages leave their records
+            "{p}job:ja": QUEUED,
+            "{p}job:jb1": {**QUEUED, "message": "mb1"},
+            "{p}job:jb2": QUEUED,
             "{p}state": {"w:b": "0.5", "v": "3"},
         },
     ),
@@ -2191,14 +2231,19 @@ DISPATCH = [
             "{p}active": Z({"a": 0}),
             "{p}state": {"w:a": "1"},
             "{p}ready:a": Z({"ja": 4e15 + 1}),
-            "{p}msgs": {"ja": "ma"},
-            "{p}job:ja": {"state": "cancelled"},
+            "{p}job:ja": {"state": "cancelled", "message": "ma"},
             "{p}queues": {"q"},
         },
         DISPATCH_KEYS,
         DISPATCH_ARGV,
         0,
-        {"{p}active": None, "{p}state": None, "{p}msgs": None, "{p}queues": None, "{p}l0": None},
+        {
+            "{p}active": None,
+            "{p}state": None,
+            "{p}job:ja": {"state": "cancelled"},
+            "{p}queues": None,
+            "{p}l0": None,
+        },
     ),
     Case(
         "a full queue is left alone",
@@ -2216,14 +2261,14 @@ DISPATCH_POP = [
         "store/dispatch_pop",
         {
             "{p}active": Z({"a": 0, "b": 0}),
-                        "{p}ready:a": Z({"ja1": 4e15 + 1, "ja2": 4e15 + 3}),
+            "{p}ready:a": Z({"ja1": 4e15 + 1, "ja2": 4e15 + 3}),
             "{p}ready:b": Z({"jb": 4e15 + 2}),
             "{p}job:ja1": QUEUED,
             "{p}job:ja2": QUEUED,
             "{p}job:jb": QUEUED,
             "{p}queues": {"q"},
         },
-        DISPATCH_KEYS[:4],
+        DISPATCH_KEYS[:3],
         [*DISPATCH_ARGV[:3], 2],
         ["ja1", "jb"],
         {"{p}ready:a": Z({"ja2": 4e15 + 3}), "{p}ready:b": None, "{p}active": Z({"a": 1}), "{p}queues": {"q"}},
@@ -2259,7 +2304,6 @@ ADMIT_PLACES = [
             "{p}l0": ["msg"],
             "{p}ready:t1": None,
             "{p}active": None,
-            "{p}msgs": None,
             "{p}state": None,
             "{p}queues": None,
             "{p}due": None,
@@ -2279,7 +2323,8 @@ ADMIT_PLACES = [
             "{p}counts": Having({"seq": "5", "pending": "1"}),
             "{p}active": Z({"t1": 7}),
             "{p}state": {"v": "7", "w:t1": "2.0"},
-            "{p}msgs": {"j1": "msg"},
+            # its message waits in its record
+            "{p}job:j1": {**_RECORD, "message": "msg"},
             "{p}queues": {"q"},
         },
     ),
@@ -2290,7 +2335,7 @@ ADMIT_PLACES = [
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["created", TAKEN_ONE],
-        {"{p}l0": ["msg"], "{p}l3": ["m1", "m2"], "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+        {"{p}l0": ["msg"], "{p}l3": ["m1", "m2"], "{p}ready:t1": None, "{p}active": None, "{p}job:j1": _RECORD},
     ),
     Case(
         "a tenant already waiting keeps its place and weight; its job joins its ready set",
@@ -2311,7 +2356,8 @@ ADMIT_PLACES = [
             "{p}counts": Having({"seq": "5"}),
             "{p}active": Z({"t1": 3, "t2": 5}),
             "{p}state": {"v": "7", "w:t1": "3.0"},
-            "{p}msgs": {"j1": "msg"},
+            # its message waits in its record
+            "{p}job:j1": {**_RECORD, "message": "msg"},
             "{p}queues": {"q"},
         },
     ),
@@ -2319,10 +2365,10 @@ ADMIT_PLACES = [
         "with another broker the job waits in its ready set without a message, for the workers to take",
         "guards/admit",
         {},
-        [*PLACED_KEYS[:12], *["{p}job:j1"] * 4, "{p}due", "{p}parked"],
+        [*PLACED_KEYS[:11], *["{p}job:j1"] * 4, "{p}due", "{p}parked"],
         _placed_argv("wait", message=""),
         ["created", TAKEN_ONE],
-        {"{p}ready:t1": Z({"j1": 4e15 + 1}), "{p}active": Z({"t1": 0}), "{p}msgs": None, "{p}queues": {"q"}},
+        {"{p}ready:t1": Z({"j1": 4e15 + 1}), "{p}active": Z({"t1": 0}), "{p}job:j1": _RECORD, "{p}queues": {"q"}},
     ),
     Case(
         "a delayed job's message is parked until due, on its broker list; nothing is dispatched",
@@ -2337,7 +2383,7 @@ ADMIT_PLACES = [
         "with another broker a delayed job is parked until due without a message, for its releaser to publish",
         "guards/admit",
         {},
-        [*_ADMIT_SHARED_KEYS, *["{p}job:j1"] * 12, "{p}due", "{p}parked"],
+        [*_ADMIT_SHARED_KEYS, *["{p}job:j1"] * 11, "{p}due", "{p}parked"],
         _placed_argv("park", message="", park_in="30"),
         ["created", TAKEN_ONE],
         {"{p}due": Z({"j1": ANY}), "{p}parked": {"j1": "\n"}, "{p}ready:t1": None},
@@ -2349,7 +2395,7 @@ ADMIT_PLACES = [
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["backlog", EMPTY_WINDOW, 5],
-        {"{p}job:j1": None, "{p}l0": None, "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+        {"{p}job:j1": None, "{p}l0": None, "{p}ready:t1": None, "{p}active": None},
     ),
 ]
 

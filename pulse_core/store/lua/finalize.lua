@@ -7,7 +7,7 @@
 -- ARGV[9] attempt   ARGV[10] cycle
 -- ARGV[11] the tenant's max dead letters   ARGV[12] how long a dead letter is kept (ms)
 -- ARGV[13] the tenant's storage budget (bytes) a result must fit in (0: no check)
--- KEYS[5..12], ARGV[14..17] (optional): the job's queue to dispatch (includes/dispatch.lua), so
+-- KEYS[5..11], ARGV[14..17] (optional): the job's queue to dispatch (includes/dispatch.lua), so
 -- the attempt that ends hands its place to the next job in the same call
 -- Reply: 1, or 0 when the job is not where ARGV[8] says (nothing changes).
 --@include job_states

@@ -4,10 +4,10 @@
 -- KEYS[1] the tenant index   KEYS[2] the tenant's counts (pending, storage budget, the index's
 -- newest score, the ready sets' arrival counter: includes/stored_bytes.lua, read once and
 -- written once per run)   KEYS[3] the watch zset   KEYS[4..3+n] the tenant's
--- rate windows (GCRA); then 14 keys per job (a key a job does not use is its job hash): the job
+-- rate windows (GCRA); then 13 keys per job (a key a job does not use is its job hash): the job
 -- hash, the idempotency key, the broker list of the job's queue and priority, the tenant's
--- ready set of the queue, the queue's dispatch keys (active tenants, dispatch state, waiting
--- messages, queues with waiting jobs, its four broker lists: includes/dispatch.lua), the due
+-- ready set of the queue, the queue's dispatch keys (active tenants, dispatch state, queues
+-- with waiting jobs, its four broker lists: includes/dispatch.lua), the due
 -- set and the parked messages (a delayed job's message waits there: release_due).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
@@ -17,7 +17,7 @@
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
 -- the broker message, in how many seconds (Redis' clock) the sweep looks at the job if
 -- nothing claimed it, what becomes of the message (the mode: 'push' onto the broker list;
--- 'enqueue' into the ready set, then the queue is dispatched; 'wait' into the ready set
+-- 'enqueue' into the ready set (the message into the record), then the queue is dispatched; 'wait' into the ready set
 -- without a message, for the workers to take and publish (a broker other than this Redis);
 -- 'park' until due, without a message for the worker that releases it to publish (a broker
 -- other than this Redis); '' nothing: the caller publishes), the queue, its ready prefix, the job
@@ -54,31 +54,30 @@ local function admission_context()
 end
 
 -- Where the job's message goes (the mode, above): the one place admission sends a message.
+-- Runs before the record is written (nothing outside the script sees the order). Returns the
+-- dispatch spec of the queue whose ready set the job is to wait in (nil: it does not wait
+-- there); a message that waits there is written into the record (its field 'message').
 local function place_message(ctx, k, a, job_id, message, mode)
-  local account = ctx.account
   if mode == 'push' then
     redis.call('LPUSH', KEYS[k + 2], message)
-  elseif mode == 'enqueue' or mode == 'wait' then
-    local q, placed
-    if mode == 'enqueue' then
-      q = dispatch_spec(k + 4, a + 7)
-      q.counted = 1  -- the first list only (includes/dispatch.lua says why)
-      placed = dispatch_straight(q, message)
-      if placed == 'pushed' then return end
-    else
-      q = dispatch_pop_spec(k + 4, a + 7)
-    end
-    account.seq = (account.seq or 0) + 1
-    enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message, account.seq)
+  elseif mode == 'enqueue' then
+    local q = dispatch_spec(k + 4, a + 7)
+    q.counted = 1  -- the first list only (includes/dispatch.lua says why)
+    local placed = dispatch_straight(q, message)
+    if placed == 'pushed' then return nil end
     if placed == 'behind' and not ctx.to_dispatch[q.queue] then
       ctx.to_dispatch[q.queue] = q
       ctx.dispatch_order[#ctx.dispatch_order + 1] = q.queue
     end
+    return q
+  elseif mode == 'wait' then
+    return dispatch_pop_spec(k + 4, a + 7)
   elseif mode == 'park' then
-    redis.call('ZADD', KEYS[k + 12], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
+    redis.call('ZADD', KEYS[k + 11], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
     -- no message (a broker other than this Redis): no list either, the releasing worker publishes it
-    redis.call('HSET', KEYS[k + 13], job_id, (message == '' and '' or KEYS[k + 2]) .. '\n' .. message)
+    redis.call('HSET', KEYS[k + 12], job_id, (message == '' and '' or KEYS[k + 2]) .. '\n' .. message)
   end
+  return nil
 end
 
 -- The end of a run: the tenant's counters written back (once, if anything changed them), then
@@ -131,7 +130,14 @@ local function admit_one(ctx, k, a)
 
   window_acquire(ctx.now, 4, 10, ctx.n)
   stats[2] = stats[2] - 1
-  redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
+  local waits = place_message(ctx, k, a, job_id, message, mode)
+  if waits and message ~= '' then
+    -- the message waits in the record (not counted in its bytes: dispatch takes it out)
+    redis.call('HSET', job_key, 'message', message, 'recordBytes', bytes, 'storedBytes', bytes,
+               unpack(ARGV, fields, next_arg - 1))
+  else
+    redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
+  end
   account.held, account.pending, account.dirty = account.held + bytes, account.pending + 1, true
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
   -- the index is trimmed by the first admission of each step of creation time (a hundredth
@@ -146,6 +152,9 @@ local function admit_one(ctx, k, a)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)
   end
-  place_message(ctx, k, a, job_id, message, mode)
+  if waits then
+    account.seq = (account.seq or 0) + 1
+    enqueue_job(waits, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], account.seq)
+  end
   return {'created', stats}, next_arg
 end

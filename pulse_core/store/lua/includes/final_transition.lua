@@ -26,7 +26,8 @@ local function final_transition(job_key, watch_key, dead_key, counts_key, job_id
   local account = account_load(counts_key, now, tonumber(retention))
   account.pending = account.pending - 1
   local set = {'state', state, 'finishedAt', finished_at}
-  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter'}
+  -- a message still waiting in the record (cancelled in its ready set) goes too
+  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter', 'message'}
   local budget = tonumber(result_budget)
   local result_bytes, err_bytes
   if result ~= '' and budget > 0 then

@@ -1273,13 +1273,13 @@ LISTING_ADD = [
         {"{p}index": Z({"a": 1000, "b": 2000 + 1 / 1024}), "{p}counts": {"newest": repr(2000 + 1 / 1024)}},
     ),
     Case(
-        "with the tenant's counts not knowing the newest yet, the index's is read",
+        "with the tenant's counts, its first entry is added at its own score, the newest now",
         "store/listing_add",
-        {"{p}index": Z({"a": 3000})},
+        {},
         ["{p}index", "{p}counts"],
         ["2000", "b"],
         1,
-        {"{p}index": Z({"a": 3000, "b": 3000 + 1 / 1024}), "{p}counts": {"newest": repr(3000 + 1 / 1024)}},
+        {"{p}index": Z({"b": 2000}), "{p}counts": {"newest": "2000"}},
     ),
 ]
 
@@ -1574,7 +1574,7 @@ ADMIT = [
     Case(
         "index entries older than the horizon are trimmed as a job is created",
         "guards/admit",
-        {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
+        {"{p}index": Z({"old": 233, "edge": 234, "recent": 900}), "{p}counts": {"newest": "900"}},
         ADMIT_KEYS,
         _admit_argv(),
         ["created", TAKEN_ONE],

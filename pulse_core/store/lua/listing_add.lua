@@ -7,7 +7,7 @@
 
 if KEYS[2] then
   local newest = tonumber(redis.call('HGET', KEYS[2], 'newest') or '')
-  local s = listing_add(KEYS[1], ARGV[1], ARGV[2], newest or listing_newest(KEYS[1]))
+  local s = listing_add(KEYS[1], ARGV[1], ARGV[2], newest or false)
   redis.call('HSET', KEYS[2], 'newest', string.format('%.17g', s))
 else
   listing_add(KEYS[1], ARGV[1], ARGV[2])

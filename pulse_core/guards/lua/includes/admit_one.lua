@@ -143,7 +143,9 @@ local function admit_one(ctx, k, a)
   -- the index is trimmed by the first admission of each step of creation time (a hundredth
   -- of the horizon: 1 h 41 min for 7 days), not by every one (an empty index has nothing to
   -- trim): after an admission it holds nothing older than the horizon plus one step
-  local newest = account.newest or listing_newest(ctx.index)  -- read from the index once at most
+  -- the index's newest score is the one the counts keep (every writer of the index keeps it
+  -- there; nil: the tenant's first job)
+  local newest = account.newest
   account.newest = listing_add(ctx.index, created_ms, job_id, newest or false)
   local step = math.max(1, math.floor(ctx.horizon / 100))
   if newest and math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then

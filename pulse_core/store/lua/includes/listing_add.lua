@@ -2,7 +2,8 @@
 -- first follows the order of writes even within one millisecond (pulse_core.store.listing).
 -- The score is written with 17 significant digits (Lua's default 14 would round it).
 -- newest: the index's newest score when the caller keeps it (a tenant's index: its counts'
--- 'newest', includes/stored_bytes.lua; false: it is empty); nil: read from the index.
+-- 'newest', includes/stored_bytes.lua, kept by every writer of the index; false: none yet);
+-- nil: read from the index (a dead-letter index).
 -- Returns the score written (the index's newest now).
 
 -- The newest score of the index (nil: it is empty).

@@ -6,7 +6,8 @@ read_globals = { "redis", "KEYS", "ARGV", "cjson", "cmsgpack", "bit", "struct", 
 max_line_length = 120
 -- What an include defines for the scripts that use it; a script may use only part.
 ignore = {
-  "211/FINAL_STATES", "211/WAITING_STATES", "211/window_acquire", "211/stored_bytes_used", "211/stored_bytes_retain",
+  "211/FINAL_STATES", "211/WAITING_STATES", "211/window_acquire", "211/account_used", "211/account_retain",
+  "211/account_release_in",
   "211/dispatch_spec", "211/dispatch_pop_spec", "211/DISPATCH_PRIORITY_SPAN", "211/handover_of",
   "211/dispatch_straight",
 }

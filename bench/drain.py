@@ -30,7 +30,7 @@ from redis import Redis
 
 from bench.common import BenchEnv, Result, celery_worker, spawn, stop, time_drain, tree_cpu_seconds
 from bench.plain_stack import echo
-from bench.redis_cost import OWN_COMMANDS, client_commands, measured
+from bench.redis_cost import OWN_COMMANDS, client_commands, measured, pending_jobs
 from bench.submit import many_tenants_file
 from pulse_api import create_app
 from pulse_core import keys
@@ -268,8 +268,7 @@ def _many_tenants(
                 )
             cpu = tree_cpu_seconds(worker_pid) - cpu
             _cancel(pulse_app, queue, "pulse@bench")
-            pending: list[str] = env.redis.hvals(keys.PENDING)  # type: ignore[assignment]
-            left = sum(int(v) for v in pending)
+            left = pending_jobs(env.redis)
             if left:
                 raise RuntimeError(f"{left} jobs of {kind} tenant(s) still pending after the drain")
             results[kind].values.append(rate)

@@ -155,11 +155,16 @@ def reset(redis: Redis) -> None:
 def jobs_enqueued(redis: Redis) -> int:
     """Jobs waiting so far: Pulse's backlog (every tenant's ``pending``) plus the plain
     stack's queue. Read before and after a submit phase, with no worker consuming."""
+    return pending_jobs(redis) + int(redis.llen(PLAIN_QUEUE))  # type: ignore[arg-type]
+
+
+def pending_jobs(redis: Redis) -> int:
+    """Every tenant's ``pending`` (its ``keys.tenant_counts``), summed."""
+    counts = list(redis.scan_iter(match=keys.tenant_counts("*"), count=1000))
     with redis.pipeline(transaction=False) as pipe:
-        pipe.hvals(keys.PENDING)
-        pipe.llen(PLAIN_QUEUE)
-        pending, plain = pipe.execute()
-    return sum(int(v) for v in pending) + int(plain)
+        for key in counts:
+            pipe.hget(key, "pending")
+        return sum(int(v or 0) for v in pipe.execute())
 
 
 @dataclass

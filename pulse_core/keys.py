@@ -47,22 +47,25 @@ def tenant_jobs(tenant_id: str) -> str:
     return f"{PREFIX}:tenant:{part(tenant_id)}:jobs"
 
 
-#: Hash of tenant id -> how many of its jobs are not yet final (the backlog).
-#: +1 in the same script that creates a record; -1 in the same script that moves
-#: a record from a non-final to a final state (or discards it).
-PENDING = f"{PREFIX}:pending"
+def tenant_counts(tenant_id: str) -> str:
+    """Hash of a tenant's counters, read and written by the scripts in one ``HMGET`` and one
+    ``HSET`` each (``pulse_core/store/lua/includes/stored_bytes.lua``, ``account_*``):
 
-#: Hash of tenant id -> bytes held by its records that do not expire (jobs not yet final and
-#: dead letters): the "held" part of the storage budget (``max_stored_bytes``,
-#: ``pulse_core/store/lua/includes/stored_bytes.lua``). Bounded by the tenants, like PENDING.
-STORED_BYTES = f"{PREFIX}:stored-bytes"
+    - ``pending``: how many of its jobs are not yet final (the backlog): +1 in the same script
+      that creates a record, -1 in the same script that moves a record from a non-final to a
+      final state (or discards it);
+    - ``held``: bytes held by its records that do not expire (jobs not yet final and dead
+      letters): the "held" part of the storage budget (``max_stored_bytes``);
+    - ``total``, ``oldest`` and ``b<n>``: the bytes its expiring records (finished jobs in
+      their retention) hold, by hour bucket ``n``, their total and the oldest bucket still
+      counted; a bucket leaves as its records expire (dropped by the next script that reads it);
+    - ``newest``: the newest score of its listing index (``tenant_jobs``), so a new entry is
+      placed after it without reading the index;
+    - ``seq``: the arrival counter that orders its jobs in its ready sets (``ready``).
 
-
-def retained_bytes(tenant_id: str) -> str:
-    """Hash of the bytes a tenant's expiring records (finished jobs in their retention) hold,
-    by hour bucket (``b<n>``), with their ``total`` and the ``oldest`` bucket still counted;
-    buckets leave as their records expire, and the hash expires after the last of them."""
-    return f"{PREFIX}:tenant:{part(tenant_id)}:retained-bytes"
+    No expiry: it lives as long as the tenant, with at most a retention's worth of hour
+    buckets (170 for 7 days), like the tenant's index."""
+    return f"{PREFIX}:tenant:{part(tenant_id)}:counts"
 
 
 #: Prefix of the rate-limit keys (GCRA, ``pulse_core.guards.rate_limits``). Not the
@@ -91,8 +94,9 @@ def tenant_dead_letters(tenant_id: str) -> str:
 
 def ready(queue: str, tenant_id: str) -> str:
     """Sorted set of ``tenant_id``'s jobs waiting on ``queue`` for the dispatcher
-    (``pulse_core.store.dispatch``): job id -> ``(9 - priority) * 1e15 + arrival``, so
-    its highest priority comes first, then first come first served. Gone when empty."""
+    (``pulse_core.store.dispatch``): job id -> ``(9 - priority) * 1e15 + arrival`` (the
+    tenant's ``seq`` in ``tenant_counts``), so its highest priority comes first, then first
+    come first served. Gone when empty."""
     return f"{ready_prefix(queue)}{part(tenant_id)}"
 
 
@@ -109,16 +113,10 @@ def active(queue: str) -> str:
 
 
 def dispatch_state(queue: str) -> str:
-    """Hash of ``queue``'s dispatcher: ``seq`` (arrival counter), ``v`` (the virtual time
-    of the last job dispatched) and ``w:<tenant>`` (an active tenant's weight). Deleted
-    when no tenant is active on the queue."""
+    """Hash of ``queue``'s dispatcher: ``v`` (the virtual time of the last job dispatched)
+    and ``w:<tenant>`` (an active tenant's weight). Deleted when no tenant is active on the
+    queue."""
     return f"{PREFIX}:dispatch:{part(queue)}"
-
-
-def ready_messages(queue: str) -> str:
-    """Hash of job id -> the broker message of a job waiting in a ready set of ``queue``;
-    an entry leaves when its job is dispatched (or found final by the dispatcher)."""
-    return f"{PREFIX}:messages:{part(queue)}"
 
 
 #: Set of the queues with at least one active tenant: the sweep dispatches each (a queue

@@ -22,15 +22,12 @@ from pulse_core.jobs import FINAL_STATES, JobState
 #: Key shapes that live without a TTL because the code that writes them also trims them.
 _LONG_LIVED = (
     keys.WATCH,
-    keys.PENDING,
-    keys.STORED_BYTES,
     keys.JOB_TYPES,
     keys.JOB_TYPE_POLICIES,
     keys.DISPATCH_QUEUES,
     f"{keys.PREFIX}:active:",
     f"{keys.PREFIX}:ready:",
     f"{keys.PREFIX}:dispatch:",
-    f"{keys.PREFIX}:messages:",
     f"{keys.PREFIX}:slots:",
     f"{keys.PREFIX}:running:",
     f"{keys.PREFIX}:parked:",
@@ -68,7 +65,11 @@ for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
 end
 local flat = {}
 for tenant, n in pairs(counts) do flat[#flat + 1] = tenant; flat[#flat + 1] = n end
-return {redis.call('HGETALL', KEYS[1]), flat}
+local counted = {}
+for _, key in ipairs(redis.call('KEYS', ARGV[3])) do
+  counted[#counted + 1] = key; counted[#counted + 1] = redis.call('HGET', key, 'pending') or '0'
+end
+return {counted, flat}
 """
 
 
@@ -76,15 +77,29 @@ def backlog_mismatches(redis: Redis) -> dict[str, tuple[int, int]]:
     """Tenant -> (pending count, non-final records) wherever the two differ, both read at one
     instant (``_BACKLOG_SNAPSHOT``)."""
     final = "," + ",".join(sorted(_FINAL)) + ","
-    pending_flat, actual_flat = redis.eval(_BACKLOG_SNAPSHOT, 1, keys.PENDING, keys.job("*"), final)  # type: ignore[misc]
+    pending_flat, actual_flat = redis.eval(  # type: ignore[misc]
+        _BACKLOG_SNAPSHOT, 0, keys.job("*"), final, keys.tenant_counts("*")
+    )
     actual = {str(actual_flat[i]): int(actual_flat[i + 1]) for i in range(0, len(actual_flat), 2)}
-    counted = {str(pending_flat[i]): int(pending_flat[i + 1]) for i in range(0, len(pending_flat), 2)}
+    counted = {_counts_tenant(str(pending_flat[i])): int(pending_flat[i + 1]) for i in range(0, len(pending_flat), 2)}
     tenants = set(actual) | set(counted)
     return {
         tenant: (counted.get(tenant, 0), actual.get(tenant, 0))
         for tenant in sorted(tenants)
         if counted.get(tenant, 0) != actual.get(tenant, 0)
     }
+
+
+def pending_by_tenant(redis: Redis) -> dict[str, int]:
+    """Tenant -> its backlog count (``pending`` in its ``keys.tenant_counts``), every tenant."""
+    found = list(redis.scan_iter(match=keys.tenant_counts("*"), count=1000))
+    return {_counts_tenant(key): int(redis.hget(key, "pending") or 0) for key in found}
+
+
+def _counts_tenant(key: str) -> str:
+    """The tenant id of its counts key (``keys.tenant_counts``), unescaped (``keys.part``)."""
+    head, tail = keys.tenant_counts("\0").split("\0")
+    return key[len(head) : len(key) - len(tail)].replace("%3A", ":").replace("%25", "%")
 
 
 def stored_bytes_mismatches(redis: Redis, tenants: Iterable[str]) -> dict[str, tuple[int, int, int, int]]:
@@ -100,8 +115,8 @@ def stored_bytes_mismatches(redis: Redis, tenants: Iterable[str]) -> dict[str, t
             (held if redis.ttl(key) == -1 else retained)[str(tenant)] += int(stored)
     found = {}
     for tenant in sorted(wanted):
-        counted_held = int(redis.hget(keys.STORED_BYTES, tenant) or 0)
-        counted_retained = int(redis.hget(keys.retained_bytes(tenant), "total") or 0)
+        counted_held_text, counted_retained_text = redis.hmget(keys.tenant_counts(tenant), ["held", "total"])
+        counted_held, counted_retained = int(counted_held_text or 0), int(counted_retained_text or 0)
         if (counted_held, counted_retained) != (held[tenant], retained[tenant]):
             found[tenant] = (counted_held, held[tenant], counted_retained, retained[tenant])
     return found
@@ -127,5 +142,7 @@ def unowned_keys(redis: Redis) -> list[str]:
                 continue
         elif key.endswith(":jobs") or key.endswith(":dead"):
             continue  # a tenant's index and dead letters: trimmed as their records end
+        elif key.endswith(":counts"):
+            continue  # a tenant's counters: one hash a tenant, its buckets dropped as they pass
         found.append(key)
     return sorted(found)

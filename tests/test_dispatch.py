@@ -7,6 +7,7 @@ Counted in Redis commands, not time: the machine is shared, the count is not.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,6 +81,55 @@ def _commands_per_dispatch(redis: Redis, store: JobStore, n: int) -> tuple[float
     return _commands(redis) / len(taken), taken
 
 
+def _submit_costs(redis: Redis, dispatcher: Dispatcher, tenant_id: str, n: int, tag: str) -> list[Counter[str]]:
+    """The Redis commands (``INFO commandstats``: the script's own, and the EVALSHA) of each of
+    ``n`` jobs of ``tenant_id`` (ids ``<tenant>.<tag><i>``) let in one by one through the
+    admission script, as ``POST /v1/jobs`` does."""
+    admission = Admission(redis, idempotency_ttl_seconds=60, dispatcher=dispatcher)
+    tenant = Tenant(tenant_id=tenant_id, api_key_sha256=(), rate_limit="1000000/second")
+    costs: list[Counter[str]] = []
+    for i in range(n):
+        job = Job(
+            job_id=f"{tenant_id}.{tag}{i}", tenant_id=tenant_id, job_type="diag.echo", queue=QUEUE, created_at=utc_now()
+        )
+        redis.config_resetstat()
+        assert admission.admit(tenant, Submission(job=job, message=f"m|{job.job_id}", enqueue=True)).published
+        stats = redis.info("commandstats")
+        costs.append(
+            Counter(
+                {
+                    k.removeprefix("cmdstat_"): int(v["calls"])
+                    for k, v in stats.items()
+                    if k not in ("cmdstat_config", "cmdstat_info")
+                }
+            )
+        )
+    return costs
+
+
+def test_a_submit_costs_twelve_redis_commands_its_queue_short_or_full(own_redis: Redis) -> None:
+    # given a tenant with a job in already (its counters made, the script loaded)
+    redis = own_redis
+    dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=waiting_lists)
+    _submit_costs(redis, dispatcher, "cost", 1, "warm")
+    # when it submits until its queue holds DEPTH messages, and a few more that wait behind
+    costs = _submit_costs(redis, dispatcher, "cost", DEPTH + 3, "c")
+    for cost in costs:
+        # one script call (the bench counts the commands it runs, as here, and the calls apart)
+        assert cost.pop("evalsha") == 1
+        # (the index's trim runs once per hundredth of its horizon, 1 h 41 min: not counted)
+        cost.pop("zremrangebyscore", None)
+    short, full = costs[: DEPTH - 1], costs[DEPTH + 1 :]
+    # then each costs 12 commands, the scripts' own included: onto the queue while it is short
+    assert {sum(cost.values()) for cost in short} == {12}, short
+    assert all(cost["lpush"] == 1 and cost["hset"] == 2 for cost in short)
+    # and into the tenant's ready set once it is full (the message kept in the record)
+    assert {sum(cost.values()) for cost in full} == {12}, full
+    assert all(cost["zadd"] == 3 and "lpush" not in cost and cost["hset"] == 2 for cost in full)
+    # and every job of the ready set is there in order of arrival
+    assert redis.zrange(keys.ready(QUEUE, "cost"), 0, -1) == [f"cost.c{i}" for i in range(DEPTH - 1, DEPTH + 3)]
+
+
 def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: Redis) -> None:
     redis = own_redis
     dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=waiting_lists)
@@ -107,7 +157,11 @@ def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: 
     assert len(tenants_in_first_half) >= 10_000 - DEPTH
     # and nothing is left: idle tenants cost nothing
     assert redis.zcard(keys.active(QUEUE)) == 0
-    assert not redis.exists(keys.dispatch_state(QUEUE), keys.ready_messages(QUEUE))
+    assert not redis.exists(keys.dispatch_state(QUEUE))
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in taken:
+            pipe.hexists(keys.job(job_id), "message")  # a waiting job's message leaves its record
+        assert not any(pipe.execute())
     assert not list(redis.scan_iter(match=keys.ready_prefix(QUEUE) + "*"))
     assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
 

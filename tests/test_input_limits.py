@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api.schemas import MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_METADATA_BYTES
-from pulse_core import keys
 from pulse_core.store.job_types import announce
+from tests.invariants import pending_by_tenant
 from tests.support import auth, waiting_messages
 
 
@@ -175,7 +175,7 @@ def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
     before = (
         waiting_messages(redis, "pulse"),
         redis.keys("pulse:job:*").__len__(),
-        redis.hgetall(keys.PENDING),
+        pending_by_tenant(redis),
     )
     # when the bad request is sent
     response = send(client)
@@ -190,7 +190,7 @@ def test_refusal_is_a_problem_and_leaves_queue_and_store_unchanged(
     after = (
         waiting_messages(redis, "pulse"),
         redis.keys("pulse:job:*").__len__(),
-        redis.hgetall(keys.PENDING),
+        pending_by_tenant(redis),
     )
     assert after == before
 

@@ -93,7 +93,7 @@ ADMIT_SHA = hashlib.sha1(source("pulse_core.guards", "admit").encode()).hexdiges
 
 
 def _pending(store: Redis) -> int:
-    return int(store.hget(keys.PENDING, TENANT) or 0)
+    return int(store.hget(keys.tenant_counts(TENANT), "pending") or 0)
 
 
 def _records(store: Redis) -> set[str]:

@@ -202,7 +202,7 @@ def test_backlog_cap_refuses_until_jobs_finish(
         for response in first:
             job_id = response.get_json()["jobId"]
             wait_for_state(client, "backlog", job_id, {"succeeded"}, timeout=60)
-        assert int(redis.hget(keys.PENDING, "backlog") or 0) == 0
+        assert int(redis.hget(keys.tenant_counts("backlog"), "pending") or 0) == 0
         assert submit(client, "backlog").status_code == 202
     finally:
         worker.stop()

@@ -634,7 +634,7 @@ MARK_DEAD_LETTER = [
     ),
 ]
 
-FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}pending", "{p}held", "{p}retained"]
+FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}counts"]
 
 
 def _finalize_argv(
@@ -656,7 +656,7 @@ def _finalize_argv(
 _FINALIZE_GIVEN = {
     "{p}job:j1": {**_RUNNING, "leaseUntil": "4", "error": '{"old":1}', "dueAt": "3"},
     "{p}watch": Z({"j1": 4}),
-    "{p}pending": {"t1": "2"},
+    "{p}counts": {"pending": "2"},
 }
 FINALIZE = [
     Case(
@@ -678,7 +678,7 @@ FINALIZE = [
             },
             "{p}watch": None,
             "{p}dead": None,
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1", "held": "0", "total": "8", "oldest": "0", "b0": "8"},
         },
         ttl={"{p}job:j1": "expires"},
     ),
@@ -700,7 +700,7 @@ FINALIZE = [
             },
             "{p}watch": None,
             "{p}dead": Z({"j1": 5000}),
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1", "held": "7", "total": "0"},
         },
         given_ttl={"{p}job:j1": 600},
         ttl={"{p}job:j1": "persists"},
@@ -721,7 +721,7 @@ FINALIZE = [
                 "error": '{"old":1}',
                 "storedBytes": "9",
             },
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1", "held": "0", "total": "9", "oldest": "0", "b0": "9"},
         },
     ),
     Case(
@@ -767,19 +767,19 @@ FINALIZE = [
         FINAL_KEYS,
         _finalize_argv("dead", "orphan"),
         0,
-        {"{p}job:j1": {**_RUNNING, "leaseUntil": "6"}, "{p}pending": {"t1": "2"}, "{p}dead": None},
+        {"{p}job:j1": {**_RUNNING, "leaseUntil": "6"}, "{p}counts": {"pending": "2"}, "{p}dead": None},
     ),
     *[
         Case(
             f"a {state} job is finalized from waiting",
             "store/finalize",
-            {"{p}job:j1": {"state": state, "attempts": "0", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+            {"{p}job:j1": {"state": state, "attempts": "0", "tenantId": "t1"}, "{p}counts": {"pending": "1"}},
             FINAL_KEYS,
             _finalize_argv("cancelled", "waiting"),
             1,
             {
                 "{p}job:j1": {"state": "cancelled", "attempts": "0", "tenantId": "t1", "finishedAt": T},
-                "{p}pending": {"t1": "0"},
+                "{p}counts": {"pending": "0", "held": "0", "total": "0"},
             },
         )
         for state in ("queued", "scheduled", "retrying")
@@ -796,14 +796,17 @@ FINALIZE = [
     Case(
         "a replayed job not yet claimed is finalized",
         "store/finalize",
-        {"{p}job:j1": {"state": "queued", "attempts": "0", "cycle": "1", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+        {
+            "{p}job:j1": {"state": "queued", "attempts": "0", "cycle": "1", "tenantId": "t1"},
+            "{p}counts": {"pending": "1"},
+        },
         FINAL_KEYS,
         _finalize_argv("dead", "replayed", attempt=0, cycle=1),
         1,
         {
             "{p}job:j1": {"state": "dead", "attempts": "0", "cycle": "1", "tenantId": "t1", "finishedAt": T},
             "{p}dead": Z({"j1": 5000}),
-            "{p}pending": {"t1": "0"},
+            "{p}counts": {"pending": "0", "held": "0", "total": "0"},
         },
     ),
     Case(
@@ -818,11 +821,11 @@ FINALIZE = [
     Case(
         "a missing record is not finalized",
         "store/finalize",
-        {"{p}pending": {"t1": "1"}},
+        {"{p}counts": {"pending": "1"}},
         FINAL_KEYS,
         _finalize_argv("succeeded", "attempt"),
         0,
-        {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": None, "{p}counts": {"pending": "1"}},
     ),
     Case(
         "a death past the cap sends the oldest letter away, its record now expiring",
@@ -832,7 +835,7 @@ FINALIZE = [
             "{p}job:old": {"state": "dead"},
             "{p}job:mid": {"state": "dead"},
             "{p}dead": Z({"old": 4000, "mid": 4500}),
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1"},
         },
         FINAL_KEYS,
         _finalize_argv("dead", "attempt", most=2),
@@ -847,7 +850,7 @@ FINALIZE = [
             "{p}job:j1": _RUNNING,
             "{p}job:old": {"state": "dead"},
             "{p}dead": Z({"old": 1000}),
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1"},
         },
         FINAL_KEYS,
         _finalize_argv("dead", "attempt"),
@@ -869,7 +872,7 @@ FINALIZE += [
     Case(
         "a finished job's bytes, its result's too, leave held for the retained bucket of now",
         "store/finalize",
-        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "50"}},
+        {"{p}job:j1": _HOLDING, "{p}counts": {"pending": "1", "held": "50"}},
         FINAL_KEYS,
         _finalize_argv("succeeded", "attempt", result='{"ok":1}', budget=1000),
         1,
@@ -881,15 +884,16 @@ FINALIZE += [
                 "result": '{"ok":1}',
                 "storedBytes": "38",
             },
-            "{p}held": {"t1": "20"},
-            "{p}retained": Having({"total": "38", "oldest": "0", "b0": "38"}),  # now: 5 s, bucket 0
+            # now: 5 s, bucket 0
+            "{p}counts": {"pending": "0", "held": "20", "total": "38", "oldest": "0", "b0": "38"},
         },
-        ttl={"{p}job:j1": "expires", "{p}retained": "expires"},
+        # the tenant's counts last as long as the tenant
+        ttl={"{p}job:j1": "expires", "{p}counts": "persists"},
     ),
     Case(
         "a result past the storage budget is not kept: the job succeeds with ResultNotKept",
         "store/finalize",
-        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "35"}},
+        {"{p}job:j1": _HOLDING, "{p}counts": {"pending": "1", "held": "35"}},
         FINAL_KEYS,
         _finalize_argv("succeeded", "attempt", result='{"ok":1}', budget=40),
         1,
@@ -901,18 +905,17 @@ FINALIZE += [
                 "error": _NOT_KEPT,
                 "storedBytes": str(30 + len(_NOT_KEPT)),
             },
-            "{p}held": {"t1": "5"},
-            "{p}retained": Having({"total": str(30 + len(_NOT_KEPT))}),
+            "{p}counts": Having({"held": "5", "total": str(30 + len(_NOT_KEPT))}),
         },
     ),
     Case(
         "a death keeps the bytes held (a dead letter persists), its error's added",
         "store/finalize",
-        {"{p}job:j1": _HOLDING, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "30"}},
+        {"{p}job:j1": _HOLDING, "{p}counts": {"pending": "1", "held": "30"}},
         FINAL_KEYS,
         _finalize_argv("dead", "attempt", error='{"e":3}'),
         1,
-        {"{p}held": {"t1": "37"}, "{p}retained": None, "{p}job:j1": Having({"storedBytes": "37"})},
+        {"{p}counts": {"pending": "0", "held": "37", "total": "0"}, "{p}job:j1": Having({"storedBytes": "37"})},
     ),
     Case(
         "a letter leaving the dead letters moves its bytes from held to retained",
@@ -921,13 +924,12 @@ FINALIZE += [
             "{p}job:j1": _HOLDING,
             "{p}job:old": {"state": "dead", "storedBytes": "12"},
             "{p}dead": Z({"old": 4000}),
-            "{p}pending": {"t1": "1"},
-            "{p}held": {"t1": "42"},
+            "{p}counts": {"pending": "1", "held": "42"},
         },
         FINAL_KEYS,
         _finalize_argv("dead", "attempt", most=1),
         1,
-        {"{p}dead": Z({"j1": 5000}), "{p}held": {"t1": "30"}, "{p}retained": Having({"total": "12"})},
+        {"{p}dead": Z({"j1": 5000}), "{p}counts": Having({"pending": "0", "held": "30", "total": "12"})},
     ),
 ]
 
@@ -938,11 +940,11 @@ CANCEL = [
     Case(
         "another tenant's job is missing",
         "store/cancel",
-        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}pending": {"t2": "1"}},
+        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}counts": {"pending": "1"}},
         FINAL_KEYS,
         CANCEL_ARGV,
         "missing",
-        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}pending": {"t2": "1"}},
+        {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}counts": {"pending": "1"}},
     ),
     *[
         Case(
@@ -950,7 +952,7 @@ CANCEL = [
             "store/cancel",
             {
                 "{p}job:j1": {"state": state, "tenantId": "t1", "dueAt": "9"},
-                "{p}pending": {"t1": "1"},
+                "{p}counts": {"pending": "1"},
                 "{p}watch": Z({"j1": 9}),
             },
             FINAL_KEYS,
@@ -958,7 +960,7 @@ CANCEL = [
             "cancelled",
             {
                 "{p}job:j1": {"state": "cancelled", "tenantId": "t1", "finishedAt": T},
-                "{p}pending": {"t1": "0"},
+                "{p}counts": {"pending": "0", "held": "0", "total": "0"},
                 "{p}watch": None,
                 "{p}dead": None,
             },
@@ -969,11 +971,11 @@ CANCEL = [
     Case(
         "a running job is asked to stop",
         "store/cancel",
-        {"{p}job:j1": {"state": "running", "tenantId": "t1"}, "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": {"state": "running", "tenantId": "t1"}, "{p}counts": {"pending": "1"}},
         FINAL_KEYS,
         CANCEL_ARGV,
         "running",
-        {"{p}job:j1": {"state": "running", "tenantId": "t1", "cancelRequested": "1"}, "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": {"state": "running", "tenantId": "t1", "cancelRequested": "1"}, "{p}counts": {"pending": "1"}},
     ),
     *[
         Case(
@@ -983,13 +985,13 @@ CANCEL = [
             FINAL_KEYS,
             CANCEL_ARGV,
             f"finished:{state}",
-            {"{p}job:j1": {"state": state, "tenantId": "t1"}, "{p}pending": None},
+            {"{p}job:j1": {"state": state, "tenantId": "t1"}, "{p}counts": None},
         )
         for state in ("succeeded", "dead", "cancelled")
     ],
 ]
 
-DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}pending", "{p}idem", "{p}watch", "{p}held"]
+DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}counts", "{p}idem", "{p}watch"]
 DISCARD = [
     Case(
         "an unpublished queued job is removed, uncounted and its key released",
@@ -997,17 +999,17 @@ DISCARD = [
         {
             "{p}job:j1": {"state": "queued"},
             "{p}index": Z({"j1": 1, "j0": 1}),
-            "{p}pending": {"t1": "2"},
+            "{p}counts": {"pending": "2"},
             "{p}idem": "fp j1",
             "{p}watch": Z({"j1": 1, "j0": 1}),
         },
         DISCARD_KEYS,
-        ["t1", "j1"],
+        ["j1"],
         1,
         {
             "{p}job:j1": None,
             "{p}index": Z({"j0": 1}),
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1"},
             "{p}idem": None,
             "{p}watch": Z({"j0": 1}),
         },
@@ -1015,29 +1017,29 @@ DISCARD = [
     Case(
         "an idempotency key now naming another job is kept",
         "store/discard",
-        {"{p}job:j1": {"state": "scheduled"}, "{p}pending": {"t1": "1"}, "{p}idem": "fp xj1"},
+        {"{p}job:j1": {"state": "scheduled"}, "{p}counts": {"pending": "1"}, "{p}idem": "fp xj1"},
         DISCARD_KEYS,
-        ["t1", "j1"],
+        ["j1"],
         1,
-        {"{p}job:j1": None, "{p}pending": {"t1": "0"}, "{p}idem": "fp xj1"},
+        {"{p}job:j1": None, "{p}counts": {"pending": "0"}, "{p}idem": "fp xj1"},
     ),
     Case(
         "a record with no expiry takes its held bytes with it",
         "store/discard",
-        {"{p}job:j1": {"state": "queued", "storedBytes": "31"}, "{p}pending": {"t1": "1"}, "{p}held": {"t1": "40"}},
+        {"{p}job:j1": {"state": "queued", "storedBytes": "31"}, "{p}counts": {"pending": "1", "held": "40"}},
         DISCARD_KEYS,
-        ["t1", "j1"],
+        ["j1"],
         1,
-        {"{p}job:j1": None, "{p}held": {"t1": "9"}},
+        {"{p}job:j1": None, "{p}counts": {"pending": "0", "held": "9"}},
     ),
     Case(
         "a job already running is removed but not uncounted (its final transition counts it)",
         "store/discard",
-        {"{p}job:j1": {"state": "running"}, "{p}pending": {"t1": "1"}},
-        ["{p}job:j1", "{p}index", "{p}pending", "{p}job:j1", "{p}watch", "{p}held"],
-        ["t1", "j1"],
+        {"{p}job:j1": {"state": "running"}, "{p}counts": {"pending": "1"}},
+        ["{p}job:j1", "{p}index", "{p}counts", "{p}job:j1", "{p}watch"],
+        ["j1"],
         1,
-        {"{p}job:j1": None, "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": None, "{p}counts": {"pending": "1"}},
     ),
 ]
 
@@ -1261,25 +1263,43 @@ LISTING_ADD = [
         1,
         {"{p}index": Z({"a": 2000, "b": 2000 + 1 / 1024})},
     ),
+    Case(
+        "with the tenant's counts, the newest score kept there places the entry, and moves on",
+        "store/listing_add",
+        {"{p}index": Z({"a": 1000}), "{p}counts": {"newest": "2000"}},
+        ["{p}index", "{p}counts"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"a": 1000, "b": 2000 + 1 / 1024}), "{p}counts": {"newest": repr(2000 + 1 / 1024)}},
+    ),
+    Case(
+        "with the tenant's counts, its first entry is added at its own score, the newest now",
+        "store/listing_add",
+        {},
+        ["{p}index", "{p}counts"],
+        ["2000", "b"],
+        1,
+        {"{p}index": Z({"b": 2000}), "{p}counts": {"newest": "2000"}},
+    ),
 ]
 
 FORGET = [
     Case(
         "a forgotten dead letter's bytes leave held for the retained bucket of now",
         "store/forget_dead_letter",
-        {"{p}dead": Z({"j1": 1}), "{p}job:j1": {"state": "dead", "storedBytes": "20"}, "{p}held": {"t1": "50"}},
-        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
-        ["j1", "600", "t1"],
+        {"{p}dead": Z({"j1": 1}), "{p}job:j1": {"state": "dead", "storedBytes": "20"}, "{p}counts": {"held": "50"}},
+        ["{p}dead", "{p}job:j1", "{p}counts"],
+        ["j1", "600"],
         1,
-        {"{p}held": {"t1": "30"}, "{p}retained": Having({"total": "20"})},
-        ttl={"{p}retained": "expires"},
+        {"{p}counts": Having({"held": "30", "total": "20"})},
+        ttl={"{p}counts": "persists"},
     ),
     Case(
         "the tenant's dead letter is dropped and its record starts to expire",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j1": 1, "j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
-        ["j1", "600", "t1"],
+        ["{p}dead", "{p}job:j1", "{p}counts"],
+        ["j1", "600"],
         1,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "expires"},
@@ -1288,8 +1308,8 @@ FORGET = [
         "another tenant's dead job is left exactly as it was: no expiry set",
         "store/forget_dead_letter",
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
-        ["{p}dead", "{p}job:j1", "{p}held", "{p}retained"],
-        ["j1", "600", "t1"],
+        ["{p}dead", "{p}job:j1", "{p}counts"],
+        ["j1", "600"],
         0,
         {"{p}dead": Z({"j0": 2}), "{p}job:j1": {"state": "dead"}},
         ttl={"{p}job:j1": "persists"},
@@ -1426,16 +1446,16 @@ RELEASE = [
     ),
 ]
 
-# KEYS: the tenant's index, pending, watch, held bytes, retained bytes, one window; then the
+# KEYS: the tenant's index, its counts, watch, one window; then the
 # job's own: its hash, its idempotency key, its broker list, unused (its hash).
-_ADMIT_SHARED_KEYS = ["{p}index", "{p}pending", "{p}watch", "{p}held", "{p}retained", "{p}window"]
+_ADMIT_SHARED_KEYS = ["{p}index", "{p}counts", "{p}watch", "{p}window"]
 #: A job's keys past its hash, idempotency key and broker list (ready set, dispatch keys, due
 #: set, parked messages): unused by a job whose message is pushed, so its hash stands in.
-_UNUSED = ["{p}job:j1"] * 11
+_UNUSED = ["{p}job:j1"] * 10
 ADMIT_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}idem", "{p}list", *_UNUSED]
 ADMIT_NO_IDEM_KEYS = [*_ADMIT_SHARED_KEYS, "{p}job:j1", "{p}job:j1", "{p}job:j1", *_UNUSED]
 #: ADMIT_KEYS with two windows, w1 and w2, in place of the one.
-_TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:5], "{p}w1", "{p}w2", *ADMIT_KEYS[6:]]
+_TWO_WINDOW_KEYS = [*_ADMIT_SHARED_KEYS[:3], "{p}w1", "{p}w2", *ADMIT_KEYS[4:]]
 _FIELDS = ["state", "queued", "tenantId", "t1", "jobType", "a.b"]
 #: The bytes of _FIELDS' fields and values, as the budget counts them.
 _BYTES = sum(len(text) for text in _FIELDS)
@@ -1494,19 +1514,20 @@ def _admit_argv(
 EMPTY_WINDOW = [2, 2, "30", "0", "0"]
 #: The same window with one slot just taken, back in 30 s.
 TAKEN_ONE = [2, 1, "30", "0", "0"]
+#: A retained bucket long past (its records all expired) and one far ahead of any clock.
+_PAST, _AHEAD = 1, 99_999_999
 ADMIT = [
     Case(
         "a new job is recorded, counted, indexed, keyed, pushed and takes a slot",
         "guards/admit",
-        {"{p}pending": {"t1": "1"}},
+        {"{p}counts": {"pending": "1"}},
         ADMIT_KEYS,
         _admit_argv(),
         ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
             "{p}index": Z({"j1": 1234}),
-            "{p}pending": {"t1": "2"},
-            "{p}held": {"t1": str(_BYTES)},
+            "{p}counts": {"pending": "2", "held": str(_BYTES), "total": "0", "newest": "1234"},
             "{p}idem": "fp j1",
             "{p}list": ["msg"],
             # watched: the sweep looks at it if nothing claims it in time
@@ -1524,7 +1545,7 @@ ADMIT = [
         ["created", TAKEN_ONE],
         {
             "{p}job:j1": _RECORD,
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1", "held": str(_BYTES), "total": "0", "newest": "1234"},
             "{p}watch": Z({"j1": ANY}),
             "{p}list": None,
             "{p}idem": None,
@@ -1532,9 +1553,28 @@ ADMIT = [
         },
     ),
     Case(
+        "the index's newest score is the one the tenant's counts keep: the job is placed after it",
+        "guards/admit",
+        # (an entry that left the index, such as a discarded job's, leaves its score there)
+        {"{p}index": Z({"a": 1000}), "{p}counts": {"newest": "1500"}},
+        ADMIT_KEYS,
+        _admit_argv(),
+        ["created", TAKEN_ONE],
+        {"{p}index": Z({"a": 1000, "j1": 1500 + 1 / 1024}), "{p}counts": Having({"newest": repr(1500 + 1 / 1024)})},
+    ),
+    Case(
+        "a refusal that finds retained buckets whose records all expired writes their drop back",
+        "guards/admit",
+        {"{p}counts": {"pending": "5", "total": "70", "oldest": str(_PAST), f"b{_PAST}": "70"}},
+        ADMIT_KEYS,
+        _admit_argv(max_pending=5),
+        ["backlog", EMPTY_WINDOW, 5],
+        {"{p}counts": Having({"pending": "5", "total": "0", f"b{_PAST}": None}), "{p}job:j1": None},
+    ),
+    Case(
         "index entries older than the horizon are trimmed as a job is created",
         "guards/admit",
-        {"{p}index": Z({"old": 233, "edge": 234, "recent": 900})},
+        {"{p}index": Z({"old": 233, "edge": 234, "recent": 900}), "{p}counts": {"newest": "900"}},
         ADMIT_KEYS,
         _admit_argv(),
         ["created", TAKEN_ONE],
@@ -1543,11 +1583,11 @@ ADMIT = [
     Case(
         "the same call again (a retried timeout) answers created and changes nothing",
         "guards/admit",
-        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}list": ["msg"]},
+        {"{p}job:j1": _RECORD, "{p}counts": {"pending": "1"}, "{p}list": ["msg"]},
         ADMIT_KEYS,
         _admit_argv(),
         ["created", EMPTY_WINDOW],
-        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": None, "{p}idem": None},
+        {"{p}job:j1": _RECORD, "{p}counts": {"pending": "1"}, "{p}list": ["msg"], "{p}window": None, "{p}idem": None},
     ),
     Case(
         "a known key with the same body gives back the stored job and consumes nothing",
@@ -1556,7 +1596,7 @@ ADMIT = [
         ADMIT_KEYS,
         _admit_argv(),
         ["replay", EMPTY_WINDOW, Record({**ID, "jobId": "j0", "state": "running"})],
-        {"{p}job:j1": None, "{p}idem": "fp j0", "{p}window": None, "{p}pending": None, "{p}list": None},
+        {"{p}job:j1": None, "{p}idem": "fp j0", "{p}window": None, "{p}counts": None, "{p}list": None},
     ),
     Case(
         "a known key with another body is a conflict naming the job",
@@ -1583,7 +1623,7 @@ ADMIT = [
         ADMIT_KEYS,
         _admit_argv(live="0"),
         ["unknown-type", EMPTY_WINDOW],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None},
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}counts": None},
     ),
     Case(
         "a full window refuses and consumes nothing",
@@ -1593,7 +1633,7 @@ ADMIT = [
         ADMIT_KEYS,
         _admit_argv(),
         ["rate-limited", [2, 0, About(30), About(30), "1"]],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": FromNow(60), "{p}pending": None},
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": FromNow(60), "{p}counts": None},
     ),
     Case(
         "a slot comes back a tau after it was taken: both taken 40 s ago, one is free again",
@@ -1611,7 +1651,7 @@ ADMIT = [
         _TWO_WINDOW_KEYS,
         _admit_argv(windows=(100, 60, 1, 3600)),
         ["rate-limited", [1, 0, About(3600), About(3600), "1"]],
-        {"{p}job:j1": None, "{p}w1": None, "{p}w2": FromNow(3600), "{p}pending": None},
+        {"{p}job:j1": None, "{p}w1": None, "{p}w2": FromNow(3600), "{p}counts": None},
     ),
     Case(
         "with two windows with room, one submission is counted in each",
@@ -1627,30 +1667,28 @@ ADMIT = [
     Case(
         "a full backlog refuses with the pending count and consumes nothing",
         "guards/admit",
-        {"{p}pending": {"t1": "5"}},
+        {"{p}counts": {"pending": "5"}},
         ADMIT_KEYS,
         _admit_argv(max_pending=5),
         ["backlog", EMPTY_WINDOW, 5],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": {"t1": "5"}},
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}counts": {"pending": "5"}},
     ),
 ]
 
-#: A retained bucket long past (its records all expired) and one far ahead of any clock.
-_PAST, _AHEAD = 1, 99_999_999
 ADMIT += [
     Case(
         "a record past the storage budget is refused with the bytes held and consumes nothing",
         "guards/admit",
-        {"{p}held": {"t1": "9980"}},
+        {"{p}counts": {"held": "9980"}},
         ADMIT_KEYS,
         _admit_argv(budget=10_000),
         ["storage", EMPTY_WINDOW, 9980, _BYTES, 0],
-        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}pending": None, "{p}held": {"t1": "9980"}},
+        {"{p}job:j1": None, "{p}idem": None, "{p}window": None, "{p}counts": {"held": "9980"}},
     ),
     Case(
         "retained bytes count too, and the refusal says when some are released",
         "guards/admit",
-        {"{p}held": {"t1": "5000"}, "{p}retained": {"total": "4980", "oldest": str(_AHEAD), f"b{_AHEAD}": "4980"}},
+        {"{p}counts": {"held": "5000", "total": "4980", "oldest": str(_AHEAD), f"b{_AHEAD}": "4980"}},
         ADMIT_KEYS,
         _admit_argv(budget=10_000),
         ["storage", EMPTY_WINDOW, 9980, _BYTES, ANY],
@@ -1659,11 +1697,11 @@ ADMIT += [
     Case(
         "a bucket whose records have all expired leaves the count, and the job fits",
         "guards/admit",
-        {"{p}retained": {"total": "9990", "oldest": str(_PAST), f"b{_PAST}": "9990"}},
+        {"{p}counts": {"total": "9990", "oldest": str(_PAST), f"b{_PAST}": "9990"}},
         ADMIT_KEYS,
         _admit_argv(budget=10_000),
         ["created", TAKEN_ONE],
-        {"{p}retained": Having({"total": "0", f"b{_PAST}": None}), "{p}held": {"t1": str(_BYTES)}},
+        {"{p}counts": Having({"total": "0", f"b{_PAST}": None, "held": str(_BYTES)})},
     ),
 ]
 
@@ -1673,7 +1711,7 @@ def _batch_keys(*idem: str) -> list[str]:
     found = list(_ADMIT_SHARED_KEYS)
     for n, key in enumerate(idem, start=1):
         job = f"{{p}}job:j{n}"
-        found += [job, key or job, "{p}list", *[job] * 11]
+        found += [job, key or job, "{p}list", *[job] * 10]
     return found
 
 
@@ -1711,8 +1749,7 @@ ADMIT_BATCH = [
             "{p}job:j3": None,
             "{p}idem": "f2 j2",
             "{p}list": ["m2", "m1"],
-            "{p}pending": {"t1": "2"},
-            "{p}held": {"t1": str(2 * _BYTES)},
+            "{p}counts": Having({"pending": "2", "held": str(2 * _BYTES)}),
             "{p}window": FromNow(60),
         },
     ),
@@ -1728,21 +1765,27 @@ ADMIT_BATCH = [
             *_admit_job("j3", fingerprint="fp", fields=_J2_FIELDS),
         ],
         [["unknown-type", EMPTY_WINDOW], ["created", TAKEN_ONE], ["replay", ANY, Record(_J2_RECORD)]],
-        {"{p}job:j1": None, "{p}job:j3": None, "{p}pending": {"t1": "1"}, "{p}list": ["msg"], "{p}window": FromNow(30)},
+        {
+            "{p}job:j1": None,
+            "{p}job:j3": None,
+            "{p}counts": Having({"pending": "1", "newest": "1234"}),
+            "{p}list": ["msg"],
+            "{p}window": FromNow(30),
+        },
     ),
     Case(
         "run again (a retried timeout): stored jobs answer created, nothing is counted twice",
         "guards/admit_batch",
-        {"{p}job:j1": _RECORD, "{p}pending": {"t1": "1"}, "{p}held": {"t1": str(_BYTES)}, "{p}list": ["msg"]},
+        {"{p}job:j1": _RECORD, "{p}counts": {"pending": "1", "held": str(_BYTES)}, "{p}list": ["msg"]},
         _batch_keys("", ""),
         [*_admit_header(jobs=2), *_admit_job("j1", fingerprint=""), *_admit_job("j2", fingerprint="")],
         [["created", EMPTY_WINDOW], ["created", TAKEN_ONE]],
-        {"{p}pending": {"t1": "2"}, "{p}held": {"t1": str(2 * _BYTES)}, "{p}list": ["msg", "msg"]},
+        {"{p}counts": Having({"pending": "2", "held": str(2 * _BYTES)}), "{p}list": ["msg", "msg"]},
     ),
     Case(
         "a job past the storage budget is refused on its own; a smaller one after it fits",
         "guards/admit_batch",
-        {"{p}held": {"t1": "9980"}},
+        {"{p}counts": {"held": "9980"}},
         _batch_keys("", ""),
         [
             *_admit_header(jobs=2, budget=10_000),
@@ -1770,7 +1813,7 @@ ADMIT_BATCH = [
     ),
 ]
 
-READMIT_KEYS = ["{p}job:j1", "{p}dead", "{p}pending", "{p}watch", "{p}window"]
+READMIT_KEYS = ["{p}job:j1", "{p}dead", "{p}counts", "{p}watch", "{p}window"]
 _DEAD = {
     **ID,
     "state": "dead",
@@ -1795,14 +1838,14 @@ READMIT = [
     Case(
         "a dead letter is queued again for a new cycle, counted, watched and takes a slot",
         "guards/readmit",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}pending": {"t1": "0"}},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1, "j0": 1}), "{p}counts": {"pending": "0"}},
         READMIT_KEYS,
         _readmit_argv(),
         ["replayed", TAKEN_ONE, Record(_QUEUED_AGAIN)],
         {
             "{p}job:j1": _QUEUED_AGAIN,
             "{p}dead": Z({"j0": 1}),
-            "{p}pending": {"t1": "1"},
+            "{p}counts": {"pending": "1"},
             # watched like any queued job: checked a minute from now (Redis' clock)
             "{p}watch": Z({"j1": ANY}),
             "{p}window": FromNow(30),
@@ -1811,11 +1854,11 @@ READMIT = [
     Case(
         "the same call again (a retried timeout) answers replayed and changes nothing",
         "guards/readmit",
-        {"{p}job:j1": _QUEUED_BEFORE, "{p}dead": Z({"j0": 1}), "{p}pending": {"t1": "1"}},
+        {"{p}job:j1": _QUEUED_BEFORE, "{p}dead": Z({"j0": 1}), "{p}counts": {"pending": "1"}},
         READMIT_KEYS,
         _readmit_argv(),
         ["replayed", EMPTY_WINDOW, Record(_QUEUED_BEFORE)],
-        {"{p}job:j1": _QUEUED_BEFORE, "{p}pending": {"t1": "1"}, "{p}watch": None, "{p}window": None},
+        {"{p}job:j1": _QUEUED_BEFORE, "{p}counts": {"pending": "1"}, "{p}watch": None, "{p}window": None},
     ),
     Case(
         "a job that is not dead is not replayed",
@@ -1824,7 +1867,7 @@ READMIT = [
         READMIT_KEYS,
         _readmit_argv(),
         ["missing", EMPTY_WINDOW],
-        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1}), "{p}pending": None},
+        {"{p}job:j1": {**_DEAD, "state": "succeeded"}, "{p}dead": Z({"j1": 1}), "{p}counts": None},
     ),
     Case(
         "a dead job outside these dead letters (another tenant's) is not replayed",
@@ -1833,7 +1876,7 @@ READMIT = [
         READMIT_KEYS,
         _readmit_argv(),
         ["missing", EMPTY_WINDOW],
-        {"{p}job:j1": _DEAD, "{p}pending": None},
+        {"{p}job:j1": _DEAD, "{p}counts": None},
         ttl={"{p}job:j1": "persists"},
     ),
     Case(
@@ -1846,7 +1889,7 @@ READMIT = [
         {
             "{p}job:j1": _DEAD,
             "{p}dead": Z({"j1": 1}),
-            "{p}pending": None,
+            "{p}counts": None,
             "{p}watch": None,
             "{p}window": FromNow(60),
         },
@@ -1854,11 +1897,11 @@ READMIT = [
     Case(
         "a full backlog refuses with the pending count; nothing changes",
         "guards/readmit",
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": {"t1": "5"}},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}counts": {"pending": "5"}},
         READMIT_KEYS,
         _readmit_argv(max_pending=5),
         ["backlog", EMPTY_WINDOW, 5],
-        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}pending": {"t1": "5"}, "{p}window": None},
+        {"{p}job:j1": _DEAD, "{p}dead": Z({"j1": 1}), "{p}counts": {"pending": "5"}, "{p}window": None},
     ),
 ]
 
@@ -2144,8 +2187,8 @@ PARKING = [
     ),
 ]
 
-# The dispatcher of queue q: active, state, messages, queues, its 4 lists (kombu steps 0, 3, 6, 9).
-DISPATCH_KEYS = ["{p}active", "{p}state", "{p}msgs", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
+# The dispatcher of queue q: active, state, queues, its 4 lists (kombu steps 0, 3, 6, 9).
+DISPATCH_KEYS = ["{p}active", "{p}state", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
 # queue, ready prefix, job prefix, depth
 DISPATCH_ARGV = ["q", "{p}ready:", "{p}job:", "2"]
 QUEUED = {"state": "queued"}
@@ -2155,13 +2198,13 @@ DISPATCH = [
         "store/dispatch",
         {
             "{p}active": Z({"a": 3, "b": 1}),
-            "{p}state": {"w:a": "1", "w:b": "0.5", "seq": "9"},
+            "{p}state": {"w:a": "1", "w:b": "0.5"},
             "{p}ready:a": Z({"ja": 4e15 + 1}),
             "{p}ready:b": Z({"jb1": 4e15 + 2, "jb2": 0 * 1e15 + 3}),
-            "{p}msgs": {"ja": "ma", "jb1": "mb1", "jb2": "mb2"},
-            "{p}job:ja": QUEUED,
-            "{p}job:jb1": QUEUED,
-            "{p}job:jb2": QUEUED,
+            # a waiting job's message is kept in its record
+            "{p}job:ja": {**QUEUED, "message": "ma"},
+            "{p}job:jb1": {**QUEUED, "message": "mb1"},
+            "{p}job:jb2": {**QUEUED, "message": "mb2"},
             "{p}queues": {"q"},
         },
         DISPATCH_KEYS,
@@ -2174,8 +2217,11 @@ DISPATCH = [
             "{p}active": Z({"b": 3}),
             "{p}ready:a": None,
             "{p}ready:b": Z({"jb1": 4e15 + 2}),
-            "{p}msgs": {"jb1": "mb1"},
-            "{p}state": {"w:b": "0.5", "seq": "9", "v": "3"},
+            # the dispatched jobs' messages leave their records
+            "{p}job:ja": QUEUED,
+            "{p}job:jb1": {**QUEUED, "message": "mb1"},
+            "{p}job:jb2": QUEUED,
+            "{p}state": {"w:b": "0.5", "v": "3"},
         },
     ),
     Case(
@@ -2183,16 +2229,21 @@ DISPATCH = [
         "store/dispatch",
         {
             "{p}active": Z({"a": 0}),
-            "{p}state": {"w:a": "1", "seq": "1"},
+            "{p}state": {"w:a": "1"},
             "{p}ready:a": Z({"ja": 4e15 + 1}),
-            "{p}msgs": {"ja": "ma"},
-            "{p}job:ja": {"state": "cancelled"},
+            "{p}job:ja": {"state": "cancelled", "message": "ma"},
             "{p}queues": {"q"},
         },
         DISPATCH_KEYS,
         DISPATCH_ARGV,
         0,
-        {"{p}active": None, "{p}state": None, "{p}msgs": None, "{p}queues": None, "{p}l0": None},
+        {
+            "{p}active": None,
+            "{p}state": None,
+            "{p}job:ja": {"state": "cancelled"},
+            "{p}queues": None,
+            "{p}l0": None,
+        },
     ),
     Case(
         "a full queue is left alone",
@@ -2210,7 +2261,6 @@ DISPATCH_POP = [
         "store/dispatch_pop",
         {
             "{p}active": Z({"a": 0, "b": 0}),
-            "{p}state": {"seq": "3"},
             "{p}ready:a": Z({"ja1": 4e15 + 1, "ja2": 4e15 + 3}),
             "{p}ready:b": Z({"jb": 4e15 + 2}),
             "{p}job:ja1": QUEUED,
@@ -2218,7 +2268,7 @@ DISPATCH_POP = [
             "{p}job:jb": QUEUED,
             "{p}queues": {"q"},
         },
-        DISPATCH_KEYS[:4],
+        DISPATCH_KEYS[:3],
         [*DISPATCH_ARGV[:3], 2],
         ["ja1", "jb"],
         {"{p}ready:a": Z({"ja2": 4e15 + 3}), "{p}ready:b": None, "{p}active": Z({"a": 1}), "{p}queues": {"q"}},
@@ -2254,7 +2304,6 @@ ADMIT_PLACES = [
             "{p}l0": ["msg"],
             "{p}ready:t1": None,
             "{p}active": None,
-            "{p}msgs": None,
             "{p}state": None,
             "{p}queues": None,
             "{p}due": None,
@@ -2263,16 +2312,19 @@ ADMIT_PLACES = [
     Case(
         "a job due now behind a full queue waits in its ready set, its tenant active at the last virtual time",
         "guards/admit",
-        {"{p}l0": ["m1", "m2"], "{p}state": {"v": "7", "seq": "4"}},
+        {"{p}l0": ["m1", "m2"], "{p}state": {"v": "7"}, "{p}counts": {"seq": "4"}},
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["created", TAKEN_ONE],
         {
             "{p}l0": ["m1", "m2"],
+            # after the tenant's earlier arrivals (its counts' seq)
             "{p}ready:t1": Z({"j1": 4e15 + 5}),
+            "{p}counts": Having({"seq": "5", "pending": "1"}),
             "{p}active": Z({"t1": 7}),
-            "{p}state": {"v": "7", "seq": "5", "w:t1": "2.0"},
-            "{p}msgs": {"j1": "msg"},
+            "{p}state": {"v": "7", "w:t1": "2.0"},
+            # its message waits in its record
+            "{p}job:j1": {**_RECORD, "message": "msg"},
             "{p}queues": {"q"},
         },
     ),
@@ -2283,7 +2335,7 @@ ADMIT_PLACES = [
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["created", TAKEN_ONE],
-        {"{p}l0": ["msg"], "{p}l3": ["m1", "m2"], "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+        {"{p}l0": ["msg"], "{p}l3": ["m1", "m2"], "{p}ready:t1": None, "{p}active": None, "{p}job:j1": _RECORD},
     ),
     Case(
         "a tenant already waiting keeps its place and weight; its job joins its ready set",
@@ -2291,8 +2343,9 @@ ADMIT_PLACES = [
         {
             "{p}l0": ["m1", "m2"],
             "{p}active": Z({"t1": 3, "t2": 5}),
-            "{p}state": {"v": "7", "seq": "4", "w:t1": "3.0"},
+            "{p}state": {"v": "7", "w:t1": "3.0"},
             "{p}queues": {"q"},
+            "{p}counts": {"seq": "4"},
         },
         PLACED_KEYS,
         _placed_argv("enqueue"),
@@ -2300,9 +2353,11 @@ ADMIT_PLACES = [
         {
             "{p}l0": ["m1", "m2"],
             "{p}ready:t1": Z({"j1": 4e15 + 5}),
+            "{p}counts": Having({"seq": "5"}),
             "{p}active": Z({"t1": 3, "t2": 5}),
-            "{p}state": {"v": "7", "seq": "5", "w:t1": "3.0"},
-            "{p}msgs": {"j1": "msg"},
+            "{p}state": {"v": "7", "w:t1": "3.0"},
+            # its message waits in its record
+            "{p}job:j1": {**_RECORD, "message": "msg"},
             "{p}queues": {"q"},
         },
     ),
@@ -2310,10 +2365,10 @@ ADMIT_PLACES = [
         "with another broker the job waits in its ready set without a message, for the workers to take",
         "guards/admit",
         {},
-        [*PLACED_KEYS[:14], *["{p}job:j1"] * 4, "{p}due", "{p}parked"],
+        [*PLACED_KEYS[:11], *["{p}job:j1"] * 4, "{p}due", "{p}parked"],
         _placed_argv("wait", message=""),
         ["created", TAKEN_ONE],
-        {"{p}ready:t1": Z({"j1": 4e15 + 1}), "{p}active": Z({"t1": 0}), "{p}msgs": None, "{p}queues": {"q"}},
+        {"{p}ready:t1": Z({"j1": 4e15 + 1}), "{p}active": Z({"t1": 0}), "{p}job:j1": _RECORD, "{p}queues": {"q"}},
     ),
     Case(
         "a delayed job's message is parked until due, on its broker list; nothing is dispatched",
@@ -2328,7 +2383,7 @@ ADMIT_PLACES = [
         "with another broker a delayed job is parked until due without a message, for its releaser to publish",
         "guards/admit",
         {},
-        [*_ADMIT_SHARED_KEYS, *["{p}job:j1"] * 12, "{p}due", "{p}parked"],
+        [*_ADMIT_SHARED_KEYS, *["{p}job:j1"] * 11, "{p}due", "{p}parked"],
         _placed_argv("park", message="", park_in="30"),
         ["created", TAKEN_ONE],
         {"{p}due": Z({"j1": ANY}), "{p}parked": {"j1": "\n"}, "{p}ready:t1": None},
@@ -2336,11 +2391,11 @@ ADMIT_PLACES = [
     Case(
         "a job refused at the door is placed nowhere",
         "guards/admit",
-        {"{p}pending": {"t1": "5"}},
+        {"{p}counts": {"pending": "5"}},
         PLACED_KEYS,
         _placed_argv("enqueue"),
         ["backlog", EMPTY_WINDOW, 5],
-        {"{p}job:j1": None, "{p}l0": None, "{p}ready:t1": None, "{p}active": None, "{p}msgs": None},
+        {"{p}job:j1": None, "{p}l0": None, "{p}ready:t1": None, "{p}active": None},
     ),
 ]
 

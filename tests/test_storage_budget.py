@@ -80,14 +80,14 @@ def test_a_tenant_that_fills_its_budget_is_refused_and_another_is_not(settings: 
     assert other.status_code == 202
     # and the counters are exactly what the records hold
     assert stored_bytes_mismatches(redis, ["budget-a", "budget-b"]) == {}
-    held = int(redis.hget(keys.STORED_BYTES, "budget-a") or 0)
+    held = int(redis.hget(keys.tenant_counts("budget-a"), "held") or 0)
     assert 16_000 < held <= 20_000
     # cleanup: no worker reads this queue
     for job_id in accepted:
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("budget-a")).status_code == 200
     assert client.post(f"/v1/jobs/{other.get_json()['jobId']}/cancel", headers=auth("budget-b")).status_code == 200
     assert stored_bytes_mismatches(redis, ["budget-a", "budget-b"]) == {}
-    assert int(redis.hget(keys.STORED_BYTES, "budget-a") or 0) == 0
+    assert int(redis.hget(keys.tenant_counts("budget-a"), "held") or 0) == 0
 
 
 def test_counters_return_to_their_exact_values_through_every_end_of_a_job(
@@ -105,19 +105,19 @@ def test_counters_return_to_their_exact_values_through_every_end_of_a_job(
         assert response.status_code == 202, response.get_data(as_text=True)
         return str(response.get_json()["jobId"])
 
-    held_before = int(redis.hget(keys.STORED_BYTES, tenant) or 0)
+    held_before = int(redis.hget(keys.tenant_counts(tenant), "held") or 0)
     # given jobs that succeed: when they finish, their bytes (and their results') leave held
     done = [submit({"jobType": "diag.echo", "payload": {"n": n, "text": "y" * 300}}) for n in range(3)]
     for job_id in done:
         assert wait_for_state(client, tenant, job_id, ["succeeded"])["result"]["n"] is not None
     exact()
-    assert int(redis.hget(keys.STORED_BYTES, tenant) or 0) == held_before
+    assert int(redis.hget(keys.tenant_counts(tenant), "held") or 0) == held_before
     # given a job that dies: its record persists as a dead letter, so its bytes stay held
     dying = submit({"jobType": "diag.fail", "payload": {"n": 9}})
     wait_for_state(client, tenant, dying, ["dead"], timeout=30)
     exact()
     dead_bytes = int(redis.hget(keys.job(dying), "storedBytes") or 0)
-    assert int(redis.hget(keys.STORED_BYTES, tenant) or 0) == held_before + dead_bytes > held_before
+    assert int(redis.hget(keys.tenant_counts(tenant), "held") or 0) == held_before + dead_bytes > held_before
     # when it is replayed and dies again, the counters still match
     assert client.post(f"/v1/dead-letters/{dying}/replay", headers=auth(tenant)).status_code == 202
 
@@ -130,7 +130,7 @@ def test_counters_return_to_their_exact_values_through_every_end_of_a_job(
     # when the dead letter is forgotten, its record starts to expire: its bytes leave held
     assert client.delete(f"/v1/dead-letters/{dying}", headers=auth(tenant)).status_code == 204
     exact()
-    assert int(redis.hget(keys.STORED_BYTES, tenant) or 0) == held_before
+    assert int(redis.hget(keys.tenant_counts(tenant), "held") or 0) == held_before
     # given a scheduled job: cancelled, its bytes leave held
     later = submit({"jobType": "diag.echo", "payload": {"n": 1}, "options": {"delaySeconds": 3600}})
     exact()
@@ -142,9 +142,9 @@ def test_counters_return_to_their_exact_values_through_every_end_of_a_job(
     assert job is not None
     store.discard(job)
     exact()
-    assert int(redis.hget(keys.STORED_BYTES, tenant) or 0) == held_before
+    assert int(redis.hget(keys.tenant_counts(tenant), "held") or 0) == held_before
     # and what finished is counted as retained, exactly
-    assert int(redis.hget(keys.retained_bytes(tenant), "total") or 0) > 0
+    assert int(redis.hget(keys.tenant_counts(tenant), "total") or 0) > 0
 
 
 def test_a_result_over_the_budget_is_not_kept_and_the_job_still_succeeds(

@@ -52,7 +52,7 @@ def snapshot(redis: Redis, job_ids: list[str]) -> dict[str, Any]:
         seen[f"watch:{job_id}"] = redis.zscore(keys.WATCH, job_id)
     seen["index"] = redis.zrange(keys.tenant_jobs(OWNER), 0, -1, withscores=True)
     seen["dead"] = redis.zrange(keys.tenant_dead_letters(OWNER), 0, -1, withscores=True)
-    seen["pending"] = redis.hget(keys.PENDING, OWNER)
+    seen["pending"] = redis.hget(keys.tenant_counts(OWNER), "pending")
     return seen
 
 

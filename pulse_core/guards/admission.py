@@ -280,7 +280,7 @@ class Admission:
 
     def _placement(self, submission: Submission) -> tuple[str, list[str], list[Any]]:
         """What becomes of the job's message in ``admit_one.lua`` (its mode), with the queue's
-        dispatch keys (8, padded) and arguments (queue, ready prefix, job prefix, depth)."""
+        dispatch keys (7, padded) and arguments (queue, ready prefix, job prefix, depth)."""
         fair = self.dispatcher
         job = submission.job
         if fair is not None and self._enqueues(submission):
@@ -298,7 +298,7 @@ class Admission:
             keys=[
                 keys.job(dead.job_id),
                 keys.tenant_dead_letters(tenant.tenant_id),
-                keys.PENDING,
+                keys.tenant_counts(tenant.tenant_id),
                 keys.WATCH,
                 *rate_limits.window_keys(tenant.tenant_id, items),
             ],
@@ -319,10 +319,8 @@ class Admission:
         items = tenant.rate_limits
         keys_ = [
             keys.tenant_jobs(tenant.tenant_id),
-            keys.PENDING,
+            keys.tenant_counts(tenant.tenant_id),
             keys.WATCH,
-            keys.STORED_BYTES,
-            keys.retained_bytes(tenant.tenant_id),
             *rate_limits.window_keys(tenant.tenant_id, items),
         ]
         args: list[Any] = [
@@ -348,7 +346,7 @@ class Admission:
                 submission.broker_list or job_key,
                 keys.ready(job.queue, job.tenant_id) if mode in ("enqueue", "wait") else job_key,
                 *dispatch_keys,
-                *[job_key] * (8 - len(dispatch_keys)),
+                *[job_key] * (7 - len(dispatch_keys)),
                 keys.PARKED_UNTIL,
                 keys.PARKED_MESSAGES,
             ]

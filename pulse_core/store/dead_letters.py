@@ -46,10 +46,9 @@ class DeadLetters:
             keys=[
                 keys.tenant_dead_letters(tenant_id),
                 keys.job(job_id),
-                keys.STORED_BYTES,
-                keys.retained_bytes(tenant_id),
+                keys.tenant_counts(tenant_id),
             ],
-            args=[job_id, self._retention, tenant_id],
+            args=[job_id, self._retention],
         )
 
     def page(self, tenant_id: str, *, limit: int, cursor: str | None = None, job_type: str | None = None) -> Page[Job]:

@@ -10,7 +10,7 @@ Each queue has, in Redis (``pulse_core.keys``):
   the virtual time of the last job dispatched, so it is served next and idle time earns
   it no credit. A tenant whose ready set empties leaves, with its weight: idle tenants
   cost nothing;
-- the messages of waiting jobs (``keys.ready_messages``), pushed as they are.
+- the messages of waiting jobs (their records' field ``message``), pushed as they are.
 
 The Celery queue itself is kept short: a **dispatch** moves jobs onto it, in that order,
 while it holds fewer than ``PULSE_DISPATCH_DEPTH`` messages. Admission dispatches at once,
@@ -79,7 +79,7 @@ class Dispatcher:
                 raise ValueError(f"expected 4 broker lists per queue (kombu priority steps 0, 3, 6, 9), got {lists}")
             if len(self._specs) >= _SPECS_KEPT:
                 self._specs.clear()
-            made = [keys.active(queue), keys.dispatch_state(queue), keys.ready_messages(queue), keys.DISPATCH_QUEUES]
+            made = [keys.active(queue), keys.dispatch_state(queue), keys.DISPATCH_QUEUES]
             found = self._specs[queue] = ([*made, *lists], [queue, keys.ready_prefix(queue), keys.job(""), self.depth])
         return list(found[0]), list(found[1])
 
@@ -87,7 +87,7 @@ class Dispatcher:
         """Up to ``n`` waiting jobs of ``queue`` in fair order, out of their ready sets: their
         ids, for the caller to publish (a broker other than this Redis)."""
         keys_, args = self.spec(queue)
-        found: list[str] = self._dispatch_pop(keys=keys_[:4], args=[*args[:3], n])
+        found: list[str] = self._dispatch_pop(keys=keys_[:3], args=[*args[:3], n])
         return found
 
     def queues(self) -> list[str]:

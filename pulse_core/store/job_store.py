@@ -22,16 +22,18 @@ Every job that is not final has a deadline in the ``keys.WATCH`` sorted set: a
 queued job's time to be claimed, a running attempt's lease, a scheduled or
 retrying job's due time. The recovery sweep looks at whatever is overdue.
 
-The backlog rule (``keys.PENDING``, tenant -> jobs not yet final): creation does
+The backlog rule (the field ``pending`` of ``keys.tenant_counts``: the tenant's jobs not yet
+final): creation does
 +1 in the same step as the record; ``final_transition`` does -1, so every move
 into a final state counts exactly once; a replay (dead -> queued) does +1 again,
 and discarding an unpublished record does -1.
 
 The storage budget rule (``max_stored_bytes``; ``lua/includes/stored_bytes.lua``): a
-record's bytes (its field ``storedBytes``) count in ``keys.STORED_BYTES`` while it does not
-expire (not final, or a dead letter) and in the tenant's ``keys.retained_bytes`` buckets
-once it does; admission adds them, ``final_transition`` adds the result and error and moves
-them, a dead letter leaving moves them, discarding removes them.
+record's bytes (its field ``storedBytes``) count in the tenant's ``held`` bytes
+(``keys.tenant_counts``) while it does not expire (not final, or a dead letter) and in its
+retained buckets (the same hash) once it does; admission adds them, ``final_transition``
+adds the result and error and moves them, a dead letter leaving moves them, discarding
+removes them.
 """
 
 from __future__ import annotations
@@ -219,8 +221,9 @@ class JobStore:
         created_ms = int(datetime.fromisoformat(job.created_at).timestamp() * 1000)
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.job(job.job_id), mapping=job.to_redis())
-            self._index_add.queue(pipe, keys=[keys.tenant_jobs(job.tenant_id)], args=[created_ms, job.job_id])
-            pipe.hincrby(keys.PENDING, job.tenant_id, 1)
+            counts = keys.tenant_counts(job.tenant_id)
+            self._index_add.queue(pipe, keys=[keys.tenant_jobs(job.tenant_id), counts], args=[created_ms, job.job_id])
+            pipe.hincrby(counts, "pending", 1)
             if watch_at is not None:
                 pipe.zadd(keys.WATCH, {job.job_id: watch_at})
             pipe.execute()
@@ -237,17 +240,16 @@ class JobStore:
             keys=[
                 job_key,
                 keys.tenant_jobs(job.tenant_id),
-                keys.PENDING,
+                keys.tenant_counts(job.tenant_id),
                 idempotency_key or job_key,
                 keys.WATCH,
-                keys.STORED_BYTES,
             ],
-            args=[job.tenant_id, job.job_id],
+            args=[job.job_id],
         )
 
     def pending(self, tenant_id: str) -> int:
         """How many of ``tenant_id``'s jobs are not yet final."""
-        return int(self._redis.hget(keys.PENDING, tenant_id) or 0)  # type: ignore[arg-type]
+        return int(self._redis.hget(keys.tenant_counts(tenant_id), "pending") or 0)  # type: ignore[arg-type]
 
     def get(self, job_id: str) -> Job | None:
         """The job, or ``None`` when there is no such record."""
@@ -390,9 +392,7 @@ class JobStore:
             keys.job(job_id),
             keys.WATCH,
             keys.tenant_dead_letters(tenant_id),
-            keys.PENDING,
-            keys.STORED_BYTES,
-            keys.retained_bytes(tenant_id),
+            keys.tenant_counts(tenant_id),
         ]
 
     def cancel(self, tenant_id: str, job_id: str) -> CancelOutcome:

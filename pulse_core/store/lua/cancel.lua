@@ -1,6 +1,6 @@
 -- cancel: a waiting job is cancelled at once, a running one is asked to stop.
--- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters   KEYS[4] the pending hash
--- KEYS[5] the held bytes hash   KEYS[6] the tenant's retained bytes (stored_bytes)
+-- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters
+-- KEYS[4] the tenant's counts (stored_bytes)
 -- ARGV[1] tenant id   ARGV[2] finishedAt (ISO time)   ARGV[3] retention (s)   ARGV[4] job id
 -- ARGV[5] now (epoch ms)
 -- Reply: 'cancelled' | 'running' (cancelRequested set) | 'finished:<final state>'
@@ -13,7 +13,7 @@ local state = f[1]
 if not state or f[2] ~= ARGV[1] then return 'missing' end
 if WAITING_STATES[state] then
   final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], 'cancelled', ARGV[2], '', '',
-                   ARGV[3], ARGV[5], 0, 0, KEYS[5], KEYS[6], 0)
+                   ARGV[3], ARGV[5], 0, 0, 0)
   return 'cancelled'
 end
 if state == 'running' then

@@ -1,27 +1,27 @@
 -- finalize: the one way into a final state (succeeded, dead, cancelled).
--- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters   KEYS[4] the pending hash
--- KEYS[5] the held bytes hash   KEYS[6] the tenant's retained bytes (stored_bytes)
+-- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters
+-- KEYS[4] the tenant's counts (stored_bytes)
 -- ARGV[1] the final state   ARGV[2] finishedAt (ISO time)   ARGV[3] result (JSON, '' = none)
 -- ARGV[4] error (JSON, '' = none)   ARGV[5] retention (s)   ARGV[6] job id   ARGV[7] now (epoch ms)
 -- ARGV[8] from: 'attempt' | 'orphan' (lease lapsed) | 'waiting' | 'replayed' (queued, not claimed)
 -- ARGV[9] attempt   ARGV[10] cycle
 -- ARGV[11] the tenant's max dead letters   ARGV[12] how long a dead letter is kept (ms)
 -- ARGV[13] the tenant's storage budget (bytes) a result must fit in (0: no check)
--- KEYS[7..14], ARGV[14..17] (optional): the job's queue to dispatch (includes/dispatch.lua), so
+-- KEYS[5..11], ARGV[14..17] (optional): the job's queue to dispatch (includes/dispatch.lua), so
 -- the attempt that ends hands its place to the next job in the same call
 -- Reply: 1, or 0 when the job is not where ARGV[8] says (nothing changes).
 --@include job_states
 --@include final_transition
 --@include dispatch
 
-local spec = dispatch_spec(7, 14)
+local spec = dispatch_spec(5, 14)
 local function done(reply)
   if spec then dispatch(spec) end
   return reply
 end
 
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil',
-                     'tenantId', 'storedBytes', 'recordBytes')
+                     'storedBytes', 'recordBytes')
 local state, from = f[1], ARGV[8]
 if not state then return done(0) end
 if from == 'waiting' then
@@ -35,6 +35,5 @@ else
   if from == 'orphan' and tonumber(f[4] or '0') * 1000 > tonumber(ARGV[7]) then return done(0) end
 end
 final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[1], ARGV[2], ARGV[3],
-                 ARGV[4], ARGV[5], ARGV[7], ARGV[11], ARGV[12], KEYS[5], KEYS[6], ARGV[13],
-                 {f[5], f[6], f[7]})
+                 ARGV[4], ARGV[5], ARGV[7], ARGV[11], ARGV[12], ARGV[13], {f[5], f[6]})
 return done(1)

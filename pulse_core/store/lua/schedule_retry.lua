@@ -2,7 +2,7 @@
 -- KEYS[1] the job hash   KEYS[2] the watch zset
 -- ARGV[1] attempt   ARGV[2] cycle   ARGV[3] dueAt (epoch s)   ARGV[4] when the sweep looks (epoch s)
 -- ARGV[5] the error (JSON)   ARGV[6] job id
--- KEYS[3..10], ARGV[7..10] (optional): the job's queue to dispatch (includes/dispatch.lua)
+-- KEYS[3..9], ARGV[7..10] (optional): the job's queue to dispatch (includes/dispatch.lua)
 --@include dispatch
 -- Reply: 1, or 0 when that attempt of that cycle is not the running one.
 

@@ -1,12 +1,13 @@
 -- admit_one: the admission of one job (idempotency, jobType, rate limit, backlog, storage
 -- budget, then the record), shared by admit (one job) and admit_batch (many, in order).
 -- KEYS and ARGV are laid out alike for both (admission_context reads the shared part):
--- KEYS[1] the tenant index   KEYS[2] the pending hash   KEYS[3] the watch zset
--- KEYS[4] the held bytes hash   KEYS[5] the tenant's retained bytes   KEYS[6..5+n] the tenant's
--- rate windows (GCRA); then 14 keys per job (a key a job does not use is its job hash): the job
+-- KEYS[1] the tenant index   KEYS[2] the tenant's counts (pending, storage budget, the index's
+-- newest score, the ready sets' arrival counter: includes/stored_bytes.lua, read once and
+-- written once per run)   KEYS[3] the watch zset   KEYS[4..3+n] the tenant's
+-- rate windows (GCRA); then 13 keys per job (a key a job does not use is its job hash): the job
 -- hash, the idempotency key, the broker list of the job's queue and priority, the tenant's
--- ready set of the queue, the queue's dispatch keys (active tenants, dispatch state, waiting
--- messages, queues with waiting jobs, its four broker lists: includes/dispatch.lua), the due
+-- ready set of the queue, the queue's dispatch keys (active tenants, dispatch state, queues
+-- with waiting jobs, its four broker lists: includes/dispatch.lua), the due
 -- set and the parked messages (a delayed job's message waits there: release_due).
 -- ARGV[1] tenant id   ARGV[2] idempotency key TTL (s)   ARGV[3] max pending
 -- ARGV[4] job key prefix   ARGV[5] number of windows n   ARGV[6] the index horizon (ms):
@@ -16,7 +17,7 @@
 -- then per job: job id, created (epoch ms), fingerprint ('' = no key), jobType live '1'/'0',
 -- the broker message, in how many seconds (Redis' clock) the sweep looks at the job if
 -- nothing claimed it, what becomes of the message (the mode: 'push' onto the broker list;
--- 'enqueue' into the ready set, then the queue is dispatched; 'wait' into the ready set
+-- 'enqueue' into the ready set (the message into the record), then the queue is dispatched; 'wait' into the ready set
 -- without a message, for the workers to take and publish (a broker other than this Redis);
 -- 'park' until due, without a message for the worker that releases it to publish (a broker
 -- other than this Redis); '' nothing: the caller publishes), the queue, its ready prefix, the job
@@ -44,49 +45,47 @@ local function admission_context()
     count = tonumber(ARGV[9]),
     -- the queues that jobs of this run wait for (dispatched once each, at the end of the run)
     to_dispatch = {}, dispatch_order = {},
-    index = KEYS[1], pending = KEYS[2], watch = KEYS[3], held = KEYS[4], retained = KEYS[5],
+    index = KEYS[1], counts = KEYS[2], watch = KEYS[3],
+    -- the tenant's counters (account_load), read by the first job that needs them
+    account = nil,
     -- where the first job's KEYS and ARGV start
-    first_key = 6 + n, first_arg = 10 + 2 * n,
+    first_key = 4 + n, first_arg = 10 + 2 * n,
   }
 end
 
 -- Where the job's message goes (the mode, above): the one place admission sends a message.
+-- Runs before the record is written (nothing outside the script sees the order). Returns the
+-- dispatch spec of the queue whose ready set the job is to wait in (nil: it does not wait
+-- there); a message that waits there is written into the record (its field 'message').
 local function place_message(ctx, k, a, job_id, message, mode)
   if mode == 'push' then
     redis.call('LPUSH', KEYS[k + 2], message)
-  elseif mode == 'enqueue' or mode == 'wait' then
-    local q, placed
-    if mode == 'enqueue' then
-      q = dispatch_spec(k + 4, a + 7)
-      q.counted = 1  -- the first list only (includes/dispatch.lua says why)
-      placed = dispatch_straight(q, message)
-      if placed == 'pushed' then return end
-    else
-      q = dispatch_pop_spec(k + 4, a + 7)
-    end
-    enqueue_job(q, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], message)
+  elseif mode == 'enqueue' then
+    local q = dispatch_spec(k + 4, a + 7)
+    q.counted = 1  -- the first list only (includes/dispatch.lua says why)
+    local placed = dispatch_straight(q, message)
+    if placed == 'pushed' then return nil end
     if placed == 'behind' and not ctx.to_dispatch[q.queue] then
       ctx.to_dispatch[q.queue] = q
       ctx.dispatch_order[#ctx.dispatch_order + 1] = q.queue
     end
+    return q
+  elseif mode == 'wait' then
+    return dispatch_pop_spec(k + 4, a + 7)
   elseif mode == 'park' then
-    redis.call('ZADD', KEYS[k + 12], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
+    redis.call('ZADD', KEYS[k + 11], string.format('%.6f', ctx.now + tonumber(ARGV[a + 13])), job_id)
     -- no message (a broker other than this Redis): no list either, the releasing worker publishes it
-    redis.call('HSET', KEYS[k + 13], job_id, (message == '' and '' or KEYS[k + 2]) .. '\n' .. message)
+    redis.call('HSET', KEYS[k + 12], job_id, (message == '' and '' or KEYS[k + 2]) .. '\n' .. message)
   end
+  return nil
 end
 
--- Dispatch each queue a job of this run waits for, once, in the order they came (each has an
--- active tenant: the job's own, just placed in its ready set).
-local function dispatch_admitted(ctx)
+-- The end of a run: the tenant's counters written back (once, if anything changed them), then
+-- each queue a job of this run waits for dispatched, once, in the order they came (each has
+-- an active tenant: the job's own, just placed in its ready set).
+local function finish_admission(ctx)
+  if ctx.account and ctx.account.dirty then account_save(ctx.account) end
   for _, queue in ipairs(ctx.dispatch_order) do dispatch(ctx.to_dispatch[queue], true) end
-end
-
--- Seconds until the oldest retained bucket of the tenant leaves (0: none is counted).
-local function stored_bytes_release_in(ctx)
-  local oldest = tonumber(redis.call('HGET', ctx.retained, 'oldest') or '')
-  if not oldest then return 0 end
-  return math.max(1, math.ceil((oldest + 1) * STORED_BUCKET_SECONDS + ctx.retention - ctx.now))
 end
 
 -- Admit the job whose keys start at KEYS[k] and whose arguments start at ARGV[a]:
@@ -97,7 +96,7 @@ local function admit_one(ctx, k, a)
   local message, watch_in, mode = ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6]
   local f = tonumber(ARGV[a + 14])
   local fields, next_arg = a + 15, a + 15 + f
-  local stats = window_stats(ctx.now, 6, 10, ctx.n)
+  local stats = window_stats(ctx.now, 4, 10, ctx.n)
 
   -- The same call again (redis-py retries a call that timed out): it was done already.
   if redis.call('EXISTS', job_key) == 1 then return {'created', stats}, next_arg end
@@ -116,35 +115,48 @@ local function admit_one(ctx, k, a)
   end
   if live ~= '1' then return {'unknown-type', stats}, next_arg end
   if stats[5] == '1' then return {'rate-limited', stats}, next_arg end
-  local pending = tonumber(redis.call('HGET', ctx.pending, ctx.tenant) or '0')
-  if pending >= ctx.max_pending then return {'backlog', stats, pending}, next_arg end
+  -- read once per run: nothing else writes them while the script runs, so each job admitted
+  -- adds to them, and finish_admission writes them back
+  ctx.account = ctx.account or account_load(ctx.counts, ctx.now, ctx.retention)
+  local account = ctx.account
+  if account.pending >= ctx.max_pending then return {'backlog', stats, account.pending}, next_arg end
   -- the record's bytes as stored: every field and value
   local bytes = 0
   for i = fields, next_arg - 1 do bytes = bytes + #ARGV[i] end
-  -- read once per run: nothing else writes it while the script runs, so each job admitted adds to it
-  ctx.used = ctx.used or stored_bytes_used(ctx.held, ctx.retained, ctx.tenant, ctx.now, ctx.retention)
-  if ctx.used + bytes > ctx.budget then
-    return {'storage', stats, ctx.used, bytes, stored_bytes_release_in(ctx)}, next_arg
+  local used = account_used(account)
+  if used + bytes > ctx.budget then
+    return {'storage', stats, used, bytes, account_release_in(account, ctx.now, ctx.retention)}, next_arg
   end
 
-  window_acquire(ctx.now, 6, 10, ctx.n)
+  window_acquire(ctx.now, 4, 10, ctx.n)
   stats[2] = stats[2] - 1
-  redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
-  redis.call('HINCRBY', ctx.held, ctx.tenant, bytes)
-  ctx.used = ctx.used + bytes
+  local waits = place_message(ctx, k, a, job_id, message, mode)
+  if waits and message ~= '' then
+    -- the message waits in the record (not counted in its bytes: dispatch takes it out)
+    redis.call('HSET', job_key, 'message', message, 'recordBytes', bytes, 'storedBytes', bytes,
+               unpack(ARGV, fields, next_arg - 1))
+  else
+    redis.call('HSET', job_key, 'recordBytes', bytes, 'storedBytes', bytes, unpack(ARGV, fields, next_arg - 1))
+  end
+  account.held, account.pending, account.dirty = account.held + bytes, account.pending + 1, true
   redis.call('ZADD', ctx.watch, ctx.now + watch_in, job_id)
   -- the index is trimmed by the first admission of each step of creation time (a hundredth
   -- of the horizon: 1 h 41 min for 7 days), not by every one (an empty index has nothing to
   -- trim): after an admission it holds nothing older than the horizon plus one step
-  local newest = listing_add(ctx.index, created_ms, job_id)
+  -- the index's newest score is the one the counts keep (every writer of the index keeps it
+  -- there; nil: the tenant's first job)
+  local newest = account.newest
+  account.newest = listing_add(ctx.index, created_ms, job_id, newest or false)
   local step = math.max(1, math.floor(ctx.horizon / 100))
   if newest and math.floor(newest / step) ~= math.floor(tonumber(created_ms) / step) then
     redis.call('ZREMRANGEBYSCORE', ctx.index, '-inf', '(' .. (tonumber(created_ms) - ctx.horizon))
   end
-  redis.call('HINCRBY', ctx.pending, ctx.tenant, 1)
   if fp ~= '' then
     redis.call('SET', idem_key, fp .. ' ' .. job_id, 'EX', ctx.ttl)
   end
-  place_message(ctx, k, a, job_id, message, mode)
+  if waits then
+    account.seq = (account.seq or 0) + 1
+    enqueue_job(waits, KEYS[k + 3], job_id, ctx.tenant, ARGV[a + 11], ARGV[a + 12], account.seq)
+  end
   return {'created', stats}, next_arg
 end

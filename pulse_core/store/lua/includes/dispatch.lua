@@ -4,8 +4,10 @@
 --   count towards the depth; dispatched messages all go onto the first, first in first out, so
 --   the order of dispatch is the order workers take them (a broker priority band would let a
 --   tenant's priority-9 message overtake another tenant's dispatched earlier, again and again)
--- q.active: tenants by virtual time   q.state: the dispatcher's hash   q.messages: id -> message
+-- q.active: tenants by virtual time   q.state: the dispatcher's hash
 -- q.queues: the queues with active tenants   q.queue: the queue's name
+-- A waiting job's message is its record's field 'message' (written by admit_one with the
+-- record, removed as it is dispatched).
 -- q.ready_prefix: a tenant's ready set is ready_prefix .. tenant id   q.job_prefix: likewise a job
 -- q.depth: the low-water mark
 -- Without q.lists (a broker other than this Redis), q.depth is how many to take: their ids are
@@ -53,9 +55,11 @@ local function dispatch(q, active_known)
     local popped = redis.call('ZPOPMIN', ready)
     if #popped > 0 then
       local id = popped[1]
-      local message = redis.call('HGET', q.messages, id)
-      if message then redis.call('HDEL', q.messages, id) end
-      if (message or not q.lists) and redis.call('HGET', q.job_prefix .. id, 'state') == 'queued' then
+      local job_key = q.job_prefix .. id
+      local f = redis.call('HMGET', job_key, 'state', 'message')
+      local message = f[2]
+      if message then redis.call('HDEL', job_key, 'message') end
+      if (message or not q.lists) and f[1] == 'queued' then
         if q.lists then
           redis.call('LPUSH', q.lists[1], message)
         else
@@ -76,19 +80,19 @@ local function dispatch(q, active_known)
   return sent
 end
 
--- The dispatch spec from KEYS[k..k+7] (active, state, messages, queues, the four lists) and
+-- The dispatch spec from KEYS[k..k+6] (active, state, queues, the four lists) and
 -- ARGV[a..a+3] (queue, ready prefix, job prefix, depth); nil when KEYS has none.
 local function dispatch_spec(k, a)
-  if #KEYS < k + 7 then return nil end
-  return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
-          lists = {KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]},
+  if #KEYS < k + 6 then return nil end
+  return {active = KEYS[k], state = KEYS[k + 1], queues = KEYS[k + 2],
+          lists = {KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]},
           queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
           depth = tonumber(ARGV[a + 3])}
 end
 
--- The same without lists (KEYS[k..k+3]): ARGV[a + 3] is how many to take, into q.out.
+-- The same without lists (KEYS[k..k+2]): ARGV[a + 3] is how many to take, into q.out.
 local function dispatch_pop_spec(k, a)
-  return {active = KEYS[k], state = KEYS[k + 1], messages = KEYS[k + 2], queues = KEYS[k + 3],
+  return {active = KEYS[k], state = KEYS[k + 1], queues = KEYS[k + 2],
           out = {}, queue = ARGV[a], ready_prefix = ARGV[a + 1], job_prefix = ARGV[a + 2],
           depth = tonumber(ARGV[a + 3])}
 end

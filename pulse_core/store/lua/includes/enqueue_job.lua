@@ -1,14 +1,13 @@
--- enqueue_job: a job just admitted (queued) waits in its tenant's ready set of its queue, with
--- its message when the broker is this Redis (included by enqueue and admit_one; the caller
--- then dispatches the queue: includes/dispatch.lua).
+-- enqueue_job: a job just admitted (queued) waits in its tenant's ready set of its queue
+-- (included by admit_one, which wrote its message into its record when the broker is this
+-- Redis; the caller then dispatches the queue: includes/dispatch.lua).
 -- q: a dispatch spec (dispatch_spec / dispatch_pop_spec)   ready_key: the tenant's ready set
--- priority 0-9 (higher first), then first come first served; weight: the tenant's weight.
+-- priority 0-9 (higher first), then first come first served: seq, the tenant's arrival counter
+-- (its counts' 'seq', includes/stored_bytes.lua, kept by the caller); weight: the tenant's weight.
 --@include dispatch
 
-local function enqueue_job(q, ready_key, job_id, tenant, priority, weight, message)
-  local seq = redis.call('HINCRBY', q.state, 'seq', 1)
+local function enqueue_job(q, ready_key, job_id, tenant, priority, weight, seq)
   redis.call('ZADD', ready_key, (9 - tonumber(priority)) * DISPATCH_PRIORITY_SPAN + seq, job_id)
-  if message ~= '' then redis.call('HSET', q.messages, job_id, message) end
   if not redis.call('ZSCORE', q.active, tenant) then
     -- A tenant that becomes active starts at the virtual time of the last job dispatched:
     -- it is served next, and its idle time earns it no credit. Its weight is read as it

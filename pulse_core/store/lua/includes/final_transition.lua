@@ -5,32 +5,33 @@
 -- persists; any other is kept for retention seconds. The dead letters end too: letters past
 -- the tenant's dead_letter_days, and the oldest past its max_dead_letters, leave them (a few
 -- per death, so the work stays bounded) and their records expire after retention.
--- Keeps the storage budget exact (stored_bytes): the record now counts its admitted bytes
+-- The tenant's counters (stored_bytes: its pending count and storage budget) are read once
+-- and written once. Keeps the storage budget exact: the record now counts its admitted bytes
 -- ('recordBytes') plus its result and error; it stays held while it persists (a dead
 -- letter) and moves to the retained buckets as it starts to expire. A result that would take
 -- the tenant past result_budget bytes (0: no check) is not kept: the job still succeeds,
 -- with an error of type ResultNotKept saying why.
 --@include listing_add
 --@include stored_bytes
--- pre (optional): {tenant, storedBytes, recordBytes} of the record, when the including script
+-- pre (optional): {storedBytes, recordBytes} of the record, when the including script
 -- read them already (finalize reads them with its own fields: one HMGET, not two). The record
 -- is written with one HSET and one HDEL; the lengths of a result or an error written here are
 -- known, so only one kept from before is measured (HSTRLEN).
-local function final_transition(job_key, watch_key, dead_key, pending_key, job_id, state,
+local function final_transition(job_key, watch_key, dead_key, counts_key, job_id, state,
                                 finished_at, result, err, retention, now_ms, dead_max, dead_ms,
-                                held_key, retained_key, result_budget, pre)
-  pre = pre or redis.call('HMGET', job_key, 'tenantId', 'storedBytes', 'recordBytes')
-  local tenant = pre[1]
-  local held, record_bytes = tonumber(pre[2] or '0'), tonumber(pre[3] or '0')
+                                result_budget, pre)
+  pre = pre or redis.call('HMGET', job_key, 'storedBytes', 'recordBytes')
+  local held, record_bytes = tonumber(pre[1] or '0'), tonumber(pre[2] or '0')
   local now = tonumber(now_ms) / 1000
-  redis.call('HINCRBY', pending_key, tenant, -1)
+  local account = account_load(counts_key, now, tonumber(retention))
+  account.pending = account.pending - 1
   local set = {'state', state, 'finishedAt', finished_at}
-  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter'}
+  -- a message still waiting in the record (cancelled in its ready set) goes too
+  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter', 'message'}
   local budget = tonumber(result_budget)
   local result_bytes, err_bytes
   if result ~= '' and budget > 0 then
-    local used = stored_bytes_used(held_key, retained_key, tenant, now, tonumber(retention))
-    if used + #result > budget then
+    if account_used(account) + #result > budget then
       err = '{"type":"ResultNotKept","message":"the result (' .. #result .. ' bytes) was not kept: '
             .. 'the tenant\'s storage budget of ' .. budget .. ' bytes (max_stored_bytes) is full"}'
       result, result_bytes = '', 0
@@ -51,8 +52,9 @@ local function final_transition(job_key, watch_key, dead_key, pending_key, job_i
   redis.call('HSET', job_key, unpack(set))
   redis.call('HDEL', job_key, unpack(del))
   redis.call('ZREM', watch_key, job_id)
+  -- held had the record's bytes before; it counts the new total now
+  account.held = account.held + bytes - held
   if state == 'dead' then
-    redis.call('HINCRBY', held_key, tenant, string.format('%d', bytes - held))
     listing_add(dead_key, now_ms, job_id)
     redis.call('PERSIST', job_key)
     local prefix = string.sub(job_key, 1, #job_key - #job_id)
@@ -66,13 +68,12 @@ local function final_transition(job_key, watch_key, dead_key, pending_key, job_i
     for _, member in ipairs(leaving) do
       redis.call('ZREM', dead_key, member)
       redis.call('EXPIRE', prefix .. member, retention)
-      stored_bytes_retain(held_key, retained_key, tenant, now, tonumber(retention),
-                          tonumber(redis.call('HGET', prefix .. member, 'storedBytes') or '0'))
+      account_retain(account, tonumber(redis.call('HGET', prefix .. member, 'storedBytes') or '0'))
     end
   else
     redis.call('EXPIRE', job_key, retention)
-    -- held had the record's bytes before; retain moves them, the new total, to a bucket
-    redis.call('HINCRBY', held_key, tenant, string.format('%d', bytes - held))
-    stored_bytes_retain(held_key, retained_key, tenant, now, tonumber(retention), bytes)
+    -- retain moves the record's bytes to the bucket of now
+    account_retain(account, bytes)
   end
+  account_save(account)
 end

@@ -124,6 +124,14 @@ def dispatch_state(queue: str) -> str:
 DISPATCH_QUEUES = f"{PREFIX}:dispatch-queues"
 
 
+def queue_capacity(queue: str) -> str:
+    """Sorted set of the pool concurrency each live worker consuming ``queue`` announced
+    (``pulse_core.store.capacity``): member ``<worker hostname>:<concurrency>``, scored by the
+    time (epoch seconds) its announcement expires. Lapsed members are trimmed at each
+    announcement; the key expires with the last one (an ``EXPIRE`` of the announcement's TTL)."""
+    return f"{PREFIX}:queue-capacity:{part(queue)}"
+
+
 def concurrency(job_type: str, tenant_id: str | None = None) -> str:
     """Sorted set of the job ids holding a run slot of ``job_type`` (of one tenant, or
     of all): member -> when its grace before the claim ends (epoch seconds)."""

@@ -45,8 +45,6 @@ DEFAULT_SWEEP_INTERVAL_SECONDS = 10.0
 #: A queued job not claimed this long after it was queued is looked at by the sweep: its
 #: message is republished if it was lost (then after twice as long, and so on, up to an hour).
 DEFAULT_QUEUED_CHECK_SECONDS = 60.0
-#: Messages a queue holds on the broker before the dispatcher keeps the rest in ready sets.
-DEFAULT_DISPATCH_DEPTH = 4
 #: Operator caps on per-job options (``options.maxRetries``, ``options.timeoutSeconds``).
 DEFAULT_MAX_RETRIES_CAP = 20
 DEFAULT_TIMEOUT_CAP_SECONDS = 900
@@ -315,14 +313,16 @@ class Settings:
         "a queued job not claimed this long after it was queued has its message republished by the sweep",
         group="execution",
     )
-    dispatch_depth: int = setting(
+    dispatch_depth: int | None = setting(
         "PULSE_DISPATCH_DEPTH",
-        DEFAULT_DISPATCH_DEPTH,
+        None,
         POSITIVE_INT,
-        "messages a queue holds on a Redis broker; the rest wait in Pulse's ready sets, dispatched "
-        "in fair order (about twice the queue's total worker concurrency; a tenant's flood delays "
-        "another tenant's next job by at most this many jobs)",
+        "messages a queue holds on its broker; the rest wait in Pulse's ready sets, dispatched in fair "
+        "order (a tenant's flood delays another tenant's next job by at most this many jobs plus the "
+        "running ones). Unset: derived from worker capacity, the summed pool concurrency of the "
+        "queue's live workers (at least 1), as they announce it with their jobTypes",
         group="execution",
+        shown="unset: derived from worker capacity",
     )
     max_retries_cap: int = setting(
         "PULSE_MAX_RETRIES_CAP",

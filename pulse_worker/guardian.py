@@ -16,7 +16,7 @@ Three threads, so a slow sweep never delays a renewal:
 - **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due or
   whose run slot was freed without a release (``pulse_core.guards.execution_limits``; on a
   broker other than the job store's Redis it publishes them itself: ``pulse_worker.release``),
-  and, with a Redis broker, fills every queue with waiting jobs up to ``PULSE_DISPATCH_DEPTH``
+  and, with a Redis broker, fills every queue with waiting jobs up to its dispatch depth
   (``pulse_core.store.dispatch``), so a queue refills even when no attempt ends (its
   workers restarted, its messages were stale copies). With another broker the **pump**
   (every ``PUMP_TICK_SECONDS``) tops the worker's queues up instead.
@@ -123,15 +123,15 @@ def consumed_queues(worker: Any) -> set[str]:
 
 
 def pump_queues(app: Any, store: JobStore, fair: Dispatcher, consumed: set[str]) -> int:
-    """Top up each of the worker's queues (``consumed``) with waiting jobs to
-    ``PULSE_DISPATCH_DEPTH`` ready messages on a broker other than the job store's Redis:
+    """Top up each of the worker's queues (``consumed``) with waiting jobs to the queue's
+    dispatch depth (``Dispatcher.depth``) of ready messages on a broker other than the job store's Redis:
     take them in fair order, publish them at one priority. Returns how many went. A job
     taken but not published stays queued and watched: the sweep republishes it."""
     sent = 0
     for queue in fair.queues():
         if queue not in consumed:
             continue
-        room = fair.depth - ready_messages(app, queue)
+        room = fair.depth(queue) - ready_messages(app, queue)
         if room <= 0:
             continue
         jobs = [job for job in store.get_listed(fair.take(queue, room)) if job is not None]  # no payload

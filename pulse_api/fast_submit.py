@@ -148,7 +148,7 @@ class FastSubmit:
             except Exception as unhandled:
                 handled = unhandled
                 response = app.handle_exception(unhandled)
-            return response(environ, start_response)  # type: ignore[no-any-return]
+            return response(environ, start_response)
         finally:
             if handled is not None and app.should_ignore_error(handled):
                 handled = None

@@ -60,4 +60,3 @@ def test_a_pulse_client_round_trips_every_type(redis: Redis) -> None:
         got = pipe.execute()
     # then Redis stored what was sent
     assert got[:2] == ["é ✓", {"i": "7", "f": "2.5", "b": "raw"}]
-

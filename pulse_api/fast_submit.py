@@ -109,7 +109,7 @@ class FastSubmit:
         length = environ.get("CONTENT_LENGTH", "")
         if (
             environ.get("CONTENT_TYPE") != "application/json"
-            or not length.isdigit()
+            or not (length.isascii() and length.isdigit())
             or "HTTP_TRANSFER_ENCODING" in environ
             or "HTTP_TRACEPARENT" in environ
         ):

@@ -25,7 +25,12 @@ from pulse_core.tenants import TenantsConfig, hash_api_key
 JOB_TYPE = "fastpath.echo"
 #: Each path has tenants of its own, so limits and idempotency keys never meet.
 PATHS = ("fast", "full")  # (names of one length: the Content-Length compares)
-KINDS = {"plain": {}, "tight": {"rate_limit": "1/minute"}, "small": {"max_payload_bytes": 256}}
+KINDS = {
+    "plain": {},
+    "tight": {"rate_limit": "1/minute"},
+    "small": {"max_payload_bytes": 256},
+    "traced": {"rate_limit": "1/minute"},
+}
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
@@ -220,3 +225,59 @@ def test_other_routes_go_to_flask(paths: Paths) -> None:
     paths.fast.get("/v1/jobs", headers={"Authorization": f"Bearer {key('fast', 'plain')}"})
     paths.fast.post("/v1/jobs/", json=body())
     assert paths.reached_flask == 3
+
+
+def _span_shapes(spans: Any) -> list[tuple[Any, ...]]:
+    shapes = []
+    for span in spans:
+        attributes = {k: _ID.sub("<id>", str(v)) for k, v in (span.attributes or {}).items()}
+        shapes.append((span.name, span.kind, span.status.status_code, sorted(attributes.items()), len(span.events)))
+    return sorted(shapes, key=str)
+
+
+def test_with_tracing_on_both_paths_record_the_same_spans(isolated_settings_module: Settings, redis: Redis) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pulse_api import observability
+    from pulse_core.telemetry import tracing
+
+    # given tracing on, and an app traced as gunicorn's post_fork traces it
+    announce(redis, [JOB_TYPE], 3600)
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing("pulse-test", exporter=exporter, set_global=False)
+    try:
+        app = create_app(
+            isolated_settings_module,
+            tenants=TenantsConfig.from_mapping(
+                {
+                    "tenants": {
+                        tenant(path, kind): {"api_key_sha256": [hash_api_key(key(path, kind))], **extra}
+                        for path in PATHS
+                        for kind, extra in KINDS.items()
+                    }
+                }
+            ),
+        )
+        observability.instrument_tracing(app)
+        paths = Paths(app)
+        recorded = {}
+        for path, client in (("fast", paths.fast), ("full", paths.flask)):
+            exporter.clear()
+            # when a plain submit, one with a traceId, and one over the rate limit go through the path
+            plain, traced = ({"Authorization": f"Bearer {key(path, kind)}"} for kind in ("plain", "traced"))
+            statuses = [
+                client.post("/v1/jobs", json=body(), headers=plain).status_code,
+                client.post("/v1/jobs", json=body(metadata={"traceId": "cd" * 16}), headers=plain).status_code,
+                client.post("/v1/jobs", json=body(), headers=traced).status_code,
+                client.post("/v1/jobs", json=body(), headers=traced).status_code,
+            ]
+            assert statuses == [202, 202, 202, 429]
+            recorded[path] = _span_shapes(exporter.get_finished_spans())
+        # then the spans (names, kinds, statuses, attributes, events) are the same on both,
+        # the fast path's all made before Flask (the refusal's by Flask's error handling)
+        assert paths.reached_flask == 0
+        names = [shape[0] for shape in recorded["fast"]]
+        assert names.count("POST /v1/jobs") == 4 and "pulse.submit" in names
+        assert recorded["fast"] == recorded["full"]
+    finally:
+        tracing.shutdown_tracing()

@@ -281,3 +281,19 @@ def test_with_tracing_on_both_paths_record_the_same_spans(isolated_settings_modu
         assert recorded["fast"] == recorded["full"]
     finally:
         tracing.shutdown_tracing()
+
+
+def test_the_fast_path_knows_every_hook_a_submit_passes(app: Flask) -> None:
+    # given the hooks Flask runs around POST /v1/jobs (the app's and the jobs blueprint's)
+    hooks = {
+        kind: sorted(f.__qualname__ for scope in (None, "jobs") for f in getattr(app, kind).get(scope, []))
+        for kind in ("before_request_funcs", "after_request_funcs", "teardown_request_funcs", "url_value_preprocessors")
+    }
+    # then they are the ones fast_submit does the work of (tracing's are added after the fork:
+    # the tracing test above); a new hook must be done there too, or the fast path left
+    assert hooks == {
+        "before_request_funcs": ["_guard"],
+        "after_request_funcs": ["_count_refusal", "_rate_limit_headers"],
+        "teardown_request_funcs": ["_clear_log_context"],
+        "url_value_preprocessors": [],
+    }

@@ -35,6 +35,7 @@ from pulse_api.jobs import job_body, rate_limit_headers
 from pulse_api.parsing import _not_json
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import EXTENSION_KEY, Services
+from pulse_core.jobs import Job
 from pulse_core.telemetry import logs, tracing
 from pulse_core.tenants import Tenant
 
@@ -82,15 +83,13 @@ class FastSubmit:
         except Exception as exc:  # a refusal (or Redis failing): Flask answers it, as the view's
             return self._refused(environ, start_response, tenant, span, exc)
 
-        json_provider: Any = app.json
-        if (json_provider.compact is None and app.debug) or json_provider.compact is False:
-            text = json_provider.dumps(job_body(admitted.job), indent=2)
-        else:
-            text = json_provider.dumps(job_body(admitted.job), separators=(",", ":"))
-        payload = f"{text}\n".encode()
+        try:
+            payload = self._answer(admitted.job)
+        except Exception as exc:  # the view would have raised it as well: Flask answers it, hooks and all
+            return self._refused(environ, start_response, tenant, span, exc)
         code = 200 if admitted.replayed else 202
         headers = [
-            ("Content-Type", json_provider.mimetype),
+            ("Content-Type", app.json.mimetype),  # type: ignore[attr-defined]
             ("Content-Length", str(len(payload))),
             ("Location", f"/v1/jobs/{admitted.job.job_id}"),
             *rate_limit_headers(admitted.limit).items(),
@@ -102,6 +101,15 @@ class FastSubmit:
             tracing.end_server_span(span, code, None)
         logs.clear_job()
         return [payload]
+
+    def _answer(self, job: Job) -> bytes:
+        """The job document as ``jsonify`` writes it."""
+        json_provider: Any = self.app.json
+        if (json_provider.compact is None and self.app.debug) or json_provider.compact is False:
+            text = json_provider.dumps(job_body(job), indent=2)
+        else:
+            text = json_provider.dumps(job_body(job), separators=(",", ":"))
+        return f"{text}\n".encode()
 
     def _accept(self, svc: Services, environ: dict[str, Any]) -> tuple[Tenant, dict[str, Any]] | None:
         """The tenant and the loaded body, when Flask's path would take the request

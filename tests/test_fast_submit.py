@@ -297,3 +297,21 @@ def test_the_fast_path_knows_every_hook_a_submit_passes(app: Flask) -> None:
         "teardown_request_funcs": ["_clear_log_context"],
         "url_value_preprocessors": [],
     }
+
+
+def test_a_failure_building_the_answer_is_answered_as_flask_answers_it(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a job document that fails to build after the job was admitted (no known cause:
+    # the failure is put in by hand, on both paths)
+    def broken(job: Any) -> dict[str, Any]:
+        raise RuntimeError("job document")
+
+    monkeypatch.setattr("pulse_api.fast_submit.job_body", broken)
+    monkeypatch.setattr("pulse_api.jobs.job_body", broken)
+    # when a plain submit is sent through both paths
+    fast, flask, reached = paths.both(json=body())
+    # then the fast path's answer is Flask's own: its 500 problem document, headers and all
+    assert fast[0].startswith("500")
+    assert fast == flask
+    assert reached == 0

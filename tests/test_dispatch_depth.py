@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from pulse_api import create_app
@@ -104,3 +105,21 @@ def test_jobs_submitted_before_any_worker_announced_all_run_once_one_starts(
     # and a worker that stops withdraws its capacity at once (not a TTL later)
     assert fresh(redis).depth(queue) == 1
     assert redis.zcard(keys.queue_capacity(queue)) == 0
+
+
+def test_a_host_clock_ahead_neither_drops_live_capacity_nor_hides_it(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = f"t-depth-clock-{time.monotonic_ns()}"
+    # given a worker that announced concurrency 2 for 60 s
+    announce_capacity(redis, "w1@host", 2, [queue], 60)
+    # when this host's clock runs an hour ahead
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    # and another worker on it announces concurrency 3
+    announce_capacity(redis, "w2@host", 3, [queue], 60)
+    # then the first worker's live announcement was not trimmed as lapsed, and a reader on
+    # this host counts both (times are Redis' clock)
+    assert sorted(redis.zrange(keys.queue_capacity(queue), 0, -1)) == ["w1@host:2", "w2@host:3"]
+    assert live_capacity(redis, [queue]) == {queue: 5}
+    assert fresh(redis).depth(queue) == 5

@@ -15,7 +15,6 @@ flood.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping
 
 from redis import Redis
@@ -28,18 +27,17 @@ def member(hostname: str, concurrency: int) -> str:
     return f"{hostname}:{concurrency}"
 
 
-def announce_capacity(
-    redis: Redis,
-    hostname: str,
-    concurrency: int,
-    queues: Iterable[str],
-    ttl_seconds: float,
-    *,
-    now: float | None = None,
-) -> None:
+def _redis_now(redis: Redis) -> float:
+    seconds, micros = redis.time()  # type: ignore[misc]
+    return int(seconds) + int(micros) / 1e6
+
+
+def announce_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str], ttl_seconds: float) -> None:
     """Mark ``hostname``'s ``concurrency`` live on each of ``queues`` for ``ttl_seconds``;
-    drop the lapsed announcements of those queues and let each key expire with the last."""
-    at = time.time() if now is None else now
+    drop the lapsed announcements of those queues and let each key expire with the last.
+    Times are Redis' clock, not this host's: a worker whose clock runs ahead neither drops
+    the others' live announcements nor makes its own last longer."""
+    at = _redis_now(redis)
     name = member(hostname, concurrency)
     with redis.pipeline(transaction=False) as pipe:
         for queue in queues:
@@ -67,14 +65,19 @@ def _concurrency(name: str) -> int:
         return 0
 
 
-def live_capacity(redis: Redis, queues: Iterable[str], *, now: float | None = None) -> Mapping[str, int]:
-    """Queue -> the summed concurrency its live workers announced (0: none), one round trip."""
-    at = time.time() if now is None else now
+def live_capacity(redis: Redis, queues: Iterable[str]) -> Mapping[str, int]:
+    """Queue -> the summed concurrency its live workers announced (0: none), by Redis' clock,
+    in one round trip."""
     wanted = list(dict.fromkeys(queues))
     if not wanted:
         return {}
     with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
         for queue in wanted:
-            pipe.zrangebyscore(keys.queue_capacity(queue), f"({at!r}", "+inf")
-        found = pipe.execute()
-    return {queue: sum(_concurrency(name) for name in names) for queue, names in zip(wanted, found, strict=True)}
+            pipe.zrange(keys.queue_capacity(queue), 0, -1, withscores=True)
+        (seconds, micros), *found = pipe.execute()
+    at = int(seconds) + int(micros) / 1e6
+    return {
+        queue: sum(_concurrency(name) for name, until in entries if until > at)
+        for queue, entries in zip(wanted, found, strict=True)
+    }

@@ -330,9 +330,22 @@ def _attempt_token() -> None:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
 
 
+#: How long a heartbeat or completion waits for its attempt's 202 to be recorded by the
+#: worker that delivered it (normally a few milliseconds after the receiver answered).
+HAND_OFF_WAIT_SECONDS = 5.0
+
+
 def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
     svc = services()
     check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
+    # A receiver may call back as soon as it answered 202, before the worker has recorded
+    # that answer (its next step): wait for it a little rather than call the attempt over.
+    deadline = time.monotonic() + HAND_OFF_WAIT_SECONDS
+    while check.verdict == "not-handed-off" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
+    if check.verdict == "not-handed-off":
+        raise AttemptOver("the attempt's 202 answer is not recorded (its worker may have stopped)")
     if check.verdict == "bad-token":
         raise AuthenticationFailed("the attempt token is not this job's current attempt's")
     if check.verdict != "ok":

@@ -674,3 +674,42 @@ def test_an_allowed_network_passes_and_a_bad_setting_names_itself() -> None:
         HttpHandlerSettings.from_env({"PULSE_HTTP_HANDLER_ALLOW": "10.0.0.0/33"})
     with pytest.raises(ConfigError, match="PULSE_SECRET_KEY"):
         HttpHandlerSettings.from_env({"PULSE_SECRET_KEY": "not-a-fernet-key"})
+
+
+def test_a_completion_sent_before_the_worker_recorded_the_202_waits_for_it(
+    client: FlaskClient, redis: Redis, api: Flask
+) -> None:
+    # given an HTTP job's attempt 1 running under its delivering worker, its token issued,
+    # and the receiver's 202 not yet recorded (the worker's next step after the answer)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pulse_core.http_handlers.attempts import AttemptTokens
+    from pulse_core.jobs import Job, new_job_id, utc_now
+    from pulse_core.store.job_store import JobStore
+
+    store = JobStore(redis)
+    job = Job(
+        job_id=new_job_id(), tenant_id="acme", job_type="hooks.early", queue="t-early-callback", created_at=utc_now()
+    )
+    store.create(job, watch_at=time.time() + 60)
+    running = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=0, lost_error={}).job
+    assert running is not None
+    token, stored = AttemptTokens.new(running)
+    redis.set(keys.http_attempt_token(job.job_id), stored, ex=600)
+    # when the receiver completes it at once, and the worker records the 202 0.5 s later
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        answer = pool.submit(
+            lambda: api.test_client().post(
+                f"/v1/jobs/{job.job_id}/complete", json={"result": {"ok": 1}}, headers=_bearer(token)
+            )
+        )
+        time.sleep(0.5)
+        assert AttemptTokens(redis).hand_off(running, 60)
+        done = answer.result(timeout=10)
+        took = time.monotonic() - started
+    # then the completion waited for the hand-off and finished the job, instead of calling it over
+    assert done.status_code == 200, done.get_data(as_text=True)
+    assert done.get_json()["state"] == "succeeded" and took >= 0.5
+    doc = client.get(f"/v1/jobs/{job.job_id}", headers=auth("acme")).get_json()
+    assert (doc["state"], doc["result"]) == ("succeeded", {"ok": 1})

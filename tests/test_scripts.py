@@ -1385,6 +1385,15 @@ HTTP_ATTEMPTS = [
         ["bad-token"],
     ),
     Case(
+        "the running attempt's token before its worker recorded the 202 is not handed off yet",
+        "http_handlers/check_attempt",
+        {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "leaseUntil": "5"}},
+        ["{p}tok", "{p}job:j1", "{p}watch"],
+        ["abc1", 30, "j1", "http-202"],
+        ["not-handed-off"],
+        {"{p}job:j1": {**_HTTP_RUNNING, "leaseUntil": "5"}, "{p}watch": None},
+    ),
+    Case(
         "a token of an attempt that is over names the job's state",
         "http_handlers/check_attempt",
         {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "state": "succeeded", "owner": "http-202"}},

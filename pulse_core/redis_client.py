@@ -32,6 +32,13 @@ def connect(url: str) -> Redis:
     )
 
 
+def server_time(redis: Redis) -> float:
+    """Redis' clock (epoch seconds): what leases, slots and announcements are timed by, so a
+    host whose own clock is off neither cuts others' short nor makes its own last longer."""
+    seconds, micros = redis.time()  # type: ignore[misc]
+    return int(seconds) + int(micros) / 1e6
+
+
 def connect_impatient(url: str, *, timeout: float) -> Redis:
     """A client that gives up after ``timeout`` seconds and never retries: for a caller that
     must know in time that Redis stopped answering (lease renewal), not wait it out."""

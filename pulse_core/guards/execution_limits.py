@@ -44,7 +44,6 @@ happens before the claim):
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,8 +206,8 @@ class ExecutionGate:
         slot_keys = tuple(key for key, _ in slots)
         slot_limits = tuple(most for _, most in slots)
         if slots:
-            now = time.time()
-            head = [holder, repr(now), repr(now + self._grace), keys.job("")]
+            # '': the scripts time holders by Redis' clock, as leases are (never this host's)
+            head = [holder, "", repr(self._grace), keys.job("")]
             full = self._acquire(keys=list(slot_keys), args=[*head, *slot_limits])
             if full is not None and park is not None:
                 parked = park()
@@ -274,11 +273,10 @@ class ExecutionGate:
         return Released()
 
     def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> Released:
-        now = time.time()
         more_keys, more_args = ([keys.WATCH], [repr(self._check)]) if self._check is not None else ([], [])
         return self._release_slots(
             keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING, *more_keys],
-            args=[holder, repr(now), repr(now + self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
+            args=[holder, "", repr(self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
         )
 
     def release_parked(self) -> Released:

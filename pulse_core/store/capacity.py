@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from redis import Redis
 
 from pulse_core import keys
+from pulse_core.redis_client import server_time
 
 
 def member(hostname: str, concurrency: int) -> str:
@@ -27,17 +28,12 @@ def member(hostname: str, concurrency: int) -> str:
     return f"{hostname}:{concurrency}"
 
 
-def _redis_now(redis: Redis) -> float:
-    seconds, micros = redis.time()  # type: ignore[misc]
-    return int(seconds) + int(micros) / 1e6
-
-
 def announce_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str], ttl_seconds: float) -> None:
     """Mark ``hostname``'s ``concurrency`` live on each of ``queues`` for ``ttl_seconds``;
     drop the lapsed announcements of those queues and let each key expire with the last.
     Times are Redis' clock, not this host's: a worker whose clock runs ahead neither drops
     the others' live announcements nor makes its own last longer."""
-    at = _redis_now(redis)
+    at = server_time(redis)
     name = member(hostname, concurrency)
     with redis.pipeline(transaction=False) as pipe:
         for queue in queues:

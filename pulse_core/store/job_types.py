@@ -19,6 +19,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.policy import RetryPolicy
+from pulse_core.redis_client import server_time
 
 log = logging.getLogger("pulse.metrics")
 
@@ -39,7 +40,7 @@ def announce(
     ``policies`` (jobType -> its declared retry policy) lets the API resolve a
     job's effective retries and time limit when it accepts it.
     """
-    now = time.time()
+    now = server_time(redis)  # not this host's clock: one running ahead drops others' live jobTypes
     members = {job_type: now + ttl_seconds for job_type in job_types}
     with redis.pipeline(transaction=False) as pipe:
         if members:
@@ -54,10 +55,19 @@ def announce(
         pipe.execute()
 
 
+def _announced(redis: Redis) -> tuple[float, list[tuple[str, float]]]:
+    """(Redis' clock now, every announced jobType with when it lapses), in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.zrange(keys.JOB_TYPES, 0, -1, withscores=True)
+        (seconds, micros), announced = pipe.execute()
+    return int(seconds) + int(micros) / 1e6, announced
+
+
 def live_job_types(redis: Redis) -> frozenset[str]:
-    """The jobTypes some live worker has announced."""
-    members: list[str] = redis.zrangebyscore(keys.JOB_TYPES, time.time(), "+inf")  # type: ignore[assignment]
-    return frozenset(members)
+    """The jobTypes some live worker has announced (by Redis' clock), in one round trip."""
+    now, announced = _announced(redis)
+    return frozenset(job_type for job_type, expires_at in announced if expires_at > now)
 
 
 def job_type_policies(redis: Redis) -> dict[str, RetryPolicy]:
@@ -115,19 +125,17 @@ class LiveJobTypesCollector(Collector):
     ``pulse_job_type_live`` is 1 for each jobType some live worker announced and 0 for one
     whose announcement lapsed (no worker heartbeat within the TTL) but is not yet trimmed;
     a jobType whose workers are all gone is 0 and then absent. ``pulse_redis_up`` is 1 when
-    this read answered, 0 when Redis did not (no jobType series then). One round trip.
+    this read answered, 0 when Redis did not (no jobType series then). One round trip;
+    times are Redis' clock.
     """
 
-    def __init__(self, redis: Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("pulse_redis_up", "1 when Redis answered this scrape's read, else 0.")
         try:
-            announced: list[tuple[str, float]] = self._redis.zrange(  # type: ignore[assignment]
-                keys.JOB_TYPES, 0, -1, withscores=True
-            )
+            now, announced = _announced(self._redis)
         except Exception as exc:  # a scrape must answer even when Redis is down
             log.warning("live jobTypes not read: %s", exc)
             up.add_metric([], 0.0)
@@ -140,7 +148,6 @@ class LiveJobTypesCollector(Collector):
             "1 while some live worker has announced the jobType, 0 once its announcement lapsed.",
             labels=["job_type"],
         )
-        now = self._clock()
         for job_type, expires_at in announced:
             live.add_metric([job_type], 1.0 if expires_at > now else 0.0)
         yield live

@@ -3,13 +3,14 @@
 -- KEYS[1..n] the slot sets   KEYS[n+1..2n] their parked sets (job id -> arrival)
 -- KEYS[2n+1] the parked messages (job id -> '<broker list>\n<message>')
 -- KEYS[2n+2] the slot sets with parked jobs: slot set -> its most holders
--- ARGV[1] holder   ARGV[2] now (epoch s)   ARGV[3] grace until   ARGV[4] job key prefix
+-- ARGV[1] holder   ARGV[2] now (epoch s; '' = Redis' clock)   ARGV[3] the grace (s)  ARGV[4] job key prefix
 -- ARGV[5] n   ARGV[6..5+n] the most holders of each set   then: job id, arrival (ms),
 -- the broker list and the message that start the job again when a slot is handed over
 -- Reply: 0 when taken (as acquire_slots), else i: parked on KEYS[i].
 --@include slots
 
-local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
+local now, n = slot_clock(ARGV[2]), tonumber(ARGV[5])
+local grace_until = now + tonumber(ARGV[3])
 local mine = handover_of(ARGV[1])
 local job_id, arrival, list, message = ARGV[6 + n], ARGV[7 + n], ARGV[8 + n], ARGV[9 + n]
 for i = 1, n do
@@ -23,6 +24,6 @@ for i = 1, n do
 end
 for i = 1, n do
   redis.call('ZREM', KEYS[i], mine)
-  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[i], grace_until, ARGV[1])
 end
 return 0

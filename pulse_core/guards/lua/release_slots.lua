@@ -5,7 +5,7 @@
 -- KEYS[2n+2] the slot sets with parked jobs: slot set -> its most holders
 -- KEYS[2n+3] (optional) the watch zset: a job handed a slot is next checked ARGV[6+n] seconds
 --            after (Redis' clock; never earlier than it was), as a job released when due
--- ARGV[1] holder ('' = none)   ARGV[2] now (epoch s)   ARGV[3] a handover's grace until (epoch s)
+-- ARGV[1] holder ('' = none)   ARGV[2] now (epoch s; '' = Redis' clock)   ARGV[3] a handover's grace (s)
 -- ARGV[4] job key prefix   ARGV[5] n   ARGV[6..5+n] the most holders of each set
 -- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
 -- queue, reaches a worker (acquire_slots takes it as its own) or the grace ends. A parked job
@@ -19,7 +19,8 @@
 
 local WAITING_STATES = {queued = true, retrying = true, scheduled = true}
 
-local now, n = tonumber(ARGV[2]), tonumber(ARGV[5])
+local now, n = slot_clock(ARGV[2]), tonumber(ARGV[5])
+local grace_until = now + tonumber(ARGV[3])
 local handed, out = 0, {0}
 local watch, check_at = KEYS[2 * n + 3], nil
 if watch then
@@ -38,7 +39,7 @@ for i = 1, n do
     redis.call('HDEL', KEYS[2 * n + 1], job_id)
     if stored and WAITING_STATES[redis.call('HGET', ARGV[4] .. job_id, 'state')] then
       local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
-      redis.call('ZADD', KEYS[i], ARGV[3], job_id .. '|h')
+      redis.call('ZADD', KEYS[i], grace_until, job_id .. '|h')
       if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end
       if watch then redis.call('ZADD', watch, 'XX', 'GT', check_at, job_id) end
       live, handed = live + 1, handed + 1

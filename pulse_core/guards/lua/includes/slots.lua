@@ -25,3 +25,13 @@ end
 local function handover_of(holder)
   return string.match(holder, '^(.*)|') .. '|h'
 end
+
+-- now (epoch s): the given value (the script tables' fixed clock), else Redis' clock. Never the
+-- caller's host clock: a lease is timed by Redis' clock, so a host running ahead would see
+-- the live leases of other workers' holders as lapsed and drop their slots.
+local function slot_clock(given)
+  local now = tonumber(given)
+  if now then return now end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end

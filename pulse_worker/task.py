@@ -65,6 +65,7 @@ from pulse_core.handlers import HandlerSpec
 from pulse_core.http_handlers.registrations import Registration
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
+from pulse_core.redis_client import server_time
 from pulse_core.store.job_store import ClaimRefusal
 from pulse_core.store.job_types import live_job_types
 from pulse_core.telemetry import logs, metrics, tracing
@@ -198,7 +199,9 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
     if handling.missing or handling.spec is not None or handling.registration is not None:
         return False  # no record (the claim drops the message), or this worker can run it
     job_type = handling.job_type
-    now = time.time()
+    # Redis' clock: the grace's start is shared by every worker the job meets, so a host
+    # whose clock runs ahead must not count it as long over
+    now = server_time(runtime.redis)
     grace = runtime.settings.unknown_job_type_grace_seconds
     parks = runtime.store.dispatcher is not None
     if job_type in live_job_types(runtime.redis):

@@ -293,3 +293,41 @@ def test_a_retry_due_behind_a_full_concurrency_limit_waits_parked_then_gets_a_sl
     assert [int(redis.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
     assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
     assert redis.zscore(keys.PARKED_UNTIL, flaky_id) is None
+
+
+def test_a_worker_whose_clock_runs_an_hour_ahead_still_holds_max_concurrency(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, a worker with a right clock and one whose
+    # clock runs an hour ahead (tests/handlers/clock_ahead.py)
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    modules = ",".join([*settings.handler_modules, "clock_ahead"])
+    ahead_env = {**settings_env(settings), "PULSE_HANDLER_MODULES": modules}
+    workers = [
+        WorkerProcess(env, tmp_path / f"{name}.log", queues=[settings.default_queue], concurrency=2)
+        for name, env in (("right", settings_env(settings)), ("ahead", ahead_env))
+    ]
+    try:
+        for worker in workers:
+            worker.start().wait_ready(redis, ["limited.slots"])
+        # when 30 jobs of 0.1 s are submitted at once
+        batch = [{"jobType": "limited.slots", "payload": {"seconds": 0.1}}] * 30
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        ids = [item["job"]["jobId"] for item in answer["items"]]
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
+    finally:
+        for worker in workers:
+            worker.stop()
+    # then each ran once, and never two at once: the worker ahead never took the slot of a job
+    # still running on the other (slot holders are timed by Redis' clock, as leases are)
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert len(concurrent) == 30 and max(concurrent) == 1, concurrent
+    # and the worker ahead took part (its handler records its start an hour ahead)
+    starts = [float(x) for x in redis.lrange("limited:limited.slots:starts", 0, -1)]
+    ahead = [s for s in starts if s > time.time() + 1800]
+    assert 0 < len(ahead) < 30, f"{len(ahead)} of 30 ran on the worker ahead"
+    slots = keys.concurrency("limited.slots")
+    assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import publish_counter
@@ -234,3 +235,38 @@ def test_a_worker_with_no_handlers_refuses_to_start(
     assert code != 0
     assert "no handlers registered" in worker.log()
     assert "PULSE_HANDLER_MODULES" in worker.log() and "pulse.handlers" in worker.log()
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_cut_an_unknown_jobs_grace_short(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given a 20 s grace, and a worker with a right clock that met a queued job of a jobType
+    # no live worker announces (its grace started then, kept in Redis)
+    settings = replace(placement_settings, unknown_job_type_grace_seconds=20.0)
+    right = start(workers, settings, tmp_path / "right.log")
+    right.wait_ready(store, FULL)
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="retired.type",
+        queue=settings.default_queue,
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
+    JobStore(store).create(job)
+    sent = time.time()
+    publish_job(create_celery(settings), job)
+    wait_for(lambda: store.exists(keys.homeless_since(job.job_id)) == 1, timeout=30, interval=0.1)
+    # when that worker stops and one whose clock runs an hour ahead meets the job next
+    right.stop()
+    modules = ",".join([*settings.handler_modules, "clock_ahead"])
+    ahead = start(workers, settings, tmp_path / "ahead.log", modules=modules)
+    ahead.wait_ready(store, FULL)
+    wait_for(lambda: "no live worker has its handler" in ahead.log(), timeout=30)
+    # then the job still waits, queued, for the rest of its grace (counted by Redis' clock,
+    # not as an hour over) and dies as unknown only once it has passed
+    assert store.hget(keys.job(job.job_id), "state") == "queued"
+    wait_for(lambda: store.hget(keys.job(job.job_id), "state") == "dead", timeout=60, interval=0.1)
+    assert time.time() - sent >= settings.unknown_job_type_grace_seconds
+    assert '"UnknownJobTypeAtWorker"' in str(store.hget(keys.job(job.job_id), "error"))
+    assert_invariants(store, client, [job.job_id])

@@ -123,3 +123,21 @@ def test_a_host_clock_ahead_neither_drops_live_capacity_nor_hides_it(
     assert sorted(redis.zrange(keys.queue_capacity(queue), 0, -1)) == ["w1@host:2", "w2@host:3"]
     assert live_capacity(redis, [queue]) == {queue: 5}
     assert fresh(redis).depth(queue) == 5
+
+
+def test_a_worker_announcing_a_shorter_ttl_does_not_cut_the_others_short(redis: Redis) -> None:
+    queue = f"t-depth-ttl-{time.monotonic_ns()}"
+    key = keys.queue_capacity(queue)
+    # given a worker that announced concurrency 2 for 60 s
+    announce_capacity(redis, "w1@host", 2, [queue], 60)
+    # when another announces concurrency 3 for 1 s, and its announcement lapses
+    announce_capacity(redis, "w2@host", 3, [queue], 1)
+    time.sleep(1.2)
+    # then the key lives on with the first announcement (it expires with its last live one,
+    # about 60 s from the first), and the depth counts the live worker only
+    assert 55 <= redis.ttl(key) <= 60
+    assert live_capacity(redis, [queue]) == {queue: 2}
+    # and when the long one is announced again with a short TTL, the key follows it down
+    announce_capacity(redis, "w1@host", 2, [queue], 2)
+    assert redis.zrange(key, 0, -1) == ["w1@host:2"]  # the lapsed one was trimmed
+    assert 1 <= redis.ttl(key) <= 2

@@ -29,7 +29,7 @@ from pulse_core import lua_scripts
 from pulse_core.guards import admission, execution_limits
 from pulse_core.http_handlers import attempts
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES
-from pulse_core.store import dead_letters, dispatch, job_store, job_types, listing, recovery
+from pulse_core.store import capacity, dead_letters, dispatch, job_store, job_types, listing, recovery
 from pulse_core.store.job_store import CancelOutcome
 from pulse_worker import http_delivery
 
@@ -45,6 +45,7 @@ _DECLARED: dict[str, lua_scripts.LuaScript[Any]] = {
         dead_letters,
         recovery,
         job_types,
+        capacity,
         admission,
         execution_limits,
         attempts,
@@ -1434,6 +1435,20 @@ FORGET_LAPSED = [
     ),
 ]
 
+# the member, its TTL (s)
+ANNOUNCE_CAPACITY = [
+    Case(
+        "an announcement is live for its TTL by Redis' clock; lapsed ones go; the key expires with its last",
+        "store/announce_capacity",
+        {"{p}cap": Z({"old:1": 900, "w2:3": float(LATER)})},
+        ["{p}cap"],
+        ["w1:2", "60"],
+        1,
+        {"{p}cap": Z({"w1:2": Soon(60), "w2:3": float(LATER)})},
+        ttl={"{p}cap": "expires"},
+    ),
+]
+
 RELEASE = [
     Case(
         "the holder releases its lock",
@@ -2428,6 +2443,7 @@ CASES = (
     + RATE_ACQUIRE
     + HTTP_ATTEMPTS
     + FORGET_LAPSED
+    + ANNOUNCE_CAPACITY
     + RELEASE
     + ADMIT
     + ADMIT_PLACES

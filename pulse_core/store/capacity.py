@@ -14,13 +14,15 @@ flood.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.redis_client import server_time
+from pulse_core.lua_scripts import LuaScript
+
+#: Announces a worker's capacity on its queues (``lua/announce_capacity.lua``).
+_ANNOUNCE = LuaScript("pulse_core.store", "announce_capacity", int)
 
 
 def member(hostname: str, concurrency: int) -> str:
@@ -30,18 +32,13 @@ def member(hostname: str, concurrency: int) -> str:
 
 def announce_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str], ttl_seconds: float) -> None:
     """Mark ``hostname``'s ``concurrency`` live on each of ``queues`` for ``ttl_seconds``;
-    drop the lapsed announcements of those queues and let each key expire with the last.
-    Times are Redis' clock, not this host's: a worker whose clock runs ahead neither drops
-    the others' live announcements nor makes its own last longer."""
-    at = server_time(redis)
-    name = member(hostname, concurrency)
-    with redis.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            key = keys.queue_capacity(queue)
-            pipe.zremrangebyscore(key, "-inf", at)
-            pipe.zadd(key, {name: at + ttl_seconds})
-            pipe.expire(key, max(1, math.ceil(ttl_seconds)))
-        pipe.execute()
+    drop the lapsed announcements of those queues and let each key expire with its last live
+    one (``lua/announce_capacity.lua``, one round trip). Times are Redis' clock, not this
+    host's: a worker whose clock runs ahead neither drops the others' live announcements nor
+    makes its own last longer, and one with a shorter TTL does not cut the others' short."""
+    wanted = [keys.queue_capacity(queue) for queue in dict.fromkeys(queues)]
+    if wanted:
+        _ANNOUNCE.register(redis)(keys=wanted, args=[member(hostname, concurrency), repr(float(ttl_seconds))])
 
 
 def withdraw_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str]) -> None:

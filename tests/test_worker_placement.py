@@ -181,6 +181,21 @@ def test_jobs_that_land_on_a_worker_without_their_handler_go_back_and_succeed(
     assert store.zmscore(keys.PARKED_UNTIL, echoes) == [None] * len(echoes)
 
 
+def queue_homeless_job(store: Redis, settings: Settings) -> Job:
+    """A queued job of a jobType no worker has (``retired.type``), its message published."""
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id="acme",
+        job_type="retired.type",
+        queue=settings.default_queue,
+        trace_id=new_trace_id(),
+        created_at=utc_now(),
+    )
+    JobStore(store).create(job)
+    publish_job(create_celery(settings), job)
+    return job
+
+
 def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
@@ -189,17 +204,8 @@ def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     modules = ",".join([*placement_settings.handler_modules, "publish_counter"])
     worker = start(workers, placement_settings, tmp_path / "w.log", modules=modules)
     worker.wait_ready(store, FULL)
-    job = Job(
-        job_id=new_job_id(),
-        tenant_id="acme",
-        job_type="retired.type",
-        queue=placement_settings.default_queue,
-        trace_id=new_trace_id(),
-        created_at=utc_now(),
-    )
-    JobStore(store).create(job)
     sent = time.time()
-    publish_job(create_celery(placement_settings), job)
+    job = queue_homeless_job(store, placement_settings)
     # when the worker meets it, then it waits, queued, through the grace period
     wait_for(lambda: "no live worker has its handler" in worker.log(), timeout=30)
     time.sleep(placement_settings.unknown_job_type_grace_seconds / 2)
@@ -245,17 +251,8 @@ def test_a_worker_whose_clock_runs_ahead_does_not_cut_an_unknown_jobs_grace_shor
     settings = replace(placement_settings, unknown_job_type_grace_seconds=20.0)
     right = start(workers, settings, tmp_path / "right.log")
     right.wait_ready(store, FULL)
-    job = Job(
-        job_id=new_job_id(),
-        tenant_id="acme",
-        job_type="retired.type",
-        queue=settings.default_queue,
-        trace_id=new_trace_id(),
-        created_at=utc_now(),
-    )
-    JobStore(store).create(job)
     sent = time.time()
-    publish_job(create_celery(settings), job)
+    job = queue_homeless_job(store, settings)
     wait_for(lambda: store.exists(keys.homeless_since(job.job_id)) == 1, timeout=30, interval=0.1)
     # when that worker stops and one whose clock runs an hour ahead meets the job next
     right.stop()

@@ -379,6 +379,52 @@ CLAIM = [
         },
     ),
     Case(
+        "a dispatched, rechecked job starts attempt 1: the reply is the record as written, its other fields kept",
+        "store/claim",
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "queued",
+                "attempts": "0",
+                "payload": '{"n":1}',
+                "enqueued": "1",
+                "recoveries": "2",
+                "laneWaits": "1",
+            }
+        },
+        CLAIM_KEYS,
+        _claim_argv(cycle=0, attempt=1),
+        [
+            "claimed",
+            Record(
+                {
+                    **ID,
+                    "state": "running",
+                    "attempts": "1",
+                    "payload": '{"n":1}',
+                    "startedAt": T,
+                    "leaseUntil": "1030.000000",
+                    "owner": "w1",
+                    "claimToken": "tok1",
+                }
+            ),
+            0,
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "payload": '{"n":1}',
+                "startedAt": T,
+                "leaseUntil": "1030.000000",
+                "owner": "w1",
+                "claimToken": "tok1",
+            },
+            "{p}watch": Z({"j1": 1030}),
+        },
+    ),
+    Case(
         "a scheduled job not yet due is early",
         "store/claim",
         {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}},

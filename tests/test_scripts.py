@@ -2301,6 +2301,15 @@ DISPATCH = [
         },
     ),
     Case(
+        "a listed queue whose tenants all left is unlisted and its state goes",
+        "store/dispatch",
+        {"{p}state": {"v": "5"}, "{p}queues": {"q", "other"}},
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        0,
+        {"{p}state": None, "{p}queues": {"other"}, "{p}l0": None},
+    ),
+    Case(
         "a full queue is left alone",
         "store/dispatch",
         {"{p}active": Z({"a": 0}), "{p}ready:a": Z({"ja": 4e15 + 1}), "{p}l3": ["m1", "m2"]},

@@ -142,10 +142,27 @@ class TenantsConfig:
     job_types: Mapping[str, JobTypeRule] = field(default_factory=dict)
     #: Key digest -> tenant, built once: authentication is one dict lookup.
     _by_digest: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+    #: Whether any tenant has a ``max_running``, and the jobTypes some tenant gives limits of
+    #: its own, built once: a worker asks for each job it runs (``needs_tenant``).
+    _any_max_running: bool = field(init=False, repr=False, compare=False)
+    _tenant_limited: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_digest = {digest: tenant for tenant in self.tenants.values() for digest in tenant.api_key_sha256}
         object.__setattr__(self, "_by_digest", by_digest)
+        object.__setattr__(self, "_any_max_running", any(tenant.max_running for tenant in self.tenants.values()))
+        limited = frozenset(
+            job_type
+            for tenant in self.tenants.values()
+            for job_type, rule in tenant.job_types.items()
+            if rule.rate_limit or rule.max_concurrency
+        )
+        object.__setattr__(self, "_tenant_limited", limited)
+
+    def tenant_limits_apply(self, job_type: str) -> bool:
+        """Whether some tenant has limits of its own for ``job_type``, or a ``max_running``
+        (one lookup, whatever the number of tenants)."""
+        return self._any_max_running or job_type in self._tenant_limited
 
     @classmethod
     def load(cls, path: Path) -> TenantsConfig:

@@ -15,6 +15,7 @@ from pulse_api import create_app
 from pulse_cli.cli import tenant_worker_queues
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.broker.routing import resolve_queue
+from pulse_core.guards.execution_limits import needs_tenant
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.tenants import TenantsConfig
@@ -236,6 +237,23 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         worker.stop()
+
+
+def test_a_worker_asks_for_a_jobs_tenant_only_where_some_tenant_limits_its_jobtype(tmp_path: Path) -> None:
+    # given a tenants file where acme limits its own "x.rate" and globex its own "x.slots"
+    path = write_tenants_file(
+        tmp_path / "t.toml",
+        extra='[tenants.acme.job_types."x.rate"]\nrate_limit = "1/second"\n'
+        '[tenants.globex.job_types."x.slots"]\nmax_concurrency = 2\n',
+    )
+    # when a worker asks which jobTypes need the job's tenant for their limits
+    config = TenantsConfig.load(path)
+    # then exactly those two do, and any other does not
+    assert [needs_tenant(config, t) for t in ("x.rate", "x.slots", "x.other")] == [True, True, False]
+    assert not needs_tenant(None, "x.rate")
+    # and once any tenant has a running cap, every jobType does
+    capped = write_tenants_file(tmp_path / "capped.toml", tenant_settings={"globex": "max_running = 3"})
+    assert needs_tenant(TenantsConfig.load(capped), "x.other")
 
 
 def test_weights_and_running_caps_are_read_and_bad_ones_refused_naming_them(tmp_path: Path) -> None:

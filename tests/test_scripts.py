@@ -380,6 +380,52 @@ CLAIM = [
         },
     ),
     Case(
+        "a dispatched, rechecked job starts attempt 1: the reply is the record as written, its other fields kept",
+        "store/claim",
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "queued",
+                "attempts": "0",
+                "payload": '{"n":1}',
+                "enqueued": "1",
+                "recoveries": "2",
+                "laneWaits": "1",
+            }
+        },
+        CLAIM_KEYS,
+        _claim_argv(cycle=0, attempt=1),
+        [
+            "claimed",
+            Record(
+                {
+                    **ID,
+                    "state": "running",
+                    "attempts": "1",
+                    "payload": '{"n":1}',
+                    "startedAt": T,
+                    "leaseUntil": "1030.000000",
+                    "owner": "w1",
+                    "claimToken": "tok1",
+                }
+            ),
+            0,
+        ],
+        {
+            "{p}job:j1": {
+                **ID,
+                "state": "running",
+                "attempts": "1",
+                "payload": '{"n":1}',
+                "startedAt": T,
+                "leaseUntil": "1030.000000",
+                "owner": "w1",
+                "claimToken": "tok1",
+            },
+            "{p}watch": Z({"j1": 1030}),
+        },
+    ),
+    Case(
         "a scheduled job not yet due is early",
         "store/claim",
         {"{p}job:j1": {**ID, "state": "scheduled", "attempts": "0", "dueAt": "1500"}},
@@ -2268,6 +2314,15 @@ DISPATCH = [
             "{p}queues": None,
             "{p}l0": None,
         },
+    ),
+    Case(
+        "a listed queue whose tenants all left is unlisted and its state goes",
+        "store/dispatch",
+        {"{p}state": {"v": "5"}, "{p}queues": {"q", "other"}},
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        0,
+        {"{p}state": None, "{p}queues": {"other"}, "{p}l0": None},
     ),
     Case(
         "a full queue is left alone",

@@ -133,15 +133,7 @@ def _tenant_limits(config: TenantsConfig | None, job_type: str, tenant_id: str) 
 
 def needs_tenant(config: TenantsConfig | None, job_type: str) -> bool:
     """Whether some tenant has limits of its own for ``job_type`` (or a ``max_running``)."""
-    if config is None:
-        return False
-    if any(tenant.max_running for tenant in config.tenants.values()):
-        return True
-    return any(
-        rule.rate_limit or rule.max_concurrency
-        for tenant in config.tenants.values()
-        if (rule := tenant.job_types.get(job_type)) is not None
-    )
+    return config is not None and config.tenant_limits_apply(job_type)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,35 @@
 --      | {'cancel', record}     its worker died after a cancel was asked: it ends cancelled
 --      | {'early', dueAt}       not due yet
 --      | {'missing'} | {'stale'} | {'busy'} | {<final state>}
+-- The record is read once (HGETALL): the reply is that read with this claim's writes applied,
+-- and only fields it holds are deleted (a claim costs its read, Redis' clock, one write and the
+-- watch's ZADD).
 --@include job_states
 
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', 'dueAt',
-                     'maxRetries', 'deadLetter', 'cancelRequested', 'claimToken')
-local state = f[1]
+local flat = redis.call('HGETALL', KEYS[1])
+if #flat == 0 then return {'missing'} end
+local f = {}
+for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+local state = f.state
 if not state then return {'missing'} end
 if FINAL_STATES[state] then return {state} end
-if state == 'running' and f[9] and f[9] == ARGV[10] then
-  return {'claimed', redis.call('HGETALL', KEYS[1]), 0}
+if state == 'running' and f.claimToken and f.claimToken == ARGV[10] then
+  return {'claimed', flat, 0}
 end
+
+-- The record as it is after HSET of `set` (field, value pairs) and HDEL of `del`, flat.
+local function written(set, del)
+  local gone = {}
+  for _, name in ipairs(del) do gone[name] = true end
+  for i = 1, #set, 2 do gone[set[i]] = true end
+  local out = {}
+  for i = 1, #flat, 2 do
+    if not gone[flat[i]] then out[#out + 1], out[#out + 2] = flat[i], flat[i + 1] end
+  end
+  for i = 1, #set do out[#out + 1] = set[i] end
+  return out
+end
+
 local now = tonumber(ARGV[1])
 if not now then
   -- Redis' clock, not the worker's: a host whose clock runs ahead cannot take a live lease.
@@ -31,27 +50,34 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local lease_until = now + tonumber(ARGV[2])
-local n = tonumber(f[2] or '0')
+local n = tonumber(f.attempts or '0')
 local c, k = tonumber(ARGV[4]), tonumber(ARGV[5])
-if c >= 0 and c ~= tonumber(f[3] or '0') then return {'stale'} end
+if c >= 0 and c ~= tonumber(f.cycle or '0') then return {'stale'} end
 if k >= 0 and k < n then return {'stale'} end
 local crashed = 0
 if state == 'running' then
-  if tonumber(f[4] or '0') > now then return {'busy'} end
+  if tonumber(f.leaseUntil or '0') > now then return {'busy'} end
   -- Its worker died after someone asked it to stop: it ends cancelled, never runs again.
-  if f[8] == '1' then return {'cancel', redis.call('HGETALL', KEYS[1])} end
-  if f[7] == '1' then return {'exhausted', redis.call('HGETALL', KEYS[1])} end
+  if f.cancelRequested == '1' then return {'cancel', flat} end
+  if f.deadLetter == '1' then return {'exhausted', flat} end
   redis.call('HSET', KEYS[1], 'error', ARGV[9])
-  if n >= tonumber(f[6] or ARGV[8]) + 1 then
-    return {'exhausted', redis.call('HGETALL', KEYS[1])}
+  if n >= tonumber(f.maxRetries or ARGV[8]) + 1 then
+    return {'exhausted', written({'error', ARGV[9]}, {})}
   end
   crashed = 1
 else
   if k >= 0 and k ~= n + 1 then return {'stale'} end
-  if tonumber(f[5] or '0') > now then return {'early', f[5]} end
+  if tonumber(f.dueAt or '0') > now then return {'early', f.dueAt} end
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', n + 1, 'startedAt', ARGV[6],
-           'leaseUntil', string.format('%.6f', lease_until), 'owner', ARGV[3], 'claimToken', ARGV[10])
-redis.call('HDEL', KEYS[1], 'finishedAt', 'dueAt', 'recoveries', 'laneWaits', 'enqueued')
-redis.call('ZADD', KEYS[2], string.format('%.6f', lease_until), ARGV[7])
-return {'claimed', redis.call('HGETALL', KEYS[1]), crashed}
+local lease = string.format('%.6f', lease_until)
+local set = {'state', 'running', 'attempts', tostring(n + 1), 'startedAt', ARGV[6],
+             'leaseUntil', lease, 'owner', ARGV[3], 'claimToken', ARGV[10]}
+if crashed == 1 then set[#set + 1], set[#set + 2] = 'error', ARGV[9] end
+redis.call('HSET', KEYS[1], unpack(set))
+local del = {}
+for _, name in ipairs({'finishedAt', 'dueAt', 'recoveries', 'laneWaits', 'enqueued'}) do
+  if f[name] then del[#del + 1] = name end
+end
+if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
+redis.call('ZADD', KEYS[2], lease, ARGV[7])
+return {'claimed', written(set, del), crashed}

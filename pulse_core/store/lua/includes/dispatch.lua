@@ -33,12 +33,12 @@ local function dispatch_depth(q)
 end
 
 local function dispatch(q, active_known)
-  -- no tenant waits: nothing to move, and nothing of the queue's to keep
-  if not active_known and redis.call('EXISTS', q.active) == 0 then
-    redis.call('DEL', q.state)
-    redis.call('SREM', q.queues, q.queue)
-    return 0
-  end
+  -- An unlisted queue has no tenant waiting and no state: enqueue_job lists the queue as it
+  -- makes a tenant active (and writes its weight), and the queue is unlisted, its state
+  -- deleted, only below, once no tenant is active. So an idle queue's dispatch (every
+  -- attempt's end on it) costs one command; a listed queue whose tenants all left is
+  -- unlisted by the loop (its first look finds no tenant).
+  if not active_known and redis.call('SISMEMBER', q.queues, q.queue) == 0 then return 0 end
   local depth = 0
   if q.lists then depth = dispatch_depth(q) end
   local sent, looked = 0, 0

@@ -270,3 +270,35 @@ def _http(url: str, headers: dict[str, str]) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_a_batch_counts_each_created_job_once_per_jobtype_and_no_replay_or_refusal(
+    client: FlaskClient, redis: Redis
+) -> None:
+    # given globex and two live jobTypes
+    announce(redis, ["diag.echo", "diag.fail"], 60)
+    echo = {"tenant": "globex", "job_type": "diag.echo"}
+    fail = {"tenant": "globex", "job_type": "diag.fail"}
+    before = api_metrics(client)
+    key = f"batch-metrics-{time.time_ns()}"
+    jobs = [
+        {"jobType": "diag.echo", "payload": {"n": 1}, "idempotencyKey": key},
+        {"jobType": "diag.echo", "payload": {"n": 1}, "idempotencyKey": key},  # replays the first
+        {"jobType": "diag.echo", "payload": {"n": 2}},
+        {"jobType": "diag.fail", "payload": {}},
+        {"jobType": "no.such.type", "payload": {}},
+        {"jobType": "diag.echo"},  # no payload: refused by the schema
+    ]
+    # when globex submits them as one batch
+    response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("globex"))
+    assert response.status_code == 200
+    assert [item["status"] for item in response.get_json()["items"]] == [202, 200, 202, 202, 422, 422]
+    # then the API counted the 2 created echo jobs and the 1 fail job, the replay not at all
+    after = api_metrics(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("pulse_jobs_submitted_total", **echo) == 2
+    assert delta("pulse_jobs_submitted_total", **fail) == 1
+    assert not any("no.such.type" in str(key) for key in after)

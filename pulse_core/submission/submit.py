@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,9 +108,13 @@ class Submitter:
         admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
         for (position, _), verdict in zip(ready, admitted, strict=True):
             verdicts[position] = verdict
+        counts: Counter[str] = Counter()
         for answer in verdicts:
-            if isinstance(answer, Admitted):
-                _accepted(answer)
+            if isinstance(answer, Admitted) and not answer.replayed:
+                _log_accepted(answer.job)
+                counts[answer.job.job_type] += 1
+        for job_type, count in counts.items():  # one count per jobType, not per job
+            metrics.job_submitted(tenant.tenant_id, job_type, count)
         return verdicts
 
     def prepare(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
@@ -177,8 +182,13 @@ def _accepted(admitted: Admitted) -> None:
     """Count and log a job let in (a replay was counted when it was first admitted)."""
     if admitted.replayed:
         return
-    with logs.job_context(**logs.job_fields(admitted.job)):
-        metrics.job_submitted(admitted.job.tenant_id, admitted.job.job_type)
+    metrics.job_submitted(admitted.job.tenant_id, admitted.job.job_type)
+    _log_accepted(admitted.job)
+
+
+def _log_accepted(job: Job) -> None:
+    """The "job accepted" line, with the job's ids (docs/operations.md: one per job)."""
+    with logs.job_context(**logs.job_fields(job)):
         log.info("job accepted")
 
 

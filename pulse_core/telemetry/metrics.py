@@ -110,11 +110,12 @@ def set_enabled(enabled: bool) -> None:
     _switch.enabled = enabled
 
 
-def job_submitted(tenant: str, job_type: str) -> None:
-    """The API accepted a job (call after it was published)."""
+def job_submitted(tenant: str, job_type: str, count: int = 1) -> None:
+    """The API accepted ``count`` jobs of ``job_type`` (call after they were admitted); a
+    batch counts each (tenant, jobType) once, not once per job."""
     if not _switch.enabled:
         return
-    SUBMITTED.labels(tenant, job_type).inc()
+    SUBMITTED.labels(tenant, job_type).inc(count)
 
 
 def job_rejected(tenant: str | None, job_type: str | None, reason: RejectReason) -> None:

@@ -79,3 +79,38 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
     # and no line anywhere contains the payload
     assert SECRET not in stream.getvalue()
     assert SECRET not in observed_worker.log()
+
+
+def test_a_batch_logs_one_accepted_line_per_created_job_with_its_own_ids(settings: Settings) -> None:
+    # given the API's log records going through Pulse's JSON handler
+    stream = io.StringIO()
+    handler = logs.make_handler(stream)
+    pulse_logger = logging.getLogger("pulse")
+    pulse_logger.addHandler(handler)
+    old_level = pulse_logger.level
+    pulse_logger.setLevel(logging.INFO)
+    key = f"log-batch-{id(stream)}"
+    jobs = [
+        {"jobType": "diag.echo", "payload": {"secret": SECRET}, "idempotencyKey": key},
+        {"jobType": "diag.echo", "payload": {"secret": SECRET}, "idempotencyKey": key},  # a replay
+        {"jobType": "diag.sleep", "payload": {"seconds": 0}, "metadata": {"traceId": "c" * 32}},
+    ]
+    try:
+        # when a batch with two new jobs and a replay is submitted
+        response = create_app(settings).test_client().post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    finally:
+        pulse_logger.removeHandler(handler)
+        pulse_logger.setLevel(old_level)
+    assert response.status_code == 200
+    items = response.get_json()["items"]
+    assert [item["status"] for item in items] == [202, 200, 202]
+
+    # then each new job has one "job accepted" line with its own ids, the replay none,
+    # and no line holds a payload
+    accepted = [r for r in json_lines(stream.getvalue()) if r["message"] == "job accepted"]
+    expected = [
+        {"jobId": job["jobId"], "tenantId": "acme", "jobType": job["jobType"], "attempt": 0, "traceId": job["traceId"]}
+        for job in (items[0]["job"], items[2]["job"])
+    ]
+    assert [{k: line[k] for k in IDS} for line in accepted] == expected
+    assert SECRET not in stream.getvalue()

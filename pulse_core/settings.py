@@ -383,6 +383,13 @@ class Settings:
         "`json` (one object per line) or `text`",
         group="operations",
     )
+    api_access_log: bool = setting(
+        "PULSE_API_ACCESS_LOG",
+        False,
+        SWITCH,
+        "`on`: the API logs one access line per request (gunicorn's access log), beside the app's own lines",
+        group="operations",
+    )
     metrics_enabled: bool = setting(
         "PULSE_METRICS",
         True,

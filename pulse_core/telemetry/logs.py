@@ -113,8 +113,9 @@ def configure(level: int | str = logging.INFO, log_format: str = DEFAULT_LOG_FOR
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def gunicorn_logconfig(log_format: str = DEFAULT_LOG_FORMAT) -> dict[str, Any]:
-    """A ``logging.config`` dict for gunicorn: its error and access logs, and the app's, as JSON."""
+def gunicorn_logconfig(log_format: str = DEFAULT_LOG_FORMAT, access_log: bool = True) -> dict[str, Any]:
+    """A ``logging.config`` dict for gunicorn: its error and access logs, and the app's, as JSON
+    (the access log at INFO when ``access_log``, else turned down to WARNING: no line per request)."""
     formatter = "pulse_json" if log_format == "json" else "pulse_text"
     handler = {
         "class": "logging.StreamHandler",
@@ -134,6 +135,10 @@ def gunicorn_logconfig(log_format: str = DEFAULT_LOG_FORMAT) -> dict[str, Any]:
         "root": {"level": "INFO", "handlers": ["pulse"]},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["pulse"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["pulse"], "propagate": False},
+            "gunicorn.access": {
+                "level": "INFO" if access_log else "WARNING",
+                "handlers": ["pulse"],
+                "propagate": False,
+            },
         },
     }

@@ -35,7 +35,12 @@ def connect(url: str) -> Redis:
 def server_time(redis: Redis) -> float:
     """Redis' clock (epoch seconds): what leases, slots and announcements are timed by, so a
     host whose own clock is off neither cuts others' short nor makes its own last longer."""
-    seconds, micros = redis.time()  # type: ignore[misc]
+    return seconds_of(redis.time())  # type: ignore[arg-type]
+
+
+def seconds_of(time_reply: tuple[int, int]) -> float:
+    """A ``TIME`` reply (seconds, microseconds), as one read in a pipeline gives it, in epoch seconds."""
+    seconds, micros = time_reply
     return int(seconds) + int(micros) / 1e6
 
 

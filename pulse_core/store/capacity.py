@@ -20,6 +20,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.redis_client import seconds_of
 
 #: Announces a worker's capacity on its queues (``lua/announce_capacity.lua``).
 _ANNOUNCE = LuaScript("pulse_core.store", "announce_capacity", int)
@@ -68,8 +69,8 @@ def live_capacity(redis: Redis, queues: Iterable[str]) -> Mapping[str, int]:
         pipe.time()
         for queue in wanted:
             pipe.zrange(keys.queue_capacity(queue), 0, -1, withscores=True)
-        (seconds, micros), *found = pipe.execute()
-    at = int(seconds) + int(micros) / 1e6
+        clock, *found = pipe.execute()
+    at = seconds_of(clock)
     return {
         queue: sum(_concurrency(name) for name, until in entries if until > at)
         for queue, entries in zip(wanted, found, strict=True)

@@ -19,7 +19,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.policy import RetryPolicy
-from pulse_core.redis_client import server_time
+from pulse_core.redis_client import seconds_of, server_time
 
 log = logging.getLogger("pulse.metrics")
 
@@ -60,8 +60,8 @@ def _announced(redis: Redis) -> tuple[float, list[tuple[str, float]]]:
     with redis.pipeline(transaction=False) as pipe:
         pipe.time()
         pipe.zrange(keys.JOB_TYPES, 0, -1, withscores=True)
-        (seconds, micros), announced = pipe.execute()
-    return int(seconds) + int(micros) / 1e6, announced
+        clock, announced = pipe.execute()
+    return seconds_of(clock), announced
 
 
 def live_job_types(redis: Redis) -> frozenset[str]:

@@ -24,8 +24,8 @@ local grace_until = now + tonumber(ARGV[3])
 local handed, out = 0, {0}
 local watch, check_at = KEYS[2 * n + 3], nil
 if watch then
-  local t = redis.call('TIME')
-  check_at = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[6 + n])
+  -- on Redis' clock, which `now` already is unless a script table fixed it
+  check_at = (ARGV[2] == '' and now or slot_clock('')) + tonumber(ARGV[6 + n])
 end
 for i = 1, n do
   if ARGV[1] ~= '' then redis.call('ZREM', KEYS[i], ARGV[1]) end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -387,3 +388,21 @@ def scrape_api(client: Any) -> str:
     from pulse_api.observability import metrics_registry
 
     return generate_latest(metrics_registry(client.application)).decode()
+
+
+def post_job_over_http(port: int, *, timeout: float = 10.0) -> int:
+    """POST one ``diag.echo`` job as acme to an API on ``port``, on a connection of its own;
+    the answer's status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            "/v1/jobs",
+            body=json.dumps({"jobType": "diag.echo", "payload": {}}),
+            headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()

@@ -3,7 +3,6 @@ per request with ``PULSE_API_ACCESS_LOG=on``, by ``pulse api`` as it runs."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,25 +12,9 @@ from redis import Redis
 
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
-from tests.support import TENANT_KEYS, ApiProcess, settings_env
+from tests.support import ApiProcess, post_job_over_http, settings_env
 
 QUEUE = "t-access-log"
-
-
-def _submit(api: ApiProcess) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            "/v1/jobs",
-            body=json.dumps({"jobType": "diag.echo", "payload": {}}),
-            headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}", "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
 
 
 def _log_records(api: ApiProcess) -> list[dict[str, object]]:
@@ -54,7 +37,7 @@ def test_the_access_log_writes_a_line_per_request_only_when_switched_on(
     api.start()
     try:
         # when a job is submitted
-        status = _submit(api)
+        status = post_job_over_http(api.port)
     finally:
         api.stop()
         redis.delete(QUEUE)

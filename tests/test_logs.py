@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from pulse_api import create_app
@@ -27,10 +30,9 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return records
 
 
-def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
-    observed_worker: WorkerProcess, observed_settings: Settings
-) -> None:
-    # given the API's log records going through Pulse's JSON handler
+@contextlib.contextmanager
+def captured_pulse_log() -> Iterator[io.StringIO]:
+    """The "pulse" loggers' records at INFO, through Pulse's JSON handler, into a string."""
     stream = io.StringIO()
     handler = logs.make_handler(stream)
     pulse_logger = logging.getLogger("pulse")
@@ -38,6 +40,17 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
     old_level = pulse_logger.level
     pulse_logger.setLevel(logging.INFO)
     try:
+        yield stream
+    finally:
+        pulse_logger.removeHandler(handler)
+        pulse_logger.setLevel(old_level)
+
+
+def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
+    observed_worker: WorkerProcess, observed_settings: Settings
+) -> None:
+    # given the API's log records going through Pulse's JSON handler
+    with captured_pulse_log() as stream:
         client = create_app(observed_settings).test_client()
         # when a job with a recognisable payload is submitted, and one that fails
         body = {"jobType": "diag.echo", "payload": {"secret": SECRET}}
@@ -49,9 +62,6 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
         ).get_json()
         wait_for_state(client, "acme", job["jobId"], {"succeeded"}, timeout=60)
         wait_for_state(client, "acme", failing["jobId"], {"dead"}, timeout=60)
-    finally:
-        pulse_logger.removeHandler(handler)
-        pulse_logger.setLevel(old_level)
 
     # then the API's lines about it are JSON carrying its ids
     api_lines = [r for r in json_lines(stream.getvalue()) if r.get("jobId") == job["jobId"]]
@@ -83,24 +93,15 @@ def test_a_jobs_lines_are_json_with_its_ids_and_never_its_payload(
 
 def test_a_batch_logs_one_accepted_line_per_created_job_with_its_own_ids(settings: Settings) -> None:
     # given the API's log records going through Pulse's JSON handler
-    stream = io.StringIO()
-    handler = logs.make_handler(stream)
-    pulse_logger = logging.getLogger("pulse")
-    pulse_logger.addHandler(handler)
-    old_level = pulse_logger.level
-    pulse_logger.setLevel(logging.INFO)
-    key = f"log-batch-{id(stream)}"
+    key = f"log-batch-{uuid.uuid4().hex}"
     jobs = [
         {"jobType": "diag.echo", "payload": {"secret": SECRET}, "idempotencyKey": key},
         {"jobType": "diag.echo", "payload": {"secret": SECRET}, "idempotencyKey": key},  # a replay
         {"jobType": "diag.sleep", "payload": {"seconds": 0}, "metadata": {"traceId": "c" * 32}},
     ]
-    try:
+    with captured_pulse_log() as stream:
         # when a batch with two new jobs and a replay is submitted
         response = create_app(settings).test_client().post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
-    finally:
-        pulse_logger.removeHandler(handler)
-        pulse_logger.setLevel(old_level)
     assert response.status_code == 200
     items = response.get_json()["items"]
     assert [item["status"] for item in items] == [202, 200, 202]

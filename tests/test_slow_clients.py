@@ -16,7 +16,7 @@ from redis import Redis
 
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
-from tests.support import TENANT_KEYS, ApiProcess, settings_env
+from tests.support import TENANT_KEYS, ApiProcess, post_job_over_http, settings_env
 
 SLOW_CLIENTS = 500
 #: Each submit must be answered within this, with the slow clients connected.
@@ -34,19 +34,8 @@ def api(settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[ApiProcess
 
 def _submit(api: ApiProcess) -> tuple[int, float]:
     started = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=ANSWER_WITHIN_SECONDS)
-    try:
-        conn.request(
-            "POST",
-            "/v1/jobs",
-            body=json.dumps({"jobType": "diag.echo", "payload": {}}),
-            headers={"Authorization": f"Bearer {TENANT_KEYS['acme']}", "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        response.read()
-        return response.status, time.monotonic() - started
-    finally:
-        conn.close()
+    status = post_job_over_http(api.port, timeout=ANSWER_WITHIN_SECONDS)
+    return status, time.monotonic() - started
 
 
 @pytest.mark.timeout(180)

@@ -413,7 +413,7 @@ class Complete(MethodView):
                 settings = svc.settings
                 plan = plan_delay(
                     policy.delay_before(job.attempts + 1),
-                    now=time.time(),
+                    now=svc.store.now(),
                     eta_window_seconds=settings.eta_window_seconds,
                     lease_seconds=settings.lease_seconds,
                 )
@@ -445,4 +445,4 @@ def _send_retry(job: Job, plan: DelayPlan) -> None:
     if fair is not None and fair.inline:
         message, _ = encode_message(svc.celery, job)
         parked = ParkedMessage(waiting_lists(job.queue)[0], message)
-    svc.parking.park_until(job.job_id, max(0.0, plan.due_at - time.time()), parked)
+    svc.parking.park_until(job.job_id, max(0.0, plan.due_at - svc.store.now()), parked)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+import weakref
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,6 +39,50 @@ def server_time(redis: Redis) -> float:
     """Redis' clock (epoch seconds): what leases, slots and announcements are timed by, so a
     host whose own clock is off neither cuts others' short nor makes its own last longer."""
     return seconds_of(redis.time())  # type: ignore[arg-type]
+
+
+#: How often a process measures how far its own clock is from Redis' (one ``TIME``).
+CLOCK_CHECK_SECONDS = 10.0
+
+
+class _ClockOffset:
+    """Redis' clock minus this host's, measured at most every ``CLOCK_CHECK_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.next_check = 0.0  # time.monotonic() of the next measure
+        self.lock = threading.Lock()
+
+
+_offsets: weakref.WeakKeyDictionary[Redis, _ClockOffset] = weakref.WeakKeyDictionary()
+_offsets_lock = threading.Lock()
+
+
+def redis_now(redis: Redis) -> float:
+    """Now on Redis' clock (epoch seconds), without a round trip a call: the host's clock plus
+    its offset to Redis' ``TIME``, measured once every ``CLOCK_CHECK_SECONDS``.
+
+    Every instant Pulse writes into Redis for another process to compare with Redis' clock (a
+    delayed job's or a retry's ``dueAt``, a previous signing secret's end) is taken from here,
+    so a host whose clock is off by an hour neither delays its jobs by that hour nor runs them
+    early. The error is the measuring round trip (a millisecond or so) plus the host clock's
+    drift between measures. Redis unreachable: the last offset measured (0 before the first).
+    """
+    with _offsets_lock:
+        clock = _offsets.get(redis)
+        if clock is None:
+            clock = _offsets[redis] = _ClockOffset()
+    if time.monotonic() >= clock.next_check and clock.lock.acquire(blocking=False):
+        try:
+            before = time.time()
+            server = server_time(redis)
+            clock.offset = server - (before + time.time()) / 2
+            clock.next_check = time.monotonic() + CLOCK_CHECK_SECONDS
+        except RedisError:  # the caller's own call to Redis reports it; try again in a second
+            clock.next_check = time.monotonic() + 1.0
+        finally:
+            clock.lock.release()
+    return time.time() + clock.offset
 
 
 def seconds_of(time_reply: tuple[int, int]) -> float:

@@ -364,7 +364,7 @@ def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, 
             metrics.job_cancelled(outcome.job.tenant_id, outcome.job.job_type)
         log.warning("job %s is cancelled: its worker died after the cancel was asked", job_id)
     elif outcome.refused is ClaimRefusal.EARLY and outcome.due_at is not None:
-        early(runtime, task, job_id, max(0.0, outcome.due_at - time.time()))
+        early(runtime, task, job_id, max(0.0, outcome.due_at - runtime.store.now()))
     elif outcome.refused is ClaimRefusal.MISSING:
         log.warning("job %s: no such record (expired or never stored); message dropped", job_id)
     else:
@@ -466,7 +466,10 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
     """
     settings = runtime.settings
     plan = plan_delay(
-        delay, now=time.time(), eta_window_seconds=settings.eta_window_seconds, lease_seconds=settings.lease_seconds
+        delay,
+        now=runtime.store.now(),
+        eta_window_seconds=settings.eta_window_seconds,
+        lease_seconds=settings.lease_seconds,
     )
     if not runtime.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=describe_error(exc)):
         log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)

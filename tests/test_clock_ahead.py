@@ -2,24 +2,30 @@
 
 Leases are timed by Redis' clock (the claim script reads ``TIME``), so everything compared
 with them, or shared between hosts, must be too: a worker an hour ahead must neither take a
-running job's run slot nor drop the jobTypes other workers announced.
+running job's run slot nor drop the jobTypes other workers announced, and neither an API nor
+a worker an hour ahead may put a job's due time (a delayed start, a retry) an hour late.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.policy import ExecutionLimits
 from pulse_core.redis_client import connect, server_time
+from pulse_core.settings import Settings
 from pulse_core.store.job_types import LiveJobTypesCollector, announce, live_job_types
+from tests.support import WorkerProcess, auth, settings_env, wait_for_state, witness_key
 
 HOUR = 3600.0
 
@@ -80,3 +86,49 @@ def test_a_worker_whose_clock_runs_ahead_keeps_the_others_job_types_live(
     assert gauge == {None: 1.0, "crm.sync": 1.0, "mail.send": 1.0}
     # and its announcement lapses a minute from now by Redis' clock, not an hour late
     assert own_db.zscore(keys.JOB_TYPES, "crm.sync") == pytest.approx(server_time(own_db) + 60, abs=5)
+
+
+def test_an_api_whose_clock_runs_ahead_does_not_delay_a_delayed_job_by_its_skew(
+    settings: Settings, redis: Redis, worker: WorkerProcess
+) -> None:
+    # given an API process whose clock runs an hour ahead of Redis' (and of the worker's)
+    real = time.time
+    with pytest.MonkeyPatch.context() as ahead:
+        ahead.setattr(time, "time", lambda: real() + HOUR)
+        client = create_app(settings).test_client()
+        # when it accepts a job to run in one second
+        answer = client.post(
+            "/v1/jobs",
+            json={"jobType": "diag.echo", "payload": {"n": 1}, "options": {"delaySeconds": 1}},
+            headers=auth("acme"),
+        )
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    job_id = answer.get_json()["jobId"]
+    # then the job runs a second later by Redis' clock, not an hour and a second later
+    doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=15)
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 1)
+
+
+def test_a_worker_whose_clock_runs_ahead_retries_after_the_backoff_not_the_skew(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given the only worker of a queue, whose clock runs an hour ahead (tests/handlers/clock_ahead.py)
+    modules = ",".join([*isolated_settings.handler_modules, "clock_ahead"])
+    env = {**settings_env(isolated_settings), "PULSE_HANDLER_MODULES": modules}
+    worker = WorkerProcess(env, tmp_path / "ahead.log", queues=[isolated_settings.default_queue]).start()
+    client = create_app(isolated_settings).test_client()
+    try:
+        worker.wait_ready(redis, ["witness.flaky"])
+        # when a job fails its first attempt (backoff 0.4 s) and succeeds on its second
+        answer = client.post(
+            "/v1/jobs", json={"jobType": "witness.flaky", "payload": {"failTimes": 1}}, headers=auth("acme")
+        )
+        assert answer.status_code == 202, answer.get_data(as_text=True)
+        job_id = answer.get_json()["jobId"]
+        doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=15)
+    finally:
+        worker.stop()
+    # then the second attempt ran after the backoff by Redis' clock, not an hour later
+    assert (doc["state"], doc["attempts"]) == ("succeeded", 2)
+    starts = [json.loads(entry)["t"] for entry in redis.lrange(witness_key(job_id), 0, -1)]
+    assert len(starts) == 2 and starts[1] - starts[0] < 10, starts

@@ -331,6 +331,30 @@ def test_a_rotated_secret_signs_alongside_the_old_one_during_its_grace(
         Webhook(new).verify(delivery.body, delivery.headers)
 
 
+def test_a_rotation_on_an_api_whose_clock_runs_behind_keeps_the_old_secrets_whole_grace(
+    http_settings: Settings, client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    # given a registration, and an API process whose clock runs an hour behind Redis' and the worker's
+    old = register(client, "acme", "hooks.rotate-behind", url=receiver.url("/ok")).get_json()["secret"]
+    real = time.time
+    with pytest.MonkeyPatch.context() as behind:
+        behind.setattr(time, "time", lambda: real() - 3600)
+        behind_api = _app_with_env(http_settings, _http_env("127.0.0.1/32,http", f"rebind.test={PUBLIC_ADDRESS}"))
+        # when that API rotates the secret with ten minutes' grace
+        rotated = behind_api.test_client().post(
+            "/v1/handlers/hooks.rotate-behind/rotate-secret", json={"graceSeconds": 600}, headers=auth("acme")
+        )
+    assert rotated.status_code == 200, rotated.get_data(as_text=True)
+    time.sleep(REGISTRATION_CACHE_SECONDS + 0.2)  # the worker's cache of the registration
+    job_id = submit(client, "acme", "hooks.rotate-behind")
+    assert wait_for_state(client, "acme", job_id, {"succeeded", "dead"})["state"] == "succeeded"
+    # then the next delivery is still signed with the old secret too: its grace is timed by
+    # Redis' clock, not cut short by the rotating host's
+    (delivery,) = deliveries_of(receiver, "/ok", job_id)
+    Webhook(rotated.get_json()["secret"]).verify(delivery.body, delivery.headers)
+    Webhook(old).verify(delivery.body, delivery.headers)
+
+
 def test_each_tenant_gets_its_own_endpoint_for_the_same_jobtype(
     client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
 ) -> None:

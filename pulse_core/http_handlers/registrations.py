@@ -28,6 +28,7 @@ from pulse_core.http_handlers.config import SECRET_KEY_ENV, HttpHandlerSettings
 from pulse_core.http_handlers.signing import new_secret
 from pulse_core.jobs import utc_now
 from pulse_core.policy import ExecutionLimits, RetryPolicy
+from pulse_core.redis_client import redis_now
 
 log = logging.getLogger("pulse")
 
@@ -254,7 +255,7 @@ class Registrations:
                 old,
                 secret=sealed,
                 previous_secret=old.secret if grace_seconds > 0 else None,
-                previous_secret_until=time.time() + grace_seconds if grace_seconds > 0 else None,
+                previous_secret_until=redis_now(self._redis) + grace_seconds if grace_seconds > 0 else None,
                 updated_at=utc_now(),
             )
             pipe.multi()
@@ -267,10 +268,10 @@ class Registrations:
 
     def signing_secrets(self, registration: Registration, now: float | None = None) -> list[str]:
         """The secrets a delivery is signed with: the current one, and the previous one
-        while its grace period runs."""
+        while its grace period runs (on Redis' clock, as the rotation that started it)."""
         found = [self.box.open(registration.secret)]
         until = registration.previous_secret_until
-        if registration.previous_secret and until is not None and until > (now or time.time()):
+        if registration.previous_secret and until is not None and until > (now or redis_now(self._redis)):
             found.append(self.box.open(registration.previous_secret))
         return found
 

@@ -52,6 +52,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.redis_client import redis_now
 from pulse_core.store import listing
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.listing import Page
@@ -210,6 +211,11 @@ class JobStore:
         self._overdue = _OVERDUE.register(redis)
         self._postpone_check = _POSTPONE_CHECK.register(redis)
         self._index_add = listing.ADD.register(redis)
+
+    def now(self) -> float:
+        """Now on Redis' clock (``pulse_core.redis_client.redis_now``): what a due time written
+        into a record (a delayed job's, a retry's) is compared with."""
+        return redis_now(self._redis)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant and count it pending, atomically.

@@ -8,7 +8,6 @@ ETA-window rule (``pulse_core.policy.plan_delay``), as a retry's backoff does.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,8 +33,10 @@ class JobOptions:
     priority: int = DEFAULT_PRIORITY
 
 
-def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> JobOptions:
-    """The effective options of one job, or ``InvalidParameter`` naming the bad one."""
+def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any], *, now: float) -> JobOptions:
+    """The effective options of one job, or ``InvalidParameter`` naming the bad one. ``now``:
+    Redis' clock (``pulse_core.redis_client.redis_now``), which a delayed job's due time is
+    read by, so a host whose clock is off does not move it."""
     max_retries = raw.get("maxRetries")
     if max_retries is not None and max_retries > settings.max_retries_cap:
         raise InvalidParameter("options.maxRetries", f"maxRetries may be at most {settings.max_retries_cap}")
@@ -46,23 +47,23 @@ def resolve(settings: Settings, policy: RetryPolicy, raw: Mapping[str, Any]) -> 
             f"timeoutSeconds may be at most {settings.timeout_cap_seconds}",
         )
     retries, seconds = effective(policy, max_retries=max_retries, timeout=timeout)
-    delay = _delay(settings, raw)
+    delay = _delay(settings, raw, now)
     priority = raw.get("priority", DEFAULT_PRIORITY)
     if delay is None:
         return JobOptions(retries, seconds, priority=priority)
     plan = plan_delay(
-        delay, now=time.time(), eta_window_seconds=settings.eta_window_seconds, lease_seconds=settings.lease_seconds
+        delay, now=now, eta_window_seconds=settings.eta_window_seconds, lease_seconds=settings.lease_seconds
     )
     return JobOptions(retries, seconds, plan.due_at, plan.countdown, plan.watch_at, priority)
 
 
-def _delay(settings: Settings, raw: Mapping[str, Any]) -> float | None:
+def _delay(settings: Settings, raw: Mapping[str, Any], now: float) -> float | None:
     if raw.get("delaySeconds") is not None:
         delay = float(raw["delaySeconds"])
         field = "options.delaySeconds"
     elif raw.get("runAt") is not None:
         run_at: datetime = raw["runAt"]
-        delay = max(0.0, run_at.timestamp() - time.time())
+        delay = max(0.0, run_at.timestamp() - now)
         field = "options.runAt"
     else:
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,7 +129,8 @@ class Submitter:
         if not live and self.http_job_type is not None:  # HTTP handlers hook: the tenant's own jobType
             http_policy = self.http_job_type(tenant.tenant_id, job_type)
             live, policy = (True, http_policy) if http_policy is not None else (live, policy)
-        options = resolve(settings, policy, body.get("options") or {})
+        now = self.store.now()
+        options = resolve(settings, policy, body.get("options") or {}, now=now)
         metadata = dict(body.get("metadata") or {})
         job = Job(
             job_id=new_job_id(),
@@ -146,7 +146,7 @@ class Submitter:
             timeout_seconds=options.timeout_seconds,
             due_at=options.due_at,
             priority=options.priority,
-            ready_at=options.due_at or time.time(),
+            ready_at=options.due_at or now,
         )
         # A delayed job waits parked in Redis until due (however long), not as an ETA message in
         # a worker's memory; the workers' tick releases it (pushing its message with a Redis
@@ -165,8 +165,8 @@ class Submitter:
             broker_list=broker_list,
             enqueue=not delayed,
             weight=tenant.weight,
-            park_seconds=max(0.0, (options.due_at or 0.0) - time.time()) if delayed else None,
-            watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - time.time(),
+            park_seconds=max(0.0, (options.due_at or 0.0) - now) if delayed else None,
+            watch_in=settings.queued_check_seconds if options.watch_at is None else options.watch_at - now,
         )
 
     def _limit_status(self, tenant: Tenant) -> LimitStatus:

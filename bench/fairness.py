@@ -2,17 +2,17 @@
 
 One Pulse worker (2 processes) on a shared queue. B submits a job every 20 ms,
 first with nothing else queued (idle), then right after A has queued 5,000 jobs
-(flood), at the default priority and at priority 9. Latency is the job record's
-``startedAt - createdAt``. Pulse's fair dispatcher (``pulse_core.store.dispatch``) is what
-keeps B's figures near its idle ones whatever A's priority: without it B's jobs would
-wait behind all of A's.
+(flood), at the default priority and at priority 9. Latency is from just before B's
+submit to its handler's start (``bench.stamp``, to the microsecond: the record's
+``startedAt`` and ``createdAt`` are to the millisecond, too coarse for a few ms).
+Pulse's fair dispatcher (``pulse_core.store.dispatch``) is what keeps B's figures near
+its idle ones whatever A's priority: without it B's jobs would wait behind all of A's.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from datetime import datetime
 
 from flask.testing import FlaskClient
 
@@ -35,13 +35,15 @@ def _headers(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[tenant]}"}
 
 
-def _submit_b(client: FlaskClient) -> list[str]:
-    ids = []
+def _submit_b(client: FlaskClient) -> dict[str, float]:
+    """B's jobs: job id -> when its submit began (epoch seconds)."""
+    sent = {}
     for _ in range(B_JOBS):
-        answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=_headers("steady"))
-        ids.append(answer.get_json()["jobId"])
+        began = time.time()
+        answer = client.post("/v1/jobs", json={"jobType": "bench.stamp", "payload": {}}, headers=_headers("steady"))
+        sent[answer.get_json()["jobId"]] = began
         time.sleep(B_INTERVAL)
-    return ids
+    return sent
 
 
 def _flood(client: FlaskClient, priority: int = 5) -> list[str]:
@@ -68,11 +70,10 @@ def _wait_done(client: FlaskClient, tenant: str, ids: list[str], timeout: float 
     return docs
 
 
-def _ms(doc: dict) -> float:
-    def at(text: str) -> float:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-    return (at(doc["startedAt"]) - at(doc["createdAt"])) * 1000
+def _latencies(client: FlaskClient, sent: dict[str, float]) -> list[float]:
+    """Each B job's submit -> handler start, in ms."""
+    docs = _wait_done(client, "steady", list(sent))
+    return [(doc["result"]["startedAt"] - sent[doc["jobId"]]) * 1000 for doc in docs]
 
 
 def _percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -98,7 +99,11 @@ def run(env: BenchEnv) -> list[Result]:
             "B p99 under A's priority-9 flood",
         )
     }
-    worker_env = env.env(PULSE_TENANTS_FILE=str(tenants), PULSE_DEFAULT_QUEUE=QUEUE)
+    worker_env = env.env(
+        PULSE_TENANTS_FILE=str(tenants),
+        PULSE_DEFAULT_QUEUE=QUEUE,
+        PULSE_HANDLER_MODULES="pulse_worker.diagnostics,bench.handlers",
+    )
     worker = spawn(
         celery_worker("pulse_worker.app", QUEUE, 2, "-n", "fair@bench"), worker_env, env.work_dir / "fair-worker.log"
     )
@@ -109,12 +114,12 @@ def run(env: BenchEnv) -> list[Result]:
             answer = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=_headers(tenant))
             _wait_done(client, tenant, [answer.get_json()["jobId"]], timeout=60)
         for _ in range(env.rounds):
-            idle = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
+            idle = _latencies(client, _submit_b(client))
             measured = [("idle", idle)]
             # A floods at the default priority, then at priority 9 (priority orders A's own jobs only).
             for label, priority in (("under A's flood", 5), ("under A's priority-9 flood", 9)):
                 flood_ids = _flood(client, priority)
-                under = [_ms(d) for d in _wait_done(client, "steady", _submit_b(client))]
+                under = _latencies(client, _submit_b(client))
                 left = sum(
                     client.get(f"/v1/jobs/{j}", headers=_headers("flood")).get_json()["state"] == "queued"
                     for j in flood_ids[-1000:]

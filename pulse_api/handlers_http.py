@@ -441,8 +441,8 @@ def _send_retry(job: Job, plan: DelayPlan) -> None:
     message waits in a worker. The API always has the fair dispatcher (``Services.build``)."""
     svc = services()
     fair = svc.store.dispatcher
-    parked = ParkedMessage()  # another broker: the releasing worker publishes the job
+    parked = ParkedMessage(tenant_id=job.tenant_id)  # another broker: the releasing worker publishes it
     if fair is not None and fair.inline:
         message, _ = encode_message(svc.celery, job)
-        parked = ParkedMessage(waiting_lists(job.queue)[0], message)
+        parked = ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
     svc.parking.park_until(job.job_id, max(0.0, plan.due_at - svc.store.now()), parked)

@@ -146,9 +146,18 @@ def tenant_running(tenant_id: str) -> str:
 
 
 def parked(slot_key: str) -> str:
-    """Sorted set of the jobs parked on the full run-slot set ``slot_key`` (job id -> arrival,
-    epoch ms), handed a slot in that order as slots free up; gone when empty."""
+    """Sorted set of the jobs parked on the full run-slot set ``slot_key`` (job id -> its turn,
+    ``parked_turns``), handed a slot in that order as slots free up; gone when empty."""
     return f"{PREFIX}:parked:{slot_key}"
+
+
+def parked_turns(slot_key: str) -> str:
+    """Hash of the turns of the jobs parked on ``slot_key``, so that tenants take turns there
+    (one tenant's flood of a shared limited jobType cannot hold another's job behind it):
+    ``t:<tenant>`` -> the turn of the tenant's last parked job, ``released`` -> the turn of the
+    last job handed a slot. A job parks at one turn after the later of the two. Deleted with
+    the parked set; a tenant whose turns are all past is pruned every 100 turns."""
+    return f"{PREFIX}:parked-turns:{slot_key}"
 
 
 #: Hash of job id -> ``<broker list>\n<message>`` of a parked job (on a full run-slot set, or

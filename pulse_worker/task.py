@@ -39,7 +39,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -319,19 +318,18 @@ def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:
         job = runtime.store.get(job_id)
         if job is None:
             return None
-        arrival = int(datetime.fromisoformat(job.created_at).timestamp() * 1000) if job.created_at else 0
-        return _parked_message(runtime, task, job, arrival)
+        return _parked_message(runtime, task, job)
 
     return park
 
 
-def _parked_message(runtime: WorkerRuntime, task: Task, job: Job, arrival_ms: int = 0) -> ParkedMessage:
+def _parked_message(runtime: WorkerRuntime, task: Task, job: Job) -> ParkedMessage:
     """What starts ``job``'s next attempt when it is released from parking (``ParkedMessage``)."""
     fair = runtime.store.dispatcher
     if fair is None or not fair.inline:
-        return ParkedMessage(arrival_ms=arrival_ms)  # published by the releasing worker
+        return ParkedMessage(tenant_id=job.tenant_id)  # published by the releasing worker
     message, _ = encode_message(task.app, job)
-    return ParkedMessage(waiting_lists(job.queue)[0], message, arrival_ms)
+    return ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
 
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:

@@ -31,6 +31,7 @@ _LONG_LIVED = (
     f"{keys.PREFIX}:slots:",
     f"{keys.PREFIX}:running:",
     f"{keys.PREFIX}:parked:",
+    f"{keys.PREFIX}:parked-turns:",
     keys.PARKED_MESSAGES,
     keys.PARKED_SLOTS,
     keys.PARKED_UNTIL,

@@ -331,3 +331,32 @@ def test_a_worker_whose_clock_runs_an_hour_ahead_still_holds_max_concurrency(
     assert 0 < len(ahead) < 30, f"{len(ahead)} of 30 ran on the worker ahead"
     slots = keys.concurrency("limited.slots")
     assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
+
+
+def _started(doc: dict) -> float:
+    return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
+
+
+def test_a_flood_of_a_limited_job_type_does_not_hold_back_another_tenants_job_of_it(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time across tenants, and one worker
+    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear(redis, "limited.slots")
+    client = create_app(settings).test_client()
+    slots = keys.concurrency("limited.slots")
+    with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=2, count=1):
+        # and acme's 60 jobs of it, some already waiting parked on the full slot set
+        flood = [{"jobType": "limited.slots", "payload": {"seconds": 0.1}}] * 60
+        answer = client.post("/v1/batches", json={"jobs": flood}, headers=auth("acme")).get_json()
+        flood_ids = [item["job"]["jobId"] for item in answer["items"]]
+        wait_for(lambda: redis.zcard(keys.parked(slots)) >= 10, timeout=30)
+        # when globex submits one job of the same jobType
+        submitted = time.time()
+        body = {"jobType": "limited.slots", "payload": {"seconds": 0.1}}
+        job_id = client.post("/v1/jobs", json=body, headers=auth("globex")).get_json()["jobId"]
+        mine = wait_for_state(client, "globex", job_id, {"succeeded"}, timeout=120)
+        flood_docs = [wait_for_state(client, "acme", j, {"succeeded"}, timeout=120) for j in flood_ids]
+    # then it starts after a few of acme's jobs at most, not after all of those still waiting
+    ahead = [doc for doc in flood_docs if submitted < _started(doc) < _started(mine)]
+    assert len(ahead) <= 5, f"{len(ahead)} of acme's jobs started first ({_started(mine) - submitted:.1f} s)"

@@ -2072,31 +2072,61 @@ ACQUIRE = [
     ),
 ]
 
-# slot set, its parked set, the parked messages, the slot sets with parked jobs
-PARK_KEYS = ["{p}s1", "{p}parked:s1", "{p}pmsg", "{p}plimits"]
+# slot set, its parked set, its turns, the parked messages, the slot sets with parked jobs
+PARK_KEYS = ["{p}s1", "{p}parked:s1", "{p}turns:s1", "{p}pmsg", "{p}plimits"]
 PARKING = [
     Case(
-        "a full set parks the job in order of arrival, with the message that starts it again",
+        "a full set parks the job at its tenant's next turn, with the message that starts it again",
         "guards/park_slots",
-        {"{p}s1": Z({"j0|a": 2000}), "{p}parked:s1": Z({"j9": 5})},
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j8": 4, "j9": 5}),
+            "{p}turns:s1": {"t:acme": "5", "released": "3"},
+        },
         PARK_KEYS,
-        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", "acme", "{p}q", "msg"],
         1,
         {
             "{p}s1": Z({"j0|a": 2000}),
-            "{p}parked:s1": Z({"j1": 3, "j9": 5}),
+            "{p}parked:s1": Z({"j8": 4, "j9": 5, "j1": 6}),
+            "{p}turns:s1": {"t:acme": "6", "released": "3"},
             "{p}pmsg": {"j1": "{p}q\nmsg"},
             "{p}plimits": {"{p}s1": "1"},
         },
+    ),
+    Case(
+        "another tenant's job parks at the next turn to be handed a slot, ahead of a flood's later jobs",
+        "guards/park_slots",
+        {
+            "{p}s1": Z({"j0|a": 2000}),
+            "{p}parked:s1": Z({"j8": 4, "j9": 5}),
+            "{p}turns:s1": {"t:acme": "5", "released": "3"},
+        },
+        PARK_KEYS,
+        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", "globex", "{p}q", "msg"],
+        1,
+        {
+            "{p}parked:s1": Z({"j1": 4, "j8": 4, "j9": 5}),
+            "{p}turns:s1": {"t:acme": "5", "t:globex": "4", "released": "3"},
+        },
+    ),
+    Case(
+        "a job parked already keeps its turn",
+        "guards/park_slots",
+        {"{p}s1": Z({"j0|a": 2000}), "{p}parked:s1": Z({"j1": 2}), "{p}turns:s1": {"t:acme": "7"}},
+        PARK_KEYS,
+        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", "acme", "{p}q", "msg"],
+        1,
+        {"{p}parked:s1": Z({"j1": 2}), "{p}turns:s1": {"t:acme": "7"}},
     ),
     Case(
         "a slot freed since acquire_slots looked is taken, nothing parked",
         "guards/park_slots",
         {"{p}s1": Z({"j0|a": 500}), "{p}job:j0": {"state": "succeeded"}},
         PARK_KEYS,
-        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", 3, "{p}q", "msg"],
+        ["j1|b", "1000", "10", "{p}job:", 1, 1, "j1", "acme", "{p}q", "msg"],
         0,
-        {"{p}s1": Z({"j1|b": 1010}), "{p}parked:s1": None, "{p}pmsg": None},
+        {"{p}s1": Z({"j1|b": 1010}), "{p}parked:s1": None, "{p}turns:s1": None, "{p}pmsg": None},
     ),
     Case(
         "a release hands the freed slot to the first parked job and pushes its message",
@@ -2115,10 +2145,26 @@ PARKING = [
         {
             "{p}s1": Z({"j1|h": 1010}),
             "{p}parked:s1": Z({"j2": 4}),
+            "{p}turns:s1": {"released": "3"},
             "{p}pmsg": {"j2": "{p}q\nm2"},
             "{p}q": ["m1"],
             "{p}plimits": {"{p}s1": "1"},
         },
+    ),
+    Case(
+        "every hundredth turn handed a slot forgets the tenants whose turns are all past",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 100, "j2": 101}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}turns:s1": {"t:acme": "101", "t:globex": "100", "t:initech": "57", "released": "99"},
+            "{p}job:j1": {"state": "queued"},
+            "{p}job:j2": {"state": "queued"},
+        },
+        PARK_KEYS,
+        ["", "1000", "10", "{p}job:", 1, 1],
+        [1],
+        {"{p}parked:s1": Z({"j2": 101}), "{p}turns:s1": {"t:acme": "101", "released": "100"}},
     ),
     Case(
         "a job handed a freed slot is next checked a queued check later, never earlier",
@@ -2157,10 +2203,11 @@ PARKING = [
         for state in ("retrying", "scheduled")
     ],
     Case(
-        "a cancelled parked job is dropped; an empty parked set leaves the registry",
+        "a cancelled parked job is dropped; an empty parked set leaves the registry, its turns deleted",
         "guards/release_slots",
         {
             "{p}parked:s1": Z({"j1": 3}),
+            "{p}turns:s1": {"t:acme": "3", "released": "2"},
             "{p}pmsg": {"j1": "{p}q\nm1"},
             "{p}plimits": {"{p}s1": "1"},
             "{p}job:j1": {"state": "cancelled"},
@@ -2168,7 +2215,14 @@ PARKING = [
         PARK_KEYS,
         ["", "1000", "10", "{p}job:", 1, 1],
         [0],
-        {"{p}s1": None, "{p}parked:s1": None, "{p}pmsg": None, "{p}q": None, "{p}plimits": None},
+        {
+            "{p}s1": None,
+            "{p}parked:s1": None,
+            "{p}turns:s1": None,
+            "{p}pmsg": None,
+            "{p}q": None,
+            "{p}plimits": None,
+        },
     ),
     Case(
         "a job parked with no broker list is handed the slot and given back for the caller to publish",

@@ -12,8 +12,9 @@ happens before the claim):
 
 - **parked** (whenever the worker gives ``enter`` a way to build the job's
   ``ParkedMessage``: it does with either broker): over ``max_concurrency`` (or its
-  tenant's ``max_running``), it joins the full set's parked jobs in order of arrival and
-  its message is acked; when a slot frees (``leave``, or the workers' tick for a holder
+  tenant's ``max_running``), it joins the full set's parked jobs at its tenant's next turn
+  (tenants waiting on one set take turns, each one's jobs in the order they parked:
+  ``keys.parked_turns``) and its message is acked; when a slot frees (``leave``, or the workers' tick for a holder
   that died) the first parked job is handed the slot, in the same script. Over a rate
   window, it is parked until the window allows (``keys.PARKED_UNTIL``) and the workers'
   tick releases the due ones in bulk. No message waits in a worker, nothing is
@@ -107,13 +108,13 @@ RELEASE_BATCH = 1000
 
 @dataclass(frozen=True)
 class ParkedMessage:
-    """What starts a parked job again: the broker list to push onto, the message, and the
-    job's arrival (epoch ms: parked jobs are handed slots in this order). With a broker
-    other than this Redis, no list and no message: the releasing worker publishes the job."""
+    """What starts a parked job again: the broker list to push onto and the message (with a
+    broker other than this Redis, no list and no message: the releasing worker publishes the
+    job), and the job's tenant (tenants take turns on a full run-slot set)."""
 
     broker_list: str = ""
     message: str = ""
-    arrival_ms: int = 0
+    tenant_id: str = ""
 
 
 #: Builds a job's ``ParkedMessage`` when it must wait (``None``: no such job any more).
@@ -206,13 +207,13 @@ class ExecutionGate:
                 if parked is None:
                     return Verdict()  # no such job: the claim drops the message
                 full = self._park_slots(
-                    keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING],
+                    keys=[*slot_keys, *_parking(slot_keys)],
                     args=[
                         *head,
                         len(slots),
                         *slot_limits,
                         job_id,
-                        parked.arrival_ms,
+                        parked.tenant_id,
                         parked.broker_list,
                         parked.message,
                     ],
@@ -267,7 +268,7 @@ class ExecutionGate:
     def _release(self, slot_keys: tuple[str, ...], limits: tuple[int, ...], holder: str) -> Released:
         more_keys, more_args = ([keys.WATCH], [repr(self._check)]) if self._check is not None else ([], [])
         return self._release_slots(
-            keys=[*slot_keys, *(keys.parked(k) for k in slot_keys), *_PARKING, *more_keys],
+            keys=[*slot_keys, *_parking(slot_keys), *more_keys],
             args=[holder, "", repr(self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
         )
 
@@ -291,4 +292,12 @@ class ExecutionGate:
 
 
 #: The keys every parking script takes after its slot and parked sets.
-_PARKING = (keys.PARKED_MESSAGES, keys.PARKED_SLOTS)
+def _parking(slot_keys: tuple[str, ...]) -> list[str]:
+    """The keys that follow the slot sets in park_slots and release_slots: their parked sets,
+    their turns, the parked messages and the registry of slot sets with parked jobs."""
+    return [
+        *(keys.parked(k) for k in slot_keys),
+        *(keys.parked_turns(k) for k in slot_keys),
+        keys.PARKED_MESSAGES,
+        keys.PARKED_SLOTS,
+    ]

@@ -4,6 +4,7 @@ and the submit bodies' fast loaders (``pulse_api.fast_load``) in front of marshm
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, NoReturn
 
 import flask
@@ -21,8 +22,9 @@ def _not_json(name: str) -> Any:
 
 
 class PulseParser(FlaskParser):
-    """webargs' Flask parser, strict about JSON: nesting past Python's recursion limit and
-    ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400)."""
+    """webargs' Flask parser, strict about JSON: nesting past Python's recursion limit,
+    an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits)
+    and ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400)."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
@@ -36,6 +38,11 @@ class PulseParser(FlaskParser):
             return json.loads(text, parse_constant=_not_json)
         except RecursionError:
             raise json.JSONDecodeError("JSON nesting is too deep", "[", 0) from None
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer of more digits than int() converts
+            limit = sys.get_int_max_str_digits()
+            raise json.JSONDecodeError(f"a number has more than {limit} digits", "0", 0) from None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

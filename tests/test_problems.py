@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flask.testing import FlaskClient
+from redis import Redis
 
 from tests.support import auth
 
@@ -140,3 +141,27 @@ def test_the_bulk_replay_path_allows_post_only(client: FlaskClient) -> None:
     assert refused.headers["Allow"] == "OPTIONS, POST"
     allowed = client.options("/v1/dead-letters/replay", headers=auth("acme")).headers["Allow"]
     assert set(allowed.split(", ")) == {"OPTIONS", "POST"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {"n": %s}}'),
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {}, "options": {"maxRetries": %s}}'),
+        ("post", "/v1/batches", '{"jobs": [{"jobType": "diag.echo", "payload": {"n": %s}}]}'),
+        ("post", "/v1/dead-letters/replay", '{"dryRun": true, "n": %s}'),
+        ("put", "/v1/handlers/review.digits", '{"url": "https://example.com/", "timeoutSeconds": %s}'),
+    ],
+)
+def test_a_number_longer_than_python_converts_is_malformed_not_a_500(
+    client: FlaskClient, redis: Redis, method: str, path: str, raw: str
+) -> None:
+    # given a JSON body with an integer of 5000 digits (Python's int() stops at 4300)
+    body = raw % ("1" * 5000)
+    before = redis.dbsize()
+    # when it is sent
+    response = getattr(client, method)(path, data=body, headers=auth("acme"), content_type="application/json")
+    # then it is a 400 problem saying what is wrong with the JSON, and nothing was written
+    problem = assert_problem(response, 400, "malformed-request")
+    assert "digits" in problem["detail"], problem
+    assert redis.dbsize() == before

@@ -9,12 +9,16 @@ a worker an hour ahead may put a job's due time (a delayed start, a retry) an ho
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
@@ -132,3 +136,30 @@ def test_a_worker_whose_clock_runs_ahead_retries_after_the_backoff_not_the_skew(
     assert (doc["state"], doc["attempts"]) == ("succeeded", 2)
     starts = [json.loads(entry)["t"] for entry in redis.lrange(witness_key(job_id), 0, -1)]
     assert len(starts) == 2 and starts[1] - starts[0] < 10, starts
+
+
+def _submit_from_an_api_an_hour_ahead(env: dict[str, str], body: dict) -> tuple[int, dict]:
+    """In a spawned child: an API process whose host clock runs an hour ahead submits ``body``."""
+    real = time.time
+    time.time = lambda: real() + HOUR  # this process' clock only (a spawned child)
+    response = create_app(Settings.from_env(env)).test_client().post("/v1/jobs", json=body, headers=auth("acme"))
+    return response.status_code, response.get_json()
+
+
+def test_a_job_submitted_to_an_api_whose_clock_runs_ahead_does_not_start_before_its_run_at(
+    settings: Settings, redis: Redis, client: FlaskClient
+) -> None:
+    # given a live jobType and a runAt half an hour from now by Redis' clock
+    announce(redis, ["diag.echo"], 60)
+    run_at = datetime.fromtimestamp(server_time(redis) + HOUR / 2, UTC)
+    body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at.isoformat()}}
+    # when an API process whose host clock runs an hour ahead accepts it
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        status, doc = pool.submit(_submit_from_an_api_an_hour_ahead, settings_env(settings), body).result(timeout=120)
+    assert status == 202, doc
+    try:
+        # then the job waits scheduled for its runAt, as from any other API process
+        assert doc["state"] == "scheduled", doc
+        assert redis.hget(keys.job(doc["jobId"]), "state") == "scheduled"
+    finally:
+        client.post(f"/v1/jobs/{doc['jobId']}/cancel", headers=auth("acme"))

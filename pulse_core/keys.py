@@ -124,6 +124,15 @@ def dispatch_state(queue: str) -> str:
 DISPATCH_QUEUES = f"{PREFIX}:dispatch-queues"
 
 
+def queue_job_types(queue: str) -> str:
+    """Sorted set of the jobTypes the live workers consuming ``queue`` run (``pulse_core.store.
+    job_types``), scored by when the last announcement of each lapses (epoch seconds), so a job
+    on a queue none of whose workers has its handler is known as such (it dies after the
+    unknown-jobType grace, rather than going back to that queue for ever). Lapsed members are
+    trimmed at each announcement; the key expires with its last member."""
+    return f"{PREFIX}:queue-jobtypes:{part(queue)}"
+
+
 def queue_capacity(queue: str) -> str:
     """Sorted set of the pool concurrency each live worker consuming ``queue`` announced
     (``pulse_core.store.capacity``): member ``<worker hostname>:<concurrency>``, scored by the

@@ -57,7 +57,8 @@ def announcer_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
         def _announce(self, ttl: int) -> None:
             registry = runtime.registry
-            announce(runtime.redis, registry.job_types(), ttl, registry.policies())
+            queues = self._capacity[2] if self._capacity else ()
+            announce(runtime.redis, registry.job_types(), ttl, registry.policies(), queues)
             if self._capacity is not None:
                 announce_capacity(runtime.redis, *self._capacity, ttl)
 

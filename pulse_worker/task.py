@@ -66,7 +66,7 @@ from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.redis_client import server_time
 from pulse_core.store.job_store import ClaimRefusal
-from pulse_core.store.job_types import live_job_types
+from pulse_core.store.job_types import live_on_queue
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
@@ -188,8 +188,9 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
 
     It is parked in Redis and its message acked (``True``): the workers' tick puts it back
     on its queue (any worker on the queue may take it), as a delayed job, so no message
-    waits in this worker. While a live worker announces the jobType it waits
-    ``WRONG_WORKER_DELAY_SECONDS``. While none does, it waits a few seconds at a time until
+    waits in this worker. While a live worker on the job's queue announces the jobType it
+    waits ``WRONG_WORKER_DELAY_SECONDS``. While none does (none at all, or only workers of
+    other queues, which never take it), it waits a few seconds at a time until
     ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since a message of it first found no
     live worker (``keys.homeless_since``); then it goes on (``False``), and ``route``
     dead-letters it as ``UnknownJobTypeAtWorker``. (Without the fair dispatcher it goes back
@@ -203,7 +204,8 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
     now = server_time(runtime.redis)
     grace = runtime.settings.unknown_job_type_grace_seconds
     parks = runtime.store.dispatcher is not None
-    if job_type in live_job_types(runtime.redis):
+    queue = runtime.redis.hget(keys.job(job_id), "queue") or runtime.settings.default_queue
+    if live_on_queue(runtime.redis, job_type, str(queue)):
         since, delay = None, WRONG_WORKER_DELAY_SECONDS
         if parks:  # its grace starts afresh should no live worker announce it again
             runtime.redis.delete(keys.homeless_since(job_id))
@@ -218,9 +220,10 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
             return False
         delay = min(left, HOMELESS_RECHECK_SECONDS)
         log.warning(
-            "job %s (%s): no live worker has its handler; dead-lettered in %.0f s unless one starts",
+            "job %s (%s): no live worker has its handler on queue %s; dead-lettered in %.0f s unless one starts",
             job_id,
             job_type,
+            queue,
             left,
         )
     with contextlib.suppress(RedisError):  # it lives on: the sweep need not republish it yet

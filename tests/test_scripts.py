@@ -1481,16 +1481,36 @@ FORGET_LAPSED = [
     ),
 ]
 
-# the member, its TTL (s)
-ANNOUNCE_CAPACITY = [
+# the TTL (s), whose members ('own' / 'shared'), the members
+ANNOUNCE_LIVE = [
     Case(
         "an announcement is live for its TTL by Redis' clock; lapsed ones go; the key expires with its last",
-        "store/announce_capacity",
+        "store/announce_live",
         {"{p}cap": Z({"old:1": 900, "w2:3": float(LATER)})},
         ["{p}cap"],
-        ["w1:2", "60"],
+        ["60", "own", "w1:2"],
         1,
         {"{p}cap": Z({"w1:2": Soon(60), "w2:3": float(LATER)})},
+        ttl={"{p}cap": "expires"},
+    ),
+    Case(
+        "shared members in several sets; one announced live for longer by another worker keeps its expiry",
+        "store/announce_live",
+        {"{p}q1": Z({"a.b": float(LATER)})},
+        ["{p}q1", "{p}q2"],
+        ["60", "shared", "a.b", "c.d"],
+        0,
+        {"{p}q1": Z({"a.b": float(LATER), "c.d": Soon(60)}), "{p}q2": Z({"a.b": Soon(60), "c.d": Soon(60)})},
+        ttl={"{p}q1": "expires", "{p}q2": "expires"},
+    ),
+    Case(
+        "a worker's own member takes its new TTL, shorter or not",
+        "store/announce_live",
+        {"{p}cap": Z({"w1:2": float(LATER)})},
+        ["{p}cap"],
+        ["60", "own", "w1:2"],
+        0,
+        {"{p}cap": Z({"w1:2": Soon(60)})},
         ttl={"{p}cap": "expires"},
     ),
 ]
@@ -2552,7 +2572,7 @@ CASES = (
     + RATE_ACQUIRE
     + HTTP_ATTEMPTS
     + FORGET_LAPSED
-    + ANNOUNCE_CAPACITY
+    + ANNOUNCE_LIVE
     + RELEASE
     + ADMIT
     + ADMIT_PLACES

@@ -230,6 +230,27 @@ def test_a_job_no_live_worker_can_run_dies_only_after_the_grace_period(
     assert [int(store.get(key) or 0) for key in (publish_counter.ETA, publish_counter.RETRIES)] == [0, 0]
 
 
+def test_a_job_whose_queue_has_no_worker_with_its_handler_dies_after_the_grace_not_never(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given the job's queue consumed only by a worker without diag.echo, and diag.echo live on
+    # a worker of another queue (so the API accepts it)
+    own = start(workers, placement_settings, tmp_path / "own.log", modules="extra_handlers")
+    other = start(workers, placement_settings, tmp_path / "other.log", queues=["elsewhere"])
+    own.wait_ready(store, ("extra.reverse",))
+    other.wait_ready(store, FULL)
+    # when a diag.echo job is submitted to the first queue
+    sent = time.time()
+    job_id = submit(client, "diag.echo", {"n": 1})
+    # then it waits through the unknown-jobType grace, then dies as unknown at its queue's
+    # worker: it reaches a final state rather than going back to that queue for ever
+    wait_for(lambda: store.hget(keys.job(job_id), "state") == "dead", timeout=30, interval=0.1)
+    assert time.time() - sent >= placement_settings.unknown_job_type_grace_seconds
+    assert '"UnknownJobTypeAtWorker"' in str(store.hget(keys.job(job_id), "error"))
+    assert f"no live worker has its handler on queue {placement_settings.default_queue}" in own.log()
+    assert_invariants(store, client, [job_id])
+
+
 def test_a_worker_with_no_handlers_refuses_to_start(
     placement_settings: Settings, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:

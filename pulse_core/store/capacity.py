@@ -22,8 +22,8 @@ from pulse_core import keys
 from pulse_core.lua_scripts import LuaScript
 from pulse_core.redis_client import seconds_of
 
-#: Announces a worker's capacity on its queues (``lua/announce_capacity.lua``).
-_ANNOUNCE = LuaScript("pulse_core.store", "announce_capacity", int)
+#: Announces a worker's capacity on its queues (``lua/announce_live.lua``).
+_ANNOUNCE = LuaScript("pulse_core.store", "announce_live", int)
 
 
 def member(hostname: str, concurrency: int) -> str:
@@ -34,12 +34,12 @@ def member(hostname: str, concurrency: int) -> str:
 def announce_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str], ttl_seconds: float) -> None:
     """Mark ``hostname``'s ``concurrency`` live on each of ``queues`` for ``ttl_seconds``;
     drop the lapsed announcements of those queues and let each key expire with its last live
-    one (``lua/announce_capacity.lua``, one round trip). Times are Redis' clock, not this
+    one (``lua/announce_live.lua``, one round trip). Times are Redis' clock, not this
     host's: a worker whose clock runs ahead neither drops the others' live announcements nor
     makes its own last longer, and one with a shorter TTL does not cut the others' short."""
     wanted = [keys.queue_capacity(queue) for queue in dict.fromkeys(queues)]
     if wanted:
-        _ANNOUNCE.register(redis)(keys=wanted, args=[member(hostname, concurrency), repr(float(ttl_seconds))])
+        _ANNOUNCE.register(redis)(keys=wanted, args=[repr(float(ttl_seconds)), "own", member(hostname, concurrency)])
 
 
 def withdraw_capacity(redis: Redis, hostname: str, concurrency: int, queues: Iterable[str]) -> None:

@@ -26,6 +26,8 @@ log = logging.getLogger("pulse.metrics")
 
 #: Drops lapsed jobTypes and their policies in one step (``lua/forget_lapsed_job_types.lua``).
 _FORGET_LAPSED = LuaScript("pulse_core.store", "forget_lapsed_job_types", int)
+#: Announces jobTypes on each queue a worker consumes (``lua/announce_live.lua``).
+_ANNOUNCE_ON_QUEUES = LuaScript("pulse_core.store", "announce_live", int)
 
 
 def announce(
@@ -33,13 +35,16 @@ def announce(
     job_types: Iterable[str],
     ttl_seconds: int,
     policies: Mapping[str, RetryPolicy] | None = None,
+    queues: Iterable[str] = (),
 ) -> None:
     """Mark ``job_types`` live for the next ``ttl_seconds`` and drop lapsed ones (with their
-    policies: ``keys.JOB_TYPE_POLICIES`` ends as the announcements do).
+    policies: ``keys.JOB_TYPE_POLICIES`` ends as the announcements do), and live on each of
+    ``queues`` (the queues the announcing worker consumes: ``keys.queue_job_types``).
 
     ``policies`` (jobType -> its declared retry policy) lets the API resolve a
     job's effective retries and time limit when it accepts it.
     """
+    job_types = list(job_types)
     now = server_time(redis)  # not this host's clock: one running ahead drops others' live jobTypes
     members = {job_type: now + ttl_seconds for job_type in job_types}
     with redis.pipeline(transaction=False) as pipe:
@@ -52,6 +57,9 @@ def announce(
                 mapping={job_type: p.to_json() for job_type, p in policies.items()},
             )
         _FORGET_LAPSED.register(redis).queue(pipe, keys=[keys.JOB_TYPES, keys.JOB_TYPE_POLICIES], args=[repr(now)])
+        on_queues = [keys.queue_job_types(queue) for queue in dict.fromkeys(queues)]
+        if on_queues and job_types:
+            _ANNOUNCE_ON_QUEUES.register(redis).queue(pipe, keys=on_queues, args=[ttl_seconds, "shared", *job_types])
         pipe.execute()
 
 
@@ -68,6 +76,15 @@ def live_job_types(redis: Redis) -> frozenset[str]:
     """The jobTypes some live worker has announced (by Redis' clock), in one round trip."""
     now, announced = _announced(redis)
     return frozenset(job_type for job_type, expires_at in announced if expires_at > now)
+
+
+def live_on_queue(redis: Redis, job_type: str, queue: str) -> bool:
+    """Whether a live worker consuming ``queue`` announced ``job_type`` (by Redis' clock)."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.zscore(keys.queue_job_types(queue), job_type)
+        clock, lapses = pipe.execute()
+    return lapses is not None and float(lapses) > seconds_of(clock)
 
 
 def job_type_policies(redis: Redis) -> dict[str, RetryPolicy]:

@@ -24,7 +24,8 @@ def _not_json(name: str) -> Any:
 class PulseParser(FlaskParser):
     """webargs' Flask parser, strict about JSON: nesting past Python's recursion limit,
     an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits)
-    and ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400)."""
+    and ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400); and about
+    query strings: an unknown parameter is refused (422), as an unknown body field is."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
@@ -46,6 +47,13 @@ class PulseParser(FlaskParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: An unknown query parameter is refused, naming it, as an unknown body field is (a
+        #: misspelt filter, ``?stat=dead``, would otherwise list every job as if it applied).
+        self.DEFAULT_UNKNOWN_BY_LOCATION = {
+            **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+            "query": ma.RAISE,
+            "querystring": ma.RAISE,
+        }
         #: One instance per schema class: webargs would build one per request (costly in
         #: marshmallow), and a schema instance keeps no state between loads.
         self._schemas: dict[type[ma.Schema], ma.Schema] = {}

@@ -66,6 +66,16 @@ def test_schema_violation_is_422_naming_the_field(client: FlaskClient, body: dic
     assert field in problem["errors"], problem
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs?stat=dead", "/v1/jobs?state=dead&pageSize=5", "/v1/dead-letters?lim=5"])
+def test_an_unknown_query_parameter_is_422_naming_it(client: FlaskClient, path: str) -> None:
+    # given a listing asked with a parameter it does not have (a misspelt filter)
+    response = client.get(path, headers=auth("acme"))
+    # then it is refused naming the parameter, not answered as if there were no filter
+    problem = assert_problem(response, 422, "validation-error")
+    unknown = path.rsplit("&", 1)[-1].split("?")[-1].split("=")[0]
+    assert unknown in problem["errors"], problem
+
+
 def test_top_level_array_is_422(client: FlaskClient) -> None:
     response = client.post("/v1/jobs", json=[1, 2], headers=auth("acme"))
     assert_problem(response, 422, "validation-error")

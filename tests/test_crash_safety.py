@@ -272,7 +272,11 @@ def test_a_cancelled_job_never_runs_and_a_delayed_job_waits(live_client: FlaskCl
     # when one is cancelled before it starts
     response = live_client.post(f"/v1/jobs/{doomed}/cancel", headers=auth("acme"))
     assert response.status_code == 200 and response.get_json()["state"] == "cancelled"
-    # then the other starts no earlier than its time and succeeds
+    # then its parked message goes with it (it would otherwise wait, payload and all, until due)
+    assert redis.zscore(keys.PARKED_UNTIL, doomed) is None
+    assert not redis.hexists(keys.PARKED_MESSAGES, doomed)
+    assert redis.zscore(keys.PARKED_UNTIL, delayed) is not None
+    # and the other starts no earlier than its time and succeeds
     wait_for_state(live_client, "acme", delayed, {"succeeded"}, timeout=30)
     assert witness_starts(redis, delayed)[0]["t"] >= submitted + 2
     # and the cancelled one never runs, and cannot be cancelled again

@@ -982,27 +982,30 @@ FINALIZE += [
 
 # tenant_id, finished_at, retention, job_id, now_ms
 CANCEL_ARGV = ["t1", T, 3600, "j1", 5000]
+CANCEL_KEYS = [*FINAL_KEYS, "{p}due", "{p}pmsg"]
 CANCEL = [
-    Case("a missing job", "store/cancel", {}, FINAL_KEYS, CANCEL_ARGV, "missing", {"{p}job:j1": None}),
+    Case("a missing job", "store/cancel", {}, CANCEL_KEYS, CANCEL_ARGV, "missing", {"{p}job:j1": None}),
     Case(
         "another tenant's job is missing",
         "store/cancel",
         {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}counts": {"pending": "1"}},
-        FINAL_KEYS,
+        CANCEL_KEYS,
         CANCEL_ARGV,
         "missing",
         {"{p}job:j1": {"state": "queued", "tenantId": "t2"}, "{p}counts": {"pending": "1"}},
     ),
     *[
         Case(
-            f"a {state} job is cancelled at once",
+            f"a {state} job is cancelled at once, its parked message dropped",
             "store/cancel",
             {
                 "{p}job:j1": {"state": state, "tenantId": "t1", "dueAt": "9"},
                 "{p}counts": {"pending": "1"},
                 "{p}watch": Z({"j1": 9}),
+                "{p}due": Z({"j1": 9, "j2": 10}),
+                "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
             },
-            FINAL_KEYS,
+            CANCEL_KEYS,
             CANCEL_ARGV,
             "cancelled",
             {
@@ -1010,6 +1013,8 @@ CANCEL = [
                 "{p}counts": {"pending": "0", "held": "0", "total": "0"},
                 "{p}watch": None,
                 "{p}dead": None,
+                "{p}due": Z({"j2": 10}),
+                "{p}pmsg": {"j2": "{p}q\nm2"},
             },
             ttl={"{p}job:j1": "expires"},
         )
@@ -1019,7 +1024,7 @@ CANCEL = [
         "a running job is asked to stop",
         "store/cancel",
         {"{p}job:j1": {"state": "running", "tenantId": "t1"}, "{p}counts": {"pending": "1"}},
-        FINAL_KEYS,
+        CANCEL_KEYS,
         CANCEL_ARGV,
         "running",
         {"{p}job:j1": {"state": "running", "tenantId": "t1", "cancelRequested": "1"}, "{p}counts": {"pending": "1"}},
@@ -1029,7 +1034,7 @@ CANCEL = [
             f"a {state} job is already finished",
             "store/cancel",
             {"{p}job:j1": {"state": state, "tenantId": "t1"}},
-            FINAL_KEYS,
+            CANCEL_KEYS,
             CANCEL_ARGV,
             f"finished:{state}",
             {"{p}job:j1": {"state": state, "tenantId": "t1"}, "{p}counts": None},

@@ -409,7 +409,7 @@ class JobStore:
         finished, "missing" when ``tenant_id`` has no such job.
         """
         return self._cancel(
-            keys=self._final_keys(job_id, tenant_id),
+            keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
             args=[tenant_id, utc_now(), self._retention, job_id, int(time.time() * 1000)],
         )
 

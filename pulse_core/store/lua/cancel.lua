@@ -1,6 +1,8 @@
 -- cancel: a waiting job is cancelled at once, a running one is asked to stop.
 -- KEYS[1] the job hash   KEYS[2] the watch zset   KEYS[3] the tenant's dead letters
--- KEYS[4] the tenant's counts (stored_bytes)
+-- KEYS[4] the tenant's counts (stored_bytes)   KEYS[5] the due set, KEYS[6] the parked messages
+-- (a waiting job parked until due, or on a limit, leaves them now, not when it would be due:
+-- a delayed job's message could otherwise outlive its record by weeks)
 -- ARGV[1] tenant id   ARGV[2] finishedAt (ISO time)   ARGV[3] retention (s)   ARGV[4] job id
 -- ARGV[5] now (epoch ms)
 -- Reply: 'cancelled' | 'running' (cancelRequested set) | 'finished:<final state>'
@@ -14,6 +16,8 @@ if not state or f[2] ~= ARGV[1] then return 'missing' end
 if WAITING_STATES[state] then
   final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], 'cancelled', ARGV[2], '', '',
                    ARGV[3], ARGV[5], 0, 0, 0)
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('HDEL', KEYS[6], ARGV[4])
   return 'cancelled'
 end
 if state == 'running' then

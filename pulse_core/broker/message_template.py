@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,8 @@ from typing import Any
 
 from celery import Celery
 from kombu.utils.json import dumps as kombu_dumps
+
+from pulse_core.ids import uuid4_text
 
 #: The places that vary, each a JSON string in the template: ``"\u0001NAME\u0001"``.
 _MARK = "\u0001"
@@ -178,7 +179,7 @@ def render_message(
     now: datetime | None = None,
 ) -> str:
     """One job's message from ``template`` (ids fresh unless given, for tests)."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or uuid4_text()
     eta = None
     if countdown:  # as Celery's as_task_v2: a zero countdown is no ETA
         eta = ((now or datetime.now(UTC)) + timedelta(seconds=countdown)).isoformat()
@@ -196,7 +197,7 @@ def render_message(
             "BODY": '"' + base64.b64encode(body.encode("utf-8")).decode("ascii") + '"',
             "LANE": _string(lane),
             "PRIORITY": _json(priority),
-            "TAG": _string(delivery_tag or str(uuid.uuid4())),
+            "TAG": _string(delivery_tag or uuid4_text()),
             "EXTRA": extra,
         }
     )

@@ -108,11 +108,9 @@ class Submitter:
         admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
         for (position, _), verdict in zip(ready, admitted, strict=True):
             verdicts[position] = verdict
-        counts: Counter[str] = Counter()
-        for answer in verdicts:
-            if isinstance(answer, Admitted) and not answer.replayed:
-                _log_accepted(answer.job)
-                counts[answer.job.job_type] += 1
+        created = [answer.job for answer in verdicts if isinstance(answer, Admitted) and not answer.replayed]
+        _log_accepted_many(created)
+        counts = Counter(job.job_type for job in created)
         for job_type, count in counts.items():  # one count per jobType, not per job
             metrics.job_submitted(tenant.tenant_id, job_type, count)
         return verdicts
@@ -189,6 +187,38 @@ def _accepted(admitted: Admitted) -> None:
 def _log_accepted(job: Job) -> None:
     """The "job accepted" line, with the job's ids (docs/operations.md: one per job)."""
     log.info("job accepted", extra=logs.job_fields(job))  # the same line as under job_context, cheaper
+
+
+def _log_accepted_many(jobs: Sequence[Job]) -> None:
+    """A "job accepted" line for each of ``jobs``: the lines ``_log_accepted`` writes, each
+    its own record through the logger's filters and handlers, built for less.
+
+    ``log.info`` builds each record from scratch (the caller's frame, the thread's and
+    process's names, ~3.5 µs); a batch's records differ only in their time and the job's
+    ids, so the first is built that way and the others are copies of it with their own
+    time and ids. Nothing is built when INFO is off; a custom ``LogRecord`` factory (which
+    may add fields of its own per record) gets the ordinary path, one ``log.info`` a job.
+    """
+    if not jobs or not log.isEnabledFor(logging.INFO):
+        return
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        for job in jobs:
+            _log_accepted(job)
+        return
+    pathname, lineno, func, _stack = log.findCaller()
+    first = log.makeRecord(log.name, logging.INFO, pathname, lineno, "job accepted", (), None, func)
+    template = first.__dict__
+    start = logging._startTime  # type: ignore[attr-defined]  # LogRecord's relativeCreated origin
+    for job in jobs:
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(template)
+        created = time.time()  # as LogRecord.__init__ sets its times
+        fields["created"] = created
+        fields["msecs"] = int((created - int(created)) * 1000) + 0.0
+        fields["relativeCreated"] = (created - start) * 1000
+        fields.update(logs.job_fields(job))
+        log.handle(record)
 
 
 def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatus) -> Admitted:

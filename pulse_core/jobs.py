@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from pulse_core import json_text
 from pulse_core.ids import uuid4_hex, uuid4_text
 
 #: Bumped when the stored record's shape changes incompatibly.
@@ -132,7 +133,7 @@ class Job:
         for key in _JSON_FIELDS:
             value = getattr(self, key)
             if value is not None:
-                flat[key] = json.dumps(value, separators=(",", ":"))
+                flat[key] = json_text.compact(value)
         return flat
 
     @classmethod

@@ -14,7 +14,6 @@ The HTTP view validates the body against its schema and calls ``Submitter.submit
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pulse_core import json_text
 from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.errors import InvalidIdempotencyKey, PayloadTooLarge, PulseError, TenantMismatch
@@ -238,6 +238,6 @@ def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:
 
 
 def _check_size(body: Any, cap: int) -> None:
-    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    size = len(json_text.compact(body).encode("utf-8"))
     if size > cap:
         raise PayloadTooLarge(f"the job is {size} bytes as JSON; the limit is {cap}")

@@ -195,8 +195,8 @@ def _log_accepted_many(jobs: Sequence[Job]) -> None:
 
     ``log.info`` builds each record from scratch (the caller's frame, the thread's and
     process's names, ~3.5 µs); a batch's records differ only in their time and the job's
-    ids, so the first is built that way and the others are copies of it with their own
-    time and ids. Nothing is built when INFO is off; a custom ``LogRecord`` factory (which
+    ids, so one record is built that way and each line is a copy of it with its own time
+    and ids. Nothing is built when INFO is off; a custom ``LogRecord`` factory (which
     may add fields of its own per record) gets the ordinary path, one ``log.info`` a job.
     """
     if not jobs or not log.isEnabledFor(logging.INFO):
@@ -208,7 +208,7 @@ def _log_accepted_many(jobs: Sequence[Job]) -> None:
     pathname, lineno, func, _stack = log.findCaller()
     first = log.makeRecord(log.name, logging.INFO, pathname, lineno, "job accepted", (), None, func)
     template = first.__dict__
-    start = logging._startTime  # type: ignore[attr-defined]  # LogRecord's relativeCreated origin
+    since_start = first.relativeCreated - first.created * 1000  # relativeCreated's origin, in ms
     for job in jobs:
         record = logging.LogRecord.__new__(logging.LogRecord)
         fields = record.__dict__
@@ -216,7 +216,7 @@ def _log_accepted_many(jobs: Sequence[Job]) -> None:
         created = time.time()  # as LogRecord.__init__ sets its times
         fields["created"] = created
         fields["msecs"] = int((created - int(created)) * 1000) + 0.0
-        fields["relativeCreated"] = (created - start) * 1000
+        fields["relativeCreated"] = created * 1000 + since_start
         fields.update(logs.job_fields(job))
         log.handle(record)
 

@@ -22,7 +22,6 @@ marshmallow with bodies generated from the document, valid and invalid.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +38,7 @@ from pulse_api.schemas import (
     check_json_bounds,
     lone_surrogate_at,
 )
+from pulse_core import json_text
 
 EXTENSION_KEY = "pulse.fast_load"
 
@@ -126,7 +126,7 @@ def finish_job(data: Mapping[str, Any]) -> dict[str, Any]:
             low, high = _METADATA_KEY_LENGTH
             if not all(low <= len(key) <= high for key in value):
                 raise Doubt("metadata key length")
-            if len(json.dumps(value, separators=(",", ":")).encode("utf-8")) > MAX_METADATA_BYTES:
+            if len(json_text.compact(value).encode("utf-8")) > MAX_METADATA_BYTES:
                 raise Doubt("metadata size")
             value = dict(value)
         elif name == "options":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from pulse_core import json_text
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.jobs import DEFAULT_PRIORITY, MAX_PRIORITY, JobState
 from pulse_core.store.listing import CURSOR_PATTERN
@@ -68,7 +68,7 @@ def lone_surrogate_at(value: Any, path: str = "") -> str | None:
     """Where ``value`` holds a string that is not Unicode text (a lone surrogate such as
     ``"\\ud800"``, valid JSON but not encodable as UTF-8), as a dotted path; else ``None``."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json_text.unicode(value).encode("utf-8")
         return None
     except UnicodeEncodeError:
         pass
@@ -229,7 +229,7 @@ class JobSubmitSchema(Schema):
         trace = value.get("traceId")
         if "traceId" in value and not (isinstance(trace, str) and TRACE_ID_RE.fullmatch(trace)):
             raise ValidationError({"traceId": ["traceId must be 32 lowercase hex digits"]})
-        size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+        size = len(json_text.compact(value).encode("utf-8"))
         if size > MAX_METADATA_BYTES:
             raise ValidationError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from pulse_core import json_text
+from pulse_core.ids import uuid4_hex, uuid4_text
 
 #: Bumped when the stored record's shape changes incompatibly.
 SCHEMA_VERSION = 1
@@ -131,7 +133,7 @@ class Job:
         for key in _JSON_FIELDS:
             value = getattr(self, key)
             if value is not None:
-                flat[key] = json.dumps(value, separators=(",", ":"))
+                flat[key] = json_text.compact(value)
         return flat
 
     @classmethod
@@ -206,12 +208,12 @@ def _iso(epoch: float) -> str:
 
 def new_job_id() -> str:
     """A fresh, unguessable job id."""
-    return str(uuid.uuid4())
+    return uuid4_text()
 
 
 def new_trace_id() -> str:
     """A fresh W3C-style 32-hex trace id."""
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 def utc_now() -> str:

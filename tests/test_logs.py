@@ -6,9 +6,13 @@ import contextlib
 import io
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
 
 from pulse_api import create_app
 from pulse_core.settings import Settings
@@ -115,3 +119,93 @@ def test_a_batch_logs_one_accepted_line_per_created_job_with_its_own_ids(setting
     ]
     assert [{k: line[k] for k in IDS} for line in accepted] == expected
     assert SECRET not in stream.getvalue()
+
+
+def _record(msg: Any = "job accepted", *, exc: bool = False, **extra: Any) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    return logging.getLogger("pulse.api").makeRecord(
+        "pulse.api", logging.INFO, __file__, 1, msg, (), exc_info, extra=extra
+    )
+
+
+def test_pulses_json_formatter_writes_the_text_python_json_logger_writes() -> None:
+    # given the library's own formatter configured as Pulse's, and Pulse's
+    library = JsonFormatter(
+        "{levelname}{name}{process}{message}",
+        style="{",
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+        timestamp="time",
+    )
+    pulse = logs.json_formatter()
+    # when each formats the same records: plain, with ids, with values only the library's
+    # encoder knows (a datetime, a set, an exception), with a traceback, a dict message
+    records = [
+        _record(),
+        _record(jobId="j", tenantId="t", jobType="x", attempt=0, traceId="a" * 32),
+        _record(when=datetime(2026, 1, 1, tzinfo=UTC), tags={"a"}, error=ValueError("no"), text="é\u2028"),
+        _record(exc=True, jobId="j"),
+        _record({"event": "x", "n": 1}),
+    ]
+    # then the lines are the same text
+    for record in records:
+        assert pulse.format(record) == library.format(record)
+
+
+def test_a_batchs_lines_go_through_a_custom_record_factory(settings: Settings) -> None:
+    # given a LogRecord factory that adds a field of its own to each record
+    old_factory = logging.getLogRecordFactory()
+    counter = iter(range(1000))
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old_factory(*args, **kwargs)
+        record.serial = next(counter)  # type: ignore[attr-defined]
+        return record
+
+    jobs = [{"jobType": "diag.echo", "payload": {}} for _ in range(3)]
+    logging.setLogRecordFactory(factory)
+    try:
+        with captured_pulse_log() as stream:
+            # when a batch of three new jobs is submitted
+            response = create_app(settings).test_client().post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    finally:
+        logging.setLogRecordFactory(old_factory)
+    assert response.status_code == 200
+    # then each job's line is a record of the factory's own, with its own field
+    accepted = [r for r in json_lines(stream.getvalue()) if r["message"] == "job accepted"]
+    assert len(accepted) == 3
+    assert len({line["serial"] for line in accepted}) == 3
+    assert [line["jobId"] for line in accepted] == [item["job"]["jobId"] for item in response.get_json()["items"]]
+
+
+def test_a_batch_builds_no_line_when_info_is_off(settings: Settings) -> None:
+    # given the API's logger above INFO, and a record factory that counts what is built
+    old_factory = logging.getLogRecordFactory()
+    built: list[str] = []
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old_factory(*args, **kwargs)
+        built.append(record.getMessage())
+        return record
+
+    api_logger = logging.getLogger("pulse.api")
+    old_level = api_logger.level
+    api_logger.setLevel(logging.WARNING)
+    logging.setLogRecordFactory(factory)
+    try:
+        # when a batch is submitted
+        response = (
+            create_app(settings)
+            .test_client()
+            .post("/v1/batches", json={"jobs": [{"jobType": "diag.echo", "payload": {}}] * 3}, headers=auth("acme"))
+        )
+    finally:
+        logging.setLogRecordFactory(old_factory)
+        api_logger.setLevel(old_level)
+    # then no "job accepted" record was built
+    assert response.status_code == 200
+    assert "job accepted" not in built

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kombu.utils.json import dumps as kombu_dumps
 
-from pulse_core.broker import celery_app
+from pulse_core.broker import celery_app, message_template
 from pulse_core.broker.celery_app import RUN_JOB_TASK, create_celery, encode_message
 from pulse_core.broker.message_template import MessageTemplate, reference_envelope, render_message
 from pulse_core.jobs import Job, utc_now
@@ -83,6 +83,45 @@ def test_template_renders_what_the_machinery_builds(
     decoded = json.loads(rendered)
     assert decoded["headers"]["shadow"] == job_type  # Flower shows the jobType
     assert decoded["headers"]["id"] == decoded["headers"]["root_id"] == decoded["properties"]["correlation_id"]
+
+
+def test_messages_of_more_kinds_than_a_template_keeps_each_render_what_the_machinery_builds(
+    settings: Settings,
+) -> None:
+    # given a template, and more kinds of message (jobType, lane, priority, time limits) than
+    # it keeps filled in, a jobType with braces among them
+    app = create_celery(settings)
+    template = MessageTemplate.build(app, RUN_JOB_TASK)
+    kinds = [
+        (
+            f"kind.{n}{{x}}" if n % 7 == 0 else f"kind.{n}",
+            f"lane/{n % 3}",
+            n % 10,
+            (None, None) if n % 2 else (n + 10, n),
+        )
+        for n in range(message_template._KINDS + 50)
+    ]
+    # when each kind's message is rendered, twice over, interleaved
+    for round_ in range(2):
+        for n, (job_type, lane, priority, (hard, soft)) in enumerate(kinds):
+            if round_ and n % 5:
+                continue  # the second round: a sample, after the keeping started over
+            job_id = f"job-{round_}-{n}"
+            rendered = render_message(
+                template, job_id=job_id, job_type=job_type, attempt=1, cycle=0, lane=lane, priority=priority,
+                countdown=None, time_limit=hard, soft_time_limit=soft, task_id=f"task-{n}", delivery_tag=f"tag-{n}",
+            )  # fmt: skip
+            # then each is the envelope Celery's and kombu's own code build for it
+            expected = kombu_dumps(
+                reference_envelope(
+                    app, RUN_JOB_TASK, task_id=f"task-{n}", job_id=job_id, job_type=job_type, eta=None,
+                    time_limit=hard, soft_time_limit=soft, argsrepr=repr((job_id,)), attempt=1, cycle=0,
+                    lane=lane, priority=priority, delivery_tag=f"tag-{n}",
+                )
+            )  # fmt: skip
+            assert rendered == expected, (job_type, lane, priority, hard, soft)
+    # and the template keeps at most its cap of kinds
+    assert len(template._kinds) <= message_template._KINDS
 
 
 def test_a_forked_process_renders_its_own_origin(settings: Settings) -> None:

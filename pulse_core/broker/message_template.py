@@ -22,15 +22,16 @@ import base64
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from celery import Celery
 from kombu.utils.json import dumps as kombu_dumps
+
+from pulse_core.ids import uuid4_text
 
 #: The places that vary, each a JSON string in the template: ``"\u0001NAME\u0001"``.
 _MARK = "\u0001"
@@ -39,6 +40,10 @@ _FIELDS = ("ID", "SHADOW", "ETA", "HARD", "SOFT", "ARGSREPR", "BODY", "LANE", "P
 _MARKED = re.compile(r'"\\u0001([A-Z]+)\\u0001"')
 #: Where extra headers (a trace's ``traceparent``) go: after the last header.
 _EXTRA_HEADER = "\u0001EXTRA\u0001"
+#: Cuts a pattern at the places left open (never in a message: JSON text escapes it).
+_CUT = "\u0002"
+#: Kinds of message (jobType, lane, priority, time limits) a template keeps filled in.
+_KINDS = 1024
 
 
 def _mark(name: str) -> str:
@@ -51,6 +56,8 @@ class MessageTemplate:
 
     pattern: str
     pid: int
+    #: The pattern with a kind of job's fixed places filled in (``fixed``), by their values.
+    _kinds: dict[tuple[str, ...], tuple[list[str], list[str]]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, app: Celery, task_name: str) -> MessageTemplate:
@@ -87,6 +94,21 @@ class MessageTemplate:
     def render(self, values: dict[str, str]) -> str:
         """The message with each place's JSON text from ``values``."""
         return self.pattern.format_map(values)
+
+    def fixed(self, values: dict[str, str]) -> tuple[list[str], list[str]]:
+        """The pattern with the places in ``values`` filled in, cut at the others: (the
+        pieces, the names of the places between them). Kept for the next message of the
+        same kind (at most ``_KINDS`` kinds, then the keeping starts over)."""
+        key = tuple(values.values())
+        found = self._kinds.get(key)
+        if found is None:
+            marked = {name: f"{_CUT}{name}{_CUT}" for name in _FIELDS if name not in values}
+            parts = self.pattern.format_map({**values, **marked}).split(_CUT)
+            found = (parts[0::2], parts[1::2])
+            if len(self._kinds) >= _KINDS:
+                self._kinds.clear()
+            self._kinds[key] = found
+        return found
 
 
 def reference_envelope(
@@ -178,25 +200,44 @@ def render_message(
     now: datetime | None = None,
 ) -> str:
     """One job's message from ``template`` (ids fresh unless given, for tests)."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or uuid4_text()
     eta = None
     if countdown:  # as Celery's as_task_v2: a zero countdown is no ETA
         eta = ((now or datetime.now(UTC)) + timedelta(seconds=countdown)).isoformat()
     body = f'[[{_string(job_id)}], {{"attempt": {_json(attempt)}, "cycle": {_json(cycle)}}}{_BODY_TAIL}'
+    own = {
+        "ID": _string(task_id),
+        "ARGSREPR": _string(repr((job_id,))),
+        "BODY": '"' + base64.b64encode(body.encode("utf-8")).decode("ascii") + '"',
+        "TAG": _string(delivery_tag or uuid4_text()),
+    }
+    if eta is None and not extra_headers:
+        # A job due now without trace headers: its kind's places are filled in already.
+        pieces, names = template.fixed(
+            {
+                "SHADOW": _string(job_type),
+                "HARD": _json(time_limit),
+                "SOFT": _json(soft_time_limit),
+                "LANE": _string(lane),
+                "PRIORITY": _json(priority),
+                "ETA": "null",
+                "EXTRA": "",
+            }
+        )
+        out = [pieces[0]]
+        for name, piece in zip(names, pieces[1:], strict=True):
+            out += (own[name], piece)
+        return "".join(out)
     extra = "".join(f", {_string(name)}: {_string(value)}" for name, value in (extra_headers or {}).items())
-    task = _string(task_id)
     return template.render(
         {
-            "ID": task,
+            **own,
             "SHADOW": _string(job_type),
             "ETA": _json(eta),
             "HARD": _json(time_limit),
             "SOFT": _json(soft_time_limit),
-            "ARGSREPR": _string(repr((job_id,))),
-            "BODY": '"' + base64.b64encode(body.encode("utf-8")).decode("ascii") + '"',
             "LANE": _string(lane),
             "PRIORITY": _json(priority),
-            "TAG": _string(delivery_tag or str(uuid.uuid4())),
             "EXTRA": extra,
         }
     )

@@ -11,11 +11,10 @@ job cannot be published afterwards, the key is released with the record.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from pulse_core import keys
+from pulse_core import json_text, keys
 
 #: The job fields that make two submissions "the same job".
 FINGERPRINT_FIELDS = ("jobType", "payload", "metadata")
@@ -28,7 +27,7 @@ def fingerprint(body: Mapping[str, Any]) -> str:
     out, so sending the key in the header or in the body is the same request.
     """
     identity = {name: body.get(name) or None for name in FINGERPRINT_FIELDS}
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json_text.canonical(identity)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -14,8 +14,8 @@ The HTTP view validates the body against its schema and calls ``Submitter.submit
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pulse_core import json_text
 from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.errors import InvalidIdempotencyKey, PayloadTooLarge, PulseError, TenantMismatch
@@ -107,11 +108,9 @@ class Submitter:
         admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
         for (position, _), verdict in zip(ready, admitted, strict=True):
             verdicts[position] = verdict
-        counts: Counter[str] = Counter()
-        for answer in verdicts:
-            if isinstance(answer, Admitted) and not answer.replayed:
-                _log_accepted(answer.job)
-                counts[answer.job.job_type] += 1
+        created = [answer.job for answer in verdicts if isinstance(answer, Admitted) and not answer.replayed]
+        _log_accepted_many(created)
+        counts = Counter(job.job_type for job in created)
         for job_type, count in counts.items():  # one count per jobType, not per job
             metrics.job_submitted(tenant.tenant_id, job_type, count)
         return verdicts
@@ -191,6 +190,38 @@ def _log_accepted(job: Job) -> None:
     log.info("job accepted", extra=logs.job_fields(job))  # the same line as under job_context, cheaper
 
 
+def _log_accepted_many(jobs: Sequence[Job]) -> None:
+    """A "job accepted" line for each of ``jobs``: the lines ``_log_accepted`` writes, each
+    its own record through the logger's filters and handlers, built for less.
+
+    ``log.info`` builds each record from scratch (the caller's frame, the thread's and
+    process's names, ~3.5 µs); a batch's records differ only in their time and the job's
+    ids, so one record is built that way and each line is a copy of it with its own time
+    and ids. Nothing is built when INFO is off; a custom ``LogRecord`` factory (which
+    may add fields of its own per record) gets the ordinary path, one ``log.info`` a job.
+    """
+    if not jobs or not log.isEnabledFor(logging.INFO):
+        return
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        for job in jobs:
+            _log_accepted(job)
+        return
+    pathname, lineno, func, _stack = log.findCaller()
+    first = log.makeRecord(log.name, logging.INFO, pathname, lineno, "job accepted", (), None, func)
+    template = first.__dict__
+    since_start = first.relativeCreated - first.created * 1000  # relativeCreated's origin, in ms
+    for job in jobs:
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(template)
+        created = time.time()  # as LogRecord.__init__ sets its times
+        fields["created"] = created
+        fields["msecs"] = int((created - int(created)) * 1000) + 0.0
+        fields["relativeCreated"] = created * 1000 + since_start
+        fields.update(logs.job_fields(job))
+        log.handle(record)
+
+
 def _admitted_after_all(recorded: Job, submission: Submission, limit: LimitStatus) -> Admitted:
     """A job whose admission answer was lost, found recorded: it was accepted."""
     log.warning("job %s: admission answer lost in flight, but the job was recorded", recorded.job_id)
@@ -208,6 +239,6 @@ def _idempotency_key(in_body: str | None, in_header: str | None) -> str | None:
 
 
 def _check_size(body: Any, cap: int) -> None:
-    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    size = len(json_text.compact(body).encode("utf-8"))
     if size > cap:
         raise PayloadTooLarge(f"the job is {size} bytes as JSON; the limit is {cap}")

@@ -9,14 +9,16 @@ carries them. Payloads are never put in the context or in a message.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import logging.config
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import IO, Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 from pulse_core.jobs import Job
 from pulse_core.settings import DEFAULT_LOG_FORMAT
@@ -79,9 +81,65 @@ class JobContextFilter(logging.Filter):
         return True
 
 
+class PulseJsonFormatter(JsonFormatter):
+    """python-json-logger's ``JsonFormatter``, writing the same text, with its common case
+    (no ``defaults``, static fields or dict message; JSON-native values) in fewer steps.
+
+    A line (every "job accepted" line, one a job) took about 9 µs to format: the library
+    builds the fields through renames looked up one by one, leaves the time a ``datetime``
+    that its encoder turns into ``isoformat()`` text through a Python ``default`` hook, and
+    builds a new encoder for each line. Here the renamed fields are worked out once, the
+    time is written as that same text, and the line is written by ``json.dumps``' shared C
+    encoder (the library's own separators and ``ensure_ascii``); a value that encoder
+    refuses (an exception, a ``datetime``, ...) sends the line through the library's own
+    encoder, as before. ``tests/test_logs.py`` holds the two to the same text.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Each field of the format, and the name it is written under.
+        self._renamed = [(name, self._get_rename(name)) for name in self._required_fields]
+        timestamp = self.timestamp
+        self._time_key = (
+            self._get_rename(timestamp if isinstance(timestamp, str) else "timestamp") if timestamp else None
+        )
+        self._lean = (
+            self.json_serializer is json.dumps
+            and self.json_default is None
+            and self.json_encoder is JsonEncoder
+            and self.json_indent is None
+            and self.json_ensure_ascii
+            and not self.defaults
+            and not self.static_fields
+            and not self.rename_fields_keep_missing
+        )
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        if not self._lean or message_dict:
+            super().add_fields(log_data, record, message_dict)
+            return
+        attributes = record.__dict__
+        for name, written in self._renamed:
+            log_data[written] = attributes.get(name)
+        skip, rename = self._skip_fields, self.rename_fields
+        for key, value in attributes.items():  # merge_record_extra, inline
+            if key not in skip and not (hasattr(key, "startswith") and key.startswith("_")):
+                log_data[rename.get(key, key)] = value
+        if self._time_key is not None:  # the text JsonEncoder writes for the datetime
+            log_data[self._time_key] = datetime.fromtimestamp(record.created, tz=UTC).isoformat()
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        if self._lean:
+            try:
+                return json.dumps(log_data)  # the shared C encoder: ", " / ": ", ASCII only
+            except TypeError:  # a value only JsonEncoder's default knows: its turn
+                pass
+        return str(super().jsonify_log_record(log_data))
+
+
 def json_formatter() -> logging.Formatter:
     """One JSON object per record: time, level, logger, message, job ids and any extras."""
-    return JsonFormatter(
+    return PulseJsonFormatter(
         "{levelname}{name}{process}{message}",
         style="{",
         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},

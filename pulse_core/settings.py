@@ -373,7 +373,8 @@ class Settings:
         "PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS",
         DEFAULT_UNKNOWN_JOB_TYPE_GRACE_SECONDS,
         POSITIVE_FLOAT,
-        "how long a job whose jobType no live worker announces waits before it dies as `UnknownJobTypeAtWorker`",
+        "how long a job whose jobType no live worker of its queue announces waits before it dies as "
+        "`UnknownJobTypeAtWorker`",
         group="execution",
     )
     log_format: str = setting(

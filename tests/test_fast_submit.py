@@ -100,6 +100,15 @@ def _normalized(status: str, headers: list[tuple[str, str]], body: bytes) -> tup
     return status, [(name, _ID.sub("<id>", value)) for name, value in headers], text
 
 
+def _rate_counts_as_numbers(answer: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``answer`` with its ``RateLimit-Remaining`` and ``RateLimit-Reset`` values checked to be
+    whole numbers and then left out, for answers whose counts depend on timing alone."""
+    status, headers, text = answer
+    counts = {"RateLimit-Remaining", "RateLimit-Reset"}
+    assert all(value.isdigit() for name, value in headers if name in counts), headers
+    return status, [(name, "<n>" if name in counts else value) for name, value in headers], text
+
+
 @pytest.fixture
 def paths(app: Flask) -> Iterator[Paths]:
     yield Paths(app)
@@ -312,6 +321,8 @@ def test_a_failure_building_the_answer_is_answered_as_flask_answers_it(
     # when a plain submit is sent through both paths
     fast, flask, reached = paths.both(json=body())
     # then the fast path's answer is Flask's own: its 500 problem document, headers and all
+    # (the rate-limit counts of a 500 are read after the admission, so at 1,000 a second they
+    # tell how many milliseconds that read came after it: a number each, not the same one)
     assert fast[0].startswith("500")
-    assert fast == flask
+    assert _rate_counts_as_numbers(fast) == _rate_counts_as_numbers(flask)
     assert reached == 0

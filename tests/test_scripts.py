@@ -718,6 +718,9 @@ FINALIZE = [
                 "state": "succeeded",
                 "attempts": "1",
                 "tenantId": "t1",
+                # the last attempt's lease and owner stay; its due time goes
+                "leaseUntil": "4",
+                "owner": "w1",
                 "finishedAt": T,
                 "result": '{"ok":1}',
                 # the result's bytes now count (the record had none admitted)
@@ -741,6 +744,9 @@ FINALIZE = [
                 "state": "dead",
                 "attempts": "1",
                 "tenantId": "t1",
+                # the last attempt's lease and owner stay; its due time goes
+                "leaseUntil": "4",
+                "owner": "w1",
                 "finishedAt": T,
                 "error": '{"e":3}',
                 "storedBytes": "7",
@@ -764,6 +770,9 @@ FINALIZE = [
                 "state": "cancelled",
                 "attempts": "1",
                 "tenantId": "t1",
+                # the last attempt's lease and owner stay; its due time goes
+                "leaseUntil": "4",
+                "owner": "w1",
                 "finishedAt": T,
                 "error": '{"old":1}',
                 "storedBytes": "9",
@@ -801,6 +810,9 @@ FINALIZE = [
                 "state": "dead",
                 "attempts": "1",
                 "tenantId": "t1",
+                # the last attempt's lease and owner stay; its due time goes
+                "leaseUntil": "4",
+                "owner": "w1",
                 "finishedAt": T,
                 "error": '{"old":1}',
                 "storedBytes": "9",
@@ -913,8 +925,8 @@ _NOT_KEPT = (
     "the tenant's storage budget of 40 bytes (max_stored_bytes) is full\"}"
 )
 _HOLDING = {**_RUNNING, "recordBytes": "30", "storedBytes": "30"}
-#: What finalize leaves of _HOLDING's fields (the lease goes).
-_HELD_DONE = {k: v for k, v in _HOLDING.items() if k not in ("leaseUntil", "owner")}
+#: What finalize leaves of _HOLDING's fields: all of them (the last attempt's lease and owner stay).
+_HELD_DONE = dict(_HOLDING)
 FINALIZE += [
     Case(
         "a finished job's bytes, its result's too, leave held for the retained bucket of now",
@@ -2604,6 +2616,23 @@ def test_script(redis: Redis, prefix: str, case: Case) -> None:
     for key, expected in _sub(case.ttl, prefix).items():
         remaining = redis.ttl(key)
         assert remaining > 0 if expected == "expires" else remaining == -1, f"{key}: TTL {remaining}"
+
+
+def test_a_success_with_nothing_to_delete_writes_its_record_once(redis: Redis, prefix: str) -> None:
+    # given a claimed attempt: no due time, old error or waiting message in its record
+    given = {"{p}job:j1": _HOLDING, "{p}watch": Z({"j1": 1030}), "{p}counts": {"pending": "1", "held": "30"}}
+    for key, value in _sub(given, prefix).items():
+        _put(redis, key, value)
+    finalize = script(redis, "store/finalize")
+    redis.config_resetstat()
+    # when it succeeds
+    reply = finalize(keys=_sub(FINAL_KEYS, prefix), args=_finalize_argv("succeeded", "attempt", result="1"))
+    # then the record is written by one HSET, and nothing is deleted from it
+    assert reply == 1
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in redis.info("commandstats").items()}
+    assert calls.get("hdel", 0) == 0
+    assert calls["hset"] == 2  # the record and the tenant's counts
+    assert calls.get("hstrlen", 0) == 0
 
 
 def test_every_script_has_cases() -> None:

@@ -20,8 +20,7 @@ local function done(reply)
   return reply
 end
 
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil',
-                     'storedBytes', 'recordBytes')
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'cycle', 'leaseUntil', unpack(FINAL_READ))
 local state, from = f[1], ARGV[8]
 if not state then return done(0) end
 if from == 'waiting' then
@@ -35,5 +34,6 @@ else
   if from == 'orphan' and tonumber(f[4] or '0') * 1000 > tonumber(ARGV[7]) then return done(0) end
 end
 final_transition(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[1], ARGV[2], ARGV[3],
-                 ARGV[4], ARGV[5], ARGV[7], ARGV[11], ARGV[12], ARGV[13], {f[5], f[6]})
+                 ARGV[4], ARGV[5], ARGV[7], ARGV[11], ARGV[12], ARGV[13],
+                 {f[5], f[6], f[7], f[8], f[9], f[10], f[11]})
 return done(1)

@@ -13,21 +13,31 @@
 -- with an error of type ResultNotKept saying why.
 --@include listing_add
 --@include stored_bytes
--- pre (optional): {storedBytes, recordBytes} of the record, when the including script
--- read them already (finalize reads them with its own fields: one HMGET, not two). The record
--- is written with one HSET and one HDEL; the lengths of a result or an error written here are
--- known, so only one kept from before is measured (HSTRLEN).
+-- The record's fields final_transition reads, in this order (FINAL_READ).
+local FINAL_READ = {'storedBytes', 'recordBytes', 'result', 'error', 'dueAt', 'deadLetter', 'message'}
+-- pre (optional): the record's FINAL_READ fields, when the including script read them already
+-- (finalize reads them with its own fields: one HMGET, not two). The record is written with one
+-- HSET, and an HDEL only of fields it holds that a final record must not: its due time, its
+-- dead-letter flag, a message still waiting in it, an old error or result replaced by none.
+-- The last attempt's startedAt, owner, leaseUntil and claimToken stay, as a record of who ran
+-- it (every reader of a lease looks at the state first; a replay deletes them): a job that
+-- ends with no such field to delete is written with its HSET alone. The lengths of the result
+-- and error it keeps are those of the values read (no HSTRLEN).
 local function final_transition(job_key, watch_key, dead_key, counts_key, job_id, state,
                                 finished_at, result, err, retention, now_ms, dead_max, dead_ms,
                                 result_budget, pre)
-  pre = pre or redis.call('HMGET', job_key, 'storedBytes', 'recordBytes')
+  pre = pre or redis.call('HMGET', job_key, unpack(FINAL_READ))
   local held, record_bytes = tonumber(pre[1] or '0'), tonumber(pre[2] or '0')
+  local old_result, old_err = pre[3], pre[4]
   local now = tonumber(now_ms) / 1000
   local account = account_load(counts_key, now, tonumber(retention))
   account.pending = account.pending - 1
   local set = {'state', state, 'finishedAt', finished_at}
   -- a message still waiting in the record (cancelled in its ready set) goes too
-  local del = {'leaseUntil', 'owner', 'dueAt', 'deadLetter', 'message'}
+  local del = {}
+  for i, name in ipairs({'dueAt', 'deadLetter', 'message'}) do
+    if pre[4 + i] then del[#del + 1] = name end
+  end
   local budget = tonumber(result_budget)
   local result_bytes, err_bytes
   if result ~= '' and budget > 0 then
@@ -35,7 +45,7 @@ local function final_transition(job_key, watch_key, dead_key, counts_key, job_id
       err = '{"type":"ResultNotKept","message":"the result (' .. #result .. ' bytes) was not kept: '
             .. 'the tenant\'s storage budget of ' .. budget .. ' bytes (max_stored_bytes) is full"}'
       result, result_bytes = '', 0
-      del[#del + 1] = 'result'
+      if old_result then del[#del + 1] = 'result' end
     end
   end
   if result ~= '' then
@@ -44,13 +54,13 @@ local function final_transition(job_key, watch_key, dead_key, counts_key, job_id
   if err ~= '' then
     set[#set + 1], set[#set + 2], err_bytes = 'error', err, #err
   elseif state == 'succeeded' then
-    del[#del + 1], err_bytes = 'error', 0
+    err_bytes = 0
+    if old_err then del[#del + 1] = 'error' end
   end
-  local bytes = record_bytes + (result_bytes or redis.call('HSTRLEN', job_key, 'result'))
-                + (err_bytes or redis.call('HSTRLEN', job_key, 'error'))
+  local bytes = record_bytes + (result_bytes or #(old_result or '')) + (err_bytes or #(old_err or ''))
   if bytes ~= held then set[#set + 1], set[#set + 2] = 'storedBytes', string.format('%d', bytes) end
   redis.call('HSET', job_key, unpack(set))
-  redis.call('HDEL', job_key, unpack(del))
+  if #del > 0 then redis.call('HDEL', job_key, unpack(del)) end
   redis.call('ZREM', watch_key, job_id)
   -- held had the record's bytes before; it counts the new total now
   account.held = account.held + bytes - held

@@ -35,6 +35,7 @@ from pulse_api.jobs import job_body, rate_limit_headers
 from pulse_api.parsing import _not_json
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import EXTENSION_KEY, Services
+from pulse_core.guards.rate_limits import LimitStatus
 from pulse_core.jobs import Job
 from pulse_core.telemetry import logs, tracing
 from pulse_core.tenants import Tenant
@@ -86,7 +87,7 @@ class FastSubmit:
         try:
             payload = self._answer(admitted.job)
         except Exception as exc:  # the view would have raised it as well: Flask answers it, hooks and all
-            return self._refused(environ, start_response, tenant, span, exc)
+            return self._refused(environ, start_response, tenant, span, exc, admitted.limit)
         code = 200 if admitted.replayed else 202
         headers = [
             ("Content-Type", app.json.mimetype),  # type: ignore[attr-defined]
@@ -140,15 +141,20 @@ class FastSubmit:
         tenant: Tenant,
         span: tracing.ServerSpan | None,
         error: Exception,
+        admitted_at: LimitStatus | None = None,
     ) -> Iterable[bytes]:
         """The answer to a submission the view would have refused with ``error``: Flask's
-        error handler, ``after_request`` and teardown hooks, in the request's context."""
+        error handler, ``after_request`` and teardown hooks, in the request's context.
+        ``admitted_at``: where the rate limit stood at the admission of a job whose answer
+        then failed (its headers, as the view's)."""
         app = self.app
         ctx = app.request_context(environ)
         handled: BaseException | None = None
         try:
             ctx.push()
             g.tenant = tenant
+            if admitted_at is not None:
+                g.admitted_limit = admitted_at
             if span is not None:
                 g.pulse_span = span  # the teardown ends it, with the status after_request saw
             try:

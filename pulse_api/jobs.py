@@ -61,10 +61,11 @@ def rate_limit_headers(status: LimitStatus) -> dict[str, str]:
 
 def add_rate_limit_headers(response: Response) -> Response:
     """Give a refused submit answer the headers too: a rate-limit refusal those of the step
-    that refused it, one refused before admission (400, 413, 415, 422) the tenant's standing."""
+    that refused it, an answer that failed after its job was admitted (a 500) those of that
+    admission, one refused before admission (400, 413, 415, 422) the tenant's standing."""
     tenant = g.get("tenant")
     missing = "RateLimit-Limit" not in response.headers
-    refused_at: LimitStatus | None = g.get("refusal_limit")
+    refused_at: LimitStatus | None = g.get("refusal_limit") or g.get("admitted_limit")
     if request.method == "POST" and refused_at is not None and missing:
         response.headers.update(rate_limit_headers(refused_at))
     elif request.method == "POST" and tenant is not None and missing:
@@ -109,6 +110,7 @@ class Jobs(MethodView):
         trace_id = (body.get("metadata") or {}).get("traceId")
         with tracing.submit_span(request.headers, trace_id):
             admitted = svc.submitter.submit(g.tenant, body, header_key=request.headers.get("Idempotency-Key"))
+        g.admitted_limit = admitted.limit  # for the headers of an answer that fails from here on
         headers = {"Location": f"/v1/jobs/{admitted.job.job_id}", **rate_limit_headers(admitted.limit)}
         if admitted.replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -95,6 +95,17 @@ def _limited(isolated_settings: Settings, tmp_path: Path, extra: str) -> Setting
     )
 
 
+def _one_at_a_time(isolated_settings: Settings, redis: Redis, tmp_path: Path) -> Settings:
+    """Settings that hold limited.slots to one run at a time, its counters cleared."""
+    _clear(redis, "limited.slots")
+    return _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+
+
+def _started(doc: dict) -> float:
+    """When a job document says its attempt started (epoch seconds)."""
+    return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
+
+
 def _clear(redis: Redis, job_type: str) -> None:
     redis.delete(publish_counter.ETA, publish_counter.RETRIES)
     for what in ("running", "starts", "concurrent"):
@@ -110,8 +121,7 @@ def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_message
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     # given limited.slots held to one run at a time, and two workers of two processes each
-    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
-    _clear(redis, "limited.slots")
+    settings = _one_at_a_time(isolated_settings, redis, tmp_path)
     client = create_app(settings).test_client()
     with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=2) as workers:
         # when 200 short jobs are submitted at once
@@ -139,8 +149,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
 ) -> None:
     # given limited.slots held to one run at a time, two workers, a long job running and
     # three short ones parked behind it
-    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
-    _clear(redis, "limited.slots")
+    settings = _one_at_a_time(isolated_settings, redis, tmp_path)
     client = create_app(settings).test_client()
     workers = [
         WorkerProcess(settings_env(settings), tmp_path / f"w{n}.log", queues=[settings.default_queue], concurrency=1)
@@ -166,7 +175,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
         holder.kill_group()
         # then the next parked job starts on the other worker within the lease (plus a tick)
         first = wait_for_state(client, "acme", short[0], {"succeeded"}, timeout=60)
-        started = datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00")).timestamp()
+        started = _started(first)
         assert started - killed_at <= settings.lease_seconds + 3.0, started - killed_at
         for job_id in short[1:]:
             wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=60)
@@ -235,8 +244,7 @@ def test_a_job_whose_limits_redis_fails_to_check_waits_parked_then_runs_once(
 ) -> None:
     # given limited.slots held to one run at a time, whose slot set Redis refuses to read for a
     # while (a key of the wrong type: every check of the limit fails with a Redis error)
-    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
-    _clear(redis, "limited.slots")
+    settings = _one_at_a_time(isolated_settings, redis, tmp_path)
     slots = keys.concurrency("limited.slots")
     redis.set(slots, "not a sorted set")
     client = create_app(settings).test_client()
@@ -300,8 +308,7 @@ def test_a_worker_whose_clock_runs_an_hour_ahead_still_holds_max_concurrency(
 ) -> None:
     # given limited.slots held to one run at a time, a worker with a right clock and one whose
     # clock runs an hour ahead (tests/handlers/clock_ahead.py)
-    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
-    _clear(redis, "limited.slots")
+    settings = _one_at_a_time(isolated_settings, redis, tmp_path)
     client = create_app(settings).test_client()
     modules = ",".join([*settings.handler_modules, "clock_ahead"])
     ahead_env = {**settings_env(settings), "PULSE_HANDLER_MODULES": modules}
@@ -333,16 +340,11 @@ def test_a_worker_whose_clock_runs_an_hour_ahead_still_holds_max_concurrency(
     assert redis.zcard(slots) == 0 and redis.zcard(keys.parked(slots)) == 0
 
 
-def _started(doc: dict) -> float:
-    return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
-
-
 def test_a_flood_of_a_limited_job_type_does_not_hold_back_another_tenants_job_of_it(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     # given limited.slots held to one run at a time across tenants, and one worker
-    settings = _limited(isolated_settings, tmp_path, '[job_types."limited.slots"]\nmax_concurrency = 1\n')
-    _clear(redis, "limited.slots")
+    settings = _one_at_a_time(isolated_settings, redis, tmp_path)
     client = create_app(settings).test_client()
     slots = keys.concurrency("limited.slots")
     with running_workers(redis, settings, tmp_path, ["limited.slots"], concurrency=2, count=1):

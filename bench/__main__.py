@@ -13,10 +13,9 @@ from pathlib import Path
 from redis import Redis
 
 from bench import batch, delayed, drain, fairness, http, plain_stack, submit, telemetry, watch, wrk
-from bench.common import BenchEnv, Result
+from bench.common import BenchEnv, Result, write_tenants_file
 from bench.redis_cost import CLIENT_NAME, reset
 from pulse_cli.embedded_redis import EmbeddedRedis
-from pulse_core.tenants import hash_api_key
 
 API_KEY = "bench-key"
 SECTIONS = {
@@ -64,11 +63,7 @@ def main(argv: list[str]) -> int:
         print(f"!! wrk not found: HTTP load falls back to a Python client, which caps both sides; {wrk.INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
         work = Path(tmp)
-        tenants = work / "tenants.toml"
-        tenants.write_text(
-            '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n'
-            f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(API_KEY)}"]\n'
-        )
+        tenants = write_tenants_file(work / "tenants.toml", {"bench": API_KEY})
         redis_server = EmbeddedRedis(work / "redis", persist=False).start()
         try:
             redis = Redis.from_url(redis_server.url, decode_responses=True, client_name=CLIENT_NAME)

@@ -32,13 +32,13 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
+from bench.common import write_tenants_file
 from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from pulse_core.telemetry import logs
-from pulse_core.tenants import hash_api_key
 
 KEY = "api-cpu-bench-key"
 BATCH = 500
@@ -61,11 +61,7 @@ def main(argv: list[str]) -> int:
         return 2
     count = int(argv[1]) if len(argv) > 1 else (20 if mode == "batch" else 3000)
     work = Path(tempfile.mkdtemp(prefix="pulse-api-cpu-"))
-    tenants = work / "tenants.toml"
-    tenants.write_text(
-        '[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n'
-        f'[tenants.bench]\napi_key_sha256 = ["{hash_api_key(KEY)}"]\n'
-    )
+    tenants = write_tenants_file(work / "tenants.toml", {"bench": KEY})
     server = EmbeddedRedis(work / "redis", persist=False).start()
     try:
         redis = connect(server.url)

@@ -20,6 +20,7 @@ from redis import Redis
 
 from bench.redis_cost import OWN_COMMANDS, ClientSample, Cost
 from pulse_core import keys
+from pulse_core.tenants import hash_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -246,3 +247,12 @@ def time_drain(
 
 def json_body(obj: object) -> bytes:
     return json.dumps(obj).encode()
+
+
+def write_tenants_file(path: Path, api_keys: Mapping[str, str]) -> Path:
+    """A bench tenants file at ``path``: defaults no bench reaches (rate, backlog, storage),
+    and each tenant (tenant id -> its API key)."""
+    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776']
+    lines += [f'[tenants.{tenant}]\napi_key_sha256 = ["{hash_api_key(key)}"]' for tenant, key in api_keys.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

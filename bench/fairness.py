@@ -16,12 +16,11 @@ import time
 
 from flask.testing import FlaskClient
 
-from bench.common import BenchEnv, Result, celery_worker, spawn, stop
+from bench.common import BenchEnv, Result, celery_worker, spawn, stop, write_tenants_file
 from bench.drain import _wait_worker
 from pulse_api import create_app
 from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
-from pulse_core.tenants import hash_api_key
 
 QUEUE = "bench-fair"
 FLOOD = 5000
@@ -82,10 +81,7 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 
 def run(env: BenchEnv) -> list[Result]:
-    tenants = env.work_dir / "fair-tenants.toml"
-    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776\n']
-    lines += [f'[tenants.{t}]\napi_key_sha256 = ["{hash_api_key(k)}"]\n' for t, k in KEYS.items()]
-    tenants.write_text("\n".join(lines))
+    tenants = write_tenants_file(env.work_dir / "fair-tenants.toml", KEYS)
     settings = Settings(redis_url=env.redis_url, broker_url=env.redis_url, tenants_file=tenants, default_queue=QUEUE)
     client = create_app(settings).test_client()
     results = {

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import wrk
-from bench.common import BenchEnv, Result, http_load, spawn, stop, wait_http
+from bench.common import BenchEnv, Result, http_load, spawn, stop, wait_http, write_tenants_file
 from bench.redis_cost import Cost, client_commands, jobs_enqueued, measured, settle
 from bench.servers import bare_api, pulse_api
 from pulse_cli.embedded_redis import free_port
 from pulse_core.store.job_types import announce
-from pulse_core.tenants import hash_api_key
 
 SECONDS = 5
 WARM_UP_SECONDS = 1
@@ -36,10 +35,7 @@ MANY = f"pulse POST /v1/jobs, {MANY_TENANTS:,} tenants"
 def many_tenants_file(work_dir: Path, n: int = MANY_TENANTS) -> tuple[Path, list[str]]:
     """A tenants file of ``n`` tenants (the bench's defaults), and their API keys."""
     keys = [f"bench-key-{i:05d}" for i in range(n)]
-    lines = ['[defaults]\nrate_limit = "1000000/second"\nmax_pending = 100000000\nmax_stored_bytes = 1099511627776']
-    lines += [f'[tenants.t{i:05d}]\napi_key_sha256 = ["{hash_api_key(k)}"]' for i, k in enumerate(keys)]
-    path = work_dir / f"tenants-{n}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path = write_tenants_file(work_dir / f"tenants-{n}.toml", {f"t{i:05d}": k for i, k in enumerate(keys)})
     return path, keys
 
 

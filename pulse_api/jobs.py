@@ -65,9 +65,9 @@ def add_rate_limit_headers(response: Response) -> Response:
     admission, one refused before admission (400, 413, 415, 422) the tenant's standing."""
     tenant = g.get("tenant")
     missing = "RateLimit-Limit" not in response.headers
-    refused_at: LimitStatus | None = g.get("refusal_limit") or g.get("admitted_limit")
-    if request.method == "POST" and refused_at is not None and missing:
-        response.headers.update(rate_limit_headers(refused_at))
+    known: LimitStatus | None = g.get("refusal_limit") or g.get("admitted_limit")
+    if request.method == "POST" and known is not None and missing:
+        response.headers.update(rate_limit_headers(known))
     elif request.method == "POST" and tenant is not None and missing:
         # The answer matters more than its headers (e.g. Redis is down).
         with contextlib.suppress(Exception):

@@ -41,48 +41,75 @@ def server_time(redis: Redis) -> float:
     return seconds_of(redis.time())  # type: ignore[arg-type]
 
 
-#: How often a process measures how far its own clock is from Redis' (one ``TIME``).
+#: How often a process measures Redis' clock (one ``TIME``).
 CLOCK_CHECK_SECONDS = 10.0
 
 
-class _ClockOffset:
-    """Redis' clock minus this host's, measured at most every ``CLOCK_CHECK_SECONDS``."""
+def _steady() -> float:
+    """A clock no one sets: it counts time a suspended host slept, and no step of the wall clock
+    (an operator, NTP) moves it."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+class _RedisClock:
+    """Redis' clock as last measured: its reading, and ``_steady()`` at that instant."""
 
     def __init__(self) -> None:
-        self.offset = 0.0
-        self.next_check = 0.0  # time.monotonic() of the next measure
+        self.server: float | None = None  # Redis' TIME at the measure's midpoint; None: never measured
+        self.at = 0.0  # _steady() then
+        self.next_check = 0.0  # _steady() of the next measure
         self.lock = threading.Lock()
 
 
-_offsets: weakref.WeakKeyDictionary[Redis, _ClockOffset] = weakref.WeakKeyDictionary()
-_offsets_lock = threading.Lock()
+_clocks: weakref.WeakKeyDictionary[Redis, _RedisClock] = weakref.WeakKeyDictionary()
+_clocks_lock = threading.Lock()
+
+
+def _measured(redis: Redis) -> _RedisClock:
+    """``redis``'s clock, measured again first when the last measure is ``CLOCK_CHECK_SECONDS``
+    old (one thread measures; the others read the last measure meanwhile)."""
+    with _clocks_lock:
+        clock = _clocks.get(redis)
+        if clock is None:
+            clock = _clocks[redis] = _RedisClock()
+    if _steady() >= clock.next_check and clock.lock.acquire(blocking=False):
+        try:
+            before = _steady()
+            server = server_time(redis)
+            after = _steady()
+            clock.server, clock.at = server, (before + after) / 2
+            clock.next_check = after + CLOCK_CHECK_SECONDS
+        except RedisError:  # the caller's own call to Redis reports it; try again in a second
+            clock.next_check = _steady() + 1.0
+        finally:
+            clock.lock.release()
+    return clock
+
+
+def redis_clock(redis: Redis) -> float | None:
+    """Now on Redis' clock (epoch seconds), without a round trip a call: Redis' ``TIME`` as
+    last measured (once every ``CLOCK_CHECK_SECONDS``) plus the time since on a clock that no
+    one sets (``_steady``). ``None`` while Redis has never answered this process.
+
+    The host's own wall clock plays no part: an hour off, or stepped by an hour between two
+    measures, it changes nothing. The error is half the measuring round trip (well under a
+    millisecond on a LAN) plus the drift between two measures (microseconds)."""
+    clock = _measured(redis)
+    if clock.server is None:
+        return None
+    return clock.server + (_steady() - clock.at)
 
 
 def redis_now(redis: Redis) -> float:
-    """Now on Redis' clock (epoch seconds), without a round trip a call: the host's clock plus
-    its offset to Redis' ``TIME``, measured once every ``CLOCK_CHECK_SECONDS``.
+    """Now on Redis' clock (``redis_clock``); the host's clock while Redis has never answered
+    (whatever the caller then writes into Redis fails with the same error anyway).
 
     Every instant Pulse writes into Redis for another process to compare with Redis' clock (a
-    delayed job's or a retry's ``dueAt``, a previous signing secret's end) is taken from here,
-    so a host whose clock is off by an hour neither delays its jobs by that hour nor runs them
-    early. The error is the measuring round trip (a millisecond or so) plus the host clock's
-    drift between measures. Redis unreachable: the last offset measured (0 before the first).
-    """
-    with _offsets_lock:
-        clock = _offsets.get(redis)
-        if clock is None:
-            clock = _offsets[redis] = _ClockOffset()
-    if time.monotonic() >= clock.next_check and clock.lock.acquire(blocking=False):
-        try:
-            before = time.time()
-            server = server_time(redis)
-            clock.offset = server - (before + time.time()) / 2
-            clock.next_check = time.monotonic() + CLOCK_CHECK_SECONDS
-        except RedisError:  # the caller's own call to Redis reports it; try again in a second
-            clock.next_check = time.monotonic() + 1.0
-        finally:
-            clock.lock.release()
-    return time.time() + clock.offset
+    delayed job's or a retry's ``dueAt``, an attempt's lease, a previous signing secret's end)
+    is taken from here, so a host whose clock is off by an hour neither delays its jobs by that
+    hour nor runs them early, nor takes a lease that is still live."""
+    now = redis_clock(redis)
+    return time.time() if now is None else now
 
 
 def seconds_of(time_reply: tuple[int, int]) -> float:

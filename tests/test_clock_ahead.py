@@ -1,7 +1,9 @@
 """A host whose clock runs ahead of the others: what Pulse times by a clock, it times by Redis'.
 
-Leases are timed by Redis' clock (the claim script reads ``TIME``), so everything compared
-with them, or shared between hosts, must be too: a worker an hour ahead must neither take a
+Leases are timed by Redis' clock (``pulse_core.redis_client.redis_clock``: Redis' ``TIME`` as
+last measured, plus the time since on a clock no one sets), so everything compared with them,
+or shared between hosts, must be too: a worker's clock an hour off, or stepped by an hour
+between two measures, must not let it take a running job's live lease; a worker an hour ahead must neither take a
 running job's run slot nor drop the jobTypes other workers announced, and neither an API nor
 a worker an hour ahead may put a job's due time (a delayed start, a retry) an hour late.
 """
@@ -26,7 +28,9 @@ from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.policy import ExecutionLimits
-from pulse_core.redis_client import connect, server_time
+from pulse_core.jobs import Job, new_job_id, utc_now
+from pulse_core.redis_client import connect, redis_now, server_time
+from pulse_core.store.job_store import ClaimRefusal, JobStore
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import LiveJobTypesCollector, announce, live_job_types
 from tests.support import WorkerProcess, auth, settings_env, wait_for_state, witness_key
@@ -70,6 +74,58 @@ def test_a_worker_whose_clock_runs_ahead_cannot_take_a_running_jobs_slot(redis: 
         assert gate.enter(second, job_type, None, limits, None).holder is not None
     finally:
         redis.delete(slot, keys.job(first))
+
+
+def _running(store: JobStore) -> str:
+    """A job whose attempt runs under a live lease of a minute, claimed by a worker ``w1``."""
+    job = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue="t-clock", created_at=utc_now())
+    store.create(job)
+    claimed = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=3, lost_error={})
+    assert claimed.job is not None and claimed.refused is None
+    return job.job_id
+
+
+@pytest.mark.parametrize("step", ["before its first measure", "between two measures"])
+def test_a_worker_whose_clock_runs_ahead_cannot_take_a_running_jobs_live_lease(
+    settings: Settings, redis: Redis, step: str
+) -> None:
+    # given a job running under a live lease of a minute, claimed by a worker with a right clock
+    job_id = _running(JobStore(redis))
+    # and another worker's process (its own client) whose host clock runs an hour ahead, set so
+    # before it first measured Redis' clock, or stepped there after it had
+    real = time.time
+    other = JobStore(connect(settings.redis_url))
+    try:
+        with pytest.MonkeyPatch.context() as ahead:
+            if step == "between two measures":
+                other.now()  # measured while its clock was right
+            ahead.setattr(time, "time", lambda: real() + HOUR)
+            # when that worker gets a copy of the job's message and tries to claim it
+            outcome = other.claim(job_id, owner="w2/t9", lease_seconds=60, fallback_max_retries=3, lost_error={})
+            # then the lease is live by Redis' clock, and by this process' reading of it
+            seen = other.now()
+        assert outcome.refused is ClaimRefusal.BUSY and outcome.job is None
+        assert redis.hget(keys.job(job_id), "owner") == "w1/t1"
+        assert seen == pytest.approx(server_time(redis), abs=1)
+    finally:
+        redis.delete(keys.job(job_id))
+        redis.zrem(keys.WATCH, job_id)
+
+
+def test_redis_clock_as_a_process_reads_it_does_not_move_with_its_host_clock(settings: Settings) -> None:
+    # given a process that measured Redis' clock
+    client = connect(settings.redis_url)
+    before = redis_now(client)
+    # when its host clock is stepped an hour ahead, then an hour behind
+    real = time.time
+    with pytest.MonkeyPatch.context() as stepped:
+        stepped.setattr(time, "time", lambda: real() + HOUR)
+        ahead = redis_now(client)
+        stepped.setattr(time, "time", lambda: real() - HOUR)
+        behind = redis_now(client)
+    # then its reading of Redis' clock moved on by the time that passed, not by either step
+    assert 0 <= ahead - before < 1 and 0 <= behind - ahead < 1
+    assert behind == pytest.approx(server_time(client), abs=1)
 
 
 def test_a_worker_whose_clock_runs_ahead_keeps_the_others_job_types_live(

@@ -39,7 +39,6 @@ removes them.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
-from pulse_core.redis_client import redis_now
+from pulse_core.redis_client import redis_clock, redis_now
 from pulse_core.store import listing
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.listing import Page
@@ -294,10 +293,11 @@ class JobStore:
         next one). ``fallback_max_retries`` bounds crashed attempts of a record that
         carries no ``maxRetries``; ``lost_error`` is recorded for a crashed attempt.
         """
+        now = redis_clock(self._redis)  # '': Redis' clock is not known here yet, the script reads it
         return self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
-                "",  # Redis' clock
+                "" if now is None else repr(now),
                 lease_seconds,
                 owner,
                 -1 if cycle is None else cycle,
@@ -380,7 +380,7 @@ class JobStore:
                 _json(error),
                 self._retention,
                 job.job_id,
-                int(time.time() * 1000),
+                int(self.now() * 1000),  # the lease it checks is on Redis' clock
                 from_,
                 job.attempts,
                 job.cycle,
@@ -410,7 +410,7 @@ class JobStore:
         """
         return self._cancel(
             keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
-            args=[tenant_id, utc_now(), self._retention, job_id, int(time.time() * 1000)],
+            args=[tenant_id, utc_now(), self._retention, job_id, int(self.now() * 1000)],
         )
 
     def cancel_requested(self, job_id: str) -> bool:

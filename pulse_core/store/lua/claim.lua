@@ -1,7 +1,8 @@
 -- claim: start a job's next attempt under a lease (JobStore.claim).
 -- KEYS[1] the job hash
 -- KEYS[2] the watch zset (job id -> deadline)
--- ARGV[1] now (epoch s; '' = Redis' clock, as workers call it)   ARGV[2] the lease (seconds)
+-- ARGV[1] now on Redis' clock (epoch s), as the caller's last measure of it gives it
+--         (pulse_core.redis_client.redis_clock); '' = read Redis' TIME   ARGV[2] the lease (s)
 -- ARGV[3] owner (the worker and the message that starts the attempt)
 -- ARGV[4] the message's cycle      ARGV[5] the message's attempt   (-1: the next one)
 -- ARGV[6] startedAt (ISO time)     ARGV[7] job id
@@ -15,8 +16,7 @@
 --      | {'early', dueAt}       not due yet
 --      | {'missing'} | {'stale'} | {'busy'} | {<final state>}
 -- The record is read once (HGETALL): the reply is that read with this claim's writes applied,
--- and only fields it holds are deleted (a claim costs its read, Redis' clock, one write and the
--- watch's ZADD).
+-- and only fields it holds are deleted (a claim costs its read, one write and the watch's ZADD).
 --@include job_states
 
 local flat = redis.call('HGETALL', KEYS[1])
@@ -45,7 +45,7 @@ end
 
 local now = tonumber(ARGV[1])
 if not now then
-  -- Redis' clock, not the worker's: a host whose clock runs ahead cannot take a live lease.
+  -- Redis' clock, never the worker host's: a host whose clock runs ahead cannot take a live lease.
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end

@@ -51,7 +51,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
-from pulse_core.redis_client import redis_clock, redis_now
+from pulse_core.redis_client import redis_clock_earliest, redis_now, server_time
 from pulse_core.store import listing
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.listing import Page
@@ -216,6 +216,12 @@ class JobStore:
         into a record (a delayed job's, a retry's) is compared with."""
         return redis_now(self._redis)
 
+    def lease_now(self) -> float | None:
+        """Now as a lease is compared with it: never ahead of Redis' clock
+        (``pulse_core.redis_client.redis_clock_earliest``); ``None`` when only Redis' own
+        ``TIME`` can say (this process' last measure of it was slow, or failed)."""
+        return redis_clock_earliest(self._redis)
+
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant and count it pending, atomically.
 
@@ -293,7 +299,8 @@ class JobStore:
         next one). ``fallback_max_retries`` bounds crashed attempts of a record that
         carries no ``maxRetries``; ``lost_error`` is recorded for a crashed attempt.
         """
-        now = redis_clock(self._redis)  # '': Redis' clock is not known here yet, the script reads it
+        # never ahead of Redis' clock, so a live lease never looks lapsed; '': the script reads TIME
+        now = self.lease_now()
         return self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
@@ -380,7 +387,7 @@ class JobStore:
                 _json(error),
                 self._retention,
                 job.job_id,
-                int(self.now() * 1000),  # the lease it checks is on Redis' clock
+                int(self._lease_now_or_time() * 1000),  # the lease it checks is on Redis' clock
                 from_,
                 job.attempts,
                 job.cycle,
@@ -390,6 +397,11 @@ class JobStore:
                 *more_args,
             ],
         )
+
+    def _lease_now_or_time(self) -> float:
+        """``lease_now``, else Redis' own ``TIME`` (one round trip)."""
+        now = self.lease_now()
+        return server_time(self._redis) if now is None else now
 
     @staticmethod
     def _final_keys(job_id: str, tenant_id: str) -> list[str]:

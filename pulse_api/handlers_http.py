@@ -55,6 +55,7 @@ from pulse_core.http_handlers.registrations import (
 )
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.store.job_store import DeadLetterBounds
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -392,12 +393,12 @@ class Complete(MethodView):
         job = _current_attempt(job_id, None)
         registration = svc.registrations.get(job.tenant_id, job.job_type)
         policy = registration.policy if registration is not None else RetryPolicy()
+        tenant = svc.tenants.config.tenants.get(job.tenant_id)
         retry: DelayPlan | None = None
         if "result" in body:
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
                 raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
-            tenant = svc.tenants.config.tenants.get(job.tenant_id)
             budget = tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES
             done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
             outcome = metrics.Outcome.SUCCEEDED
@@ -421,7 +422,15 @@ class Complete(MethodView):
                 retry = plan
                 outcome = metrics.Outcome.RETRIED
             else:
-                done = svc.store.finalize(job, JobState.DEAD, error=error)
+                # the tenant's own bounds, as the dead-letter task's (not the defaults, which
+                # would keep too many letters of a tenant allowed fewer, and drop a tenant's
+                # allowed more)
+                bounds = (
+                    DeadLetterBounds(most=tenant.max_dead_letters, days=tenant.dead_letter_days)
+                    if tenant is not None
+                    else DeadLetterBounds()
+                )
+                done = svc.store.finalize(job, JobState.DEAD, error=error, dead_letters=bounds)
                 outcome = metrics.Outcome.DEAD
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")

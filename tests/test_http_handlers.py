@@ -737,3 +737,66 @@ def test_a_completion_sent_before_the_worker_recorded_the_202_waits_for_it(
     assert done.get_json()["state"] == "succeeded" and took >= 0.5
     doc = client.get(f"/v1/jobs/{job.job_id}", headers=auth("acme")).get_json()
     assert (doc["state"], doc["result"]) == ("succeeded", {"ok": 1})
+
+
+def _handed_off(store: Any, redis: Redis, tenant: str, job_type: str) -> tuple[str, str]:
+    """A job of ``tenant`` whose attempt 1 (its last: no retries) a receiver answered 202:
+    running, handed off, its token issued. Returns (job id, token)."""
+    from pulse_core.http_handlers.attempts import AttemptTokens
+    from pulse_core.jobs import Job, new_job_id, utc_now
+
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id=tenant,
+        job_type=job_type,
+        queue="t-complete-dead",
+        created_at=utc_now(),
+        max_retries=0,
+    )
+    store.create(job, watch_at=time.time() + 60)
+    running = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=0, lost_error={}).job
+    assert running is not None
+    token, stored = AttemptTokens.new(running)
+    redis.set(keys.http_attempt_token(job.job_id), stored, ex=600)
+    assert AttemptTokens(redis).hand_off(running, 60)
+    return job.job_id, token
+
+
+def test_a_202_job_completed_dead_keeps_its_tenants_dead_letter_bounds(
+    http_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    from pulse_core.store.job_store import JobStore
+    from tests.support import write_tenants_file
+
+    # given a tenant that keeps at most one dead letter (its tenants file), and an API reading it
+    tenants = write_tenants_file(
+        tmp_path / "tenants.toml",
+        keys={"deadcap": "deadcap-secret-key"},
+        tenant_settings={"deadcap": "max_dead_letters = 1"},
+    )
+    api = _app_with_env(replace(http_settings, tenants_file=tenants), _http_env("127.0.0.1/32,http", ""))
+    client = api.test_client()
+    store = JobStore(redis)
+    tenant_auth = {"Authorization": "Bearer deadcap-secret-key"}
+    dead = keys.tenant_dead_letters("deadcap")
+    redis.delete(dead)
+    # when two of its long HTTP jobs, one after the other, report a permanent error on their last attempt
+    ids: list[str] = []
+    try:
+        for _ in range(2):
+            job_id, token = _handed_off(store, redis, "deadcap", "hooks.capped")
+            ids.append(job_id)
+            failed = client.post(
+                f"/v1/jobs/{job_id}/complete", json={"error": "bad input", "retryable": False}, headers=_bearer(token)
+            )
+            assert failed.status_code == 200 and failed.get_json()["state"] == "dead", failed.get_data(as_text=True)
+        # then it keeps one dead letter, the newest, as a dead-letter task would have left it
+        listed = client.get("/v1/dead-letters", headers=tenant_auth).get_json()["items"]
+        assert [item["jobId"] for item in listed] == [ids[1]]
+        assert redis.zrange(dead, 0, -1) == [ids[1]]
+        # and the older one's record now expires with the usual retention
+        assert redis.ttl(keys.job(ids[0])) > 0
+    finally:
+        redis.delete(dead, keys.tenant_counts("deadcap"), keys.tenant_jobs("deadcap"), *map(keys.job, ids))
+        if ids:
+            redis.zrem(keys.WATCH, *ids)

@@ -410,7 +410,12 @@ class Complete(MethodView):
                 "responseClass": "reported",
             }
             max_retries = job.max_retries if job.max_retries is not None else policy.max_retries
-            if body["retryable"] and job.attempts < max_retries + 1:
+            if svc.store.cancel_requested(job_id):
+                # its tenant asked it to stop: a failed attempt then ends the job cancelled, as a
+                # worker's does (``pulse_worker.task.record``), never retried nor dead-lettered
+                done = svc.store.finalize(job, JobState.CANCELLED, error=error)
+                outcome = metrics.Outcome.CANCELLED
+            elif body["retryable"] and job.attempts < max_retries + 1:
                 settings = svc.settings
                 plan = plan_delay(
                     policy.delay_before(job.attempts + 1),

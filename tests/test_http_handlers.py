@@ -739,9 +739,9 @@ def test_a_completion_sent_before_the_worker_recorded_the_202_waits_for_it(
     assert (doc["state"], doc["result"]) == ("succeeded", {"ok": 1})
 
 
-def _handed_off(store: Any, redis: Redis, tenant: str, job_type: str) -> tuple[str, str]:
-    """A job of ``tenant`` whose attempt 1 (its last: no retries) a receiver answered 202:
-    running, handed off, its token issued. Returns (job id, token)."""
+def _handed_off(store: Any, redis: Redis, tenant: str, job_type: str, max_retries: int = 0) -> tuple[str, str]:
+    """A job of ``tenant`` whose attempt 1 (its last, unless ``max_retries``) a receiver answered
+    202: running, handed off, its token issued. Returns (job id, token)."""
     from pulse_core.http_handlers.attempts import AttemptTokens
     from pulse_core.jobs import Job, new_job_id, utc_now
 
@@ -751,7 +751,7 @@ def _handed_off(store: Any, redis: Redis, tenant: str, job_type: str) -> tuple[s
         job_type=job_type,
         queue="t-complete-dead",
         created_at=utc_now(),
-        max_retries=0,
+        max_retries=max_retries,
     )
     store.create(job, watch_at=time.time() + 60)
     running = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=0, lost_error={}).job
@@ -800,3 +800,33 @@ def test_a_202_job_completed_dead_keeps_its_tenants_dead_letter_bounds(
         redis.delete(dead, keys.tenant_counts("deadcap"), keys.tenant_jobs("deadcap"), *map(keys.job, ids))
         if ids:
             redis.zrem(keys.WATCH, *ids)
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_202_job_whose_cancel_was_asked_ends_cancelled_when_it_reports_an_error(
+    client: FlaskClient, redis: Redis, retryable: bool
+) -> None:
+    from pulse_core.store.job_store import JobStore
+
+    # given a long HTTP job with attempts left, its receiver's 202 recorded
+    job_id, token = _handed_off(JobStore(redis), redis, "acme", "hooks.cancelled", max_retries=3)
+    try:
+        # and its tenant asks to cancel it while it runs (cooperative: cancelRequested)
+        asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True, asked.get_data(as_text=True)
+        # when its receiver then reports that it failed
+        failed = client.post(
+            f"/v1/jobs/{job_id}/complete", json={"error": "stopped", "retryable": retryable}, headers=_bearer(token)
+        )
+        # then the job is cancelled, as a worker's failed attempt after a cancel is: never
+        # delivered again, nor dead-lettered
+        assert failed.status_code == 200, failed.get_data(as_text=True)
+        doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+        assert doc["state"] == "cancelled" and doc["error"]["message"] == "stopped"
+        assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+        assert redis.hget(keys.PARKED_MESSAGES, job_id) is None
+        assert redis.zscore(keys.tenant_dead_letters("acme"), job_id) is None
+    finally:
+        redis.zrem(keys.WATCH, job_id)
+        redis.zrem(keys.PARKED_UNTIL, job_id)
+        redis.hdel(keys.PARKED_MESSAGES, job_id)

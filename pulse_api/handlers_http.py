@@ -55,7 +55,7 @@ from pulse_core.http_handlers.registrations import (
 )
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
-from pulse_core.store.job_store import DeadLetterBounds
+from pulse_core.store.job_store import DeadLetterBounds, RetryOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -423,9 +423,14 @@ class Complete(MethodView):
                     eta_window_seconds=settings.eta_window_seconds,
                     lease_seconds=settings.lease_seconds,
                 )
-                done = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
-                retry = plan
-                outcome = metrics.Outcome.RETRIED
+                scheduled = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
+                if scheduled is RetryOutcome.CANCEL:  # a cancel asked since the look above
+                    done = svc.store.finalize(job, JobState.CANCELLED, error=error)
+                    outcome = metrics.Outcome.CANCELLED
+                else:
+                    done = scheduled is RetryOutcome.SCHEDULED
+                    retry = plan
+                    outcome = metrics.Outcome.RETRIED
             else:
                 # the tenant's own bounds, as the dead-letter task's (not the defaults, which
                 # would keep too many letters of a tenant allowed fewer, and drop a tenant's

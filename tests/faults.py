@@ -140,6 +140,10 @@ class RedisProxy:
         with self._lock:
             return sum(chunk.count(text.encode()) for chunk in self._sent)
 
+    def delays_left(self) -> int:
+        with self._lock:
+            return len(self._delays)
+
     def losses_left(self) -> int:
         with self._lock:
             return len(self._losses)

@@ -32,7 +32,7 @@ from redis import Redis
 from standardwebhooks import Webhook
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import free_port
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core import keys
 from pulse_core.errors import ConfigError
 from pulse_core.http_handlers.config import HttpHandlerSettings
@@ -827,6 +827,52 @@ def test_a_202_job_whose_cancel_was_asked_ends_cancelled_when_it_reports_an_erro
         assert redis.hget(keys.PARKED_MESSAGES, job_id) is None
         assert redis.zscore(keys.tenant_dead_letters("acme"), job_id) is None
     finally:
+        redis.zrem(keys.WATCH, job_id)
+        redis.zrem(keys.PARKED_UNTIL, job_id)
+        redis.hdel(keys.PARKED_MESSAGES, job_id)
+
+
+def test_a_cancel_asked_while_a_202_jobs_failure_is_being_recorded_is_not_retried(
+    client: FlaskClient, http_settings: Settings, redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pulse_core.lua_scripts import source
+    from pulse_core.store.job_store import JobStore
+    from tests.faults import RedisProxy
+
+    # given a long HTTP job with attempts left, its receiver's 202 recorded, and an API whose
+    # link to Redis is slow one time: the script that records a failed attempt as a retry
+    # reaches Redis 1.5 s late
+    job_id, token = _handed_off(JobStore(redis), redis, "acme", "hooks.racing", max_retries=3)
+    proxy = RedisProxy(redis_server.port)
+    through = f"{proxy.url.rsplit('/', 1)[0]}/{http_settings.redis_url.rsplit('/', 1)[1]}"
+    slow = _app_with_env(
+        replace(http_settings, redis_url=through, broker_url=through), _http_env("127.0.0.1/32,http", "")
+    )
+    proxy.delay(hashlib.sha1(source("pulse_core.store", "schedule_retry").encode()).hexdigest(), 1.5)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # when its receiver reports a retryable error through that API
+            answer = pool.submit(
+                lambda: slow.test_client().post(
+                    f"/v1/jobs/{job_id}/complete", json={"error": "stopped"}, headers=_bearer(token)
+                )
+            )
+            # and its tenant asks to cancel it while that report is on its way to Redis
+            assert wait_for(lambda: proxy.delays_left() == 0, timeout=10)
+            asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+            assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True
+            done = answer.result(timeout=30)
+        # then the job ends cancelled, as the cancel answered it would: never delivered again
+        assert done.status_code == 200, done.get_data(as_text=True)
+        doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+        assert doc["state"] == "cancelled"
+        assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+        assert redis.hget(keys.PARKED_MESSAGES, job_id) is None
+    finally:
+        proxy.close()
         redis.zrem(keys.WATCH, job_id)
         redis.zrem(keys.PARKED_UNTIL, job_id)
         redis.hdel(keys.PARKED_MESSAGES, job_id)

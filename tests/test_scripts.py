@@ -650,6 +650,15 @@ SCHEDULE_RETRY = [
         {"{p}job:j1": _RUNNING},
     ),
     Case(
+        "a job whose cancel was asked changes nothing: it ends cancelled, not retried",
+        "store/schedule_retry",
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}, "{p}watch": Z({"j1": 1030})},
+        RETRY_KEYS,
+        [1, 0, "1100", "1130", "{}", "j1"],
+        -1,
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}, "{p}watch": Z({"j1": 1030})},
+    ),
+    Case(
         "a job no longer running changes nothing",
         "store/schedule_retry",
         {"{p}job:j1": {**_RUNNING, "state": "cancelled"}},

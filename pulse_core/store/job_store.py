@@ -92,6 +92,20 @@ class Claim:
     due_at: float | None = None
 
 
+class RetryOutcome(StrEnum):
+    """What ``JobStore.schedule_retry`` did."""
+
+    #: The attempt's job is ``retrying``, due at the given time.
+    SCHEDULED = "scheduled"
+    #: The attempt is no longer the running one: nothing changed.
+    STALE = "stale"
+    #: Its tenant asked it to stop: nothing changed; the caller ends the job ``cancelled``.
+    CANCEL = "cancel"
+
+
+_RETRY_REPLIES = {1: RetryOutcome.SCHEDULED, 0: RetryOutcome.STALE, -1: RetryOutcome.CANCEL}
+
+
 class CancelOutcome(StrEnum):
     """What cancelling did; a string, as the API reads it (``"finished:<state>"``)."""
 
@@ -150,7 +164,7 @@ _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
 _STORE = "pulse_core.store"
 _CLAIM = LuaScript(_STORE, "claim", _claim_reply)
 _REFRESH = LuaScript(_STORE, "refresh_leases", int)
-_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", bool)
+_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", lambda reply: _RETRY_REPLIES[int(reply)])
 _MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", bool)
 _FINALIZE = LuaScript(_STORE, "finalize", bool)
 _CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
@@ -330,8 +344,9 @@ class JobStore:
             done = pipe.execute()
         return sum(self._refresh.read(raw) for raw in done)
 
-    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
-        """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""
+    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> RetryOutcome:
+        """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``; not a
+        job whose cancel was asked (``RetryOutcome.CANCEL``: the caller finalizes it cancelled)."""
         more_keys, more_args = self._dispatch_spec(job)
         return self._schedule_retry(
             keys=[keys.job(job.job_id), keys.WATCH, *more_keys],

@@ -13,6 +13,7 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_cli.cli import tenant_worker_queues
+from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.guards.execution_limits import needs_tenant
@@ -236,6 +237,43 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
     finally:
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+
+
+def test_a_tenants_cancelled_backlog_does_not_hold_back_another_tenants_job(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a shared queue kept one message deep, busy with a third
+    # tenant's 8-second job, and another of them on the queue behind it
+    local = replace(isolated_settings, dispatch_depth=1)
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1).start()
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        busy = [submit(client, "sprinter", "diag.sleep", payload={"seconds": 8})["jobId"] for _ in range(2)]
+        wait_for_state(client, "sprinter", busy[0], {"running"}, timeout=30)
+        # when tenant A queues 2,000 jobs meanwhile (they wait in its ready set, none dispatched
+        # yet) and cancels every one of them
+        a_ids: list[str] = []
+        for _ in range(4):
+            batch = {"jobs": [{"jobType": "diag.echo", "payload": {}}] * 500}
+            answer = client.post("/v1/batches", json=batch, headers=auth("acme"))
+            a_ids += [item["job"]["jobId"] for item in answer.get_json()["items"] if "job" in item]
+            time.sleep(0.5)  # within A's rate limit (1,000 a second)
+        assert len(a_ids) >= 1900
+        for job_id in a_ids:
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme")).status_code == 200
+        # (then nothing of them stays waiting: no worker need ever come to dispatch them away)
+        assert redis.zcard(keys.ready(local.default_queue, "acme")) == 0
+        # and tenant B then submits one job, while the first of the busy jobs still runs
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        submitted = time.monotonic()
+        assert client.get(f"/v1/jobs/{busy[0]}", headers=auth("sprinter")).get_json()["state"] == "running"
+        # then B's job runs once the two busy jobs have (at most 16 s), not once the dispatcher
+        # has worked through A's cancelled jobs, 64 a second
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, timeout=25)
+        assert b_doc["state"] == "succeeded" and time.monotonic() - submitted < 20
+    finally:
         worker.stop()
 
 

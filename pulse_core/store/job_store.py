@@ -435,8 +435,12 @@ class JobStore:
         stop (``ctx.cancel_requested()``), "finished:<state>" when it had already
         finished, "missing" when ``tenant_id`` has no such job.
         """
+        # the job's ready set (a job's queue never changes, so it can be read first): a queued
+        # job waiting there leaves it in the cancel's own step
+        queue = self._redis.hget(keys.job(job_id), "queue")
+        ready = [keys.ready(str(queue), tenant_id)] if queue else []
         return self._cancel(
-            keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
+            keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES, *ready],
             args=[tenant_id, utc_now(), self._retention, job_id, int(self.now() * 1000)],
         )
 

@@ -55,7 +55,7 @@ from pulse_core.http_handlers.registrations import (
 )
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
-from pulse_core.store.job_store import DeadLetterBounds, RetryOutcome
+from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -424,11 +424,11 @@ class Complete(MethodView):
                     lease_seconds=settings.lease_seconds,
                 )
                 scheduled = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
-                if scheduled is RetryOutcome.CANCEL:  # a cancel asked since the look above
+                if scheduled is FailureOutcome.CANCEL:  # a cancel asked since the look above
                     done = svc.store.finalize(job, JobState.CANCELLED, error=error)
                     outcome = metrics.Outcome.CANCELLED
                 else:
-                    done = scheduled is RetryOutcome.SCHEDULED
+                    done = scheduled is FailureOutcome.RECORDED
                     retry = plan
                     outcome = metrics.Outcome.RETRIED
             else:

@@ -306,11 +306,16 @@ def test_a_running_job_is_cancelled_cooperatively(live_client: FlaskClient, redi
     assert doc["state"] == "cancelled" and doc["attempts"] == 1
 
 
-def test_a_cancel_asked_while_a_failed_attempts_retry_is_being_recorded_ends_the_job_cancelled(
-    isolated_settings: Settings, redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path
+@pytest.mark.parametrize(
+    ("script", "options"),
+    [("schedule_retry", {}), ("mark_dead_letter", {"maxRetries": 0})],
+    ids=["a retry", "its last attempt's dead letter"],
+)
+def test_a_cancel_asked_while_a_failed_attempts_outcome_is_being_recorded_ends_the_job_cancelled(
+    isolated_settings: Settings, redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path, script: str, options: dict
 ) -> None:
     # given a worker whose link to Redis is slow one time: the script that records a failed
-    # attempt as a retry reaches Redis 2 s late
+    # attempt's outcome (a retry, or the last attempt's dead letter) reaches Redis 2 s late
     proxy = RedisProxy(redis_server.port)
     through = f"{proxy.url.rsplit('/', 1)[0]}/{isolated_settings.redis_url.rsplit('/', 1)[1]}"
     worker = worker_on(
@@ -319,19 +324,21 @@ def test_a_cancel_asked_while_a_failed_attempts_retry_is_being_recorded_ends_the
     client = create_app(isolated_settings).test_client()
     try:
         worker.start().wait_ready(redis, ["witness.flaky"])
-        proxy.delay(hashlib.sha1(source("pulse_core.store", "schedule_retry").encode()).hexdigest(), 2.0)
+        proxy.delay(hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest(), 2.0)
         # when a job whose first attempt fails runs there
-        job_id = submit(client, "witness.flaky", {"failTimes": 1})
+        job_id = submit(client, "witness.flaky", {"failTimes": 1}, options=options)
         # and its tenant asks to cancel it while that failure is on its way to Redis (it still
         # runs, so the cancel is cooperative)
         assert wait_for(lambda: proxy.delays_left() == 0, timeout=30)
         asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True
-        # then it ends cancelled, as the cancel said a failed attempt would: never retried
+        # then it ends cancelled, as the cancel said a failed attempt would: never retried,
+        # nor filed as a dead letter
         doc = wait_for_state(client, "acme", job_id, {"cancelled", "succeeded", "dead"}, timeout=30)
         time.sleep(1.5)  # past the retry's backoff (0.4 to 0.8 s)
         assert (doc["state"], state_of(client, job_id)) == ("cancelled", "cancelled")
         assert [start["attempt"] for start in witness_starts(redis, job_id)] == [1]
+        assert redis.zscore(keys.tenant_dead_letters("acme"), job_id) is None
     finally:
         worker.stop()
         proxy.close()

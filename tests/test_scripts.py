@@ -688,6 +688,15 @@ MARK_DEAD_LETTER = [
         0,
         {"{p}job:j1": _RUNNING},
     ),
+    Case(
+        "a job whose cancel was asked changes nothing: it ends cancelled, not dead",
+        "store/mark_dead_letter",
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}},
+        ["{p}job:j1"],
+        [1, 0, '{"e":2}'],
+        -1,
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}},
+    ),
 ]
 
 FINAL_KEYS = ["{p}job:j1", "{p}watch", "{p}dead", "{p}counts"]

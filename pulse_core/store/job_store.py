@@ -92,18 +92,20 @@ class Claim:
     due_at: float | None = None
 
 
-class RetryOutcome(StrEnum):
-    """What ``JobStore.schedule_retry`` did."""
+class FailureOutcome(StrEnum):
+    """What recording a failed attempt's outcome did (``JobStore.schedule_retry``,
+    ``JobStore.mark_dead_letter``)."""
 
-    #: The attempt's job is ``retrying``, due at the given time.
-    SCHEDULED = "scheduled"
+    #: Recorded: the job is ``retrying`` (due at the given time), or its error is recorded for
+    #: the dead-letter task.
+    RECORDED = "recorded"
     #: The attempt is no longer the running one: nothing changed.
     STALE = "stale"
     #: Its tenant asked it to stop: nothing changed; the caller ends the job ``cancelled``.
     CANCEL = "cancel"
 
 
-_RETRY_REPLIES = {1: RetryOutcome.SCHEDULED, 0: RetryOutcome.STALE, -1: RetryOutcome.CANCEL}
+_FAILURE_REPLIES = {1: FailureOutcome.RECORDED, 0: FailureOutcome.STALE, -1: FailureOutcome.CANCEL}
 
 
 class CancelOutcome(StrEnum):
@@ -164,8 +166,8 @@ _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
 _STORE = "pulse_core.store"
 _CLAIM = LuaScript(_STORE, "claim", _claim_reply)
 _REFRESH = LuaScript(_STORE, "refresh_leases", int)
-_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", lambda reply: _RETRY_REPLIES[int(reply)])
-_MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", bool)
+_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", lambda reply: _FAILURE_REPLIES[int(reply)])
+_MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", lambda reply: _FAILURE_REPLIES[int(reply)])
 _FINALIZE = LuaScript(_STORE, "finalize", bool)
 _CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
 _RECOVER = LuaScript(_STORE, "recover", _recover_reply)
@@ -344,9 +346,9 @@ class JobStore:
             done = pipe.execute()
         return sum(self._refresh.read(raw) for raw in done)
 
-    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> RetryOutcome:
+    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> FailureOutcome:
         """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``; not a
-        job whose cancel was asked (``RetryOutcome.CANCEL``: the caller finalizes it cancelled)."""
+        job whose cancel was asked (``FailureOutcome.CANCEL``: the caller finalizes it cancelled)."""
         more_keys, more_args = self._dispatch_spec(job)
         return self._schedule_retry(
             keys=[keys.job(job.job_id), keys.WATCH, *more_keys],
@@ -360,12 +362,13 @@ class JobStore:
             return [], []
         return self.dispatcher.spec(job.queue)
 
-    def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> bool:
+    def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> FailureOutcome:
         """Record the last error of the running attempt that is about to be dead-lettered.
 
         The record stays ``running`` until the dead-letter task finalizes it; if that
         task never runs, the recovery sweep finds the lapsed lease and the claim ends
-        the job ``dead`` with this error instead of running it again.
+        the job ``dead`` with this error instead of running it again. Not for a job whose
+        cancel was asked (``FailureOutcome.CANCEL``: the caller finalizes it cancelled).
         """
         return self._mark_dead_letter(keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)])
 

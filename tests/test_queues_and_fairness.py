@@ -278,12 +278,6 @@ def test_a_tenants_cancelled_backlog_does_not_hold_back_another_tenants_job(
         worker.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="promise 9, found in review, not fixed: a released delayed job (or retry) goes straight onto "
-    "its queue's list, outside the fair order (queues-and-fairness.md's trade-off), so a tenant's "
-    "jobs due at one instant all run before another tenant's job queued just after",
-)
 def test_a_tenants_delayed_jobs_due_at_once_do_not_hold_back_another_tenants_job(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:

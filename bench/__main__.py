@@ -44,6 +44,11 @@ RATIOS = [
     ("B p99 under A's priority-9 flood", "B p99 idle", "fairness: B p99 priority-9 flood / idle (aim <= 2)"),
     (drain.MANY, drain.ONE_TENANT, f"drain: {drain.MANY_TENANTS:,} tenants / 1 tenant (aim >= 0.9)"),
     (drain.ONE_TENANT_CPU, drain.MANY_CPU, f"drain: worker CPU/job 1 tenant / {drain.MANY_TENANTS:,} (aim >= 0.9)"),
+    (
+        drain.MANY_NO_METRICS,
+        drain.ONE_TENANT_NO_METRICS,
+        f"drain: {drain.MANY_TENANTS:,} tenants / 1 tenant, metrics off",
+    ),
     (delayed.RSS_WAITING, delayed.RSS_BEFORE, "delayed: worker RSS jobs waiting / none (aim ~1)"),
     (
         f"1 worker (threads x{http.CONCURRENCY}), HTTP 50 ms",

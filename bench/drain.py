@@ -58,6 +58,13 @@ ONE_TENANT = f"pulse, 1 tenant x {MANY_TENANTS * PER_TENANT:,}, dispatched"
 MANY = f"pulse, {MANY_TENANTS:,} tenants x {PER_TENANT}, dispatched"
 ONE_TENANT_CPU = f"1 tenant x {MANY_TENANTS * PER_TENANT:,}: worker CPU per job"
 MANY_CPU = f"{MANY_TENANTS:,} tenants x {PER_TENANT}: worker CPU per job"
+#: The same pair drained by a worker that records no metrics (``PULSE_METRICS=off``): a pool
+#: process's first job of a (tenant, jobType) creates that pair's Prometheus series (two
+#: counters and two histograms, 41 values in its multiprocess file), which the many-tenants
+#: row pays on every job and the one-tenant row once; this pair shows the dispatcher apart.
+METRICS_OFF = ", metrics off"
+ONE_TENANT_NO_METRICS = ONE_TENANT + METRICS_OFF
+MANY_NO_METRICS = MANY + METRICS_OFF
 
 
 def _wait_worker(app: Celery, name: str) -> None:
@@ -222,37 +229,56 @@ def run(env: BenchEnv) -> list[Result]:
             # Untimed: which commands a job's run sends from the worker, and which run in scripts.
             lists = fill(kind, f"bench-{kind}-sample", SAMPLE_JOBS)
             results[kind].sample = client_commands(env.redis, functools.partial(drain_count, worker, lists))
-        results.update(_many_tenants(env, pulse_app, workers["pulse"][1].pid, many_file, many_keys))
+        results.update(_many_tenants(env, pulse_app, "pulse@bench", workers["pulse"][1].pid, many_file, many_keys))
     finally:
         for _name, process in workers.values():
             stop(process)
+    quiet = spawn(
+        celery_worker("pulse_worker.app", "idle-pulse-quiet", CONCURRENCY, "-n", "pulsequiet@bench"),
+        env.env(PULSE_TENANTS_FILE=str(many_file), PULSE_METRICS="off"),
+        env.work_dir / "pulse-quiet-worker.log",
+    )
+    try:
+        _wait_worker(pulse_app, "pulsequiet@bench")
+        off = _many_tenants(env, pulse_app, "pulsequiet@bench", quiet.pid, many_file, many_keys, suffix=METRICS_OFF)
+        results.update({f"{kind}{METRICS_OFF}": result for kind, result in off.items() if not kind.endswith("cpu")})
+    finally:
+        stop(quiet)
     return list(results.values())
 
 
 def _many_tenants(
-    env: BenchEnv, pulse_app: Celery, worker_pid: int, many_file: Path, many_keys: list[str]
+    env: BenchEnv,
+    pulse_app: Celery,
+    worker: str,
+    worker_pid: int,
+    many_file: Path,
+    many_keys: list[str],
+    *,
+    suffix: str = "",
 ) -> dict[str, Result]:
     """One tenant's jobs, then as many spread over ``MANY_TENANTS`` tenants, admitted while
-    nobody consumes their queue, drained by the same Pulse worker: jobs/s, and the CPU time
-    the worker (main process and pool) spent per job, which other load on a shared machine
-    moves far less than the rate."""
+    nobody consumes their queue, drained by the same Pulse worker (``worker``): jobs/s, and the
+    CPU time the worker (main process and pool) spent per job, which other load on a shared
+    machine moves far less than the rate. ``suffix`` ends the rows' names."""
     results = {
-        "one": Result("drain", ONE_TENANT),
-        "many": Result("drain", MANY),
-        "one-cpu": Result("drain", ONE_TENANT_CPU, unit="ms"),
-        "many-cpu": Result("drain", MANY_CPU, unit="ms"),
+        "one": Result("drain", ONE_TENANT + suffix),
+        "many": Result("drain", MANY + suffix),
+        "one-cpu": Result("drain", ONE_TENANT_CPU + suffix, unit="ms"),
+        "many-cpu": Result("drain", MANY_CPU + suffix, unit="ms"),
     }
     n = MANY_TENANTS * PER_TENANT
     for round_no in range(MANY_ROUNDS):
         for kind, api_keys, per_key in (("one", [env.api_key], n), ("many", many_keys, PER_TENANT)):
-            queue = f"bench-{kind}-tenants-{round_no}"
+            queue = f"bench-{kind}-tenants-{round_no}{'-quiet' if suffix else ''}"
+            who = f"{kind} tenant(s){suffix}"
             settings = Settings(
                 redis_url=env.redis_url, broker_url=env.redis_url, tenants_file=many_file, default_queue=queue
             )
             started = time.perf_counter()
             admitted = submit_batches(create_app(settings).test_client(), api_keys, per_key)
             print(
-                f"   {kind} tenant(s): {admitted:,} jobs admitted by batches in {time.perf_counter() - started:.0f} s",
+                f"   {who}: {admitted:,} jobs admitted by batches in {time.perf_counter() - started:.0f} s",
                 flush=True,
             )
             cpu = tree_cpu_seconds(worker_pid)
@@ -260,22 +286,22 @@ def _many_tenants(
                 rate = time_drain(
                     env.redis,
                     queue,
-                    functools.partial(_consume, pulse_app, queue, "pulse@bench"),
+                    functools.partial(_consume, pulse_app, queue, worker),
                     admitted,
                     watched=True,
                     is_drained=functools.partial(dispatch_drained, env.redis, queue),
                     timeout=900,
                 )
             cpu = tree_cpu_seconds(worker_pid) - cpu
-            _cancel(pulse_app, queue, "pulse@bench")
+            _cancel(pulse_app, queue, worker)
             left = pending_jobs(env.redis)
             if left:
-                raise RuntimeError(f"{left} jobs of {kind} tenant(s) still pending after the drain")
+                raise RuntimeError(f"{left} jobs of {who} still pending after the drain")
             results[kind].values.append(rate)
             results[kind].costs.append(cost(admitted))
             results[f"{kind}-cpu"].values.append(cpu * 1000 / admitted)
             print(
-                f"   {kind} tenant(s): drained at {rate:.0f} jobs/s, worker CPU {cpu * 1000 / admitted:.2f} ms/job",
+                f"   {who}: drained at {rate:.0f} jobs/s, worker CPU {cpu * 1000 / admitted:.2f} ms/job",
                 flush=True,
             )
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -81,6 +82,19 @@ class _RedisClock:
 
 _clocks: weakref.WeakKeyDictionary[Redis, _RedisClock] = weakref.WeakKeyDictionary()
 _clocks_lock = threading.Lock()
+
+
+def _fresh_locks_after_fork() -> None:
+    """In a forked child (a prefork pool process), new locks: one that another thread of the
+    parent held as it forked would stay held in the child for ever. The measures stay good:
+    ``_steady`` is the machine's clock, the same in every process."""
+    global _clocks_lock
+    _clocks_lock = threading.Lock()
+    for clock in list(_clocks.values()):
+        clock.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 def _measured(redis: Redis) -> _Reading | None:

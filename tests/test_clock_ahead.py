@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
-from pulse_core import keys
+from pulse_core import keys, redis_client
 from pulse_core.guards.execution_limits import ExecutionGate
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.policy import ExecutionLimits
@@ -165,6 +167,31 @@ def test_a_worker_whose_measure_of_redis_clock_was_slow_one_way_cannot_take_a_li
             redis.zrem(keys.WATCH, job_id)
     finally:
         proxy.close()
+
+
+def test_a_pool_process_forked_while_a_thread_reads_the_clock_reads_it_too(settings: Settings) -> None:
+    # given a worker process one of whose threads holds the clocks' lock (it looks one up) at
+    # the instant the process forks a pool process, which gets a copy of the lock, held
+    client = connect(settings.redis_url)
+    redis_now(client)
+    with redis_client._clocks_lock:
+        pid = os.fork()
+        if pid == 0:  # the pool process
+            # when it reads Redis' clock for its first claim
+            try:
+                now = redis_now(connect(settings.redis_url))
+                os._exit(0 if abs(now - server_time(client)) < 1 else 1)
+            finally:
+                os._exit(2)
+    # then it reads it at once, and right, instead of waiting for ever on the copied lock
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked process hung on the clocks' lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_a_worker_whose_clock_runs_ahead_keeps_the_others_job_types_live(

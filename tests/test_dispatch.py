@@ -166,6 +166,59 @@ def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: 
     assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
 
 
+def _take(redis: Redis, dispatcher: Dispatcher, store: JobStore, limit: int | None = None) -> list[str]:
+    """As the workers' pump does with a broker other than this Redis (RabbitMQ): take up to a
+    depth of waiting jobs in fair order, publish them (here: finish them at once); the job ids
+    in the order they were taken."""
+    taken: list[str] = []
+    while limit is None or len(taken) < limit:
+        ids = dispatcher.take(QUEUE, DEPTH)
+        if not ids:
+            break
+        taken += ids
+        for job_id in ids:
+            job = Job(
+                job_id=job_id, tenant_id=job_id.rsplit(".", 1)[0], job_type="diag.echo", queue=QUEUE, created_at=""
+            )
+            assert store.finalize(job, JobState.SUCCEEDED, result_json="null", from_="waiting")
+    return taken
+
+
+def _commands_per_take(redis: Redis, dispatcher: Dispatcher, store: JobStore, n: int) -> tuple[float, list[str]]:
+    redis.config_resetstat()
+    taken = _take(redis, dispatcher, store, limit=n)
+    return _commands(redis) / len(taken), taken
+
+
+def test_ten_thousand_tenants_are_taken_in_fair_order_at_the_cost_of_ten_for_another_broker(
+    own_redis: Redis,
+) -> None:
+    redis = own_redis
+    # given a dispatcher for a broker other than this Redis (RabbitMQ: the pump publishes what
+    # it takes), and 10 tenants with 100 jobs each: the cost of a take while none runs dry
+    dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=None)
+    store = JobStore(redis, dispatcher=dispatcher)
+    _enqueue(redis, dispatcher, [f"few-{i:02d}" for i in range(10)], 100)
+    few, _ = _commands_per_take(redis, dispatcher, store, 320)
+    _take(redis, dispatcher, store)
+    # and 10,000 tenants with 2 jobs each
+    _enqueue(redis, dispatcher, [f"t{i:05d}" for i in range(10_000)], 2)
+    # when the pump takes their jobs (the cost read over the first jobs, as for 10 tenants)
+    many, first = _commands_per_take(redis, dispatcher, store, 320)
+    taken = [*first, *_take(redis, dispatcher, store)]
+    print(f"Redis commands per job taken: {few:.2f} with 10 tenants, {many:.2f} with 10,000")
+    # then a take costs the same Redis commands with 10,000 tenants as with 10
+    assert many <= few + 0.5, (few, many)
+    # and every job was taken once, in fair order: every tenant's first job before any second
+    assert len(taken) == 20_000 and len(set(taken)) == 20_000
+    assert all(job_id.endswith(".0") for job_id in taken[:10_000])
+    # and nothing is left: idle tenants cost nothing
+    assert redis.zcard(keys.active(QUEUE)) == 0
+    assert not redis.exists(keys.dispatch_state(QUEUE))
+    assert not list(redis.scan_iter(match=keys.ready_prefix(QUEUE) + "*"))
+    assert not redis.sismember(keys.DISPATCH_QUEUES, QUEUE)
+
+
 def held_by_workers(settings: Settings, queue: str) -> list[dict]:
     """The messages of ``queue`` the live workers have reserved or hold as ETA messages."""
     inspector = create_celery(settings).control.inspect(timeout=2.0)

@@ -106,6 +106,11 @@ def _started(doc: dict) -> float:
     return datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
 
 
+def _finished(doc: dict) -> float:
+    """When a job document says it finished (epoch seconds)."""
+    return datetime.fromisoformat(doc["finishedAt"].replace("Z", "+00:00")).timestamp()
+
+
 def _clear(redis: Redis, job_type: str) -> None:
     redis.delete(publish_counter.ETA, publish_counter.RETRIES)
     for what in ("running", "starts", "concurrent"):
@@ -133,6 +138,11 @@ def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_message
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     concurrent = [int(x) for x in redis.lrange("limited:limited.slots:concurrent", 0, -1)]
     assert len(concurrent) == 200 and max(concurrent) == 1
+    # and one started as the one before ended, without a wait between (no poll): the whole
+    # ran in about 200 job times (4 s), not in rounds of a deferral's countdown
+    span = max(_finished(d) for d in docs) - min(_started(d) for d in docs)
+    print(f"200 jobs of 20 ms one at a time: {span:.1f} s")
+    assert span <= 200 * 0.02 * 4, span
     # and the jobs that waited were parked, not deferred: no message was sent back with a countdown
     logs = "".join(worker.log() for worker in workers)
     assert " retry: " not in logs

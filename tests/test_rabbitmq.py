@@ -36,6 +36,7 @@ from tests.support import (
     running_workers,
     scrape_api,
     settings_env,
+    wait_for,
     wait_for_state,
     write_tenants_file,
 )
@@ -240,6 +241,64 @@ def test_jobs_over_max_concurrency_are_parked_not_deferred_on_rabbitmq(
     assert own_redis.zcard(slots) == 0 and own_redis.zcard(keys.parked(slots)) == 0
     assert not own_redis.hexists(keys.PARKED_SLOTS, slots)
     assert own_redis.hmget(keys.PARKED_MESSAGES, ids) == [None] * len(ids)
+
+
+@pytest.mark.slow
+def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worker_is_killed_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given limited.slots held to one run at a time, two one-process workers on a RabbitMQ
+    # queue, a long job running and three short ones parked behind it
+    local = _limited_on_rabbitmq(amqp_settings, tmp_path, "kill", '[job_types."limited.slots"]\nmax_concurrency = 1\n')
+    _clear_limited(own_redis, "limited.slots")
+    client = create_app(local).test_client()
+    workers = [
+        WorkerProcess(settings_env(local), tmp_path / f"w{n}.log", queues=[local.default_queue], concurrency=1)
+        for n in range(2)
+    ]
+    long_job = ""
+    try:
+        for worker in workers:
+            worker.start().wait_ready(own_redis, ["limited.slots"])
+
+        def post(seconds: float, **options: int) -> str:
+            body = {"jobType": "limited.slots", "payload": {"seconds": seconds}, "options": options}
+            return str(client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"])
+
+        # (the long job is not retried: its recovery ends it dead and frees the slot)
+        long_job = post(600, maxRetries=0)
+        running = wait_for_state(client, "acme", long_job, {"running"}, timeout=30)
+        short = [post(0.01) for _ in range(3)]
+        wait_for(lambda: own_redis.zcard(keys.parked(keys.concurrency("limited.slots"))) == 3, timeout=30)
+        # when the worker running the long job is SIGKILLed (RabbitMQ redelivers its unacked
+        # message to the other worker at once)
+        owner = str(own_redis.hget(keys.job(long_job), "owner"))
+        holder = next(w for w in workers if owner.startswith(w.command[w.command.index("--hostname") + 1][:-2]))
+        killed_at = time.time()
+        holder.kill_group()
+        # then the next parked job starts on the other worker within the lease (plus a tick)
+        first = wait_for_state(client, "acme", short[0], {"succeeded"}, timeout=60)
+        started = datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00")).timestamp()
+        assert started - killed_at <= local.lease_seconds + 3.0, started - killed_at
+        for job_id in short[1:]:
+            wait_for_state(client, "acme", job_id, {"succeeded"}, timeout=60)
+        # and the long job's attempt never ran twice: it ends dead, lost with its worker, found
+        # when its lease lapsed (the copy RabbitMQ redelivered, parked on the full slot, did
+        # not put its check off)
+        assert running["attempts"] == 1
+        dead = wait_for_state(client, "acme", long_job, {"dead"}, timeout=60)
+        assert (dead["attempts"], dead["error"]["type"]) == (1, "WorkerLost")
+        finished = datetime.fromisoformat(dead["finishedAt"].replace("Z", "+00:00")).timestamp()
+        assert finished - killed_at <= local.lease_seconds + 5.0, finished - killed_at
+    finally:
+        if long_job:
+            client.post(f"/v1/jobs/{long_job}/cancel", headers=auth("acme"))
+        for worker in workers:
+            worker.stop()
+        _delete_queue(create_celery(local), local.default_queue)
+    # and the short ones ran one at a time (the killed run never counted itself out: 1 + 1)
+    concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
+    assert concurrent == [1, 2, 2, 2]
 
 
 def test_a_rate_limited_job_type_parks_until_its_window_allows_without_copies_on_rabbitmq(

@@ -1300,8 +1300,8 @@ POSTPONE = [
     Case(
         "a watched job's check moves later",
         "store/postpone_check",
-        {"{p}watch": Z({"j1": 900})},
-        ["{p}watch"],
+        {"{p}watch": Z({"j1": 900}), "{p}job:j1": {"state": "queued"}},
+        ["{p}watch", "{p}job:j1"],
         ["j1", "30"],
         0,
         {"{p}watch": Z({"j1": ANY})},
@@ -1309,8 +1309,8 @@ POSTPONE = [
     Case(
         "a job no longer watched is not watched again",
         "store/postpone_check",
-        {"{p}watch": Z({"j0": 900})},
-        ["{p}watch"],
+        {"{p}watch": Z({"j0": 900}), "{p}job:j1": {"state": "queued"}},
+        ["{p}watch", "{p}job:j1"],
         ["j1", "30"],
         0,
         {"{p}watch": Z({"j0": 900})},
@@ -1318,11 +1318,20 @@ POSTPONE = [
     Case(
         "a later check is never moved earlier",
         "store/postpone_check",
-        {"{p}watch": Z({"j1": float(LATER)})},
-        ["{p}watch"],
+        {"{p}watch": Z({"j1": float(LATER)}), "{p}job:j1": {"state": "retrying"}},
+        ["{p}watch", "{p}job:j1"],
         ["j1", "30"],
         0,
         {"{p}watch": Z({"j1": float(LATER)})},
+    ),
+    Case(
+        "a running job's deadline stays its lease (the message postponed is a copy of its attempt's)",
+        "store/postpone_check",
+        {"{p}watch": Z({"j1": 900}), "{p}job:j1": {"state": "running", "leaseUntil": "900"}},
+        ["{p}watch", "{p}job:j1"],
+        ["j1", "30"],
+        0,
+        {"{p}watch": Z({"j1": 900})},
     ),
 ]
 
@@ -2257,6 +2266,37 @@ PARKING = [
         )
         for state in ("retrying", "scheduled")
     ],
+    Case(
+        "a copy of a lost attempt (running, its lease lapsed) is handed the freed slot; its deadline stays",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "running", "leaseUntil": "990"},
+            "{p}job:j2": {"state": "queued"},
+            "{p}watch": Z({"j1": 990, "j2": 5}),
+        },
+        [*PARK_KEYS, "{p}watch"],
+        ["", "1000", "10", "{p}job:", 1, 1, "60"],
+        [1],
+        {"{p}s1": Z({"j1|h": 1010}), "{p}parked:s1": Z({"j2": 4}), "{p}q": ["m1"], "{p}watch": Z({"j1": 990, "j2": 5})},
+    ),
+    Case(
+        "a copy of an attempt still running under a live lease is dropped; the next parked job gets the slot",
+        "guards/release_slots",
+        {
+            "{p}parked:s1": Z({"j1": 3, "j2": 4}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}plimits": {"{p}s1": "1"},
+            "{p}job:j1": {"state": "running", "leaseUntil": "1030"},
+            "{p}job:j2": {"state": "queued"},
+        },
+        PARK_KEYS,
+        ["", "1000", "10", "{p}job:", 1, 1],
+        [1],
+        {"{p}s1": Z({"j2|h": 1010}), "{p}parked:s1": None, "{p}pmsg": None, "{p}q": ["m2"]},
+    ),
     Case(
         "a cancelled parked job is dropped; an empty parked set leaves the registry, its turns deleted",
         "guards/release_slots",

@@ -452,8 +452,9 @@ class JobStore:
         return self._redis.hget(keys.job(job_id), "cancelRequested") == "1"
 
     def postpone_check(self, job_id: str, seconds: float) -> None:
-        """A waiting job's message is alive (an execution limit deferred it): check it later."""
-        self._postpone_check(keys=[keys.WATCH], args=[job_id, seconds])
+        """A waiting job's message is alive (an execution limit deferred it): check it later.
+        A running job's deadline stays its lease."""
+        self._postpone_check(keys=[keys.WATCH, keys.job(job_id)], args=[job_id, seconds])
 
     def postpone_checks(self, job_ids: Sequence[str], seconds: float) -> None:
         """``postpone_check`` for each of ``job_ids`` (messages just published), in one round trip."""
@@ -461,7 +462,7 @@ class JobStore:
             return
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                self._postpone_check.queue(pipe, keys=[keys.WATCH], args=[job_id, seconds])
+                self._postpone_check.queue(pipe, keys=[keys.WATCH, keys.job(job_id)], args=[job_id, seconds])
             pipe.execute()
 
     def recover_many(

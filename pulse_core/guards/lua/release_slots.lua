@@ -11,8 +11,11 @@
 -- A parked job handed a slot holds it as '<jobId>|h' until its message, pushed back onto its
 -- queue, reaches a worker (acquire_slots takes it as its own) or the grace ends. A parked job
 -- is handed a slot while it waits to start (queued, or a retry or delayed job released when
--- due: the gate runs before the claim); one no longer waiting (cancelled meanwhile) is
--- dropped with its message. A job parked with no
+-- due: the gate runs before the claim), or while it runs under a lease that lapsed (a copy of
+-- a lost attempt's message: a broker's redelivery, the sweep's republish; its claim ends the
+-- lost attempt and starts the next, which needs the slot); one no longer waiting (cancelled
+-- meanwhile) or still running under a live lease (its attempt lives) is dropped with its
+-- message. A job parked with no
 -- broker list (a broker other than this Redis) is handed its slot all the same, and its id is
 -- given back for the caller to publish.
 -- Reply: {how many parked jobs were handed a slot, the ids of those the caller publishes...}.
@@ -49,11 +52,13 @@ for i = 1, n do
     turn = popped[2]
     local stored = redis.call('HGET', KEYS[3 * n + 1], job_id)
     redis.call('HDEL', KEYS[3 * n + 1], job_id)
-    if stored and WAITING_STATES[redis.call('HGET', ARGV[4] .. job_id, 'state')] then
+    local f = redis.call('HMGET', ARGV[4] .. job_id, 'state', 'leaseUntil')
+    if stored and (WAITING_STATES[f[1]] or (f[1] == 'running' and tonumber(f[2] or '0') <= now)) then
       local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
       redis.call('ZADD', KEYS[i], grace_until, job_id .. '|h')
       if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end
-      if watch then redis.call('ZADD', watch, 'XX', 'GT', check_at, job_id) end
+      -- (a lost attempt's deadline stays its lapsed lease: the sweep republishes it again in time)
+      if watch and f[1] ~= 'running' then redis.call('ZADD', watch, 'XX', 'GT', check_at, job_id) end
       live, handed = live + 1, handed + 1
     end
   end

@@ -55,6 +55,7 @@ from pulse_core.http_handlers.registrations import (
 )
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -392,12 +393,12 @@ class Complete(MethodView):
         job = _current_attempt(job_id, None)
         registration = svc.registrations.get(job.tenant_id, job.job_type)
         policy = registration.policy if registration is not None else RetryPolicy()
+        tenant = svc.tenants.config.tenants.get(job.tenant_id)
         retry: DelayPlan | None = None
         if "result" in body:
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
                 raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
-            tenant = svc.tenants.config.tenants.get(job.tenant_id)
             budget = tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES
             done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
             outcome = metrics.Outcome.SUCCEEDED
@@ -409,7 +410,12 @@ class Complete(MethodView):
                 "responseClass": "reported",
             }
             max_retries = job.max_retries if job.max_retries is not None else policy.max_retries
-            if body["retryable"] and job.attempts < max_retries + 1:
+            if svc.store.cancel_requested(job_id):
+                # its tenant asked it to stop: a failed attempt then ends the job cancelled, as a
+                # worker's does (``pulse_worker.task.record``), never retried nor dead-lettered
+                done = svc.store.finalize(job, JobState.CANCELLED, error=error)
+                outcome = metrics.Outcome.CANCELLED
+            elif body["retryable"] and job.attempts < max_retries + 1:
                 settings = svc.settings
                 plan = plan_delay(
                     policy.delay_before(job.attempts + 1),
@@ -417,11 +423,24 @@ class Complete(MethodView):
                     eta_window_seconds=settings.eta_window_seconds,
                     lease_seconds=settings.lease_seconds,
                 )
-                done = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
-                retry = plan
-                outcome = metrics.Outcome.RETRIED
+                scheduled = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
+                if scheduled is FailureOutcome.CANCEL:  # a cancel asked since the look above
+                    done = svc.store.finalize(job, JobState.CANCELLED, error=error)
+                    outcome = metrics.Outcome.CANCELLED
+                else:
+                    done = scheduled is FailureOutcome.RECORDED
+                    retry = plan
+                    outcome = metrics.Outcome.RETRIED
             else:
-                done = svc.store.finalize(job, JobState.DEAD, error=error)
+                # the tenant's own bounds, as the dead-letter task's (not the defaults, which
+                # would keep too many letters of a tenant allowed fewer, and drop a tenant's
+                # allowed more)
+                bounds = (
+                    DeadLetterBounds(most=tenant.max_dead_letters, days=tenant.dead_letter_days)
+                    if tenant is not None
+                    else DeadLetterBounds()
+                )
+                done = svc.store.finalize(job, JobState.DEAD, error=error, dead_letters=bounds)
                 outcome = metrics.Outcome.DEAD
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -44,6 +45,10 @@ def server_time(redis: Redis) -> float:
 
 #: How often a process measures Redis' clock (one ``TIME``).
 CLOCK_CHECK_SECONDS = 10.0
+#: A measure whose round trip took longer than this (a link that stalled one way, a Redis busy
+#: with something else meanwhile) is not used to compare leases (``redis_clock_earliest``) and
+#: is taken again after a second: its TIME may have run anywhere in that round trip.
+TRUSTED_ROUND_TRIP_SECONDS = 0.25
 
 
 def _steady() -> float:
@@ -52,12 +57,25 @@ def _steady() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """One measure of Redis' clock: its TIME (epoch s), and ``_steady()`` when the request went
+    out and when the answer came back (TIME ran somewhere in between)."""
+
+    server: float
+    sent: float
+    received: float
+
+    @property
+    def round_trip(self) -> float:
+        return self.received - self.sent
+
+
 class _RedisClock:
-    """Redis' clock as last measured: its reading, and ``_steady()`` at that instant."""
+    """Redis' clock as last measured (``reading``: replaced whole, never torn by a reader)."""
 
     def __init__(self) -> None:
-        self.server: float | None = None  # Redis' TIME at the measure's midpoint; None: never measured
-        self.at = 0.0  # _steady() then
+        self.reading: _Reading | None = None  # None: never measured
         self.next_check = 0.0  # _steady() of the next measure
         self.lock = threading.Lock()
 
@@ -79,9 +97,9 @@ def _fresh_locks_after_fork() -> None:
 os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
-def _measured(redis: Redis) -> _RedisClock:
-    """``redis``'s clock, measured again first when the last measure is ``CLOCK_CHECK_SECONDS``
-    old (one thread measures; the others read the last measure meanwhile)."""
+def _measured(redis: Redis) -> _Reading | None:
+    """``redis``'s clock as last measured, measured again first when the last measure is
+    ``CLOCK_CHECK_SECONDS`` old (one thread measures; the others read the last measure meanwhile)."""
     with _clocks_lock:
         clock = _clocks.get(redis)
         if clock is None:
@@ -91,27 +109,44 @@ def _measured(redis: Redis) -> _RedisClock:
             before = _steady()
             server = server_time(redis)
             after = _steady()
-            clock.server, clock.at = server, (before + after) / 2
-            clock.next_check = after + CLOCK_CHECK_SECONDS
+            clock.reading = _Reading(server, before, after)
+            trusted = after - before <= TRUSTED_ROUND_TRIP_SECONDS
+            clock.next_check = after + (CLOCK_CHECK_SECONDS if trusted else 1.0)
         except RedisError:  # the caller's own call to Redis reports it; try again in a second
             clock.next_check = _steady() + 1.0
         finally:
             clock.lock.release()
-    return clock
+    return clock.reading
 
 
 def redis_clock(redis: Redis) -> float | None:
     """Now on Redis' clock (epoch seconds), without a round trip a call: Redis' ``TIME`` as
     last measured (once every ``CLOCK_CHECK_SECONDS``) plus the time since on a clock that no
-    one sets (``_steady``). ``None`` while Redis has never answered this process.
+    one sets (``_steady``), taking TIME to have run mid-way through the measure's round trip.
+    ``None`` while Redis has never answered this process.
 
     The host's own wall clock plays no part: an hour off, or stepped by an hour between two
-    measures, it changes nothing. The error is half the measuring round trip (well under a
-    millisecond on a LAN) plus the drift between two measures (microseconds)."""
-    clock = _measured(redis)
-    if clock.server is None:
+    measures, it changes nothing. The error is at most half the measuring round trip (well
+    under a millisecond on a LAN; seconds if the link or Redis stalled while it measured) plus
+    the drift between two measures (microseconds): fine for due times, not for leases
+    (``redis_clock_earliest``)."""
+    reading = _measured(redis)
+    if reading is None:
         return None
-    return clock.server + (_steady() - clock.at)
+    return reading.server + (_steady() - (reading.sent + reading.received) / 2)
+
+
+def redis_clock_earliest(redis: Redis) -> float | None:
+    """The earliest Redis' clock can read now, by the last measure: its TIME ran at the latest
+    when its answer came back, so Redis' clock is at least that TIME plus the time since. What
+    a lease is compared with: never ahead of Redis' clock, so a live lease never looks lapsed,
+    whichever way the measure's round trip was slow. ``None`` (the caller has Redis read its
+    own ``TIME``) while Redis has never answered, or when the last measure's round trip took
+    longer than ``TRUSTED_ROUND_TRIP_SECONDS`` (a lease written from it would be that much short)."""
+    reading = _measured(redis)
+    if reading is None or reading.round_trip > TRUSTED_ROUND_TRIP_SECONDS:
+        return None
+    return reading.server + (_steady() - reading.received)
 
 
 def redis_now(redis: Redis) -> float:

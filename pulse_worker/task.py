@@ -65,7 +65,7 @@ from pulse_core.http_handlers.registrations import Registration
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.redis_client import server_time
-from pulse_core.store.job_store import ClaimRefusal
+from pulse_core.store.job_store import ClaimRefusal, FailureOutcome
 from pulse_core.store.job_types import live_on_queue
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
@@ -472,7 +472,13 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
         eta_window_seconds=settings.eta_window_seconds,
         lease_seconds=settings.lease_seconds,
     )
-    if not runtime.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=describe_error(exc)):
+    scheduled = runtime.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=describe_error(exc))
+    if scheduled is FailureOutcome.CANCEL:  # a cancel asked since record() looked: cancelled, not retried
+        if runtime.store.finalize(job, JobState.CANCELLED, error=describe_error(exc)):
+            metrics.job_finished(job, Outcome.CANCELLED)
+        log.info("job %s (%s) cancelled", job.job_id, job.job_type)
+        return
+    if scheduled is not FailureOutcome.RECORDED:
         log.warning("job %s: attempt %d no longer owned; outcome dropped", job.job_id, job.attempts)
         return
     metrics.job_finished(job, Outcome.RETRIED)
@@ -497,7 +503,13 @@ def dead_letter(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException
     """Hand the job to the dead-letter task, having recorded its last error; ``False``
     when the attempt is no longer this worker's to end."""
     error = describe_error(exc)
-    if not runtime.store.mark_dead_letter(job, error):
+    marked = runtime.store.mark_dead_letter(job, error)
+    if marked is FailureOutcome.CANCEL:  # a cancel asked since record() looked: cancelled, not dead
+        if runtime.store.finalize(job, JobState.CANCELLED, error=error):
+            metrics.job_finished(job, Outcome.CANCELLED)
+        log.info("job %s (%s) cancelled", job.job_id, job.job_type)
+        return False
+    if marked is not FailureOutcome.RECORDED:
         return False
     queue, priority = destination(task.app, job)
     task.app.send_task(

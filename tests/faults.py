@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -94,6 +95,9 @@ class RedisProxy:
       its request or its reply is lost as each says (``Loss``), and that connection goes
       silent from then on, as a broken link does: the client times out, reconnects and
       (redis-py) retries on a new connection, which the next loss applies to.
+    - ``delay(command, seconds)``: the next time a client sends ``command``, its request
+      reaches Redis ``seconds`` late (a slow link one way, or a Redis busy with something
+      else meanwhile); its reply comes back at once.
 
     Written by hand: no well-kept library injects faults per command on a live TCP link
     (toxiproxy needs a server of its own and cuts by bytes and time, not by command).
@@ -106,6 +110,7 @@ class RedisProxy:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._losses: deque[tuple[bytes, Loss]] = deque()
+        self._delays: deque[tuple[bytes, float]] = deque()
         self._sent: list[bytes] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -127,9 +132,17 @@ class RedisProxy:
         with self._lock:
             self._losses.extend((command.upper().encode(), loss) for loss in losses)
 
+    def delay(self, command: str, seconds: float) -> None:
+        with self._lock:
+            self._delays.append((command.upper().encode(), seconds))
+
     def forwarded(self, text: str) -> int:
         with self._lock:
             return sum(chunk.count(text.encode()) for chunk in self._sent)
+
+    def delays_left(self) -> int:
+        with self._lock:
+            return len(self._delays)
 
     def losses_left(self) -> int:
         with self._lock:
@@ -161,9 +174,18 @@ class RedisProxy:
                 return self._losses.popleft()[1]
         return None
 
+    def _next_delay(self, data: bytes) -> float:
+        """How late the command ``data`` starts is to reach Redis (0: at once)."""
+        with self._lock:
+            if self._delays and f"\r\n{self._delays[0][0].decode()}\r\n".encode() in data.upper():
+                return self._delays.popleft()[1]
+        return 0.0
+
     def _requests(self, src: socket.socket, dst: socket.socket, link: _Link) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if late := self._next_delay(data):
+                    time.sleep(late)
                 if not link.requests_cut:
                     loss = self._next_loss(data)
                     link.requests_cut = loss == "request"

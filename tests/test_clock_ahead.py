@@ -3,7 +3,8 @@
 Leases are timed by Redis' clock (``pulse_core.redis_client.redis_clock``: Redis' ``TIME`` as
 last measured, plus the time since on a clock no one sets), so everything compared with them,
 or shared between hosts, must be too: a worker's clock an hour off, or stepped by an hour
-between two measures, must not let it take a running job's live lease; a worker an hour ahead must neither take a
+between two measures, must not let it take a running job's live lease, nor may a measure whose
+round trip was slow one way (``redis_clock_earliest``); a worker an hour ahead must neither take a
 running job's run slot nor drop the jobTypes other workers announced, and neither an API nor
 a worker an hour ahead may put a job's due time (a delayed start, a retry) an hour late.
 """
@@ -29,12 +30,13 @@ from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys, redis_client
 from pulse_core.guards.execution_limits import ExecutionGate
-from pulse_core.jobs import Job, new_job_id, utc_now
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.policy import ExecutionLimits
 from pulse_core.redis_client import connect, redis_now, server_time
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import ClaimRefusal, JobStore
 from pulse_core.store.job_types import LiveJobTypesCollector, announce, live_job_types
+from tests.faults import RedisProxy
 from tests.support import WorkerProcess, auth, settings_env, wait_for_state, witness_key
 
 HOUR = 3600.0
@@ -78,11 +80,11 @@ def test_a_worker_whose_clock_runs_ahead_cannot_take_a_running_jobs_slot(redis: 
         redis.delete(slot, keys.job(first))
 
 
-def _running(store: JobStore) -> str:
-    """A job whose attempt runs under a live lease of a minute, claimed by a worker ``w1``."""
+def _running(store: JobStore, lease_seconds: float = 60) -> str:
+    """A job whose attempt runs under a live lease (a minute), claimed by a worker ``w1``."""
     job = Job(job_id=new_job_id(), tenant_id="acme", job_type="diag.echo", queue="t-clock", created_at=utc_now())
     store.create(job)
-    claimed = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=3, lost_error={})
+    claimed = store.claim(job.job_id, owner="w1/t1", lease_seconds=lease_seconds, fallback_max_retries=3, lost_error={})
     assert claimed.job is not None and claimed.refused is None
     return job.job_id
 
@@ -128,6 +130,43 @@ def test_redis_clock_as_a_process_reads_it_does_not_move_with_its_host_clock(set
     # then its reading of Redis' clock moved on by the time that passed, not by either step
     assert 0 <= ahead - before < 1 and 0 <= behind - ahead < 1
     assert behind == pytest.approx(server_time(client), abs=1)
+
+
+@pytest.mark.parametrize("step", ["claims a copy of its message", "ends it as an orphan"])
+def test_a_worker_whose_measure_of_redis_clock_was_slow_one_way_cannot_take_a_live_lease(
+    settings: Settings, redis: Redis, redis_server: EmbeddedRedis, step: str
+) -> None:
+    # given a worker's process whose last measure of Redis' clock went slowly one way: its TIME
+    # reached Redis 4 s late (a link that stalled, a Redis busy with something else for a
+    # while), its answer came back at once
+    proxy = RedisProxy(redis_server.port)
+    other = JobStore(connect(proxy.url.rsplit("/", 1)[0] + "/" + settings.redis_url.rsplit("/", 1)[1]))
+    try:
+        proxy.delay("TIME", 4.0)
+        other.now()
+        # and a job whose attempt runs under a live lease, its last renewal a second from its
+        # end by Redis' clock (claimed by another worker, whose own measure was quick)
+        job_id = _running(JobStore(redis), lease_seconds=1.5)
+        running = JobStore(redis).get(job_id)
+        assert running is not None
+        assert float(redis.hget(keys.job(job_id), "leaseUntil") or 0) > server_time(redis)
+        try:
+            # when that worker gets a copy of the job's message and claims it, or ends the job
+            # as an orphan whose lease lapsed (what it does after a claim found it exhausted)
+            if step == "claims a copy of its message":
+                outcome = other.claim(job_id, owner="w2/t9", lease_seconds=60, fallback_max_retries=3, lost_error={})
+                taken = outcome.refused is None
+            else:
+                taken = other.finalize(running, JobState.DEAD, from_="orphan")
+            # then the lease is live by Redis' clock: the running attempt keeps it
+            assert not taken
+            assert redis.hget(keys.job(job_id), "owner") == "w1/t1"
+            assert redis.hget(keys.job(job_id), "state") == "running"
+        finally:
+            redis.delete(keys.job(job_id))
+            redis.zrem(keys.WATCH, job_id)
+    finally:
+        proxy.close()
 
 
 def test_a_pool_process_forked_while_a_thread_reads_the_clock_reads_it_too(settings: Settings) -> None:

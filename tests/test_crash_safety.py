@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -14,11 +15,14 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
+from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.broker.celery_app import WORKER_ENV, create_celery, publish_job
 from pulse_core.jobs import Job, new_job_id, new_trace_id, utc_now
+from pulse_core.lua_scripts import source
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
+from tests.faults import RedisProxy
 from tests.support import (
     WorkerProcess,
     auth,
@@ -300,6 +304,44 @@ def test_a_running_job_is_cancelled_cooperatively(live_client: FlaskClient, redi
     # then the handler stops and the job ends cancelled, not retried
     doc = wait_for_state(live_client, "acme", job_id, {"cancelled", "succeeded", "dead"})
     assert doc["state"] == "cancelled" and doc["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "options"),
+    [("schedule_retry", {}), ("mark_dead_letter", {"maxRetries": 0})],
+    ids=["a retry", "its last attempt's dead letter"],
+)
+def test_a_cancel_asked_while_a_failed_attempts_outcome_is_being_recorded_ends_the_job_cancelled(
+    isolated_settings: Settings, redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path, script: str, options: dict
+) -> None:
+    # given a worker whose link to Redis is slow one time: the script that records a failed
+    # attempt's outcome (a retry, or the last attempt's dead letter) reaches Redis 2 s late
+    proxy = RedisProxy(redis_server.port)
+    through = f"{proxy.url.rsplit('/', 1)[0]}/{isolated_settings.redis_url.rsplit('/', 1)[1]}"
+    worker = worker_on(
+        replace(isolated_settings, redis_url=through, broker_url=through), tmp_path, "slow", concurrency=1
+    )
+    client = create_app(isolated_settings).test_client()
+    try:
+        worker.start().wait_ready(redis, ["witness.flaky"])
+        proxy.delay(hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest(), 2.0)
+        # when a job whose first attempt fails runs there
+        job_id = submit(client, "witness.flaky", {"failTimes": 1}, options=options)
+        # and its tenant asks to cancel it while that failure is on its way to Redis (it still
+        # runs, so the cancel is cooperative)
+        assert wait_for(lambda: proxy.delays_left() == 0, timeout=30)
+        asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True
+        # then it ends cancelled, as the cancel said a failed attempt would: never retried,
+        # nor filed as a dead letter
+        doc = wait_for_state(client, "acme", job_id, {"cancelled", "succeeded", "dead"}, timeout=30)
+        time.sleep(1.5)  # past the retry's backoff (0.4 to 0.8 s)
+        assert (doc["state"], state_of(client, job_id)) == ("cancelled", "cancelled")
+        assert [start["attempt"] for start in witness_starts(redis, job_id)] == [1]
+        assert redis.zscore(keys.tenant_dead_letters("acme"), job_id) is None
+    finally:
+        worker.stop()
+        proxy.close()
 
 
 def test_poison_messages_are_dropped_or_dead_lettered_and_the_worker_carries_on(

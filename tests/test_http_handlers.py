@@ -32,7 +32,7 @@ from redis import Redis
 from standardwebhooks import Webhook
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import free_port
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core import keys
 from pulse_core.errors import ConfigError
 from pulse_core.http_handlers.config import HttpHandlerSettings
@@ -737,3 +737,142 @@ def test_a_completion_sent_before_the_worker_recorded_the_202_waits_for_it(
     assert done.get_json()["state"] == "succeeded" and took >= 0.5
     doc = client.get(f"/v1/jobs/{job.job_id}", headers=auth("acme")).get_json()
     assert (doc["state"], doc["result"]) == ("succeeded", {"ok": 1})
+
+
+def _handed_off(store: Any, redis: Redis, tenant: str, job_type: str, max_retries: int = 0) -> tuple[str, str]:
+    """A job of ``tenant`` whose attempt 1 (its last, unless ``max_retries``) a receiver answered
+    202: running, handed off, its token issued. Returns (job id, token)."""
+    from pulse_core.http_handlers.attempts import AttemptTokens
+    from pulse_core.jobs import Job, new_job_id, utc_now
+
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id=tenant,
+        job_type=job_type,
+        queue="t-complete-dead",
+        created_at=utc_now(),
+        max_retries=max_retries,
+    )
+    store.create(job, watch_at=time.time() + 60)
+    running = store.claim(job.job_id, owner="w1/t1", lease_seconds=60, fallback_max_retries=0, lost_error={}).job
+    assert running is not None
+    token, stored = AttemptTokens.new(running)
+    redis.set(keys.http_attempt_token(job.job_id), stored, ex=600)
+    assert AttemptTokens(redis).hand_off(running, 60)
+    return job.job_id, token
+
+
+def test_a_202_job_completed_dead_keeps_its_tenants_dead_letter_bounds(
+    http_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    from pulse_core.store.job_store import JobStore
+    from tests.support import write_tenants_file
+
+    # given a tenant that keeps at most one dead letter (its tenants file), and an API reading it
+    tenants = write_tenants_file(
+        tmp_path / "tenants.toml",
+        keys={"deadcap": "deadcap-secret-key"},
+        tenant_settings={"deadcap": "max_dead_letters = 1"},
+    )
+    api = _app_with_env(replace(http_settings, tenants_file=tenants), _http_env("127.0.0.1/32,http", ""))
+    client = api.test_client()
+    store = JobStore(redis)
+    tenant_auth = {"Authorization": "Bearer deadcap-secret-key"}
+    dead = keys.tenant_dead_letters("deadcap")
+    redis.delete(dead)
+    # when two of its long HTTP jobs, one after the other, report a permanent error on their last attempt
+    ids: list[str] = []
+    try:
+        for _ in range(2):
+            job_id, token = _handed_off(store, redis, "deadcap", "hooks.capped")
+            ids.append(job_id)
+            failed = client.post(
+                f"/v1/jobs/{job_id}/complete", json={"error": "bad input", "retryable": False}, headers=_bearer(token)
+            )
+            assert failed.status_code == 200 and failed.get_json()["state"] == "dead", failed.get_data(as_text=True)
+        # then it keeps one dead letter, the newest, as a dead-letter task would have left it
+        listed = client.get("/v1/dead-letters", headers=tenant_auth).get_json()["items"]
+        assert [item["jobId"] for item in listed] == [ids[1]]
+        assert redis.zrange(dead, 0, -1) == [ids[1]]
+        # and the older one's record now expires with the usual retention
+        assert redis.ttl(keys.job(ids[0])) > 0
+    finally:
+        redis.delete(dead, keys.tenant_counts("deadcap"), keys.tenant_jobs("deadcap"), *map(keys.job, ids))
+        if ids:
+            redis.zrem(keys.WATCH, *ids)
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_202_job_whose_cancel_was_asked_ends_cancelled_when_it_reports_an_error(
+    client: FlaskClient, redis: Redis, retryable: bool
+) -> None:
+    from pulse_core.store.job_store import JobStore
+
+    # given a long HTTP job with attempts left, its receiver's 202 recorded
+    job_id, token = _handed_off(JobStore(redis), redis, "acme", "hooks.cancelled", max_retries=3)
+    try:
+        # and its tenant asks to cancel it while it runs (cooperative: cancelRequested)
+        asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True, asked.get_data(as_text=True)
+        # when its receiver then reports that it failed
+        failed = client.post(
+            f"/v1/jobs/{job_id}/complete", json={"error": "stopped", "retryable": retryable}, headers=_bearer(token)
+        )
+        # then the job is cancelled, as a worker's failed attempt after a cancel is: never
+        # delivered again, nor dead-lettered
+        assert failed.status_code == 200, failed.get_data(as_text=True)
+        doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+        assert doc["state"] == "cancelled" and doc["error"]["message"] == "stopped"
+        assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+        assert redis.hget(keys.PARKED_MESSAGES, job_id) is None
+        assert redis.zscore(keys.tenant_dead_letters("acme"), job_id) is None
+    finally:
+        redis.zrem(keys.WATCH, job_id)
+        redis.zrem(keys.PARKED_UNTIL, job_id)
+        redis.hdel(keys.PARKED_MESSAGES, job_id)
+
+
+def test_a_cancel_asked_while_a_202_jobs_failure_is_being_recorded_is_not_retried(
+    client: FlaskClient, http_settings: Settings, redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pulse_core.lua_scripts import source
+    from pulse_core.store.job_store import JobStore
+    from tests.faults import RedisProxy
+
+    # given a long HTTP job with attempts left, its receiver's 202 recorded, and an API whose
+    # link to Redis is slow one time: the script that records a failed attempt as a retry
+    # reaches Redis 1.5 s late
+    job_id, token = _handed_off(JobStore(redis), redis, "acme", "hooks.racing", max_retries=3)
+    proxy = RedisProxy(redis_server.port)
+    through = f"{proxy.url.rsplit('/', 1)[0]}/{http_settings.redis_url.rsplit('/', 1)[1]}"
+    slow = _app_with_env(
+        replace(http_settings, redis_url=through, broker_url=through), _http_env("127.0.0.1/32,http", "")
+    )
+    proxy.delay(hashlib.sha1(source("pulse_core.store", "schedule_retry").encode()).hexdigest(), 1.5)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # when its receiver reports a retryable error through that API
+            answer = pool.submit(
+                lambda: slow.test_client().post(
+                    f"/v1/jobs/{job_id}/complete", json={"error": "stopped"}, headers=_bearer(token)
+                )
+            )
+            # and its tenant asks to cancel it while that report is on its way to Redis
+            assert wait_for(lambda: proxy.delays_left() == 0, timeout=10)
+            asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+            assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True
+            done = answer.result(timeout=30)
+        # then the job ends cancelled, as the cancel answered it would: never delivered again
+        assert done.status_code == 200, done.get_data(as_text=True)
+        doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+        assert doc["state"] == "cancelled"
+        assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+        assert redis.hget(keys.PARKED_MESSAGES, job_id) is None
+    finally:
+        proxy.close()
+        redis.zrem(keys.WATCH, job_id)
+        redis.zrem(keys.PARKED_UNTIL, job_id)
+        redis.hdel(keys.PARKED_MESSAGES, job_id)

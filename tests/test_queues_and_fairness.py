@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from redis import Redis
 
 from pulse_api import create_app
 from pulse_cli.cli import tenant_worker_queues
+from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.guards.execution_limits import needs_tenant
@@ -24,6 +25,7 @@ from tests.support import (
     WorkerProcess,
     auth,
     settings_env,
+    wait_for,
     wait_for_state,
     waiting_messages,
     write_tenants_file,
@@ -237,6 +239,80 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_only(
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         worker.stop()
+
+
+def test_a_tenants_cancelled_backlog_does_not_hold_back_another_tenants_job(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a shared queue kept one message deep, busy with a third
+    # tenant's 8-second job, and another of them on the queue behind it
+    local = replace(isolated_settings, dispatch_depth=1)
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1).start()
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        busy = [submit(client, "sprinter", "diag.sleep", payload={"seconds": 8})["jobId"] for _ in range(2)]
+        wait_for_state(client, "sprinter", busy[0], {"running"}, timeout=30)
+        # when tenant A queues 2,000 jobs meanwhile (they wait in its ready set, none dispatched
+        # yet) and cancels every one of them
+        a_ids: list[str] = []
+        for _ in range(4):
+            batch = {"jobs": [{"jobType": "diag.echo", "payload": {}}] * 500}
+            answer = client.post("/v1/batches", json=batch, headers=auth("acme"))
+            a_ids += [item["job"]["jobId"] for item in answer.get_json()["items"] if "job" in item]
+            time.sleep(0.5)  # within A's rate limit (1,000 a second)
+        assert len(a_ids) >= 1900
+        for job_id in a_ids:
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme")).status_code == 200
+        # (then nothing of them stays waiting: no worker need ever come to dispatch them away)
+        assert redis.zcard(keys.ready(local.default_queue, "acme")) == 0
+        # and tenant B then submits one job, while the first of the busy jobs still runs
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        submitted = time.monotonic()
+        assert client.get(f"/v1/jobs/{busy[0]}", headers=auth("sprinter")).get_json()["state"] == "running"
+        # then B's job runs once the two busy jobs have (at most 16 s), not once the dispatcher
+        # has worked through A's cancelled jobs, 64 a second
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, timeout=25)
+        assert b_doc["state"] == "succeeded" and time.monotonic() - submitted < 20
+    finally:
+        worker.stop()
+
+
+def test_a_tenants_delayed_jobs_due_at_once_do_not_hold_back_another_tenants_job(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a shared queue
+    client = create_app(isolated_settings).test_client()
+    queue = isolated_settings.default_queue
+    worker = WorkerProcess(settings_env(isolated_settings), tmp_path / "w.log", queues=[queue], concurrency=1).start()
+    a_ids: list[str] = []
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        # when tenant A has 1,000 jobs due at the same instant, a few seconds on
+        run_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        while len(a_ids) < 1000:  # (within A's rate limit of 1,000 a second)
+            answer = client.post("/v1/batches", json={"jobs": [body] * 250}, headers=auth("acme")).get_json()
+            a_ids += [item["job"]["jobId"] for item in answer["items"] if "job" in item]
+        # and tenant B submits one job once they are due and the first of them has started
+        wait_for(lambda: any(d.get("startedAt") for d in _docs(client, "acme", a_ids[:50])), timeout=30)
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        b_queued = datetime.now(UTC)
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, timeout=120)
+        # then B's job starts after a few of A's only, as it would had A submitted them all now
+        # (tenants take turns: no volume a tenant sends holds another back beyond a small bound)
+        ahead = [
+            d for d in _docs(client, "acme", a_ids) if d.get("startedAt") and b_queued < started(d) < started(b_doc)
+        ]
+        assert len(ahead) <= 5, f"{len(ahead)} of A's jobs started after B's was queued and before it"
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+
+
+def _docs(client: FlaskClient, tenant: str, job_ids: list[str]) -> list[dict]:
+    return [client.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).get_json() for job_id in job_ids]
 
 
 def test_a_worker_asks_for_a_jobs_tenant_only_where_some_tenant_limits_its_jobtype(tmp_path: Path) -> None:

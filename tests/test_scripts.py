@@ -650,6 +650,15 @@ SCHEDULE_RETRY = [
         {"{p}job:j1": _RUNNING},
     ),
     Case(
+        "a job whose cancel was asked changes nothing: it ends cancelled, not retried",
+        "store/schedule_retry",
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}, "{p}watch": Z({"j1": 1030})},
+        RETRY_KEYS,
+        [1, 0, "1100", "1130", "{}", "j1"],
+        -1,
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}, "{p}watch": Z({"j1": 1030})},
+    ),
+    Case(
         "a job no longer running changes nothing",
         "store/schedule_retry",
         {"{p}job:j1": {**_RUNNING, "state": "cancelled"}},
@@ -678,6 +687,15 @@ MARK_DEAD_LETTER = [
         [3, 0, "{}"],
         0,
         {"{p}job:j1": _RUNNING},
+    ),
+    Case(
+        "a job whose cancel was asked changes nothing: it ends cancelled, not dead",
+        "store/mark_dead_letter",
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}},
+        ["{p}job:j1"],
+        [1, 0, '{"e":2}'],
+        -1,
+        {"{p}job:j1": {**_RUNNING, "cancelRequested": "1"}},
     ),
 ]
 
@@ -2388,6 +2406,38 @@ PARKING = [
     ),
 ]
 
+# release_due's key shapes for a release into the fair order (prefixed as the cases' keys).
+_FAIR_RELEASE = ["{p}job:", "{p}ready:", ":", "{p}active:", "{p}dispatch:", "{p}queues", "{p}tenant:", ":counts"]
+RELEASE_DUE_FAIR = [
+    Case(
+        "a due job released into the fair order waits in its tenant's ready set, its message in its record",
+        "guards/release_due",
+        {
+            "{p}due": Z({"j1": 5, "j2": 6}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
+            "{p}job:j1": {"state": "scheduled", "queue": "q", "tenantId": "t1", "priority": "7"},
+            "{p}job:j2": {"state": "cancelled", "queue": "q", "tenantId": "t1", "priority": "5"},
+            "{p}tenant:t1:counts": {"seq": "41"},
+            "{p}dispatch:q": {"v": "3"},
+        },
+        ["{p}due", "{p}pmsg"],
+        [100, "0", *_FAIR_RELEASE],
+        [2],
+        {
+            "{p}due": None,
+            "{p}pmsg": None,
+            "{p}q": None,
+            "{p}job:j1": {"state": "scheduled", "queue": "q", "tenantId": "t1", "priority": "7", "message": "m1"},
+            "{p}job:j2": {"state": "cancelled", "queue": "q", "tenantId": "t1", "priority": "5"},
+            "{p}ready:q:t1": Z({"j1": 2e15 + 42}),
+            "{p}active:q": Z({"t1": 3}),
+            "{p}dispatch:q": {"v": "3", "w:t1": "1"},
+            "{p}queues": {"q"},
+            "{p}tenant:t1:counts": {"seq": "42"},
+        },
+    ),
+]
+
 # The dispatcher of queue q: active, state, queues, its 4 lists (kombu steps 0, 3, 6, 9).
 DISPATCH_KEYS = ["{p}active", "{p}state", "{p}queues", "{p}l0", "{p}l3", "{p}l6", "{p}l9"]
 # queue, ready prefix, job prefix, depth
@@ -2631,6 +2681,7 @@ CASES = (
     + FORGET_LAPSED
     + ANNOUNCE_LIVE
     + RELEASE
+    + RELEASE_DUE_FAIR
     + ADMIT
     + ADMIT_PLACES
     + ADMIT_BATCH

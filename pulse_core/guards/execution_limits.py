@@ -106,6 +106,22 @@ _RELEASE_DUE = LuaScript("pulse_core.guards", "release_due", _released_reply)
 RELEASE_BATCH = 1000
 
 
+def _split(template: str) -> tuple[str, ...]:
+    return tuple(template.split("\x00"))
+
+
+#: The key shapes release_due.lua builds a released job's ready set, its queue's dispatcher
+#: keys and its tenant's counters from (``pulse_core.keys``, split where the parts go).
+_FAIR_RELEASE_ARGS: list[int | str] = [
+    keys.job(""),
+    *_split(keys.ready("\x00", "")),
+    keys.active(""),
+    keys.dispatch_state(""),
+    keys.DISPATCH_QUEUES,
+    *_split(keys.tenant_counts("\x00")),
+]
+
+
 @dataclass(frozen=True)
 class ParkedMessage:
     """What starts a parked job again: the broker list to push onto and the message (with a
@@ -158,11 +174,16 @@ class Verdict:
 class ExecutionGate:
     """Checks and takes a job's execution limits before its attempt is claimed."""
 
-    def __init__(self, redis: Redis, *, grace_seconds: float, check_seconds: float | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, grace_seconds: float, check_seconds: float | None = None, fair_release: bool = True
+    ) -> None:
         """``check_seconds``: a job released when due is next checked by the recovery sweep
         this long after its release (``PULSE_QUEUED_CHECK_SECONDS``); ``None`` leaves its
-        deadline as it was."""
+        deadline as it was. ``fair_release``: a job released when due with its message (a Redis
+        broker) waits in its tenant's ready set for its queue's dispatch, in fair order, rather
+        than going straight onto its queue's list (``release_due.lua``)."""
         self._redis = redis
+        self._fair_release = fair_release
         self._grace = grace_seconds
         self._check = check_seconds
         self._acquire = _ACQUIRE.register(redis)
@@ -281,9 +302,11 @@ class ExecutionGate:
         for key, most in found.items():
             released += self._release((key,), (int(most),), "")
         due_keys: list[str] = [keys.PARKED_UNTIL, keys.PARKED_MESSAGES]
-        due_args: list[int | str] = [RELEASE_BATCH]
+        due_args: list[int | str] = [RELEASE_BATCH, "0"]
         if self._check is not None:  # released jobs are checked a queued check after their release
             due_keys, due_args = [*due_keys, keys.WATCH], [RELEASE_BATCH, repr(self._check)]
+        if self._fair_release:  # into the ready sets, taken in fair order by the dispatch
+            due_args += _FAIR_RELEASE_ARGS
         while True:
             due = self._release_due(keys=due_keys, args=due_args)
             released += due

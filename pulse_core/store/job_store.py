@@ -51,7 +51,7 @@ from redis import Redis
 from pulse_core import keys
 from pulse_core.jobs import DEFAULT_PRIORITY, DOCUMENT_FIELDS, FINAL_STATES, Job, JobState, utc_now
 from pulse_core.lua_scripts import LuaScript
-from pulse_core.redis_client import redis_clock, redis_now
+from pulse_core.redis_client import redis_clock_earliest, redis_now, server_time
 from pulse_core.store import listing
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.listing import Page
@@ -90,6 +90,22 @@ class Claim:
     after_crash: bool = False
     #: For "early": when the job is due (epoch seconds).
     due_at: float | None = None
+
+
+class FailureOutcome(StrEnum):
+    """What recording a failed attempt's outcome did (``JobStore.schedule_retry``,
+    ``JobStore.mark_dead_letter``)."""
+
+    #: Recorded: the job is ``retrying`` (due at the given time), or its error is recorded for
+    #: the dead-letter task.
+    RECORDED = "recorded"
+    #: The attempt is no longer the running one: nothing changed.
+    STALE = "stale"
+    #: Its tenant asked it to stop: nothing changed; the caller ends the job ``cancelled``.
+    CANCEL = "cancel"
+
+
+_FAILURE_REPLIES = {1: FailureOutcome.RECORDED, 0: FailureOutcome.STALE, -1: FailureOutcome.CANCEL}
 
 
 class CancelOutcome(StrEnum):
@@ -150,8 +166,8 @@ _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
 _STORE = "pulse_core.store"
 _CLAIM = LuaScript(_STORE, "claim", _claim_reply)
 _REFRESH = LuaScript(_STORE, "refresh_leases", int)
-_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", bool)
-_MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", bool)
+_SCHEDULE_RETRY = LuaScript(_STORE, "schedule_retry", lambda reply: _FAILURE_REPLIES[int(reply)])
+_MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", lambda reply: _FAILURE_REPLIES[int(reply)])
 _FINALIZE = LuaScript(_STORE, "finalize", bool)
 _CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
 _RECOVER = LuaScript(_STORE, "recover", _recover_reply)
@@ -215,6 +231,12 @@ class JobStore:
         """Now on Redis' clock (``pulse_core.redis_client.redis_now``): what a due time written
         into a record (a delayed job's, a retry's) is compared with."""
         return redis_now(self._redis)
+
+    def lease_now(self) -> float | None:
+        """Now as a lease is compared with it: never ahead of Redis' clock
+        (``pulse_core.redis_client.redis_clock_earliest``); ``None`` when only Redis' own
+        ``TIME`` can say (this process' last measure of it was slow, or failed)."""
+        return redis_clock_earliest(self._redis)
 
     def create(self, job: Job, *, watch_at: float | None = None) -> None:
         """Store a new job record, index it under its tenant and count it pending, atomically.
@@ -293,7 +315,8 @@ class JobStore:
         next one). ``fallback_max_retries`` bounds crashed attempts of a record that
         carries no ``maxRetries``; ``lost_error`` is recorded for a crashed attempt.
         """
-        now = redis_clock(self._redis)  # '': Redis' clock is not known here yet, the script reads it
+        # never ahead of Redis' clock, so a live lease never looks lapsed; '': the script reads TIME
+        now = self.lease_now()
         return self._claim(
             keys=[keys.job(job_id), keys.WATCH],
             args=[
@@ -323,8 +346,9 @@ class JobStore:
             done = pipe.execute()
         return sum(self._refresh.read(raw) for raw in done)
 
-    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> bool:
-        """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``."""
+    def schedule_retry(self, job: Job, *, due_at: float, watch_at: float, error: Mapping[str, Any]) -> FailureOutcome:
+        """Move the running attempt ``job.attempts`` to ``retrying``, due at ``due_at``; not a
+        job whose cancel was asked (``FailureOutcome.CANCEL``: the caller finalizes it cancelled)."""
         more_keys, more_args = self._dispatch_spec(job)
         return self._schedule_retry(
             keys=[keys.job(job.job_id), keys.WATCH, *more_keys],
@@ -338,12 +362,13 @@ class JobStore:
             return [], []
         return self.dispatcher.spec(job.queue)
 
-    def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> bool:
+    def mark_dead_letter(self, job: Job, error: Mapping[str, Any]) -> FailureOutcome:
         """Record the last error of the running attempt that is about to be dead-lettered.
 
         The record stays ``running`` until the dead-letter task finalizes it; if that
         task never runs, the recovery sweep finds the lapsed lease and the claim ends
-        the job ``dead`` with this error instead of running it again.
+        the job ``dead`` with this error instead of running it again. Not for a job whose
+        cancel was asked (``FailureOutcome.CANCEL``: the caller finalizes it cancelled).
         """
         return self._mark_dead_letter(keys=[keys.job(job.job_id)], args=[job.attempts, job.cycle, _json(error)])
 
@@ -380,7 +405,7 @@ class JobStore:
                 _json(error),
                 self._retention,
                 job.job_id,
-                int(self.now() * 1000),  # the lease it checks is on Redis' clock
+                int(self._lease_now_or_time() * 1000),  # the lease it checks is on Redis' clock
                 from_,
                 job.attempts,
                 job.cycle,
@@ -390,6 +415,11 @@ class JobStore:
                 *more_args,
             ],
         )
+
+    def _lease_now_or_time(self) -> float:
+        """``lease_now``, else Redis' own ``TIME`` (one round trip)."""
+        now = self.lease_now()
+        return server_time(self._redis) if now is None else now
 
     @staticmethod
     def _final_keys(job_id: str, tenant_id: str) -> list[str]:
@@ -408,8 +438,12 @@ class JobStore:
         stop (``ctx.cancel_requested()``), "finished:<state>" when it had already
         finished, "missing" when ``tenant_id`` has no such job.
         """
+        # the job's ready set (a job's queue never changes, so it can be read first): a queued
+        # job waiting there leaves it in the cancel's own step
+        queue = self._redis.hget(keys.job(job_id), "queue")
+        ready = [keys.ready(str(queue), tenant_id)] if queue else []
         return self._cancel(
-            keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES],
+            keys=[*self._final_keys(job_id, tenant_id), keys.PARKED_UNTIL, keys.PARKED_MESSAGES, *ready],
             args=[tenant_id, utc_now(), self._retention, job_id, int(self.now() * 1000)],
         )
 

@@ -5,12 +5,53 @@
 -- a while, and the sweep need not look at it meanwhile.
 -- KEYS[1] the due set   KEYS[2] the parked messages   KEYS[3] (optional) the watch zset
 -- ARGV[1] the most jobs to release   ARGV[2] (with KEYS[3]) seconds until a released job is checked
+-- ARGV[3..10] (optional): release into the fair order (pulse_core.store.dispatch) instead of
+--   onto the queue's list: a released job's message waits in its record and the job in its
+--   tenant's ready set, as a job admitted now does, and the queue's dispatch (the caller's tick
+--   runs it next) takes it in its tenant's turn; so a tenant's jobs due at one instant do not
+--   all run before another tenant's job queued meanwhile. A tenant made active here starts at
+--   the queue's virtual time with weight 1 (its own weight applies from its next activation
+--   by an admission). The key shapes (pulse_core.keys): ARGV[3] the job key prefix,
+--   ARGV[4] '<ready prefix head>' ARGV[5] '<between queue and tenant>' (keys.ready),
+--   ARGV[6] keys.active's head, ARGV[7] keys.dispatch_state's head, ARGV[8] keys.DISPATCH_QUEUES,
+--   ARGV[9], ARGV[10] keys.tenant_counts's head and tail (its 'seq' orders the ready set)
 -- Reply: {how many jobs were due, the ids of those the caller publishes...}.
+
+local WAITING_STATES = {queued = true, retrying = true, scheduled = true}
+local DISPATCH_PRIORITY_SPAN = 1e15
+
+-- A key part as pulse_core.keys.part writes it: '%' -> '%25', ':' -> '%3A'.
+local function part(text)
+  return (string.gsub(string.gsub(text, '%%', '%%25'), ':', '%%3A'))
+end
+
+-- The job waits in its tenant's ready set of its queue, its message in its record, as
+-- includes/enqueue_job.lua puts a job admitted now (false: no such waiting job, dropped).
+local function enqueue_fairly(job_id, message)
+  local job_key = ARGV[3] .. job_id
+  local f = redis.call('HMGET', job_key, 'state', 'queue', 'tenantId', 'priority')
+  if not WAITING_STATES[f[1]] or not f[2] or not f[3] then return false end
+  local queue, tenant = f[2], f[3]
+  local counts = ARGV[9] .. part(tenant) .. ARGV[10]
+  local seq = redis.call('HINCRBY', counts, 'seq', 1)
+  local priority = tonumber(f[4] or '5') or 5
+  redis.call('HSET', job_key, 'message', message)
+  redis.call('ZADD', ARGV[4] .. part(queue) .. ARGV[5] .. part(tenant),
+             (9 - priority) * DISPATCH_PRIORITY_SPAN + seq, job_id)
+  local active, state = ARGV[6] .. part(queue), ARGV[7] .. part(queue)
+  if not redis.call('ZSCORE', active, tenant) then
+    redis.call('HSET', state, 'w:' .. tenant, '1')
+    redis.call('ZADD', active, redis.call('HGET', state, 'v') or '0', tenant)
+    redis.call('SADD', ARGV[8], queue)
+  end
+  return true
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local check_at = KEYS[3] and now + tonumber(ARGV[2])
+local fair = ARGV[3] ~= nil and ARGV[3] ~= ''
 local out = {#due}
 for _, job_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], job_id)
@@ -18,8 +59,15 @@ for _, job_id in ipairs(due) do
   redis.call('HDEL', KEYS[2], job_id)
   if stored then
     local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
-    if list == '' then out[#out + 1] = job_id else redis.call('LPUSH', list, message) end
-    if check_at then redis.call('ZADD', KEYS[3], 'XX', 'GT', check_at, job_id) end
+    local waits = true
+    if list == '' then
+      out[#out + 1] = job_id
+    elseif fair then
+      waits = enqueue_fairly(job_id, message)
+    else
+      redis.call('LPUSH', list, message)
+    end
+    if waits and check_at then redis.call('ZADD', KEYS[3], 'XX', 'GT', check_at, job_id) end
   end
 end
 return out

@@ -1,8 +1,9 @@
 -- claim: start a job's next attempt under a lease (JobStore.claim).
 -- KEYS[1] the job hash
 -- KEYS[2] the watch zset (job id -> deadline)
--- ARGV[1] now on Redis' clock (epoch s), as the caller's last measure of it gives it
---         (pulse_core.redis_client.redis_clock); '' = read Redis' TIME   ARGV[2] the lease (s)
+-- ARGV[1] now on Redis' clock (epoch s), the earliest the caller's last measure of it allows
+--         (pulse_core.redis_client.redis_clock_earliest: never ahead of TIME, so a live lease
+--         never looks lapsed); '' = read Redis' TIME   ARGV[2] the lease (s)
 -- ARGV[3] owner (the worker and the message that starts the attempt)
 -- ARGV[4] the message's cycle      ARGV[5] the message's attempt   (-1: the next one)
 -- ARGV[6] startedAt (ISO time)     ARGV[7] job id

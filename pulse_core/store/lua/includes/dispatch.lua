@@ -59,7 +59,8 @@ local function dispatch(q, active_known)
       local f = redis.call('HMGET', job_key, 'state', 'message')
       local message = f[2]
       if message then redis.call('HDEL', job_key, 'message') end
-      if (message or not q.lists) and f[1] == 'queued' then
+      -- queued, or a delayed job or retry released when due (release_due.lua) still waiting
+      if (message or not q.lists) and (f[1] == 'queued' or f[1] == 'scheduled' or f[1] == 'retrying') then
         if q.lists then
           redis.call('LPUSH', q.lists[1], message)
         else

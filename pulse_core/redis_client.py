@@ -154,9 +154,9 @@ def redis_now(redis: Redis) -> float:
     (whatever the caller then writes into Redis fails with the same error anyway).
 
     Every instant Pulse writes into Redis for another process to compare with Redis' clock (a
-    delayed job's or a retry's ``dueAt``, an attempt's lease, a previous signing secret's end)
-    is taken from here, so a host whose clock is off by an hour neither delays its jobs by that
-    hour nor runs them early, nor takes a lease that is still live."""
+    delayed job's or a retry's ``dueAt``, a previous signing secret's end) is taken from here,
+    so a host whose clock is off by an hour neither delays its jobs by that hour nor runs them
+    early. Leases are compared with ``redis_clock_earliest`` instead, which is never ahead."""
     now = redis_clock(redis)
     return time.time() if now is None else now
 

@@ -18,6 +18,7 @@ from pulse_api import create_app
 from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery, waiting_lists
 from pulse_core.guards.admission import Admission, Submission
+from pulse_core.guards.execution_limits import ExecutionGate, ParkedMessage
 from pulse_core.jobs import Job, JobState, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.dispatch import Dispatcher
@@ -266,3 +267,24 @@ def test_delayed_jobs_wait_in_redis_and_all_start_when_due(
     print(f"2,000 jobs due at once: the last started {(last_start - due).total_seconds():.1f} s after due")
     assert (last_start - due).total_seconds() <= 60
     assert {d["attempts"] for d in docs} == {1}
+
+
+def test_a_job_released_when_due_waits_in_the_ready_set_keys_py_names_whatever_its_tenant_id(
+    own_redis: Redis,
+) -> None:
+    # given a delayed job of a tenant whose id holds a key separator and an escape, parked
+    # until now (release_due.lua builds its ready set's key itself, from keys.py's shapes)
+    redis, tenant, queue, job_id = own_redis, "a:b%3Ac%", "q-escaped", "esc.0"
+    redis.hset(keys.job(job_id), mapping={"state": "scheduled", "queue": queue, "tenantId": tenant})
+    gate = ExecutionGate(redis, grace_seconds=1.0)
+    assert gate.park_until(job_id, 0.0, ParkedMessage(waiting_lists(queue)[0], "m|esc.0", tenant))
+    # when the workers' tick releases what is due
+    gate.release_parked()
+    # then the job waits in its tenant's ready set of its queue, under the keys keys.py names,
+    # its tenant active on the queue and its message in its record, nothing on the queue's list
+    assert redis.zscore(keys.ready(queue, tenant), job_id) is not None
+    assert redis.zscore(keys.active(queue), tenant) is not None
+    assert redis.sismember(keys.DISPATCH_QUEUES, queue)
+    assert redis.hget(keys.tenant_counts(tenant), "seq") is not None
+    assert redis.hget(keys.job(job_id), "message") == "m|esc.0"
+    assert redis.llen(waiting_lists(queue)[0]) == 0

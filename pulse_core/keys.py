@@ -214,6 +214,6 @@ HTTP_HANDLER_TENANTS = f"{PREFIX}:http-handler-tenants"
 
 def http_attempt_token(job_id: str) -> str:
     """String: digest of the per-attempt token a long (202) delivery reports with,
-    ``<attempt> <cycle> <sha256>``; deleted when the job reports its final outcome, else
+    ``<attempt> <cycle> <sha256>``; deleted when the attempt reports its outcome, else
     expires ``TOKEN_TTL_SECONDS`` (7 days) after the hand-off (``http_handlers.attempts``)."""
     return f"{PREFIX}:http-token:{part(job_id)}"

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,8 +78,13 @@ from pulse_worker.runtime import WorkerRuntime, lease_owner
 log = logging.getLogger("pulse.worker")
 
 #: A message that reached a worker without its jobType's handler, while another live worker
-#: has it, is re-published this much later (a short wait, so it cannot spin).
-WRONG_WORKER_DELAY_SECONDS = 0.25
+#: has it, is re-published after a random wait in this range (seconds). Not shorter: an idle
+#: worker re-issues its ``BRPOP`` every second (kombu's ``brpop_timeout``), and Redis hands a
+#: pushed message to the client blocked longest, so for about a second after it gave a job
+#: back the worker that cannot run it is first in line for it again, time after time (a job
+#: bounced 70 times in a minute between a wrong worker and its own release, while a worker
+#: with its handler stood idle). Random, so no fixed phase between the two favours either.
+WRONG_WORKER_DELAY_SECONDS = (1.0, 2.0)
 #: While no live worker announces a message's jobType, it is looked at again this often.
 HOMELESS_RECHECK_SECONDS = 5.0
 #: How long past its grace period a job's ``keys.homeless_since`` outlives the last message of
@@ -189,7 +195,7 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
     It is parked in Redis and its message acked (``True``): the workers' tick puts it back
     on its queue (any worker on the queue may take it), as a delayed job, so no message
     waits in this worker. While a live worker on the job's queue announces the jobType it
-    waits ``WRONG_WORKER_DELAY_SECONDS``. While none does (none at all, or only workers of
+    waits ``WRONG_WORKER_DELAY_SECONDS`` (1 to 2 s). While none does (none at all, or only workers of
     other queues, which never take it), it waits a few seconds at a time until
     ``PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS`` have passed since a message of it first found no
     live worker (``keys.homeless_since``); then it goes on (``False``), and ``route``
@@ -206,7 +212,7 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
     parks = runtime.store.dispatcher is not None
     queue = runtime.redis.hget(keys.job(job_id), "queue") or runtime.settings.default_queue
     if live_on_queue(runtime.redis, job_type, str(queue)):
-        since, delay = None, WRONG_WORKER_DELAY_SECONDS
+        since, delay = None, random.uniform(*WRONG_WORKER_DELAY_SECONDS)
         if parks:  # its grace starts afresh should no live worker announce it again
             runtime.redis.delete(keys.homeless_since(job_id))
         log.info("job %s (%s): no handler on this worker; back to its queue for one that has it", job_id, job_type)

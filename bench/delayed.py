@@ -66,15 +66,17 @@ def _at(text: str) -> float:
 
 
 def _waiting(redis: Redis) -> tuple[int, int, int]:
-    """(parked jobs, messages on the queue's lists, messages reserved by a worker)."""
+    """(parked jobs, jobs waiting on the queue: messages on its lists plus tenants whose
+    released jobs wait in their ready sets for its dispatch, messages reserved by a worker)."""
     lists = waiting_lists(QUEUE)
     with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.PARKED_UNTIL)
+        pipe.zcard(keys.active(QUEUE))
         for name in lists:
             pipe.llen(name)
         pipe.hlen("unacked")
         counts = pipe.execute()
-    OWN_COMMANDS.update({"zcard": 1, "llen": len(lists), "hlen": 1})
+    OWN_COMMANDS.update({"zcard": 2, "llen": len(lists), "hlen": 1})
     return int(counts[0]), sum(int(c) for c in counts[1:-1]), int(counts[-1])
 
 

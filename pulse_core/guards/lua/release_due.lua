@@ -17,7 +17,7 @@
 --   ARGV[9], ARGV[10] keys.tenant_counts's head and tail (its 'seq' orders the ready set)
 -- Reply: {how many jobs were due, the ids of those the caller publishes...}.
 
-local WAITING_STATES = {queued = true, retrying = true, scheduled = true}
+--@include job_states
 local DISPATCH_PRIORITY_SPAN = 1e15
 
 -- A key part as pulse_core.keys.part writes it: '%' -> '%25', ':' -> '%3A'.

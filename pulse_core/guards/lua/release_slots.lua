@@ -21,7 +21,7 @@
 -- Reply: {how many parked jobs were handed a slot, the ids of those the caller publishes...}.
 --@include slots
 
-local WAITING_STATES = {queued = true, retrying = true, scheduled = true}
+--@include job_states
 
 -- Forget the tenants whose parked jobs have all had their turn (their entry no longer moves
 -- a turn: the last released one is later), so the hash holds only tenants still waiting.

@@ -218,6 +218,12 @@ class WorkerProcess:
         #: Port of the worker's Prometheus endpoint, when it serves one.
         self.metrics_port: int | None = None
 
+    def runs(self, owner: str) -> bool:
+        """Whether a lease ``owner`` (``<node>@<host>/<task id>``) is an attempt of this worker
+        (started with its own ``--hostname``)."""
+        node = self.command[self.command.index("--hostname") + 1].split("@")[0]
+        return owner.startswith(node + "@")
+
     def start(self) -> WorkerProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -117,11 +117,6 @@ def _clear(redis: Redis, job_type: str) -> None:
         redis.delete(f"limited:{job_type}:{what}")
 
 
-def _node(worker: WorkerProcess) -> str:
-    """The worker's node name as given (``--hostname``), without its host part."""
-    return worker.command[worker.command.index("--hostname") + 1].split("@")[0]
-
-
 def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_messages(
     isolated_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
@@ -180,7 +175,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
         wait_for(lambda: redis.zcard(keys.parked(keys.concurrency("limited.slots"))) == 3, timeout=30)
         # when the worker running the long job is SIGKILLed
         owner = str(redis.hget(keys.job(long_job), "owner"))
-        holder = next(w for w in workers if owner.startswith(_node(w) + "@"))
+        holder = next(w for w in workers if w.runs(owner))
         killed_at = time.time()
         holder.kill_group()
         # then the next parked job starts on the other worker within the lease (plus a tick)

@@ -273,7 +273,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
         # when the worker running the long job is SIGKILLed (RabbitMQ redelivers its unacked
         # message to the other worker at once)
         owner = str(own_redis.hget(keys.job(long_job), "owner"))
-        holder = next(w for w in workers if owner.startswith(w.command[w.command.index("--hostname") + 1][:-2]))
+        holder = next(w for w in workers if w.runs(owner))
         killed_at = time.time()
         holder.kill_group()
         # then the next parked job starts on the other worker within the lease (plus a tick)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,11 +75,12 @@ def _commands(redis: Redis) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
 
 
-def _commands_per_dispatch(redis: Redis, store: JobStore, n: int) -> tuple[float, list[str]]:
-    """Redis commands per job taken over the next ``n`` jobs (RPOP, finalize and what it calls),
-    and those jobs."""
+def _commands_per_job(redis: Redis, take: Callable[..., list[str]], *args: object, n: int) -> tuple[float, list[str]]:
+    """Redis commands per job taken over the next ``n`` jobs by ``take(redis, *args, limit=n)``
+    (``_drain``: RPOP, finalize and the dispatch it runs; ``_take``: the pump's take and
+    finalize), and those jobs."""
     redis.config_resetstat()
-    taken = _drain(redis, store, limit=n)
+    taken = take(redis, *args, limit=n)
     return _commands(redis) / len(taken), taken
 
 
@@ -137,13 +139,13 @@ def test_ten_thousand_tenants_drain_in_fair_order_at_the_cost_of_ten(own_redis: 
     store = JobStore(redis, dispatcher=dispatcher)
     # given 10 tenants with 100 jobs each: the cost of a dispatch while none runs dry
     _enqueue(redis, dispatcher, [f"few-{i:02d}" for i in range(10)], 100)
-    few, _ = _commands_per_dispatch(redis, store, 320)
+    few, _ = _commands_per_job(redis, _drain, store, n=320)
     _drain(redis, store)
     # and 10,000 tenants with 2 jobs each
     many_tenants = [f"t{i:05d}" for i in range(10_000)]
     _enqueue(redis, dispatcher, many_tenants, 2)
     # when workers take their jobs (the cost read over the first jobs, as for 10 tenants)
-    many, first = _commands_per_dispatch(redis, store, 320)
+    many, first = _commands_per_job(redis, _drain, store, n=320)
     taken = [*first, *_drain(redis, store)]
     print(f"Redis commands per job taken: {few:.2f} with 10 tenants, {many:.2f} with 10,000")
     # then a dispatch costs the same Redis commands with 10,000 tenants as with 10
@@ -185,12 +187,6 @@ def _take(redis: Redis, dispatcher: Dispatcher, store: JobStore, limit: int | No
     return taken
 
 
-def _commands_per_take(redis: Redis, dispatcher: Dispatcher, store: JobStore, n: int) -> tuple[float, list[str]]:
-    redis.config_resetstat()
-    taken = _take(redis, dispatcher, store, limit=n)
-    return _commands(redis) / len(taken), taken
-
-
 def test_ten_thousand_tenants_are_taken_in_fair_order_at_the_cost_of_ten_for_another_broker(
     own_redis: Redis,
 ) -> None:
@@ -200,12 +196,12 @@ def test_ten_thousand_tenants_are_taken_in_fair_order_at_the_cost_of_ten_for_ano
     dispatcher = Dispatcher(redis, depth=DEPTH, broker_lists=None)
     store = JobStore(redis, dispatcher=dispatcher)
     _enqueue(redis, dispatcher, [f"few-{i:02d}" for i in range(10)], 100)
-    few, _ = _commands_per_take(redis, dispatcher, store, 320)
+    few, _ = _commands_per_job(redis, _take, dispatcher, store, n=320)
     _take(redis, dispatcher, store)
     # and 10,000 tenants with 2 jobs each
     _enqueue(redis, dispatcher, [f"t{i:05d}" for i in range(10_000)], 2)
     # when the pump takes their jobs (the cost read over the first jobs, as for 10 tenants)
-    many, first = _commands_per_take(redis, dispatcher, store, 320)
+    many, first = _commands_per_job(redis, _take, dispatcher, store, n=320)
     taken = [*first, *_take(redis, dispatcher, store)]
     print(f"Redis commands per job taken: {few:.2f} with 10 tenants, {many:.2f} with 10,000")
     # then a take costs the same Redis commands with 10,000 tenants as with 10

@@ -2436,6 +2436,22 @@ RELEASE_DUE_FAIR = [
             "{p}tenant:t1:counts": {"seq": "42"},
         },
     ),
+    Case(
+        "a released copy of a running job (no broker list) leaves its deadline, the lease, alone",
+        "guards/release_due",
+        {
+            "{p}due": Z({"j1": 5, "j2": 6}),
+            "{p}pmsg": {"j1": "\n", "j2": "\n"},
+            "{p}job:j1": {"state": "running", "queue": "q", "tenantId": "t1"},
+            "{p}job:j2": {"state": "queued", "queue": "q", "tenantId": "t1"},
+            # j1's lease lapses at 5: its worker is gone, the sweep must find it now
+            "{p}watch": Z({"j1": 5, "j2": 6}),
+        },
+        ["{p}due", "{p}pmsg", "{p}watch"],
+        [100, "60", *_FAIR_RELEASE],
+        [2, "j1", "j2"],
+        {"{p}due": None, "{p}pmsg": None, "{p}watch": Z({"j1": 5, "j2": Soon(60)})},
+    ),
 ]
 
 # The dispatcher of queue q: active, state, queues, its 4 lists (kombu steps 0, 3, 6, 9).

@@ -16,6 +16,10 @@
 --   ARGV[6] keys.active's head, ARGV[7] keys.dispatch_state's head, ARGV[8] keys.DISPATCH_QUEUES,
 --   ARGV[9], ARGV[10] keys.tenant_counts's head and tail (its 'seq' orders the ready set)
 -- Reply: {how many jobs were due, the ids of those the caller publishes...}.
+-- A released copy of a running job (a broker's redelivery, a republished copy, parked on its
+-- way) leaves that job's deadline alone: a running job's deadline is its lease, so that a lost
+-- attempt is found when the lease lapses, not a queued check later. Known only where the job
+-- key prefix (ARGV[3]) is given.
 
 --@include job_states
 local DISPATCH_PRIORITY_SPAN = 1e15
@@ -47,11 +51,17 @@ local function enqueue_fairly(job_id, message)
   return true
 end
 
+local fair = ARGV[3] ~= nil and ARGV[3] ~= ''
+
+-- Whether job_id's record says it runs (false where the job key prefix is not given).
+local function running(job_id)
+  return fair and redis.call('HGET', ARGV[3] .. job_id, 'state') == 'running'
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local check_at = KEYS[3] and now + tonumber(ARGV[2])
-local fair = ARGV[3] ~= nil and ARGV[3] ~= ''
 local out = {#due}
 for _, job_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], job_id)
@@ -62,6 +72,7 @@ for _, job_id in ipairs(due) do
     local waits = true
     if list == '' then
       out[#out + 1] = job_id
+      waits = not running(job_id)
     elseif fair then
       waits = enqueue_fairly(job_id, message)
     else

@@ -9,5 +9,5 @@ ignore = {
   "211/FINAL_STATES", "211/WAITING_STATES", "211/window_acquire", "211/account_used", "211/account_retain",
   "211/account_release_in",
   "211/dispatch_spec", "211/dispatch_pop_spec", "211/DISPATCH_PRIORITY_SPAN", "211/handover_of",
-  "211/dispatch_straight",
+  "211/dispatch_straight", "211/dispatch",
 }

@@ -22,32 +22,26 @@
 -- key prefix (ARGV[3]) is given.
 
 --@include job_states
-local DISPATCH_PRIORITY_SPAN = 1e15
+--@include enqueue_job
 
 -- A key part as pulse_core.keys.part writes it: '%' -> '%25', ':' -> '%3A'.
 local function part(text)
   return (string.gsub(string.gsub(text, '%%', '%%25'), ':', '%%3A'))
 end
 
--- The job waits in its tenant's ready set of its queue, its message in its record, as
--- includes/enqueue_job.lua puts a job admitted now (false: no such waiting job, dropped).
+-- The job waits in its tenant's ready set of its queue, its message in its record, as a job
+-- admitted now does (store's includes/enqueue_job.lua), at weight 1 (false: no such waiting
+-- job, dropped).
 local function enqueue_fairly(job_id, message)
   local job_key = ARGV[3] .. job_id
   local f = redis.call('HMGET', job_key, 'state', 'queue', 'tenantId', 'priority')
   if not WAITING_STATES[f[1]] or not f[2] or not f[3] then return false end
   local queue, tenant = f[2], f[3]
-  local counts = ARGV[9] .. part(tenant) .. ARGV[10]
-  local seq = redis.call('HINCRBY', counts, 'seq', 1)
-  local priority = tonumber(f[4] or '5') or 5
+  local seq = redis.call('HINCRBY', ARGV[9] .. part(tenant) .. ARGV[10], 'seq', 1)
   redis.call('HSET', job_key, 'message', message)
-  redis.call('ZADD', ARGV[4] .. part(queue) .. ARGV[5] .. part(tenant),
-             (9 - priority) * DISPATCH_PRIORITY_SPAN + seq, job_id)
-  local active, state = ARGV[6] .. part(queue), ARGV[7] .. part(queue)
-  if not redis.call('ZSCORE', active, tenant) then
-    redis.call('HSET', state, 'w:' .. tenant, '1')
-    redis.call('ZADD', active, redis.call('HGET', state, 'v') or '0', tenant)
-    redis.call('SADD', ARGV[8], queue)
-  end
+  local q = {active = ARGV[6] .. part(queue), state = ARGV[7] .. part(queue), queues = ARGV[8], queue = queue}
+  enqueue_job(q, ARGV[4] .. part(queue) .. ARGV[5] .. part(tenant), job_id, tenant,
+              tonumber(f[4] or '5') or 5, '1', seq)
   return true
 end
 

@@ -4,6 +4,7 @@ and the submit bodies' fast loaders (``pulse_api.fast_load``) in front of marshm
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, NoReturn
 
@@ -21,10 +22,26 @@ def _not_json(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
+def _finite(text: str) -> float:
+    """``json.loads``' hook for a number with a fraction or exponent: one past a double's
+    range (``1e400``) would be ``inf``, which every answer and message showing it would then
+    write as ``Infinity`` (not JSON: clients could no longer read the job's document)."""
+    value = float(text)
+    if math.isinf(value):
+        raise json.JSONDecodeError(f"the number {text[:40]} is out of range (past a double's)", text, 0)
+    return value
+
+
+def loads(text: str) -> Any:
+    """A request body's JSON, strictly: no ``NaN``/``Infinity``, no number past a double's range."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
 class PulseParser(FlaskParser):
     """webargs' Flask parser, strict about JSON: nesting past Python's recursion limit,
-    an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits)
-    and ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400); and about
+    an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits),
+    ``NaN``/``Infinity`` (which Python's parser takes) and a number past a double's range
+    (``1e400``, which it turns into ``Infinity``) are malformed (400); and about
     query strings: an unknown parameter is refused (422), as an unknown body field is."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
@@ -36,7 +53,7 @@ class PulseParser(FlaskParser):
         except UnicodeDecodeError as exc:
             raise json.JSONDecodeError(f"Bytes decoding error : {exc.reason}", str(exc.object), exc.start) from None
         try:
-            return json.loads(text, parse_constant=_not_json)
+            return loads(text)
         except RecursionError:
             raise json.JSONDecodeError("JSON nesting is too deep", "[", 0) from None
         except json.JSONDecodeError:

@@ -6,6 +6,7 @@ import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
+from pulse_core.store.job_types import announce
 from tests.support import auth
 
 
@@ -174,4 +175,31 @@ def test_a_number_longer_than_python_converts_is_malformed_not_a_500(
     # then it is a 400 problem saying what is wrong with the JSON, and nothing was written
     problem = assert_problem(response, 400, "malformed-request")
     assert "digits" in problem["detail"], problem
+    assert redis.dbsize() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {"n": %s}}'),
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {}, "metadata": {"n": -%s}}'),
+        ("post", "/v1/batches", '{"jobs": [{"jobType": "diag.echo", "payload": {"n": %s}}]}'),
+        ("post", "/v1/jobs/some-job/complete", '{"result": {"n": %s}}'),
+    ],
+)
+def test_a_number_past_a_doubles_range_is_malformed_not_written_back_as_infinity(
+    client: FlaskClient, redis: Redis, method: str, path: str, raw: str
+) -> None:
+    # given a live diag.echo and a JSON body holding 1e400 (valid JSON grammar, but past a
+    # double's range: Python reads it as inf, and would write every document showing it
+    # with the non-JSON literal Infinity)
+    announce(redis, ["diag.echo"], 600)
+    body = raw % "1e400"
+    before = redis.dbsize()
+    # when it is sent
+    headers = auth("acme") if "complete" not in path else {"Authorization": "Bearer some-token"}
+    response = getattr(client, method)(path, data=body, headers=headers, content_type="application/json")
+    # then it is a 400 problem naming the number, and nothing was written
+    problem = assert_problem(response, 400, "malformed-request")
+    assert "out of range" in problem["detail"], problem
     assert redis.dbsize() == before

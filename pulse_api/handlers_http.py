@@ -22,14 +22,14 @@ from typing import Any, ClassVar
 from flask import g, request
 from flask.views import MethodView
 from kombu.exceptions import KombuError
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 from redis.exceptions import RedisError
 
 from pulse_api import door
 from pulse_api.openapi import problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
-from pulse_api.schemas import JobSchema, ProblemSchema, WholeMatch
+from pulse_api.schemas import JobSchema, JsonInteger, JsonNumber, ProblemSchema, WholeMatch, lone_surrogate_at
 from pulse_api.services import services
 from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.errors import (
@@ -48,13 +48,14 @@ from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
 from pulse_core.http_handlers.registrations import (
     DEFAULT_ROTATION_GRACE_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
+    MAX_RATE_LIMIT_PER_WINDOW,
     MAX_ROTATION_GRACE_SECONDS,
     MAX_TIMEOUT_SECONDS,
     RESERVED_HEADERS,
     Registration,
 )
 from pulse_core.jobs import Job, JobState
-from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, parse_rate_limit, plan_delay
 from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
@@ -70,6 +71,9 @@ blp = PulseBlueprint(
 MAX_BODY_BYTES = 1024 * 1024
 MAX_STATIC_HEADERS = 20
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+#: A value a delivery can send (RFC 9110 field-value, in ASCII as the worker's HTTP client
+#: encodes it): visible characters with spaces or tabs between, no line breaks or controls.
+HEADER_VALUE_RE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 
 
 #: The path's jobType, as the document describes it (another one is a 422 naming jobType).
@@ -95,21 +99,47 @@ class HttpHandlerSchema(Schema):
         ],
         metadata={"description": "https:// endpoint that receives the jobs (public addresses only)"},
     )
-    timeoutSeconds = fields.Integer(
+    timeoutSeconds = JsonInteger(
         load_default=DEFAULT_TIMEOUT_SECONDS, validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS)
     )
-    maxRetries = fields.Integer(validate=validate.Range(min=0))
-    backoff = fields.Float(
+    maxRetries = JsonInteger(validate=validate.Range(min=0))
+    backoff = JsonNumber(
         validate=validate.Range(min=0, max=3600), metadata={"description": "Base backoff in seconds (exponential)"}
     )
-    maxConcurrency = fields.Integer(validate=validate.Range(min=1, max=100_000))
-    rateLimit = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "50/second"})
+    maxConcurrency = JsonInteger(validate=validate.Range(min=1, max=100_000))
+    rateLimit = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "example": "50/second",
+            "description": f"Deliveries started per window: 1 to {MAX_RATE_LIMIT_PER_WINDOW} a window, "
+            "a window of at most a year",
+        },
+    )
     headers = fields.Dict(
         keys=fields.String(validate=WholeMatch(HEADER_NAME_RE, error="not a valid header name")),
-        values=fields.String(validate=validate.Length(max=4096)),
+        values=fields.String(
+            validate=[
+                validate.Length(max=4096),
+                WholeMatch(
+                    HEADER_VALUE_RE,
+                    error="not a header value a delivery can send: visible ASCII, spaces or tabs between "
+                    "(no line breaks, control or non-ASCII characters)",
+                ),
+            ]
+        ),
         validate=validate.Length(max=MAX_STATIC_HEADERS),
         metadata={"description": "Static headers sent with every delivery (values never shown again)"},
     )
+
+    @pre_load
+    def _text_is_unicode(self, data: Any, **_: Any) -> Any:
+        """A lone surrogate (valid JSON, not Unicode text) can be stored but never sent: refuse it."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                where = lone_surrogate_at(value, str(name))
+                if where:
+                    raise ValidationError({str(name): [f"{where} holds a lone surrogate (not Unicode text)"]})
+        return data
 
 
 class HttpHandlerDocSchema(Schema):
@@ -138,7 +168,7 @@ class RotateSecretSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    graceSeconds = fields.Integer(
+    graceSeconds = JsonInteger(
         load_default=DEFAULT_ROTATION_GRACE_SECONDS,
         validate=validate.Range(min=0, max=MAX_ROTATION_GRACE_SECONDS),
         metadata={"description": "How long the old secret keeps signing deliveries too"},
@@ -196,10 +226,13 @@ class HttpHandler(MethodView):
         max_retries = body.get("maxRetries")
         if max_retries is not None and max_retries > svc.settings.max_retries_cap:
             raise InvalidParameter("maxRetries", f"maxRetries may be at most {svc.settings.max_retries_cap}")
+        rate_limit = body.get("rateLimit")
         try:
-            ExecutionLimits(rate_limit=body.get("rateLimit"))
+            ExecutionLimits(rate_limit=rate_limit)
         except ValueError as exc:
             raise InvalidParameter("rateLimit", f"not a rate limit such as '50/second': {exc}") from None
+        if rate_limit and any(item.amount > MAX_RATE_LIMIT_PER_WINDOW for item in parse_rate_limit(rate_limit)):
+            raise InvalidParameter("rateLimit", f"a window may allow at most {MAX_RATE_LIMIT_PER_WINDOW} deliveries")
         headers = body.get("headers") or {}
         reserved = sorted(name for name in headers if name.lower() in RESERVED_HEADERS)
         if reserved:
@@ -284,7 +317,7 @@ class HeartbeatSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    extendSeconds = fields.Integer(
+    extendSeconds = JsonInteger(
         validate=validate.Range(min=1, max=MAX_LEASE_SECONDS),
         metadata={"description": "The lease runs this long from now (default: the handler's timeoutSeconds)"},
     )

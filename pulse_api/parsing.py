@@ -42,7 +42,8 @@ class PulseParser(FlaskParser):
     an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits),
     ``NaN``/``Infinity`` (which Python's parser takes) and a number past a double's range
     (``1e400``, which it turns into ``Infinity``) are malformed (400); and about
-    query strings: an unknown parameter is refused (422), as an unknown body field is."""
+    query strings: an unknown parameter or one given twice is refused (422), as an unknown
+    body field is, and an integer is ASCII digits."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
@@ -74,6 +75,15 @@ class PulseParser(FlaskParser):
         #: One instance per schema class: webargs would build one per request (costly in
         #: marshmallow), and a schema instance keeps no state between loads.
         self._schemas: dict[type[ma.Schema], ma.Schema] = {}
+
+    def load_querystring(self, req: flask.Request, schema: ma.Schema) -> Any:
+        """The query string; a parameter given more than once is refused, naming it (422):
+        ``?state=queued&state=dead`` would otherwise filter by the first alone, as if the
+        second had not been sent (no parameter of Pulse's takes a list)."""
+        repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
+        if repeated:
+            raise ma.ValidationError({name: ["given more than once; send it once"] for name in repeated})
+        return super().load_querystring(req, schema)
 
     def _get_schema(self, argmap: Any, req: flask.Request) -> ma.Schema:
         if isinstance(argmap, type) and issubclass(argmap, ma.Schema):

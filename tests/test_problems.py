@@ -203,3 +203,26 @@ def test_a_number_past_a_doubles_range_is_malformed_not_written_back_as_infinity
     problem = assert_problem(response, 400, "malformed-request")
     assert "out of range" in problem["detail"], problem
     assert redis.dbsize() == before
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/jobs?state=queued&state=dead", "state"),
+        ("/v1/jobs?limit=1&limit=50", "limit"),
+        ("/v1/dead-letters?limit=1&limit=50", "limit"),
+        ("/v1/jobs?jobType=diag.echo&jobType=diag.fail", "jobType"),
+        ("/v1/jobs?limit=5_0", "limit"),
+        ("/v1/dead-letters?limit=%2B5", "limit"),
+        ("/v1/jobs?limit=%EF%BC%95", "limit"),
+    ],
+)
+def test_a_query_parameter_given_twice_or_not_an_ascii_integer_is_422_naming_it(
+    client: FlaskClient, path: str, field: str
+) -> None:
+    # given a listing whose parameter is ambiguous: sent twice (which one filters?) or an
+    # integer only Python's int() reads ("5_0" as 50, "+5", a fullwidth digit)
+    response = client.get(path, headers=auth("acme"))
+    # then it is refused naming the parameter, not answered as if one value had been sent
+    problem = assert_problem(response, 422, "validation-error")
+    assert field in problem["errors"], problem

@@ -38,7 +38,6 @@ from pulse_core.errors import (
     HandlerNotFound,
     InvalidParameter,
     JobTypeTaken,
-    PayloadTooLarge,
     SecretKeyMissing,
 )
 from pulse_core.guards.execution_limits import ParkedMessage
@@ -178,8 +177,6 @@ class RotateSecretSchema(Schema):
 @blp.before_request
 def _guard() -> None:
     door.guard(lambda tenant: MAX_BODY_BYTES)
-    if request.method == "PUT" and (request.content_length or 0) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
     job_type = (request.view_args or {}).get("job_type")
     if job_type is not None and not JOB_TYPE_RE.fullmatch(job_type):
         raise InvalidParameter("jobType", "not a valid jobType: use 1-128 of letters, digits, '_.:-'")
@@ -211,7 +208,7 @@ class HttpHandler(MethodView):
     @blp.arguments(HttpHandlerSchema)
     @blp.response(200, HttpHandlerDocSchema, description="Replaced (the secret is unchanged and not shown)")
     @blp.alt_response(201, schema=HttpHandlerDocSchema, success=True, description="Created, with its secret")
-    @problems(blp, 400, 401, 413, 422, 503)
+    @problems(blp, 400, 401, 413, 415, 422, 503)
     @_problem(409, "A Python handler serves this jobType")
     @blp.doc(security=[{"bearer": []}])
     def put(self, body: dict[str, Any], job_type: str) -> Any:
@@ -360,8 +357,7 @@ def _attempt_token() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("send 'Authorization: Bearer <attemptToken>' (from the delivery's body)")
     g.attempt_token = token.strip()
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+    door.hold_body(lambda: MAX_BODY_BYTES)
 
 
 #: How long a heartbeat or completion waits for its attempt's 202 to be recorded by the
@@ -394,7 +390,7 @@ def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
 class Heartbeat(MethodView):
     @callbacks.arguments(HeartbeatSchema, required=False)
     @callbacks.response(200, LeaseSchema)
-    @problems(callbacks, 401, 413, 422)
+    @problems(callbacks, 400, 401, 413, 415, 422)
     @callbacks.alt_response(
         409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
@@ -226,3 +228,37 @@ def test_a_query_parameter_given_twice_or_not_an_ascii_integer_is_422_naming_it(
     # then it is refused naming the parameter, not answered as if one value had been sent
     problem = assert_problem(response, 422, "validation-error")
     assert field in problem["errors"], problem
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("put", "/v1/handlers/review.media", auth("acme")),
+        ("post", "/v1/jobs/some-job/complete", {"Authorization": "Bearer some-token"}),
+        ("post", "/v1/jobs/some-job/heartbeat", {"Authorization": "Bearer some-token"}),
+    ],
+)
+def test_a_body_that_is_not_json_is_415_at_every_endpoint_taking_one(
+    client: FlaskClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    # given a JSON body sent as text/plain (its parser would not read it: the body seems absent)
+    body = '{"url": "https://example.com/", "result": 1, "extendSeconds": 5}'
+    # when it is sent to an endpoint that takes a body
+    response = getattr(client, method)(path, data=body, headers=headers, content_type="text/plain")
+    # then it is a 415 saying so, not a 422 about fields that were sent
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+def test_a_chunked_registration_over_its_cap_is_413_without_reading_it_all(client: FlaskClient) -> None:
+    # given a registration body of 2 MiB sent chunked (no Content-Length to check up front)
+    body = b'{"url": "https://example.com/", "headers": {"X-Pad": "' + b"p" * (2 * 1024 * 1024) + b'"}}'
+    # when it is sent
+    response = client.put(
+        "/v1/handlers/review.chunked",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={**auth("acme"), "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    # then it is refused at the cap (1 MiB), as a POST body is
+    assert_problem(response, 413, "payload-too-large")

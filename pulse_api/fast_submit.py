@@ -23,7 +23,6 @@ the same answers.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,7 +31,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from pulse_api import fast_load, observability
 from pulse_api.jobs import job_body, rate_limit_headers
-from pulse_api.parsing import _not_json
+from pulse_api.parsing import loads
 from pulse_api.schemas import JobSubmitSchema
 from pulse_api.services import EXTENSION_KEY, Services
 from pulse_core.guards.rate_limits import LimitStatus
@@ -172,7 +171,7 @@ class FastSubmit:
 def _load(app: Flask, data: bytes) -> dict[str, Any] | None:
     """The body as the view gets it, when the fast loader accepts it; else ``None``."""
     try:
-        parsed = json.loads(data.decode("utf-8"), parse_constant=_not_json)
+        parsed = loads(data.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     loader = app.extensions[fast_load.EXTENSION_KEY].get(JobSubmitSchema)

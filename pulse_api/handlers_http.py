@@ -22,14 +22,14 @@ from typing import Any, ClassVar
 from flask import g, request
 from flask.views import MethodView
 from kombu.exceptions import KombuError
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 from redis.exceptions import RedisError
 
 from pulse_api import door
 from pulse_api.openapi import problems
 from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
-from pulse_api.schemas import JobSchema, ProblemSchema, WholeMatch
+from pulse_api.schemas import JobSchema, JsonInteger, JsonNumber, ProblemSchema, WholeMatch, lone_surrogate_at
 from pulse_api.services import services
 from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.errors import (
@@ -38,7 +38,6 @@ from pulse_core.errors import (
     HandlerNotFound,
     InvalidParameter,
     JobTypeTaken,
-    PayloadTooLarge,
     SecretKeyMissing,
 )
 from pulse_core.guards.execution_limits import ParkedMessage
@@ -48,13 +47,14 @@ from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
 from pulse_core.http_handlers.registrations import (
     DEFAULT_ROTATION_GRACE_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
+    MAX_RATE_LIMIT_PER_WINDOW,
     MAX_ROTATION_GRACE_SECONDS,
     MAX_TIMEOUT_SECONDS,
     RESERVED_HEADERS,
     Registration,
 )
 from pulse_core.jobs import Job, JobState
-from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, plan_delay
+from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, parse_rate_limit, plan_delay
 from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
@@ -70,6 +70,9 @@ blp = PulseBlueprint(
 MAX_BODY_BYTES = 1024 * 1024
 MAX_STATIC_HEADERS = 20
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+#: A value a delivery can send (RFC 9110 field-value, in ASCII as the worker's HTTP client
+#: encodes it): visible characters with spaces or tabs between, no line breaks or controls.
+HEADER_VALUE_RE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 
 
 #: The path's jobType, as the document describes it (another one is a 422 naming jobType).
@@ -95,21 +98,47 @@ class HttpHandlerSchema(Schema):
         ],
         metadata={"description": "https:// endpoint that receives the jobs (public addresses only)"},
     )
-    timeoutSeconds = fields.Integer(
+    timeoutSeconds = JsonInteger(
         load_default=DEFAULT_TIMEOUT_SECONDS, validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS)
     )
-    maxRetries = fields.Integer(validate=validate.Range(min=0))
-    backoff = fields.Float(
+    maxRetries = JsonInteger(validate=validate.Range(min=0))
+    backoff = JsonNumber(
         validate=validate.Range(min=0, max=3600), metadata={"description": "Base backoff in seconds (exponential)"}
     )
-    maxConcurrency = fields.Integer(validate=validate.Range(min=1, max=100_000))
-    rateLimit = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "50/second"})
+    maxConcurrency = JsonInteger(validate=validate.Range(min=1, max=100_000))
+    rateLimit = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "example": "50/second",
+            "description": f"Deliveries started per window: 1 to {MAX_RATE_LIMIT_PER_WINDOW} a window, "
+            "a window of at most a year",
+        },
+    )
     headers = fields.Dict(
         keys=fields.String(validate=WholeMatch(HEADER_NAME_RE, error="not a valid header name")),
-        values=fields.String(validate=validate.Length(max=4096)),
+        values=fields.String(
+            validate=[
+                validate.Length(max=4096),
+                WholeMatch(
+                    HEADER_VALUE_RE,
+                    error="not a header value a delivery can send: visible ASCII, spaces or tabs between "
+                    "(no line breaks, control or non-ASCII characters)",
+                ),
+            ]
+        ),
         validate=validate.Length(max=MAX_STATIC_HEADERS),
         metadata={"description": "Static headers sent with every delivery (values never shown again)"},
     )
+
+    @pre_load
+    def _text_is_unicode(self, data: Any, **_: Any) -> Any:
+        """A lone surrogate (valid JSON, not Unicode text) can be stored but never sent: refuse it."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                where = lone_surrogate_at(value, str(name))
+                if where:
+                    raise ValidationError({str(name): [f"{where} holds a lone surrogate (not Unicode text)"]})
+        return data
 
 
 class HttpHandlerDocSchema(Schema):
@@ -138,7 +167,7 @@ class RotateSecretSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    graceSeconds = fields.Integer(
+    graceSeconds = JsonInteger(
         load_default=DEFAULT_ROTATION_GRACE_SECONDS,
         validate=validate.Range(min=0, max=MAX_ROTATION_GRACE_SECONDS),
         metadata={"description": "How long the old secret keeps signing deliveries too"},
@@ -148,8 +177,6 @@ class RotateSecretSchema(Schema):
 @blp.before_request
 def _guard() -> None:
     door.guard(lambda tenant: MAX_BODY_BYTES)
-    if request.method == "PUT" and (request.content_length or 0) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
     job_type = (request.view_args or {}).get("job_type")
     if job_type is not None and not JOB_TYPE_RE.fullmatch(job_type):
         raise InvalidParameter("jobType", "not a valid jobType: use 1-128 of letters, digits, '_.:-'")
@@ -181,7 +208,7 @@ class HttpHandler(MethodView):
     @blp.arguments(HttpHandlerSchema)
     @blp.response(200, HttpHandlerDocSchema, description="Replaced (the secret is unchanged and not shown)")
     @blp.alt_response(201, schema=HttpHandlerDocSchema, success=True, description="Created, with its secret")
-    @problems(blp, 400, 401, 413, 422, 503)
+    @problems(blp, 400, 401, 413, 415, 422, 503)
     @_problem(409, "A Python handler serves this jobType")
     @blp.doc(security=[{"bearer": []}])
     def put(self, body: dict[str, Any], job_type: str) -> Any:
@@ -196,10 +223,13 @@ class HttpHandler(MethodView):
         max_retries = body.get("maxRetries")
         if max_retries is not None and max_retries > svc.settings.max_retries_cap:
             raise InvalidParameter("maxRetries", f"maxRetries may be at most {svc.settings.max_retries_cap}")
+        rate_limit = body.get("rateLimit")
         try:
-            ExecutionLimits(rate_limit=body.get("rateLimit"))
+            ExecutionLimits(rate_limit=rate_limit)
         except ValueError as exc:
             raise InvalidParameter("rateLimit", f"not a rate limit such as '50/second': {exc}") from None
+        if rate_limit and any(item.amount > MAX_RATE_LIMIT_PER_WINDOW for item in parse_rate_limit(rate_limit)):
+            raise InvalidParameter("rateLimit", f"a window may allow at most {MAX_RATE_LIMIT_PER_WINDOW} deliveries")
         headers = body.get("headers") or {}
         reserved = sorted(name for name in headers if name.lower() in RESERVED_HEADERS)
         if reserved:
@@ -284,7 +314,7 @@ class HeartbeatSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    extendSeconds = fields.Integer(
+    extendSeconds = JsonInteger(
         validate=validate.Range(min=1, max=MAX_LEASE_SECONDS),
         metadata={"description": "The lease runs this long from now (default: the handler's timeoutSeconds)"},
     )
@@ -327,8 +357,7 @@ def _attempt_token() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("send 'Authorization: Bearer <attemptToken>' (from the delivery's body)")
     g.attempt_token = token.strip()
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+    door.hold_body(lambda: MAX_BODY_BYTES)
 
 
 #: How long a heartbeat or completion waits for its attempt's 202 to be recorded by the
@@ -361,7 +390,7 @@ def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
 class Heartbeat(MethodView):
     @callbacks.arguments(HeartbeatSchema, required=False)
     @callbacks.response(200, LeaseSchema)
-    @problems(callbacks, 401, 413, 422)
+    @problems(callbacks, 400, 401, 413, 415, 422)
     @callbacks.alt_response(
         409, schema=ProblemSchema, content_type=PROBLEM_MEDIA_TYPE, description="The attempt is over"
     )

@@ -4,6 +4,7 @@ and the submit bodies' fast loaders (``pulse_api.fast_load``) in front of marshm
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, NoReturn
 
@@ -21,11 +22,28 @@ def _not_json(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
+def _finite(text: str) -> float:
+    """``json.loads``' hook for a number with a fraction or exponent: one past a double's
+    range (``1e400``) would be ``inf``, which every answer and message showing it would then
+    write as ``Infinity`` (not JSON: clients could no longer read the job's document)."""
+    value = float(text)
+    if math.isinf(value):
+        raise json.JSONDecodeError(f"the number {text[:40]} is out of range (past a double's)", text, 0)
+    return value
+
+
+def loads(text: str) -> Any:
+    """A request body's JSON, strictly: no ``NaN``/``Infinity``, no number past a double's range."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
 class PulseParser(FlaskParser):
     """webargs' Flask parser, strict about JSON: nesting past Python's recursion limit,
-    an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits)
-    and ``NaN``/``Infinity`` (which Python's parser takes) are malformed (400); and about
-    query strings: an unknown parameter is refused (422), as an unknown body field is."""
+    an integer longer than Python converts (``sys.get_int_max_str_digits``, 4300 digits),
+    ``NaN``/``Infinity`` (which Python's parser takes) and a number past a double's range
+    (``1e400``, which it turns into ``Infinity``) are malformed (400); and about
+    query strings: an unknown parameter or one given twice is refused (422), as an unknown
+    body field is, and an integer is ASCII digits."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
@@ -36,7 +54,7 @@ class PulseParser(FlaskParser):
         except UnicodeDecodeError as exc:
             raise json.JSONDecodeError(f"Bytes decoding error : {exc.reason}", str(exc.object), exc.start) from None
         try:
-            return json.loads(text, parse_constant=_not_json)
+            return loads(text)
         except RecursionError:
             raise json.JSONDecodeError("JSON nesting is too deep", "[", 0) from None
         except json.JSONDecodeError:
@@ -57,6 +75,15 @@ class PulseParser(FlaskParser):
         #: One instance per schema class: webargs would build one per request (costly in
         #: marshmallow), and a schema instance keeps no state between loads.
         self._schemas: dict[type[ma.Schema], ma.Schema] = {}
+
+    def load_querystring(self, req: flask.Request, schema: ma.Schema) -> Any:
+        """The query string; a parameter given more than once is refused, naming it (422):
+        ``?state=queued&state=dead`` would otherwise filter by the first alone, as if the
+        second had not been sent (no parameter of Pulse's takes a list)."""
+        repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
+        if repeated:
+            raise ma.ValidationError({name: ["given more than once; send it once"] for name in repeated})
+        return super().load_querystring(req, schema)
 
     def _get_schema(self, argmap: Any, req: flask.Request) -> ma.Schema:
         if isinstance(argmap, type) and issubclass(argmap, ma.Schema):

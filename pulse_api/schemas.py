@@ -102,6 +102,19 @@ class JsonInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class QueryInteger(fields.Integer):
+    """An integer in a query string as the document's ``integer`` reads: ASCII digits, an
+    optional minus; not ``int()``'s leniency (``+5``, `` 5``, ``5_0`` read as 50, a fullwidth
+    or Arabic-Indic digit)."""
+
+    _DIGITS = re.compile(r"-?[0-9]+")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or self._DIGITS.fullmatch(value) is None:
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class JsonNumber(fields.Float):
     """A JSON number: ``1.5`` or ``2``, not ``"1.5"`` or ``true``."""
 
@@ -272,7 +285,7 @@ class JobListArgsSchema(Schema):
 
     state = fields.String(validate=validate.OneOf([s.value for s in JobState]))
     jobType = fields.String(validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"))
-    limit = fields.Integer(
+    limit = QueryInteger(
         load_default=DEFAULT_PAGE_SIZE,
         validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
         metadata={"description": "Page size"},
@@ -326,7 +339,7 @@ class JobSchema(Schema):
 
 
 class DeadLetterQuerySchema(Schema):
-    limit = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    limit = QueryInteger(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
     cursor = _cursor()
     jobType = fields.String(validate=WholeMatch(JOB_TYPE_RE, error="not a valid jobType"))
 

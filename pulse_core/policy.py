@@ -32,6 +32,9 @@ DEFAULT_BACKOFF_MAX_SECONDS = 300.0
 DEFAULT_TIMEOUT_SECONDS = 300
 #: The hard time limit is the soft one plus this: the time a handler has to clean up.
 DEFAULT_HARD_TIMEOUT_GRACE_SECONDS = 10
+#: The longest window a rate limit may have (a year and a day: ``1/year`` fits). Every
+#: window is a Redis key expiring after its length; a longer one would outlive any use.
+MAX_RATE_WINDOW_SECONDS = 366 * 24 * 3600
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,14 +110,22 @@ def plan_delay(delay: float, *, now: float, eta_window_seconds: float, lease_sec
 def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
     """The one rate-limit parser: ``"100/second;5000/hour"`` (``limits`` notation) as items.
 
-    Raises ``ValueError`` on a bad or empty one. The ``limits`` library is imported
-    here, on first use, so that importing the handler API does not load it.
+    Raises ``ValueError`` on a bad or empty one, on a window that lets nothing through
+    (``0/second``: the execution gate's window lists keep ``amount`` starts, so a limit of 0
+    would keep every start, unbounded) and on a window longer than
+    ``MAX_RATE_WINDOW_SECONDS``. The ``limits`` library is imported here, on first use, so
+    that importing the handler API does not load it.
     """
     from limits import parse_many
 
     items = tuple(parse_many(text))
     if not items:
         raise ValueError(f"no rate limit in {text!r}")
+    for item in items:
+        if item.amount < 1:
+            raise ValueError(f"{item.amount} per window lets nothing through; each limit allows at least 1")
+        if item.get_expiry() > MAX_RATE_WINDOW_SECONDS:
+            raise ValueError(f"a window of {item.get_expiry()} s is longer than a year")
     return items
 
 

@@ -158,6 +158,7 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pending = "10"\n', r"\[tenants.a\] max_pending"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n', r"\[tenants.a\] max_payload_bytes"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = "0/second"\n', "rate_limit.*lets nothing through"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
         (
             f'[defaults]\nmax_stored_bytes = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',

@@ -241,6 +241,61 @@ def test_bad_fields_are_422_naming_them(client: FlaskClient, receiver: Receiver)
     assert bad_name.status_code == 422 and "jobType" in bad_name.get_json()["errors"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "field", "why"),
+    [
+        # the execution gate keeps `amount` starts a window: 0 kept every start (LTRIM 0 -1)
+        ({"rateLimit": "0/second"}, "rateLimit", "lets nothing through"),
+        ({"rateLimit": "1/second;0/hour"}, "rateLimit", "lets nothing through"),
+        ({"rateLimit": "1/1000000 years"}, "rateLimit", "longer than a year"),
+        ({"rateLimit": "99999999999999999999/year"}, "rateLimit", "at most 10000"),
+        # values the worker's HTTP client can never send (every delivery of the jobType failed)
+        ({"headers": {"X-Token": "a\r\nInjected: 1"}}, "headers", "no line breaks"),
+        ({"headers": {"X-Token": "caf\u00e9"}}, "headers", "non-ASCII"),
+        ({"headers": {"X-Token": "a\u0000b"}}, "headers", "control"),
+        # numbers are JSON numbers, as at submit: "30" is not 30, and 1.5 is not silently 1
+        ({"timeoutSeconds": "30"}, "timeoutSeconds", "integer"),
+        ({"timeoutSeconds": 5.9}, "timeoutSeconds", "integer"),
+        ({"maxConcurrency": 1.5}, "maxConcurrency", "integer"),
+        ({"backoff": "2"}, "backoff", "number"),
+    ],
+)
+def test_a_registration_that_could_never_deliver_or_would_grow_without_bound_is_refused(
+    client: FlaskClient, receiver: Receiver, extra: dict[str, Any], field: str, why: str
+) -> None:
+    # given a tenant without a handler for hooks.unsendable
+    client.delete("/v1/handlers/hooks.unsendable", headers=auth("acme"))
+    # when it registers one with a field no delivery could honour
+    body = {"url": receiver.url("/ok"), **extra}
+    response = client.put("/v1/handlers/hooks.unsendable", json=body, headers=auth("acme"))
+    # then it is a 422 naming the field and saying why, and nothing is stored
+    assert response.status_code == 422, (body, response.get_data(as_text=True))
+    problem = response.get_json()
+    named = [message for name, messages in problem["errors"].items() if name.startswith(field) for message in messages]
+    assert why in " ".join(named), problem
+    assert client.get("/v1/handlers/hooks.unsendable", headers=auth("acme")).status_code == 404
+
+
+def test_a_lone_surrogate_in_a_registration_is_refused_naming_url(client: FlaskClient, receiver: Receiver) -> None:
+    # given a URL holding a lone surrogate: valid JSON, but text no request line can carry
+    raw = '{"url": "' + receiver.url("/ok") + '\\ud800"}'
+    # when it is registered
+    response = client.put(
+        "/v1/handlers/hooks.surrogate", data=raw, headers=auth("acme"), content_type="application/json"
+    )
+    # then it is a 422 naming url, and nothing is stored
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "url" in response.get_json()["errors"]
+    assert client.get("/v1/handlers/hooks.surrogate", headers=auth("acme")).status_code == 404
+
+
+def test_a_header_value_with_inner_spaces_is_still_accepted(client: FlaskClient, receiver: Receiver) -> None:
+    body = {"url": receiver.url("/ok"), "headers": {"Authorization": "Token abc\tdef", "X-Empty": ""}}
+    response = client.put("/v1/handlers/hooks.spaces", json=body, headers=auth("acme"))
+    assert response.status_code in (200, 201), response.get_data(as_text=True)
+    assert client.delete("/v1/handlers/hooks.spaces", headers=auth("acme")).status_code == 204
+
+
 def test_a_missing_secret_key_stops_the_api_once_a_handler_exists(
     client: FlaskClient, http_settings: Settings, receiver: Receiver
 ) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
+from pulse_core.store.job_types import announce
 from tests.support import auth
 
 
@@ -175,3 +178,87 @@ def test_a_number_longer_than_python_converts_is_malformed_not_a_500(
     problem = assert_problem(response, 400, "malformed-request")
     assert "digits" in problem["detail"], problem
     assert redis.dbsize() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {"n": %s}}'),
+        ("post", "/v1/jobs", '{"jobType": "diag.echo", "payload": {}, "metadata": {"n": -%s}}'),
+        ("post", "/v1/batches", '{"jobs": [{"jobType": "diag.echo", "payload": {"n": %s}}]}'),
+        ("post", "/v1/jobs/some-job/complete", '{"result": {"n": %s}}'),
+    ],
+)
+def test_a_number_past_a_doubles_range_is_malformed_not_written_back_as_infinity(
+    client: FlaskClient, redis: Redis, method: str, path: str, raw: str
+) -> None:
+    # given a live diag.echo and a JSON body holding 1e400 (valid JSON grammar, but past a
+    # double's range: Python reads it as inf, and would write every document showing it
+    # with the non-JSON literal Infinity)
+    announce(redis, ["diag.echo"], 600)
+    body = raw % "1e400"
+    before = redis.dbsize()
+    # when it is sent
+    headers = auth("acme") if "complete" not in path else {"Authorization": "Bearer some-token"}
+    response = getattr(client, method)(path, data=body, headers=headers, content_type="application/json")
+    # then it is a 400 problem naming the number, and nothing was written
+    problem = assert_problem(response, 400, "malformed-request")
+    assert "out of range" in problem["detail"], problem
+    assert redis.dbsize() == before
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/jobs?state=queued&state=dead", "state"),
+        ("/v1/jobs?limit=1&limit=50", "limit"),
+        ("/v1/dead-letters?limit=1&limit=50", "limit"),
+        ("/v1/jobs?jobType=diag.echo&jobType=diag.fail", "jobType"),
+        ("/v1/jobs?limit=5_0", "limit"),
+        ("/v1/dead-letters?limit=%2B5", "limit"),
+        ("/v1/jobs?limit=%EF%BC%95", "limit"),
+    ],
+)
+def test_a_query_parameter_given_twice_or_not_an_ascii_integer_is_422_naming_it(
+    client: FlaskClient, path: str, field: str
+) -> None:
+    # given a listing whose parameter is ambiguous: sent twice (which one filters?) or an
+    # integer only Python's int() reads ("5_0" as 50, "+5", a fullwidth digit)
+    response = client.get(path, headers=auth("acme"))
+    # then it is refused naming the parameter, not answered as if one value had been sent
+    problem = assert_problem(response, 422, "validation-error")
+    assert field in problem["errors"], problem
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("put", "/v1/handlers/review.media", auth("acme")),
+        ("post", "/v1/jobs/some-job/complete", {"Authorization": "Bearer some-token"}),
+        ("post", "/v1/jobs/some-job/heartbeat", {"Authorization": "Bearer some-token"}),
+    ],
+)
+def test_a_body_that_is_not_json_is_415_at_every_endpoint_taking_one(
+    client: FlaskClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    # given a JSON body sent as text/plain (its parser would not read it: the body seems absent)
+    body = '{"url": "https://example.com/", "result": 1, "extendSeconds": 5}'
+    # when it is sent to an endpoint that takes a body
+    response = getattr(client, method)(path, data=body, headers=headers, content_type="text/plain")
+    # then it is a 415 saying so, not a 422 about fields that were sent
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+def test_a_chunked_registration_over_its_cap_is_413_without_reading_it_all(client: FlaskClient) -> None:
+    # given a registration body of 2 MiB sent chunked (no Content-Length to check up front)
+    body = b'{"url": "https://example.com/", "headers": {"X-Pad": "' + b"p" * (2 * 1024 * 1024) + b'"}}'
+    # when it is sent
+    response = client.put(
+        "/v1/handlers/review.chunked",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={**auth("acme"), "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    # then it is refused at the cap (1 MiB), as a POST body is
+    assert_problem(response, 413, "payload-too-large")

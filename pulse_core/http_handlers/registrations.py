@@ -37,6 +37,10 @@ DEFAULT_TIMEOUT_SECONDS = 30
 MAX_TIMEOUT_SECONDS = 900
 DEFAULT_ROTATION_GRACE_SECONDS = 24 * 3600
 MAX_ROTATION_GRACE_SECONDS = 7 * 24 * 3600
+#: Most deliveries one window of a registration's ``rateLimit`` may allow: the execution
+#: gate keeps one entry per start in each window (``guards/lua/rate_acquire.lua``), so this
+#: bounds what a tenant's limits hold in Redis (``MAX_PER_TENANT`` registrations of them).
+MAX_RATE_LIMIT_PER_WINDOW = 10_000
 
 
 #: Headers Pulse sets on a delivery itself: a registration's static headers may not name

@@ -6,6 +6,7 @@ import multiprocessing
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -75,6 +76,48 @@ def test_same_key_with_another_body_is_refused(client: FlaskClient, redis: Redis
         assert problem["type"].endswith("/idempotency-key-reused")
         assert "idempotencyKey" in problem["errors"]
     assert redis.zcard(keys.tenant_jobs("acme")) == before
+
+
+def test_same_key_with_other_options_is_refused(client: FlaskClient, redis: Redis) -> None:
+    # given a job submitted with a key and options (its jobType live)
+    announce(redis, ["diag.echo"], 600)
+    key = new_key()
+    sent = body(key, options={"priority": 3, "maxRetries": 1})
+    assert client.post("/v1/jobs", json=sent, headers=auth("acme")).status_code == 202
+    before = redis.zcard(keys.tenant_jobs("acme"))
+    # when the key comes back with the same job but other options (or none)
+    for options in ({"priority": 9, "maxRetries": 1}, {"priority": 3, "maxRetries": 4}, {}, {"priority": 3}):
+        response = client.post("/v1/jobs", json={**sent, "options": options}, headers=auth("acme"))
+        # then it is another body: 422, and no job was made, not the first job given back
+        assert response.status_code == 422, (options, response.get_json())
+        assert response.get_json()["type"].endswith("/idempotency-key-reused")
+    assert redis.zcard(keys.tenant_jobs("acme")) == before
+
+
+def test_same_options_written_otherwise_are_the_same_body(client: FlaskClient, redis: Redis) -> None:
+    # given a delayed job submitted with a key and a runAt in UTC, and one with no options
+    announce(redis, ["diag.echo"], 600)
+    key, plain = new_key(), new_key()
+    due = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    first = client.post(
+        "/v1/jobs",
+        json=body(key, options={"runAt": due.strftime("%Y-%m-%dT%H:%M:%SZ"), "priority": 2}),
+        headers=auth("acme"),
+    )
+    plain_first = client.post("/v1/jobs", json=body(plain), headers=auth("acme"))
+    assert (first.status_code, plain_first.status_code) == (202, 202)
+    # when each comes back with its options in another order and notation (the same instant
+    # at another offset; empty options for none)
+    again = client.post(
+        "/v1/jobs",
+        json=body(key, options={"priority": 2, "runAt": due.astimezone(timezone(timedelta(hours=2))).isoformat()}),
+        headers=auth("acme"),
+    )
+    plain_again = client.post("/v1/jobs", json=body(plain, options={}), headers=auth("acme"))
+    # then each is the same request: its first job, given back
+    assert (again.status_code, plain_again.status_code) == (200, 200)
+    assert again.get_json()["jobId"] == first.get_json()["jobId"]
+    assert plain_again.get_json()["jobId"] == plain_first.get_json()["jobId"]
 
 
 def test_key_order_and_tenant_id_do_not_change_the_body(client: FlaskClient) -> None:

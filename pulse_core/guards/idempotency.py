@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from pulse_core import json_text, keys
 
-#: The job fields that make two submissions "the same job".
-FINGERPRINT_FIELDS = ("jobType", "payload", "metadata")
+#: The job fields that make two submissions "the same job": the whole body but the tenant
+#: and the key (a key sent again with another priority, delay or retry count is another
+#: request, refused like another payload, not answered with a job that ignores it).
+FINGERPRINT_FIELDS = ("jobType", "payload", "metadata", "options")
+
+
+def _canonical_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The options as loaded (``runAt`` a datetime: compared as the instant it names, so
+    ``Z`` and ``+00:00`` are one time); none and ``{}`` are the same."""
+    if not options:
+        return None
+    return {name: value.timestamp() if isinstance(value, datetime) else value for name, value in options.items()}
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
@@ -25,8 +36,10 @@ def fingerprint(body: Mapping[str, Any]) -> str:
 
     ``tenantId`` (always the key's tenant) and the idempotency key itself are left
     out, so sending the key in the header or in the body is the same request.
+    ``body`` is the loaded body (``options.runAt`` a datetime).
     """
     identity = {name: body.get(name) or None for name in FINGERPRINT_FIELDS}
+    identity["options"] = _canonical_options(body.get("options"))
     canonical = json_text.canonical(identity)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

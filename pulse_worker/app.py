@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from celery import signals
@@ -31,6 +32,7 @@ from pulse_worker import observe
 from pulse_worker.announcer import announcer_step
 from pulse_worker.guardian import guardian_step
 from pulse_worker.runtime import WorkerRuntime, unique_worker_name
+from pulse_worker.shutdown import bound_shutdown
 from pulse_worker.task import install
 
 log = logging.getLogger("pulse.worker")
@@ -92,3 +94,12 @@ def _load_handlers(**_: Any) -> None:
                 name,
                 value,
             )
+
+
+@signals.worker_ready.connect
+def _bound_shutdown(**_: Any) -> None:
+    """Celery's soft shutdown (SIGTERM remapped, or SIGQUIT) ends in a bounded time
+    (``pulse_worker.shutdown``); a plain warm shutdown keeps Celery's own behaviour."""
+    remapped = os.environ.get("REMAP_SIGTERM") == WORKER_ENV["REMAP_SIGTERM"]
+    wrapped = (signal.SIGTERM, signal.SIGQUIT) if remapped else (signal.SIGQUIT,)
+    bound_shutdown(settings.soft_shutdown_seconds, signals=wrapped)

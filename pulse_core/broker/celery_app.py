@@ -337,12 +337,32 @@ def create_celery(settings: Settings, *, main: str = "pulse", poison_safe: bool 
         task_default_queue=settings.default_queue,
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         enable_utc=True,
         task_routes=(JobRouter(connect(settings.redis_url), app),),
     )
     return app
+
+
+#: A Redis broker's commands give up after this long (seconds) and its connects after
+#: ``BROKER_CONNECT_TIMEOUT_SECONDS``, as the job store's own client does
+#: (``pulse_core.redis_client.connect``). kombu's default is to wait forever: a worker whose
+#: link to Redis went silent (a partition, no RST) on SIGTERM then never exited, its last
+#: commands (requeue what it reserved, leave its control queue) blocked on a dead socket.
+#: Above kombu's one-second ``BRPOP``, so an idle consumer never times out.
+BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
+BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's transport options for ``settings``' broker: with Redis, the visibility
+    timeout and socket timeouts, so no broker command can block a worker for ever."""
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if is_redis_url(settings.broker_url):
+        options["socket_timeout"] = BROKER_SOCKET_TIMEOUT_SECONDS
+        options["socket_connect_timeout"] = BROKER_CONNECT_TIMEOUT_SECONDS
+    return options
 
 
 def declare_run_job(app: Celery) -> None:

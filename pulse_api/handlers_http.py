@@ -54,7 +54,7 @@ from pulse_core.http_handlers.registrations import (
     Registration,
 )
 from pulse_core.jobs import Job, JobState
-from pulse_core.policy import DelayPlan, ExecutionLimits, RetryPolicy, parse_rate_limit, plan_delay
+from pulse_core.policy import DelayPlan, RetryPolicy, parse_rate_limit, plan_delay
 from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
@@ -224,12 +224,15 @@ class HttpHandler(MethodView):
         if max_retries is not None and max_retries > svc.settings.max_retries_cap:
             raise InvalidParameter("maxRetries", f"maxRetries may be at most {svc.settings.max_retries_cap}")
         rate_limit = body.get("rateLimit")
-        try:
-            ExecutionLimits(rate_limit=rate_limit)
-        except ValueError as exc:
-            raise InvalidParameter("rateLimit", f"not a rate limit such as '50/second': {exc}") from None
-        if rate_limit and any(item.amount > MAX_RATE_LIMIT_PER_WINDOW for item in parse_rate_limit(rate_limit)):
-            raise InvalidParameter("rateLimit", f"a window may allow at most {MAX_RATE_LIMIT_PER_WINDOW} deliveries")
+        if rate_limit is not None:
+            try:
+                windows = parse_rate_limit(rate_limit)
+            except ValueError as exc:
+                raise InvalidParameter("rateLimit", f"not a rate limit such as '50/second': {exc}") from None
+            if any(item.amount > MAX_RATE_LIMIT_PER_WINDOW for item in windows):
+                raise InvalidParameter(
+                    "rateLimit", f"a window may allow at most {MAX_RATE_LIMIT_PER_WINDOW} deliveries"
+                )
         headers = body.get("headers") or {}
         reserved = sorted(name for name in headers if name.lower() in RESERVED_HEADERS)
         if reserved:

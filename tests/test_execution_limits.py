@@ -148,6 +148,39 @@ def test_jobs_over_max_concurrency_wait_parked_in_order_without_deferral_message
     assert not redis.hexists(keys.PARKED_SLOTS, slots)
 
 
+def test_jobs_parked_behind_a_limit_lifted_meanwhile_do_not_wait_out_a_handed_slots_grace(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given diag.sleep (no limit of its own) held to one run at a time by the tenants file, and
+    # two workers whose lease (the grace of a slot handed to a parked job) is 60 s
+    settings = replace(
+        _limited(isolated_settings, tmp_path, '[job_types."diag.sleep"]\nmax_concurrency = 1\n'), lease_seconds=60.0
+    )
+    assert settings.tenants_file is not None
+    client = create_app(settings).test_client()
+    slots = keys.concurrency("diag.sleep")
+    with running_workers(redis, settings, tmp_path, ["diag.sleep"], concurrency=2):
+        # and 8 jobs of 1 s submitted at once: one runs, the others wait parked
+        batch = [{"jobType": "diag.sleep", "payload": {"seconds": 1.0}}] * 8
+        answer = client.post("/v1/batches", json={"jobs": batch}, headers=auth("acme")).get_json()
+        ids = [item["job"]["jobId"] for item in answer["items"]]
+        wait_for(lambda: redis.zcard(keys.parked(slots)) >= 5, timeout=10, interval=0.02)
+        # when the operator lifts the limit (the workers re-read the file within a few seconds)
+        write_tenants_file(settings.tenants_file)
+        lifted = time.time()
+        docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=60) for job_id in ids]
+    # then each ran once, at its first attempt
+    assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+    # and the parked ones went on as those before them ended, not one a grace (60 s) apart: a
+    # slot handed to a job that then ran without taking it (its limit lifted) is freed as the
+    # job ends (before, it stayed taken for the rest of its grace)
+    starts = sorted(round(_started(d) - lifted, 1) for d in docs)
+    span = max(_finished(d) for d in docs) - lifted
+    print(f"starts after the limit was lifted: {starts}; the last ended {span:.1f} s after")
+    assert span < 30, starts
+    assert redis.zcard(keys.parked(slots)) == 0 and not redis.hexists(keys.PARKED_SLOTS, slots)
+
+
 @pytest.mark.slow
 def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worker_is_killed(
     isolated_settings: Settings, redis: Redis, tmp_path: Path

@@ -1,8 +1,12 @@
 -- slots: the live holders of a run-slot set (execution limits' max_concurrency); included by
 -- acquire_slots, park_slots and release_slots.
 -- A holder ('<jobId>|<token>') counts while its grace runs (its score) or while its job is
--- running under a live lease; one that does neither is dropped. `mine` ('<jobId>|h', a slot
--- handed over to the job now asking: release_slots) is not counted: it is the asker's own.
+-- running under a live lease; one that does neither is dropped. A slot handed over
+-- ('<jobId>|h', release_slots) counts in its grace only while its job has not ended: a job
+-- that ends without its gate taking the slot (its limit was lifted by a deploy or a reload
+-- meanwhile) frees it at once, not a grace (a lease) later. `mine` (the handover of the job
+-- now asking) is not counted: it is the asker's own.
+--@include job_states
 local function live_holders(key, now, job_prefix, mine)
   local live = 0
   local held = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
@@ -10,10 +14,15 @@ local function live_holders(key, now, job_prefix, mine)
     local member, grace = held[j], tonumber(held[j + 1])
     if member ~= mine then
       local alive = grace > now
-      if not alive then
+      local handover = string.sub(member, -2) == '|h'
+      if not alive or handover then
         local job_id = string.match(member, '^(.*)|')
         local f = redis.call('HMGET', job_prefix .. job_id, 'state', 'leaseUntil')
-        alive = f[1] == 'running' and tonumber(f[2] or '0') > now
+        if alive then
+          alive = f[1] and not FINAL_STATES[f[1]]
+        else
+          alive = f[1] == 'running' and tonumber(f[2] or '0') > now
+        end
       end
       if alive then live = live + 1 else redis.call('ZREM', key, member) end
     end

@@ -6,6 +6,7 @@ Replay keeps the job id: the job is queued again for a fresh cycle of attempts
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flask import g, request
@@ -24,8 +25,9 @@ from pulse_api.schemas import (
     JobSchema,
 )
 from pulse_api.services import Services, services
-from pulse_core.broker.celery_app import publish_job
+from pulse_core.broker.celery_app import encode_message, publish_job, waiting_lists
 from pulse_core.errors import BrokerUnavailable, InvalidParameter, JobNotFound, Refused
+from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.jobs import Job, JobState
 from pulse_core.store.job_store import DeadLetterBounds
 from pulse_core.tenants import Tenant
@@ -55,9 +57,11 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
     ``None`` if the tenant has no such dead letter.
 
     The replay is watched from the moment it is queued: if the process dies before the
-    publish below, the sweep publishes it. If the broker refuses, it goes back among the
-    dead letters as it was (a 503 that is true); if even that fails it stays queued and
-    watched, and will run, so it is answered as replayed.
+    step below, the sweep publishes it. With a Redis broker it is parked due now, and the
+    workers' tick (every second) releases it into its tenant's ready set, to be dispatched in
+    fair order like a job admitted then. With another broker it is published at once: if
+    the broker refuses, it goes back among the dead letters as it was (a 503 that is true);
+    if even that fails it stays queued and watched, and will run, so it is answered as replayed.
     """
     dead = svc.dead_letters.get(tenant.tenant_id, job_id)
     if dead is None:
@@ -68,6 +72,16 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
     job = verdict.job
     if job is None:
         return None
+    fair = svc.store.dispatcher
+    if fair is not None and fair.inline:
+        # Due now, released by the workers' tick into its tenant's ready set and dispatched in
+        # fair order, as a job admitted now is: a replay of many dead letters is a tenant's
+        # volume like any other, never a run of messages ahead of every other tenant's jobs.
+        message, _ = encode_message(svc.celery, job)
+        parked = ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
+        with contextlib.suppress(RedisError):  # queued and watched: the sweep publishes it
+            svc.parking.park_until(job.job_id, 0.0, parked)
+        return job
     try:
         publish_job(svc.celery, job)
     except (KombuError, OSError, RedisError) as exc:

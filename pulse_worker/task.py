@@ -262,9 +262,11 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
         return Verdict()  # no record: the claim drops the message
     config = runtime.tenants_config()
     job_type, tenant_id = handling.job_type, handling.tenant_id
-    if handling.registration is not None:  # a tenant's HTTP jobType: its limits are its own
+    job_type_rules = handling.registration is None
+    if handling.registration is not None:
+        # a tenant's HTTP jobType: its limits are its own (not the tenants file's jobType
+        # tables), on top of its tenant's max_running, which counts every jobType of the tenant
         declared, scope = handling.registration.limits, f"http:{tenant_id}:{job_type}"
-        tenant_id, config = None, None
     else:
         declared = handling.spec.limits if handling.spec is not None else ExecutionLimits()
         scope = job_type
@@ -275,7 +277,7 @@ def gate(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling) ->
             tenant_id = found[1]
     park = _parker(runtime, task, job_id) if runtime.store.dispatcher is not None else None
     try:
-        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park)
+        verdict = runtime.gate.enter(job_id, scope, tenant_id, declared, config, park, job_type_rules=job_type_rules)
     except RedisError as exc:  # an unchecked limit must not run the job, nor lose it
         log.warning("job %s: execution limits not checked (%s); deferred", job_id, exc)
         unchecked = _park_unchecked(runtime, job_id, park)

@@ -41,7 +41,15 @@ from pulse_core.settings import Settings
 from pulse_worker.http_delivery import REGISTRATION_CACHE_SECONDS
 from tests.conftest import DIAG_TYPES
 from tests.http_receiver import BIG_BODY_BYTES, Receiver
-from tests.support import WorkerProcess, auth, forget_http_handlers, settings_env, wait_for, wait_for_state
+from tests.support import (
+    WorkerProcess,
+    auth,
+    forget_http_handlers,
+    settings_env,
+    wait_for,
+    wait_for_state,
+    write_tenants_file,
+)
 
 QUEUE = "http-handlers"
 SECRET_KEY = Fernet.generate_key().decode()
@@ -684,6 +692,35 @@ def test_a_202_jobs_retry_waits_parked_in_redis_not_as_an_eta_message(
     assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
     done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": 2}, headers=_bearer(second))
     assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
+
+
+def test_a_tenants_max_running_holds_for_its_http_jobtypes_too(
+    http_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given acme may run one job at a time (max_running = 1) and has an HTTP handler with no
+    # limit of its own, served by a worker of 8 threads on a queue of this test's own
+    # (found in review: a tenant's HTTP jobTypes did not count towards its max_running)
+    path = write_tenants_file(tmp_path / "tenants.toml", tenant_settings={"acme": "max_running = 1"})
+    local = replace(http_settings, tenants_file=path, default_queue="http-running-cap")
+    api = _app_with_env(local, _http_env("127.0.0.1/32,http", f"rebind.test={PUBLIC_ADDRESS}"))
+    client = api.test_client()
+    worker = WorkerProcess(
+        _worker_env(local, tmp_path), tmp_path / "w.log", queues=("http-running-cap",), pool="threads", concurrency=8
+    ).start()
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        with Receiver("127.0.0.1") as own:
+            assert register(client, "acme", "hooks.capped", url=own.url("/slow")).status_code == 201
+            # when acme submits 4 jobs of it, each taking 0.3 s at the receiver
+            jobs = [submit(client, "acme", "hooks.capped", {"seconds": 0.3}) for _ in range(4)]
+            docs = [wait_for_state(client, "acme", j, {"succeeded", "dead"}, timeout=60) for j in jobs]
+            # then each ran once, and never two at once: the cap counts every jobType of the tenant
+            assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
+            assert own.state.most_in_flight == 1
+        assert redis.zcard(keys.tenant_running("acme")) == 0
+    finally:
+        worker.stop()
+        client.delete("/v1/handlers/hooks.capped", headers=auth("acme"))
 
 
 def test_pulse_worker_with_a_threads_pool_lets_deliveries_in_flight_finish_on_sigterm(

@@ -17,7 +17,9 @@ from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.guards.execution_limits import needs_tenant
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.settings import Settings
+from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from pulse_core.tenants import TenantsConfig
 from tests.conftest import DIAG_TYPES
@@ -344,3 +346,60 @@ def test_weights_and_running_caps_are_read_and_bad_ones_refused_naming_them(tmp_
         bad = write_tenants_file(tmp_path / "bad.toml", tenant_settings={"acme": line})
         with pytest.raises(Exception, match=rf"\[tenants.acme\] {message}"):
             TenantsConfig.load(bad)
+
+
+def _dead_letters(store: JobStore, tenant: str, queue: str, n: int) -> list[str]:
+    """``n`` dead diag.sleep jobs of ``tenant`` on ``queue`` at priority 9, each sleeping 0.05 s when run."""
+    ids = []
+    for _ in range(n):
+        job = Job(
+            job_id=new_job_id(),
+            tenant_id=tenant,
+            job_type="diag.sleep",
+            queue=queue,
+            payload={"seconds": 0.05},
+            priority=9,
+            created_at=utc_now(),
+        )
+        store.create(job)
+        claimed = store.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
+        assert claimed.job is not None
+        assert store.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
+        ids.append(job.job_id)
+    return ids
+
+
+def test_a_bulk_replay_of_many_dead_letters_does_not_hold_back_another_tenants_job(
+    isolated_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # given tenant A with 300 dead letters of priority 9 on a shared queue kept 2 messages deep, and a
+    # one-process worker on it (found in review)
+    local = replace(isolated_settings, dispatch_depth=2)
+    client = create_app(local).test_client()
+    store = JobStore(redis)
+    a_ids = _dead_letters(store, "acme", local.default_queue, 300)
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1).start()
+    try:
+        worker.wait_ready(redis, DIAG_TYPES)
+        # when A replays them all in one call (within its rate limit)
+        answer = client.post("/v1/dead-letters/replay", json={"dryRun": False}, headers=auth("acme")).get_json()
+        assert answer["replayed"] == 300
+        first = answer["jobIds"][:5]  # replayed first
+        wait_for(lambda: any(d.get("startedAt") for d in _docs(client, "acme", first)), timeout=30)
+        # and tenant B then submits one job
+        b_id = submit(client, "globex", "diag.echo")["jobId"]
+        b_queued = datetime.now(UTC)
+        b_doc = wait_for_state(client, "globex", b_id, {"succeeded"}, timeout=120)
+        # then B's job starts after a few of A's only (the ones on the queue and the one running),
+        # as it would had A submitted them all now: a replay is a tenant's volume like any other
+        ahead = [
+            d for d in _docs(client, "acme", a_ids) if d.get("startedAt") and b_queued < started(d) < started(b_doc)
+        ]
+        assert len(ahead) <= 5, f"{len(ahead)} of A's replayed jobs started after B's was queued and before it"
+        # and every replayed job still runs once
+        a_docs = [wait_for_state(client, "acme", j, {"succeeded"}, timeout=120) for j in a_ids]
+        assert {d["attempts"] for d in a_docs} == {1}
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()

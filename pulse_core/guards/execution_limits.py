@@ -201,14 +201,19 @@ class ExecutionGate:
         declared: ExecutionLimits,
         config: TenantsConfig | None,
         park: Parker | None = None,
+        *,
+        job_type_rules: bool = True,
     ) -> Verdict:
         """Take a slot and a rate-window hit in every scope; else park the job (with
-        ``park``) or say how long to defer."""
+        ``park``) or say how long to defer. ``job_type_rules=False``: the tenants file's
+        jobType and tenant x jobType tables do not apply (a tenant's HTTP jobType: its limits
+        are its registration's), but the tenant's ``max_running`` still does."""
+        rules = config if job_type_rules else None
         scopes: list[tuple[str | None, ExecutionLimits]] = [
-            (None, declared.overridden_by(config.job_types.get(job_type) if config else None))
+            (None, declared.overridden_by(rules.job_types.get(job_type) if rules else None))
         ]
         if tenant_id is not None:
-            scopes.append((tenant_id, _tenant_limits(config, job_type, tenant_id)))
+            scopes.append((tenant_id, _tenant_limits(rules, job_type, tenant_id)))
         scopes = [(scope, limits) for scope, limits in scopes if not limits.empty]
         slots = [(keys.concurrency(job_type, s), lim.max_concurrency) for s, lim in scopes if lim.max_concurrency]
         tenant = config.tenants.get(tenant_id) if config is not None and tenant_id is not None else None

@@ -48,6 +48,22 @@ def test_settings_default_the_broker_to_the_redis_url() -> None:
             r"PULSE_REDIS_ULR is not a Pulse setting \(did you mean PULSE_REDIS_URL\?\)",
         ),
         ({"PULSE_WHATEVER": "1"}, "PULSE_WHATEVER is not a Pulse setting"),
+        # too large to mean anything: each would fail later, in a request or a worker's loop
+        ({"PULSE_IDEMPOTENCY_TTL_SECONDS": "99999999999999999999"}, "PULSE_IDEMPOTENCY_TTL_SECONDS.*at most"),
+        ({"PULSE_MAX_DELAY_SECONDS": "99999999999999999999"}, "PULSE_MAX_DELAY_SECONDS.*at most"),
+        ({"PULSE_JOB_TYPE_TTL_SECONDS": "999999999999999999"}, "PULSE_JOB_TYPE_TTL_SECONDS.*at most"),
+        ({"PULSE_LEASE_SECONDS": "1e15"}, "PULSE_LEASE_SECONDS.*at most"),
+        ({"PULSE_SWEEP_INTERVAL_SECONDS": "1e15"}, "PULSE_SWEEP_INTERVAL_SECONDS.*at most"),
+        ({"PULSE_SOFT_SHUTDOWN_SECONDS": "1e15"}, "PULSE_SOFT_SHUTDOWN_SECONDS.*at most"),
+        ({"PULSE_RESULT_MAX_BYTES": str(2**40)}, "PULSE_RESULT_MAX_BYTES.*at most"),
+        ({"PULSE_MAX_RETRIES_CAP": str(10**20)}, "PULSE_MAX_RETRIES_CAP.*at most"),
+        # a Redis URL redis-py cannot use, or would read otherwise than it says
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:notaport/0"}, "PULSE_REDIS_URL.*port"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:99999/0"}, "PULSE_REDIS_URL.*port"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "PULSE_REDIS_URL.*database"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/0?foo=bar"}, "PULSE_REDIS_URL.*foo"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/0?socket_timeout=abc"}, "PULSE_REDIS_URL.*socket_timeout"),
+        ({"PULSE_BROKER_URL": "redis://127.0.0.1:99999/0"}, "PULSE_BROKER_URL.*port"),
     ],
 )
 def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
@@ -266,6 +282,29 @@ def test_pulse_cli_refuses_to_start_on_a_bad_setting(command: str) -> None:
     )
     assert out.returncode != 0
     assert "PULSE_REDIS_URL" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PULSE_JOB_TYPE_TTL_SECONDS", "999999999999999999"),
+        ("PULSE_IDEMPOTENCY_TTL_SECONDS", "99999999999999999999"),
+        ("PULSE_REDIS_URL", "redis://127.0.0.1:99999/0"),
+        ("PULSE_REDIS_URL", "redis://127.0.0.1:6379/0?foo=bar"),
+    ],
+)
+def test_pulse_api_stops_at_start_up_on_a_setting_it_could_not_use(variable: str, value: str, tmp_path: Path) -> None:
+    # given a setting that parses but that Redis or redis-py would refuse later (a 500 on the
+    # first request; a worker crashing in its announcement, leaving the number in Redis)
+    env = child_env({"PULSE_TENANTS_FILE": str(tmp_path / "missing.toml"), variable: value})
+    # when the API starts
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", "api"], env=env, capture_output=True, text=True, timeout=60
+    )
+    # then it stops at once, with one line naming the setting, before anything else
+    assert out.returncode != 0
+    assert f"bad setting: {variable}=" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -181,6 +181,12 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
             r"\[defaults\] max_stored_bytes=0 must be between 1 and",
         ),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_stored_bytes = "1GB"\n', r"\[tenants.a\] max_stored_bytes"),
+        # a jobType no handler can have: its rule would never apply, silently
+        ('[job_types."email send"]\nqueue = "q"\n', r'\[job_types."email send"\]: .*not a valid jobType'),
+        (
+            f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n[tenants.a.job_types.""]\nmax_concurrency = 2\n',
+            r'\[tenants.a.job_types.""\]: .*not a valid jobType',
+        ),
     ],
 )
 def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError, DuplicateHandler
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.settings import DOC_GROUPS, Settings, declarations, docs_table
@@ -155,6 +157,32 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
     )
     assert out.returncode != 0
     assert "PULSE_SOFT_SHUTDOWN_SECOND is not a Pulse setting (did you mean PULSE_SOFT_SHUTDOWN_SECONDS?)" in out.stderr
+
+
+def test_a_handler_module_that_fails_on_import_stops_the_worker(
+    tmp_path: Path, tenants_file: Path, redis_server: EmbeddedRedis
+) -> None:
+    # given a handler module that raises at import (not an ImportError: a bug, a missing setting)
+    (tmp_path / "broken_handlers.py").write_text('raise RuntimeError("no API_TOKEN in the environment")\n')
+    env = child_env(
+        {
+            "PULSE_TENANTS_FILE": str(tenants_file),
+            "PULSE_HANDLER_MODULES": "broken_handlers",
+            "PULSE_REDIS_URL": redis_server.url,
+        }
+    )
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    # when a worker starts
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", "worker", "--pool", "threads", "--concurrency", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # then it stops (it ran on with no handlers, its start-up checks skipped), naming the module
+    assert out.returncode != 0
+    assert "PULSE_HANDLER_MODULES: cannot import 'broken_handlers': RuntimeError: no API_TOKEN" in out.stderr
 
 
 @pytest.mark.parametrize(

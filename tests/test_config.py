@@ -203,6 +203,9 @@ def test_a_handler_module_that_fails_on_import_stops_the_worker(
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n', r"\[tenants.a\] max_payload_bytes"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = "0/second"\n', "rate_limit.*lets nothing through"),
+        # "5 per 0 minutes" was read as 5 a minute
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = "5/0 minutes"\n', r"rate_limit.*window of 0"),
+        ('[job_types."x.y"]\nrate_limit = "10/second;5/0 hour"\n', r'\[job_types."x.y"\] rate_limit.*window of 0'),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
         (
             f'[defaults]\nmax_stored_bytes = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',

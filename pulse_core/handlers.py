@@ -130,11 +130,19 @@ def load_handler_modules(modules: Iterable[str]) -> list[str]:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"PULSE_HANDLER_MODULES: cannot import {name!r}: {exc}") from exc
+        except ConfigError:
+            raise  # a registration the module made is refused (a duplicate jobType, ...)
+        except Exception as exc:
+            # Any other failure too: Celery's worker_init swallows it, and the worker would
+            # run on without this module's handlers and with its start-up checks skipped.
+            raise ConfigError(f"PULSE_HANDLER_MODULES: cannot import {name!r}: {type(exc).__name__}: {exc}") from exc
         loaded.append(name)
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             point.load()
-        except ImportError as exc:
+        except ConfigError:
+            raise
+        except Exception as exc:  # ImportError or any other failure, as above
             raise ConfigError(
                 f"entry point {point.name!r} in group {ENTRY_POINT_GROUP!r} cannot be loaded: {exc}"
             ) from exc

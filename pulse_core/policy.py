@@ -117,10 +117,15 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
     that importing the handler API does not load it.
     """
     from limits import parse_many
+    from limits.util import SEPARATORS, SINGLE_EXPR
 
     items = tuple(parse_many(text))
     if not items:
         raise ValueError(f"no rate limit in {text!r}")
+    for part in SEPARATORS.split(text):  # limits reads "5/0 minutes" as 5 a minute
+        found = SINGLE_EXPR.match(part)
+        if found and found.group(3) is not None and int(found.group(3)) == 0:
+            raise ValueError(f"{part.strip()!r} has a window of 0; use 1 or more")
     for item in items:
         if item.amount < 1:
             raise ValueError(f"{item.amount} per window lets nothing through; each limit allows at least 1")

@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -244,6 +244,10 @@ def check_at_start(redis_url: str, broker_url: str, log: logging.Logger) -> None
         try:
             for warning in check_durability(client, name=name):
                 log.warning("%s", warning)
+        except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+            # An answer, not an outage: a wrong password or a database Redis does not have
+            # fails every later command too, so it stops start-up like any bad setting.
+            raise ConfigError(f"the Redis at {name} refused Pulse: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("could not check the Redis at %s (%s): is it running?", name, exc)
         finally:

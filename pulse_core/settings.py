@@ -63,6 +63,12 @@ DEFAULT_UNKNOWN_JOB_TYPE_GRACE_SECONDS = 300.0
 DEFAULT_LOG_FORMAT = "json"
 LOG_FORMATS = ("json", "text")
 DEFAULT_WORKER_METRICS_HOST = "127.0.0.1"
+#: Ceilings, so a typo cannot reach Redis or the clock as a number they refuse: a duration
+#: setting is at most 10 years (as a tenant's ``dead_letter_days``), a size at most 512 MiB
+#: (Redis' largest string), a count at most a million.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+MAX_BYTES = 512 * 1024 * 1024
+MAX_COUNT = 1_000_000
 
 #: URL schemes that name a Redis server (``is_redis_url``).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -99,7 +105,7 @@ class Kind:
     render: Callable[[Any], str] = str
 
 
-def _positive(parse: Callable[[str], _N], noun: str) -> Kind:
+def _positive(parse: Callable[[str], _N], noun: str, most: int) -> Kind:
     def check(name: str, value: str) -> _N:
         try:
             number = parse(value)
@@ -107,19 +113,47 @@ def _positive(parse: Callable[[str], _N], noun: str) -> Kind:
             raise ConfigError(f"{name}={value!r} is not {noun}") from None
         if not 0 < number < math.inf:
             raise ConfigError(f"{name}={value!r} must be a finite number greater than zero")
+        if number > most:
+            raise ConfigError(f"{name}={value!r} must be at most {most}")
         return number
 
     return Kind(check)
 
 
-def _url(schemes: frozenset[str]) -> Kind:
+def _url(schemes: frozenset[str], *, redis_options: bool) -> Kind:
+    """A URL with one of ``schemes``; a Redis one also with a port and database that
+    redis-py reads as written, and (``redis_options``) only query options redis-py knows."""
+
     def check(name: str, value: str) -> str:
         if urlparse(value).scheme not in schemes:
             allowed = ", ".join(sorted(schemes))
             raise ConfigError(f"{name}={value!r} is not a URL with one of the schemes: {allowed}")
+        if is_redis_url(value):
+            problem = _redis_url_problem(value, redis_options)
+            if problem:
+                raise ConfigError(f"{name}={value!r}: {problem}")
         return value
 
     return Kind(check)
+
+
+def _redis_url_problem(value: str, check_options: bool) -> str | None:
+    """What redis-py would fail on, or silently read otherwise, in the Redis URL ``value``."""
+    from redis import ConnectionPool
+
+    url = urlparse(value)
+    try:
+        url.port  # noqa: B018 (raises on a port that is not 0-65535)
+    except ValueError as exc:
+        return f"bad port ({exc})"
+    if url.scheme != "unix" and not re.fullmatch(r"/?[0-9]*", url.path):
+        return f"the database ({url.path!r}) must be a number, such as /0"
+    if check_options:
+        try:  # a connection as redis-py makes it from the URL (it connects on first use)
+            ConnectionPool.from_url(value).make_connection()
+        except (TypeError, ValueError) as exc:
+            return f"redis-py cannot use it: {exc}"
+    return None
 
 
 def _modules(name: str, value: str) -> tuple[str, ...]:
@@ -146,8 +180,11 @@ def _choice(allowed: tuple[str, ...]) -> Kind:
 
 
 def _port(name: str, value: str) -> int:
-    number: int = POSITIVE_INT.parse(name, value)
-    if number > 65535:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number") from None
+    if not 1 <= number <= 65535:
         raise ConfigError(f"{name}={value!r} is not a TCP port (1-65535)")
     return number
 
@@ -171,8 +208,10 @@ def _basic_auth(name: str, value: str) -> str:
     return value
 
 
-POSITIVE_INT = _positive(int, "a whole number")
-POSITIVE_FLOAT = _positive(float, "a number")
+SECONDS = _positive(int, "a whole number", MAX_SECONDS)
+SECONDS_FLOAT = _positive(float, "a number", MAX_SECONDS)
+BYTES = _positive(int, "a whole number", MAX_BYTES)
+COUNT = _positive(int, "a whole number", MAX_COUNT)
 TEXT = Kind(lambda _name, value: value)
 PATH = Kind(lambda _name, value: Path(value))
 MODULES = Kind(_modules, ",".join)
@@ -225,7 +264,7 @@ class Settings:
     redis_url: str = setting(
         "PULSE_REDIS_URL",
         DEFAULT_REDIS_URL,
-        _url(REDIS_SCHEMES),
+        _url(REDIS_SCHEMES, redis_options=True),
         "Redis for the job store and the jobType directory",
         group="basics",
         shown=f"`{DEFAULT_REDIS_URL}` (`pulse dev`: embedded)",
@@ -233,7 +272,7 @@ class Settings:
     broker_url: str = setting(
         "PULSE_BROKER_URL",
         DEFAULT_REDIS_URL,
-        _url(_BROKER_SCHEMES),
+        _url(_BROKER_SCHEMES, redis_options=False),
         "Celery broker (`redis://` or `amqp://`)",
         group="basics",
         shown="the Redis URL",
@@ -259,35 +298,35 @@ class Settings:
     result_max_bytes: int = setting(
         "PULSE_RESULT_MAX_BYTES",
         DEFAULT_RESULT_MAX_BYTES,
-        POSITIVE_INT,
+        BYTES,
         "cap on a handler's JSON result",
         group="basics",
     )
     job_type_ttl_seconds: int = setting(
         "PULSE_JOB_TYPE_TTL_SECONDS",
         DEFAULT_JOB_TYPE_TTL_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "how long a worker's jobType announcement lasts without a heartbeat",
         group="basics",
     )
     idempotency_ttl_seconds: int = setting(
         "PULSE_IDEMPOTENCY_TTL_SECONDS",
         DEFAULT_IDEMPOTENCY_TTL_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "how long an idempotency key remembers its job",
         group="door",
     )
     batch_max_jobs: int = setting(
         "PULSE_BATCH_MAX_JOBS",
         DEFAULT_BATCH_MAX_JOBS,
-        POSITIVE_INT,
+        COUNT,
         "most jobs in one `POST /v1/batches`",
         group="door",
     )
     batch_max_bytes: int = setting(
         "PULSE_BATCH_MAX_BYTES",
         DEFAULT_BATCH_MAX_BYTES,
-        POSITIVE_INT,
+        BYTES,
         "largest batch body, in bytes (each job is also held to `max_payload_bytes`)",
         group="door",
         shown="`16777216` (16 MiB)",
@@ -295,28 +334,28 @@ class Settings:
     lease_seconds: float = setting(
         "PULSE_LEASE_SECONDS",
         DEFAULT_LEASE_SECONDS,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "a running attempt's lease; its worker refreshes it every third of this",
         group="execution",
     )
     sweep_interval_seconds: float = setting(
         "PULSE_SWEEP_INTERVAL_SECONDS",
         DEFAULT_SWEEP_INTERVAL_SECONDS,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "how often a worker looks for jobs whose lease lapsed or whose due time passed",
         group="execution",
     )
     queued_check_seconds: float = setting(
         "PULSE_QUEUED_CHECK_SECONDS",
         DEFAULT_QUEUED_CHECK_SECONDS,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "a queued job not claimed this long after it was queued has its message republished by the sweep",
         group="execution",
     )
     dispatch_depth: int | None = setting(
         "PULSE_DISPATCH_DEPTH",
         None,
-        POSITIVE_INT,
+        COUNT,
         "messages a queue holds on its broker; the rest wait in Pulse's ready sets, dispatched in fair "
         "order (a tenant's flood delays another tenant's next job by at most this many jobs plus the "
         "running ones). Unset: derived from worker capacity, the summed pool concurrency of the "
@@ -327,21 +366,21 @@ class Settings:
     max_retries_cap: int = setting(
         "PULSE_MAX_RETRIES_CAP",
         DEFAULT_MAX_RETRIES_CAP,
-        POSITIVE_INT,
+        COUNT,
         "the most `options.maxRetries` a job may ask for",
         group="execution",
     )
     timeout_cap_seconds: int = setting(
         "PULSE_TIMEOUT_CAP_SECONDS",
         DEFAULT_TIMEOUT_CAP_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "the most `options.timeoutSeconds` a job may ask for",
         group="execution",
     )
     max_delay_seconds: int = setting(
         "PULSE_MAX_DELAY_SECONDS",
         DEFAULT_MAX_DELAY_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "the latest a job may be scheduled (`options.delaySeconds` / `options.runAt`)",
         group="execution",
         shown="`2592000` (30 days)",
@@ -349,7 +388,7 @@ class Settings:
     eta_window_seconds: int = setting(
         "PULSE_ETA_WINDOW_SECONDS",
         DEFAULT_ETA_WINDOW_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "without the fair dispatcher, delays up to this travel as Celery ETA messages (with it they wait "
         "parked in Redis); a delay within it is also watched a lease past its due time",
         group="execution",
@@ -357,7 +396,7 @@ class Settings:
     visibility_timeout_seconds: int = setting(
         "PULSE_VISIBILITY_TIMEOUT_SECONDS",
         DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
-        POSITIVE_INT,
+        SECONDS,
         "kombu's visibility timeout: Pulse's Redis transport keeps no unacked record, so it only "
         "governs records a stock kombu consumer left in kombu's unacked hash (restored once this old)",
         group="execution",
@@ -365,14 +404,14 @@ class Settings:
     soft_shutdown_seconds: float = setting(
         "PULSE_SOFT_SHUTDOWN_SECONDS",
         DEFAULT_SOFT_SHUTDOWN_SECONDS,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "on SIGTERM, how long running jobs may take to finish before they are requeued",
         group="execution",
     )
     unknown_job_type_grace_seconds: float = setting(
         "PULSE_UNKNOWN_JOB_TYPE_GRACE_SECONDS",
         DEFAULT_UNKNOWN_JOB_TYPE_GRACE_SECONDS,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "how long a job whose jobType no live worker of its queue announces waits before it dies as "
         "`UnknownJobTypeAtWorker`",
         group="execution",
@@ -471,7 +510,7 @@ class Settings:
     http_retry_after_max_seconds: float = setting(
         "PULSE_HTTP_RETRY_AFTER_MAX_SECONDS",
         300.0,
-        POSITIVE_FLOAT,
+        SECONDS_FLOAT,
         "the longest `Retry-After` an HTTP handler's answer is honoured for",
         group="http",
     )

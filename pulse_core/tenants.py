@@ -40,6 +40,7 @@ from typing import Any
 from limits import RateLimitItem
 
 from pulse_core.errors import ConfigError
+from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.policy import parse_rate_limit
 
 log = logging.getLogger("pulse.config")
@@ -333,6 +334,8 @@ def _job_type_rules(value: Any, where: str) -> dict[str, JobTypeRule]:
     rules: dict[str, JobTypeRule] = {}
     for job_type, body in _table(value, where + "]").items():
         at = f'{where}."{job_type}"]'
+        if not JOB_TYPE_RE.fullmatch(job_type):
+            raise ConfigError(f"{at}: {job_type!r} is not a valid jobType (1-128 of letters, digits, '_.:-')")
         table = _table(body, at)
         unknown = set(table) - _JOB_TYPE_SETTINGS
         if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core.errors import ConfigError, DuplicateHandler
 from pulse_core.handlers import HandlerRegistry
 from pulse_core.settings import DOC_GROUPS, Settings, declarations, docs_table
@@ -48,6 +50,22 @@ def test_settings_default_the_broker_to_the_redis_url() -> None:
             r"PULSE_REDIS_ULR is not a Pulse setting \(did you mean PULSE_REDIS_URL\?\)",
         ),
         ({"PULSE_WHATEVER": "1"}, "PULSE_WHATEVER is not a Pulse setting"),
+        # too large to mean anything: each would fail later, in a request or a worker's loop
+        ({"PULSE_IDEMPOTENCY_TTL_SECONDS": "99999999999999999999"}, "PULSE_IDEMPOTENCY_TTL_SECONDS.*at most"),
+        ({"PULSE_MAX_DELAY_SECONDS": "99999999999999999999"}, "PULSE_MAX_DELAY_SECONDS.*at most"),
+        ({"PULSE_JOB_TYPE_TTL_SECONDS": "999999999999999999"}, "PULSE_JOB_TYPE_TTL_SECONDS.*at most"),
+        ({"PULSE_LEASE_SECONDS": "1e15"}, "PULSE_LEASE_SECONDS.*at most"),
+        ({"PULSE_SWEEP_INTERVAL_SECONDS": "1e15"}, "PULSE_SWEEP_INTERVAL_SECONDS.*at most"),
+        ({"PULSE_SOFT_SHUTDOWN_SECONDS": "1e15"}, "PULSE_SOFT_SHUTDOWN_SECONDS.*at most"),
+        ({"PULSE_RESULT_MAX_BYTES": str(2**40)}, "PULSE_RESULT_MAX_BYTES.*at most"),
+        ({"PULSE_MAX_RETRIES_CAP": str(10**20)}, "PULSE_MAX_RETRIES_CAP.*at most"),
+        # a Redis URL redis-py cannot use, or would read otherwise than it says
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:notaport/0"}, "PULSE_REDIS_URL.*port"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:99999/0"}, "PULSE_REDIS_URL.*port"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "PULSE_REDIS_URL.*database"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/0?foo=bar"}, "PULSE_REDIS_URL.*foo"),
+        ({"PULSE_REDIS_URL": "redis://127.0.0.1:6379/0?socket_timeout=abc"}, "PULSE_REDIS_URL.*socket_timeout"),
+        ({"PULSE_BROKER_URL": "redis://127.0.0.1:99999/0"}, "PULSE_BROKER_URL.*port"),
     ],
 )
 def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
@@ -141,6 +159,32 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
     assert "PULSE_SOFT_SHUTDOWN_SECOND is not a Pulse setting (did you mean PULSE_SOFT_SHUTDOWN_SECONDS?)" in out.stderr
 
 
+def test_a_handler_module_that_fails_on_import_stops_the_worker(
+    tmp_path: Path, tenants_file: Path, redis_server: EmbeddedRedis
+) -> None:
+    # given a handler module that raises at import (not an ImportError: a bug, a missing setting)
+    (tmp_path / "broken_handlers.py").write_text('raise RuntimeError("no API_TOKEN in the environment")\n')
+    env = child_env(
+        {
+            "PULSE_TENANTS_FILE": str(tenants_file),
+            "PULSE_HANDLER_MODULES": "broken_handlers",
+            "PULSE_REDIS_URL": redis_server.url,
+        }
+    )
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    # when a worker starts
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", "worker", "--pool", "threads", "--concurrency", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # then it stops (it ran on with no handlers, its start-up checks skipped), naming the module
+    assert out.returncode != 0
+    assert "PULSE_HANDLER_MODULES: cannot import 'broken_handlers': RuntimeError: no API_TOKEN" in out.stderr
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
@@ -159,12 +203,21 @@ def test_the_worker_app_refuses_an_undeclared_variable_without_pulse_cli(tenants
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_payload_bytes = true\n', r"\[tenants.a\] max_payload_bytes"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = ""\n', "rate_limit"),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = "0/second"\n', "rate_limit.*lets nothing through"),
+        # "5 per 0 minutes" was read as 5 a minute
+        (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nrate_limit = "5/0 minutes"\n', r"rate_limit.*window of 0"),
+        ('[job_types."x.y"]\nrate_limit = "10/second;5/0 hour"\n', r'\[job_types."x.y"\] rate_limit.*window of 0'),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_pendng = 5\n', "max_pendng"),
         (
             f'[defaults]\nmax_stored_bytes = 0\n[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n',
             r"\[defaults\] max_stored_bytes=0 must be between 1 and",
         ),
         (f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\nmax_stored_bytes = "1GB"\n', r"\[tenants.a\] max_stored_bytes"),
+        # a jobType no handler can have: its rule would never apply, silently
+        ('[job_types."email send"]\nqueue = "q"\n', r'\[job_types."email send"\]: .*not a valid jobType'),
+        (
+            f'[tenants.a]\napi_key_sha256 = ["{DIGEST}"]\n[tenants.a.job_types.""]\nmax_concurrency = 2\n',
+            r'\[tenants.a.job_types.""\]: .*not a valid jobType',
+        ),
     ],
 )
 def test_a_bad_tenants_file_names_the_problem(tmp_path: Path, text: str, named: str) -> None:
@@ -266,6 +319,29 @@ def test_pulse_cli_refuses_to_start_on_a_bad_setting(command: str) -> None:
     )
     assert out.returncode != 0
     assert "PULSE_REDIS_URL" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PULSE_JOB_TYPE_TTL_SECONDS", "999999999999999999"),
+        ("PULSE_IDEMPOTENCY_TTL_SECONDS", "99999999999999999999"),
+        ("PULSE_REDIS_URL", "redis://127.0.0.1:99999/0"),
+        ("PULSE_REDIS_URL", "redis://127.0.0.1:6379/0?foo=bar"),
+    ],
+)
+def test_pulse_api_stops_at_start_up_on_a_setting_it_could_not_use(variable: str, value: str, tmp_path: Path) -> None:
+    # given a setting that parses but that Redis or redis-py would refuse later (a 500 on the
+    # first request; a worker crashing in its announcement, leaving the number in Redis)
+    env = child_env({"PULSE_TENANTS_FILE": str(tmp_path / "missing.toml"), variable: value})
+    # when the API starts
+    out = subprocess.run(
+        [sys.executable, "-m", "pulse_cli.cli", "api"], env=env, capture_output=True, text=True, timeout=60
+    )
+    # then it stops at once, with one line naming the setting, before anything else
+    assert out.returncode != 0
+    assert f"bad setting: {variable}=" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +20,14 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_cli.embedded_redis import EmbeddedRedis, free_port
 from pulse_core import keys
 from pulse_core.errors import ConfigError
 from pulse_core.redis_client import check_durability, connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
 from tests.faults import assert_invariants, private_settings, submit
-from tests.support import WorkerProcess, auth, settings_env, wait_for, witness_starts, write_tenants_file
+from tests.support import WorkerProcess, auth, child_env, settings_env, wait_for, witness_starts, write_tenants_file
 
 JOB_TYPES = ("diag.echo", "witness.sleep")
 
@@ -105,6 +107,39 @@ def test_an_evicting_redis_stops_the_api_and_the_worker_at_start_up(tmp_path: Pa
         worker.stop()
         assert code != 0
         assert "maxmemory-policy allkeys-lru" in worker.log() and "noeviction" in worker.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        (":wrong@127.0.0.1:{port}/0", "invalid username-password pair"),
+        ("127.0.0.1:{port}/0", "Authentication required"),
+        (":right@127.0.0.1:{port}/99", "DB index is out of range"),
+    ],
+)
+def test_a_redis_that_refuses_the_url_stops_the_api_at_start_up(tmp_path: Path, path: str, refused: str) -> None:
+    # given a Redis with a password, and a PULSE_REDIS_URL with a wrong password, none, or a
+    # database it does not have (no outage: this does not mend itself, every request would fail)
+    server = EmbeddedRedis(tmp_path / "locked").start()
+    try:
+        connect(server.url).config_set("requirepass", "right")
+        url = "redis://" + path.format(port=server.port)
+        tenants = write_tenants_file(tmp_path / "tenants.toml")
+        env = child_env({"PULSE_REDIS_URL": url, "PULSE_TENANTS_FILE": str(tenants)})
+        # when the API starts
+        out = subprocess.run(
+            [sys.executable, "-m", "pulse_cli.cli", "api", "--port", str(free_port()), "--metrics-port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # then it stops, with one line naming the setting and what Redis said
+        assert out.returncode != 0
+        assert "the Redis at PULSE_REDIS_URL refused" in out.stderr and refused in out.stderr
+        assert "Traceback" not in out.stderr
     finally:
         server.stop()
 

@@ -189,3 +189,61 @@ def test_an_admission_that_never_ran_is_answered_503_and_nothing_exists(
     assert _records(store) - records == {keys.job(job_id)}
     _run_queue(direct, store, client, tmp_path / "worker.log", [job_id])
     assert len(witness_starts(store, job_id)) == 1
+
+
+#: The batch admission script's SHA (``admit_batch``: a run per 100 jobs of a batch).
+ADMIT_BATCH_SHA = hashlib.sha1(source("pulse_core.guards", "admit_batch").encode()).hexdigest()
+
+
+def _warm_batch_script(client: FlaskClient) -> None:
+    """Load the batch script into Redis (an empty batch is refused before it): a call is then
+    one EVALSHA that runs, not one answered NOSCRIPT."""
+    body = {"jobs": [{"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": "warm-batch"}]}
+    assert client.post("/v1/batches", json=body, headers=auth(TENANT)).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_batch_whose_admission_ran_is_answered_with_its_jobs_not_503(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given an API whose link to Redis loses both replies of the batch admission script (it ran)
+    bodies = [{"jobType": "witness.sleep", "payload": {"seconds": 0}} for _ in range(3)]
+    _warm_batch_script(client)
+    calls, pending, records = proxy.forwarded(ADMIT_BATCH_SHA), _pending(store), _records(store)
+    proxy.lose("EVALSHA", ["reply", "reply"])
+    # when a batch without idempotency keys is submitted
+    response = client.post("/v1/batches", json={"jobs": bodies}, headers=auth(TENANT))
+    # then the script ran, and the answer names the jobs it admitted: a 503 would be false
+    # (docs/api.md: nothing was enqueued), and a client resending it would run every job twice
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_BATCH_SHA) - calls == 2
+    assert response.status_code == 200, response.get_data(as_text=True)
+    items = response.get_json()["items"]
+    assert [item["status"] for item in items] == [202, 202, 202]
+    job_ids = [item["job"]["jobId"] for item in items]
+    assert _records(store) - records == {keys.job(job_id) for job_id in job_ids}
+    assert _pending(store) - pending == 3
+    # and each job runs once, the backlog exact
+    _run_queue(direct, store, client, tmp_path / "worker.log", job_ids)
+    assert all(len(witness_starts(store, job_id)) == 1 for job_id in job_ids)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_batch_whose_admission_never_ran_is_answered_503_and_nothing_exists(
+    client: FlaskClient, proxy: RedisProxy, store: Redis
+) -> None:
+    # given an API whose link to Redis drops both requests of the batch admission script
+    bodies = [{"jobType": "witness.sleep", "payload": {"seconds": 0}} for _ in range(3)]
+    _warm_batch_script(client)
+    calls, pending, records = proxy.forwarded(ADMIT_BATCH_SHA), _pending(store), _records(store)
+    proxy.lose("EVALSHA", ["request", "request"])
+    # when a batch is submitted
+    response = client.post("/v1/batches", json={"jobs": bodies}, headers=auth(TENANT))
+    # then the script never ran, and the answer is a true 503: nothing of the batch exists
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_BATCH_SHA) == calls
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert _records(store) == records
+    assert _pending(store) == pending

@@ -26,9 +26,11 @@ from pulse_api.services import EXTENSION_KEY
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from tests.faults import Loss, RedisProxy, assert_invariants, private_settings
 from tests.support import WorkerProcess, auth, settings_env, waiting_messages, witness_starts, write_tenants_file
@@ -247,3 +249,52 @@ def test_a_batch_whose_admission_never_ran_is_answered_503_and_nothing_exists(
     assert response.status_code == 503, response.get_data(as_text=True)
     assert _records(store) == records
     assert _pending(store) == pending
+
+
+#: The replay script's SHA (``readmit``: a dead letter queued again).
+READMIT_SHA = hashlib.sha1(source("pulse_core.guards", "readmit").encode()).hexdigest()
+
+
+def _dead_letter(store: Redis) -> str:
+    """A dead ``witness.sleep`` job of the tenant on the test's queue, made by the store's scripts."""
+    jobs = JobStore(store)
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id=TENANT,
+        job_type="witness.sleep",
+        queue=QUEUE,
+        payload={"seconds": 0},
+        created_at=utc_now(),
+    )
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
+    assert claimed.job is not None
+    assert jobs.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
+    return job.job_id
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_replay_whose_answer_was_lost_is_answered_202_and_runs_once(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given a dead letter, the replay script loaded (a call is one EVALSHA that runs), and an
+    # API whose link to Redis loses both replies of the replay script (it ran)
+    warm = _dead_letter(store)
+    assert client.post(f"/v1/dead-letters/{warm}/replay", headers=auth(TENANT)).status_code == 202
+    job_id = _dead_letter(store)
+    calls = proxy.forwarded(READMIT_SHA)
+    proxy.lose("EVALSHA", ["reply", "reply"])
+    # when the tenant replays it
+    response = client.post(f"/v1/dead-letters/{job_id}/replay", headers=auth(TENANT))
+    # then the script ran, and the answer is a 202: the job is queued again (a 503 would be
+    # false, and the client's retry would find no such dead letter: 404)
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(READMIT_SHA) - calls == 2
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_json()["jobId"] == job_id
+    assert store.hget(keys.job(job_id), "state") == "queued"
+    # and once a worker runs, each replayed job succeeds, its handler started once, the backlog exact
+    _run_queue(direct, store, client, tmp_path / "worker.log", [warm, job_id])
+    assert store.hget(keys.job(job_id), "state") == "succeeded"
+    assert len(witness_starts(store, job_id)) == 1

@@ -10,6 +10,7 @@ job; a 503 is true: nothing of the job exists, and the resend is admitted afresh
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,14 +27,24 @@ from pulse_api.services import EXTENSION_KEY
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
+from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
-from pulse_core.store.job_store import JobStore
+from pulse_core.store.job_store import CancelOutcome, JobStore
 from pulse_core.store.job_types import announce
 from tests.faults import Loss, RedisProxy, assert_invariants, private_settings
-from tests.support import WorkerProcess, auth, settings_env, waiting_messages, witness_starts, write_tenants_file
+from tests.invariants import backlog_mismatches
+from tests.support import (
+    WorkerProcess,
+    auth,
+    settings_env,
+    wait_for,
+    waiting_messages,
+    witness_starts,
+    write_tenants_file,
+)
 
 QUEUE = "lost-answer"
 TENANT = "acme"
@@ -298,3 +309,48 @@ def test_a_replay_whose_answer_was_lost_is_answered_202_and_runs_once(
     _run_queue(direct, store, client, tmp_path / "worker.log", [warm, job_id])
     assert store.hget(keys.job(job_id), "state") == "succeeded"
     assert len(witness_starts(store, job_id)) == 1
+
+
+#: The script a completion's token is checked with (``check_attempt``), then the one that ends it.
+CHECK_ATTEMPT_SHA = hashlib.sha1(source("pulse_core.http_handlers", "check_attempt").encode()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_cancel_asked_while_a_202_jobs_final_error_is_recorded_ends_it_cancelled(
+    client: FlaskClient, proxy: RedisProxy, store: Redis
+) -> None:
+    # given a running attempt whose receiver answered 202 (handed off, with its attempt token)
+    jobs, tokens = JobStore(store), AttemptTokens(store)
+    job = Job(job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now())
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=3, lost_error={})
+    assert claimed.job is not None
+    token, stored = tokens.new(claimed.job)
+    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
+    assert tokens.hand_off(claimed.job, 60)
+    # and an API whose link to Redis holds the script after the token's check 3 s on its way
+    # (both loaded: each is one EVALSHA that runs)
+    store.script_load(source("pulse_core.http_handlers", "check_attempt"))
+    store.script_load(source("pulse_core.store", "finalize"))
+    proxy.delay("EVALSHA", 0.0)
+    proxy.delay("EVALSHA", 3.0)
+    answers: list[Any] = []
+    body = {"error": "gave up", "retryable": False}
+    headers = {"Authorization": f"Bearer {token}"}
+    # when the receiver reports a final error, and its tenant asks the job to stop while the API
+    # is recording that error (after it looked at cancelRequested)
+    reporter = threading.Thread(
+        target=lambda: answers.append(client.post(f"/v1/jobs/{job.job_id}/complete", json=body, headers=headers))
+    )
+    reporter.start()
+    wait_for(lambda: proxy.delays_left() == 0, timeout=10)
+    assert proxy.forwarded(CHECK_ATTEMPT_SHA) >= 1
+    assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.RUNNING
+    reporter.join(timeout=20)
+    # then the job ends cancelled, not dead (docs/execution-guarantees.md: a failure ends a job
+    # whose cancel was asked cancelled, even when the cancel comes while it is being recorded)
+    assert answers and answers[0].status_code == 200, answers and answers[0].get_data(as_text=True)
+    assert store.hget(keys.job(job.job_id), "state") == "cancelled", store.hgetall(keys.job(job.job_id))
+    assert store.zscore(keys.tenant_dead_letters(TENANT), job.job_id) is None
+    assert backlog_mismatches(store) == {}

@@ -12,7 +12,9 @@ from typing import Any
 from flask import g, request
 from flask.views import MethodView
 from kombu.exceptions import KombuError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pulse_api import door
 from pulse_api.openapi import problems
@@ -66,12 +68,21 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
     dead = svc.dead_letters.get(tenant.tenant_id, job_id)
     if dead is None:
         return None
-    verdict = svc.admission.readmit(tenant, dead, check_in=svc.settings.queued_check_seconds)
-    if verdict.refusal is not None:
-        raise verdict.refusal
-    job = verdict.job
-    if job is None:
-        return None
+    try:
+        verdict = svc.admission.readmit(tenant, dead, check_in=svc.settings.queued_check_seconds)
+    except (RedisConnectionError, RedisTimeoutError):
+        # The answer was lost in flight (after redis-py's retry): the script may have run. The
+        # record says whether it did (queued at the next cycle, not yet claimed); if Redis
+        # cannot be asked either, the error stands.
+        job = svc.store.get(job_id)
+        if job is None or not _readmitted(job, dead):
+            raise
+    else:
+        if verdict.refusal is not None:
+            raise verdict.refusal
+        job = verdict.job
+        if job is None:
+            return None
     fair = svc.store.dispatcher
     if fair is not None and fair.inline:
         # Due now, released by the workers' tick into its tenant's ready set and dispatched in
@@ -92,6 +103,11 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
             return job  # queued and watched: the sweep publishes it
         raise BrokerUnavailable("the broker did not take the job; retry later") from exc
     return job
+
+
+def _readmitted(job: Job, dead: Job) -> bool:
+    """Whether ``job`` is the dead letter ``dead`` queued again (``readmit.lua``), not yet claimed."""
+    return job.state is JobState.QUEUED and job.cycle == dead.cycle + 1 and job.attempts == 0
 
 
 @blp.route("")

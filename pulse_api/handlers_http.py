@@ -472,8 +472,17 @@ class Complete(MethodView):
                     if tenant is not None
                     else DeadLetterBounds()
                 )
-                done = svc.store.finalize(job, JobState.DEAD, error=error, dead_letters=bounds)
-                outcome = metrics.Outcome.DEAD
+                # filed as a dead letter only by the script that looks at cancelRequested itself
+                # (a cancel asked since the look above ends it cancelled, as a worker's failure)
+                marked = svc.store.mark_dead_letter(job, error)
+                if marked is FailureOutcome.CANCEL:
+                    done = svc.store.finalize(job, JobState.CANCELLED, error=error)
+                    outcome = metrics.Outcome.CANCELLED
+                else:
+                    done = marked is FailureOutcome.RECORDED and svc.store.finalize(
+                        job, JobState.DEAD, error=error, dead_letters=bounds
+                    )
+                    outcome = metrics.Outcome.DEAD
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
         svc.attempt_tokens.forget(job_id)

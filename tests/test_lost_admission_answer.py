@@ -10,6 +10,7 @@ job; a 503 is true: nothing of the job exists, and the resend is admitted afresh
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,12 +27,24 @@ from pulse_api.services import EXTENSION_KEY
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
+from pulse_core.http_handlers.attempts import AttemptTokens
+from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.job_store import CancelOutcome, JobStore
 from pulse_core.store.job_types import announce
 from tests.faults import Loss, RedisProxy, assert_invariants, private_settings
-from tests.support import WorkerProcess, auth, settings_env, waiting_messages, witness_starts, write_tenants_file
+from tests.invariants import backlog_mismatches
+from tests.support import (
+    WorkerProcess,
+    auth,
+    settings_env,
+    wait_for,
+    waiting_messages,
+    witness_starts,
+    write_tenants_file,
+)
 
 QUEUE = "lost-answer"
 TENANT = "acme"
@@ -189,3 +202,155 @@ def test_an_admission_that_never_ran_is_answered_503_and_nothing_exists(
     assert _records(store) - records == {keys.job(job_id)}
     _run_queue(direct, store, client, tmp_path / "worker.log", [job_id])
     assert len(witness_starts(store, job_id)) == 1
+
+
+#: The batch admission script's SHA (``admit_batch``: a run per 100 jobs of a batch).
+ADMIT_BATCH_SHA = hashlib.sha1(source("pulse_core.guards", "admit_batch").encode()).hexdigest()
+
+
+def _warm_batch_script(client: FlaskClient) -> None:
+    """Load the batch script into Redis (an empty batch is refused before it): a call is then
+    one EVALSHA that runs, not one answered NOSCRIPT."""
+    body = {"jobs": [{"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": "warm-batch"}]}
+    assert client.post("/v1/batches", json=body, headers=auth(TENANT)).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_batch_whose_admission_ran_is_answered_with_its_jobs_not_503(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given an API whose link to Redis loses both replies of the batch admission script (it ran)
+    bodies = [{"jobType": "witness.sleep", "payload": {"seconds": 0}} for _ in range(3)]
+    _warm_batch_script(client)
+    calls, pending, records = proxy.forwarded(ADMIT_BATCH_SHA), _pending(store), _records(store)
+    proxy.lose("EVALSHA", ["reply", "reply"])
+    # when a batch without idempotency keys is submitted
+    response = client.post("/v1/batches", json={"jobs": bodies}, headers=auth(TENANT))
+    # then the script ran, and the answer names the jobs it admitted: a 503 would be false
+    # (docs/api.md: nothing was enqueued), and a client resending it would run every job twice
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_BATCH_SHA) - calls == 2
+    assert response.status_code == 200, response.get_data(as_text=True)
+    items = response.get_json()["items"]
+    assert [item["status"] for item in items] == [202, 202, 202]
+    job_ids = [item["job"]["jobId"] for item in items]
+    assert _records(store) - records == {keys.job(job_id) for job_id in job_ids}
+    assert _pending(store) - pending == 3
+    # and each job runs once, the backlog exact
+    _run_queue(direct, store, client, tmp_path / "worker.log", job_ids)
+    assert all(len(witness_starts(store, job_id)) == 1 for job_id in job_ids)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_batch_whose_admission_never_ran_is_answered_503_and_nothing_exists(
+    client: FlaskClient, proxy: RedisProxy, store: Redis
+) -> None:
+    # given an API whose link to Redis drops both requests of the batch admission script
+    bodies = [{"jobType": "witness.sleep", "payload": {"seconds": 0}} for _ in range(3)]
+    _warm_batch_script(client)
+    calls, pending, records = proxy.forwarded(ADMIT_BATCH_SHA), _pending(store), _records(store)
+    proxy.lose("EVALSHA", ["request", "request"])
+    # when a batch is submitted
+    response = client.post("/v1/batches", json={"jobs": bodies}, headers=auth(TENANT))
+    # then the script never ran, and the answer is a true 503: nothing of the batch exists
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(ADMIT_BATCH_SHA) == calls
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert _records(store) == records
+    assert _pending(store) == pending
+
+
+#: The replay script's SHA (``readmit``: a dead letter queued again).
+READMIT_SHA = hashlib.sha1(source("pulse_core.guards", "readmit").encode()).hexdigest()
+
+
+def _dead_letter(store: Redis) -> str:
+    """A dead ``witness.sleep`` job of the tenant on the test's queue, made by the store's scripts."""
+    jobs = JobStore(store)
+    job = Job(
+        job_id=new_job_id(),
+        tenant_id=TENANT,
+        job_type="witness.sleep",
+        queue=QUEUE,
+        payload={"seconds": 0},
+        created_at=utc_now(),
+    )
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
+    assert claimed.job is not None
+    assert jobs.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
+    return job.job_id
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_replay_whose_answer_was_lost_is_answered_202_and_runs_once(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given a dead letter, the replay script loaded (a call is one EVALSHA that runs), and an
+    # API whose link to Redis loses both replies of the replay script (it ran)
+    warm = _dead_letter(store)
+    assert client.post(f"/v1/dead-letters/{warm}/replay", headers=auth(TENANT)).status_code == 202
+    job_id = _dead_letter(store)
+    calls = proxy.forwarded(READMIT_SHA)
+    proxy.lose("EVALSHA", ["reply", "reply"])
+    # when the tenant replays it
+    response = client.post(f"/v1/dead-letters/{job_id}/replay", headers=auth(TENANT))
+    # then the script ran, and the answer is a 202: the job is queued again (a 503 would be
+    # false, and the client's retry would find no such dead letter: 404)
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(READMIT_SHA) - calls == 2
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_json()["jobId"] == job_id
+    assert store.hget(keys.job(job_id), "state") == "queued"
+    # and once a worker runs, each replayed job succeeds, its handler started once, the backlog exact
+    _run_queue(direct, store, client, tmp_path / "worker.log", [warm, job_id])
+    assert store.hget(keys.job(job_id), "state") == "succeeded"
+    assert len(witness_starts(store, job_id)) == 1
+
+
+#: The script a completion's token is checked with (``check_attempt``), then the one that ends it.
+CHECK_ATTEMPT_SHA = hashlib.sha1(source("pulse_core.http_handlers", "check_attempt").encode()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_cancel_asked_while_a_202_jobs_final_error_is_recorded_ends_it_cancelled(
+    client: FlaskClient, proxy: RedisProxy, store: Redis
+) -> None:
+    # given a running attempt whose receiver answered 202 (handed off, with its attempt token)
+    jobs, tokens = JobStore(store), AttemptTokens(store)
+    job = Job(job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now())
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=3, lost_error={})
+    assert claimed.job is not None
+    token, stored = tokens.new(claimed.job)
+    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
+    assert tokens.hand_off(claimed.job, 60)
+    # and an API whose link to Redis holds the script after the token's check 3 s on its way
+    # (both loaded: each is one EVALSHA that runs)
+    store.script_load(source("pulse_core.http_handlers", "check_attempt"))
+    store.script_load(source("pulse_core.store", "finalize"))
+    proxy.delay("EVALSHA", 0.0)
+    proxy.delay("EVALSHA", 3.0)
+    answers: list[Any] = []
+    body = {"error": "gave up", "retryable": False}
+    headers = {"Authorization": f"Bearer {token}"}
+    # when the receiver reports a final error, and its tenant asks the job to stop while the API
+    # is recording that error (after it looked at cancelRequested)
+    reporter = threading.Thread(
+        target=lambda: answers.append(client.post(f"/v1/jobs/{job.job_id}/complete", json=body, headers=headers))
+    )
+    reporter.start()
+    wait_for(lambda: proxy.delays_left() == 0, timeout=10)
+    assert proxy.forwarded(CHECK_ATTEMPT_SHA) >= 1
+    assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.RUNNING
+    reporter.join(timeout=20)
+    # then the job ends cancelled, not dead (docs/execution-guarantees.md: a failure ends a job
+    # whose cancel was asked cancelled, even when the cancel comes while it is being recorded)
+    assert answers and answers[0].status_code == 200, answers and answers[0].get_data(as_text=True)
+    assert store.hget(keys.job(job.job_id), "state") == "cancelled", store.hgetall(keys.job(job.job_id))
+    assert store.zscore(keys.tenant_dead_letters(TENANT), job.job_id) is None
+    assert backlog_mismatches(store) == {}

@@ -283,6 +283,14 @@ class JobStore:
         raw: dict[str, str] = self._redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return Job.from_redis(raw) if raw else None
 
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` that have a record, in one round trip."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.job(job_id))
+            found: list[int] = pipe.execute()
+        return {job_id for job_id, there in zip(job_ids, found, strict=True) if there}
+
     def type_and_tenant(self, job_id: str) -> tuple[str, str] | None:
         """(jobType, tenant id) of the job, or ``None`` when there is no such record."""
         found: list[str | None] = self._redis.hmget(keys.job(job_id), ["jobType", "tenantId"])  # type: ignore[assignment]

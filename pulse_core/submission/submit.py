@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pulse_core import json_text
 from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.broker.routing import resolve_queue
-from pulse_core.errors import InvalidIdempotencyKey, PayloadTooLarge, PulseError, TenantMismatch
+from pulse_core.errors import BrokerUnavailable, InvalidIdempotencyKey, PayloadTooLarge, PulseError, TenantMismatch
 from pulse_core.guards.admission import Admission, Admitted, Submission
 from pulse_core.guards.idempotency import fingerprint
 from pulse_core.guards.rate_limits import LimitStatus
@@ -105,7 +105,16 @@ class Submitter:
                 verdicts.append(PulseError("not admitted"))  # replaced below
             except refusals as exc:
                 verdicts.append(exc)
-        admitted = self.admission.admit_many(tenant, [submission for _, submission in ready])
+        submissions = [submission for _, submission in ready]
+        try:
+            admitted = self.admission.admit_many(tenant, submissions)
+        except (RedisConnectionError, RedisTimeoutError):
+            # The answer was lost in flight (after redis-py's retry): the script runs may have
+            # run, all or some. The records say which jobs were let in, as for one submit.
+            found = self._admitted_many_after_all(tenant, submissions)
+            if found is None:
+                raise  # nothing was enqueued
+            admitted = found
         for (position, _), verdict in zip(ready, admitted, strict=True):
             verdicts[position] = verdict
         created = [answer.job for answer in verdicts if isinstance(answer, Admitted) and not answer.replayed]
@@ -114,6 +123,25 @@ class Submitter:
         for job_type, count in counts.items():  # one count per jobType, not per job
             metrics.job_submitted(tenant.tenant_id, job_type, count)
         return verdicts
+
+    def _admitted_many_after_all(
+        self, tenant: Tenant, submissions: Sequence[Submission]
+    ) -> list[Admitted | PulseError] | None:
+        """A batch whose admission answer was lost: each job found recorded was let in (its
+        answer as the script's); one not found was not (a 503 for that item: nothing of it was
+        enqueued). ``None`` when none was found: a 503 for the whole batch is true."""
+        ids = [submission.job.job_id for submission in submissions]
+        recorded = self.store.existing(ids)  # if Redis cannot be asked either, that error is the answer
+        if not recorded:
+            return None
+        log.warning("batch: admission answer lost in flight; %d of %d jobs were recorded", len(recorded), len(ids))
+        limit = self._limit_status(tenant)
+        return [
+            Admitted(job=submission.job, replayed=False, limit=limit, published=submission.placed)
+            if submission.job.job_id in recorded
+            else BrokerUnavailable("Redis did not answer; this job was not enqueued: send it again")
+            for submission in submissions
+        ]
 
     def prepare(self, tenant: Tenant, body: Mapping[str, Any], *, header_key: str | None = None) -> Submission:
         """Check what needs no Redis and build the job the admission script may create."""

@@ -377,13 +377,15 @@ def test_a_bulk_replay_of_many_dead_letters_does_not_hold_back_another_tenants_j
     local = replace(isolated_settings, dispatch_depth=2)
     client = create_app(local).test_client()
     store = JobStore(redis)
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
     a_ids = _dead_letters(store, "acme", local.default_queue, 300)
     worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1).start()
     try:
         worker.wait_ready(redis, DIAG_TYPES)
         # when A replays them all in one call (within its rate limit)
-        answer = client.post("/v1/dead-letters/replay", json={"dryRun": False}, headers=auth("acme")).get_json()
-        assert answer["replayed"] == 300
+        replay = {"dryRun": False, "jobType": "diag.sleep", "deadAfter": since}
+        answer = client.post("/v1/dead-letters/replay", json=replay, headers=auth("acme")).get_json()
+        assert answer["replayed"] == 300 and set(answer["jobIds"]) == set(a_ids)
         first = answer["jobIds"][:5]  # replayed first
         wait_for(lambda: any(d.get("startedAt") for d in _docs(client, "acme", first)), timeout=30)
         # and tenant B then submits one job

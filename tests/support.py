@@ -18,8 +18,10 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.jobs import Job, JobState
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
+from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import live_job_types
 from pulse_core.tenants import hash_api_key
 
@@ -412,3 +414,16 @@ def post_job_over_http(port: int, *, timeout: float = 10.0) -> int:
         return response.status
     finally:
         conn.close()
+
+
+def bury(store: JobStore, jobs: Iterable[Job]) -> list[str]:
+    """Create each of ``jobs`` and end it dead after one attempt (a dead letter, its tenant's
+    backlog count back to what it was); their ids, in order."""
+    ids = []
+    for job in jobs:
+        store.create(job)
+        claimed = store.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
+        assert claimed.job is not None
+        assert store.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
+        ids.append(job.job_id)
+    return ids

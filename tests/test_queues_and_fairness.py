@@ -17,7 +17,7 @@ from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
 from pulse_core.broker.routing import resolve_queue
 from pulse_core.guards.execution_limits import needs_tenant
-from pulse_core.jobs import Job, JobState, new_job_id, utc_now
+from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
@@ -26,6 +26,7 @@ from tests.conftest import DIAG_TYPES
 from tests.support import (
     WorkerProcess,
     auth,
+    bury,
     settings_env,
     wait_for,
     wait_for_state,
@@ -350,23 +351,21 @@ def test_weights_and_running_caps_are_read_and_bad_ones_refused_naming_them(tmp_
 
 def _dead_letters(store: JobStore, tenant: str, queue: str, n: int) -> list[str]:
     """``n`` dead diag.sleep jobs of ``tenant`` on ``queue`` at priority 9, each sleeping 0.05 s when run."""
-    ids = []
-    for _ in range(n):
-        job = Job(
-            job_id=new_job_id(),
-            tenant_id=tenant,
-            job_type="diag.sleep",
-            queue=queue,
-            payload={"seconds": 0.05},
-            priority=9,
-            created_at=utc_now(),
-        )
-        store.create(job)
-        claimed = store.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
-        assert claimed.job is not None
-        assert store.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
-        ids.append(job.job_id)
-    return ids
+    return bury(
+        store,
+        (
+            Job(
+                job_id=new_job_id(),
+                tenant_id=tenant,
+                job_type="diag.sleep",
+                queue=queue,
+                payload={"seconds": 0.05},
+                priority=9,
+                created_at=utc_now(),
+            )
+            for _ in range(n)
+        ),
+    )
 
 
 def test_a_bulk_replay_of_many_dead_letters_does_not_hold_back_another_tenants_job(

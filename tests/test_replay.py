@@ -8,23 +8,21 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_core import keys
-from pulse_core.jobs import Job, JobState, new_job_id, utc_now
+from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.store.job_store import JobStore
 from tests.invariants import backlog_mismatches
-from tests.support import auth
+from tests.support import auth, bury
 
 
 def dead_letters(store: JobStore, tenant: str, n: int) -> list[str]:
     """``n`` dead jobs of ``tenant`` (their backlog count back to what it was)."""
-    ids = []
-    for _ in range(n):
-        job = Job(job_id=new_job_id(), tenant_id=tenant, job_type="diag.echo", queue="t-replay", created_at=utc_now())
-        store.create(job)
-        claimed = store.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=0, lost_error={})
-        assert claimed.job is not None
-        assert store.finalize(claimed.job, JobState.DEAD, error={"type": "Boom", "message": "x"})
-        ids.append(job.job_id)
-    return ids
+    return bury(
+        store,
+        (
+            Job(job_id=new_job_id(), tenant_id=tenant, job_type="diag.echo", queue="t-replay", created_at=utc_now())
+            for _ in range(n)
+        ),
+    )
 
 
 def test_a_bulk_replay_stops_at_the_backlog_cap_and_says_which_it_replayed(client: FlaskClient, redis: Redis) -> None:

@@ -120,18 +120,32 @@ def _positive(parse: Callable[[str], _N], noun: str, most: int) -> Kind:
     return Kind(check)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if it has one, shown as ``***`` (for messages and logs)."""
+    parts = urlparse(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _url(schemes: frozenset[str], *, redis_options: bool) -> Kind:
     """A URL with one of ``schemes``; a Redis one also with a port and database that
-    redis-py reads as written, and (``redis_options``) only query options redis-py knows."""
+    redis-py reads as written, and (``redis_options``) only query options redis-py knows.
+    A refusal shows the URL without its password."""
 
     def check(name: str, value: str) -> str:
+        shown = redacted_url(value)
         if urlparse(value).scheme not in schemes:
             allowed = ", ".join(sorted(schemes))
-            raise ConfigError(f"{name}={value!r} is not a URL with one of the schemes: {allowed}")
+            raise ConfigError(f"{name}={shown!r} is not a URL with one of the schemes: {allowed}")
         if is_redis_url(value):
             problem = _redis_url_problem(value, redis_options)
             if problem:
-                raise ConfigError(f"{name}={value!r}: {problem}")
+                raise ConfigError(f"{name}={shown!r}: {problem.replace(value, shown)}")
         return value
 
     return Kind(check)

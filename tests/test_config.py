@@ -74,6 +74,25 @@ def test_a_bad_setting_names_itself(env: dict, named: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PULSE_REDIS_URL": "http://pulse:s3cret-pw@x"}, "PULSE_REDIS_URL='http://pulse:\\*\\*\\*@x'"),
+        ({"PULSE_BROKER_URL": "kafka://:s3cret-pw@x:9092"}, "PULSE_BROKER_URL='kafka://:\\*\\*\\*@x:9092'"),
+        ({"PULSE_REDIS_URL": "redis://:s3cret-pw@127.0.0.1:99999/0"}, "PULSE_REDIS_URL.*port"),
+        ({"PULSE_REDIS_URL": "redis://u:s3cret-pw@127.0.0.1:6379/abc"}, "PULSE_REDIS_URL.*database"),
+        ({"PULSE_REDIS_URL": "redis://u:s3cret-pw@127.0.0.1:6379/0?foo=bar"}, "PULSE_REDIS_URL.*foo"),
+    ],
+)
+def test_a_bad_url_setting_is_named_without_its_password(env: dict, named: str) -> None:
+    # given a URL setting with a password that is wrong in another way
+    # when the settings are read
+    with pytest.raises(ConfigError, match=named) as refused:
+        Settings.from_env(env)
+    # then the refusal names it, and does not print the password
+    assert "s3cret-pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("text", "enabled"),
     [("off", False), ("OFF", False), ("false", False), ("0", False), ("no", False), ("on", True), ("1", True)],
 )

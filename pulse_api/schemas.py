@@ -366,6 +366,13 @@ class BulkReplaySchema(Schema):
     deadBefore = fields.AwareDateTime(metadata={"description": "Died at or before this time"})
     dryRun = JsonBoolean(load_default=False)
 
+    @validates_schema
+    def _window_is_not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        after, before = data.get("deadAfter"), data.get("deadBefore")
+        if after is not None and before is not None and after > before:
+            # an empty window matches nothing: most likely the two were swapped
+            raise ValidationError("must not be later than deadBefore", "deadAfter")
+
 
 class BulkReplayResultSchema(Schema):
     matched = fields.Integer(required=True)

@@ -135,6 +135,19 @@ def test_bulk_replay_dry_run_must_be_a_boolean(client: FlaskClient) -> None:
     assert "dryRun" in problem["errors"]
 
 
+def test_bulk_replay_with_deadafter_later_than_deadbefore_is_refused_naming_it(client: FlaskClient) -> None:
+    # given a window whose start is after its end (the two swapped)
+    body = {"deadAfter": "2026-01-02T00:00:00Z", "deadBefore": "2026-01-01T00:00:00Z"}
+    # when it is sent, for real or as a dry run, then it is refused naming deadAfter
+    for dry_run in (False, True):
+        response = client.post("/v1/dead-letters/replay", json={**body, "dryRun": dry_run}, headers=auth("acme"))
+        problem = assert_problem(response, 422, "validation-error")
+        assert "deadAfter" in problem["errors"], problem
+    # and a window of one instant is still a window
+    same = {"deadAfter": body["deadBefore"], "deadBefore": body["deadBefore"], "dryRun": True}
+    assert client.post("/v1/dead-letters/replay", json=same, headers=auth("acme")).status_code == 200
+
+
 def test_bulk_replay_without_a_body_is_refused_as_the_document_says(client: FlaskClient) -> None:
     # given the document's word that POST /v1/dead-letters/replay takes a body
     doc = client.get("/openapi.json").get_json()

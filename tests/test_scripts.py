@@ -1073,58 +1073,6 @@ CANCEL = [
     ],
 ]
 
-DISCARD_KEYS = ["{p}job:j1", "{p}index", "{p}counts", "{p}idem", "{p}watch"]
-DISCARD = [
-    Case(
-        "an unpublished queued job is removed, uncounted and its key released",
-        "store/discard",
-        {
-            "{p}job:j1": {"state": "queued"},
-            "{p}index": Z({"j1": 1, "j0": 1}),
-            "{p}counts": {"pending": "2"},
-            "{p}idem": "fp j1",
-            "{p}watch": Z({"j1": 1, "j0": 1}),
-        },
-        DISCARD_KEYS,
-        ["j1"],
-        1,
-        {
-            "{p}job:j1": None,
-            "{p}index": Z({"j0": 1}),
-            "{p}counts": {"pending": "1"},
-            "{p}idem": None,
-            "{p}watch": Z({"j0": 1}),
-        },
-    ),
-    Case(
-        "an idempotency key now naming another job is kept",
-        "store/discard",
-        {"{p}job:j1": {"state": "scheduled"}, "{p}counts": {"pending": "1"}, "{p}idem": "fp xj1"},
-        DISCARD_KEYS,
-        ["j1"],
-        1,
-        {"{p}job:j1": None, "{p}counts": {"pending": "0"}, "{p}idem": "fp xj1"},
-    ),
-    Case(
-        "a record with no expiry takes its held bytes with it",
-        "store/discard",
-        {"{p}job:j1": {"state": "queued", "storedBytes": "31"}, "{p}counts": {"pending": "1", "held": "40"}},
-        DISCARD_KEYS,
-        ["j1"],
-        1,
-        {"{p}job:j1": None, "{p}counts": {"pending": "0", "held": "9"}},
-    ),
-    Case(
-        "a job already running is removed but not uncounted (its final transition counts it)",
-        "store/discard",
-        {"{p}job:j1": {"state": "running"}, "{p}counts": {"pending": "1"}},
-        ["{p}job:j1", "{p}index", "{p}counts", "{p}job:j1", "{p}watch"],
-        ["j1"],
-        1,
-        {"{p}job:j1": None, "{p}counts": {"pending": "1"}},
-    ),
-]
-
 RECOVER_KEYS = ["{p}job:j1", "{p}watch"]
 # job id, recheck base for a lapse (s), for a queued job (s), longest recheck (s), lane waits
 RECOVER_ARGV = ["j1", "10", "60", "3600", "2"]
@@ -2704,7 +2652,6 @@ CASES = (
     + FINALIZE
     + CANCEL
     + READMIT
-    + DISCARD
     + RECOVER
     + OVERDUE
     + POSTPONE

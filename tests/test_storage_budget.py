@@ -136,13 +136,6 @@ def test_counters_return_to_their_exact_values_through_every_end_of_a_job(
     exact()
     assert client.post(f"/v1/jobs/{later}/cancel", headers=auth(tenant)).status_code == 200
     exact()
-    # given a scheduled job whose publish failed: discarded, its bytes go with its record
-    undone = submit({"jobType": "diag.echo", "payload": {"n": 2}, "options": {"delaySeconds": 3600}})
-    job = store.get(undone)
-    assert job is not None
-    store.discard(job)
-    exact()
-    assert int(redis.hget(keys.tenant_counts(tenant), "held") or 0) == held_before
     # and what finished is counted as retained, exactly
     assert int(redis.hget(keys.tenant_counts(tenant), "total") or 0) > 0
 

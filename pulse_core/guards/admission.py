@@ -34,10 +34,9 @@ single submission is, all or nothing for that job.
 The scripts are safe to run twice with the same arguments (redis-py retries a call
 that timed out): a job id already stored answers ``created`` and changes nothing.
 
-With another broker, publishing happens after (``pulse_core.broker.celery_app``); if
-it fails the caller discards the job (``JobStore.discard``), which removes the
-record, the index entry, the pending count and the idempotency key, so nothing
-is left half-done.
+With another broker the API publishes nothing: the job waits in its ready set (or
+parked) and a worker publishes it when it dispatches or releases it
+(``pulse_worker.release``), so an unreachable broker leaves nothing half-done.
 """
 
 from __future__ import annotations

@@ -25,15 +25,13 @@ retrying job's due time. The recovery sweep looks at whatever is overdue.
 The backlog rule (the field ``pending`` of ``keys.tenant_counts``: the tenant's jobs not yet
 final): creation does
 +1 in the same step as the record; ``final_transition`` does -1, so every move
-into a final state counts exactly once; a replay (dead -> queued) does +1 again,
-and discarding an unpublished record does -1.
+into a final state counts exactly once; a replay (dead -> queued) does +1 again.
 
 The storage budget rule (``max_stored_bytes``; ``lua/includes/stored_bytes.lua``): a
 record's bytes (its field ``storedBytes``) count in the tenant's ``held`` bytes
 (``keys.tenant_counts``) while it does not expire (not final, or a dead letter) and in its
 retained buckets (the same hash) once it does; admission adds them, ``final_transition``
-adds the result and error and moves them, a dead letter leaving moves them, discarding
-removes them.
+adds the result and error and moves them, a dead letter leaving moves them.
 """
 
 from __future__ import annotations
@@ -171,7 +169,6 @@ _MARK_DEAD_LETTER = LuaScript(_STORE, "mark_dead_letter", lambda reply: _FAILURE
 _FINALIZE = LuaScript(_STORE, "finalize", bool)
 _CANCEL = LuaScript(_STORE, "cancel", CancelOutcome)
 _RECOVER = LuaScript(_STORE, "recover", _recover_reply)
-_DISCARD = LuaScript(_STORE, "discard", bool)
 _OVERDUE = LuaScript(_STORE, "overdue", list)
 _POSTPONE_CHECK = LuaScript(_STORE, "postpone_check", int)
 
@@ -222,7 +219,6 @@ class JobStore:
         self._finalize = _FINALIZE.register(redis)
         self._cancel = _CANCEL.register(redis)
         self._recover = _RECOVER.register(redis)
-        self._discard = _DISCARD.register(redis)
         self._overdue = _OVERDUE.register(redis)
         self._postpone_check = _POSTPONE_CHECK.register(redis)
         self._index_add = listing.ADD.register(redis)
@@ -254,25 +250,6 @@ class JobStore:
             if watch_at is not None:
                 pipe.zadd(keys.WATCH, {job.job_id: watch_at})
             pipe.execute()
-
-    def discard(self, job: Job, *, idempotency_key: str | None = None) -> None:
-        """Remove a record that was never published (undo of its creation).
-
-        Also uncounts it from the backlog, unwatches it and releases
-        ``idempotency_key`` (the Redis key) if it still points at this job, so a
-        retry can succeed.
-        """
-        job_key = keys.job(job.job_id)
-        self._discard(
-            keys=[
-                job_key,
-                keys.tenant_jobs(job.tenant_id),
-                keys.tenant_counts(job.tenant_id),
-                idempotency_key or job_key,
-                keys.WATCH,
-            ],
-            args=[job.job_id],
-        )
 
     def pending(self, tenant_id: str) -> int:
         """How many of ``tenant_id``'s jobs are not yet final."""

@@ -53,7 +53,7 @@ def tenant_counts(tenant_id: str) -> str:
 
     - ``pending``: how many of its jobs are not yet final (the backlog): +1 in the same script
       that creates a record, -1 in the same script that moves a record from a non-final to a
-      final state (or discards it);
+      final state;
     - ``held``: bytes held by its records that do not expire (jobs not yet final and dead
       letters): the "held" part of the storage budget (``max_stored_bytes``);
     - ``total``, ``oldest`` and ``b<n>``: the bytes its expiring records (finished jobs in

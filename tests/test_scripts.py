@@ -1637,7 +1637,7 @@ ADMIT = [
     Case(
         "the index's newest score is the one the tenant's counts keep: the job is placed after it",
         "guards/admit",
-        # (an entry that left the index, such as a discarded job's, leaves its score there)
+        # (an entry that left the index, such as an expired job's, leaves its score there)
         {"{p}index": Z({"a": 1000}), "{p}counts": {"newest": "1500"}},
         ADMIT_KEYS,
         _admit_argv(),

@@ -3,7 +3,7 @@
 Against the real private Redis and the real worker: a tenant that fills its budget is
 refused (429, nothing consumed) while another is not; a result that does not fit is not
 kept; and the counters equal the bytes the records hold after jobs finish, die, are
-replayed, forgotten, cancelled and discarded (``tests.invariants.stored_bytes_mismatches``).
+replayed, forgotten and cancelled (``tests.invariants.stored_bytes_mismatches``).
 """
 
 from __future__ import annotations

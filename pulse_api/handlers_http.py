@@ -42,7 +42,7 @@ from pulse_core.errors import (
 )
 from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.handlers import JOB_TYPE_RE
-from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS
+from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS, outcome_digest
 from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
 from pulse_core.http_handlers.registrations import (
     DEFAULT_ROTATION_GRACE_SECONDS,
@@ -366,9 +366,17 @@ def _attempt_token() -> None:
 #: How long a heartbeat or completion waits for its attempt's 202 to be recorded by the
 #: worker that delivered it (normally a few milliseconds after the receiver answered).
 HAND_OFF_WAIT_SECONDS = 5.0
+#: How long a completion that lost the race to its twin waits for the twin to spend the token.
+SPEND_WAIT_SECONDS = 1.0
 
 
-def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
+class _Repeated(Exception):
+    """A completion that repeats what its spent token already reported (its answer was lost)."""
+
+
+def _current_attempt(job_id: str, extend_seconds: float | None, *, outcome: str | None = None) -> Any:
+    """The job whose running, handed-off attempt the request's token is; ``_Repeated`` when
+    the token already reported ``outcome`` (a completion sent again)."""
     svc = services()
     check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
     # A receiver may call back as soon as it answered 202, before the worker has recorded
@@ -379,7 +387,9 @@ def _current_attempt(job_id: str, extend_seconds: float | None) -> Any:
         check = svc.attempt_tokens.check(job_id, g.attempt_token, extend_seconds=extend_seconds)
     if check.verdict == "not-handed-off":
         raise AttemptOver("the attempt's 202 answer is not recorded (its worker may have stopped)")
-    if check.verdict == "bad-token":
+    if check.verdict == "spent" and outcome is not None and check.outcome == outcome:
+        raise _Repeated()
+    if check.verdict in ("bad-token", "spent"):  # spent: it can only repeat what it reported
         raise AuthenticationFailed("the attempt token is not this job's current attempt's")
     if check.verdict != "ok":
         raise AttemptOver(f"the attempt is over (the job is {check.state})")
@@ -420,9 +430,33 @@ class Complete(MethodView):
     )
     @callbacks.doc(security=_TOKEN_SECURITY)
     def post(self, body: dict[str, Any], job_id: str) -> dict[str, Any]:
-        """End a handed-off attempt: ``{"result": ...}`` or ``{"error": ..., "retryable": bool}``."""
+        """End a handed-off attempt: ``{"result": ...}`` or ``{"error": ..., "retryable": bool}``.
+
+        The same call sent again with the same token (its answer was lost) is answered as the
+        first was, with the job as it is now, and changes nothing."""
         svc = services()
-        job = _current_attempt(job_id, None)
+        digest = outcome_digest(body)
+        try:
+            return self._complete(body, job_id, digest)
+        except (_Repeated, AttemptOver) as exc:
+            # a repeat, or the twin of a call that recorded it first: that one spends the
+            # token right after (meanwhile the token's attempt is over but the token unspent)
+            if isinstance(exc, AttemptOver):
+                deadline = time.monotonic() + SPEND_WAIT_SECONDS
+                again = svc.attempt_tokens.check(job_id, g.attempt_token)
+                while again.verdict == "not-running" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    again = svc.attempt_tokens.check(job_id, g.attempt_token)
+                if not (again.verdict == "spent" and again.outcome == digest):
+                    raise
+            current = svc.store.get(job_id)
+            if current is None:
+                raise AttemptOver("the job is gone") from None
+            return current.document()
+
+    def _complete(self, body: dict[str, Any], job_id: str, digest: str) -> dict[str, Any]:
+        svc = services()
+        job = _current_attempt(job_id, None, outcome=digest)
         registration = svc.registrations.get(job.tenant_id, job.job_type)
         policy = registration.policy if registration is not None else RetryPolicy()
         tenant = svc.tenants.config.tenants.get(job.tenant_id)
@@ -485,7 +519,7 @@ class Complete(MethodView):
                     outcome = metrics.Outcome.DEAD
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
-        svc.attempt_tokens.forget(job_id)
+        svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
         metrics.job_finished(job, outcome)
         final = svc.store.get(job_id)  # before the next attempt's message can start it
         if retry is not None:

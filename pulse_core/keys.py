@@ -214,6 +214,15 @@ HTTP_HANDLER_TENANTS = f"{PREFIX}:http-handler-tenants"
 
 def http_attempt_token(job_id: str) -> str:
     """String: digest of the per-attempt token a long (202) delivery reports with,
-    ``<attempt> <cycle> <sha256>``; deleted when the attempt reports its outcome, else
+    ``<attempt> <cycle> <sha256>``; deleted when the attempt reports its outcome (kept as
+    ``http_spent_token``), else
     expires ``TOKEN_TTL_SECONDS`` (7 days) after the hand-off (``http_handlers.attempts``)."""
     return f"{PREFIX}:http-token:{part(job_id)}"
+
+
+def http_spent_token(job_id: str) -> str:
+    """String: the last attempt token of a job that reported its outcome,
+    ``<token sha256> <outcome sha256>``, so that the same report sent again (its answer was
+    lost) is answered as the first; expires ``SPENT_TOKEN_TTL_SECONDS`` (a day) after it
+    (``http_handlers.attempts``)."""
+    return f"{PREFIX}:http-spent:{part(job_id)}"

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -628,6 +629,77 @@ def test_a_202_job_stays_running_under_heartbeats_and_completes(
     again = client.post(f"/v1/jobs/{job_id}/complete", json={"result": 1}, headers=_bearer(token))
     assert again.status_code == 401
     assert client.post(f"/v1/jobs/{job_id}/heartbeat", headers=auth("acme")).status_code == 401
+
+
+def test_a_completion_sent_again_after_its_answer_was_lost_is_answered_as_the_first(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    # given a 202 job that completed with a result, the answer lost on its way to the receiver
+    register(client, "acme", "hooks.resent", url=receiver.url("/accept"), timeoutSeconds=30, maxRetries=0)
+    job_id = submit(client, "acme", "hooks.resent")
+    token = _token_of(receiver, job_id, 1)
+    first = client.post(f"/v1/jobs/{job_id}/complete", json={"result": {"rows": 3}}, headers=_bearer(token))
+    assert first.status_code == 200, first.get_data(as_text=True)
+    # when the receiver sends the same completion again, twice
+    for _ in range(2):
+        again = client.post(f"/v1/jobs/{job_id}/complete", json={"result": {"rows": 3}}, headers=_bearer(token))
+        # then it is answered as the first was, with the job unchanged
+        assert again.status_code == 200, again.get_data(as_text=True)
+        assert again.get_json() == first.get_json()
+    # and another outcome with that token is refused: it can only repeat what it reported
+    other = client.post(f"/v1/jobs/{job_id}/complete", json={"error": "late"}, headers=_bearer(token))
+    assert other.status_code == 401
+    doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+    assert doc["state"] == "succeeded" and doc["attempts"] == 1 and doc["result"] == {"rows": 3}
+
+
+def test_a_retryable_error_sent_again_does_not_retry_twice(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    # given a 202 job allowed two retries whose first attempt reported a retryable error
+    register(client, "acme", "hooks.twice", url=receiver.url("/accept"), timeoutSeconds=30, maxRetries=2, backoff=0)
+    job_id = submit(client, "acme", "hooks.twice")
+    first = _token_of(receiver, job_id, 1)
+    reported = client.post(f"/v1/jobs/{job_id}/complete", json={"error": "busy"}, headers=_bearer(first))
+    assert reported.status_code == 200 and reported.get_json()["state"] == "retrying"
+    second = _token_of(receiver, job_id, 2)
+    # when the first attempt's error is sent again (its answer was lost), concurrently with itself
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.post(f"/v1/jobs/{job_id}/complete", json={"error": "busy"}, headers=_bearer(first)),
+                range(4),
+            )
+        )
+    # then each is answered 200 with the job as it is now, and no attempt is spent on it
+    assert [a.status_code for a in answers] == [200] * 4, [a.get_data(as_text=True) for a in answers]
+    assert all(a.get_json()["attempts"] == 2 for a in answers)
+    time.sleep(1.0)
+    assert [d.json()["attempt"] for d in deliveries_of(receiver, "/accept", job_id)] == [1, 2]
+    # and the running attempt still completes with its own token
+    done = client.post(f"/v1/jobs/{job_id}/complete", json={"result": 2}, headers=_bearer(second))
+    assert done.status_code == 200 and done.get_json()["state"] == "succeeded"
+    assert done.get_json()["attempts"] == 2
+
+
+def test_two_completions_sent_at_once_record_one_outcome_and_both_are_answered(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
+) -> None:
+    # given a running 202 job
+    register(client, "acme", "hooks.twins", url=receiver.url("/accept"), timeoutSeconds=30, maxRetries=0)
+    job_id = submit(client, "acme", "hooks.twins")
+    token = _token_of(receiver, job_id, 1)
+    # when the receiver sends its completion eight times at once (a client retrying on a timeout)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.post(f"/v1/jobs/{job_id}/complete", json={"result": "ok"}, headers=_bearer(token)),
+                range(8),
+            )
+        )
+    # then every call is answered 200 with the succeeded job, which ran one attempt
+    assert [a.status_code for a in answers] == [200] * 8, [a.get_data(as_text=True) for a in answers]
+    assert {(a.get_json()["state"], a.get_json()["attempts"]) for a in answers} == {("succeeded", 1)}
 
 
 def test_a_lapsed_202_lease_is_retried_and_the_old_token_is_refused(

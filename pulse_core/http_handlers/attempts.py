@@ -12,6 +12,7 @@ the next attempt's delivery replaces the token, so an old attempt's token is ref
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 
@@ -32,18 +33,31 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: How long a spent token can repeat its outcome (a completion sent again after a lost answer).
+SPENT_TOKEN_TTL_SECONDS = 24 * 3600
+
+
+def outcome_digest(outcome: object) -> str:
+    """The SHA-256 of a reported outcome (its JSON with sorted keys), as a spent token keeps it."""
+    return _digest(json.dumps(outcome, sort_keys=True, separators=(",", ":")))
+
+
 @dataclass(frozen=True)
 class TokenCheck:
-    """``ok``, ``bad-token`` (unknown, or another attempt's) or ``not-running``."""
+    """``ok``, ``bad-token`` (unknown, or another attempt's), ``not-handed-off``,
+    ``not-running`` (with the job's ``state``) or ``spent`` (with the ``outcome`` digest it reported)."""
 
     verdict: str
     state: str | None = None
+    outcome: str | None = None
 
 
 #: After a 202: the attempt stays running, leased on Redis' clock (``lua/hand_off.lua``).
 _HAND_OFF = LuaScript("pulse_core.http_handlers", "hand_off", bool)
 #: A heartbeat's or completion's token against the running attempt (``lua/check_attempt.lua``).
 _CHECK = LuaScript("pulse_core.http_handlers", "check_attempt", list)
+#: A token that reported its outcome can only repeat it (``lua/spend_token.lua``).
+_SPEND = LuaScript("pulse_core.http_handlers", "spend_token", int)
 
 
 class AttemptTokens:
@@ -51,6 +65,7 @@ class AttemptTokens:
         self._redis = redis
         self._hand_off = _HAND_OFF.register(redis)
         self._check = _CHECK.register(redis)
+        self._spend = _SPEND.register(redis)
 
     @staticmethod
     def new(job: Job) -> tuple[str, str]:
@@ -71,11 +86,17 @@ class AttemptTokens:
         """Whether ``token`` is the running, handed-off attempt's; extend its lease if asked."""
         lease_until = extend_seconds if extend_seconds is not None else ""
         found = self._check(
-            keys=[keys.http_attempt_token(job_id), keys.job(job_id), keys.WATCH],
+            keys=[keys.http_attempt_token(job_id), keys.job(job_id), keys.WATCH, keys.http_spent_token(job_id)],
             args=[_digest(token), lease_until, job_id, HANDED_OFF_OWNER],
         )
         verdict = str(found[0])
+        if verdict == "spent":
+            return TokenCheck(verdict, outcome=str(found[1]))
         return TokenCheck(verdict, str(found[1]) if len(found) > 1 and verdict == "not-running" else None)
 
-    def forget(self, job_id: str) -> None:
-        self._redis.delete(keys.http_attempt_token(job_id))
+    def spend(self, job_id: str, token: str, outcome: str) -> None:
+        """``token`` reported ``outcome`` (``outcome_digest``): from now on it can only repeat it."""
+        self._spend(
+            keys=[keys.http_attempt_token(job_id), keys.http_spent_token(job_id)],
+            args=[_digest(token), outcome, SPENT_TOKEN_TTL_SECONDS],
+        )

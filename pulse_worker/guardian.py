@@ -43,7 +43,7 @@ from pulse_core.redis_client import connect_impatient
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
-from pulse_worker.release import DISPATCHED_PRIORITY, publish_released
+from pulse_worker.release import DISPATCHED_PRIORITY, parked_message, publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
@@ -175,7 +175,19 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     raise
                 self._last_renewal = time.monotonic()
 
+            fair = runtime.store.dispatcher
+
             def publish(jobs: list[Job]) -> int:
+                if fair is not None and fair.inline:
+                    # Parked due now: the tick puts each into its tenant's ready set, so a
+                    # tenant's many recovered jobs (lapsed 202 leases, say) take its turns
+                    # rather than all going ahead of every other tenant's next job.
+                    try:
+                        runtime.gate.park_now([(job.job_id, parked_message(worker.app, fair, job)) for job in jobs])
+                    except RedisError as exc:
+                        log.warning("sweep: %d recovered jobs not parked: %s", len(jobs), exc)
+                        return 0
+                    return len(jobs)
                 sent, error = publish_jobs(worker.app, ((job, None) for job in jobs), (KombuError, OSError, RedisError))
                 if error is not None:
                     log.warning(
@@ -195,8 +207,6 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
                     recheck=recheck,
                     budget_seconds=max(1.0, settings.sweep_interval_seconds),
                 )
-
-            fair = runtime.store.dispatcher
 
             def dispatch() -> None:
                 if fair is None:

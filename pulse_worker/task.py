@@ -48,7 +48,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from pulse_core import keys
-from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination, encode_message, waiting_lists
+from pulse_core.broker.celery_app import DEAD_LETTER_TASK, RUN_JOB_TASK, destination
 from pulse_core.context import JobContext
 from pulse_core.errors import (
     AttemptHandedOff,
@@ -72,7 +72,7 @@ from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
-from pulse_worker.release import publish_released
+from pulse_worker.release import parked_message, publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")
@@ -329,18 +329,9 @@ def _parker(runtime: WorkerRuntime, task: Task, job_id: str) -> Parker:
         job = runtime.store.get(job_id)
         if job is None:
             return None
-        return _parked_message(runtime, task, job)
+        return parked_message(task.app, runtime.store.dispatcher, job)
 
     return park
-
-
-def _parked_message(runtime: WorkerRuntime, task: Task, job: Job) -> ParkedMessage:
-    """What starts ``job``'s next attempt when it is released from parking (``ParkedMessage``)."""
-    fair = runtime.store.dispatcher
-    if fair is None or not fair.inline:
-        return ParkedMessage(tenant_id=job.tenant_id)  # published by the releasing worker
-    message, _ = encode_message(task.app, job)
-    return ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
 
 
 def claim(runtime: WorkerRuntime, task: Task, job_id: str, attempt: int | None, cycle: int | None) -> Job | None:
@@ -493,7 +484,7 @@ def retry(runtime: WorkerRuntime, task: Task, job: Job, exc: BaseException, dela
     log.info("job %s (%s) attempt %d failed; retry in %.1f s", job.job_id, job.job_type, job.attempts, delay)
     if runtime.store.dispatcher is not None:
         # The next attempt waits in Redis, not in a worker: the tick releases it when due.
-        runtime.gate.park_until(job.job_id, delay, _parked_message(runtime, task, job))
+        runtime.gate.park_until(job.job_id, delay, parked_message(task.app, runtime.store.dispatcher, job))
         raise Retry(f"retry in {delay:.1f} s, parked in Redis", exc=exc if isinstance(exc, Exception) else None)
     if plan.eta_message:
         raise task.retry(

@@ -95,6 +95,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"ok":true}')
         elif path == "/accept":
             self._send(202, b'{"accepted":true}')
+        elif path == "/accept-once":  # a long job's first attempt (never reported), then slow 200s
+            if received.json()["attempt"] == 1:
+                self._send(202, b'{"accepted":true}')
+            else:
+                time.sleep(0.2)
+                self._send(200, b'{"ok":true}')
         elif path == "/empty":
             self._send(204, b"")
         elif path == "/hang":

@@ -702,6 +702,58 @@ def test_two_completions_sent_at_once_record_one_outcome_and_both_are_answered(
     assert {(a.get_json()["state"], a.get_json()["attempts"]) for a in answers} == {("succeeded", 1)}
 
 
+@pytest.mark.timeout(180)
+def test_a_tenants_many_lapsed_202_leases_do_not_go_ahead_of_another_tenants_job(
+    http_settings: Settings, redis: Redis, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given one worker delivering one at a time, on a queue of its own
+    settings = replace(http_settings, default_queue="http-lapse-fair")
+    app = _app_with_env(settings, _http_env("127.0.0.1/32,http", ""))
+    client = app.test_client()
+    register(client, "acme", "hooks.lapse-many", url=receiver.url("/accept-once"), timeoutSeconds=30, maxRetries=2)
+    register(client, "globex", "hooks.next", url=receiver.url("/ok"))
+    worker = WorkerProcess(
+        _worker_env(settings, tmp_path),
+        tmp_path / "worker.log",
+        queues=("http-lapse-fair",),
+        pool="threads",
+        concurrency=1,
+    )
+    worker.start().wait_ready(redis, DIAG_TYPES)
+    try:
+        # and 30 of acme's long jobs at priority 9, each answered 202 and never reported: their leases lapse
+        acme = [submit(client, "acme", "hooks.lapse-many", options={"priority": 9}) for _ in range(30)]
+        assert wait_for(lambda: all(deliveries_of(receiver, "/accept-once", j) for j in acme), timeout=60)
+        tokens = {j: deliveries_of(receiver, "/accept-once", j)[0].json()["attemptToken"] for j in acme}
+        assert wait_for(lambda: all(redis.hget(keys.job(j), "owner") == "http-202" for j in acme), timeout=30)
+        for j, token in tokens.items():  # so that all their leases lapse at once, 2 s from now
+            beat = client.post(f"/v1/jobs/{j}/heartbeat", json={"extendSeconds": 2}, headers=_bearer(token))
+            assert beat.status_code == 200, beat.get_data(as_text=True)
+
+        # when the sweep has recovered them all (their next attempts take 0.2 s each)
+        def recovered(job_id: str) -> bool:  # its claim of the next attempt clears the mark
+            mark, attempts = redis.hmget(keys.job(job_id), ["recoveries", "attempts"])
+            return mark is not None or int(attempts or 0) >= 2
+
+        assert wait_for(lambda: all(recovered(j) for j in acme), timeout=60)
+        # (and none of them parked, on its way back to acme's turns)
+        assert wait_for(lambda: all(redis.zscore(keys.PARKED_UNTIL, j) is None for j in acme), timeout=10)
+        submitted = time.time()
+        job_id = submit(client, "globex", "hooks.next")
+        doc = wait_for_state(client, "globex", job_id, {"succeeded", "dead"}, timeout=60)
+        assert doc["state"] == "succeeded", doc
+        # then globex's job was delivered within a few of acme's recovered ones, not behind them all
+        started = deliveries_of(receiver, "/ok", job_id)[0].at
+        ahead = [r for r in receiver.state.to("/accept-once") if submitted <= r.at < started]
+        assert len(ahead) <= 3, f"{len(ahead)} of acme's recovered deliveries went ahead of globex's job"
+        # and every one of acme's jobs still succeeds, on its second attempt
+        for j in acme:
+            done = wait_for_state(client, "acme", j, {"succeeded", "dead"}, timeout=60)
+            assert (done["state"], done["attempts"]) == ("succeeded", 2), done
+    finally:
+        worker.stop()
+
+
 def test_a_lapsed_202_lease_is_retried_and_the_old_token_is_refused(
     client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess
 ) -> None:

@@ -1207,6 +1207,19 @@ RECOVER = [
         for state in ("scheduled", "retrying")
     ],
     Case(
+        "a running job whose lease lapsed, waiting in its ready set for its next attempt, is not copied",
+        "store/recover",
+        {
+            "{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "recoveries": "1"},
+            "{p}watch": Z({"j1": 900}),
+            "{p}ready": Z({"j1": 1}),
+        },
+        [*RECOVER_KEYS, "{p}ready", "{p}pmsg", "{p}lane"],
+        RECOVER_ARGV,
+        ["waiting"],
+        {"{p}job:j1": {**ID, "state": "running", "leaseUntil": "900", "recoveries": "1"}, "{p}watch": Z({"j1": ANY})},
+    ),
+    Case(
         "a running job whose lease lapsed is republished at once though its queue is busy",
         "store/recover",
         {
@@ -2439,6 +2452,25 @@ RELEASE_DUE_FAIR = [
         },
     ),
     Case(
+        "a running job whose lease lapsed, parked due now by the sweep, waits in its tenant's ready set",
+        "guards/release_due",
+        {
+            "{p}due": Z({"j1": 5}),
+            "{p}pmsg": {"j1": "{p}q\nm1"},
+            "{p}job:j1": {"state": "running", "leaseUntil": "900", "queue": "q", "tenantId": "t1", "priority": "9"},
+            "{p}tenant:t1:counts": {"seq": "1"},
+        },
+        ["{p}due", "{p}pmsg"],
+        [100, "0", *_FAIR_RELEASE],
+        [1],
+        {
+            "{p}q": None,
+            "{p}job:j1": Having({"state": "running", "message": "m1"}),
+            "{p}ready:q:t1": Z({"j1": 2}),
+            "{p}active:q": Z({"t1": 0}),
+        },
+    ),
+    Case(
         "a released copy of a running job (no broker list) leaves its deadline, the lease, alone",
         "guards/release_due",
         {
@@ -2512,6 +2544,28 @@ DISPATCH = [
             "{p}job:ja": {"state": "cancelled"},
             "{p}queues": None,
             "{p}l0": None,
+        },
+    ),
+    Case(
+        "a running job whose lease lapsed (recovered by the sweep) is dispatched; one whose lease holds is dropped",
+        "store/dispatch",
+        {
+            "{p}active": Z({"a": 0, "b": 0.5}),
+            "{p}state": {"w:a": "1", "w:b": "1"},
+            "{p}ready:a": Z({"ja": 4e15 + 1}),
+            "{p}ready:b": Z({"jb": 4e15 + 2}),
+            "{p}job:ja": {"state": "running", "leaseUntil": "900", "message": "ma"},
+            "{p}job:jb": {"state": "running", "leaseUntil": LATER, "message": "mb"},
+            "{p}queues": {"q"},
+        },
+        DISPATCH_KEYS,
+        DISPATCH_ARGV,
+        1,
+        {
+            "{p}l0": ["ma"],
+            "{p}job:ja": {"state": "running", "leaseUntil": "900"},
+            "{p}job:jb": {"state": "running", "leaseUntil": LATER},
+            "{p}active": None,
         },
     ),
     Case(

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -283,6 +283,17 @@ class ExecutionGate:
             keys=[keys.PARKED_UNTIL, keys.PARKED_MESSAGES], args=[*args, "nx"] if unless_parked else args
         )
         return due > 0
+
+    def park_now(self, parked: Sequence[tuple[str, ParkedMessage]]) -> None:
+        """Park each ``(job_id, message)`` due now, in one round trip: the workers' tick (within
+        a second) puts each into its tenant's ready set, to run in its tenant's turn
+        (``release_due.lua``), as the recovery sweep's jobs on a Redis broker are."""
+        calls = [
+            ([keys.PARKED_UNTIL, keys.PARKED_MESSAGES], [job_id, "0.0", message.broker_list, message.message])
+            for job_id, message in parked
+        ]
+        if calls:
+            self._park_due.call_many(self._redis, calls)
 
     def leave(self, verdict: Verdict) -> Released:
         """Give back the run slots ``verdict`` holds, handing each to the first job parked

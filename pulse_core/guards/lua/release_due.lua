@@ -31,11 +31,12 @@ end
 
 -- The job waits in its tenant's ready set of its queue, its message in its record, as a job
 -- admitted now does (store's includes/enqueue_job.lua), at weight 1 (false: no such waiting
--- job, dropped).
+-- job, dropped). A running job whose lease lapsed waits too: the recovery sweep parks such
+-- jobs due now, so that their next attempts take their tenant's turns.
 local function enqueue_fairly(job_id, message)
   local job_key = ARGV[3] .. job_id
-  local f = redis.call('HMGET', job_key, 'state', 'queue', 'tenantId', 'priority')
-  if not WAITING_STATES[f[1]] or not f[2] or not f[3] then return false end
+  local f = redis.call('HMGET', job_key, 'state', 'queue', 'tenantId', 'priority', 'leaseUntil')
+  if not dispatchable(f[1], f[5]) or not f[2] or not f[3] then return false end
   local queue, tenant = f[2], f[3]
   local seq = redis.call('HINCRBY', ARGV[9] .. part(tenant) .. ARGV[10], 'seq', 1)
   redis.call('HSET', job_key, 'message', message)

@@ -30,12 +30,13 @@ if state ~= 'queued' and live_until > now then
 end
 local n = tonumber(f[4] or '0')
 local base = tonumber(state == 'queued' and ARGV[3] or ARGV[2])
--- Waiting in its ready set: not lost, its queue's dispatcher moves it on in fair order.
+-- Waiting in its ready set: not lost, its queue's dispatcher moves it on in fair order (a
+-- running job whose lease lapsed too: the sweep put it there, recovered, for its next attempt).
 -- Parked on an execution limit: not lost either, a freed slot or its due time releases it
 -- (a copy would be let through by the limit, then refused by the claim: a slot spent for
 -- nothing). So too a retry or a delayed job parked on a limit after its due time.
-if state ~= 'running' and KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
-                                       or redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1) then
+if KEYS[3] and (redis.call('ZSCORE', KEYS[3], ARGV[1])
+                or (state ~= 'running' and redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1)) then
   redis.call('ZADD', KEYS[2], now + base, ARGV[1])
   return {'waiting'}
 end

@@ -14,8 +14,9 @@
 -- appended to q.out for the caller to publish, and no message is stored.
 -- The tenant with the lowest virtual time gives its best job (highest priority, then oldest);
 -- its virtual time then grows by 1 / its weight. A tenant whose ready set is empty leaves
--- q.active, and an idle queue's state goes, so idle tenants cost nothing. A job that is no
--- longer queued (cancelled while it waited) is dropped with its message. At most 64 entries
+-- q.active, and an idle queue's state goes, so idle tenants cost nothing. A job that no
+-- longer waits (cancelled while it waited; a recovered attempt started meanwhile by another
+-- copy) is dropped with its message. At most 64 entries
 -- are looked at per call; what is left is dispatched by the next call.
 -- q.counted (optional): how many of q.lists count towards the depth, from the first (all when
 --   nil). Admission counts the first only: kombu takes from the lists in order, so a message
@@ -24,6 +25,16 @@
 -- active_known: the caller knows q.active is not empty (it just added a tenant to it).
 -- Returns how many messages were pushed.
 local DISPATCH_PRIORITY_SPAN = 1e15
+
+-- Whether a job in `state`, leased until `lease_until`, waits for its turn: queued, a delayed job
+-- or a retry released when due, or a running job whose attempt's lease lapsed (the recovery
+-- sweep put it back in its tenant's turn: its message starts the next attempt).
+local function dispatchable(state, lease_until)
+  if state == 'queued' or state == 'scheduled' or state == 'retrying' then return true end
+  if state ~= 'running' then return false end
+  local t = redis.call('TIME')
+  return tonumber(lease_until or '0') < tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 
 -- How many messages q's (counted) broker lists hold.
 local function dispatch_depth(q)
@@ -56,11 +67,10 @@ local function dispatch(q, active_known)
     if #popped > 0 then
       local id = popped[1]
       local job_key = q.job_prefix .. id
-      local f = redis.call('HMGET', job_key, 'state', 'message')
+      local f = redis.call('HMGET', job_key, 'state', 'message', 'leaseUntil')
       local message = f[2]
       if message then redis.call('HDEL', job_key, 'message') end
-      -- queued, or a delayed job or retry released when due (release_due.lua) still waiting
-      if (message or not q.lists) and (f[1] == 'queued' or f[1] == 'scheduled' or f[1] == 'retrying') then
+      if (message or not q.lists) and dispatchable(f[1], f[3]) then
         if q.lists then
           redis.call('LPUSH', q.lists[1], message)
         else

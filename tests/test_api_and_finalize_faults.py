@@ -160,6 +160,45 @@ def _is_problem(response: Any, status: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.usefixtures("memory_restored")
+def test_a_bulk_replay_cut_short_by_a_full_redis_answers_the_jobs_it_replayed(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given a tenant with 3 dead letters, and Redis that runs out of memory once the first
+    # has been replayed (the second replay's script reaches a Redis refusing writes)
+    ids = _dead_letters(store, "globex", 3)
+    proxy.delay(READMIT_SHA, 0.0)
+    proxy.delay(READMIT_SHA, 1.5)
+    filler = _out_of_memory_once_delayed(proxy, store)
+    # when it replays them all at once
+    response = client.post("/v1/dead-letters/replay", json={"dryRun": False}, headers=auth("globex"))
+    filler.join(10)
+    store.config_set("maxmemory", "0")
+    # then the answer names the one job replayed (a 503 would say nothing was, and the client
+    # could never learn which was queued again: it is no longer a dead letter)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["matched"], body["replayed"]) == (3, 1)
+    (replayed,) = body["jobIds"]
+    assert store.hget(keys.job(replayed), "state") == "queued"
+    assert store.zscore(keys.WATCH, replayed) is not None
+    # and the others are dead letters as they were, the backlog count exact
+    for job_id in set(ids) - {replayed}:
+        assert store.hget(keys.job(job_id), "state") == "dead"
+        assert store.zscore(keys.tenant_dead_letters("globex"), job_id) is not None
+        assert store.zscore(keys.WATCH, job_id) is None
+    assert backlog_mismatches(store) == {}
+    # when Redis takes writes again and the client replays the rest
+    rest = client.post("/v1/dead-letters/replay", json={"dryRun": False}, headers=auth("globex"))
+    assert rest.status_code == 200, rest.get_data(as_text=True)
+    assert set(rest.get_json()["jobIds"]) == set(ids) - {replayed}
+    # then every replayed job runs once and succeeds
+    _run_queue(direct, store, client, tmp_path / "worker.log", ids)
+    assert all(store.hget(keys.job(job_id), "state") == "succeeded" for job_id in ids)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("memory_restored")
 def test_a_replay_refused_by_a_full_redis_is_a_503_that_changes_nothing(
     client: FlaskClient, store: Redis, direct: Settings, tmp_path: Path
 ) -> None:

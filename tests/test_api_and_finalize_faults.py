@@ -55,6 +55,7 @@ def _sha(package: str, name: str) -> str:
 READMIT_SHA = _sha("pulse_core.guards", "readmit")
 PARK_SHA = _sha("pulse_core.guards", "park_due")
 FINALIZE_SHA = _sha("pulse_core.store", "finalize")
+ADMIT_BATCH_SHA = _sha("pulse_core.guards", "admit_batch")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,7 @@ def store(direct: Settings) -> Redis:
     redis = connect(direct.redis_url)
     for package, name in [
         ("pulse_core.guards", "readmit"),
+        ("pulse_core.guards", "admit_batch"),
         ("pulse_core.guards", "park_due"),
         ("pulse_core.store", "finalize"),
         ("pulse_core.store", "mark_dead_letter"),
@@ -143,6 +145,7 @@ def _out_of_memory_once_delayed(proxy: RedisProxy, store: Redis) -> threading.Th
 
     def fill() -> None:
         wait_for(lambda: proxy.delays_left() == 0, timeout=30, interval=0.01)
+        time.sleep(0.3)  # what went ahead of the held request has run
         store.config_set("maxmemory", "1")
 
     thread = threading.Thread(target=fill, daemon=True)
@@ -348,6 +351,52 @@ def test_a_retry_a_full_redis_would_not_park_is_still_delivered(
     _run_queue(direct, store, client, tmp_path / "worker.log", [job.job_id])
     assert store.hget(keys.job(job.job_id), "state") == "succeeded"
     assert [s["attempt"] for s in witness_starts(store, job.job_id)] == [2]
+
+
+# --- out of memory in the middle of a batch ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("memory_restored")
+def test_a_batch_cut_short_by_a_full_redis_answers_the_jobs_it_admitted(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given a batch of 101 jobs, each with an idempotency key (two runs of the batch script: 100
+    # jobs, then 1), and a Redis that runs out of memory between the two runs
+    jobs = [
+        {"jobType": "witness.sleep", "payload": {"seconds": 0}, "idempotencyKey": uuid.uuid4().hex} for _ in range(101)
+    ]
+    records = set(store.scan_iter(match=keys.job("*"), count=1000))
+    proxy.delay(ADMIT_BATCH_SHA, 0.0, alone=True)
+    proxy.delay(ADMIT_BATCH_SHA, 1.5, alone=True)
+    filler = _out_of_memory_once_delayed(proxy, store)
+    # when the batch is submitted
+    response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    filler.join(10)
+    store.config_set("maxmemory", "0")
+    # then the answer names the 100 jobs admitted, and the last one is a 503 problem (a 503 for
+    # the whole batch would say nothing was enqueued: a resend without keys would run 100 twice)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    items = response.get_json()["items"]
+    assert [item["status"] for item in items] == [202] * 100 + [503], items[-1]
+    assert items[-1]["problem"]["status"] == 503
+    admitted = [item["job"]["jobId"] for item in items[:100]]
+    # and exactly those exist, counted in the backlog once
+    created = set(store.scan_iter(match=keys.job("*"), count=1000)) - records
+    assert created == {keys.job(job_id) for job_id in admitted}
+    assert backlog_mismatches(store) == {}
+    # when Redis takes writes again and the batch is sent again with the same keys
+    again = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    assert again.status_code == 200, again.get_data(as_text=True)
+    items = again.get_json()["items"]
+    # then the 100 are given back (200, the same jobs) and the last is admitted
+    assert [item["status"] for item in items] == [200] * 100 + [202]
+    assert [item["job"]["jobId"] for item in items[:100]] == admitted
+    # and every job runs once and succeeds
+    every = [item["job"]["jobId"] for item in items]
+    _run_queue(direct, store, client, tmp_path / "worker.log", every)
+    assert all(store.hget(keys.job(job_id), "state") == "succeeded" for job_id in every)
 
 
 # --- writes paused while batches are submitted -------------------------------------------

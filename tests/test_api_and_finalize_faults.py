@@ -38,7 +38,7 @@ from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from tests.faults import RedisProxy, assert_invariants, private_settings
-from tests.invariants import backlog_mismatches
+from tests.invariants import backlog_mismatches, stored_bytes_mismatches
 from tests.support import WorkerProcess, auth, bury, settings_env, wait_for, witness_starts, write_tenants_file
 
 QUEUE = "api-faults"
@@ -356,6 +356,10 @@ def test_a_retry_a_full_redis_would_not_park_is_still_delivered(
 # --- out of memory in the middle of a batch ------------------------------------------------
 
 
+#: A tenant whose jobs only the batch test makes (its storage budget's counters checked exactly).
+BUDGETED = "budget-flow"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.usefixtures("memory_restored")
@@ -372,7 +376,7 @@ def test_a_batch_cut_short_by_a_full_redis_answers_the_jobs_it_admitted(
     proxy.delay(ADMIT_BATCH_SHA, 1.5, alone=True)
     filler = _out_of_memory_once_delayed(proxy, store)
     # when the batch is submitted
-    response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    response = client.post("/v1/batches", json={"jobs": jobs}, headers=auth(BUDGETED))
     filler.join(10)
     store.config_set("maxmemory", "0")
     # then the answer names the 100 jobs admitted, and the last one is a 503 problem (a 503 for
@@ -386,8 +390,9 @@ def test_a_batch_cut_short_by_a_full_redis_answers_the_jobs_it_admitted(
     created = set(store.scan_iter(match=keys.job("*"), count=1000)) - records
     assert created == {keys.job(job_id) for job_id in admitted}
     assert backlog_mismatches(store) == {}
+    assert stored_bytes_mismatches(store, [BUDGETED]) == {}
     # when Redis takes writes again and the batch is sent again with the same keys
-    again = client.post("/v1/batches", json={"jobs": jobs}, headers=auth("acme"))
+    again = client.post("/v1/batches", json={"jobs": jobs}, headers=auth(BUDGETED))
     assert again.status_code == 200, again.get_data(as_text=True)
     items = again.get_json()["items"]
     # then the 100 are given back (200, the same jobs) and the last is admitted
@@ -397,6 +402,7 @@ def test_a_batch_cut_short_by_a_full_redis_answers_the_jobs_it_admitted(
     every = [item["job"]["jobId"] for item in items]
     _run_queue(direct, store, client, tmp_path / "worker.log", every)
     assert all(store.hget(keys.job(job_id), "state") == "succeeded" for job_id in every)
+    assert stored_bytes_mismatches(store, [BUDGETED]) == {}
 
 
 # --- writes paused while batches are submitted -------------------------------------------

@@ -509,3 +509,45 @@ def test_a_worker_killed_while_its_finished_attempts_outcome_is_held_runs_no_att
         worker.stop()
         if second is not None:
             second.stop()
+
+
+# --- a claim that reaches Redis late ----------------------------------------------------
+
+CLAIM_SHA = _sha("pulse_core.store", "claim")
+#: The late-claim test's lease: renewed every 2 s, while the sweep looks every 0.5 s.
+SLOW_LEASE_SECONDS = 6.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_claim_that_reaches_redis_late_gets_a_whole_lease_and_its_attempt_runs_alone(
+    proxy: RedisProxy, store: Redis, direct: Settings, tmp_path: Path
+) -> None:
+    # given a worker with two pool processes whose link to Redis holds a claim back longer than
+    # a lease (a slow link one way, or a Redis stalled meanwhile)
+    patient = replace(direct, lease_seconds=SLOW_LEASE_SECONDS, queued_check_seconds=60.0)
+    client = create_app(patient).test_client()  # its jobs' first check comes after a minute
+    late = replace(patient, redis_url=proxy.url)
+    worker = WorkerProcess(settings_env(late), tmp_path / "late.log", queues=[QUEUE], concurrency=2).start()
+    try:
+        worker.wait_ready(store, ["witness.sleep"])
+        store.script_load(source("pulse_core.store", "claim"))
+        ids = []
+        for _ in range(3):
+            # when a job's claim reaches Redis 8 s after it was made
+            proxy.delay(CLAIM_SHA, SLOW_LEASE_SECONDS + 2.0)
+            body = {"jobType": "witness.sleep", "payload": {"seconds": 3.0}, "options": {"maxRetries": 2}}
+            response = client.post("/v1/jobs", json=body, headers=auth("acme"))
+            assert response.status_code == 202, response.get_data(as_text=True)
+            ids.append(response.get_json()["jobId"])
+            wait_for(lambda job_id=ids[-1]: witness_starts(store, job_id), timeout=30)
+            assert proxy.delays_left() == 0
+            time.sleep(4.0)
+        # then each attempt claimed ran alone: its lease ran from when the claim reached Redis,
+        # so no sweep took it for lost while its worker ran it, and no second attempt started
+        assert_invariants(store, client, ids, timeout=60)
+        for job_id in ids:
+            doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
+            assert (doc["state"], doc["attempts"]) == ("succeeded", 1), (doc, witness_starts(store, job_id))
+    finally:
+        worker.stop()

@@ -31,6 +31,7 @@ from pulse_core.broker.celery_app import encode_message, publish_job, waiting_li
 from pulse_core.errors import BrokerUnavailable, InvalidParameter, JobNotFound, Refused
 from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.jobs import Job, JobState
+from pulse_core.redis_client import refuses_for_now
 from pulse_core.store.job_store import DeadLetterBounds
 from pulse_core.tenants import Tenant
 
@@ -105,6 +106,11 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
     return job
 
 
+def _unavailable(error: RedisError) -> bool:
+    """Whether Redis is out of reach or refuses work for now (answered 503), not a bug (500)."""
+    return isinstance(error, RedisConnectionError | RedisTimeoutError) or refuses_for_now(error)
+
+
 def _readmitted(job: Job, dead: Job) -> bool:
     """Whether ``job`` is the dead letter ``dead`` queued again (``readmit.lua``), not yet claimed."""
     return job.state is JobState.QUEUED and job.cycle == dead.cycle + 1 and job.attempts == 0
@@ -157,10 +163,13 @@ class BulkReplay(MethodView):
                 try:
                     if replay(svc, g.tenant, job_id):
                         replayed.append(job_id)
-                except (Refused, BrokerUnavailable):
-                    if not replayed:
-                        raise  # nothing replayed: the refusal is the answer
-                    break  # the ones replayed so far are the answer (jobIds); call again for the rest
+                except (Refused, BrokerUnavailable, RedisError) as exc:
+                    if not replayed or (isinstance(exc, RedisError) and not _unavailable(exc)):
+                        raise  # nothing replayed: the refusal (a 4xx, or a 503) is the answer
+                    # the ones replayed so far are the answer (jobIds); call again for the rest. A
+                    # Redis that stopped taking writes (full, a failover) or answering stops it
+                    # too: a 503 would say nothing was replayed, yet those are no dead letters now
+                    break
         ids = matched if body["dryRun"] else replayed
         return {"matched": len(matched), "replayed": len(replayed), "dryRun": body["dryRun"], "jobIds": ids}
 

@@ -461,13 +461,14 @@ class Complete(MethodView):
         policy = registration.policy if registration is not None else RetryPolicy()
         tenant = svc.tenants.config.tenants.get(job.tenant_id)
         retry: DelayPlan | None = None
+        ends: JobState | None = None  # the state the attempt ends in, should ``done`` be False
         if "result" in body:
             text = json.dumps(body["result"], separators=(",", ":"))
             if len(text.encode()) > svc.settings.result_max_bytes:
                 raise InvalidParameter("result", f"the result is over the cap of {svc.settings.result_max_bytes} bytes")
             budget = tenant.max_stored_bytes if tenant is not None else DEFAULT_MAX_STORED_BYTES
             done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
-            outcome = metrics.Outcome.SUCCEEDED
+            outcome, ends = metrics.Outcome.SUCCEEDED, JobState.SUCCEEDED
         else:
             reported = body["error"]
             error = {
@@ -480,7 +481,7 @@ class Complete(MethodView):
                 # its tenant asked it to stop: a failed attempt then ends the job cancelled, as a
                 # worker's does (``pulse_worker.task.record``), never retried nor dead-lettered
                 done = svc.store.finalize(job, JobState.CANCELLED, error=error)
-                outcome = metrics.Outcome.CANCELLED
+                outcome, ends = metrics.Outcome.CANCELLED, JobState.CANCELLED
             elif body["retryable"] and job.attempts < max_retries + 1:
                 settings = svc.settings
                 plan = plan_delay(
@@ -492,11 +493,11 @@ class Complete(MethodView):
                 scheduled = svc.store.schedule_retry(job, due_at=plan.due_at, watch_at=plan.watch_at, error=error)
                 if scheduled is FailureOutcome.CANCEL:  # a cancel asked since the look above
                     done = svc.store.finalize(job, JobState.CANCELLED, error=error)
-                    outcome = metrics.Outcome.CANCELLED
+                    outcome, ends = metrics.Outcome.CANCELLED, JobState.CANCELLED
                 else:
                     done = scheduled is FailureOutcome.RECORDED
                     retry = plan
-                    outcome = metrics.Outcome.RETRIED
+                    outcome, ends = metrics.Outcome.RETRIED, JobState.RETRYING
             else:
                 # the tenant's own bounds, as the dead-letter task's (not the defaults, which
                 # would keep too many letters of a tenant allowed fewer, and drop a tenant's
@@ -511,21 +512,31 @@ class Complete(MethodView):
                 marked = svc.store.mark_dead_letter(job, error)
                 if marked is FailureOutcome.CANCEL:
                     done = svc.store.finalize(job, JobState.CANCELLED, error=error)
-                    outcome = metrics.Outcome.CANCELLED
+                    outcome, ends = metrics.Outcome.CANCELLED, JobState.CANCELLED
                 else:
                     done = marked is FailureOutcome.RECORDED and svc.store.finalize(
                         job, JobState.DEAD, error=error, dead_letters=bounds
                     )
-                    outcome = metrics.Outcome.DEAD
+                    outcome, ends = metrics.Outcome.DEAD, (JobState.DEAD if marked is FailureOutcome.RECORDED else None)
+        if not done and ends is not None:
+            # The script that ends the attempt answers "not where it was" when redis-py ran it a
+            # second time because the first run's answer was lost: the record says whether it ended so.
+            done = _ended(svc.store.get(job_id), job, ends)
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
-        svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
+        with contextlib.suppress(RedisError):  # recorded: the token then lives out its TTL unspent
+            svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
         metrics.job_finished(job, outcome)
         final = svc.store.get(job_id)  # before the next attempt's message can start it
         if retry is not None:
             with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
                 _send_retry(job, retry)
         return final.document() if final is not None else job.document()
+
+
+def _ended(found: Job | None, job: Job, state: JobState) -> bool:
+    """Whether the record ``found`` shows ``job``'s attempt (its attempt and cycle) ended in ``state``."""
+    return found is not None and found.state is state and (found.attempts, found.cycle) == (job.attempts, job.cycle)
 
 
 def _send_retry(job: Job, plan: DelayPlan) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from pulse_core.jobs import CLAIMABLE_STATES, FINAL_STATES, JobState
 
@@ -146,16 +146,34 @@ class BoundScript(Generic[T]):
         Plain EVALSHA: redis-py's own pipelined scripts ask ``SCRIPT EXISTS`` first, a
         second round trip every time. A call answered NOSCRIPT (Redis restarted or its
         scripts were flushed) did not run; it is run again on its own, which loads the script.
+        A run Redis refused raises its error (``call_each`` answers it in its place instead).
         """
+        replies = self.call_each(redis, calls)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies  # type: ignore[return-value]
+
+    def call_each(self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[T | ResponseError]:
+        """``call_many``, with the error of a run Redis refused (out of memory since the run
+        before it, say) in that run's place: each run is a step of its own, so the runs before
+        and after it stand whatever became of it."""
         sha = self.registered.sha
         with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(sha, len(keys), *keys, *args)
             raw = pipe.execute(raise_on_error=False)
-        replies = []
+        replies: list[T | ResponseError] = []
         for (keys, args), reply in zip(calls, raw, strict=True):
             if isinstance(reply, NoScriptError):
-                reply = self.registered(keys=keys, args=args)
+                try:
+                    reply = self.registered(keys=keys, args=args)
+                except ResponseError as exc:
+                    replies.append(exc)
+                    continue
+            elif isinstance(reply, ResponseError):
+                replies.append(reply)
+                continue
             elif isinstance(reply, Exception):
                 raise reply
             replies.append(self.script.reply(reply))

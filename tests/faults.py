@@ -97,7 +97,9 @@ class RedisProxy:
       (redis-py) retries on a new connection, which the next loss applies to.
     - ``delay(command, seconds)``: the next time a client sends ``command``, its request
       reaches Redis ``seconds`` late (a slow link one way, or a Redis busy with something
-      else meanwhile); its reply comes back at once.
+      else meanwhile); its reply comes back at once. ``alone=True``: what the client sent
+      before ``command`` in the same write (the commands ahead of it in a pipeline) goes at
+      once, and only ``command`` and what follows is late: a pipeline cut between two commands.
 
     Written by hand: no well-kept library injects faults per command on a live TCP link
     (toxiproxy needs a server of its own and cuts by bytes and time, not by command).
@@ -110,7 +112,7 @@ class RedisProxy:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._losses: deque[tuple[bytes, Loss]] = deque()
-        self._delays: deque[tuple[bytes, float]] = deque()
+        self._delays: deque[tuple[bytes, float, bool]] = deque()
         self._sent: list[bytes] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -132,9 +134,9 @@ class RedisProxy:
         with self._lock:
             self._losses.extend((command.upper().encode(), loss) for loss in losses)
 
-    def delay(self, command: str, seconds: float) -> None:
+    def delay(self, command: str, seconds: float, *, alone: bool = False) -> None:
         with self._lock:
-            self._delays.append((command.upper().encode(), seconds))
+            self._delays.append((command.upper().encode(), seconds, alone))
 
     def forwarded(self, text: str) -> int:
         with self._lock:
@@ -174,27 +176,48 @@ class RedisProxy:
                 return self._losses.popleft()[1]
         return None
 
-    def _next_delay(self, data: bytes) -> float:
-        """How late the command ``data`` starts is to reach Redis (0: at once)."""
-        with self._lock:
-            if self._delays and f"\r\n{self._delays[0][0].decode()}\r\n".encode() in data.upper():
-                return self._delays.popleft()[1]
-        return 0.0
+    def _pieces(self, data: bytes) -> list[tuple[bytes, float]]:
+        """``data`` as (bytes, how late they are to reach Redis), in order: cut where a command
+        an ``alone`` delay is armed for starts (RESP: the ``*<n>`` line before its name); a
+        plain delay makes the whole of ``data`` late, as one slow write."""
+        pieces: list[tuple[bytes, float]] = []
+        upper, cut, search, late = data.upper(), 0, 0, 0.0
+        while True:
+            with self._lock:
+                if not self._delays:
+                    break
+                command, seconds, alone = self._delays[0]
+                marker = b"\r\n" + command + b"\r\n"
+                at = upper.find(marker, search)
+                if at < 0:
+                    break
+                self._delays.popleft()
+            if not alone:
+                return [(data, seconds)]
+            start = upper.rfind(b"\r\n*", cut, at)
+            start = cut if start < 0 else start + 2
+            pieces.append((data[cut:start], late))
+            cut, search, late = start, at + len(marker), seconds
+        pieces.append((data[cut:], late))
+        return pieces
 
     def _requests(self, src: socket.socket, dst: socket.socket, link: _Link) -> None:
         with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if late := self._next_delay(data):
-                    time.sleep(late)
-                if not link.requests_cut:
-                    loss = self._next_loss(data)
-                    link.requests_cut = loss == "request"
-                    link.replies_cut = loss is not None
-                if not link.requests_cut:
-                    with self._lock:
-                        self._sent.append(data)
-                if not self._pass(dst, data, link.requests_cut):
-                    return
+            while received := src.recv(65536):
+                for data, late in self._pieces(received):
+                    if late:
+                        time.sleep(late)
+                    if not data:
+                        continue
+                    if not link.requests_cut:
+                        loss = self._next_loss(data)
+                        link.requests_cut = loss == "request"
+                        link.replies_cut = loss is not None
+                    if not link.requests_cut:
+                        with self._lock:
+                            self._sent.append(data)
+                    if not self._pass(dst, data, link.requests_cut):
+                        return
         self._hang_up(src, dst)
 
     def _replies(self, src: socket.socket, dst: socket.socket, link: _Link) -> None:

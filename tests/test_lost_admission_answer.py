@@ -354,3 +354,51 @@ def test_a_cancel_asked_while_a_202_jobs_final_error_is_recorded_ends_it_cancell
     assert store.hget(keys.job(job.job_id), "state") == "cancelled", store.hgetall(keys.job(job.job_id))
     assert store.zscore(keys.tenant_dead_letters(TENANT), job.job_id) is None
     assert backlog_mismatches(store) == {}
+
+
+#: name -> a completion, the script that ends the attempt (its reply lost), the state it ends in.
+LOST_COMPLETIONS = {
+    "result": ({"result": {"rows": 1}}, "finalize", "succeeded"),
+    "final error": ({"error": "bad input", "retryable": False}, "finalize", "dead"),
+    "retryable error": ({"error": "try again", "retryable": True}, "schedule_retry", "retrying"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("body", "script", "ends"), list(LOST_COMPLETIONS.values()), ids=list(LOST_COMPLETIONS))
+def test_a_completion_whose_answer_was_lost_is_answered_as_recorded_not_409(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, body: dict[str, Any], script: str, ends: str
+) -> None:
+    # given a running attempt whose receiver answered 202 (handed off, with its attempt token), a
+    # retry left, and an API whose link to Redis loses the reply of the script that ends the attempt
+    jobs, tokens = JobStore(store), AttemptTokens(store)
+    job = Job(
+        job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now(), max_retries=1
+    )
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=1, lost_error={})
+    assert claimed.job is not None
+    token, stored = tokens.new(claimed.job)
+    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
+    assert tokens.hand_off(claimed.job, 60)
+    store.script_load(source("pulse_core.store", script))  # loaded: a call is one EVALSHA that runs
+    sha = hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest()
+    calls = proxy.forwarded(sha)
+    proxy.lose(sha, ["reply"])
+    # when the receiver reports its outcome
+    response = client.post(f"/v1/jobs/{job.job_id}/complete", json=body, headers={"Authorization": f"Bearer {token}"})
+    # then the script ran twice (the second run found the attempt ended), and the answer is a 200
+    # with the job as the completion left it: a 409 "the attempt is over" would be false
+    assert proxy.losses_left() == 0
+    assert proxy.forwarded(sha) - calls == 2
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["state"] == ends
+    assert store.hget(keys.job(job.job_id), "state") == ends
+    assert store.hget(keys.job(job.job_id), "attempts") == "1"
+    # and the attempt's token is spent; a retry's next attempt waits parked until due
+    assert not store.exists(keys.http_attempt_token(job.job_id))
+    assert (store.zscore(keys.PARKED_UNTIL, job.job_id) is not None) == (ends == "retrying")
+    assert backlog_mismatches(store) == {}
+    if ends == "retrying":  # no worker reads this queue: end it
+        assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.CANCELLED

@@ -146,13 +146,14 @@ class About:
 
 
 class Soon:
-    """A sorted-set score ``seconds`` from when the case ran (epoch s, from the Redis clock)."""
+    """A sorted-set score, or a hash field's time as text, ``seconds`` from when the case ran
+    (epoch s, from the Redis clock)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, float | int):
+        if not isinstance(other, float | int | str):
             return False
         ahead = float(other) - time.time()
         return self.seconds - _SLACK <= ahead <= self.seconds + 1.0
@@ -359,7 +360,7 @@ CLAIM = [
                     "state": "running",
                     "attempts": "1",
                     "startedAt": T,
-                    "leaseUntil": "1030.000000",
+                    "leaseUntil": Soon(30),
                     "owner": "w1",
                     "claimToken": "tok1",
                 }
@@ -372,11 +373,11 @@ CLAIM = [
                 "state": "running",
                 "attempts": "1",
                 "startedAt": T,
-                "leaseUntil": "1030.000000",
+                "leaseUntil": Soon(30),
                 "owner": "w1",
                 "claimToken": "tok1",
             },
-            "{p}watch": Z({"j1": 1030}),
+            "{p}watch": Z({"j1": Soon(30)}),
         },
     ),
     Case(
@@ -404,7 +405,7 @@ CLAIM = [
                     "attempts": "1",
                     "payload": '{"n":1}',
                     "startedAt": T,
-                    "leaseUntil": "1030.000000",
+                    "leaseUntil": Soon(30),
                     "owner": "w1",
                     "claimToken": "tok1",
                 }
@@ -418,11 +419,11 @@ CLAIM = [
                 "attempts": "1",
                 "payload": '{"n":1}',
                 "startedAt": T,
-                "leaseUntil": "1030.000000",
+                "leaseUntil": Soon(30),
                 "owner": "w1",
                 "claimToken": "tok1",
             },
-            "{p}watch": Z({"j1": 1030}),
+            "{p}watch": Z({"j1": Soon(30)}),
         },
     ),
     Case(
@@ -448,7 +449,7 @@ CLAIM = [
                     "state": "running",
                     "attempts": "2",
                     "startedAt": T,
-                    "leaseUntil": "1030.000000",
+                    "leaseUntil": Soon(30),
                     "owner": "w1",
                     "claimToken": "tok1",
                 }
@@ -461,11 +462,11 @@ CLAIM = [
                 "state": "running",
                 "attempts": "2",
                 "startedAt": T,
-                "leaseUntil": "1030.000000",
+                "leaseUntil": Soon(30),
                 "owner": "w1",
                 "claimToken": "tok1",
             },
-            "{p}watch": Z({"j1": 1030}),
+            "{p}watch": Z({"j1": Soon(30)}),
         },
     ),
     Case(
@@ -491,7 +492,7 @@ CLAIM = [
                     "state": "running",
                     "attempts": "2",
                     "maxRetries": "3",
-                    "leaseUntil": "1030.000000",
+                    "leaseUntil": Soon(30),
                     "owner": "w1",
                     "claimToken": "tok1",
                     "error": LOST,
@@ -506,13 +507,13 @@ CLAIM = [
                 "state": "running",
                 "attempts": "2",
                 "maxRetries": "3",
-                "leaseUntil": "1030.000000",
+                "leaseUntil": Soon(30),
                 "owner": "w1",
                 "claimToken": "tok1",
                 "error": LOST,
                 "startedAt": T,
             },
-            "{p}watch": Z({"j1": 1030}),
+            "{p}watch": Z({"j1": Soon(30)}),
         },
     ),
     Case(

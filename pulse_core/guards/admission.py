@@ -48,10 +48,12 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from pulse_core import keys
 from pulse_core.errors import (
     BacklogFull,
+    BrokerUnavailable,
     IdempotencyConflict,
     PulseError,
     StorageBudgetFull,
@@ -62,6 +64,7 @@ from pulse_core.guards.idempotency import store_key
 from pulse_core.guards.rate_limits import LimitReached, LimitStatus, WindowStats, whole_seconds, window_stats
 from pulse_core.jobs import Job
 from pulse_core.lua_scripts import LuaScript
+from pulse_core.redis_client import refuses_for_now
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import DEFAULT_RETENTION_SECONDS
 from pulse_core.tenants import Tenant
@@ -79,6 +82,8 @@ INDEX_HORIZON_MS = DEFAULT_RETENTION_SECONDS * 1000
 #: Jobs of a batch admitted per script run: a run blocks Redis while it lasts, so a 500-job
 #: batch is 5 short runs (sent in one pipelined round trip) rather than one long one.
 BATCH_CHUNK = 100
+#: A batch job whose script run Redis refused (``Admission.admit_many``).
+NOT_ENQUEUED = "Redis refused the write for now; this job was not enqueued: send it again"
 
 
 @dataclass(frozen=True)
@@ -255,14 +260,25 @@ class Admission:
         Each job is decided as ``admit`` decides it, and the jobs of a run one after the
         other, so limits and idempotency hold per job (two items with the same key in one
         batch: the second replays the first).
+
+        A run Redis refuses for now (out of memory, read-only in a failover: each run is a step
+        of its own, so it may come after runs that were let in) answers each of its jobs "not
+        enqueued" (503) and the other runs' verdicts stand; only when every run was refused, or
+        one failed otherwise, is the error the answer for the whole batch (nothing was enqueued).
         """
         chunks = [submissions[at : at + BATCH_CHUNK] for at in range(0, len(submissions), BATCH_CHUNK)]
         if not chunks:
             return []
-        replies = self._admit_batch.call_many(self._redis, [self._call(tenant, chunk) for chunk in chunks])
+        replies = self._admit_batch.call_each(self._redis, [self._call(tenant, chunk) for chunk in chunks])
+        errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+        if errors and (len(errors) == len(replies) or not all(refuses_for_now(error) for error in errors)):
+            raise errors[0]
         verdicts: list[Admitted | PulseError] = []
         for chunk, read in zip(chunks, replies, strict=True):
-            verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
+            if isinstance(read, ResponseError):
+                verdicts += [BrokerUnavailable(NOT_ENQUEUED) for _ in chunk]
+            else:
+                verdicts += [_decide(tenant, s, reply) for s, reply in zip(chunk, read, strict=True)]
         return verdicts
 
     def _enqueues(self, submission: Submission) -> bool:

@@ -3,7 +3,7 @@
 -- KEYS[2] the watch zset (job id -> deadline)
 -- ARGV[1] now on Redis' clock (epoch s), the earliest the caller's last measure of it allows
 --         (pulse_core.redis_client.redis_clock_earliest: never ahead of TIME, so a live lease
---         never looks lapsed); '' = read Redis' TIME   ARGV[2] the lease (s)
+--         never looks lapsed); '' = Redis' TIME   ARGV[2] the lease (s), from Redis' TIME
 -- ARGV[3] owner (the worker and the message that starts the attempt)
 -- ARGV[4] the message's cycle      ARGV[5] the message's attempt   (-1: the next one)
 -- ARGV[6] startedAt (ISO time)     ARGV[7] job id
@@ -17,7 +17,8 @@
 --      | {'early', dueAt}       not due yet
 --      | {'missing'} | {'stale'} | {'busy'} | {<final state>}
 -- The record is read once (HGETALL): the reply is that read with this claim's writes applied,
--- and only fields it holds are deleted (a claim costs its read, one write and the watch's ZADD).
+-- and only fields it holds are deleted (a claim costs its read, Redis' clock, one write and the
+-- watch's ZADD).
 --@include job_states
 
 local flat = redis.call('HGETALL', KEYS[1])
@@ -44,13 +45,14 @@ local function written(set, del)
   return out
 end
 
-local now = tonumber(ARGV[1])
-if not now then
-  -- Redis' clock, never the worker host's: a host whose clock runs ahead cannot take a live lease.
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local lease_until = now + tonumber(ARGV[2])
+-- Redis' clock as this claim runs, never the worker host's: a host whose clock runs ahead cannot
+-- take a live lease. The lease runs from here, not from the caller's reading of the clock: a claim
+-- that reached Redis late (a slow link one way, a stalled Redis) would otherwise start an attempt
+-- whose lease had already lapsed, and the sweep would take it for lost while its worker ran it.
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[1]) or clock
+local lease_until = math.max(now, clock) + tonumber(ARGV[2])
 local n = tonumber(f.attempts or '0')
 local c, k = tonumber(ARGV[4]), tonumber(ARGV[5])
 if c >= 0 and c ~= tonumber(f.cycle or '0') then return {'stale'} end

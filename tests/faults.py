@@ -9,12 +9,16 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 
+from pulse_api import create_app
+from pulse_api.services import EXTENSION_KEY
 from pulse_core import keys
 from pulse_core.jobs import FINAL_STATES
 from pulse_core.settings import Settings
@@ -37,6 +41,16 @@ def private_settings(redis_url: str, tenants_file: Path, **overrides: Any) -> Se
         **overrides,
     }
     return Settings(**values)
+
+
+def api_through(settings: Settings, proxy: RedisProxy, *, socket_timeout: float) -> Flask:
+    """The API, reaching Redis (its job store and broker) only through ``proxy``; a call not
+    answered within ``socket_timeout`` seconds is given up (and retried once, by redis-py)."""
+    app = create_app(replace(settings, redis_url=proxy.url, broker_url=proxy.url))
+    pool = app.extensions[EXTENSION_KEY].redis.connection_pool
+    pool.connection_kwargs["socket_timeout"] = socket_timeout
+    pool.disconnect()  # connections made from now on wait as long as set above
+    return app
 
 
 def submit(client: FlaskClient, job_type: str, payload: dict[str, Any], tenant: str = "acme") -> str:

@@ -27,7 +27,6 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_api.services import EXTENSION_KEY
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.http_handlers.attempts import AttemptTokens
@@ -37,7 +36,7 @@ from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
-from tests.faults import RedisProxy, assert_invariants, private_settings
+from tests.faults import RedisProxy, api_through, assert_invariants, private_settings
 from tests.invariants import backlog_mismatches, stored_bytes_mismatches
 from tests.support import WorkerProcess, auth, bury, settings_env, wait_for, witness_starts, write_tenants_file
 
@@ -97,10 +96,7 @@ def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
 def api(direct: Settings, proxy: RedisProxy, store: Redis) -> Flask:
     """The API, reaching Redis only through the proxy, answered within 2 s or retried."""
     announce(store, ["witness.sleep"], 3600)  # as a live worker would
-    app = create_app(replace(direct, redis_url=proxy.url, broker_url=proxy.url))
-    pool = app.extensions[EXTENSION_KEY].redis.connection_pool
-    pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
-    pool.disconnect()
+    app = api_through(direct, proxy, socket_timeout=SOCKET_TIMEOUT_SECONDS)
     return app
 
 

@@ -13,7 +13,6 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 
-from pulse_api import create_app
-from pulse_api.services import EXTENSION_KEY
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
@@ -34,7 +31,7 @@ from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import CancelOutcome, JobStore
 from pulse_core.store.job_types import announce
-from tests.faults import Loss, RedisProxy, assert_invariants, private_settings
+from tests.faults import Loss, RedisProxy, api_through, assert_invariants, private_settings
 from tests.invariants import backlog_mismatches
 from tests.support import (
     WorkerProcess,
@@ -82,10 +79,7 @@ def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
 def api(direct: Settings, proxy: RedisProxy, store: Redis) -> Flask:
     """The API, reaching Redis (its job store and broker) only through the proxy."""
     announce(store, ["witness.sleep"], 3600)  # as a live worker would
-    app = create_app(replace(direct, redis_url=proxy.url, broker_url=proxy.url))
-    pool = app.extensions[EXTENSION_KEY].redis.connection_pool
-    pool.connection_kwargs["socket_timeout"] = SOCKET_TIMEOUT_SECONDS
-    pool.disconnect()  # connections made from now on wait as long as set above
+    app = api_through(direct, proxy, socket_timeout=SOCKET_TIMEOUT_SECONDS)
     client = app.test_client()
     warm = _post(client, {"jobType": "witness.sleep", "payload": {"seconds": 0}})
     assert warm.status_code == 202  # the admission script is loaded: a call is one EVALSHA

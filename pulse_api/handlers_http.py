@@ -42,7 +42,7 @@ from pulse_core.errors import (
 )
 from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.handlers import JOB_TYPE_RE
-from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS, outcome_digest
+from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS, TokenCheck, outcome_digest
 from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
 from pulse_core.http_handlers.registrations import (
     DEFAULT_ROTATION_GRACE_SECONDS,
@@ -447,7 +447,9 @@ class Complete(MethodView):
                 while again.verdict == "not-running" and time.monotonic() < deadline:
                     time.sleep(0.02)
                     again = svc.attempt_tokens.check(job_id, g.attempt_token)
-                if not (again.verdict == "spent" and again.outcome == digest):
+                if not (again.verdict == "spent" and again.outcome == digest) and not _recorded(
+                    job_id, again, body, digest
+                ):
                     raise
             current = svc.store.get(job_id)
             if current is None:
@@ -470,12 +472,7 @@ class Complete(MethodView):
             done = svc.store.finalize(job, JobState.SUCCEEDED, result_json=text, result_budget=budget)
             outcome, ends = metrics.Outcome.SUCCEEDED, JobState.SUCCEEDED
         else:
-            reported = body["error"]
-            error = {
-                "type": "HttpHandlerReportedError",
-                "message": (reported if isinstance(reported, str) else json.dumps(reported))[:2000],
-                "responseClass": "reported",
-            }
+            error = _reported_error(body["error"])
             max_retries = job.max_retries if job.max_retries is not None else policy.max_retries
             if svc.store.cancel_requested(job_id):
                 # its tenant asked it to stop: a failed attempt then ends the job cancelled, as a
@@ -530,8 +527,44 @@ class Complete(MethodView):
         final = svc.store.get(job_id)  # before the next attempt's message can start it
         if retry is not None:
             with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
-                _send_retry(job, retry)
+                _send_retry(job, retry.due_at)
         return final.document() if final is not None else job.document()
+
+
+def _reported_error(reported: Any) -> dict[str, Any]:
+    """The error a receiver's ``complete`` reports, as it is recorded."""
+    return {
+        "type": "HttpHandlerReportedError",
+        "message": (reported if isinstance(reported, str) else json.dumps(reported))[:2000],
+        "responseClass": "reported",
+    }
+
+
+def _recorded(job_id: str, check: TokenCheck, body: dict[str, Any], digest: str) -> bool:
+    """Whether the record shows the attempt of the token ``check`` looked at ended with this very
+    outcome: a completion sent again whose first call recorded it but got no answer from Redis
+    (so it never spent the token). The token is then spent, and a retry's next attempt parked."""
+    if check.verdict != "not-running" or check.attempt is None:
+        return False
+    svc = services()
+    found = svc.store.get(job_id)
+    if found is None or (found.attempts, found.cycle) != check.attempt:
+        return False
+    if "result" in body:
+        if found.state is not JobState.SUCCEEDED or found.result != body["result"]:
+            return False
+    else:
+        # a retryable error ends the attempt retrying, or dead once its retries are spent; either
+        # error ends it cancelled when a cancel was asked
+        ends = {JobState.DEAD, JobState.CANCELLED} | ({JobState.RETRYING} if body["retryable"] else set())
+        if found.state not in ends or found.error is None or dict(found.error) != _reported_error(body["error"]):
+            return False
+    with contextlib.suppress(RedisError):
+        svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
+    if found.state is JobState.RETRYING and found.due_at is not None:
+        with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
+            _send_retry(found, found.due_at, unless_parked=True)
+    return True
 
 
 def _ended(found: Job | None, job: Job, state: JobState) -> bool:
@@ -539,7 +572,7 @@ def _ended(found: Job | None, job: Job, state: JobState) -> bool:
     return found is not None and found.state is state and (found.attempts, found.cycle) == (job.attempts, job.cycle)
 
 
-def _send_retry(job: Job, plan: DelayPlan) -> None:
+def _send_retry(job: Job, due_at: float, *, unless_parked: bool = False) -> None:
     """Send the next attempt of ``job`` (now ``retrying``) when it is due, as a worker does
     (``pulse_worker.task.retry``): parked in Redis until due, for the workers' tick to release
     (pushing its message with a Redis broker, publishing the job with another), so no ETA
@@ -550,4 +583,4 @@ def _send_retry(job: Job, plan: DelayPlan) -> None:
     if fair is not None and fair.inline:
         message, _ = encode_message(svc.celery, job)
         parked = ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
-    svc.parking.park_until(job.job_id, max(0.0, plan.due_at - svc.store.now()), parked)
+    svc.parking.park_until(job.job_id, max(0.0, due_at - svc.store.now()), parked, unless_parked=unless_parked)

@@ -42,6 +42,7 @@ from pulse_core.settings import Settings
 from pulse_worker.http_delivery import REGISTRATION_CACHE_SECONDS
 from tests.conftest import DIAG_TYPES
 from tests.http_receiver import BIG_BODY_BYTES, Receiver
+from tests.invariants import backlog_mismatches
 from tests.support import (
     WorkerProcess,
     auth,
@@ -775,6 +776,48 @@ def test_a_lapsed_202_lease_is_retried_and_the_old_token_is_refused(
     assert failed.status_code == 200, failed.get_data(as_text=True)
     doc = client.get(f"/v1/jobs/{job_id}", headers=auth("acme")).get_json()
     assert doc["state"] == "dead" and doc["attempts"] == 2 and doc["error"]["message"] == "bad input"
+
+
+@pytest.mark.timeout(120)
+def test_a_202_job_asked_to_cancel_whose_lease_lapses_ends_cancelled_through_its_ready_set(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess, redis: Redis
+) -> None:
+    # given a 202 receiver that never reports, a two-second lease and retries left
+    register(client, "acme", "hooks.lapse-cancel", url=receiver.url("/accept"), timeoutSeconds=2, maxRetries=3)
+    job_id = submit(client, "acme", "hooks.lapse-cancel")
+    _token_of(receiver, job_id, 1)
+    assert wait_for(lambda: redis.hget(keys.job(job_id), "owner") == "http-202", timeout=30)
+    # and its tenant asks to cancel it while it runs (cooperative: cancelRequested)
+    asked = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+    assert asked.status_code == 200 and asked.get_json()["cancelRequested"] is True, asked.get_data(as_text=True)
+    # when its lease lapses (the sweep parks it, the tick puts it in its tenant's ready set)
+    doc = wait_for_state(client, "acme", job_id, {"cancelled", "succeeded", "dead"}, timeout=60)
+    # then it ends cancelled after its one attempt, never delivered again, nothing left waiting
+    assert (doc["state"], doc["attempts"]) == ("cancelled", 1), doc
+    time.sleep(2)
+    assert len(deliveries_of(receiver, "/accept", job_id)) == 1
+    assert redis.zscore(keys.PARKED_UNTIL, job_id) is None
+    assert redis.zscore(keys.ready(QUEUE, "acme"), job_id) is None
+    assert redis.hget(keys.job(job_id), "message") is None
+    assert "acme" not in backlog_mismatches(redis)
+
+
+@pytest.mark.timeout(120)
+def test_a_202_job_without_retries_whose_lease_lapses_is_dead_after_one_attempt(
+    client: FlaskClient, receiver: Receiver, http_worker: WorkerProcess, redis: Redis
+) -> None:
+    # given a 202 receiver that never reports, a two-second lease and no retry
+    register(client, "acme", "hooks.lapse-once", url=receiver.url("/accept"), timeoutSeconds=2, maxRetries=0)
+    job_id = submit(client, "acme", "hooks.lapse-once")
+    _token_of(receiver, job_id, 1)
+    # when its lease lapses and the sweep recovers it through its tenant's ready set
+    doc = wait_for_state(client, "acme", job_id, {"cancelled", "succeeded", "dead"}, timeout=60)
+    # then it is dead after its one attempt (maxRetries + 1), delivered once
+    assert (doc["state"], doc["attempts"]) == ("dead", 1), doc
+    time.sleep(2)
+    assert len(deliveries_of(receiver, "/accept", job_id)) == 1
+    assert redis.zscore(keys.ready(QUEUE, "acme"), job_id) is None
+    assert "acme" not in backlog_mismatches(redis)
 
 
 def test_a_202_job_reporting_a_retryable_error_is_delivered_again(

@@ -396,3 +396,47 @@ def test_a_completion_whose_answer_was_lost_is_answered_as_recorded_not_409(
     assert backlog_mismatches(store) == {}
     if ends == "retrying":  # no worker reads this queue: end it
         assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.CANCELLED
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("body", "script", "ends"), list(LOST_COMPLETIONS.values()), ids=list(LOST_COMPLETIONS))
+def test_a_completion_whose_answers_were_all_lost_is_answered_as_recorded_when_sent_again(
+    client: FlaskClient, proxy: RedisProxy, store: Redis, body: dict[str, Any], script: str, ends: str
+) -> None:
+    # given a running attempt whose receiver answered 202 (handed off, with its attempt token), a
+    # retry left, and an API whose link to Redis loses both replies of the script that ends the
+    # attempt (redis-py's call and its retry): the outcome is recorded, the call answered 503
+    jobs, tokens = JobStore(store), AttemptTokens(store)
+    job = Job(
+        job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now(), max_retries=1
+    )
+    jobs.create(job)
+    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=1, lost_error={})
+    assert claimed.job is not None
+    token, stored = tokens.new(claimed.job)
+    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
+    assert tokens.hand_off(claimed.job, 60)
+    store.script_load(source("pulse_core.store", script))
+    proxy.lose(hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest(), ["reply", "reply"])
+    headers = {"Authorization": f"Bearer {token}"}
+    first = client.post(f"/v1/jobs/{job.job_id}/complete", json=body, headers=headers)
+    assert proxy.losses_left() == 0
+    assert first.status_code == 503, first.get_data(as_text=True)
+    assert store.hget(keys.job(job.job_id), "state") == ends
+    # when the receiver sends the same completion again (its answer was lost)
+    again = client.post(f"/v1/jobs/{job.job_id}/complete", json=body, headers=headers)
+    # then it is answered 200 with the job as it is, as docs/http-handlers.md says, not 409
+    # "the attempt is over" (the receiver would take its outcome for lost); nothing recorded twice
+    assert again.status_code == 200, again.get_data(as_text=True)
+    assert again.get_json()["state"] == ends
+    assert store.hget(keys.job(job.job_id), "attempts") == "1"
+    assert backlog_mismatches(store) == {}
+    # and a retry's next attempt waits parked until due
+    assert (store.zscore(keys.PARKED_UNTIL, job.job_id) is not None) == (ends == "retrying")
+    # and a completion with another body is still refused
+    other = {"result": {"other": True}} if "error" in body else {"error": "other", "retryable": False}
+    assert client.post(f"/v1/jobs/{job.job_id}/complete", json=other, headers=headers).status_code in (401, 409)
+    assert store.hget(keys.job(job.job_id), "state") == ends
+    if ends == "retrying":  # no worker reads this queue: end it
+        assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.CANCELLED

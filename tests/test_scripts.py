@@ -1447,12 +1447,12 @@ HTTP_ATTEMPTS = [
         {"{p}job:j1": {**_HTTP_RUNNING, "leaseUntil": "5"}, "{p}watch": None},
     ),
     Case(
-        "a token of an attempt that is over names the job's state",
+        "a token of an attempt that is over names the job's state and the token's attempt and cycle",
         "http_handlers/check_attempt",
         {"{p}tok": "1 0 abc1", "{p}job:j1": {**_HTTP_RUNNING, "state": "succeeded", "owner": "http-202"}},
         ["{p}tok", "{p}job:j1", "{p}watch", "{p}spent"],
         ["abc1", "", "j1", "http-202"],
-        ["not-running", "succeeded"],
+        ["not-running", "succeeded", "1", "0"],
     ),
     Case(
         "a token that reported its outcome names that outcome, whatever the job does since",

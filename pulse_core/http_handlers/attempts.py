@@ -50,6 +50,8 @@ class TokenCheck:
     verdict: str
     state: str | None = None
     outcome: str | None = None
+    #: ``not-running``: the attempt and cycle the token was issued for
+    attempt: tuple[int, int] | None = None
 
 
 #: After a 202: the attempt stays running, leased on Redis' clock (``lua/hand_off.lua``).
@@ -92,7 +94,10 @@ class AttemptTokens:
         verdict = str(found[0])
         if verdict == "spent":
             return TokenCheck(verdict, outcome=str(found[1]))
-        return TokenCheck(verdict, str(found[1]) if len(found) > 1 and verdict == "not-running" else None)
+        if verdict == "not-running":
+            attempt = (int(found[2]), int(found[3])) if len(found) > 3 else None
+            return TokenCheck(verdict, str(found[1]), attempt=attempt)
+        return TokenCheck(verdict)
 
     def spend(self, job_id: str, token: str, outcome: str) -> None:
         """``token`` reported ``outcome`` (``outcome_digest``): from now on it can only repeat it."""

@@ -4,7 +4,8 @@
 -- KEYS[4] the job's spent token (spend_token.lua)
 -- ARGV[1] the token's SHA-256   ARGV[2] the lease to extend to (seconds from Redis' clock;
 -- '' to only check)   ARGV[3] job id   ARGV[4] the owner of a handed-off attempt
--- Reply: {'ok', attempt, cycle} | {'bad-token'} | {'not-handed-off'} | {'not-running', state}
+-- Reply: {'ok', attempt, cycle} | {'bad-token'} | {'not-handed-off'}
+--      | {'not-running', state, attempt, cycle} (the token's attempt and cycle)
 --      | {'spent', outcome}: the token has reported the outcome whose SHA-256 this is
 -- 'not-handed-off': the token's attempt runs, but its worker has not recorded the 202 yet (a
 -- receiver that calls back as soon as it answered): the caller may ask again shortly.
@@ -23,7 +24,7 @@ if f[1] == 'running' and f[2] == attempt and (f[3] or '0') == cycle and f[4] ~= 
   return {'not-handed-off'}
 end
 if f[1] ~= 'running' or f[2] ~= attempt or (f[3] or '0') ~= cycle or f[4] ~= ARGV[4] then
-  return {'not-running', f[1] or 'missing'}
+  return {'not-running', f[1] or 'missing', attempt, cycle}
 end
 if ARGV[2] ~= '' then
   local t = redis.call('TIME')

@@ -2453,22 +2453,26 @@ RELEASE_DUE_FAIR = [
         },
     ),
     Case(
-        "a running job whose lease lapsed, parked due now by the sweep, waits in its tenant's ready set",
+        "a running job whose lease lapsed, parked due now by the sweep, waits in its tenant's ready set, "
+        "its deadline the sweep's (a queued job released with it gets a queued check)",
         "guards/release_due",
         {
-            "{p}due": Z({"j1": 5}),
-            "{p}pmsg": {"j1": "{p}q\nm1"},
+            "{p}due": Z({"j1": 5, "j2": 6}),
+            "{p}pmsg": {"j1": "{p}q\nm1", "j2": "{p}q\nm2"},
             "{p}job:j1": {"state": "running", "leaseUntil": "900", "queue": "q", "tenantId": "t1", "priority": "9"},
+            "{p}job:j2": {"state": "queued", "queue": "q", "tenantId": "t1", "priority": "5"},
             "{p}tenant:t1:counts": {"seq": "1"},
+            "{p}watch": Z({"j1": 930, "j2": 7}),
         },
-        ["{p}due", "{p}pmsg"],
-        [100, "0", *_FAIR_RELEASE],
-        [1],
+        ["{p}due", "{p}pmsg", "{p}watch"],
+        [100, "60", *_FAIR_RELEASE],
+        [2],
         {
             "{p}q": None,
             "{p}job:j1": Having({"state": "running", "message": "m1"}),
-            "{p}ready:q:t1": Z({"j1": 2}),
+            "{p}ready:q:t1": Z({"j1": 2, "j2": 4e15 + 3}),
             "{p}active:q": Z({"t1": 0}),
+            "{p}watch": Z({"j1": 930, "j2": Soon(60)}),
         },
     ),
     Case(

@@ -31,19 +31,19 @@ end
 
 -- The job waits in its tenant's ready set of its queue, its message in its record, as a job
 -- admitted now does (store's includes/enqueue_job.lua), at weight 1 (false: no such waiting
--- job, dropped). A running job whose lease lapsed waits too: the recovery sweep parks such
--- jobs due now, so that their next attempts take their tenant's turns.
+-- job, dropped), and the job's state. A running job whose lease lapsed waits too: the recovery
+-- sweep parks such jobs due now, so that their next attempts take their tenant's turns.
 local function enqueue_fairly(job_id, message)
   local job_key = ARGV[3] .. job_id
   local f = redis.call('HMGET', job_key, 'state', 'queue', 'tenantId', 'priority', 'leaseUntil')
-  if not dispatchable(f[1], f[5]) or not f[2] or not f[3] then return false end
+  if not dispatchable(f[1], f[5]) or not f[2] or not f[3] then return false, nil end
   local queue, tenant = f[2], f[3]
   local seq = redis.call('HINCRBY', ARGV[9] .. part(tenant) .. ARGV[10], 'seq', 1)
   redis.call('HSET', job_key, 'message', message)
   local q = {active = ARGV[6] .. part(queue), state = ARGV[7] .. part(queue), queues = ARGV[8], queue = queue}
   enqueue_job(q, ARGV[4] .. part(queue) .. ARGV[5] .. part(tenant), job_id, tenant,
               tonumber(f[4] or '5') or 5, '1', seq)
-  return true
+  return true, f[1]
 end
 
 local fair = ARGV[3] ~= nil and ARGV[3] ~= ''
@@ -69,7 +69,10 @@ for _, job_id in ipairs(due) do
       out[#out + 1] = job_id
       waits = not running(job_id)
     elseif fair then
-      waits = enqueue_fairly(job_id, message)
+      local enqueued, state = enqueue_fairly(job_id, message)
+      -- a recovered running job keeps the deadline the sweep gave it (a lease on, not a
+      -- queued check): its copy, if lost after its dispatch, is found as soon as before
+      waits = enqueued and state ~= 'running'
     else
       redis.call('LPUSH', list, message)
     end

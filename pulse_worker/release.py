@@ -1,4 +1,5 @@
-"""Publishing the jobs a worker released from parking, on a broker other than the job store's Redis.
+"""A parked job's message (``parked_message``), and publishing the jobs a worker released from
+parking on a broker other than the job store's Redis (``publish_released``).
 
 A job that waits in Redis (over an execution limit, a delayed start, a retry's backoff:
 ``pulse_core.guards.execution_limits``) is parked there with its message when the broker

@@ -18,6 +18,7 @@ from redis import Redis
 
 from pulse_core import keys
 from pulse_core.broker.celery_app import waiting_lists
+from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.jobs import Job, JobState
 from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
@@ -414,6 +415,21 @@ def post_job_over_http(port: int, *, timeout: float = 10.0) -> int:
         return response.status
     finally:
         conn.close()
+
+
+def handed_off(redis: Redis, job: Job, *, fallback_max_retries: int = 1) -> tuple[Job, str]:
+    """Create ``job`` and run its first attempt up to its receiver's 202: a running attempt
+    handed off (``HANDED_OFF_OWNER``), its lease 60 s; the claimed job and its attempt token."""
+    store, tokens = JobStore(redis), AttemptTokens(redis)
+    store.create(job)
+    claimed = store.claim(
+        job.job_id, owner="w", lease_seconds=60, fallback_max_retries=fallback_max_retries, lost_error={}
+    )
+    assert claimed.job is not None
+    token, stored = tokens.new(claimed.job)
+    redis.set(keys.http_attempt_token(job.job_id), stored, ex=600)
+    assert tokens.hand_off(claimed.job, 60)
+    return claimed.job, token
 
 
 def bury(store: JobStore, jobs: Iterable[Job]) -> list[str]:

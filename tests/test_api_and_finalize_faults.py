@@ -29,7 +29,6 @@ from redis import Redis
 from pulse_api import create_app
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
-from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.lua_scripts import source
 from pulse_core.redis_client import connect
@@ -38,7 +37,16 @@ from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
 from tests.faults import RedisProxy, api_through, assert_invariants, private_settings
 from tests.invariants import backlog_mismatches, stored_bytes_mismatches
-from tests.support import WorkerProcess, auth, bury, settings_env, wait_for, witness_starts, write_tenants_file
+from tests.support import (
+    WorkerProcess,
+    auth,
+    bury,
+    handed_off,
+    settings_env,
+    wait_for,
+    witness_starts,
+    write_tenants_file,
+)
 
 QUEUE = "api-faults"
 #: How long the API's Redis client waits for an answer here (10 s in production).
@@ -255,7 +263,6 @@ def test_a_replay_whose_parking_a_full_redis_refused_is_published_by_the_sweep(
 
 def _handed_off(store: Redis, tenant: str = "acme") -> tuple[Job, str]:
     """A running ``witness.sleep`` attempt whose receiver answered 202 (handed off), and its token."""
-    jobs, tokens = JobStore(store), AttemptTokens(store)
     job = Job(
         job_id=new_job_id(),
         tenant_id=tenant,
@@ -265,13 +272,7 @@ def _handed_off(store: Redis, tenant: str = "acme") -> tuple[Job, str]:
         created_at=utc_now(),
         max_retries=1,
     )
-    jobs.create(job)
-    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=1, lost_error={})
-    assert claimed.job is not None
-    token, stored = tokens.new(claimed.job)
-    store.set(keys.http_attempt_token(job.job_id), stored, ex=600)
-    assert tokens.hand_off(claimed.job, 60)
-    return claimed.job, token
+    return handed_off(store, job)
 
 
 #: name -> the completion's body, the script Redis fills up in front of ('' from the start),

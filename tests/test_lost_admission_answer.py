@@ -24,7 +24,6 @@ from redis import Redis
 from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
-from pulse_core.http_handlers.attempts import AttemptTokens
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
 from pulse_core.redis_client import connect
@@ -36,6 +35,7 @@ from tests.invariants import backlog_mismatches
 from tests.support import (
     WorkerProcess,
     auth,
+    handed_off,
     settings_env,
     wait_for,
     waiting_messages,
@@ -315,14 +315,9 @@ def test_a_cancel_asked_while_a_202_jobs_final_error_is_recorded_ends_it_cancell
     client: FlaskClient, proxy: RedisProxy, store: Redis
 ) -> None:
     # given a running attempt whose receiver answered 202 (handed off, with its attempt token)
-    jobs, tokens = JobStore(store), AttemptTokens(store)
+    jobs = JobStore(store)
     job = Job(job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now())
-    jobs.create(job)
-    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=3, lost_error={})
-    assert claimed.job is not None
-    token, stored = tokens.new(claimed.job)
-    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
-    assert tokens.hand_off(claimed.job, 60)
+    job, token = handed_off(store, job, fallback_max_retries=3)
     # and an API whose link to Redis holds the script after the token's check 3 s on its way
     # (both loaded: each is one EVALSHA that runs)
     store.script_load(source("pulse_core.http_handlers", "check_attempt"))
@@ -366,16 +361,11 @@ def test_a_completion_whose_answer_was_lost_is_answered_as_recorded_not_409(
 ) -> None:
     # given a running attempt whose receiver answered 202 (handed off, with its attempt token), a
     # retry left, and an API whose link to Redis loses the reply of the script that ends the attempt
-    jobs, tokens = JobStore(store), AttemptTokens(store)
+    jobs = JobStore(store)
     job = Job(
         job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now(), max_retries=1
     )
-    jobs.create(job)
-    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=1, lost_error={})
-    assert claimed.job is not None
-    token, stored = tokens.new(claimed.job)
-    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
-    assert tokens.hand_off(claimed.job, 60)
+    job, token = handed_off(store, job)
     store.script_load(source("pulse_core.store", script))  # loaded: a call is one EVALSHA that runs
     sha = hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest()
     calls = proxy.forwarded(sha)
@@ -407,16 +397,11 @@ def test_a_completion_whose_answers_were_all_lost_is_answered_as_recorded_when_s
     # given a running attempt whose receiver answered 202 (handed off, with its attempt token), a
     # retry left, and an API whose link to Redis loses both replies of the script that ends the
     # attempt (redis-py's call and its retry): the outcome is recorded, the call answered 503
-    jobs, tokens = JobStore(store), AttemptTokens(store)
+    jobs = JobStore(store)
     job = Job(
         job_id=new_job_id(), tenant_id=TENANT, job_type="hook.send", queue=QUEUE, created_at=utc_now(), max_retries=1
     )
-    jobs.create(job)
-    claimed = jobs.claim(job.job_id, owner="w", lease_seconds=60, fallback_max_retries=1, lost_error={})
-    assert claimed.job is not None
-    token, stored = tokens.new(claimed.job)
-    store.set(keys.http_attempt_token(job.job_id), stored, ex=60)
-    assert tokens.hand_off(claimed.job, 60)
+    job, token = handed_off(store, job)
     store.script_load(source("pulse_core.store", script))
     proxy.lose(hashlib.sha1(source("pulse_core.store", script).encode()).hexdigest(), ["reply", "reply"])
     headers = {"Authorization": f"Bearer {token}"}

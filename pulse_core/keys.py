@@ -190,6 +190,14 @@ def homeless_since(job_id: str) -> str:
     return f"{PREFIX}:homeless:{part(job_id)}"
 
 
+def pushed_back(job_id: str) -> str:
+    """String, for about a second: a worker without the job's handler put its message straight
+    back on its queue (``pulse_worker.task.place``); while it lives, the next such worker
+    parks the job instead, so a job no idle worker can run does not loop between the queue and
+    workers that cannot."""
+    return f"{PREFIX}:pushed-back:{part(job_id)}"
+
+
 #: Prefix of the execution rate windows (``pulse_core.guards.execution_limits``).
 EXECUTION_RATE_PREFIX = f"{PREFIX}:exec-rate"
 

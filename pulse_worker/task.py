@@ -85,6 +85,13 @@ log = logging.getLogger("pulse.worker")
 #: bounced 70 times in a minute between a wrong worker and its own release, while a worker
 #: with its handler stood idle). Random, so no fixed phase between the two favours either.
 WRONG_WORKER_DELAY_SECONDS = (1.0, 2.0)
+#: Once in this time (ms) per job, such a message goes straight back to the front of its queue
+#: instead of waiting: the worker that gives it back pushes it while its pool process still
+#: holds the delivery, so it has just re-issued its ``BRPOP`` or (one pool process) has none
+#: out, and an idle worker with the handler, blocked longer, takes it at once. Only parked and
+#: put back by a tick, a job bounced 9 times in a row off an idle worker without its handler,
+#: and once stayed queued 90 s beside an idle worker with it.
+PUSH_BACK_EVERY_MS = 1000
 #: While no live worker announces a message's jobType, it is looked at again this often.
 HOMELESS_RECHECK_SECONDS = 5.0
 #: How long past its grace period a job's ``keys.homeless_since`` outlives the last message of
@@ -215,6 +222,13 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
         since, delay = None, random.uniform(*WRONG_WORKER_DELAY_SECONDS)
         if parks:  # its grace starts afresh should no live worker announce it again
             runtime.redis.delete(keys.homeless_since(job_id))
+            if _pushed_back(runtime, task, job_id):
+                log.info(
+                    "job %s (%s): no handler on this worker; back to the front of its queue for one that has it",
+                    job_id,
+                    job_type,
+                )
+                return True
         log.info("job %s (%s): no handler on this worker; back to its queue for one that has it", job_id, job_type)
     else:
         if homeless_since is not None:  # a message that carries it (sent without the dispatcher)
@@ -241,6 +255,21 @@ def place(runtime: WorkerRuntime, task: Task, job_id: str, handling: Handling, h
         return True
     kwargs = {**(task.request.kwargs or {}), "homeless_since": since}
     raise task.retry(countdown=delay, max_retries=None, kwargs=kwargs)
+
+
+def _pushed_back(runtime: WorkerRuntime, task: Task, job_id: str) -> bool:
+    """Put a job whose handler this worker lacks straight back at the front of its queue (a
+    Redis broker), unless that was done for it within ``PUSH_BACK_EVERY_MS``. ``True``: it
+    went back, or it has no record (the claim drops the message)."""
+    if not runtime.redis.set(keys.pushed_back(job_id), "1", nx=True, px=PUSH_BACK_EVERY_MS):
+        return False
+    parked = _parker(runtime, task, job_id)()
+    if parked is not None:
+        with contextlib.suppress(RedisError):  # it lives on: the sweep need not republish it yet
+            runtime.store.postpone_check(job_id, runtime.settings.queued_check_seconds)
+        # the front (kombu pops from the right), as a message rejected with requeue goes back
+        runtime.redis.rpush(parked.broker_list, parked.message)
+    return True
 
 
 def _homeless_since(runtime: WorkerRuntime, job_id: str, now: float, grace: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -29,10 +30,16 @@ from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_worker.runtime import lease_owner
+from pulse_worker.task import WRONG_WORKER_DELAY_SECONDS
 from tests.faults import assert_invariants, private_settings, submit
 from tests.support import WorkerProcess, child_env, settings_env, wait_for, write_tenants_file
 
 FULL = ("diag.echo", "witness.sleep")
+#: Jobs sent one at a time past an idle worker without their handler, and the most times one
+#: may bounce off it before the idle worker with the handler takes it.
+BOUNCE_ROUNDS = 12
+MAX_BOUNCES = 8
+BOUNCE_ROUND_SECONDS = 30.0
 READY = re.compile(r"([\w.-]+@[\w.-]+) ready\.")
 
 
@@ -292,3 +299,27 @@ def test_a_worker_whose_clock_runs_ahead_does_not_cut_an_unknown_jobs_grace_shor
     assert time.time() - sent >= settings.unknown_job_type_grace_seconds
     assert '"UnknownJobTypeAtWorker"' in str(store.hget(keys.job(job.job_id), "error"))
     assert_invariants(store, client, [job.job_id])
+
+
+def test_a_job_that_bounces_off_an_idle_worker_without_its_handler_reaches_the_idle_one_that_has_it_at_once(
+    placement_settings: Settings, store: Redis, client: FlaskClient, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # given two idle workers on one queue: one without extra.reverse, one with it (and nothing else)
+    full = start(workers, placement_settings, tmp_path / "full.log")
+    extra = start(workers, placement_settings, tmp_path / "extra.log", modules="extra_handlers")
+    full.wait_ready(store, FULL)
+    extra.wait_ready(store, ("extra.reverse",))
+    bounces: list[int] = []
+    took: list[float] = []
+    for n in range(BOUNCE_ROUNDS):
+        # when a job only the second can run is submitted while both wait for work
+        sent = time.monotonic()
+        job_id = submit(client, "extra.reverse", {"text": f"r{n}"})
+        wait_for(lambda: store.hget(keys.job(job_id), "state") == "succeeded", timeout=BOUNCE_ROUND_SECONDS)  # noqa: B023
+        took.append(time.monotonic() - sent)
+        bounces.append(full.log().count(f"job {job_id} (extra.reverse): no handler on this worker"))
+    # then each reaches the worker that has its handler without waiting out a bounce (1 to 2 s),
+    # and none bounces on and on: the worker without it does not win every race for the message
+    # it gave back
+    assert statistics.median(took) < min(WRONG_WORKER_DELAY_SECONDS), (took, bounces)
+    assert max(bounces) <= MAX_BOUNCES, (took, bounces)

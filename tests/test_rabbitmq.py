@@ -7,8 +7,6 @@ where none answers they skip and say so. CI's machine runs one.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 import uuid
@@ -17,7 +15,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import publish_counter
 import pytest
@@ -29,6 +26,7 @@ from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
+from tests.amqp import AMQP_URL, delete_queue, needs_rabbitmq
 from tests.conftest import DIAG_TYPES
 from tests.support import (
     WorkerProcess,
@@ -41,21 +39,7 @@ from tests.support import (
     write_tenants_file,
 )
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def _reachable(url: str) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _reachable(AMQP_URL), reason=f"no RabbitMQ answers at {AMQP_URL} (start one, or set TEST_AMQP_URL)"
-)
+pytestmark = needs_rabbitmq
 
 
 def test_jobs_queued_on_rabbitmq_are_counted_in_the_queue_depth(settings: Settings, redis: Redis) -> None:
@@ -91,11 +75,6 @@ def amqp_settings(settings: Settings, own_redis: Redis) -> Settings:
     return replace(settings, redis_url=f"redis://{found['host']}:{found['port']}/0", broker_url=AMQP_URL)
 
 
-def _delete_queue(app: Celery, queue: str) -> None:
-    with app.connection_for_write() as connection, contextlib.suppress(Exception):  # never declared
-        connection.channel().queue_delete(queue)
-
-
 def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_rabbitmq(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
@@ -128,7 +107,7 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_ra
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         worker.stop()
-        _delete_queue(create_celery(local), queue)
+        delete_queue(create_celery(local), queue)
 
 
 def test_max_concurrency_holds_across_two_workers_on_rabbitmq(
@@ -155,7 +134,7 @@ def test_max_concurrency_holds_across_two_workers_on_rabbitmq(
             items = answer["items"]
             docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=120) for i in items]
     finally:
-        _delete_queue(create_celery(local), queue)
+        delete_queue(create_celery(local), queue)
     # then each ran once, at its first attempt, never two at once
     assert {d["attempts"] for d in docs} == {1}
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
@@ -228,7 +207,7 @@ def test_jobs_over_max_concurrency_are_parked_not_deferred_on_rabbitmq(
             ids = [item["job"]["jobId"] for item in answer["items"]]
             docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=180) for job_id in ids]
     finally:
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # then none was lost, each ran once at its first attempt, never two at once
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
@@ -295,7 +274,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
             client.post(f"/v1/jobs/{long_job}/cancel", headers=auth("acme"))
         for worker in workers:
             worker.stop()
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # and the short ones ran one at a time (the killed run never counted itself out: 1 + 1)
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
     assert concurrent == [1, 2, 2, 2]
@@ -322,7 +301,7 @@ def test_a_rate_limited_job_type_parks_until_its_window_allows_without_copies_on
             ids = [item["job"]["jobId"] for item in answer["items"]]
             docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
     finally:
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # then each ran exactly once, at its first attempt (no copy ran, none was lost)
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     starts = sorted(float(x) for x in own_redis.lrange("limited:limited.rate:starts", 0, -1))
@@ -371,7 +350,7 @@ def test_a_delayed_job_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq(
             # and it starts when due, once
             doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
     finally:
-        _delete_queue(app, local.default_queue)
+        delete_queue(app, local.default_queue)
     assert (doc["state"], doc["attempts"]) == ("succeeded", 1)
     started = datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
     assert submitted + 9.9 <= started <= submitted + 10.0 + 3.0
@@ -409,7 +388,7 @@ def test_a_retry_backoff_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq
             job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
             doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
     finally:
-        _delete_queue(app, local.default_queue)
+        delete_queue(app, local.default_queue)
     # then it succeeded at its third attempt
     assert (doc["state"], doc["attempts"]) == ("succeeded", 3)
     # and its backoffs waited parked in Redis: no Celery retry (an ETA message) was published

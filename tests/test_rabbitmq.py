@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +395,47 @@ def test_a_retry_backoff_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq
     assert max(parked) > 0
     assert _counted_publishes(own_redis) == NONE_COUNTED
     assert own_redis.zscore(keys.PARKED_UNTIL, job_id) is None
+
+
+def test_a_tenants_delayed_jobs_due_at_once_do_not_hold_back_another_tenants_job_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a RabbitMQ queue of this test's own (found in review: the jobs
+    # released when due were published straight to the queue, and about 30 of these 100 went ahead of
+    # B's job)
+    local = replace(amqp_settings, default_queue=f"t-amqp-due-{uuid.uuid4().hex[:8]}")
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1)
+    a_ids: list[str] = []
+    try:
+        worker.start().wait_ready(own_redis, DIAG_TYPES)
+        # when tenant A has 100 jobs due at the same instant, a few seconds on
+        run_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        answer = client.post("/v1/batches", json={"jobs": [body] * 100}, headers=auth("acme")).get_json()
+        a_ids = [item["job"]["jobId"] for item in answer["items"]]
+        assert len(a_ids) == 100
+        # and tenant B submits one job once they are due and the first of them has started
+        wait_for(lambda: any(d.get("startedAt") for d in _docs(client, "acme", a_ids[:50])), timeout=30)
+        response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
+        b_queued = datetime.now(UTC)
+        b_doc = wait_for_state(client, "globex", response.get_json()["jobId"], {"succeeded"}, timeout=60)
+        # then B's job starts after a few of A's only, as it would had A submitted them all now
+        # (they join A's ready set when due, as on Redis, and are published in A's turns)
+        ahead = [
+            d for d in _docs(client, "acme", a_ids) if d.get("startedAt") and b_queued < _started(d) < _started(b_doc)
+        ]
+        assert len(ahead) <= 5, f"{len(ahead)} of A's jobs started after B's was queued and before it"
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+        delete_queue(create_celery(local), local.default_queue)
+
+
+def _docs(client: Any, tenant: str, job_ids: list[str]) -> list[dict[str, Any]]:
+    return [client.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).get_json() for job_id in job_ids]
+
+
+def _started(doc: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(doc["startedAt"]).replace("Z", "+00:00"))

@@ -179,10 +179,11 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             fair = runtime.store.dispatcher
 
             def publish(jobs: list[Job]) -> int:
-                if fair is not None and fair.inline:
+                if fair is not None:
                     # Parked due now: the tick puts each into its tenant's ready set, so a
                     # tenant's many recovered jobs (lapsed 202 leases, say) take its turns
-                    # rather than all going ahead of every other tenant's next job.
+                    # rather than all going ahead of every other tenant's next job (on another
+                    # broker the pump then publishes them, in that order, at one priority).
                     try:
                         runtime.gate.park_now([(job.job_id, parked_message(worker.app, fair, job)) for job in jobs])
                     except RedisError as exc:

@@ -1,6 +1,7 @@
 """Faults injected for real on the RabbitMQ path: a worker SIGKILLed or SIGTERMed while it holds
 running and reserved messages, its TCP link to RabbitMQ stalled or broken mid-drain, a pool
-process that kills itself, a job cancelled while its message waits on the broker. After each:
+process that kills itself, a job cancelled while its message waits on the broker, a tenant's many
+jobs recovered at once beside another tenant's (fairness after a fault). After each:
 every job answered 2xx ends final, no attempt's handler started twice, the backlog count is exact
 (``tests.faults.assert_invariants``). The Redis-broker versions are in ``test_crash_safety``,
 ``test_recovery`` and ``test_shutdown_faults``.
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -324,3 +326,57 @@ def test_sigterm_ends_in_bounded_time_while_the_link_to_rabbitmq_is_silent(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def started_at(doc: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(doc["startedAt"]).replace("Z", "+00:00"))
+
+
+def test_a_tenants_many_recovered_jobs_do_not_hold_back_another_tenants_job_on_rabbitmq(
+    rig: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a RabbitMQ queue, and tenant A's 60 jobs running on a worker
+    # that died (their attempts' leases lapse at once: a worker of many processes lost, or many
+    # HTTP jobs whose receivers answered 202 and never reported)
+    client = create_app(rig).test_client()
+    worker = WorkerProcess(settings_env(rig), tmp_path / "w.log", queues=[rig.default_queue], concurrency=1).start()
+    store = JobStore(own_redis)
+    a_ids: list[str] = []
+    try:
+        worker.wait_ready(own_redis, WITNESS)
+        for _ in range(60):
+            job = Job(
+                job_id=new_job_id(),
+                tenant_id="acme",
+                job_type="diag.echo",
+                queue=rig.default_queue,
+                payload={},
+                trace_id=new_trace_id(),
+                created_at=utc_now(),
+                priority=9,
+            )
+            store.create(job)
+            claimed = store.claim(job.job_id, owner="gone", lease_seconds=1.0, fallback_max_retries=3, lost_error={})
+            assert claimed.job is not None
+            a_ids.append(job.job_id)
+        # when the sweep finds them and the first of their next attempts has started, and tenant B
+        # then submits one job
+        wait_for(lambda: any(own_redis.hget(keys.job(j), "attempts") == "2" for j in a_ids), timeout=30)
+        response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
+        b_queued = datetime.now(UTC)
+        b_doc = wait_for_state(client, "globex", response.get_json()["jobId"], {"succeeded"}, timeout=60)
+        # then B's job starts after a few of A's only: A's recovered jobs take A's turns, they do
+        # not all go ahead of it (whatever their priority)
+        ahead = [
+            d
+            for d in docs_of(client, a_ids).values()
+            if d["attempts"] == 2 and d.get("startedAt") and b_queued < started_at(d) < started_at(b_doc)
+        ]
+        assert len(ahead) <= 5, f"{len(ahead)} of A's recovered jobs started after B's was queued and before it"
+        # and every recovered job still runs once more, at its second attempt
+        assert_invariants(own_redis, client, a_ids, timeout=60)
+        assert {d["attempts"] for d in docs_of(client, a_ids).values()} == {2}
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()

@@ -13,9 +13,10 @@ Three threads, so a slow sweep never delays a renewal:
   running attempts before their leases lapse (a prefork pool kills their processes), so the
   attempt that takes over is the only one running.
 - **sweep** (every ``PULSE_SWEEP_INTERVAL_SECONDS``): ``pulse_core.store.recovery``.
-- **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due or
-  whose run slot was freed without a release (``pulse_core.guards.execution_limits``; on a
-  broker other than the job store's Redis it publishes them itself: ``pulse_worker.release``),
+- **dispatch** (every ``DISPATCH_TICK_SECONDS``): puts back the parked jobs that are due (into
+  their tenants' ready sets) or whose run slot was freed without a release
+  (``pulse_core.guards.execution_limits``; on a broker other than the job store's Redis it
+  publishes the latter itself: ``pulse_worker.release``),
   and, with a Redis broker, fills every queue with waiting jobs up to its dispatch depth
   (``pulse_core.store.dispatch``), so a queue refills even when no attempt ends (its
   workers restarted, its messages were stale copies). With another broker the **pump**
@@ -178,10 +179,11 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             fair = runtime.store.dispatcher
 
             def publish(jobs: list[Job]) -> int:
-                if fair is not None and fair.inline:
+                if fair is not None:
                     # Parked due now: the tick puts each into its tenant's ready set, so a
                     # tenant's many recovered jobs (lapsed 202 leases, say) take its turns
-                    # rather than all going ahead of every other tenant's next job.
+                    # rather than all going ahead of every other tenant's next job (on another
+                    # broker the pump then publishes them, in that order, at one priority).
                     try:
                         runtime.gate.park_now([(job.job_id, parked_message(worker.app, fair, job)) for job in jobs])
                     except RedisError as exc:
@@ -211,8 +213,8 @@ def guardian_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             def dispatch() -> None:
                 if fair is None:
                     return
-                released = runtime.gate.release_parked()
-                if not fair.inline:  # parked without a message: this worker publishes what it released
+                released = runtime.gate.release_parked(broker_elsewhere=not fair.inline)
+                if not fair.inline:  # handed a freed run slot: this worker publishes them at once
                     publish_released(
                         worker.app, runtime.store, released.to_publish, check_in=settings.queued_check_seconds
                     )

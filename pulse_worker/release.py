@@ -4,8 +4,10 @@ parking on a broker other than the job store's Redis (``publish_released``).
 A job that waits in Redis (over an execution limit, a delayed start, a retry's backoff:
 ``pulse_core.guards.execution_limits``) is parked there with its message when the broker
 is the job store's Redis, and the releasing script pushes that message back itself. With
-another broker (RabbitMQ) a script cannot publish: the job is parked without a message,
-the script gives its id back, and the worker that released it publishes it here, at the
+another broker (RabbitMQ) a script cannot publish: the job is parked without a message.
+Found due, it joins its tenant's ready set (``release_due.lua``), and the workers' top-up
+publishes it in its tenant's turn (``pulse_worker.guardian.pump_queues``); handed a freed run
+slot, the script gives its id back, and the worker that released it publishes it here, at the
 dispatcher's one priority (so released and dispatched jobs are delivered in the order
 they were sent). A worker killed between the release and the publish leaves the job
 non-final with no message: the recovery sweep publishes it at its deadline. A job published

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -141,6 +142,18 @@ class RedisProxy:
     def stall(self) -> None:
         self._flowing.clear()
 
+    def reset(self) -> None:
+        """Break every open link (both ends see it closed, what was in flight is lost); new
+        connections are still accepted and forwarded. Works for any TCP protocol (RabbitMQ's too)."""
+        with self._lock:
+            open_now, self._sockets = self._sockets, []
+        for sock in open_now:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the forwarding threads' reads
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def resume(self) -> None:
         self._flowing.set()
 
@@ -178,7 +191,8 @@ class RedisProxy:
             except OSError:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._sockets += [client, upstream]
+            with self._lock:
+                self._sockets += [client, upstream]
             link = _Link()
             threading.Thread(target=self._requests, args=(client, upstream, link), daemon=True).start()
             threading.Thread(target=self._replies, args=(upstream, client, link), daemon=True).start()

@@ -7,17 +7,14 @@ where none answers they skip and say so. CI's machine runs one.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import publish_counter
 import pytest
@@ -29,6 +26,7 @@ from pulse_core import keys
 from pulse_core.broker.celery_app import create_celery
 from pulse_core.settings import Settings
 from pulse_core.store.job_types import announce
+from tests.amqp import AMQP_URL, delete_queue, needs_rabbitmq
 from tests.conftest import DIAG_TYPES
 from tests.support import (
     WorkerProcess,
@@ -41,21 +39,7 @@ from tests.support import (
     write_tenants_file,
 )
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def _reachable(url: str) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _reachable(AMQP_URL), reason=f"no RabbitMQ answers at {AMQP_URL} (start one, or set TEST_AMQP_URL)"
-)
+pytestmark = needs_rabbitmq
 
 
 def test_jobs_queued_on_rabbitmq_are_counted_in_the_queue_depth(settings: Settings, redis: Redis) -> None:
@@ -91,11 +75,6 @@ def amqp_settings(settings: Settings, own_redis: Redis) -> Settings:
     return replace(settings, redis_url=f"redis://{found['host']}:{found['port']}/0", broker_url=AMQP_URL)
 
 
-def _delete_queue(app: Celery, queue: str) -> None:
-    with app.connection_for_write() as connection, contextlib.suppress(Exception):  # never declared
-        connection.channel().queue_delete(queue)
-
-
 def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_rabbitmq(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
@@ -128,7 +107,7 @@ def test_a_priority_9_flood_delays_another_tenants_job_by_a_few_dispatches_on_ra
         for job_id in a_ids:
             client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
         worker.stop()
-        _delete_queue(create_celery(local), queue)
+        delete_queue(create_celery(local), queue)
 
 
 def test_max_concurrency_holds_across_two_workers_on_rabbitmq(
@@ -155,7 +134,7 @@ def test_max_concurrency_holds_across_two_workers_on_rabbitmq(
             items = answer["items"]
             docs = [wait_for_state(client, "acme", i["job"]["jobId"], {"succeeded"}, timeout=120) for i in items]
     finally:
-        _delete_queue(create_celery(local), queue)
+        delete_queue(create_celery(local), queue)
     # then each ran once, at its first attempt, never two at once
     assert {d["attempts"] for d in docs} == {1}
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
@@ -228,7 +207,7 @@ def test_jobs_over_max_concurrency_are_parked_not_deferred_on_rabbitmq(
             ids = [item["job"]["jobId"] for item in answer["items"]]
             docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=180) for job_id in ids]
     finally:
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # then none was lost, each ran once at its first attempt, never two at once
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
@@ -295,7 +274,7 @@ def test_the_next_parked_job_starts_within_the_lease_when_the_slot_holders_worke
             client.post(f"/v1/jobs/{long_job}/cancel", headers=auth("acme"))
         for worker in workers:
             worker.stop()
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # and the short ones ran one at a time (the killed run never counted itself out: 1 + 1)
     concurrent = [int(x) for x in own_redis.lrange("limited:limited.slots:concurrent", 0, -1)]
     assert concurrent == [1, 2, 2, 2]
@@ -322,7 +301,7 @@ def test_a_rate_limited_job_type_parks_until_its_window_allows_without_copies_on
             ids = [item["job"]["jobId"] for item in answer["items"]]
             docs = [wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=120) for job_id in ids]
     finally:
-        _delete_queue(create_celery(local), local.default_queue)
+        delete_queue(create_celery(local), local.default_queue)
     # then each ran exactly once, at its first attempt (no copy ran, none was lost)
     assert {(d["state"], d["attempts"]) for d in docs} == {("succeeded", 1)}
     starts = sorted(float(x) for x in own_redis.lrange("limited:limited.rate:starts", 0, -1))
@@ -371,7 +350,7 @@ def test_a_delayed_job_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq(
             # and it starts when due, once
             doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
     finally:
-        _delete_queue(app, local.default_queue)
+        delete_queue(app, local.default_queue)
     assert (doc["state"], doc["attempts"]) == ("succeeded", 1)
     started = datetime.fromisoformat(doc["startedAt"].replace("Z", "+00:00")).timestamp()
     assert submitted + 9.9 <= started <= submitted + 10.0 + 3.0
@@ -409,10 +388,54 @@ def test_a_retry_backoff_waits_parked_in_redis_not_as_an_eta_message_on_rabbitmq
             job_id = client.post("/v1/jobs", json=body, headers=auth("acme")).get_json()["jobId"]
             doc = wait_for_state(client, "acme", job_id, {"succeeded", "dead"}, timeout=30)
     finally:
-        _delete_queue(app, local.default_queue)
+        delete_queue(app, local.default_queue)
     # then it succeeded at its third attempt
     assert (doc["state"], doc["attempts"]) == ("succeeded", 3)
     # and its backoffs waited parked in Redis: no Celery retry (an ETA message) was published
     assert max(parked) > 0
     assert _counted_publishes(own_redis) == NONE_COUNTED
     assert own_redis.zscore(keys.PARKED_UNTIL, job_id) is None
+
+
+def test_a_tenants_delayed_jobs_due_at_once_do_not_hold_back_another_tenants_job_on_rabbitmq(
+    amqp_settings: Settings, own_redis: Redis, tmp_path: Path
+) -> None:
+    # given a one-process worker on a RabbitMQ queue of this test's own (found in review: the jobs
+    # released when due were published straight to the queue, and about 30 of these 100 went ahead of
+    # B's job)
+    local = replace(amqp_settings, default_queue=f"t-amqp-due-{uuid.uuid4().hex[:8]}")
+    client = create_app(local).test_client()
+    worker = WorkerProcess(settings_env(local), tmp_path / "w.log", queues=[local.default_queue], concurrency=1)
+    a_ids: list[str] = []
+    try:
+        worker.start().wait_ready(own_redis, DIAG_TYPES)
+        # when tenant A has 100 jobs due at the same instant, a few seconds on
+        run_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")
+        body = {"jobType": "diag.echo", "payload": {}, "options": {"runAt": run_at}}
+        answer = client.post("/v1/batches", json={"jobs": [body] * 100}, headers=auth("acme")).get_json()
+        a_ids = [item["job"]["jobId"] for item in answer["items"]]
+        assert len(a_ids) == 100
+        # and tenant B submits one job once they are due and the first of them has started
+        wait_for(lambda: any(d.get("startedAt") for d in _docs(client, "acme", a_ids[:50])), timeout=30)
+        response = client.post("/v1/jobs", json={"jobType": "diag.echo", "payload": {}}, headers=auth("globex"))
+        b_queued = datetime.now(UTC)
+        b_doc = wait_for_state(client, "globex", response.get_json()["jobId"], {"succeeded"}, timeout=60)
+        # then B's job starts after a few of A's only, as it would had A submitted them all now
+        # (they join A's ready set when due, as on Redis, and are published in A's turns)
+        ahead = [
+            d for d in _docs(client, "acme", a_ids) if d.get("startedAt") and b_queued < _started(d) < _started(b_doc)
+        ]
+        assert len(ahead) <= 5, f"{len(ahead)} of A's jobs started after B's was queued and before it"
+    finally:
+        for job_id in a_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=auth("acme"))
+        worker.stop()
+        delete_queue(create_celery(local), local.default_queue)
+
+
+def _docs(client: Any, tenant: str, job_ids: list[str]) -> list[dict[str, Any]]:
+    return [client.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).get_json() for job_id in job_ids]
+
+
+def _started(doc: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(doc["startedAt"]).replace("Z", "+00:00"))

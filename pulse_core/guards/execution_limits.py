@@ -309,10 +309,13 @@ class ExecutionGate:
             args=[holder, "", repr(self._grace), keys.job(""), len(slot_keys), *limits, *more_args],
         )
 
-    def release_parked(self) -> Released:
+    def release_parked(self, *, broker_elsewhere: bool = False) -> Released:
         """The workers' tick: hand on the slots freed without a ``leave`` (a holder that died,
         a handover that lapsed), and put the parked jobs that are due back on their queues
-        (the caller publishes those in ``to_publish``)."""
+        (the caller publishes those in ``to_publish``). ``broker_elsewhere``: the caller's
+        broker is not this Redis; a due job parked without a message then joins its tenant's
+        ready set as one parked with its message does (the caller's pump publishes it in fair
+        order), rather than being given back to publish at once ahead of every other tenant."""
         found: dict[str, str] = self._redis.hgetall(keys.PARKED_SLOTS)  # type: ignore[assignment]
         released = Released()
         for key, most in found.items():
@@ -322,7 +325,7 @@ class ExecutionGate:
         if self._check is not None:  # released jobs are checked a queued check after their release
             due_keys, due_args = [*due_keys, keys.WATCH], [RELEASE_BATCH, repr(self._check)]
         if self._fair_release:  # into the ready sets, taken in fair order by the dispatch
-            due_args += _FAIR_RELEASE_ARGS
+            due_args += [*_FAIR_RELEASE_ARGS, "1" if broker_elsewhere else "0"]
         while True:
             due = self._release_due(keys=due_keys, args=due_args)
             released += due

@@ -15,6 +15,11 @@
 --   ARGV[4] '<ready prefix head>' ARGV[5] '<between queue and tenant>' (keys.ready),
 --   ARGV[6] keys.active's head, ARGV[7] keys.dispatch_state's head, ARGV[8] keys.DISPATCH_QUEUES,
 --   ARGV[9], ARGV[10] keys.tenant_counts's head and tail (its 'seq' orders the ready set)
+-- ARGV[11] (optional, with ARGV[3..10]) '1': the caller's broker is not this Redis, so a job
+--   parked without a message joins its tenant's ready set too (the caller's pump publishes it in
+--   its tenant's turn: pulse_worker.guardian.pump_queues) instead of being given back; without
+--   it such a job is given back for the caller to publish (a worker on this Redis's broker that
+--   releases a job parked by a process on another broker: it has no message to dispatch)
 -- Reply: {how many jobs were due, the ids of those the caller publishes...}.
 -- A released copy of a running job (a broker's redelivery, a republished copy, parked on its
 -- way) leaves that job's deadline alone: a running job's deadline is its lease, so that a lost
@@ -39,7 +44,7 @@ local function enqueue_fairly(job_id, message)
   if not dispatchable(f[1], f[5]) or not f[2] or not f[3] then return false, nil end
   local queue, tenant = f[2], f[3]
   local seq = redis.call('HINCRBY', ARGV[9] .. part(tenant) .. ARGV[10], 'seq', 1)
-  redis.call('HSET', job_key, 'message', message)
+  if message ~= '' then redis.call('HSET', job_key, 'message', message) end
   local q = {active = ARGV[6] .. part(queue), state = ARGV[7] .. part(queue), queues = ARGV[8], queue = queue}
   enqueue_job(q, ARGV[4] .. part(queue) .. ARGV[5] .. part(tenant), job_id, tenant,
               tonumber(f[4] or '5') or 5, '1', seq)
@@ -47,6 +52,7 @@ local function enqueue_fairly(job_id, message)
 end
 
 local fair = ARGV[3] ~= nil and ARGV[3] ~= ''
+local fair_without_message = fair and ARGV[11] == '1'
 
 -- Whether job_id's record says it runs (false where the job key prefix is not given).
 local function running(job_id)
@@ -65,7 +71,7 @@ for _, job_id in ipairs(due) do
   if stored then
     local list, message = string.match(stored, '^([^\n]*)\n(.*)$')
     local waits = true
-    if list == '' then
+    if list == '' and not fair_without_message then
       out[#out + 1] = job_id
       waits = not running(job_id)
     elseif fair then

@@ -515,15 +515,19 @@ class Complete(MethodView):
                         job, JobState.DEAD, error=error, dead_letters=bounds
                     )
                     outcome, ends = metrics.Outcome.DEAD, (JobState.DEAD if marked is FailureOutcome.RECORDED else None)
+        recorded = done  # by this call's script run (not found ended in the record)
         if not done and ends is not None:
             # The script that ends the attempt answers "not where it was" when redis-py ran it a
-            # second time because the first run's answer was lost: the record says whether it ended so.
+            # second time because the first run's answer was lost, or when a twin call (sent at
+            # once) ended it first: the record says whether it ended so.
             done = _ended(svc.store.get(job_id), job, ends)
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
+        first = recorded
         with contextlib.suppress(RedisError):  # recorded: the token then lives out its TTL unspent
-            svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
-        metrics.job_finished(job, outcome)
+            first = svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
+        if first:  # counted once: a twin that found the outcome recorded finds the token spent
+            metrics.job_finished(job, outcome)
         final = svc.store.get(job_id)  # before the next attempt's message can start it
         if retry is not None:
             with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it

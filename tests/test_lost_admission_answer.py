@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from pulse_api.observability import metrics_registry
-from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import CancelOutcome, JobStore
 from pulse_core.store.job_types import announce
-from tests.faults import Loss, RedisProxy, api_through, assert_invariants, private_settings
+from tests.faults import Loss, RedisProxy, api_through, assert_invariants
 from tests.invariants import backlog_mismatches
 from tests.support import (
     WorkerProcess,
@@ -44,7 +41,6 @@ from tests.support import (
     wait_for,
     waiting_messages,
     witness_starts,
-    write_tenants_file,
 )
 
 QUEUE = "lost-answer"
@@ -52,31 +48,6 @@ TENANT = "acme"
 #: How long the API's Redis client waits for an answer here (10 s in production): a lost
 #: reply times out this fast, so each case costs seconds, not tens of seconds.
 SOCKET_TIMEOUT_SECONDS = 2.0
-
-
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("lost-answer-redis"), persist=False).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def direct(private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    tenants = write_tenants_file(tmp_path_factory.mktemp("lost-answer-config") / "tenants.toml")
-    return private_settings(private_redis.url, tenants, default_queue=QUEUE)
-
-
-@pytest.fixture(scope="module")
-def store(direct: Settings) -> Redis:
-    return connect(direct.redis_url)
-
-
-@pytest.fixture(scope="module")
-def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
-    link = RedisProxy(private_redis.port)
-    yield link
-    link.close()
 
 
 @pytest.fixture(scope="module")

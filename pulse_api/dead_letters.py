@@ -27,12 +27,12 @@ from pulse_api.schemas import (
     JobSchema,
 )
 from pulse_api.services import Services, services
-from pulse_core.broker.celery_app import encode_message, publish_job, waiting_lists
+from pulse_core.broker.celery_app import publish_job
 from pulse_core.errors import BrokerUnavailable, InvalidParameter, JobNotFound, Refused
-from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.jobs import Job, JobState
 from pulse_core.redis_client import refuses_for_now
 from pulse_core.store.job_store import DeadLetterBounds
+from pulse_core.submission.parked import parked_message
 from pulse_core.tenants import Tenant
 
 blp = PulseBlueprint(
@@ -89,10 +89,8 @@ def replay(svc: Services, tenant: Tenant, job_id: str) -> Job | None:
         # Due now, released by the workers' tick into its tenant's ready set and dispatched in
         # fair order, as a job admitted now is: a replay of many dead letters is a tenant's
         # volume like any other, never a run of messages ahead of every other tenant's jobs.
-        message, _ = encode_message(svc.celery, job)
-        parked = ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
         with contextlib.suppress(RedisError):  # queued and watched: the sweep publishes it
-            svc.parking.park_until(job.job_id, 0.0, parked)
+            svc.parking.park_until(job.job_id, 0.0, parked_message(svc.celery, fair, job))
         return job
     try:
         publish_job(svc.celery, job)

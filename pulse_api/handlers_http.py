@@ -31,7 +31,6 @@ from pulse_api.parsing import PulseBlueprint
 from pulse_api.problems import PROBLEM_MEDIA_TYPE
 from pulse_api.schemas import JobSchema, JsonInteger, JsonNumber, ProblemSchema, WholeMatch, lone_surrogate_at
 from pulse_api.services import services
-from pulse_core.broker.celery_app import encode_message, waiting_lists
 from pulse_core.errors import (
     AttemptOver,
     AuthenticationFailed,
@@ -40,7 +39,6 @@ from pulse_core.errors import (
     JobTypeTaken,
     SecretKeyMissing,
 )
-from pulse_core.guards.execution_limits import ParkedMessage
 from pulse_core.handlers import JOB_TYPE_RE
 from pulse_core.http_handlers.attempts import MAX_LEASE_SECONDS, TokenCheck, outcome_digest
 from pulse_core.http_handlers.guard import MAX_URL_LENGTH, UrlRefused, check_url
@@ -56,6 +54,7 @@ from pulse_core.http_handlers.registrations import (
 from pulse_core.jobs import Job, JobState
 from pulse_core.policy import DelayPlan, RetryPolicy, parse_rate_limit, plan_delay
 from pulse_core.store.job_store import DeadLetterBounds, FailureOutcome
+from pulse_core.submission.parked import parked_message
 from pulse_core.telemetry import metrics
 from pulse_core.tenants import DEFAULT_MAX_STORED_BYTES
 
@@ -515,15 +514,19 @@ class Complete(MethodView):
                         job, JobState.DEAD, error=error, dead_letters=bounds
                     )
                     outcome, ends = metrics.Outcome.DEAD, (JobState.DEAD if marked is FailureOutcome.RECORDED else None)
+        recorded = done  # by this call's script run (not found ended in the record)
         if not done and ends is not None:
             # The script that ends the attempt answers "not where it was" when redis-py ran it a
-            # second time because the first run's answer was lost: the record says whether it ended so.
+            # second time because the first run's answer was lost, or when a twin call (sent at
+            # once) ended it first: the record says whether it ended so.
             done = _ended(svc.store.get(job_id), job, ends)
         if not done:
             raise AttemptOver("the attempt is over (its lease lapsed or it was cancelled)")
+        first = recorded
         with contextlib.suppress(RedisError):  # recorded: the token then lives out its TTL unspent
-            svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
-        metrics.job_finished(job, outcome)
+            first = svc.attempt_tokens.spend(job_id, g.attempt_token, digest)
+        if first:  # counted once: a twin that found the outcome recorded finds the token spent
+            metrics.job_finished(job, outcome)
         final = svc.store.get(job_id)  # before the next attempt's message can start it
         if retry is not None:
             with contextlib.suppress(KombuError, OSError, RedisError):  # else the recovery sweep publishes it
@@ -578,9 +581,5 @@ def _send_retry(job: Job, due_at: float, *, unless_parked: bool = False) -> None
     (pushing its message with a Redis broker, publishing the job with another), so no ETA
     message waits in a worker. The API always has the fair dispatcher (``Services.build``)."""
     svc = services()
-    fair = svc.store.dispatcher
-    parked = ParkedMessage(tenant_id=job.tenant_id)  # another broker: the releasing worker publishes it
-    if fair is not None and fair.inline:
-        message, _ = encode_message(svc.celery, job)
-        parked = ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
+    parked = parked_message(svc.celery, svc.store.dispatcher, job)
     svc.parking.park_until(job.job_id, max(0.0, due_at - svc.store.now()), parked, unless_parked=unless_parked)

@@ -44,7 +44,8 @@ from pulse_core.redis_client import connect_impatient
 from pulse_core.store.dispatch import Dispatcher
 from pulse_core.store.job_store import JobStore, RecheckPolicy
 from pulse_core.store.recovery import sweep
-from pulse_worker.release import DISPATCHED_PRIORITY, parked_message, publish_released
+from pulse_core.submission.parked import parked_message
+from pulse_worker.release import DISPATCHED_PRIORITY, publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")

@@ -1,5 +1,6 @@
-"""A parked job's message (``parked_message``), and publishing the jobs a worker released from
-parking on a broker other than the job store's Redis (``publish_released``).
+"""Publishing the jobs a worker released from parking on a broker other than the job store's
+Redis (``publish_released``); their message on a Redis broker is
+``pulse_core.submission.parked.parked_message``.
 
 A job that waits in Redis (over an execution limit, a delayed start, a retry's backoff:
 ``pulse_core.guards.execution_limits``) is parked there with its message when the broker
@@ -24,10 +25,8 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from pulse_core.broker.celery_app import encode_message, publish_jobs, waiting_lists
-from pulse_core.guards.execution_limits import ParkedMessage
-from pulse_core.jobs import FINAL_STATES, Job
-from pulse_core.store.dispatch import Dispatcher
+from pulse_core.broker.celery_app import publish_jobs
+from pulse_core.jobs import FINAL_STATES
 from pulse_core.store.job_store import JobStore
 
 log = logging.getLogger("pulse.worker")
@@ -35,16 +34,6 @@ log = logging.getLogger("pulse.worker")
 #: The broker priority the dispatcher publishes at on a broker other than the job store's
 #: Redis: one, so delivery keeps its order.
 DISPATCHED_PRIORITY = 0
-
-
-def parked_message(app: Celery, fair: Dispatcher | None, job: Job) -> ParkedMessage:
-    """What starts ``job``'s next attempt when it is released from parking (``ParkedMessage``):
-    its message, with a Redis broker; nothing but its tenant with another (the releasing worker
-    publishes it)."""
-    if fair is None or not fair.inline:
-        return ParkedMessage(tenant_id=job.tenant_id)
-    message, _ = encode_message(app, job)
-    return ParkedMessage(waiting_lists(job.queue)[0], message, job.tenant_id)
 
 
 def publish_released(app: Celery, store: JobStore, job_ids: Sequence[str], *, check_in: float) -> int:

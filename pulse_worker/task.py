@@ -68,11 +68,12 @@ from pulse_core.policy import DEFAULT_MAX_RETRIES, effective, plan_delay
 from pulse_core.redis_client import server_time
 from pulse_core.store.job_store import ClaimRefusal, FailureOutcome
 from pulse_core.store.job_types import live_on_queue
+from pulse_core.submission.parked import parked_message
 from pulse_core.telemetry import logs, metrics, tracing
 from pulse_core.telemetry.metrics import Outcome
 from pulse_worker import observe
 from pulse_worker.outcome import describe_error, encode_result
-from pulse_worker.release import parked_message, publish_released
+from pulse_worker.release import publish_released
 from pulse_worker.runtime import WorkerRuntime, lease_owner
 
 log = logging.getLogger("pulse.worker")

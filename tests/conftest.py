@@ -21,6 +21,9 @@ DIAG_TYPES = ("diag.echo", "diag.sleep", "diag.flaky", "diag.fail")
 WITNESS_TYPES = ("witness.sleep", "witness.flaky", "witness.crash", "witness.cooperative")
 OBSERVED_QUEUE = "observed"
 
+#: ``private_redis``, ``direct``, ``store`` and ``proxy`` of the modules that break the API's link to Redis.
+pytest_plugins = ["tests.fault_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:

@@ -27,15 +27,13 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from pulse_api import create_app
-from pulse_cli.embedded_redis import EmbeddedRedis
 from pulse_core import keys
 from pulse_core.jobs import Job, new_job_id, utc_now
 from pulse_core.lua_scripts import source
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import JobStore
 from pulse_core.store.job_types import announce
-from tests.faults import RedisProxy, api_through, assert_invariants, private_settings
+from tests.faults import RedisProxy, api_through, assert_invariants
 from tests.invariants import backlog_mismatches, stored_bytes_mismatches
 from tests.support import (
     WorkerProcess,
@@ -45,7 +43,6 @@ from tests.support import (
     settings_env,
     wait_for,
     witness_starts,
-    write_tenants_file,
 )
 
 QUEUE = "api-faults"
@@ -65,22 +62,13 @@ FINALIZE_SHA = _sha("pulse_core.store", "finalize")
 ADMIT_BATCH_SHA = _sha("pulse_core.guards", "admit_batch")
 
 
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("api-faults-redis"), persist=False).start()
-    yield server
-    server.stop()
+#: Settings of the private Redis (``tests.fault_fixtures.direct``) beyond the default queue.
+PRIVATE_SETTINGS = {"queued_check_seconds": QUEUED_CHECK_SECONDS}
 
 
-@pytest.fixture(scope="module")
-def direct(private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    tenants = write_tenants_file(tmp_path_factory.mktemp("api-faults-config") / "tenants.toml")
-    return private_settings(private_redis.url, tenants, default_queue=QUEUE, queued_check_seconds=QUEUED_CHECK_SECONDS)
-
-
-@pytest.fixture(scope="module")
-def store(direct: Settings) -> Redis:
-    redis = connect(direct.redis_url)
+@pytest.fixture(scope="module", autouse=True)
+def _scripts_loaded(store: Redis) -> None:
+    """Loaded: each call is one EVALSHA that runs (a fault armed for its SHA finds it)."""
     for package, name in [
         ("pulse_core.guards", "readmit"),
         ("pulse_core.guards", "admit_batch"),
@@ -89,15 +77,7 @@ def store(direct: Settings) -> Redis:
         ("pulse_core.store", "mark_dead_letter"),
         ("pulse_core.http_handlers", "check_attempt"),
     ]:
-        redis.script_load(source(package, name))  # loaded: each call is one EVALSHA that runs
-    return redis
-
-
-@pytest.fixture(scope="module")
-def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
-    link = RedisProxy(private_redis.port)
-    yield link
-    link.close()
+        store.script_load(source(package, name))
 
 
 @pytest.fixture(scope="module")

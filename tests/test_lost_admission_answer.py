@@ -12,25 +12,26 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from pulse_cli.embedded_redis import EmbeddedRedis
+from pulse_api.observability import metrics_registry
 from pulse_core import keys
 from pulse_core.guards.idempotency import store_key
 from pulse_core.jobs import Job, JobState, new_job_id, utc_now
 from pulse_core.lua_scripts import source
-from pulse_core.redis_client import connect
 from pulse_core.settings import Settings
 from pulse_core.store.job_store import CancelOutcome, JobStore
 from pulse_core.store.job_types import announce
-from tests.faults import Loss, RedisProxy, api_through, assert_invariants, private_settings
+from tests.faults import Loss, RedisProxy, api_through, assert_invariants
 from tests.invariants import backlog_mismatches
 from tests.support import (
     WorkerProcess,
@@ -40,7 +41,6 @@ from tests.support import (
     wait_for,
     waiting_messages,
     witness_starts,
-    write_tenants_file,
 )
 
 QUEUE = "lost-answer"
@@ -48,31 +48,6 @@ TENANT = "acme"
 #: How long the API's Redis client waits for an answer here (10 s in production): a lost
 #: reply times out this fast, so each case costs seconds, not tens of seconds.
 SOCKET_TIMEOUT_SECONDS = 2.0
-
-
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("lost-answer-redis"), persist=False).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def direct(private_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    tenants = write_tenants_file(tmp_path_factory.mktemp("lost-answer-config") / "tenants.toml")
-    return private_settings(private_redis.url, tenants, default_queue=QUEUE)
-
-
-@pytest.fixture(scope="module")
-def store(direct: Settings) -> Redis:
-    return connect(direct.redis_url)
-
-
-@pytest.fixture(scope="module")
-def proxy(private_redis: EmbeddedRedis) -> Iterator[RedisProxy]:
-    link = RedisProxy(private_redis.port)
-    yield link
-    link.close()
 
 
 @pytest.fixture(scope="module")
@@ -425,3 +400,52 @@ def test_a_completion_whose_answers_were_all_lost_is_answered_as_recorded_when_s
     assert store.hget(keys.job(job.job_id), "state") == ends
     if ends == "retrying":  # no worker reads this queue: end it
         assert jobs.cancel(TENANT, job.job_id) is CancelOutcome.CANCELLED
+
+
+def _succeeded(app: Flask, job_type: str) -> float:
+    """The API's ``pulse_jobs_succeeded`` count for acme's ``job_type``, as its metrics port shows it."""
+    for family in text_string_to_metric_families(generate_latest(metrics_registry(app)).decode()):
+        for sample in family.samples:
+            if sample.name == "pulse_jobs_succeeded_total" and sample.labels == {
+                "tenant": TENANT,
+                "job_type": job_type,
+            }:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_twin_completions_both_answered_count_the_outcome_once(
+    api: Flask, client: FlaskClient, proxy: RedisProxy, store: Redis
+) -> None:
+    # given a running attempt whose receiver answered 202, and an API whose link to Redis brings
+    # the first completion's finalize a second late (the twin's finalize lands first)
+    job = Job(
+        job_id=new_job_id(), tenant_id=TENANT, job_type="hook.twins", queue=QUEUE, created_at=utc_now(), max_retries=0
+    )
+    job, token = handed_off(store, job)
+    finalize = source("pulse_core.store", "finalize")
+    store.script_load(finalize)
+    sha = hashlib.sha1(finalize.encode()).hexdigest()
+    calls, before = proxy.forwarded(sha), _succeeded(api, "hook.twins")
+    proxy.delay(sha, 1.0)
+
+    def complete() -> Any:
+        return client.post(
+            f"/v1/jobs/{job.job_id}/complete", json={"result": "ok"}, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    # when the receiver sends its completion twice, the twin while the first's finalize is on its way
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(complete)
+        wait_for(lambda: proxy.delays_left() == 0, timeout=5)
+        second = pool.submit(complete)
+        answers = [first.result(), second.result()]
+    # then both ran their finalize and both are answered 200 with the succeeded job
+    assert proxy.forwarded(sha) - calls == 2
+    assert [a.status_code for a in answers] == [200, 200], [a.get_data(as_text=True) for a in answers]
+    assert {a.get_json()["state"] for a in answers} == {"succeeded"}
+    # and the outcome is counted once, by the call that recorded it, not again by its twin
+    assert _succeeded(api, "hook.twins") - before == 1
+    assert backlog_mismatches(store) == {}

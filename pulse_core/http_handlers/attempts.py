@@ -99,9 +99,11 @@ class AttemptTokens:
             return TokenCheck(verdict, str(found[1]), attempt=attempt)
         return TokenCheck(verdict)
 
-    def spend(self, job_id: str, token: str, outcome: str) -> None:
-        """``token`` reported ``outcome`` (``outcome_digest``): from now on it can only repeat it."""
-        self._spend(
+    def spend(self, job_id: str, token: str, outcome: str) -> bool:
+        """``token`` reported ``outcome`` (``outcome_digest``): from now on it can only repeat it.
+        Whether this spent it first (``False``: a twin or a resend spent it before)."""
+        first = self._spend(
             keys=[keys.http_attempt_token(job_id), keys.http_spent_token(job_id)],
             args=[_digest(token), outcome, SPENT_TOKEN_TTL_SECONDS],
         )
+        return bool(first)
